@@ -1,0 +1,181 @@
+"""One frozen ``Config`` for a gateway, built from defaults, a TOML file and flags.
+
+The CLI only builds a ``Config``; everything that runs takes one.  Keeping the
+settings in a single immutable object means a test can start a gateway with
+exactly the settings a user would get from the same flags.
+
+TOML keys mirror the long flag names (``upstream-timeout`` or
+``upstream_timeout`` both work); flags given on the command line win over the
+file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from yarl import URL
+
+Role = Literal["server", "client"]
+UpgradeMode = Literal["auto", "never"]
+
+DEFAULT_PORTS: dict[str, int] = {"server": 8080, "client": 8000}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Every setting of one gateway process.  See ``hopgate <role> --help``."""
+
+    role: Role
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    #: ``None`` on a client means forward-proxy mode.
+    upstream: URL | None = None
+    upgrade: UpgradeMode = "auto"
+    log_level: str = "info"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Extra CA bundle used to verify ``https://`` upstreams (system CAs still apply).
+    ca_file: Path | None = None
+    #: How long an upstream may take to send the next byte (a held poll waits this long).
+    upstream_timeout: float = 600.0
+    connect_timeout: float = 10.0
+    #: On SIGINT/SIGTERM: how long held requests may finish before they are ended.
+    shutdown_grace: float = 10.0
+    #: Send the client's ``Host`` upstream instead of the upstream's own host.
+    preserve_host: bool = False
+    #: Name this gateway gives itself in ``Via``.
+    via_name: str = "hopgate"
+    #: Concurrent upstream connections per host (0 = unlimited).
+    max_connections: int = 0
+    #: Shared secret hop sessions must prove (issue 4); ``None`` = none required.
+    hop_secret: str | None = None
+    #: Origins allowed to open browser sessions (JS shim); empty = same-origin only.
+    allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def forward_proxy(self) -> bool:
+        """A client with no upstream acts as an HTTP forward proxy."""
+        return self.role == "client" and self.upstream is None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def listen_url(self, port: int | None = None) -> str:
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{scheme}://{host}:{self.listen_port if port is None else port}"
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def parse_listen(value: str, role: Role) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT``, ``PORT`` or ``[v6]:PORT`` -> (host, port)."""
+    value = value.strip()
+    host, port_text = "127.0.0.1", value
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ConfigError(f"--listen {value!r}: missing ']' after the IPv6 address")
+        host, port_text = value[1:end], value[end + 1 :].lstrip(":")
+    elif ":" in value:
+        host, _, port_text = value.rpartition(":")
+        host = host or "127.0.0.1"
+    if not port_text:
+        return host, DEFAULT_PORTS[role]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(
+            f"--listen {value!r}: the port must be a number, e.g. 127.0.0.1:8080"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--listen {value!r}: port {port} is outside 0-65535")
+    return host, port
+
+
+def parse_upstream(value: str) -> URL:
+    url = URL(value.strip())
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(
+            f"--upstream {value!r}: give an absolute http:// or https:// URL, "
+            "e.g. http://127.0.0.1:9000"
+        )
+    if url.query_string or url.fragment:
+        raise ConfigError(f"--upstream {value!r}: must not carry a query or fragment")
+    return url
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a config file; keys are normalised to ``snake_case``."""
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return {key.replace("-", "_"): value for key, value in raw.items()}
+
+
+_FIELDS = {f.name for f in dataclasses.fields(Config)}
+
+
+def build_config(role: Role, settings: dict[str, Any]) -> Config:
+    """Turn loosely typed settings (from TOML and flags) into a checked ``Config``.
+
+    ``settings`` may hold ``listen`` and ``upstream`` as strings; unknown keys
+    are reported rather than ignored, so a typo in a config file is caught.
+    """
+    values: dict[str, Any] = {"role": role}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    listen = settings.pop("listen", None)
+    host, port = parse_listen(str(listen), role) if listen else ("127.0.0.1", DEFAULT_PORTS[role])
+    values.update(listen_host=host, listen_port=port)
+    upstream = settings.pop("upstream", None)
+    if upstream:
+        values["upstream"] = parse_upstream(str(upstream))
+    settings.pop("role", None)
+    unknown = sorted(set(settings) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    for key, value in settings.items():
+        if key in ("tls_cert", "tls_key", "ca_file"):
+            value = Path(value)
+        elif key == "allowed_origins":
+            value = tuple(value)
+        values[key] = value
+    config = Config(**values)
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    if config.role == "server" and config.upstream is None:
+        raise ConfigError(
+            "hopgate server needs --upstream URL: the legacy server it sits in front of"
+        )
+    if config.upgrade not in ("auto", "never"):
+        raise ConfigError(f"--upgrade must be 'auto' or 'never', not {config.upgrade!r}")
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+    for name in ("tls_cert", "tls_key", "ca_file"):
+        path = getattr(config, name)
+        if path is not None and not path.is_file():
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {path}: no such file")
+    for name in ("upstream_timeout", "connect_timeout", "shutdown_grace"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")

@@ -1,0 +1,180 @@
+"""Forward one HTTP exchange to the next hop, streaming both bodies.
+
+A legacy long-poll client must not be able to tell the gateway is there, so
+the forwarder changes only what HTTP says a proxy changes (hop-by-hop
+headers, ``Via``, ``X-Forwarded-*``) and never holds a whole body: request
+bytes are pulled from the client as the upstream connection can take them,
+response bytes are written to the client as they arrive (an SSE event or a
+forever-frame ``<script>`` shows up downstream as soon as it leaves the
+origin).
+
+Errors before the response starts become a ``502``/``504`` with a plain-text
+body naming the upstream and what failed.  After the response has started
+the only honest signal left is to cut the connection, so a truncated body is
+never passed off as complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from gateway.config import Config
+from gateway.edge import headers as hdr
+from gateway.status import GatewayStats
+
+log = logging.getLogger("hopgate.forward")
+
+CHUNK = 64 * 1024
+
+
+def upstream_target(upstream: URL, request: web.BaseRequest) -> URL:
+    """The upstream URL for an origin-form request, keeping the raw path bytes.
+
+    The path is appended under the upstream's base path exactly as the
+    client encoded it: a proxy that re-normalises percent-escapes changes
+    what the origin sees.
+    """
+    base = str(upstream).rstrip("/")
+    return URL(base + request.raw_path, encoded=True)
+
+
+def text_error(status: int, message: str) -> web.Response:
+    """A plain-text error the person reading a client's log can act on."""
+    return web.Response(
+        status=status,
+        text=f"hopgate: {message}\n",
+        headers={"Cache-Control": "no-store", "X-Hopgate-Error": "1"},
+    )
+
+
+async def _body(request: web.BaseRequest) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(CHUNK):
+        yield chunk
+
+
+class Forwarder:
+    """Sends requests to upstreams through one shared ``ClientSession``."""
+
+    def __init__(self, config: Config, client: aiohttp.ClientSession, stats: GatewayStats):
+        self.config = config
+        self.client = client
+        self.stats = stats
+
+    def outgoing_headers(self, request: web.BaseRequest, target: URL) -> hdr.CIMultiDict[str]:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        upstream_host = None if self.config.preserve_host else _host_header(target)
+        return hdr.request_headers_for_upstream(
+            request.headers,
+            http_version=(request.version.major, request.version.minor),
+            via_name=self.config.via_name,
+            client_ip=peer[0] if peer else None,
+            proto=request.scheme,
+            upstream_host=upstream_host,
+        )
+
+    async def forward(
+        self, request: web.BaseRequest, target: URL, *, origin_key: str
+    ) -> web.StreamResponse:
+        """Relay ``request`` to ``target`` and stream the answer back."""
+        state = self.stats.upstream(origin_key)
+        state.requests += 1
+        self.stats.active_streams += 1
+        try:
+            return await self._relay(request, target, origin_key)
+        finally:
+            self.stats.active_streams -= 1
+
+    async def _relay(
+        self, request: web.BaseRequest, target: URL, origin_key: str
+    ) -> web.StreamResponse:
+        out_headers = self.outgoing_headers(request, target)
+        data = _body(request) if request.body_exists else None
+        try:
+            upstream = await self.client.request(
+                request.method,
+                target,
+                headers=out_headers,
+                data=data,
+                allow_redirects=False,
+                compress=None,
+                chunked=None,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stats.upstream(origin_key).errors += 1
+            return self._error_response(exc, target)
+        try:
+            return await self._stream_back(request, upstream)
+        except BaseException:
+            upstream.close()
+            raise
+        finally:
+            upstream.release()
+
+    async def _stream_back(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        headers = hdr.response_headers_for_downstream(
+            upstream.headers,
+            http_version=(upstream.version.major, upstream.version.minor)
+            if upstream.version
+            else (1, 1),
+            via_name=self.config.via_name,
+        )
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(headers)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The origin failed mid-body: cut the client connection so the
+            # truncation is visible instead of a short body looking complete.
+            log.warning("upstream %s failed mid-response: %s", upstream.url, _describe(exc))
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+    def _error_response(self, exc: BaseException, target: URL) -> web.Response:
+        where = f"{target.scheme}://{target.raw_authority}"
+        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+            log.warning("upstream %s timed out", where)
+            return text_error(
+                504,
+                f"upstream {where} did not answer in time "
+                f"(connect timeout {self.config.connect_timeout:g}s, "
+                f"read timeout {self.config.upstream_timeout:g}s)",
+            )
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            msg = f"TLS certificate of upstream {where} failed verification: {exc.certificate_error}"
+        elif isinstance(exc, aiohttp.ClientConnectorError):
+            msg = f"could not connect to upstream {where}: {_describe(exc.os_error)}"
+        elif isinstance(exc, aiohttp.ServerDisconnectedError):
+            msg = f"upstream {where} closed the connection without answering"
+        else:
+            msg = f"upstream {where} failed: {_describe(exc)}"
+        log.warning("%s", msg)
+        return text_error(502, msg)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _host_header(url: URL) -> str:
+    host = url.raw_host or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if url.explicit_port and url.port != {"http": 80, "https": 443}.get(url.scheme):
+        return f"{host}:{url.port}"
+    return host

@@ -1,0 +1,73 @@
+"""Live counters of one gateway and the JSON document ``/.hopgate/status`` serves.
+
+Kept free of aiohttp so the numbers can be read and tested without a server;
+the route that serves them lives in ``gateway.server``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gateway import __version__
+
+Transport = Literal["plain", "long-poll", "websocket"]
+STATUS_PATH = "/.hopgate/status"
+
+
+@dataclass
+class UpstreamState:
+    """What this gateway knows about one next hop."""
+
+    url: str
+    transport: Transport = "plain"
+    upgrades: int = 0
+    fallbacks: int = 0
+    requests: int = 0
+    errors: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "transport": self.transport,
+            "upgrades": self.upgrades,
+            "fallbacks": self.fallbacks,
+            "requests": self.requests,
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class GatewayStats:
+    """Counters shared by every handler of one gateway."""
+
+    role: str
+    mode: str
+    started: float = field(default_factory=time.time)
+    upstreams: dict[str, UpstreamState] = field(default_factory=dict)
+    active_streams: int = 0
+    active_sessions: int = 0
+    active_websockets: int = 0
+    active_tunnels: int = 0
+    requests_total: int = 0
+
+    def upstream(self, url: str) -> UpstreamState:
+        state = self.upstreams.get(url)
+        if state is None:
+            state = self.upstreams[url] = UpstreamState(url=url)
+        return state
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "mode": self.mode,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started, 3),
+            "upstreams": [u.as_json() for u in self.upstreams.values()],
+            "streams": {"active": self.active_streams},
+            "sessions": {"active": self.active_sessions},
+            "websockets": {"active": self.active_websockets},
+            "tunnels": {"active": self.active_tunnels},
+            "requests_total": self.requests_total,
+        }
