@@ -150,14 +150,53 @@ def build_config(role: Role, settings: dict[str, Any]) -> Config:
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
     for key, value in settings.items():
-        if key in ("tls_cert", "tls_key", "ca_file"):
-            value = Path(value)
-        elif key == "allowed_origins":
-            value = tuple(value)
-        values[key] = value
+        values[key] = _typed(key, value)
     config = Config(**values)
     _check(config)
     return config
+
+
+_SECONDS = frozenset({"upstream_timeout", "connect_timeout", "shutdown_grace"})
+_INTEGERS = frozenset({"listen_port", "max_connections"})
+_FLAGS = frozenset({"preserve_host"})
+_PATHS = frozenset({"tls_cert", "tls_key", "ca_file"})
+
+_KINDS = {
+    **{key: "a number of seconds" for key in _SECONDS},
+    **{key: "a whole number" for key in _INTEGERS},
+    **{key: "true or false" for key in _FLAGS},
+    **{key: "a file path" for key in _PATHS},
+    "allowed_origins": "a list of origins such as [\"https://app.example\"]",
+}
+
+
+def _typed(key: str, value: Any) -> Any:
+    """``value`` as the type field ``key`` holds; a TOML file can give any type."""
+    flag = "--allowed-origin" if key == "allowed_origins" else "--" + key.replace("_", "-")
+    wrong = ConfigError(f"{flag}: {value!r} is not {_KINDS.get(key, 'a string')}")
+    if key in _SECONDS:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong
+        return float(value)
+    if key in _INTEGERS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
+    if key in _FLAGS:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if key in _PATHS:
+        if not isinstance(value, str | Path):
+            raise wrong
+        return Path(value)
+    if key == "allowed_origins":
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise wrong
+        return tuple(value)
+    if not isinstance(value, str):
+        raise wrong
+    return value
 
 
 def _check(config: Config) -> None:
@@ -179,3 +218,5 @@ def _check(config: Config) -> None:
     for name in ("upstream_timeout", "connect_timeout", "shutdown_grace"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+    if config.max_connections < 0:
+        raise ConfigError("--max-connections must be 0 (unlimited) or a positive number")

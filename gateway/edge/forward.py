@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import Config
@@ -54,8 +55,30 @@ def text_error(status: int, message: str) -> web.Response:
 
 
 async def _body(request: web.BaseRequest) -> AsyncIterator[bytes]:
+    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        # aiohttp's low-level server leaves ``Expect`` to the handler; the
+        # client waits for this before it sends the body we are about to pull.
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
     async for chunk in request.content.iter_chunked(CHUNK):
         yield chunk
+
+
+class _RelayedResponse(web.StreamResponse):
+    """A response whose header fields are the upstream's, not aiohttp's defaults.
+
+    aiohttp fills in ``Content-Type: application/octet-stream`` and its own
+    ``Server`` as an origin would; a proxy that did so would change how a
+    client treats an untyped body and claim to be the origin.  ``Date`` (which
+    RFC 9110 6.6.1 lets a proxy add) and the framing headers stay.
+    """
+
+    async def _prepare_headers(self) -> None:
+        sent = {name for name in ("Content-Type", "Server") if name in self.headers}
+        await super()._prepare_headers()
+        for name in ("Content-Type", "Server"):
+            if name not in sent:
+                self.headers.popall(name, None)
 
 
 class Forwarder:
@@ -66,7 +89,7 @@ class Forwarder:
         self.client = client
         self.stats = stats
 
-    def outgoing_headers(self, request: web.BaseRequest, target: URL) -> hdr.CIMultiDict[str]:
+    def outgoing_headers(self, request: web.BaseRequest, target: URL) -> CIMultiDict[str]:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         upstream_host = None if self.config.preserve_host else _host_header(target)
         return hdr.request_headers_for_upstream(
@@ -128,7 +151,7 @@ class Forwarder:
             else (1, 1),
             via_name=self.config.via_name,
         )
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response = _RelayedResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(headers)
         await response.prepare(request)
         try:
@@ -155,7 +178,10 @@ class Forwarder:
                 f"read timeout {self.config.upstream_timeout:g}s)",
             )
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-            msg = f"TLS certificate of upstream {where} failed verification: {exc.certificate_error}"
+            msg = (
+                f"TLS certificate of upstream {where} failed verification: "
+                f"{exc.certificate_error}"
+            )
         elif isinstance(exc, aiohttp.ClientConnectorError):
             msg = f"could not connect to upstream {where}: {_describe(exc.os_error)}"
         elif isinstance(exc, aiohttp.ServerDisconnectedError):

@@ -1,0 +1,146 @@
+"""``GET /.hopgate/status``: answered by every gateway itself, never forwarded."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway import __version__
+from gateway.status import STATUS_PATH, GatewayStats
+
+if TYPE_CHECKING:
+    from tests.conftest import MakeGateway, MakeOrigin
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Origin:
+    """Records every path it is asked for; ``/hold`` waits until released."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.paths.append(request.raw_path)
+        if request.path == "/hold":
+            self.holding.set()
+            await self.release.wait()
+        return web.Response(text="origin")
+
+
+async def status_of(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(url + STATUS_PATH) as resp:
+        assert resp.status == 200
+        assert resp.content_type == "application/json"
+        assert resp.headers["Cache-Control"] == "no-store"
+        document: dict[str, Any] = await resp.json()
+        return document
+
+
+async def test_status_document_and_it_is_never_forwarded(
+    make_origin: MakeOrigin, make_gateway: MakeGateway
+) -> None:
+    origin = Origin()
+    origin_url = await make_origin(origin.handle)
+    server = await make_gateway("server", {"upstream": origin_url})
+    client_gw = await make_gateway("client", {"upstream": server.url})
+    async with aiohttp.ClientSession() as session:
+        server_doc = await status_of(session, server.url)
+        client_doc = await status_of(session, client_gw.url)
+        async with session.get(client_gw.url + STATUS_PATH + "?verbose=1") as resp:
+            assert resp.status == 200
+        async with session.head(server.url + STATUS_PATH) as resp:
+            assert resp.status == 200
+    assert origin.paths == []
+    assert server_doc["role"] == "server"
+    assert client_doc["role"] == "client"
+    for doc in (server_doc, client_doc):
+        assert doc["version"] == __version__
+        assert doc["streams"] == {"active": 0}
+        assert doc["sessions"] == {"active": 0}
+    assert server_doc["upstreams"] == [
+        {
+            "url": origin_url,
+            "transport": "plain",
+            "upgrades": 0,
+            "fallbacks": 0,
+            "requests": 0,
+            "errors": 0,
+        }
+    ]
+    assert [u["url"] for u in client_doc["upstreams"]] == [server.url]
+    assert client_doc["upstreams"][0]["transport"] == "plain"
+
+
+async def test_status_counts_active_streams_and_requests(
+    make_origin: MakeOrigin, make_gateway: MakeGateway
+) -> None:
+    origin = Origin()
+    gw = await make_gateway("server", {"upstream": await make_origin(origin.handle)})
+    async with aiohttp.ClientSession() as session:
+        held = asyncio.ensure_future(session.get(gw.url + "/hold"))
+        await asyncio.wait_for(origin.holding.wait(), 5)
+        during = await status_of(session, gw.url)
+        origin.release.set()
+        async with await held as resp:
+            assert await resp.text() == "origin"
+        after = await status_of(session, gw.url)
+    assert during["streams"]["active"] == 1
+    assert after["streams"]["active"] == 0
+    assert after["upstreams"][0]["requests"] == 1
+    assert after["requests_total"] == 3
+    assert origin.paths == ["/hold"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+async def test_status_answers_get_only(
+    make_origin: MakeOrigin, make_gateway: MakeGateway, method: str
+) -> None:
+    origin = Origin()
+    gw = await make_gateway("server", {"upstream": await make_origin(origin.handle)})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, gw.url + STATUS_PATH, data=b"{}") as resp,
+    ):
+        assert resp.status == 405
+        assert "GET" in resp.headers["Allow"]
+        assert STATUS_PATH in await resp.text()
+    assert origin.paths == []
+
+
+async def test_forward_proxy_client_has_a_status_with_no_upstreams(
+    make_gateway: MakeGateway,
+) -> None:
+    gw = await make_gateway("client", {})
+    async with aiohttp.ClientSession() as session:
+        doc = await status_of(session, gw.url)
+    assert doc["role"] == "client"
+    assert doc["mode"] == "forward-proxy"
+    assert doc["upstreams"] == []
+
+
+def test_stats_json_is_plain_data() -> None:
+    stats = GatewayStats(role="server", mode="sidecar")
+    stats.upstream("http://a").requests += 2
+    stats.upstream("http://a").errors += 1
+    stats.active_streams = 3
+    doc = stats.as_json()
+    assert doc["upstreams"] == [
+        {
+            "url": "http://a",
+            "transport": "plain",
+            "upgrades": 0,
+            "fallbacks": 0,
+            "requests": 2,
+            "errors": 1,
+        }
+    ]
+    assert doc["streams"] == {"active": 3}
+    assert doc["version"] == __version__
+    assert doc["uptime_s"] >= 0
