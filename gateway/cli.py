@@ -55,7 +55,7 @@ def _add_gateway_flags(parser: argparse.ArgumentParser, role: Role) -> None:
         "--config",
         type=Path,
         metavar="FILE",
-        help="TOML file whose keys mirror these flags (e.g. upstream = \"http://...\"); "
+        help='TOML file whose keys mirror these flags (e.g. upstream = "http://..."); '
         "flags given here win",
     )
     parser.add_argument(
@@ -76,10 +76,10 @@ def _add_gateway_flags(parser: argparse.ArgumentParser, role: Role) -> None:
         help="auto (default): upgrade the hop to the next gateway to a WebSocket or "
         "long-poll session when it is a gateway; never: plain HTTP forwarding only",
     )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="how much to log (default info)")
     parser.add_argument(
-        "--log-level", choices=LOG_LEVELS, help="how much to log (default info)"
+        "--tls-cert", type=Path, metavar="PEM", help="listen with TLS: certificate chain"
     )
-    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="listen with TLS: certificate chain")
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="listen with TLS: private key")
     parser.add_argument(
         "--ca-file",
@@ -91,11 +91,13 @@ def _add_gateway_flags(parser: argparse.ArgumentParser, role: Role) -> None:
         "--upstream-timeout",
         type=float,
         metavar="SECONDS",
-        help="longest wait for the next byte from upstream, so held polls survive "
-        "(default 600)",
+        help="longest wait for the next byte from upstream, so held polls survive (default 600)",
     )
     parser.add_argument(
-        "--connect-timeout", type=float, metavar="SECONDS", help="upstream connect timeout (default 10)"
+        "--connect-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="upstream connect timeout (default 10)",
     )
     parser.add_argument(
         "--shutdown-grace",
@@ -109,7 +111,9 @@ def _add_gateway_flags(parser: argparse.ArgumentParser, role: Role) -> None:
         default=None,
         help="send the client's Host header upstream instead of the upstream's host",
     )
-    parser.add_argument("--via-name", metavar="NAME", help="name used in the Via header (default hopgate)")
+    parser.add_argument(
+        "--via-name", metavar="NAME", help="name used in the Via header (default hopgate)"
+    )
     parser.add_argument(
         "--max-connections",
         type=int,
@@ -173,7 +177,9 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     if level != "debug":
-        logging.getLogger("hopgate.access").setLevel(logging.WARNING if level != "info" else logging.INFO)
+        logging.getLogger("hopgate.access").setLevel(
+            logging.WARNING if level != "info" else logging.INFO
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

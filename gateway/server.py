@@ -28,7 +28,9 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.config import Config
+from gateway.edge.connect import open_tunnel
 from gateway.edge.forward import Forwarder, text_error, upstream_target
+from gateway.edge.websocket import capture_refusal, is_websocket_upgrade, pass_through
 from gateway.status import STATUS_PATH, GatewayStats
 
 log = logging.getLogger("hopgate")
@@ -83,16 +85,25 @@ class Gateway:
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            # Hands a refused WebSocket handshake (status, body) back to the
+            # pass-through instead of letting ws_connect drop the body.
+            middlewares=(capture_refusal,),
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 connect=self.config.connect_timeout,
                 sock_read=self.config.upstream_timeout,
             ),
         )
+        # aiohttp re-sends an idempotent request whose pooled connection
+        # dropped, even when the origin had already received it; a long-poll
+        # GET often consumes messages, so it must never reach the origin twice.
+        self._client._retry_connection = False
         self._forwarder = Forwarder(self.config, self._client, self.stats)
         server = web.Server(
             self._dispatch,
             handler_cancellation=True,
+            # Bodies pass through as sent: a gzip upload stays gzip.
+            auto_decompress=False,
             access_log=logging.getLogger("hopgate.access"),
             access_log_format=ACCESS_LOG_FORMAT,
         )
@@ -115,7 +126,9 @@ class Gateway:
             ) from exc
         self.port = self._runner.addresses[0][1]
         target = self.config.upstream or "any origin (forward proxy)"
-        log.info("= %s gateway listening on %s, forwarding to %s", self.config.role, self.url, target)
+        log.info(
+            "= %s gateway listening on %s, forwarding to %s", self.config.role, self.url, target
+        )
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -152,7 +165,7 @@ class Gateway:
                 f"(e.g. http_proxy={self.url}) or start it with --upstream URL",
             )
         target = upstream_target(self.config.upstream, request)
-        return await self._forwarder.forward(request, target, origin_key=str(self.config.upstream))
+        return await self._relay(request, target, origin_key=str(self.config.upstream))
 
     async def _proxy_request(self, request: web.BaseRequest, absolute: bool) -> web.StreamResponse:
         """A request addressed to another host: only a forward proxy serves it.
@@ -168,14 +181,27 @@ class Gateway:
                 f"{self.config.upstream}; it is not an open proxy",
             )
         if request.method == "CONNECT":
-            return text_error(501, "CONNECT is not supported yet")
+            return await open_tunnel(request, self.config, self.stats)
         target = URL(request.raw_path, encoded=True)
         origin = f"{target.scheme}://{target.raw_authority}"
-        return await self._forwarder.forward(request, target, origin_key=origin)
+        return await self._relay(request, target, origin_key=origin)
+
+    async def _relay(
+        self, request: web.BaseRequest, target: URL, *, origin_key: str
+    ) -> web.StreamResponse:
+        """Pass ``request`` on to ``target``: as a WebSocket if it asks for one."""
+        assert self._forwarder is not None
+        if is_websocket_upgrade(request):
+            return await pass_through(
+                request, target, forwarder=self._forwarder, origin_key=origin_key
+            )
+        return await self._forwarder.forward(request, target, origin_key=origin_key)
 
     def _status(self, request: web.BaseRequest) -> web.Response:
         if request.method not in ("GET", "HEAD"):
-            return text_error(405, f"{STATUS_PATH} answers GET only")
+            refusal = text_error(405, f"{STATUS_PATH} answers GET only")
+            refusal.headers["Allow"] = "GET, HEAD"  # RFC 9110 15.5.6: a 405 lists them
+            return refusal
         return web.Response(
             text=json.dumps(self.stats.as_json(), indent=2) + "\n",
             content_type="application/json",

@@ -132,7 +132,7 @@ class Forwarder:
             raise
         except Exception as exc:
             self.stats.upstream(origin_key).errors += 1
-            return self._error_response(exc, target)
+            return self.error_response(exc, target)
         try:
             return await self._stream_back(request, upstream)
         except BaseException:
@@ -167,7 +167,7 @@ class Forwarder:
         await response.write_eof()
         return response
 
-    def _error_response(self, exc: BaseException, target: URL) -> web.Response:
+    def error_response(self, exc: BaseException, target: URL) -> web.Response:
         where = f"{target.scheme}://{target.raw_authority}"
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
             log.warning("upstream %s timed out", where)
