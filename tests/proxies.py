@@ -1,0 +1,391 @@
+"""Real nginx, HAProxy and squid, started from the recipes in ``deploy/``.
+
+The deployment recipes are tested by running them: each helper renders a
+recipe (its ``{{TOKEN}}`` placeholders replaced, every one of them, nothing
+else changed), starts the real proxy binary in the foreground as a child
+process on a free ``127.0.0.1`` port, waits until that port accepts
+connections and stops the process at teardown.  Each proxy lives in its own
+temporary directory (config, pid file, logs, temp files), so nothing under
+``/etc``, ``/run`` or ``/var`` is touched and several can run at once.
+
+* nginx: ``nginx -p DIR -c DIR/nginx.conf -e stderr`` with ``daemon off``;
+  the recipe is a ``conf.d`` file, included into a minimal main config that
+  mirrors Debian's ``/etc/nginx/nginx.conf`` (``NGINX_MAIN``).
+* HAProxy: ``haproxy -db -f DIR/haproxy.cfg`` (the recipe is a whole config).
+* squid: ``squid -N -f DIR/squid.conf``; started as root it switches to the
+  recipe's ``cache_effective_user proxy``, so its directory belongs to that
+  user.  Memory cache only.
+
+Use the ``proxies`` fixture (import it into the test module)::
+
+    from tests.proxies import Proxies, proxies  # noqa: F401
+
+    async def test_x(proxies: Proxies) -> None:
+        nginx = proxies.nginx(upstream=server_gw.url, recipe="hopgate-websocket.conf")
+        ... nginx.url ...
+
+or the context managers ``running_nginx`` / ``running_haproxy`` /
+``running_squid`` directly.  A missing binary skips the test, telling how
+to install it (``make test`` does).  Starting and stopping block for at most
+``START_TIMEOUT`` / ``STOP_TIMEOUT``; neither needs the event loop, because
+nothing is forwarded until a test sends a request.
+
+The proxies' own logs are printed at teardown; pytest shows them under
+"Captured stdout teardown" when a test failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from yarl import URL
+
+DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
+
+#: Longest wait for a proxy to accept connections on its port.
+START_TIMEOUT = 10.0
+#: Longest wait after SIGTERM before SIGKILL.
+STOP_TIMEOUT = 5.0
+#: squid always lingers for about ``shutdown_lifetime`` + 2 s after SIGTERM
+#: (the recipe says 5 s); it holds nothing a test needs, so it is not waited for.
+SQUID_STOP_TIMEOUT = 0.5
+#: How many times a start is retried when another process took the free port.
+PORT_RETRIES = 3
+
+TOKEN = re.compile(r"\{\{([A-Z_]+)\}\}")
+
+#: The main config an nginx recipe (a ``conf.d`` file) is included into:
+#: Debian's ``/etc/nginx/nginx.conf`` reduced to what matters here, with every
+#: path it writes moved into the proxy's own directory.
+NGINX_MAIN = """\
+daemon off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log info;
+
+events {{
+    worker_connections 768;
+}}
+
+http {{
+    sendfile on;
+    tcp_nopush on;
+    types_hash_max_size 2048;
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log {dir}/access.log;
+    gzip on;
+
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+
+    include {dir}/{recipe};
+}}
+"""
+
+
+class RecipeError(ValueError):
+    """A recipe's placeholders and the values given for them do not match."""
+
+
+def render(recipe: Path, **values: str) -> str:
+    """The recipe's text with every ``{{TOKEN}}`` replaced by ``values[TOKEN]``.
+
+    A token without a value, or a value for a token the recipe lacks, is an
+    error: the test must fill in exactly what a human would.
+    """
+    text = recipe.read_text()
+    found = set(TOKEN.findall(text))
+    missing = found - values.keys()
+    unused = values.keys() - found
+    if missing or unused:
+        raise RecipeError(
+            f"{recipe}: tokens without a value: {sorted(missing)}; "
+            f"values for tokens it does not have: {sorted(unused)}"
+        )
+    return TOKEN.sub(lambda m: values[m.group(1)], text)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def host_port(url: str) -> str:
+    """``http://127.0.0.1:8080/x`` -> ``127.0.0.1:8080`` (what proxy configs want)."""
+    parsed = URL(url)
+    return f"{parsed.host}:{parsed.explicit_port or parsed.port}"
+
+
+def find_binary(name: str) -> str:
+    """Absolute path of ``name`` (also in ``/usr/sbin`` when not on PATH), else skip."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        pytest.skip(f"{name} not installed: run make test (installs it)")
+    return path
+
+
+@dataclass
+class ProxyProcess:
+    """One running proxy; ``url`` is ``http://127.0.0.1:PORT``."""
+
+    name: str
+    proc: subprocess.Popen[str]
+    port: int
+    workdir: Path
+    log_files: tuple[Path, ...] = ()
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def logs(self) -> str:
+        """Everything the proxy wrote: its stdout/stderr, then its log files."""
+        parts = [f"--- {self.name} stdout/stderr\n{''.join(self.output)}"]
+        for path in self.log_files:
+            with contextlib.suppress(OSError):
+                parts.append(f"--- {path.name}\n{path.read_text(errors='replace')}")
+        return "\n".join(parts)
+
+    def log_text(self, filename: str) -> str:
+        """One of the proxy's log files (e.g. squid's ``access.log``), or ``""``."""
+        try:
+            return (self.workdir / filename).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, then SIGKILL to its whole process group after ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                # The leader is alive (not reaped), so the group id is still
+                # ours: nginx workers and squid helpers go with it.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(STOP_TIMEOUT)
+        return self.proc.returncode
+
+
+def _wait_until_accepting(proxy: ProxyProcess, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if proxy.proc.poll() is not None:
+            raise RuntimeError(
+                f"{proxy.name} exited with status {proxy.proc.returncode} before "
+                f"accepting on port {proxy.port}:\n{proxy.logs()}"
+            )
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=0.5),
+        ):
+            return
+        time.sleep(0.05)
+    proxy.stop()
+    raise RuntimeError(
+        f"{proxy.name} did not accept on port {proxy.port} within {START_TIMEOUT}s:\n{proxy.logs()}"
+    )
+
+
+def _launch(
+    name: str, argv: list[str], port: int, workdir: Path, log_files: tuple[Path, ...]
+) -> ProxyProcess:
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=workdir,
+        start_new_session=True,  # its own process group, killed as one at teardown
+    )
+    proxy = ProxyProcess(name=name, proc=proc, port=port, workdir=workdir, log_files=log_files)
+
+    def drain() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            proxy.output.append(line)
+
+    threading.Thread(target=drain, daemon=True, name=f"{name}-{proc.pid}").start()
+    return proxy
+
+
+#: Writes the config for a port and returns the argv that starts the proxy.
+Prepare = Callable[[int], list[str]]
+
+
+def _start(name: str, workdir: Path, prepare: Prepare, log_files: tuple[str, ...]) -> ProxyProcess:
+    """Write the config for a fresh free port, launch, wait; retry if the port was taken."""
+    for attempt in range(PORT_RETRIES):
+        port = free_port()
+        argv = prepare(port)
+        files = tuple(workdir / f for f in log_files)
+        proxy = _launch(name, argv, port, workdir, files)
+        try:
+            _wait_until_accepting(proxy, time.monotonic() + START_TIMEOUT)
+        except RuntimeError:
+            proxy.stop()
+            if "in use" in proxy.logs() and attempt + 1 < PORT_RETRIES:
+                continue
+            raise
+        return proxy
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _workdir(name: str, owner: str | None = None) -> Iterator[Path]:
+    """A private directory the proxy (possibly running as ``owner``) can write."""
+    path = Path(tempfile.mkdtemp(prefix=f"hopgate-{name}-"))
+    try:
+        path.chmod(0o755)  # nginx workers run as nobody and must reach their temp dirs
+        if owner is not None and os.geteuid() == 0:
+            entry = pwd.getpwnam(owner)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------- per proxy
+
+
+NGINX_RECIPES = ("hopgate-default.conf", "hopgate-websocket.conf")
+
+
+@contextlib.contextmanager
+def running_nginx(upstream: str, recipe: str = "hopgate-default.conf") -> Iterator[ProxyProcess]:
+    """nginx with ``deploy/nginx/<recipe>`` in front of ``upstream`` (a URL)."""
+    if recipe not in NGINX_RECIPES:
+        raise ValueError(f"unknown nginx recipe {recipe!r}; have {NGINX_RECIPES}")
+    binary = find_binary("nginx")
+    with _workdir("nginx") as workdir:
+
+        def prepare(port: int) -> list[str]:
+            text = render(
+                DEPLOY_DIR / "nginx" / recipe,
+                LISTEN=f"127.0.0.1:{port}",
+                UPSTREAM=host_port(upstream),
+            )
+            (workdir / recipe).write_text(text)
+            main = NGINX_MAIN.format(dir=workdir, recipe=recipe)
+            (workdir / "nginx.conf").write_text(main)
+            return [binary, "-p", f"{workdir}/", "-c", str(workdir / "nginx.conf"), "-e", "stderr"]
+
+        proxy = _start(f"nginx[{recipe}]", workdir, prepare, ("error.log", "access.log"))
+        try:
+            yield proxy
+        finally:
+            proxy.stop()
+
+
+@contextlib.contextmanager
+def running_haproxy(upstream: str) -> Iterator[ProxyProcess]:
+    """HAProxy with ``deploy/haproxy/hopgate.cfg`` in front of ``upstream`` (a URL)."""
+    binary = find_binary("haproxy")
+    with _workdir("haproxy") as workdir:
+
+        def prepare(port: int) -> list[str]:
+            text = render(
+                DEPLOY_DIR / "haproxy" / "hopgate.cfg",
+                LISTEN=f"127.0.0.1:{port}",
+                UPSTREAM=host_port(upstream),
+            )
+            (workdir / "haproxy.cfg").write_text(text)
+            return [binary, "-db", "-f", str(workdir / "haproxy.cfg")]
+
+        proxy = _start("haproxy", workdir, prepare, ())
+        try:
+            yield proxy
+        finally:
+            proxy.stop()
+
+
+@contextlib.contextmanager
+def running_squid() -> Iterator[ProxyProcess]:
+    """squid with ``deploy/squid/squid.conf``: an HTTP forward proxy, ``url`` is its address."""
+    binary = find_binary("squid")
+    with _workdir("squid", owner="proxy") as workdir:
+
+        def prepare(port: int) -> list[str]:
+            text = render(
+                DEPLOY_DIR / "squid" / "squid.conf",
+                LISTEN=f"127.0.0.1:{port}",
+                LOG_DIR=str(workdir),
+                STATE_DIR=str(workdir),
+            )
+            (workdir / "squid.conf").write_text(text)
+            return [binary, "-N", "-f", str(workdir / "squid.conf")]
+
+        proxy = _start("squid", workdir, prepare, ("cache.log", "access.log"))
+        try:
+            yield proxy
+        finally:
+            proxy.stop(SQUID_STOP_TIMEOUT)
+
+
+class Proxies:
+    """Starts proxies for one test; all are stopped when the test ends."""
+
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self._stack = stack
+        self.started: list[ProxyProcess] = []
+
+    def nginx(self, upstream: str, recipe: str = "hopgate-default.conf") -> ProxyProcess:
+        return self._keep(running_nginx(upstream, recipe))
+
+    def haproxy(self, upstream: str) -> ProxyProcess:
+        return self._keep(running_haproxy(upstream))
+
+    def squid(self) -> ProxyProcess:
+        return self._keep(running_squid())
+
+    def reverse(self, kind: str, upstream: str) -> ProxyProcess:
+        """``kind`` is ``nginx`` (default recipe), ``nginx-ws`` or ``haproxy``."""
+        if kind == "nginx":
+            return self.nginx(upstream)
+        if kind == "nginx-ws":
+            return self.nginx(upstream, "hopgate-websocket.conf")
+        if kind == "haproxy":
+            return self.haproxy(upstream)
+        raise ValueError(f"unknown reverse proxy {kind!r}")
+
+    def _keep(self, manager: contextlib.AbstractContextManager[ProxyProcess]) -> ProxyProcess:
+        proxy = self._stack.enter_context(manager)
+        self.started.append(proxy)
+        return proxy
+
+
+@pytest.fixture
+def proxies() -> Iterator[Proxies]:
+    """Factory for real proxies, all stopped at teardown.
+
+    Their logs are printed at teardown; pytest shows that output only when
+    the test failed.
+    """
+    with contextlib.ExitStack() as stack:
+        factory = Proxies(stack)
+        yield factory
+        for proxy in factory.started:
+            print(proxy.logs())
