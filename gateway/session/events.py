@@ -1,0 +1,77 @@
+"""Events the session core reports to its I/O layer (``Session.events_received``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "Event",
+    "HelloReceived",
+    "MessageReceived",
+    "ProbeAnswered",
+    "SendWindowOpened",
+    "SessionClosed",
+    "TransportStalled",
+]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HelloReceived:
+    """The peer opened (or re-opened) its side: it speaks hopgate and knows us.
+
+    ``first`` is True only for the first HELLO of the session; the I/O layer
+    uses it to accept a WebSocket upgrade (proof required by seed 001).
+    """
+
+    last_received: int
+    first: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MessageReceived:
+    """One whole message from the peer: ``str`` if sent as text, else ``bytes``."""
+
+    data: bytes | str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SendWindowOpened:
+    """``Session.writable`` went from False to True: send_message will accept again."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TransportStalled:
+    """Data or a ping is outstanding and neither ack nor pong came for ``stall_timeout``.
+
+    Reported once per attached transport; the I/O layer demotes (WebSocket ->
+    long-poll) with ``transport_lost``/``transport_attached``.
+    """
+
+    since: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProbeAnswered:
+    """A probe PING came back: the transport it went over carries frames both ways."""
+
+    nonce: int
+    rtt: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionClosed:
+    """The session is over; reported exactly once. ``by_peer`` says who decided."""
+
+    code: int
+    reason: str
+    by_peer: bool
+
+
+Event = (
+    HelloReceived
+    | MessageReceived
+    | SendWindowOpened
+    | TransportStalled
+    | ProbeAnswered
+    | SessionClosed
+)
