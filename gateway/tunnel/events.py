@@ -1,0 +1,150 @@
+"""Events the tunnel core reports to its I/O layer (``Tunnel.events_received``).
+
+Header lists are tuples of ``(name, value)`` byte pairs in wire order, with
+duplicates kept: a gateway forwards them, it does not interpret them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DataReceived",
+    "Event",
+    "Headers",
+    "RequestReceived",
+    "ResponseReceived",
+    "StreamEnded",
+    "StreamReset",
+    "StreamWritable",
+    "WebSocketAccepted",
+    "WebSocketClosed",
+    "WebSocketMessage",
+    "WebSocketRequested",
+]
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestReceived:
+    """The peer opened an HTTP stream. ``has_body=False``: no DataReceived/StreamEnded follow."""
+
+    stream_id: int
+    method: str
+    target: bytes
+    headers: Headers
+    has_body: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResponseReceived:
+    """The response head of a stream we opened.
+
+    On a WebSocket stream this is a *refusal*: the endpoint gets this HTTP
+    response instead of a 101, and the stream carries its body (if any).
+    """
+
+    stream_id: int
+    status: int
+    reason: bytes
+    headers: Headers
+    has_body: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DataReceived:
+    """A body chunk. Call ``consumed(stream_id, len(data))`` once it left our hands.
+
+    ``data`` is the peer's bytes as msgpack decoded them; a relay passes the
+    same object to the next tunnel's ``send_data``.
+    """
+
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamEnded:
+    """The peer finished its body (request or response)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamReset:
+    """The stream is gone, in both directions; nothing more will be sent or reported.
+
+    ``remote``: the peer reset it (False: this core did, because the tunnel
+    closed or a frame broke one of our limits). ``retry_safe``: we opened the
+    stream and the peer provably never processed it (its OPEN never left us,
+    or the peer answered REFUSED), so the request may be sent again.
+    """
+
+    stream_id: int
+    code: int
+    reason: str
+    remote: bool
+    retry_safe: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamWritable:
+    """``send_data``/``send_ws_message`` returned False earlier; the stream takes more now."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WebSocketRequested:
+    """The peer wants an endpoint WebSocket: answer with accept_websocket or respond."""
+
+    stream_id: int
+    target: bytes
+    headers: Headers
+    protocols: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WebSocketAccepted:
+    """Our WebSocket stream was accepted: complete the endpoint's handshake now."""
+
+    stream_id: int
+    protocol: str | None
+    headers: Headers
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WebSocketMessage:
+    """One whole message: ``str`` if sent as text, else ``bytes``.
+
+    ``size`` is the flow-control credit the message still holds: pass it to
+    ``consumed(stream_id, size)`` once the endpoint took the message.
+    """
+
+    stream_id: int
+    data: bytes | str
+    size: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WebSocketClosed:
+    """The peer's side closed with this code; answer with close_websocket (echo)."""
+
+    stream_id: int
+    code: int
+    reason: str
+
+
+Event = (
+    RequestReceived
+    | ResponseReceived
+    | DataReceived
+    | StreamEnded
+    | StreamReset
+    | StreamWritable
+    | WebSocketRequested
+    | WebSocketAccepted
+    | WebSocketMessage
+    | WebSocketClosed
+)
