@@ -26,6 +26,8 @@ from typing import Any, Final
 
 import msgpack
 
+from gateway.wire import BatchReader, WireError
+
 from .errors import CloseCode, RemoteProtocolError
 
 __all__ = [
@@ -73,11 +75,6 @@ DATA_OVERHEAD: Final = 1 + 1 + 9 + 1 + 5
 FLAG_FIN: Final = 0x01
 FLAG_TEXT: Final = 0x02
 _FLAG_MASK: Final = FLAG_FIN | FLAG_TEXT
-
-# The decoder feeds msgpack in slices so its internal buffer never holds
-# more than one partial frame plus one slice, however large the batch.
-_FEED_CHUNK: Final = 256 * 1024
-_MAX_STR: Final = 1024
 
 
 class FrameType(IntEnum):
@@ -326,40 +323,14 @@ class FrameDecoder:
     (WebSocket messages, HTTP bodies) never split frames legitimately.
     """
 
-    __slots__ = ("_fed", "_unpacker")
+    __slots__ = ("_reader",)
 
     def __init__(self, *, max_payload: int = MAX_FRAGMENT_SIZE) -> None:
-        self._unpacker = msgpack.Unpacker(
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_buffer_size=max_payload + _FEED_CHUNK + 64,
-            max_bin_len=max_payload,
-            max_str_len=_MAX_STR,
-            max_array_len=8,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-        self._fed = 0
+        self._reader = BatchReader(max_bin=max_payload, max_array=8)
 
     def decode(self, batch: bytes | bytearray | memoryview) -> list[Frame]:
         """All frames of one batch, or RemoteProtocolError; nothing else escapes."""
-        frames: list[Frame] = []
-        unpacker = self._unpacker
-        view = memoryview(batch)
-        end_of_last = self._fed
         try:
-            for start in range(0, len(view), _FEED_CHUNK):
-                chunk = view[start : start + _FEED_CHUNK]
-                unpacker.feed(chunk)
-                self._fed += len(chunk)
-                for raw in unpacker:
-                    frames.append(parse_frame(raw))
-                    end_of_last = unpacker.tell()
-        except RemoteProtocolError:
-            raise
-        except Exception as exc:  # msgpack's zoo: ValueError, StackError, BufferFull...
-            raise _fail(f"undecodable msgpack ({type(exc).__name__})") from exc
-        if end_of_last != self._fed:
-            raise _fail("batch ends inside a frame")
-        return frames
+            return [parse_frame(raw) for raw in self._reader.objects(batch)]
+        except WireError as exc:
+            raise _fail(str(exc)) from exc

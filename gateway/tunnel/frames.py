@@ -27,6 +27,8 @@ from typing import Any, Final
 
 import msgpack
 
+from gateway.wire import BatchReader, WireError
+
 from .errors import RemoteProtocolError
 
 __all__ = [
@@ -81,11 +83,6 @@ FRAME_OVERHEAD: Final = 17
 
 FLAG_FIN: Final = 0x01
 FLAG_TEXT: Final = 0x02
-
-# The decoder feeds msgpack in slices, so its buffer never holds more than
-# one partial frame plus one slice, however large the session message.
-_FEED_CHUNK: Final = 256 * 1024
-_MAX_STR: Final = 1024
 
 
 class FrameType(IntEnum):
@@ -332,21 +329,10 @@ class FrameDecoder:
     error, because the session delivers whole messages.
     """
 
-    __slots__ = ("_fed", "_unpacker")
+    __slots__ = ("_reader",)
 
     def __init__(self) -> None:
-        self._unpacker = msgpack.Unpacker(
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_buffer_size=MAX_PAYLOAD + _FEED_CHUNK + 4096,
-            max_bin_len=MAX_PAYLOAD,
-            max_str_len=_MAX_STR,
-            max_array_len=2 * MAX_HEADER_FIELDS,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-        self._fed = 0
+        self._reader = BatchReader(max_bin=MAX_PAYLOAD, max_array=2 * MAX_HEADER_FIELDS, slack=4096)
 
     def decode(self, message: bytes | bytearray | memoryview) -> Iterator[list[Any]]:
         """Yield each frame of one message, validated; only RemoteProtocolError escapes.
@@ -354,30 +340,18 @@ class FrameDecoder:
         Lazy on purpose: the frames before a bad one take effect, exactly as
         if they had come in an earlier message.
         """
-        unpacker = self._unpacker
-        view = memoryview(message)
-        end_of_last = self._fed
         try:
-            for start in range(0, len(view), _FEED_CHUNK):
-                chunk = view[start : start + _FEED_CHUNK]
-                unpacker.feed(chunk)
-                self._fed += len(chunk)
-                for raw in unpacker:
-                    end_of_last = unpacker.tell()
-                    if (  # DATA, the hot frame: the same checks as LAYOUTS, inline
-                        type(raw) is list
-                        and len(raw) == 3
-                        and raw[0] == 5
-                        and type(raw[1]) is int
-                        and 0 < raw[1] <= MAX_STREAM_ID
-                        and type(raw[2]) is bytes
-                    ):
-                        yield raw
-                    else:
-                        yield check_frame(raw)
-        except RemoteProtocolError:
-            raise
-        except Exception as exc:  # msgpack's zoo: ValueError, StackError, BufferFull...
-            raise _fail(f"undecodable msgpack ({type(exc).__name__})") from exc
-        if end_of_last != self._fed:
-            raise _fail("message ends inside a frame")
+            for raw in self._reader.objects(message):
+                if (  # DATA, the hot frame: the same checks as LAYOUTS, inline
+                    type(raw) is list
+                    and len(raw) == 3
+                    and raw[0] == 5
+                    and type(raw[1]) is int
+                    and 0 < raw[1] <= MAX_STREAM_ID
+                    and type(raw[2]) is bytes
+                ):
+                    yield raw
+                else:
+                    yield check_frame(raw)
+        except WireError as exc:
+            raise _fail(str(exc)) from exc

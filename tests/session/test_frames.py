@@ -158,7 +158,7 @@ def test_malformed_input_is_remote_protocol_error(batch: bytes) -> None:
 def test_error_names_the_problem() -> None:
     with pytest.raises(RemoteProtocolError, match="unknown frame type 99"):
         FrameDecoder().decode(pack([99]))
-    with pytest.raises(RemoteProtocolError, match="batch ends inside a frame"):
+    with pytest.raises(RemoteProtocolError, match="ends inside a frame"):
         FrameDecoder().decode(pack([3, 5])[:-1])
 
 
