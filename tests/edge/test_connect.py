@@ -18,21 +18,14 @@ import pytest
 import trustme
 from aiohttp import http_parser, web, web_protocol
 
-from gateway.config import build_config
 from gateway.edge.connect import BadTarget, parse_connect_target
 from gateway.server import Gateway
+from tests.helpers import running_gateway
 
 LIMIT = 10.0
 
 
 # ------------------------------------------------------------------ helpers
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(role: str = "client", **settings: object) -> AsyncIterator[Gateway]:
-    config = build_config(role, {"listen": "127.0.0.1:0", **settings})  # type: ignore[arg-type]
-    async with Gateway(config) as gateway:
-        yield gateway
 
 
 class EchoServer:

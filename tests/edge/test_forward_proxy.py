@@ -8,7 +8,6 @@ refuse the same requests: it is never an open proxy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 from collections.abc import AsyncIterator
@@ -18,18 +17,12 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from gateway.config import build_config
 from gateway.server import Gateway
 from gateway.status import STATUS_PATH
+from tests.conftest import MakeOrigin
+from tests.helpers import running_gateway
 
 LIMIT = 10.0
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(role: str = "client", **settings: object) -> AsyncIterator[Gateway]:
-    config = build_config(role, {"listen": "127.0.0.1:0", **settings})  # type: ignore[arg-type]
-    async with Gateway(config) as gateway:
-        yield gateway
 
 
 class Origin:
@@ -54,17 +47,12 @@ class Origin:
 
 
 @pytest.fixture
-async def origin() -> AsyncIterator[Origin]:
+async def origin(make_origin: MakeOrigin) -> Origin:
     server = Origin()
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", server.echo)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield server
-    await runner.cleanup()
+    server.url = await make_origin(app)
+    return server
 
 
 @pytest.fixture

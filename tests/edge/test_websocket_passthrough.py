@@ -19,21 +19,12 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
-from gateway.config import build_config
 from gateway.edge import websocket
 from gateway.server import Gateway
+from tests.conftest import MakeOrigin
+from tests.helpers import running_gateway
 
 LIMIT = 10.0
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(role: str, **settings: object) -> AsyncIterator[Gateway]:
-    config = build_config(
-        role,  # type: ignore[arg-type]
-        {"listen": "127.0.0.1:0", "shutdown_grace": 1.0, **settings},
-    )
-    async with Gateway(config) as gateway:
-        yield gateway
 
 
 @dataclass
@@ -76,18 +67,13 @@ class Origin:
 
 
 @pytest.fixture
-async def origin() -> AsyncIterator[Origin]:
+async def origin(make_origin: MakeOrigin) -> Origin:
     server = Origin()
     app = web.Application()
     app.router.add_get("/ws", server.ws)
     app.router.add_get("/refuse", server.refuse)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield server
-    await runner.cleanup()
+    server.url = await make_origin(app)
+    return server
 
 
 @dataclass

@@ -1,0 +1,21 @@
+"""Small helpers shared by test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from gateway.config import build_config
+from gateway.server import Gateway
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(role: str = "client", **settings: object) -> AsyncIterator[Gateway]:
+    """An in-process gateway on 127.0.0.1:0 for the body of an ``async with``.
+
+    Shutdown grace defaults to 1 s so a test's teardown never waits long.
+    """
+    settings = {"listen": "127.0.0.1:0", "shutdown_grace": 1.0, **settings}
+    config = build_config(role, settings)  # type: ignore[arg-type]
+    async with Gateway(config) as gateway:
+        yield gateway
