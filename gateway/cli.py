@@ -126,6 +126,43 @@ def _add_gateway_flags(parser: argparse.ArgumentParser, role: Role) -> None:
         help="shared secret both gateways of a hop must know before a session is opened",
     )
     parser.add_argument(
+        "--hop-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="read the hop secret from FILE (keeps it out of the command line and "
+        "of a world-readable config; surrounding whitespace is ignored)",
+    )
+    parser.add_argument(
+        "--hold-time",
+        type=float,
+        metavar="SECONDS",
+        help="hop sessions: longest a long-poll GET is held (default 25; keep under 30)",
+    )
+    parser.add_argument(
+        "--resume-grace",
+        type=float,
+        metavar="SECONDS",
+        help="hop sessions: how long a session waits for its peer to reconnect (default 60)",
+    )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        metavar="N",
+        help="hop sessions this gateway serves at once; more get 503 (default 1000)",
+    )
+    parser.add_argument(
+        "--max-message-size",
+        type=int,
+        metavar="BYTES",
+        help="largest message a hop session carries (default 16777216)",
+    )
+    parser.add_argument(
+        "--session-buffer",
+        type=int,
+        metavar="BYTES",
+        help="replay buffer per hop session; senders wait beyond it (default 4194304)",
+    )
+    parser.add_argument(
         "--allowed-origin",
         dest="allowed_origins",
         action="append",

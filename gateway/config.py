@@ -58,8 +58,20 @@ class Config:
     max_connections: int = 0
     #: Shared secret hop sessions must prove (issue 4); ``None`` = none required.
     hop_secret: str | None = None
+    #: File the hop secret was read from (``--hop-secret-file``); ``hop_secret`` holds it.
+    hop_secret_file: Path | None = None
     #: Origins allowed to open browser sessions (JS shim); empty = same-origin only.
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    #: Hop sessions: longest a long-poll GET is held (RFC 6202: under 30 s).
+    hold_time: float = 25.0
+    #: Hop sessions: how long a session waits for its peer to come back.
+    resume_grace: float = 60.0
+    #: Hop sessions one gateway serves at once (503 beyond).
+    max_sessions: int = 1000
+    #: Largest message a hop session carries, in bytes.
+    max_message_size: int = 16 * 1024 * 1024
+    #: Replay buffer per hop session, in bytes (backpressure beyond).
+    session_buffer: int = 4 * 1024 * 1024
 
     @property
     def forward_proxy(self) -> bool:
@@ -151,15 +163,23 @@ def build_config(role: Role, settings: dict[str, Any]) -> Config:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
     for key, value in settings.items():
         values[key] = _typed(key, value)
+    if values.get("hop_secret_file") is not None:
+        if values.get("hop_secret") is not None:
+            raise ConfigError("give --hop-secret or --hop-secret-file, not both")
+        values["hop_secret"] = read_secret_file(values["hop_secret_file"])
     config = Config(**values)
     _check(config)
     return config
 
 
-_SECONDS = frozenset({"upstream_timeout", "connect_timeout", "shutdown_grace"})
-_INTEGERS = frozenset({"listen_port", "max_connections"})
+_SECONDS = frozenset(
+    {"upstream_timeout", "connect_timeout", "shutdown_grace", "hold_time", "resume_grace"}
+)
+_INTEGERS = frozenset(
+    {"listen_port", "max_connections", "max_sessions", "max_message_size", "session_buffer"}
+)
 _FLAGS = frozenset({"preserve_host"})
-_PATHS = frozenset({"tls_cert", "tls_key", "ca_file"})
+_PATHS = frozenset({"tls_cert", "tls_key", "ca_file", "hop_secret_file"})
 
 _KINDS = {
     **{key: "a number of seconds" for key in _SECONDS},
@@ -168,6 +188,24 @@ _KINDS = {
     **{key: "a file path" for key in _PATHS},
     "allowed_origins": "a list of origins such as [\"https://app.example\"]",
 }
+
+
+def read_secret_file(path: Path) -> str:
+    """The hop secret in ``path``: its text without surrounding whitespace.
+
+    Lets a systemd unit keep the secret out of the command line (visible in
+    ``ps``) and out of a world-readable config file (``LoadCredential=``, or a
+    ``0600`` file).
+    """
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"--hop-secret-file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--hop-secret-file {path}: cannot read it: {exc}") from None
+    if not secret:
+        raise ConfigError(f"--hop-secret-file {path}: the file is empty")
+    return secret
 
 
 def _typed(key: str, value: Any) -> Any:
@@ -215,8 +253,14 @@ def _check(config: Config) -> None:
         if path is not None and not path.is_file():
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag} {path}: no such file")
-    for name in ("upstream_timeout", "connect_timeout", "shutdown_grace"):
+    for name in sorted(_SECONDS):
         if getattr(config, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")
     if config.max_connections < 0:
         raise ConfigError("--max-connections must be 0 (unlimited) or a positive number")
+    if config.max_sessions < 1:
+        raise ConfigError("--max-sessions must be at least 1")
+    if config.max_message_size < 1:
+        raise ConfigError("--max-message-size must be a positive number of bytes")
+    if config.session_buffer < 128 * 1024:
+        raise ConfigError("--session-buffer must be at least 131072 bytes (two fragments)")
