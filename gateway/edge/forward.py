@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +27,7 @@ from yarl import URL
 
 from gateway.config import Config
 from gateway.edge import headers as hdr
+from gateway.hop import discovery
 from gateway.status import GatewayStats
 
 log = logging.getLogger("hopgate.forward")
@@ -54,7 +55,7 @@ def text_error(status: int, message: str) -> web.Response:
     )
 
 
-async def _body(request: web.BaseRequest) -> AsyncIterator[bytes]:
+async def request_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
     if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         # aiohttp's low-level server leaves ``Expect`` to the handler; the
         # client waits for this before it sends the body we are about to pull.
@@ -64,7 +65,7 @@ async def _body(request: web.BaseRequest) -> AsyncIterator[bytes]:
         yield chunk
 
 
-class _RelayedResponse(web.StreamResponse):
+class RelayedResponse(web.StreamResponse):
     """A response whose header fields are the upstream's, not aiohttp's defaults.
 
     aiohttp fills in ``Content-Type: application/octet-stream`` and its own
@@ -88,10 +89,17 @@ class Forwarder:
         self.config = config
         self.client = client
         self.stats = stats
+        #: Called with the origin key when a plain response carries a discovery note.
+        self.on_note: Callable[[str], None] | None = None
+        #: Mark plain requests as coming from a gateway (hop-by-hop ``Hopgate``).
+        self.mark_requests = False
+        #: Answer marked requests with a note naming this session path.
+        self.advertise_path: str | None = None
 
-    def outgoing_headers(self, request: web.BaseRequest, target: URL) -> CIMultiDict[str]:
+    def outgoing_headers(self, request: web.BaseRequest, target: URL | None) -> CIMultiDict[str]:
+        """Headers to send to ``target`` for ``request`` (``None``: keep the client's Host)."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        upstream_host = None if self.config.preserve_host else _host_header(target)
+        upstream_host = None if self.config.preserve_host or target is None else host_header(target)
         return hdr.request_headers_for_upstream(
             request.headers,
             http_version=(request.version.major, request.version.minor),
@@ -117,22 +125,18 @@ class Forwarder:
         self, request: web.BaseRequest, target: URL, origin_key: str
     ) -> web.StreamResponse:
         out_headers = self.outgoing_headers(request, target)
-        data = _body(request) if request.body_exists else None
+        if self.mark_requests:
+            discovery.add_mark(out_headers)
+        data = request_body(request) if request.body_exists else None
         try:
-            upstream = await self.client.request(
-                request.method,
-                target,
-                headers=out_headers,
-                data=data,
-                allow_redirects=False,
-                compress=None,
-                chunked=None,
-            )
+            upstream = await self.open_upstream(request.method, target, out_headers, data)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.stats.upstream(origin_key).errors += 1
             return self.error_response(exc, target)
+        if self.on_note is not None and discovery.note_from(upstream.headers) is not None:
+            self.on_note(origin_key)
         try:
             return await self._stream_back(request, upstream)
         except BaseException:
@@ -141,18 +145,68 @@ class Forwarder:
         finally:
             upstream.release()
 
+    async def open_upstream(
+        self,
+        method: str,
+        target: URL,
+        headers: CIMultiDict[str],
+        body: AsyncIterable[bytes] | None,
+    ) -> aiohttp.ClientResponse:
+        """Send one request head (and stream ``body``); the response once its head arrived.
+
+        Shared by plain forwarding and the tunnel's replay, so both send the
+        same bytes: no redirects followed, nothing compressed or re-chunked.
+        """
+        return await self.client.request(
+            method,
+            target,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            compress=None,
+            chunked=None,
+        )
+
+    def replay_headers(
+        self,
+        incoming: hdr.HeadersIn,
+        target: URL | None,
+        *,
+        client_ip: str | None,
+        proto: str = "http",
+    ) -> CIMultiDict[str]:
+        """Headers for a request that reached this gateway over a tunnel stream.
+
+        The stream stands in for an HTTP/1.1 connection from the previous
+        gateway, so the rules are exactly those of ``outgoing_headers``
+        (``target`` ``None``: keep the incoming Host).
+        """
+        upstream_host = None if self.config.preserve_host or target is None else host_header(target)
+        return hdr.request_headers_for_upstream(
+            incoming,
+            http_version=(1, 1),
+            via_name=self.config.via_name,
+            client_ip=client_ip,
+            proto=proto,
+            upstream_host=upstream_host,
+        )
+
+    def downstream_headers(self, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        """The upstream response's headers as this hop passes them back."""
+        version = upstream.version
+        return hdr.response_headers_for_downstream(
+            upstream.headers,
+            http_version=(version.major, version.minor) if version else (1, 1),
+            via_name=self.config.via_name,
+        )
+
     async def _stream_back(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
-        headers = hdr.response_headers_for_downstream(
-            upstream.headers,
-            http_version=(upstream.version.major, upstream.version.minor)
-            if upstream.version
-            else (1, 1),
-            via_name=self.config.via_name,
-        )
-        response = _RelayedResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(headers)
+        response = RelayedResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(self.downstream_headers(upstream))
+        if self.advertise_path is not None and discovery.has_mark(request.headers):
+            discovery.add_note(response.headers, self.advertise_path)
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():
@@ -160,7 +214,7 @@ class Forwarder:
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The origin failed mid-body: cut the client connection so the
             # truncation is visible instead of a short body looking complete.
-            log.warning("upstream %s failed mid-response: %s", upstream.url, _describe(exc))
+            log.warning("upstream %s failed mid-response: %s", upstream.url, describe(exc))
             if request.transport is not None:
                 request.transport.close()
             return response
@@ -168,10 +222,15 @@ class Forwarder:
         return response
 
     def error_response(self, exc: BaseException, target: URL) -> web.Response:
+        status, message = self.describe_failure(exc, target)
+        return text_error(status, message)
+
+    def describe_failure(self, exc: BaseException, target: URL) -> tuple[int, str]:
+        """Status (502/504) and a log-and-client message for a failed upstream request."""
         where = f"{target.scheme}://{target.raw_authority}"
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
             log.warning("upstream %s timed out", where)
-            return text_error(
+            return (
                 504,
                 f"upstream {where} did not answer in time "
                 f"(connect timeout {self.config.connect_timeout:g}s, "
@@ -179,25 +238,25 @@ class Forwarder:
             )
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
             msg = (
-                f"TLS certificate of upstream {where} failed verification: "
-                f"{exc.certificate_error}"
+                f"TLS certificate of upstream {where} failed verification: {exc.certificate_error}"
             )
         elif isinstance(exc, aiohttp.ClientConnectorError):
-            msg = f"could not connect to upstream {where}: {_describe(exc.os_error)}"
+            msg = f"could not connect to upstream {where}: {describe(exc.os_error)}"
         elif isinstance(exc, aiohttp.ServerDisconnectedError):
             msg = f"upstream {where} closed the connection without answering"
         else:
-            msg = f"upstream {where} failed: {_describe(exc)}"
+            msg = f"upstream {where} failed: {describe(exc)}"
         log.warning("%s", msg)
-        return text_error(502, msg)
+        return 502, msg
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _host_header(url: URL) -> str:
+def host_header(url: URL) -> str:
+    """The ``Host`` value for a request to ``url`` (port only when not the default)."""
     host = url.raw_host or ""
     if ":" in host:
         host = f"[{host}]"

@@ -64,6 +64,16 @@ log = logging.getLogger("hopgate.websocket")
 
 #: Largest message relayed in either direction (aiohttp holds a message whole).
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+
+
+def aiohttp_limit(largest: int) -> int:
+    """aiohttp's ``max_msg_size`` for messages of up to ``largest`` bytes.
+
+    aiohttp refuses a message whose size *reaches* ``max_msg_size``; our
+    limits name the largest size allowed, so a message of exactly that size
+    must pass.
+    """
+    return largest + 1
 #: Largest refusal body (``403`` page and the like) passed back to the client.
 MAX_REFUSAL_BODY = 1024 * 1024
 #: How long a closing side may take to answer our Close.
@@ -186,9 +196,9 @@ async def pass_through(
     try:
         client = await _accept_client(request, origin, max_msg_size)
     except BaseException:
-        await _close(origin, WSCloseCode.GOING_AWAY, "client handshake failed")
+        await close_peer(origin, WSCloseCode.GOING_AWAY, "client handshake failed")
         raise
-    await _run_shielded(_relay(client, origin, stats))
+    await run_shielded(_relay(client, origin, stats))
     return client
 
 
@@ -196,7 +206,7 @@ async def pass_through(
 _DETACHED: set[asyncio.Task[None]] = set()
 
 
-async def _run_shielded(relay: Coroutine[None, None, None]) -> None:
+async def run_shielded(relay: Coroutine[None, None, None]) -> None:
     """Run ``relay`` to its end even if the handler is cancelled.
 
     aiohttp cancels the handler as soon as the client's socket closes, and a
@@ -213,16 +223,34 @@ async def _connect_origin(
     request: web.BaseRequest, target: URL, forwarder: Forwarder, max_msg_size: int
 ) -> aiohttp.ClientWebSocketResponse:
     headers = forwarder.outgoing_headers(request, target)
-    for name in _HANDSHAKE_HEADERS:
-        headers.popall(name, None)
+    return await connect_origin(
+        forwarder, target, headers, offered_protocols(request.headers), max_msg_size
+    )
+
+
+async def connect_origin(
+    forwarder: Forwarder,
+    target: URL,
+    headers: CIMultiDict[str],
+    protocols: list[str],
+    max_msg_size: int,
+) -> aiohttp.ClientWebSocketResponse:
+    """Open the gateway's own WebSocket to ``target``, offering the client's ``protocols``.
+
+    ``headers`` are the end-to-end headers the hop rules produced; the
+    handshake headers in them are dropped, aiohttp writes its own. Raises
+    ``OriginRefused`` (with ``capture_refusal``) if the origin answers
+    anything but ``101``. Shared by the pass-through and the tunnel's replay.
+    """
+    strip_handshake(headers)
     return await forwarder.client.ws_connect(
         target,
         headers=headers,
-        protocols=offered_protocols(request.headers),
+        protocols=protocols,
         autoclose=False,
         autoping=False,
         compress=0,
-        max_msg_size=max_msg_size,
+        max_msg_size=aiohttp_limit(max_msg_size),
         timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
     )
 
@@ -236,7 +264,7 @@ async def _accept_client(
         autoclose=False,
         autoping=False,
         compress=False,
-        max_msg_size=max_msg_size,
+        max_msg_size=aiohttp_limit(max_msg_size),
         timeout=CLOSE_TIMEOUT,
     )
     await client.prepare(request)
@@ -251,18 +279,28 @@ def _refusal_response(refusal: OriginRefused, forwarder: Forwarder, target: URL)
             f"upstream {where} refused the WebSocket upgrade with status {refusal.status} "
             f"and a body over {MAX_REFUSAL_BODY} bytes",
         )
-    headers = hdr.response_headers_for_downstream(
-        refusal.headers, http_version=refusal.http_version, via_name=forwarder.config.via_name
-    )
-    headers.popall("Content-Length", None)
-    for name in _HANDSHAKE_HEADERS:
-        headers.popall(name, None)
     return web.Response(
         status=refusal.status,
         reason=refusal.reason,
-        headers=CIMultiDict(headers),
+        headers=refusal_headers(refusal.headers, refusal.http_version, forwarder.config.via_name),
         body=refusal.body,
     )
+
+
+def strip_handshake(headers: CIMultiDict[str]) -> None:
+    """Drop the ``Sec-WebSocket-*`` fields a WebSocket endpoint writes anew on each hop."""
+    for name in _HANDSHAKE_HEADERS:
+        headers.popall(name, None)
+
+
+def refusal_headers(
+    headers: hdr.HeadersIn, http_version: tuple[int, int], via_name: str
+) -> CIMultiDict[str]:
+    """The headers of a refused handshake as this hop passes them back (body set anew)."""
+    out = hdr.response_headers_for_downstream(headers, http_version=http_version, via_name=via_name)
+    out.popall("Content-Length", None)
+    strip_handshake(out)
+    return out
 
 
 async def _relay(
@@ -284,7 +322,7 @@ async def _relay(
         # Also reached when the handler is cancelled because the client's
         # connection closed: the origin still gets a proper Close, with the
         # client's code if it sent one.
-        await _close(origin, _sendable(client.close_code), "client connection closed")
+        await close_peer(origin, sendable(client.close_code), "client connection closed")
         await _stop(from_client, from_origin)
         stats.active_websockets -= 1
 
@@ -333,22 +371,22 @@ async def _close_after(
     ``receive`` is running, so its pump is stopped first.
     """
     if ending is not None and ending.type is WSMsgType.CLOSE:
-        code, reason = _sendable(ending.data), ending.extra or ""
+        code, reason = sendable(ending.data), ending.extra or ""
     elif ending is not None and isinstance(ending.data, aiohttp.WebSocketError):
         # aiohttp already closed ``source`` with the code the error called
         # for (1009 message too big, 1002 protocol error, 1007 bad UTF-8).
-        code, reason = _sendable(ending.data.code), str(ending.data)
+        code, reason = sendable(ending.data.code), str(ending.data)
     else:
         code, reason = WSCloseCode.GOING_AWAY, "peer connection lost"
     if isinstance(sink, web.WebSocketResponse):
         await _stop(sink_pump)
-    await _close(sink, code, reason)
+    await close_peer(sink, code, reason)
     # No await in between: once the client's socket is closed, aiohttp
     # cancels this handler at its next suspension point.
-    await _close(source, _sendable(sink.close_code) if sink.close_code else code, "")
+    await close_peer(source, sendable(sink.close_code) if sink.close_code else code, "")
 
 
-def _sendable(code: int | None) -> int:
+def sendable(code: int | None) -> int:
     """``code`` if it may travel in a Close frame, else the nearest one that may."""
     if code in (0, 1005):  # a Close without a code
         return WSCloseCode.OK
@@ -357,7 +395,7 @@ def _sendable(code: int | None) -> int:
     return code
 
 
-async def _close(peer: Peer, code: int, reason: str) -> None:
+async def close_peer(peer: Peer, code: int, reason: str) -> None:
     if peer.closed:
         return
     try:

@@ -1,0 +1,933 @@
+"""TunnelLink: asyncio glue carrying HTTP exchanges and endpoint WebSockets over a hop session.
+
+This is the I/O side of ``docs/tunnel.md``: one :class:`TunnelLink` owns one
+:class:`~gateway.tunnel.Tunnel` core and drives it over one live
+:class:`~gateway.session.hop.HopSession`. Unlike the rest of
+``gateway/tunnel/`` it does I/O (asyncio, aiohttp); the core stays pure.
+
+Theory of operation
+===================
+
+Roles. The gateway that opened the hop session (``opener=True``, the
+downstream one) opens streams: :meth:`TunnelLink.forward` for an HTTP
+exchange, :meth:`TunnelLink.forward_websocket` for an endpoint WebSocket, each
+run by the aiohttp handler task of the request it carries. The other end
+(``opener=False``) answers them: it replays each stream as HTTP to its
+configured ``upstream`` through the :class:`~gateway.edge.forward.Forwarder`
+(one task per exchange), or, when ``next_hop()`` gives a live link, relays it
+frame by frame onto that link (``gateway.tunnel.relay``; no task at all).
+Streams only flow downstream -> upstream: a stream the upstream peer opens
+towards the opener is refused, so a server gateway can never make a client
+gateway issue requests.
+
+No task per message. The session calls ``on_message`` for each tunnel message
+(one batch of frames): the link feeds it to the core and routes the events
+synchronously to per-stream *sinks* (a mailbox an exchange awaits, or a relay
+half). Output is pulled by one coalescing *flush* (``loop.call_soon``, so every
+frame queued in one loop turn leaves in one session message) that moves
+``next_message()`` into ``hop.send()`` while the session is writable;
+``on_writable`` flushes again when the replay buffer frees up.
+
+Flow control is tied to the real consumers. Request body bytes are
+``consumed()`` when the origin connection took them (the body generator is
+resumed by aiohttp after the previous chunk was written), response bytes when
+``await response.write()`` returned downstream, WebSocket messages when the
+endpoint's send returned, relayed bytes when the next tunnel queued them. A
+slow reader therefore only stalls its own stream; the core's scheduler keeps
+the others moving.
+
+Headers: which side adds what. The tunnel stream stands in for the plain
+HTTP/1.1 connection between two gateways, and each gateway applies exactly
+the rules it applies on a plain hop:
+
+* the downstream gateway sends, in OPEN, the head it would have sent the next
+  gateway over plain HTTP (``Forwarder.outgoing_headers``: hop-by-hop fields
+  stripped, ``Expect`` answered locally, its own ``Via``, ``X-Forwarded-For``
+  with its client's address, ``-Proto``, ``-Host``, ``Host`` rewritten to the
+  next hop's unless ``preserve_host``) and a target as the next hop would get
+  it (:func:`tunnel_target`);
+* the upstream gateway treats that head as a request received over HTTP/1.1
+  from the downstream gateway (``Forwarder.replay_headers``): strips hop-by-hop
+  fields again, adds its own ``Via`` and the downstream gateway's address
+  (``peer_ip``) to ``X-Forwarded-For``, and rewrites ``Host`` to its
+  upstream's unless ``preserve_host``;
+* responses likewise: the upstream side passes the origin's head through
+  ``Forwarder.downstream_headers`` (its ``Via``), the downstream side through
+  ``response_headers_for_downstream`` once more (its own ``Via``).
+
+So the origin sees what it would see on a plain path through the same
+gateways (``X-Forwarded-For`` lacks the downstream gateway's address only if
+the link was built without ``peer_ip``).
+
+Never an open proxy. The answering side accepts only origin-form targets
+(``/``, not ``//``, no control characters: absolute-form, authority-form and
+``*`` are refused), no ``CONNECT``, header fields without CR/LF/NUL, and
+builds the URL under its own ``upstream`` (checked again after parsing);
+anything else is reset with ``PROTOCOL`` and logged. ``Host`` cannot steer
+the connection: it always goes to ``upstream``.
+
+Exactly once. :meth:`TunnelLink.forward` raises :class:`NotSent` only while
+the OPEN has provably not been handed to the session (``Tunnel.open_sent``);
+from then on every failure is an HTTP answer: session loss -> 502 "not
+retried", a peer RESET -> its code's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.edge import headers as hdr
+from gateway.edge.forward import Forwarder, RelayedResponse, request_body, text_error
+from gateway.edge.websocket import (
+    CLOSE_TIMEOUT,
+    MAX_REFUSAL_BODY,
+    OriginRefused,
+    Peer,
+    aiohttp_limit,
+    close_peer,
+    connect_origin,
+    offered_protocols,
+    refusal_headers,
+    run_shielded,
+    sendable,
+    strip_handshake,
+)
+from gateway.session.hop import SessionClosedError
+
+from .errors import RemoteProtocolError, ResetCode
+from .events import (
+    DataReceived,
+    Event,
+    Headers,
+    RequestReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    StreamWritable,
+    WebSocketAccepted,
+    WebSocketClosed,
+    WebSocketMessage,
+    WebSocketRequested,
+)
+from .frames import MAX_REASON_BYTES
+from .streams import Tunnel, TunnelConfig
+
+if TYPE_CHECKING:
+    from gateway.session.hop import HopSession
+
+__all__ = ["NotSent", "TunnelLink", "check_request", "tunnel_target"]
+
+log = logging.getLogger("hopgate.tunnel")
+
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f]")
+_BAD_VALUE: Final = re.compile(rb"[\x00\r\n]")
+_BAD_HANDSHAKE: Final = (
+    "invalid WebSocket handshake: needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13"
+)
+
+
+class NotSent(Exception):
+    """The request never left: the caller may send it another way (plain HTTP)."""
+
+
+class Sink(Protocol):
+    """Where a link routes the events of one stream."""
+
+    def deliver(self, event: Event) -> None: ...
+
+
+# -- pure helpers --------------------------------------------------------------------------
+
+
+def tunnel_target(upstream: URL | None, request: web.BaseRequest) -> str:
+    """The origin-form target the next hop would receive on a plain path (base path kept)."""
+    base = upstream.raw_path.rstrip("/") if upstream is not None else ""
+    return base + request.raw_path
+
+
+def check_request(method: str, target: bytes, headers: Headers) -> str | None:
+    """Why a tunnelled request head must be refused, or None if it may be replayed."""
+    if method == "CONNECT" or not _TOKEN.fullmatch(method.encode("ascii", "replace")):
+        return f"method {method!r:.40} is not allowed through a tunnel"
+    if not target.startswith(b"/") or target.startswith(b"//"):
+        return f"target {target[:60]!r} is not origin-form (absolute/authority form refused)"
+    if _BAD_TARGET.search(target):
+        return "target contains whitespace or control characters"
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            return f"malformed header field {name[:40]!r}"
+    return None
+
+
+def under_upstream(upstream: URL, target: bytes) -> URL | None:
+    """``target`` below ``upstream``'s base path, or None if it would leave that origin."""
+    text = target.decode("utf-8", "surrogateescape")
+    try:
+        url = URL(str(upstream).rstrip("/") + text, encoded=True)
+    except ValueError:
+        return None
+    if (url.scheme, url.raw_host, url.port) != (upstream.scheme, upstream.raw_host, upstream.port):
+        return None
+    return url
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def decode_headers(raw: Headers) -> CIMultiDict[str]:
+    return CIMultiDict((_text(name), _text(value)) for name, value in raw)
+
+
+def _pairs(headers: CIMultiDict[str]) -> Iterable[tuple[str, str]]:
+    return headers.items()
+
+
+def short(reason: str) -> str:
+    """``reason`` cut to what a RESET/CLOSE frame carries, on a character boundary."""
+    data = reason.encode("utf-8", "replace")
+    if len(data) <= MAX_REASON_BYTES:
+        return reason
+    return data[: MAX_REASON_BYTES - 3].decode("utf-8", "ignore") + "..."
+
+
+def _response_has_body(method: str, status: int) -> bool:
+    return method != "HEAD" and status >= 200 and status not in (204, 304)
+
+
+def _reset_status(code: int) -> int:
+    try:
+        return ResetCode(code).http_status
+    except ValueError:
+        return ResetCode.INTERNAL.http_status
+
+
+def _reset_close_code(code: int) -> int:
+    try:
+        return ResetCode(code).ws_close_code
+    except ValueError:
+        return ResetCode.INTERNAL.ws_close_code
+
+
+# -- per-stream mailboxes ------------------------------------------------------------------
+
+
+class _EndpointDone:
+    """Posted by a WebSocket reader when its endpoint closed (or vanished)."""
+
+    __slots__ = ("closed",)
+
+    def __init__(self, *, closed: bool) -> None:
+        self.closed = closed
+
+
+class Mailbox:
+    """Events of one stream for the task that runs it; a reset may cancel that task."""
+
+    __slots__ = ("_arrived", "_writable", "events", "reset", "task")
+
+    def __init__(self) -> None:
+        self.events: deque[Event | _EndpointDone] = deque()
+        self.reset: StreamReset | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self._arrived = asyncio.Event()
+        self._writable = asyncio.Event()
+
+    def deliver(self, event: Event) -> None:
+        if type(event) is StreamWritable:
+            self._writable.set()
+            return
+        if type(event) is StreamReset:
+            if self.reset is not None:
+                return
+            self.reset = event
+            self._writable.set()
+            task = self.task
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()  # the origin request goes at once (a held poll, an upload)
+        self.events.append(event)
+        self._arrived.set()
+
+    def post(self, item: _EndpointDone) -> None:
+        self.events.append(item)
+        self._arrived.set()
+
+    async def next_event(self) -> Event | _EndpointDone:
+        while not self.events:
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self.events.popleft()
+
+    async def wait_writable(self, tunnel: Tunnel, sid: int) -> bool:
+        """True once ``sid`` takes more data; False if the stream was reset."""
+        while not tunnel.is_writable(sid):
+            if self.reset is not None or tunnel.closed:
+                return False
+            self._writable.clear()
+            await self._writable.wait()
+        return True
+
+
+# -- the link ---------------------------------------------------------------------------------
+
+
+class _LinkLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        assert self.extra is not None
+        return f"[{self.extra['sid']}] {msg}", kwargs
+
+
+class TunnelLink:
+    """A Tunnel core driven over one HopSession."""
+
+    def __init__(
+        self,
+        hop: HopSession,
+        *,
+        opener: bool,
+        forwarder: Forwarder,
+        upstream: URL | None,
+        next_hop: Callable[[], TunnelLink | None] | None = None,
+        config: TunnelConfig | None = None,
+        peer_ip: str | None = None,
+    ) -> None:
+        """``upstream``: this gateway's configured upstream (the origin behind a server
+        gateway; the next gateway for a client one, used for the ``Host`` it would
+        send). ``peer_ip``: the other gateway's address, for ``X-Forwarded-For``.
+        """
+        self._hop = hop
+        self._opener = opener
+        self._forwarder = forwarder
+        self._upstream = upstream
+        self._next_hop = next_hop
+        # An endpoint WebSocket message may be as large as a session message
+        # (``--max-message-size``), not just the tunnel core's default.
+        self.config = config or TunnelConfig(max_ws_message=hop.settings.max_message_size)
+        self.peer_ip = peer_ip
+        self.tunnel = Tunnel(self.config, opener=opener)
+        self.stats = forwarder.stats
+        self.name = str(upstream) if upstream is not None and opener else hop.session_id[:6]
+        self.log = _LinkLog(log, {"sid": hop.session_id[:6]})
+        self._loop = asyncio.get_running_loop()
+        self._sinks: dict[int, Sink] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._flush_due = False
+        self._dispatching = False
+        self._closing = False
+        self._writable = asyncio.Event()
+        hop.set_handlers(
+            on_message=self._on_message, on_writable=self._on_writable, on_closed=self._on_closed
+        )
+
+    def __repr__(self) -> str:
+        side = "opener" if self._opener else "answerer"
+        return f"<TunnelLink {self.name} {side} streams={self.tunnel.stream_count}>"
+
+    @property
+    def alive(self) -> bool:
+        return not (self._closing or self.tunnel.closed or self._hop.closed)
+
+    @property
+    def hop(self) -> HopSession:
+        return self._hop
+
+    @property
+    def forwarder(self) -> Forwarder:
+        return self._forwarder
+
+    @property
+    def upstream(self) -> URL | None:
+        return self._upstream
+
+    async def close(self) -> None:
+        """Stop every stream (downstream: 502 / 1001; upstream: origin requests cancelled), then
+        close the hop session gracefully."""
+        if not self._closing:
+            self._closing = True
+            if not self.tunnel.closed:
+                self.tunnel.close_all("tunnel link closed")
+                self.dispatch()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if not self._hop.closed:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._hop.settings.close_timeout):
+                    await self._hop.close()
+
+    # -- session side ------------------------------------------------------------------------
+
+    def _on_message(self, data: bytes | str) -> None:
+        tunnel = self.tunnel
+        if tunnel.closed:
+            return
+        try:
+            tunnel.receive_message(data)
+        except RemoteProtocolError as exc:
+            self.log.warning("< tunnel protocol error, closing the session: %s", exc.reason)
+            self.spawn(self._hop.close(exc.code, short(exc.reason)))
+        self.dispatch()
+        self.schedule_flush()
+
+    def _on_writable(self) -> None:
+        self._writable.set()
+        self.flush()
+
+    def _on_closed(self, code: int, reason: str) -> None:
+        self._writable.set()
+        if not self.tunnel.closed:
+            self.tunnel.close_all(short(f"hop session closed ({code} {reason})".strip()))
+        self.dispatch()
+
+    def schedule_flush(self) -> None:
+        """Flush at the end of this loop turn: everything queued until then shares a message."""
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Hand the tunnel's output to the session while it can take it."""
+        self._flush_due = False
+        hop, tunnel = self._hop, self.tunnel
+        try:
+            while not tunnel.closed and hop.writable:
+                message = tunnel.next_message()
+                if message is None:
+                    break
+                hop.send(message)
+        except SessionClosedError:
+            pass  # on_closed follows
+        self.dispatch()  # next_message reports StreamWritable
+
+    def dispatch(self) -> None:
+        """Route the core's events to their streams (re-entrant calls fold into the outer one)."""
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while events := self.tunnel.events_received():
+                for event in events:
+                    self._route(event)
+        finally:
+            self._dispatching = False
+
+    def _route(self, event: Event) -> None:
+        if isinstance(event, RequestReceived | WebSocketRequested):
+            self._accept(event)
+            return
+        sid = event.stream_id
+        sink = self._sinks.get(sid)
+        if sink is None:
+            # The exchange finished early (an origin that answered before
+            # reading the whole upload): drop the rest. No reset here: it
+            # would also drop the end of our response still queued in the
+            # core; the downstream side resets once it has that response.
+            if isinstance(event, DataReceived):
+                self.tunnel.consumed(sid, len(event.data))
+            elif isinstance(event, WebSocketMessage):
+                self.tunnel.consumed(sid, event.size)
+            return
+        if type(event) is StreamReset:
+            del self._sinks[sid]
+        sink.deliver(event)
+
+    def register(self, sid: int, sink: Sink) -> None:
+        self._sinks[sid] = sink
+
+    def unregister(self, sid: int, sink: Sink) -> None:
+        if self._sinks.get(sid) is sink:
+            del self._sinks[sid]
+
+    def reset(self, sid: int, code: int, reason: str) -> None:
+        """Reset ``sid`` and tell its sink, as if the peer had (the core reports no event)."""
+        reason = short(reason)
+        self.tunnel.reset(sid, code, reason)
+        self.schedule_flush()
+        sink = self._sinks.pop(sid, None)
+        if sink is not None:
+            sink.deliver(
+                StreamReset(stream_id=sid, code=code, reason=reason, remote=False, retry_safe=False)
+            )
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- answering side: a stream the peer opened -----------------------------------------------
+
+    def _accept(self, event: RequestReceived | WebSocketRequested) -> None:
+        sid = event.stream_id
+        method = event.method if isinstance(event, RequestReceived) else "GET"
+        if self._opener:
+            self.log.warning("< refused stream %d: the upstream side may not open streams", sid)
+            self.reset(sid, ResetCode.REFUSED, "a downstream gateway takes no streams")
+            return
+        if self._closing:
+            self.reset(sid, ResetCode.REFUSED, "gateway shutting down")
+            return
+        problem = check_request(method, event.target, event.headers)
+        if problem is not None:
+            self.log.warning("< refused stream %d: %s", sid, problem)
+            self.reset(sid, ResetCode.PROTOCOL, problem)
+            return
+        following = self._next_hop() if self._next_hop is not None else None
+        if following is not None and following is not self and following.alive:
+            from .relay import relay_stream
+
+            relay_stream(self, following, event)
+            return
+        if self._upstream is None:
+            self.log.warning("< refused stream %d: no upstream configured", sid)
+            self.reset(sid, ResetCode.REFUSED, "this gateway has no upstream")
+            return
+        target = under_upstream(self._upstream, event.target)
+        if target is None:
+            self.log.warning(
+                "< refused stream %d: target %r leaves the upstream", sid, event.target
+            )
+            self.reset(sid, ResetCode.PROTOCOL, "target does not stay on this gateway's upstream")
+            return
+        box = Mailbox()
+        self._sinks[sid] = box
+        if isinstance(event, RequestReceived):
+            box.task = self.spawn(self._serve_http(event, target, box))
+        else:
+            box.task = self.spawn(self._serve_websocket(event, target, box))
+
+    async def _serve_http(self, event: RequestReceived, target: URL, box: Mailbox) -> None:
+        sid, forwarder = event.stream_id, self._forwarder
+        origin_key = str(self._upstream)
+        headers = forwarder.replay_headers(
+            decode_headers(event.headers), target, client_ip=self.peer_ip
+        )
+        body = self._tunnel_body(sid, box) if event.has_body else None
+        self.stats.upstream(origin_key).requests += 1
+        self.stats.active_streams += 1
+        self.log.debug("< %d %s %s", sid, event.method, target.raw_path_qs)
+        try:
+            try:
+                upstream = await forwarder.open_upstream(event.method, target, headers, body)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.upstream(origin_key).errors += 1
+                status, message = forwarder.describe_failure(exc, target)
+                code = ResetCode.TIMEOUT if status == 504 else ResetCode.CONNECT_FAILED
+                self.reset(sid, code, message)
+                return
+            try:
+                await self._send_response(sid, box, event.method, upstream)
+            except BaseException:
+                upstream.close()
+                raise
+            finally:
+                upstream.release()
+        except asyncio.CancelledError:
+            if box.reset is None:
+                self.reset(sid, ResetCode.CANCEL, "gateway stopping")
+            raise
+        finally:
+            self.stats.active_streams -= 1
+            self.unregister(sid, box)
+
+    async def _tunnel_body(self, sid: int, box: Mailbox) -> AsyncIterator[bytes]:
+        """The request body as it arrives; each chunk is credited once the origin took it."""
+        tunnel = self.tunnel
+        while True:
+            event = await box.next_event()
+            if isinstance(event, DataReceived):
+                yield event.data
+                tunnel.consumed(sid, len(event.data))
+                self.schedule_flush()
+            else:  # StreamEnded, or StreamReset (the task is being cancelled)
+                return
+
+    async def _send_response(
+        self, sid: int, box: Mailbox, method: str, upstream: aiohttp.ClientResponse
+    ) -> None:
+        tunnel = self.tunnel
+        has_body = _response_has_body(method, upstream.status)
+        headers = self._forwarder.downstream_headers(upstream)
+        tunnel.respond(
+            sid, upstream.status, upstream.reason or "", _pairs(headers), has_body=has_body
+        )
+        self.schedule_flush()
+        if not has_body:
+            return
+        try:
+            async for chunk in upstream.content.iter_any():
+                if not await box.wait_writable(tunnel, sid):
+                    return
+                tunnel.send_data(sid, chunk)
+                self.schedule_flush()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            self.log.warning("upstream failed mid-response on stream %d: %r", sid, exc)
+            code = ResetCode.TIMEOUT if timed_out else ResetCode.CANCEL
+            self.reset(sid, code, f"upstream failed mid-response: {type(exc).__name__}")
+            return
+        tunnel.end(sid)
+        self.schedule_flush()
+
+    async def _serve_websocket(self, event: WebSocketRequested, target: URL, box: Mailbox) -> None:
+        sid, forwarder, tunnel = event.stream_id, self._forwarder, self.tunnel
+        origin_key = str(self._upstream)
+        headers = forwarder.replay_headers(
+            decode_headers(event.headers), target, client_ip=self.peer_ip
+        )
+        self.stats.upstream(origin_key).requests += 1
+        try:
+            try:
+                origin = await connect_origin(
+                    forwarder, target, headers, list(event.protocols), self.config.max_ws_message
+                )
+            except OriginRefused as refusal:
+                self._pass_refusal(sid, refusal)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.upstream(origin_key).errors += 1
+                status, message = forwarder.describe_failure(exc, target)
+                code = ResetCode.TIMEOUT if status == 504 else ResetCode.CONNECT_FAILED
+                self.reset(sid, code, message)
+                return
+            tunnel.accept_websocket(sid, origin.protocol)
+            self.schedule_flush()
+            await self.bridge_websocket(sid, box, origin)
+        except asyncio.CancelledError:
+            if box.reset is None:
+                self.reset(sid, ResetCode.CANCEL, "gateway stopping")
+            raise
+        finally:
+            self.unregister(sid, box)
+
+    def _pass_refusal(self, sid: int, refusal: OriginRefused) -> None:
+        if refusal.body is None:
+            self.reset(
+                sid,
+                ResetCode.CONNECT_FAILED,
+                f"upstream refused the WebSocket with {refusal.status} and an oversized body",
+            )
+            return
+        headers = refusal_headers(
+            refusal.headers, refusal.http_version, self._forwarder.config.via_name
+        )
+        body = refusal.body
+        tunnel = self.tunnel
+        tunnel.respond(sid, refusal.status, refusal.reason or "", _pairs(headers), has_body=True)
+        if body:
+            tunnel.send_data(sid, body)  # bounded by MAX_REFUSAL_BODY; one call may exceed pending
+        tunnel.end(sid)
+        self.schedule_flush()
+
+    # -- opening side: this gateway's client request goes through the tunnel ----------------
+
+    async def forward(
+        self, request: web.BaseRequest, target: str, *, origin_key: str
+    ) -> web.StreamResponse:
+        """Carry ``request`` over the tunnel; ``target`` as :func:`tunnel_target` gives it.
+
+        Raises :class:`NotSent` only if the OPEN never reached the session.
+        """
+        _check_own_target(target)
+        if not self.alive:
+            raise NotSent(f"hop session to {self.name} is closed")
+        tunnel = self.tunnel
+        headers = self._forwarder.outgoing_headers(request, self._upstream)
+        has_body = request.body_exists
+        box = Mailbox()
+        sid = tunnel.open_http(request.method, target, _pairs(headers), has_body=has_body)
+        self._sinks[sid] = box
+        await self._hand_over(sid, box)
+        self.stats.upstream(origin_key).requests += 1
+        self.stats.active_streams += 1
+        upload = self._loop.create_task(self._upload(sid, box, request)) if has_body else None
+        try:
+            return await self._receive_response(request, sid, box)
+        except BaseException:
+            self.reset(sid, ResetCode.CANCEL, "client went away")
+            self.flush()
+            raise
+        finally:
+            if upload is not None:
+                if not upload.done():
+                    upload.cancel()
+                    self.reset(sid, ResetCode.CANCEL, "response complete before the request body")
+                await asyncio.gather(upload, return_exceptions=True)
+            self.unregister(sid, box)
+            self.stats.active_streams -= 1
+
+    async def _hand_over(self, sid: int, box: Mailbox) -> None:
+        """Return once the OPEN of ``sid`` is in the session; else reset it and raise NotSent."""
+        tunnel = self.tunnel
+        self.flush()
+        try:
+            async with asyncio.timeout(self._forwarder.config.connect_timeout):
+                while box.reset is None and not tunnel.open_sent(sid):
+                    self._writable.clear()
+                    await self._writable.wait()
+                    self.flush()
+        except TimeoutError:
+            pass
+        except BaseException:
+            self.reset(sid, ResetCode.CANCEL, "client went away")
+            raise
+        reset = box.reset
+        if reset is None and tunnel.open_sent(sid):
+            return
+        if reset is not None and not reset.retry_safe:
+            return  # it did go: the reset is answered like any other
+        self.reset(sid, ResetCode.CANCEL, "not sent")  # vanishes: its OPEN never left
+        self.unregister(sid, box)
+        why = reset.reason if reset is not None else "the session stayed full"
+        raise NotSent(f"hop session to {self.name} could not take the request: {why}")
+
+    async def _upload(self, sid: int, box: Mailbox, request: web.BaseRequest) -> None:
+        tunnel = self.tunnel
+        try:
+            async for chunk in request_body(request):
+                if not await box.wait_writable(tunnel, sid):
+                    return
+                tunnel.send_data(sid, chunk)
+                self.schedule_flush()
+        except (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            self.reset(sid, ResetCode.CANCEL, f"client request body failed: {type(exc).__name__}")
+            return
+        tunnel.end(sid)
+        self.schedule_flush()
+
+    async def _receive_response(
+        self, request: web.BaseRequest, sid: int, box: Mailbox
+    ) -> web.StreamResponse:
+        head = await box.next_event()
+        if not isinstance(head, ResponseReceived):
+            assert isinstance(head, StreamReset), head
+            return self._reset_answer(head)
+        response = RelayedResponse(status=head.status, reason=_text(head.reason) or None)
+        response.headers.extend(
+            hdr.response_headers_for_downstream(
+                decode_headers(head.headers),
+                http_version=(1, 1),
+                via_name=self._forwarder.config.via_name,
+            )
+        )
+        await response.prepare(request)
+        tunnel = self.tunnel
+        while head.has_body:
+            event = await box.next_event()
+            if isinstance(event, DataReceived):
+                await response.write(event.data)
+                tunnel.consumed(sid, len(event.data))
+                self.schedule_flush()
+            elif isinstance(event, StreamEnded):
+                break
+            else:
+                assert isinstance(event, StreamReset), event
+                self.log.warning("= stream %d reset mid-response: %s", sid, event.reason)
+                if request.transport is not None:
+                    request.transport.close()  # a truncated body must not look complete
+                return response
+        await response.write_eof()
+        return response
+
+    def _reset_answer(self, reset: StreamReset) -> web.Response:
+        if reset.code == ResetCode.SESSION_LOST and not reset.remote:
+            return text_error(
+                502, f"hop session to {self.name} lost after the request was sent; not retried"
+            )
+        status = _reset_status(reset.code)
+        return text_error(status, f"{reset.reason or 'stream reset'} (via hop session {self.name})")
+
+    async def forward_websocket(
+        self, request: web.BaseRequest, target: str, *, origin_key: str
+    ) -> web.StreamResponse:
+        """Carry the client's WebSocket over the tunnel; the 101 only if the origin gave one."""
+        _check_own_target(target)
+        offered = offered_protocols(request.headers)
+        if not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
+            return text_error(400, _BAD_HANDSHAKE)
+        if not self.alive:
+            raise NotSent(f"hop session to {self.name} is closed")
+        tunnel = self.tunnel
+        headers = self._forwarder.outgoing_headers(request, self._upstream)
+        strip_handshake(headers)
+        box = Mailbox()
+        sid = tunnel.open_websocket(target, _pairs(headers), offered)
+        self._sinks[sid] = box
+        await self._hand_over(sid, box)
+        self.stats.upstream(origin_key).requests += 1
+        accepted = False
+        try:
+            head = await box.next_event()
+            if isinstance(head, StreamReset):
+                return self._reset_answer(head)
+            if isinstance(head, ResponseReceived):
+                return await self._refusal_answer(sid, box, head)
+            assert isinstance(head, WebSocketAccepted), head
+            client = web.WebSocketResponse(
+                protocols=(head.protocol,) if head.protocol else (),
+                autoclose=False,
+                autoping=False,
+                compress=False,
+                max_msg_size=aiohttp_limit(self.config.max_ws_message),
+                timeout=CLOSE_TIMEOUT,
+            )
+            await client.prepare(request)
+            accepted = True
+        except BaseException:
+            self.reset(sid, ResetCode.CANCEL, "client went away")
+            raise
+        finally:
+            if not accepted:
+                self.unregister(sid, box)
+        await run_shielded(self._bridge_detached(sid, box, client))
+        return client
+
+    async def _bridge_detached(self, sid: int, box: Mailbox, client: web.WebSocketResponse) -> None:
+        try:
+            await self.bridge_websocket(sid, box, client)
+        finally:
+            self.unregister(sid, box)
+
+    async def _refusal_answer(
+        self, sid: int, box: Mailbox, head: ResponseReceived
+    ) -> web.StreamResponse:
+        body = bytearray()
+        while head.has_body:
+            event = await box.next_event()
+            if isinstance(event, DataReceived):
+                body += event.data
+                self.tunnel.consumed(sid, len(event.data))
+                self.schedule_flush()
+                if len(body) > MAX_REFUSAL_BODY:
+                    self.reset(sid, ResetCode.TOO_LARGE, "refusal body too large")
+                    return text_error(502, "WebSocket refusal body over the limit")
+            elif isinstance(event, StreamEnded):
+                break
+            else:
+                assert isinstance(event, StreamReset), event
+                return self._reset_answer(event)
+        headers = refusal_headers(
+            decode_headers(head.headers), (1, 1), self._forwarder.config.via_name
+        )
+        return web.Response(
+            status=head.status, reason=_text(head.reason) or None, headers=headers, body=bytes(body)
+        )
+
+    # -- a WebSocket endpoint <-> its stream (both sides) -------------------------------------
+
+    async def bridge_websocket(self, sid: int, box: Mailbox, peer: Peer) -> None:
+        """Relay ``peer`` (the endpoint beside us) and stream ``sid`` until both sides closed."""
+        self.stats.active_websockets += 1
+        reader = self._loop.create_task(self._ws_reader(sid, box, peer))
+        clean = False
+        try:
+            clean = await self._ws_writer(sid, box, peer, reader)
+        finally:
+            if not clean:
+                self.reset(sid, ResetCode.CANCEL, "endpoint WebSocket gone")
+                await close_peer(peer, 1001, "hop stream lost")
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self.stats.active_websockets -= 1
+
+    async def _ws_reader(self, sid: int, box: Mailbox, peer: Peer) -> None:
+        """Endpoint -> stream; posts _EndpointDone when the endpoint closed or vanished."""
+        tunnel = self.tunnel
+        while True:
+            msg = await peer.receive()
+            kind = msg.type
+            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                if not await box.wait_writable(tunnel, sid):
+                    return
+                tunnel.send_ws_message(sid, msg.data)
+                self.schedule_flush()
+            elif kind is WSMsgType.PING:
+                await peer.pong(msg.data)
+            elif kind is WSMsgType.PONG:
+                continue
+            elif kind is WSMsgType.CLOSING:
+                return  # our own close() interrupted this receive
+            elif kind is WSMsgType.CLOSE:
+                tunnel.close_websocket(sid, sendable(msg.data), short(msg.extra or ""))
+                self.schedule_flush()
+                box.post(_EndpointDone(closed=True))
+                return
+            else:
+                code = 1001
+                if isinstance(msg.data, aiohttp.WebSocketError):
+                    code = sendable(msg.data.code)
+                tunnel.close_websocket(sid, code, "endpoint connection lost")
+                self.schedule_flush()
+                box.post(_EndpointDone(closed=False))
+                return
+
+    async def _ws_writer(
+        self, sid: int, box: Mailbox, peer: Peer, reader: asyncio.Task[None]
+    ) -> bool:
+        """Stream -> endpoint; True when the close handshake completed on both sides."""
+        tunnel = self.tunnel
+        endpoint_done = False
+        while True:
+            if endpoint_done:
+                try:
+                    async with asyncio.timeout(2 * CLOSE_TIMEOUT):
+                        event = await box.next_event()
+                except TimeoutError:
+                    return False
+            else:
+                event = await box.next_event()
+            kind = type(event)
+            if kind is WebSocketMessage:
+                assert isinstance(event, WebSocketMessage)
+                if not endpoint_done:
+                    try:
+                        if isinstance(event.data, str):
+                            await peer.send_str(event.data)
+                        else:
+                            await peer.send_bytes(event.data)
+                    except (ConnectionError, aiohttp.ClientError):
+                        pass  # the reader reports the endpoint's end
+                tunnel.consumed(sid, event.size)
+                self.schedule_flush()
+            elif kind is _EndpointDone:
+                endpoint_done = True
+            elif kind is WebSocketClosed:
+                assert isinstance(event, WebSocketClosed)
+                if endpoint_done:  # the far side's answer to our close
+                    await close_peer(peer, sendable(event.code), event.reason)
+                    return True
+                if isinstance(peer, web.WebSocketResponse):
+                    reader.cancel()  # aiohttp's server side reads the answer only then
+                    await asyncio.gather(reader, return_exceptions=True)
+                await close_peer(peer, sendable(event.code), event.reason)
+                answer = sendable(peer.close_code) if peer.close_code else event.code
+                tunnel.close_websocket(sid, answer, "")
+                self.schedule_flush()
+                return True
+            else:
+                assert isinstance(event, StreamReset), event
+                await close_peer(peer, _reset_close_code(event.code), event.reason)
+                return True
+
+
+def _check_own_target(target: str) -> None:
+    if not target.startswith("/") or target.startswith("//"):
+        raise ValueError(f"tunnel targets are origin-form paths, not {target[:60]!r}")
