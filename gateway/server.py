@@ -11,6 +11,22 @@ Dispatch is done by hand on aiohttp's low-level server rather than with a
 router: a forward proxy sees absolute-form and authority-form (``CONNECT``)
 targets that a path router cannot express, and the status path must be
 answered only when it is addressed to *this* gateway.
+
+Hop upgrade (``--upgrade auto``, the default) adds three things here:
+
+* the gateway's own paths: ``/.hopgate/hello`` (discovery's proof, see
+  ``gateway.hop.discovery``) and ``/.hopgate/session...`` (hop sessions opened
+  by the previous gateway, served by ``SessionServer``; each one becomes a
+  ``TunnelLink`` whose streams go to ``--upstream`` only, or are relayed over
+  the next hop's session when there is one);
+* an ``UpstreamLink`` per next hop (``gateway.hop.link``) that discovers a
+  gateway peer and keeps a session to it;
+* routing: a request goes over the next hop's live tunnel when there is one
+  and falls back to plain HTTP only if the tunnel says nothing of it left
+  (``NotSent``), so no request reaches the origin twice.
+
+With ``--upgrade never`` none of this exists: the ``/.hopgate/`` paths other
+than the status page are forwarded like any other, and requests go plain.
 """
 
 from __future__ import annotations
@@ -21,7 +37,9 @@ import json
 import logging
 import signal
 import ssl
+from collections.abc import Coroutine
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -31,11 +49,20 @@ from gateway.config import Config
 from gateway.edge.connect import open_tunnel
 from gateway.edge.forward import Forwarder, text_error, upstream_target
 from gateway.edge.websocket import capture_refusal, is_websocket_upgrade, pass_through
+from gateway.hop import discovery
+from gateway.hop.ladder import LadderSettings
+from gateway.hop.link import LinkTable, UpstreamLink
+from gateway.session.endpoint import SESSION_PATH, SessionServer
+from gateway.session.hop import HopSession, SessionSettings
 from gateway.status import STATUS_PATH, GatewayStats
+from gateway.tunnel.bridge import NotSent, TunnelLink
 
 log = logging.getLogger("hopgate")
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+
+#: Longest ``nonce`` a hello request may carry.
+MAX_NONCE = 128
 
 
 def client_ssl_context(config: Config) -> ssl.SSLContext:
@@ -55,9 +82,19 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
 
 
 class Gateway:
-    """One running hopgate gateway (server or client role)."""
+    """One running hopgate gateway (server or client role).
 
-    def __init__(self, config: Config) -> None:
+    ``ladder`` and ``session_settings`` override the hop timings (back-off,
+    hold time...) that have no flag; tests use them to run fast.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        ladder: LadderSettings | None = None,
+        session_settings: SessionSettings | None = None,
+    ) -> None:
         self.config = config
         mode = "sidecar" if config.role == "server" else "reverse"
         if config.forward_proxy:
@@ -68,6 +105,13 @@ class Gateway:
         self._runner: web.ServerRunner | None = None
         self._client: aiohttp.ClientSession | None = None
         self._forwarder: Forwarder | None = None
+        self._ladder_settings = ladder
+        self._session_settings = session_settings
+        #: Hop sessions opened to this gateway (``None`` with ``--upgrade never``).
+        self.sessions: SessionServer | None = None
+        self._links: LinkTable | None = None
+        self._accepted: set[TunnelLink] = set()
+        self._allowed_origins = frozenset(_normal_origin(o) for o in config.allowed_origins)
         self.port = 0
 
     @property
@@ -99,6 +143,8 @@ class Gateway:
         # GET often consumes messages, so it must never reach the origin twice.
         self._client._retry_connection = False
         self._forwarder = Forwarder(self.config, self._client, self.stats)
+        if self.hop_upgrade:
+            self._start_hop_layer(self._forwarder)
         server = web.Server(
             self._dispatch,
             handler_cancellation=True,
@@ -129,14 +175,132 @@ class Gateway:
         log.info(
             "= %s gateway listening on %s, forwarding to %s", self.config.role, self.url, target
         )
+        if self._links is not None and self.config.upstream is not None:
+            self._links.ensure(str(self.config.upstream))
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        """Close the listener; held requests get ``shutdown_grace`` to finish, then end.
+
+        Sessions other gateways opened to this one are closed at once (with
+        1001), so they fall back to plain HTTP instead of holding their own
+        shutdown up; this gateway's own sessions to its upstreams close only
+        after its held requests, which may be riding them, are done.
+        """
+        accepted = asyncio.create_task(self._close_accepted())
+        try:
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+        finally:
+            await accepted
+            await self._close_links()
+            if self._client is not None:
+                await self._client.close()
+                self._client = None
+
+    # -- the hop layer ---------------------------------------------------------------
+
+    @property
+    def hop_upgrade(self) -> bool:
+        return self.config.upgrade == "auto"
+
+    def link(self, key: str | None = None) -> UpstreamLink | None:
+        """The link to ``key`` (default: the configured upstream), if there is one."""
+        if self._links is None:
+            return None
+        if key is None:
+            if self.config.upstream is None:
+                return None
+            key = str(self.config.upstream)
+        return self._links.get(key)
+
+    def _start_hop_layer(self, forwarder: Forwarder) -> None:
+        settings = self._session_settings or SessionSettings.from_config(
+            self.config, close_timeout=min(10.0, self.config.shutdown_grace)
+        )
+        self._session_settings = settings
+        self.sessions = SessionServer(
+            settings,
+            on_session=self._on_session,
+            hop_secret=self.config.hop_secret,
+            stats=self.stats,
+        )
+        self._links = LinkTable(self._new_link)
+        forwarder.mark_requests = True
+        forwarder.advertise_path = SESSION_PATH
+        forwarder.on_note = self._note_seen
+
+    def _new_link(self, key: str) -> UpstreamLink:
+        assert self._client is not None and self._forwarder is not None
+        assert self._session_settings is not None
+        configured = self.config.upstream is not None and key == str(self.config.upstream)
+        return UpstreamLink(
+            self.config.upstream if configured and self.config.upstream else URL(key),
+            key=key,
+            http=self._client,
+            forwarder=self._forwarder,
+            stats=self.stats,
+            session_settings=self._session_settings,
+            ladder_settings=self._ladder_settings,
+            hop_secret=self.config.hop_secret,
+            # The well-known path is asked only by a client gateway, of its
+            # configured upstream: a sidecar's upstream is the legacy origin,
+            # which must pay nothing (it still gets the free hop-by-hop mark,
+            # so a sidecar in front of another gateway upgrades from a note),
+            # and a forward proxy learns about origins from their notes.
+            check_hello=configured and self.config.role == "client",
+            hello_timeout=self.config.connect_timeout,
+        )
+
+    def _note_seen(self, origin_key: str) -> None:
+        """The Forwarder saw a discovery note on a response from ``origin_key``."""
+        if self._links is not None:
+            self._links.ensure(origin_key).note_seen()
+
+    def _next_hop(self) -> TunnelLink | None:
+        """Where a middle gateway relays tunnelled streams: the next hop's live tunnel."""
+        link = self.link()
+        return link.tunnel() if link is not None else None
+
+    def _on_session(self, hop: HopSession) -> None:
+        assert self._forwarder is not None
+        self._accepted = {t for t in self._accepted if t.alive}
+        tunnel = TunnelLink(
+            hop,
+            opener=False,
+            forwarder=self._forwarder,
+            upstream=self.config.upstream,
+            next_hop=self._next_hop if self.config.upstream is not None else None,
+            peer_ip=hop.peer_address,
+        )
+        self._accepted.add(tunnel)
+
+    async def _close_accepted(self) -> None:
+        """End the sessions previous gateways opened to this one, and their tunnels."""
+        accepted, self._accepted = self._accepted, set()
+        closing = [t.close() for t in accepted]
+        if self.sessions is not None:
+            closing.append(self.sessions.close())
+        await self._within_grace(closing)
+
+    async def _close_links(self) -> None:
+        """Stop discovery and close this gateway's own sessions to its upstreams."""
+        links, self._links = self._links, None
+        if links is not None:
+            await self._within_grace([links.close()])
+
+    async def _within_grace(self, closing: list[Coroutine[Any, Any, None]]) -> None:
+        if not closing:
+            return
+        try:
+            async with asyncio.timeout(self.config.shutdown_grace):
+                results = await asyncio.gather(*closing, return_exceptions=True)
+        except TimeoutError:
+            log.warning("= hop sessions did not close within the shutdown grace")
+            return
+        for result in results:
+            if isinstance(result, Exception):
+                log.warning("= closing the hop layer failed: %r", result)
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -158,6 +322,11 @@ class Gateway:
             return await self._proxy_request(request, absolute)
         if request.path == STATUS_PATH:
             return self._status(request)
+        if self.sessions is not None:
+            if request.path == discovery.HELLO_PATH:
+                return self._hello(request)
+            if self.sessions.handles(request):
+                return await self._session_request(request, self.sessions)
         if self.config.upstream is None:
             return text_error(
                 400,
@@ -189,13 +358,81 @@ class Gateway:
     async def _relay(
         self, request: web.BaseRequest, target: URL, *, origin_key: str
     ) -> web.StreamResponse:
-        """Pass ``request`` on to ``target``: as a WebSocket if it asks for one."""
+        """Pass ``request`` on to ``target``: over the hop's tunnel if live, else plain.
+
+        A WebSocket handshake is passed as a WebSocket either way.
+        """
         assert self._forwarder is not None
+        link = self._links.get(origin_key) if self._links is not None else None
+        tunnel = link.tunnel() if link is not None else None
+        # What the next hop would get as its request-target on a plain path;
+        # a path a tunnel cannot name ("//x") simply goes plain.
+        path = target.raw_path_qs
+        if tunnel is not None and path.startswith("/") and not path.startswith("//"):
+            try:
+                if is_websocket_upgrade(request):
+                    return await tunnel.forward_websocket(request, path, origin_key=origin_key)
+                return await tunnel.forward(request, path, origin_key=origin_key)
+            except NotSent as exc:
+                # Nothing of the request left this gateway: plain HTTP is its
+                # first and only delivery.
+                log.info(
+                    "= %s %s not sent over the hop session (%s): forwarding plain",
+                    request.method,
+                    target,
+                    exc,
+                )
         if is_websocket_upgrade(request):
             return await pass_through(
                 request, target, forwarder=self._forwarder, origin_key=origin_key
             )
         return await self._forwarder.forward(request, target, origin_key=origin_key)
+
+    def _hello(self, request: web.BaseRequest) -> web.Response:
+        """``GET /.hopgate/hello?nonce=N``: prove this is a gateway (never forwarded)."""
+        if request.method not in ("GET", "HEAD"):
+            refusal = text_error(405, f"{discovery.HELLO_PATH} answers GET only")
+            refusal.headers["Allow"] = "GET, HEAD"
+            return refusal
+        nonce = request.query.get("nonce", "")
+        if not nonce or len(nonce) > MAX_NONCE:
+            return text_error(
+                400, f"{discovery.HELLO_PATH} needs ?nonce= (1 to {MAX_NONCE} characters)"
+            )
+        return web.Response(
+            text=json.dumps(discovery.hello_body(nonce)) + "\n",
+            content_type="application/json",
+            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+        )
+
+    async def _session_request(
+        self, request: web.BaseRequest, sessions: SessionServer
+    ) -> web.StreamResponse:
+        """A request of a hop session: refused if a browser page of a foreign origin sent it."""
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origin_allowed(origin, request):
+            log.warning("= hop session request from origin %r refused", origin)
+            return text_error(
+                403,
+                f"origin {origin} may not open hop sessions here "
+                "(not same-origin and not in --allowed-origin)",
+            )
+        return await sessions.handle(request)
+
+    def _origin_allowed(self, origin: str, request: web.BaseRequest) -> bool:
+        """Same origin as the request's ``Host`` (or ``X-Forwarded-Host``), or allowed by flag."""
+        normal = _normal_origin(origin)
+        if normal in self._allowed_origins:
+            return True
+        parsed = _parse_origin(normal)
+        if parsed is None:
+            return False  # "null", or garbage
+        scheme, host, port = parsed
+        names = [request.headers.get("Host", "")]
+        forwarded = request.headers.get("X-Forwarded-Host")
+        if forwarded:
+            names.append(forwarded.split(",")[0])
+        return any(_host_port(name, scheme) == (host, port) for name in names)
 
     def _status(self, request: web.BaseRequest) -> web.Response:
         if request.method not in ("GET", "HEAD"):
@@ -207,6 +444,42 @@ class Gateway:
             content_type="application/json",
             headers={"Cache-Control": "no-store"},
         )
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _normal_origin(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
+
+
+def _parse_origin(origin: str) -> tuple[str, str, int] | None:
+    """``scheme://host[:port]`` -> (scheme, host, port); ``None`` if it is not one."""
+    try:
+        url = URL(origin)
+        port = url.port
+    except ValueError:
+        return None
+    if url.scheme not in ("http", "https") or not url.host or port is None:
+        return None
+    if url.path not in ("", "/") or url.query_string or url.user:
+        return None
+    return url.scheme, url.host.lower(), port
+
+
+def _host_port(value: str, scheme: str) -> tuple[str, int] | None:
+    """A ``Host`` header as (host, port), the port defaulting to ``scheme``'s."""
+    value = value.strip().lower()
+    if not value:
+        return None
+    try:
+        url = URL(f"{scheme}://{value}")
+        port = url.port
+    except ValueError:
+        return None
+    if not url.host or port is None or url.path not in ("", "/"):
+        return None
+    return url.host, port
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:

@@ -26,6 +26,12 @@ class UpstreamState:
     fallbacks: int = 0
     requests: int = 0
     errors: int = 0
+    #: "unknown", "gateway" or "legacy": what discovery concluded about the peer.
+    peer: str = "unknown"
+    #: Why the last hello or session attempt failed, or the session ended ("" = none).
+    last_error: str = ""
+    #: First characters of the live hop session's id, if there is one.
+    session: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -35,6 +41,9 @@ class UpstreamState:
             "fallbacks": self.fallbacks,
             "requests": self.requests,
             "errors": self.errors,
+            "peer": self.peer,
+            "session": self.session,
+            "last_error": self.last_error,
         }
 
 

@@ -65,7 +65,7 @@ def add_mark(headers: CIMultiDict[str]) -> None:
 
 def has_mark(headers: HeadersIn) -> bool:
     """Did the previous hop say it is a gateway?"""
-    return note_from(headers) is not None or MARK_HEADER in headers
+    return MARK_HEADER in headers
 
 
 def add_note(headers: CIMultiDict[str], session_path: str = DEFAULT_SESSION_PATH) -> None:
@@ -108,7 +108,12 @@ def parse_note(value: str) -> Note | None:
         return None
     if version != PROTOCOL_VERSION:
         return None
-    path = params.get("session", DEFAULT_SESSION_PATH)
+    # The mark is ``v=1`` alone; only a note names the session path.  Insisting
+    # on it means an origin that echoes request headers back never looks like
+    # a gateway's note.
+    path = params.get("session")
+    if path is None:
+        return None
     if not path.startswith("/") or path.startswith("//") or any(c in path for c in "?#\\ \t"):
         return None
     return Note(version=version, session_path=path)

@@ -263,6 +263,7 @@ class SessionServer:
             self._config, session_id=session_id, token=token, is_client=False, now=loop.time()
         )
         hop = HopSession(core, self.settings)
+        hop.peer_address = request.remote
         try:
             self.registry.add(hop)
         except RegistryFull:

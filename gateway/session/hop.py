@@ -200,6 +200,8 @@ class HopSession:
         self.session_id: str = core.session_id
         self.is_client: bool = core.is_client
         self.epoch = 0  # client: last transport epoch used; server: highest seen
+        #: Server end: the address that opened the session (for ``X-Forwarded-For``).
+        self.peer_address: str | None = None
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
         self._rearm = asyncio.Event()

@@ -114,13 +114,16 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def two_gateways(
-    make_gateway: MakeGateway, origin: str, **server_settings: Any
+    make_gateway: MakeGateway, origin: str, *, upgrade: str = "auto", **server_settings: Any
 ) -> tuple[Gateway, Gateway]:
-    """client gateway -> server gateway -> origin, plain forwarding."""
+    """client gateway -> server gateway -> origin (the hop upgrades unless ``never``)."""
     server = await make_gateway(
-        "server", {"upstream": origin, "via_name": "gw-server", **server_settings}
+        "server",
+        {"upstream": origin, "via_name": "gw-server", "upgrade": upgrade, **server_settings},
     )
-    client_gw = await make_gateway("client", {"upstream": server.url, "via_name": "gw-client"})
+    client_gw = await make_gateway(
+        "client", {"upstream": server.url, "via_name": "gw-client", "upgrade": upgrade}
+    )
     return client_gw, server
 
 
@@ -465,11 +468,17 @@ async def test_origin_closing_without_answering_is_a_502_and_not_retried(
 # ------------------------------------------------------------------ headers
 
 
+#: What ``--upgrade auto`` adds to a forwarded request: the hop-by-hop
+#: discovery mark (DESIGN.md layer 1), which a legacy origin ignores.
+MARK = [("Hopgate", "v=1"), ("Connection", "Hopgate")]
+
+
+@pytest.mark.parametrize("upgrade", ["never", "auto"])
 async def test_hop_by_hop_headers_are_removed_and_nothing_is_added(
-    make_origin: MakeOrigin, make_gateway: MakeGateway
+    upgrade: str, make_origin: MakeOrigin, make_gateway: MakeGateway
 ) -> None:
     origin = await make_origin(echo)
-    gw = await make_gateway("server", {"upstream": origin})
+    gw = await make_gateway("server", {"upstream": origin, "upgrade": upgrade})
     request = (
         b"POST /h HTTP/1.1\r\n"
         b"Host: front.example:8000\r\n"
@@ -506,6 +515,7 @@ async def test_hop_by_hop_headers_are_removed_and_nothing_is_added(
             ("X-Forwarded-Proto", "http"),
             ("X-Forwarded-Host", "front.example:8000"),
             ("Via", "1.1 hopgate"),
+            *(MARK if upgrade == "auto" else []),
         ]
     )
     assert info["body_len"] == 4
@@ -693,15 +703,19 @@ async def test_cookies_do_not_leak_between_clients(
     assert header_values(info, "Cookie") == []
 
 
+@pytest.mark.parametrize("upgrade", ["never", "auto"])
 async def test_user_agent_and_accept_are_not_added(
-    make_origin: MakeOrigin, make_gateway: MakeGateway
+    upgrade: str, make_origin: MakeOrigin, make_gateway: MakeGateway
 ) -> None:
-    entry, _ = await two_gateways(make_gateway, await make_origin(echo))
+    entry, _ = await two_gateways(make_gateway, await make_origin(echo), upgrade=upgrade)
     response = await raw_exchange(
         entry.url, b"GET /bare HTTP/1.1\r\nHost: bare\r\nConnection: close\r\n\r\n"
     )
     names = {name.lower() for name, _ in header_pairs(json.loads(response.body))}
-    assert names == {"host", "via", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+    mark = {name.lower() for name, _ in MARK} if upgrade == "auto" else set()
+    assert (
+        names == {"host", "via", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"} | mark
+    )
 
 
 async def test_response_gets_no_content_type_or_server_the_origin_did_not_send(

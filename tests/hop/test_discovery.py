@@ -60,8 +60,11 @@ def test_unusable_notes_are_ignored(value: str) -> None:
     assert discovery.parse_note(value) is None
 
 
-def test_note_defaults_the_session_path() -> None:
-    assert discovery.parse_note("v=1") == Note(version=1, session_path="/.hopgate/session")
+def test_an_echoed_mark_is_not_a_note() -> None:
+    request: CIMultiDict[str] = CIMultiDict()
+    discovery.add_mark(request)
+    echoed = CIMultiDict(request)  # an origin that echoes request headers back
+    assert discovery.note_from(echoed) is None
 
 
 @given(st.text(max_size=200))
