@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
-SYSTEM_PACKAGES ?= nginx haproxy squid
+SYSTEM_PACKAGES ?= nginx haproxy squid chromium
 
 .PHONY: demo test check lint typecheck pytest system-deps clean
 
