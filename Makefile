@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP) system-deps lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests
+	$(BIN)/ruff check gateway tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict gateway
