@@ -16,9 +16,9 @@ client gateway, anything in between); then, concurrently,
 
 ``ScenarioResult.problems()`` compares, by message number, what each side
 received with what was sent: every message exactly once, in order.  The
-scenario knows nothing of hopgate, so the same run can be repeated with the
-hop between the gateways upgraded (``plain`` today, ``long-poll`` or
-``websocket`` later).
+scenario knows nothing of hopgate, so the same run is repeated with the hop
+between the gateways plain, a long-poll session, a WebSocket session, and
+switched between them mid-run (``test_socketio``).
 """
 
 from __future__ import annotations
