@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+
+import pytest
 
 from gateway.config import build_config
 from gateway.server import Gateway
@@ -19,3 +22,13 @@ async def running_gateway(role: str = "client", **settings: object) -> AsyncIter
     config = build_config(role, settings)  # type: ignore[arg-type]
     async with Gateway(config) as gateway:
         yield gateway
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll until ``predicate()`` holds; fail the test naming ``what`` if it never does."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"timed out after {timeout}s waiting for {what}")

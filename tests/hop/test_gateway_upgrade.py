@@ -15,27 +15,24 @@ gateway's ``/.hopgate/status`` names the hop's transport.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import pytest
 
-from gateway.config import Role, build_config
 from gateway.demo.comet import make_app
 from gateway.demo.legacy_client import ChatMessage, LegacyChatClient
 from gateway.hop import discovery
-from gateway.hop.ladder import LadderSettings
 from gateway.server import Gateway
 from gateway.status import STATUS_PATH
+from tests.helpers import until
+from tests.hop.conftest import StartGateway
 from tests.proxies import Proxies, proxies  # noqa: F401  (proxies is a fixture)
 
 pytestmark = pytest.mark.timeout(90)
 
 #: How long the Comet origin holds an empty poll.
 HOLD = 1.0
-STEP = 15.0
-FAST = LadderSettings(retry_initial=0.2, retry_max=1.0, legacy_recheck=600.0)
 
 #: The transport a hop settles on behind each reverse proxy (None = direct).
 BEHIND: dict[str | None, str] = {
@@ -44,38 +41,6 @@ BEHIND: dict[str | None, str] = {
     "nginx-ws": "websocket",
     "haproxy": "websocket",
 }
-
-
-class StartGateway(Protocol):
-    async def __call__(self, role: Role, settings: dict[str, Any] | None = None) -> Gateway: ...
-
-
-@pytest.fixture
-async def start_gateway() -> AsyncIterator[StartGateway]:
-    gateways: list[Gateway] = []
-
-    async def start(role: Role, settings: dict[str, Any] | None = None) -> Gateway:
-        config = build_config(
-            role, {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, **(settings or {})}
-        )
-        gateway = Gateway(config, ladder=FAST)
-        await gateway.start()
-        gateways.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in reversed(gateways):
-        async with asyncio.timeout(15):
-            await gateway.stop()
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = STEP) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 async def hop_status(gw: Gateway) -> dict[str, Any]:

@@ -9,65 +9,28 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.config import Role, build_config
 from gateway.hop import discovery
 from gateway.hop.ladder import LadderSettings
 from gateway.hop.link import LinkTable, UpstreamLink
 from gateway.server import Gateway
 from gateway.session.endpoint import SESSION_PATH
 from gateway.status import STATUS_PATH
+from tests.helpers import until
+from tests.hop.conftest import StartGateway
 
 pytestmark = pytest.mark.timeout(60)
 
 #: Back-off short enough for a test, legacy recheck long enough never to come.
-FAST = LadderSettings(retry_initial=0.2, retry_max=1.0, legacy_recheck=600.0)
-STEP = 10.0
 
 
 # ----------------------------------------------------------------- helpers
-
-
-class StartGateway(Protocol):
-    async def __call__(
-        self, role: Role, settings: dict[str, Any] | None = None, *, ladder: LadderSettings = ...
-    ) -> Gateway: ...
-
-
-@pytest.fixture
-async def start_gateway() -> AsyncIterator[StartGateway]:
-    gateways: list[Gateway] = []
-
-    async def start(
-        role: Role, settings: dict[str, Any] | None = None, *, ladder: LadderSettings = FAST
-    ) -> Gateway:
-        config = build_config(
-            role, {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, **(settings or {})}
-        )
-        gateway = Gateway(config, ladder=ladder)
-        await gateway.start()
-        gateways.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in reversed(gateways):
-        async with asyncio.timeout(15):
-            await gateway.stop()
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = STEP) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 async def upstream_status(http: aiohttp.ClientSession, gw: Gateway) -> dict[str, Any]:

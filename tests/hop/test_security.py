@@ -17,7 +17,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import pytest
@@ -25,8 +25,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.cli import build_parser, settings_from_args
-from gateway.config import ConfigError, Role, build_config
-from gateway.hop.ladder import LadderSettings
+from gateway.config import ConfigError, build_config
 from gateway.server import Gateway
 from gateway.session.connector import SessionConnector
 from gateway.session.endpoint import AUTH_HEADER, SESSION_PATH, auth_header_value
@@ -40,43 +39,10 @@ from gateway.tunnel import (
     TunnelConfig,
     WebSocketAccepted,
 )
+from tests.helpers import until
+from tests.hop.conftest import StartGateway
 
 pytestmark = pytest.mark.timeout(60)
-
-FAST = LadderSettings(retry_initial=0.2, retry_max=1.0, legacy_recheck=600.0)
-STEP = 10.0
-
-
-class StartGateway(Protocol):
-    async def __call__(self, role: Role, settings: dict[str, Any] | None = None) -> Gateway: ...
-
-
-@pytest.fixture
-async def start_gateway() -> AsyncIterator[StartGateway]:
-    gateways: list[Gateway] = []
-
-    async def start(role: Role, settings: dict[str, Any] | None = None) -> Gateway:
-        config = build_config(
-            role, {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, **(settings or {})}
-        )
-        gateway = Gateway(config, ladder=FAST)
-        await gateway.start()
-        gateways.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in reversed(gateways):
-        async with asyncio.timeout(15):
-            await gateway.stop()
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = STEP) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def upstream_entry(gw: Gateway) -> dict[str, Any]:
@@ -131,7 +97,7 @@ class RawTunnel:
             self.hop.send(message)
 
     async def head(self, sid: int) -> Event:
-        async with asyncio.timeout(STEP):
+        async with asyncio.timeout(10.0):
             while sid not in self.heads:
                 self.changed.clear()
                 await self.changed.wait()

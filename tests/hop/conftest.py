@@ -1,0 +1,44 @@
+"""Fixtures for the tests of joined gateways: gateways with a fast fallback ladder."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import pytest
+
+from gateway.config import Role, build_config
+from gateway.hop.ladder import LadderSettings
+from gateway.server import Gateway
+
+#: Back-off short enough for a test; a legacy peer is never asked twice during one.
+FAST = LadderSettings(retry_initial=0.2, retry_max=1.0, legacy_recheck=600.0)
+
+
+class StartGateway(Protocol):
+    async def __call__(
+        self, role: Role, settings: dict[str, Any] | None = None, *, ladder: LadderSettings = ...
+    ) -> Gateway: ...
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[StartGateway]:
+    """Start in-process gateways on 127.0.0.1:0 with ``FAST`` back-off; stop them after."""
+    gateways: list[Gateway] = []
+
+    async def start(
+        role: Role, settings: dict[str, Any] | None = None, *, ladder: LadderSettings = FAST
+    ) -> Gateway:
+        config = build_config(
+            role, {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, **(settings or {})}
+        )
+        gateway = Gateway(config, ladder=ladder)
+        await gateway.start()
+        gateways.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in reversed(gateways):
+        async with asyncio.timeout(15):
+            await gateway.stop()
