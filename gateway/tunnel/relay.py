@@ -57,6 +57,23 @@ _CLOSE: Final = 3
 _Item = tuple[int, bytes | str, int, int, str]
 
 
+def _held(event: Event) -> _Item | None:
+    """The queue item for an event that passes to the other side as it came, else None.
+
+    Both directions hold the same four kinds (body bytes, WebSocket message,
+    end of body, WebSocket close); payloads keep their bytes object.
+    """
+    if isinstance(event, DataReceived):
+        return (_DATA, event.data, len(event.data), 0, "")
+    if isinstance(event, WebSocketMessage):
+        return (_MESSAGE, event.data, event.size, 0, "")
+    if isinstance(event, StreamEnded):
+        return (_END, b"", 0, 0, "")
+    if isinstance(event, WebSocketClosed):
+        return (_CLOSE, b"", 0, event.code, event.reason)
+    return None
+
+
 def relay_stream(
     inbound: TunnelLink, outbound: TunnelLink, event: RequestReceived | WebSocketRequested
 ) -> None:
@@ -156,14 +173,9 @@ class _Relay:
             elif isinstance(event, StreamReset):
                 self._finish()
             return
-        if isinstance(event, DataReceived):
-            self.to_out.append((_DATA, event.data, len(event.data), 0, ""))
-        elif isinstance(event, WebSocketMessage):
-            self.to_out.append((_MESSAGE, event.data, event.size, 0, ""))
-        elif isinstance(event, StreamEnded):
-            self.to_out.append((_END, b"", 0, 0, ""))
-        elif isinstance(event, WebSocketClosed):
-            self.to_out.append((_CLOSE, b"", 0, event.code, event.reason))
+        item = _held(event)
+        if item is not None:
+            self.to_out.append(item)
         elif isinstance(event, StreamReset):
             self.outbound.reset(self.out_sid, event.code, event.reason)
             self._finish()
@@ -197,14 +209,9 @@ class _Relay:
             inbound.tunnel.accept_websocket(in_sid, event.protocol, event.headers)
             inbound.schedule_flush()
             return
-        if isinstance(event, DataReceived):
-            self.to_in.append((_DATA, event.data, len(event.data), 0, ""))
-        elif isinstance(event, WebSocketMessage):
-            self.to_in.append((_MESSAGE, event.data, event.size, 0, ""))
-        elif isinstance(event, StreamEnded):
-            self.to_in.append((_END, b"", 0, 0, ""))
-        elif isinstance(event, WebSocketClosed):
-            self.to_in.append((_CLOSE, b"", 0, event.code, event.reason))
+        item = _held(event)
+        if item is not None:
+            self.to_in.append(item)
         elif isinstance(event, StreamReset):
             if self.out_done and not self.in_done:
                 # After a complete response a reset only stops the upload; a
