@@ -526,10 +526,7 @@ class TunnelLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.stats.upstream(origin_key).errors += 1
-                status, message = forwarder.describe_failure(exc, target)
-                code = ResetCode.TIMEOUT if status == 504 else ResetCode.CONNECT_FAILED
-                self.reset(sid, code, message)
+                self._origin_failed(sid, origin_key, exc, target)
                 return
             try:
                 await self._send_response(sid, box, event.method, upstream)
@@ -545,6 +542,13 @@ class TunnelLink:
         finally:
             self.stats.active_streams -= 1
             self.unregister(sid, box)
+
+    def _origin_failed(self, sid: int, origin_key: str, exc: Exception, target: URL) -> None:
+        """The origin was unreachable: reset the stream with the reason a 502/504 gives."""
+        self.stats.upstream(origin_key).errors += 1
+        status, message = self._forwarder.describe_failure(exc, target)
+        code = ResetCode.TIMEOUT if status == 504 else ResetCode.CONNECT_FAILED
+        self.reset(sid, code, message)
 
     async def _tunnel_body(self, sid: int, box: Mailbox) -> AsyncIterator[bytes]:
         """The request body as it arrives; each chunk is credited once the origin took it."""
@@ -603,10 +607,7 @@ class TunnelLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.stats.upstream(origin_key).errors += 1
-                status, message = forwarder.describe_failure(exc, target)
-                code = ResetCode.TIMEOUT if status == 504 else ResetCode.CONNECT_FAILED
-                self.reset(sid, code, message)
+                self._origin_failed(sid, origin_key, exc, target)
                 return
             tunnel.accept_websocket(sid, origin.protocol)
             self.schedule_flush()
