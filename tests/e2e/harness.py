@@ -50,6 +50,7 @@ from gateway.session.endpoint import SESSION_PATH
 from gateway.session.hop import SessionSettings
 from gateway.status import STATUS_PATH
 from tests.faultproxy import FaultProxy, _Conn
+from tests.helpers import until
 
 #: Back-off short enough for a test; a legacy peer is never asked twice during one.
 FAST_LADDER = LadderSettings(retry_initial=0.2, retry_max=1.0, legacy_recheck=600.0)
@@ -73,16 +74,6 @@ Variant = Literal["websocket", "long-poll", "switched"]
 VARIANTS: tuple[Variant, ...] = ("websocket", "long-poll", "switched")
 
 _REQUEST_LINE = re.compile(rb"(?:^|\r\n)([A-Z]+) (\S+) HTTP/1\.[01]\r\n")
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = STEP) -> None:
-    """Wait (polling) until ``predicate()``; fail the test after ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def transport(gw: Gateway) -> str:
