@@ -118,7 +118,8 @@ def _add_gateway_flags(parser: argparse.ArgumentParser, role: Role) -> None:
         "--max-connections",
         type=int,
         metavar="N",
-        help="limit on concurrent upstream connections (default 0 = unlimited)",
+        help="origin connections the whole gateway holds at once; requests beyond wait "
+        "up to --connect-timeout (default 1024; 0 = unlimited)",
     )
     parser.add_argument(
         "--hop-secret",
@@ -161,6 +162,83 @@ def _add_gateway_flags(parser: argparse.ArgumentParser, role: Role) -> None:
         type=int,
         metavar="BYTES",
         help="replay buffer per hop session; senders wait beyond it (default 4194304)",
+    )
+    limits = parser.add_argument_group(
+        "limits",
+        "what one peer can make this gateway hold; the defaults are safe on a small "
+        "machine (worst cases: docs/security.md)",
+    )
+    limits.add_argument(
+        "--max-clients",
+        type=int,
+        metavar="N",
+        help="inbound connections held at once; more are closed at once "
+        "(default 0 = derived from the open-file limit)",
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a request head must arrive in full within this long (default 10)",
+    )
+    limits.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="close an idle keep-alive connection after this long (default 75)",
+    )
+    limits.add_argument(
+        "--public-status",
+        action="store_true",
+        default=None,
+        help="serve /.hopgate/status details to any client, not only to loopback ones",
+    )
+    limits.add_argument(
+        "--max-streams",
+        type=int,
+        metavar="N",
+        help="streams (tunnelled requests and WebSockets) one hop session may have open "
+        "(default 256)",
+    )
+    limits.add_argument(
+        "--session-connections",
+        type=int,
+        metavar="N",
+        help="origin connections one hop session may hold; its further streams wait "
+        "(default 128)",
+    )
+    limits.add_argument(
+        "--session-reassembly",
+        type=int,
+        metavar="BYTES",
+        help="bytes of unfinished WebSocket messages one hop session may hold "
+        "(default 16777216)",
+    )
+    limits.add_argument(
+        "--max-unread-bytes",
+        type=int,
+        metavar="BYTES",
+        help="response bytes read from the origin but not yet taken by the peer, per hop "
+        "session; reading from the origin pauses beyond it (default 4194304)",
+    )
+    limits.add_argument(
+        "--max-session-posts",
+        type=int,
+        metavar="N",
+        help="long-poll POSTs one hop session may have in flight; more get 429 (default 4)",
+    )
+    limits.add_argument(
+        "--max-sessions-per-client",
+        type=int,
+        metavar="N",
+        help="hop sessions one client address may hold at once (default 100; 0 = no limit)",
+    )
+    limits.add_argument(
+        "--session-create-rate",
+        type=float,
+        metavar="PER_SECOND",
+        help="new hop sessions per second one client address may open, in bursts of the "
+        "same size (default 10)",
     )
     parser.add_argument(
         "--allowed-origin",

@@ -54,8 +54,8 @@ class Config:
     preserve_host: bool = False
     #: Name this gateway gives itself in ``Via``.
     via_name: str = "hopgate"
-    #: Concurrent upstream connections per host (0 = unlimited).
-    max_connections: int = 0
+    #: Concurrent upstream (origin) connections of the whole gateway (0 = unlimited).
+    max_connections: int = 1024
     #: Shared secret hop sessions must prove (issue 4); ``None`` = none required.
     hop_secret: str | None = None
     #: File the hop secret was read from (``--hop-secret-file``); ``hop_secret`` holds it.
@@ -72,6 +72,29 @@ class Config:
     max_message_size: int = 16 * 1024 * 1024
     #: Replay buffer per hop session, in bytes (backpressure beyond).
     session_buffer: int = 4 * 1024 * 1024
+    # -- limits on what a peer can make this gateway hold (docs/security.md) --
+    #: Inbound connections held at once (0 = derived from the descriptor limit).
+    max_clients: int = 0
+    #: A request head must arrive in full within this long.
+    header_timeout: float = 10.0
+    #: An idle keep-alive connection is closed after this long.
+    keepalive_timeout: float = 75.0
+    #: Serve status details to clients that are not on loopback (or came through a proxy).
+    public_status: bool = False
+    #: Streams one hop session may have open at once.
+    max_streams: int = 256
+    #: Origin connections one hop session may hold at once (further streams wait).
+    session_connections: int = 128
+    #: Bytes of unfinished endpoint WebSocket messages one hop session may hold.
+    session_reassembly: int = 16 * 1024 * 1024
+    #: Response bytes read from the origin and not yet taken by the peer, per session.
+    max_unread_bytes: int = 4 * 1024 * 1024
+    #: Long-poll POSTs one hop session may have in flight at once.
+    max_session_posts: int = 4
+    #: Hop sessions one client address may hold at once (0 = no per-address limit).
+    max_sessions_per_client: int = 100
+    #: New hop sessions per second one client address may open (bursts of the same size).
+    session_create_rate: float = 10.0
 
     @property
     def forward_proxy(self) -> bool:
@@ -173,16 +196,39 @@ def build_config(role: Role, settings: dict[str, Any]) -> Config:
 
 
 _SECONDS = frozenset(
-    {"upstream_timeout", "connect_timeout", "shutdown_grace", "hold_time", "resume_grace"}
+    {
+        "upstream_timeout",
+        "connect_timeout",
+        "shutdown_grace",
+        "hold_time",
+        "resume_grace",
+        "header_timeout",
+        "keepalive_timeout",
+    }
 )
+_RATES = frozenset({"session_create_rate"})
 _INTEGERS = frozenset(
-    {"listen_port", "max_connections", "max_sessions", "max_message_size", "session_buffer"}
+    {
+        "listen_port",
+        "max_connections",
+        "max_sessions",
+        "max_message_size",
+        "session_buffer",
+        "max_clients",
+        "max_streams",
+        "session_connections",
+        "session_reassembly",
+        "max_unread_bytes",
+        "max_session_posts",
+        "max_sessions_per_client",
+    }
 )
-_FLAGS = frozenset({"preserve_host"})
+_FLAGS = frozenset({"preserve_host", "public_status"})
 _PATHS = frozenset({"tls_cert", "tls_key", "ca_file", "hop_secret_file"})
 
 _KINDS = {
     **{key: "a number of seconds" for key in _SECONDS},
+    **{key: "a positive number" for key in _RATES},
     **{key: "a whole number" for key in _INTEGERS},
     **{key: "true or false" for key in _FLAGS},
     **{key: "a file path" for key in _PATHS},
@@ -212,7 +258,7 @@ def _typed(key: str, value: Any) -> Any:
     """``value`` as the type field ``key`` holds; a TOML file can give any type."""
     flag = "--allowed-origin" if key == "allowed_origins" else "--" + key.replace("_", "-")
     wrong = ConfigError(f"{flag}: {value!r} is not {_KINDS.get(key, 'a string')}")
-    if key in _SECONDS:
+    if key in _SECONDS or key in _RATES:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise wrong
         return float(value)
@@ -256,10 +302,23 @@ def _check(config: Config) -> None:
     for name in sorted(_SECONDS):
         if getattr(config, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+    if not config.session_create_rate > 0:
+        raise ConfigError("--session-create-rate must be a positive number of sessions a second")
     if config.max_connections < 0:
         raise ConfigError("--max-connections must be 0 (unlimited) or a positive number")
     if config.max_sessions < 1:
         raise ConfigError("--max-sessions must be at least 1")
+    for name in ("max_clients", "max_sessions_per_client"):
+        if getattr(config, name) < 0:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be 0 (automatic/unlimited) or a positive number")
+    for name in ("max_streams", "session_connections", "max_session_posts"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if config.session_reassembly < 64 * 1024:
+        raise ConfigError("--session-reassembly must be at least 65536 bytes")
+    if config.max_unread_bytes < 64 * 1024:
+        raise ConfigError("--max-unread-bytes must be at least 65536 bytes")
     if config.max_message_size < 1:
         raise ConfigError("--max-message-size must be a positive number of bytes")
     if config.session_buffer < 128 * 1024:
