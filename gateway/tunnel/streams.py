@@ -170,6 +170,12 @@ class TunnelConfig:
     max_header_bytes: int = 64 * 1024
     #: Largest WebSocket message, each way.
     max_ws_message: int = 1024 * 1024
+    #: Bytes of unfinished WebSocket messages the peer may make this end hold,
+    #: summed over all streams of the session (see docs/tunnel.md).
+    session_reassembly: int = 16 * 1024 * 1024
+    #: Bytes queued here or sent but not yet credited back by the peer, summed
+    #: over all streams, at which no stream is writable.
+    max_unread: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         checks = (
@@ -180,6 +186,8 @@ class TunnelConfig:
             ("max_streams", self.max_streams >= 1),
             ("max_header_bytes", 1 <= self.max_header_bytes <= MAX_PAYLOAD),
             ("max_ws_message", 1 <= self.max_ws_message <= _MAX_WS_MESSAGE),
+            ("session_reassembly", self.session_reassembly >= 1),
+            ("max_unread", self.max_unread >= 1),
         )
         for name, ok in checks:
             if not ok:
