@@ -264,7 +264,6 @@ class Gateway:
 
     def _on_session(self, hop: HopSession) -> None:
         assert self._forwarder is not None
-        self._accepted = {t for t in self._accepted if t.alive}
         tunnel = TunnelLink(
             hop,
             opener=False,
@@ -274,6 +273,8 @@ class Gateway:
             peer_ip=hop.peer_address,
         )
         self._accepted.add(tunnel)
+        # O(1) per session: each tunnel leaves the set when its session ends.
+        hop.on_finished.append(lambda _hop: self._accepted.discard(tunnel))
 
     async def _close_accepted(self) -> None:
         """End the sessions previous gateways opened to this one, and their tunnels."""

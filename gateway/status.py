@@ -6,7 +6,9 @@ the route that serves them lives in ``gateway.server``.
 
 from __future__ import annotations
 
+import ipaddress
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,6 +62,8 @@ class GatewayStats:
     active_websockets: int = 0
     active_tunnels: int = 0
     requests_total: int = 0
+    #: Inbound connection figures (held, cap, refused...), set by the listening gateway.
+    clients: Callable[[], dict[str, int]] | None = None
 
     def upstream(self, url: str) -> UpstreamState:
         state = self.upstreams.get(url)
@@ -79,4 +83,44 @@ class GatewayStats:
             "websockets": {"active": self.active_websockets},
             "tunnels": {"active": self.active_tunnels},
             "requests_total": self.requests_total,
+            "clients": self.clients() if self.clients is not None else {},
         }
+
+
+#: Headers an intermediary adds: a request carrying one did not come straight from loopback.
+PROXY_HEADERS = ("Via", "X-Forwarded-For", "Forwarded")
+
+
+def status_refusal(peer_ip: str | None, header_names: Iterable[str], *, public: bool) -> str | None:
+    """Why status details are refused to this client, or None if it may read them.
+
+    They name the upstream, the version and live counters, so by default
+    only a client on this machine gets them, and only one that did not come
+    through a proxy (a proxy on loopback would hand them to anyone).
+    """
+    if public:
+        return None
+    names = {name.lower() for name in header_names}
+    if any(h.lower() in names for h in PROXY_HEADERS):
+        return (
+            "status details are not served to requests that came through a proxy "
+            "(Via/X-Forwarded-For/Forwarded); start the gateway with --public-status to allow it"
+        )
+    if not _is_loopback(peer_ip):
+        return (
+            "status details are served to loopback clients only; "
+            "start the gateway with --public-status to serve them to anyone"
+        )
+    return None
+
+
+def _is_loopback(peer_ip: str | None) -> bool:
+    if not peer_ip:
+        return False
+    try:
+        address = ipaddress.ip_address(peer_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback

@@ -22,6 +22,8 @@ import msgpack
 FEED_CHUNK: Final = 256 * 1024
 #: Longest str anywhere in our frames (reasons, header names live in bin).
 MAX_STR: Final = 1024
+#: Initial Unpacker buffer (msgpack's default is 1 MiB).
+READ_SIZE: Final = 16 * 1024
 
 
 class WireError(Exception):
@@ -29,28 +31,25 @@ class WireError(Exception):
 
 
 class BatchReader:
-    """Yields the msgpack objects of successive batches; reuses one Unpacker.
+    """Yields the msgpack objects of successive batches.
 
     A batch must end on an object boundary: transports never split frames
     legitimately, so a cut object is an error rather than something to
     complete from the next batch.
+
+    That rule also means an Unpacker holds nothing between batches, so a
+    reader owns none: an ``Unpacker`` costs about 44 KiB (its parse stack
+    is inline) plus its buffer, which at two readers per hop session made
+    idle sessions cost ~100 KB each. Instead each batch borrows a drained
+    Unpacker from a small pool shared by every reader with the same limits
+    and gives it back only if it ended drained and clean; a reader that is
+    never fed allocates nothing.
     """
 
-    __slots__ = ("_fed", "_unpacker")
+    __slots__ = ("_key",)
 
     def __init__(self, *, max_bin: int, max_array: int, slack: int = 64) -> None:
-        self._unpacker = msgpack.Unpacker(
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_buffer_size=max_bin + FEED_CHUNK + slack,
-            max_bin_len=max_bin,
-            max_str_len=MAX_STR,
-            max_array_len=max_array,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-        self._fed = 0
+        self._key = (max_bin, max_array, slack)
 
     def objects(self, batch: bytes | bytearray | memoryview) -> Iterator[object]:
         """Each object of ``batch`` in order; ``WireError`` once it goes wrong.
@@ -58,24 +57,63 @@ class BatchReader:
         Lazy: objects before a bad one are yielded (and may take effect)
         exactly as if they had come in an earlier batch.
         """
-        unpacker = self._unpacker
-        view = memoryview(batch)
-        end_of_last = self._fed
-        for start in range(0, len(view), FEED_CHUNK):
-            chunk = view[start : start + FEED_CHUNK]
-            try:
-                unpacker.feed(chunk)
-            except Exception as exc:  # BufferFull: a peer outgrowing our limits
-                raise WireError(f"undecodable msgpack ({type(exc).__name__})") from exc
-            self._fed += len(chunk)
-            while True:
+        unpacker = _borrow(self._key)
+        clean = False
+        try:
+            view = memoryview(batch)
+            fed = end_of_last = unpacker.tell()
+            for start in range(0, len(view), FEED_CHUNK):
+                chunk = view[start : start + FEED_CHUNK]
                 try:
-                    raw = next(unpacker)
-                except StopIteration:
-                    break
-                except Exception as exc:  # msgpack's zoo: ValueError, StackError...
+                    unpacker.feed(chunk)
+                except Exception as exc:  # BufferFull: a peer outgrowing our limits
                     raise WireError(f"undecodable msgpack ({type(exc).__name__})") from exc
-                end_of_last = unpacker.tell()
-                yield raw
-        if end_of_last != self._fed:
-            raise WireError("ends inside a frame")
+                fed += len(chunk)
+                while True:
+                    try:
+                        raw = next(unpacker)
+                    except StopIteration:
+                        break
+                    except Exception as exc:  # msgpack's zoo: ValueError, StackError...
+                        raise WireError(f"undecodable msgpack ({type(exc).__name__})") from exc
+                    end_of_last = unpacker.tell()
+                    yield raw
+            if end_of_last != fed:
+                raise WireError("ends inside a frame")
+            clean = True
+        finally:
+            # A consumer that stopped early, or an error, leaves bytes inside:
+            # that Unpacker is dropped, never reused.
+            if clean:
+                _give_back(self._key, unpacker)
+
+
+#: Drained Unpackers kept per set of limits; more are simply freed.
+_POOL_SIZE: Final = 2
+_pool: dict[tuple[int, int, int], list[msgpack.Unpacker]] = {}
+
+
+def _borrow(key: tuple[int, int, int]) -> msgpack.Unpacker:
+    free = _pool.get(key)
+    if free:
+        return free.pop()
+    max_bin, max_array, slack = key
+    return msgpack.Unpacker(
+        raw=False,
+        use_list=True,
+        strict_map_key=True,
+        # Grows on demand up to max_buffer_size; most batches are small.
+        read_size=READ_SIZE,
+        max_buffer_size=max_bin + FEED_CHUNK + slack,
+        max_bin_len=max_bin,
+        max_str_len=MAX_STR,
+        max_array_len=max_array,
+        max_map_len=0,
+        max_ext_len=0,
+    )
+
+
+def _give_back(key: tuple[int, int, int], unpacker: msgpack.Unpacker) -> None:
+    free = _pool.setdefault(key, [])
+    if len(free) < _POOL_SIZE:
+        free.append(unpacker)

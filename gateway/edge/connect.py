@@ -48,10 +48,10 @@ from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from gateway.config import Config
 from gateway.edge.forward import CHUNK, text_error
+from gateway.edge.targets import BadTarget, parse_authority
 from gateway.status import GatewayStats
 
 log = logging.getLogger("hopgate.connect")
@@ -60,24 +60,8 @@ log = logging.getLogger("hopgate.connect")
 HALF_CLOSE_GRACE = 30.0
 
 
-class BadTarget(ValueError):
-    """The client's ``CONNECT`` target is not ``host:port``; the message says why."""
-
-
-def parse_connect_target(authority: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` from a ``CONNECT`` request line."""
-    example = "e.g. CONNECT example.com:443"
-    try:
-        url = URL.build(authority=authority, encoded=True)
-    except ValueError:
-        raise BadTarget(f"CONNECT target {authority!r} is not host:port ({example})") from None
-    if not url.raw_host or url.raw_user is not None or url.raw_path not in ("", "/"):
-        raise BadTarget(f"CONNECT target {authority!r} is not host:port ({example})")
-    if url.explicit_port is None:
-        raise BadTarget(f"CONNECT target {authority!r} has no port ({example})")
-    if not 0 < url.explicit_port < 65536:
-        raise BadTarget(f"CONNECT target {authority!r}: port must be 1-65535")
-    return url.raw_host, url.explicit_port
+#: ``host:port`` of a CONNECT line (one parser for every request target: ``edge.targets``).
+parse_connect_target = parse_authority
 
 
 async def open_tunnel(

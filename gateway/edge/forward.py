@@ -27,6 +27,7 @@ from yarl import URL
 
 from gateway.config import Config
 from gateway.edge import headers as hdr
+from gateway.edge.targets import join_upstream
 from gateway.hop import discovery
 from gateway.status import GatewayStats
 
@@ -40,10 +41,10 @@ def upstream_target(upstream: URL, request: web.BaseRequest) -> URL:
 
     The path is appended under the upstream's base path exactly as the
     client encoded it: a proxy that re-normalises percent-escapes changes
-    what the origin sees.
+    what the origin sees.  Built by ``targets.join_upstream`` (``BadTarget``
+    if the request's target is not origin-form or would leave the upstream).
     """
-    base = str(upstream).rstrip("/")
-    return URL(base + request.raw_path, encoded=True)
+    return join_upstream(upstream, request.raw_path)
 
 
 def text_error(status: int, message: str) -> web.Response:

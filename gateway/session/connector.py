@@ -213,10 +213,11 @@ class SessionConnector:
         text = body[:200].decode("utf-8", "replace").strip()
         if status == 403:
             raise SessionUnavailable(f"{self.base_url} refused to open a session (403): {text}")
-        if status == 503:
+        if status in (429, 503):
             retry = answer.get("Retry-After", "?")
             raise SessionUnavailable(
-                f"{self.base_url} cannot open a session now (503, retry after {retry} s): {text}"
+                f"{self.base_url} cannot open a session now ({status}, retry after {retry} s): "
+                f"{text}"
             )
         if status != 200:
             raise SessionUnavailable(

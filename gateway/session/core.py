@@ -129,6 +129,9 @@ __all__ = ["Session", "SessionConfig", "SessionState"]
 _MiB: Final = 1024 * 1024
 _MAX_QUEUED_PONGS: Final = 16
 _MAX_PROBES: Final = 8
+#: One Packer for every session: with autoreset each ``pack`` is a single call
+#: that keeps nothing, and a Packer of its own cost each idle session 4 KiB.
+_PACKER: Final = new_packer()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -199,6 +202,53 @@ def _clip_reason(reason: str) -> str:
 class Session:
     """One end of a hop session. See the module docstring for how it works."""
 
+    # Thousands of idle sessions live at once: no per-instance dict.
+    __slots__ = (
+        "_abort_due",
+        "_abort_frame",
+        "_ack_pending",
+        "_acked",
+        "_attached",
+        "_buf",
+        "_buf_bytes",
+        "_close_deadline",
+        "_close_info",
+        "_close_request",
+        "_close_seq",
+        "_config",
+        "_decoder",
+        "_detached_since",
+        "_events",
+        "_hello_due",
+        "_hello_seen",
+        "_high_sent",
+        "_is_client",
+        "_last_sent_at",
+        "_next_send",
+        "_next_seq",
+        "_nonce",
+        "_packer",
+        "_peer_closed",
+        "_pending",
+        "_pending_off",
+        "_pending_text",
+        "_ping_due",
+        "_ping_nonce",
+        "_pongs",
+        "_probes",
+        "_received",
+        "_retx_since",
+        "_rx_parts",
+        "_rx_size",
+        "_rx_text",
+        "_session_id",
+        "_sid_bytes",
+        "_stall_reported",
+        "_state",
+        "_token",
+        "_watch_since",
+    )
+
     def __init__(
         self,
         config: SessionConfig | None = None,
@@ -217,7 +267,7 @@ class Session:
         self._sid_bytes = session_id.encode("ascii")
         self._token = bytes(token)
         self._is_client = is_client
-        self._packer = new_packer()
+        self._packer = _PACKER
         self._decoder = FrameDecoder()
         self._state = _OPEN
         self._events: list[Event] = []
@@ -265,16 +315,6 @@ class Session:
         self._stall_reported = False
         self._close_deadline = 0.0
         self._close_info: tuple[int, str, bool] | None = None
-
-        self._handlers: dict[type, Callable[[Any, float], None]] = {
-            Data: self._on_data,
-            Ack: self._on_ack,
-            Hello: self._on_hello,
-            Ping: self._on_ping,
-            Pong: self._on_pong,
-            Close: self._on_close,
-            Abort: self._on_abort,
-        }
 
     # -- introspection ------------------------------------------------------
 
@@ -398,9 +438,9 @@ class Session:
                 self._ack_pending = True
             return
         try:
-            handlers = self._handlers
+            handlers = _HANDLERS
             for frame in self._decoder.decode(data):
-                handlers[type(frame)](frame, now)
+                handlers[type(frame)](self, frame, now)
                 if self._state is _CLOSED:
                     break
         except RemoteProtocolError as exc:
@@ -908,3 +948,15 @@ class Session:
             else:
                 raise RemoteProtocolError(f"unexpected {type(frame).__name__} in a probe")
         return hello, nonces
+
+
+#: Frame type -> handler; one table for all sessions rather than bound methods in each.
+_HANDLERS: Final[dict[type, Callable[[Session, Any, float], None]]] = {
+    Data: Session._on_data,
+    Ack: Session._on_ack,
+    Hello: Session._on_hello,
+    Ping: Session._on_ping,
+    Pong: Session._on_pong,
+    Close: Session._on_close,
+    Abort: Session._on_abort,
+}

@@ -9,7 +9,10 @@ request                                            answers
 ``POST /.hopgate/session``                         ``200`` + headers ``X-Hopgate-Session``
 (empty body; ``X-Hopgate-Auth`` if a hop secret    (id) and ``X-Hopgate-Token`` (base64url
 is configured)                                     token); body = the server's HELLO.
-                                                   ``403`` hop secret missing/wrong,
+                                                   ``400`` malformed hop-secret header,
+                                                   ``403`` hop secret missing/wrong/replayed,
+                                                   ``429`` + ``Retry-After`` when this
+                                                   client address holds or opens too many,
                                                    ``503`` + ``Retry-After`` when full
 ``GET /.hopgate/session/{id}?epoch=E``             WebSocket upgrade, subprotocol
 (``Upgrade: websocket``, ``hopgate.v1`` offered)   ``hopgate.v1``, then the probe (``ws``)
@@ -19,7 +22,10 @@ is configured)                                     token); body = the server's H
 ``POST /.hopgate/session/{id}?epoch=E``            ``200``, body = control frames (ACK,
 (body = one batch, ``Content-Type:                 PONG, HELLO); ``400`` + ABORT batch when
 application/octet-stream``)                        the batch broke the protocol (the session
-                                                   is closed); ``413`` body too large
+                                                   is closed); ``413`` body too large;
+                                                   ``429`` too many POSTs in flight on the
+                                                   session; ``408`` body not whole within
+                                                   hold_time
 =================================================  ==========================================
 
 Every request for an existing session carries ``X-Hopgate-Token`` (base64url
@@ -34,13 +40,26 @@ errors are ``text/plain`` with the same two headers.
 Hop secret
 ==========
 
-With ``hop_secret`` set, opening a session needs ``X-Hopgate-Auth: v1 <unix
-time> <hex HMAC-SHA256(secret, "hopgate.v1 open-session <unix time>")>``,
-checked in constant time and accepted within ``AUTH_WINDOW`` seconds of the
-server's clock. The secret itself never travels, and a captured header is
-worth nothing after the window (use TLS against replay inside it). Without
-it: ``403`` saying the gateway needs the hop secret. Requests of an open
-session are authenticated by the resume token.
+With ``hop_secret`` set, opening a session needs ``X-Hopgate-Auth: v2 <unix
+time> <nonce> <hex HMAC-SHA256(secret, "hopgate.v2 open-session <unix time>
+<nonce>")>``, the nonce being 32 lowercase hex digits the sender picks at
+random for every attempt. The MAC is checked in constant time, the time must
+be within ``AUTH_WINDOW`` seconds of the server's clock, and the nonce must
+be new: the server remembers every nonce it accepted for as long as its
+proof could still be valid (``ReplayCache``), so a captured header opens
+nothing, not even inside the window. When that bounded cache is full the
+server answers ``503`` rather than forget a nonce. The secret itself never
+travels. Without the header: ``403`` saying the gateway needs the hop secret;
+a malformed one (or the replayable ``v1`` of older gateways): ``400``.
+Requests of an open session are authenticated by the resume token.
+
+Per client address
+==================
+
+Opening sessions is limited per client address (an IPv6 peer counts per
+/64): ``max_sessions_per_client`` held at once and ``session_create_rate``
+new ones a second, so filling ``max_sessions`` takes many peers. Refusals
+are ``429`` with ``Retry-After`` and a reason naming the flag.
 """
 
 from __future__ import annotations
@@ -49,9 +68,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import ctypes
+import gc
 import hashlib
 import hmac
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
@@ -63,8 +85,15 @@ from .errors import CloseCode
 from .frames import PROTOCOL_VERSION, encode_hello, new_packer
 from .hop import HopSession, SessionSettings
 from .longpoll import CONTENT_TYPE, LongPollServer
-from .registry import RegistryFull, SessionRegistry
-from .tokens import new_session_id, new_token
+from .registry import (
+    ClientLimits,
+    ClientRefused,
+    RegistryFull,
+    ReplayCache,
+    SessionRegistry,
+    client_key,
+)
+from .tokens import new_nonce, new_session_id, new_token
 from .ws import accept_websocket, offers_subprotocol
 
 if TYPE_CHECKING:
@@ -89,8 +118,17 @@ SESSION_HEADER: Final = "X-Hopgate-Session"
 TOKEN_HEADER: Final = "X-Hopgate-Token"
 AUTH_HEADER: Final = "X-Hopgate-Auth"
 #: Seconds a hop-secret proof stays valid either side of the server's clock.
-AUTH_WINDOW: Final = 300
+AUTH_WINDOW: Final = 60
+#: Nonces of accepted proofs remembered at once (for 2 * AUTH_WINDOW each).
+AUTH_NONCES: Final = 16384
 RETRY_AFTER: Final = "10"
+#: Longest decimal number accepted anywhere in a hop request (2**64 has 20 digits).
+MAX_DIGITS: Final = 20
+_NONCE_LENGTH: Final = 32
+#: After this many sessions ended, unused heap pages are given back (see _trim_memory).
+_TRIM_AFTER: Final = 1024
+#: Refusals of new sessions are logged at most once per this many seconds.
+_REFUSAL_LOG_INTERVAL: Final = 10.0
 
 _NO_STORE: Final = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
@@ -110,31 +148,75 @@ def decode_token(value: str) -> bytes | None:
         return None
 
 
-def _auth_mac(secret: str, stamp: int) -> str:
-    message = f"hopgate.v1 open-session {stamp}".encode("ascii")
+def _auth_mac(secret: str, stamp: int, nonce: str) -> str:
+    message = f"hopgate.v2 open-session {stamp} {nonce}".encode("ascii")
     return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
-def auth_header_value(secret: str, now: float | None = None) -> str:
-    """The ``X-Hopgate-Auth`` value proving knowledge of ``secret``."""
+def auth_header_value(secret: str, now: float | None = None, nonce: str | None = None) -> str:
+    """The ``X-Hopgate-Auth`` value proving knowledge of ``secret``; a fresh nonce each call."""
     stamp = int(time.time() if now is None else now)
-    return f"v1 {stamp} {_auth_mac(secret, stamp)}"
+    nonce = new_nonce() if nonce is None else nonce
+    return f"v2 {stamp} {nonce} {_auth_mac(secret, stamp, nonce)}"
 
 
-def check_auth(secret: str, value: str | None, now: float | None = None) -> str | None:
-    """None if ``value`` proves ``secret``, else what is wrong (for the 403)."""
+def parse_decimal(text: str, *, max_digits: int = MAX_DIGITS) -> int | None:
+    """A non-negative decimal of ASCII digits only and at most ``max_digits``; else None.
+
+    ``str.isdigit`` alone accepts "²" and other Unicode digits that ``int``
+    rejects (a 500), and no length limit lets a peer make ``int`` chew on
+    thousands of digits.
+    """
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
+def _is_nonce(text: str) -> bool:
+    return len(text) == _NONCE_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
+def check_auth(
+    secret: str,
+    value: str | None,
+    now: float | None = None,
+    replays: ReplayCache | None = None,
+) -> tuple[int, str] | None:
+    """None if ``value`` proves ``secret`` (and its nonce is new), else (status, reason).
+
+    400 malformed, 403 missing / wrong / stale / replayed, 503 replay cache full.
+    Without ``replays`` the nonce is not checked for reuse (tests, tools).
+    """
     if not value:
-        return f"this gateway requires the hop secret (--hop-secret): no {AUTH_HEADER} header"
+        return 403, f"this gateway requires the hop secret (--hop-secret): no {AUTH_HEADER} header"
     parts = value.split()
-    if len(parts) != 3 or parts[0] != "v1" or not parts[1].isdigit():
-        return f"malformed {AUTH_HEADER} header"
-    stamp = int(parts[1])
+    if parts and parts[0] == "v1":
+        return 400, (
+            f"outdated {AUTH_HEADER} v1 (replayable): the sending gateway must be upgraded"
+        )
+    stamp = parse_decimal(parts[1]) if len(parts) == 4 and parts[0] == "v2" else None
+    if stamp is None or not _is_nonce(parts[2]):
+        return 400, (
+            f"malformed {AUTH_HEADER} header: expected v2 <unix time> <32 hex digits nonce> <mac>"
+        )
+    nonce = parts[2]
     if not hmac.compare_digest(
-        parts[2].encode("ascii", "replace"), _auth_mac(secret, stamp).encode()
+        parts[3].encode("ascii", "replace"), _auth_mac(secret, stamp, nonce).encode()
     ):
-        return "wrong hop secret"
-    if abs((time.time() if now is None else now) - stamp) > AUTH_WINDOW:
-        return f"hop secret proof is older than {AUTH_WINDOW} s (are both clocks right?)"
+        return 403, "wrong hop secret"
+    now = time.time() if now is None else now
+    if abs(now - stamp) > AUTH_WINDOW:
+        return 403, (
+            f"hop secret proof is more than {AUTH_WINDOW} s off this gateway's clock "
+            "(are both clocks right?)"
+        )
+    if replays is not None:
+        try:
+            fresh = replays.add(nonce, now)
+        except ReplayCache.Full as exc:
+            return 503, f"too many hop-secret proofs to remember ({exc}); try again later"
+        if not fresh:
+            return 403, "hop secret proof replayed (its nonce was used before)"
     return None
 
 
@@ -156,10 +238,36 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 
 def _query_int(request: web.BaseRequest, name: str) -> int | None:
     value = request.query.get(name)
-    if value is None or not value.isdigit() or len(value) > 20:
-        return None
-    number = int(value)
-    return number if number < 2**64 else None
+    number = None if value is None else parse_decimal(value)
+    return number if number is not None and number < 2**64 else None
+
+
+def _refusal(status: int, message: str, **headers: str) -> web.Response:
+    """An error after which the connection closes: the request body may be unread."""
+    response = _error(status, message, **headers)
+    response.force_close()
+    return response
+
+
+_libc_trim: Callable[[int], int] | None = None
+
+
+def _trim_memory() -> None:
+    """Collect the ended sessions' cycles and hand glibc's free pages back to the OS.
+
+    Without it the RSS of a gateway that held 10,000 sessions stays where it
+    peaked long after they expired. Linux/glibc only; elsewhere a no-op.
+    """
+    global _libc_trim
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return
+    if _libc_trim is None:
+        try:
+            _libc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            _libc_trim = lambda _pad: 0  # noqa: E731
+    _libc_trim(0)
 
 
 def _is_upgrade(request: web.BaseRequest) -> bool:
@@ -187,6 +295,18 @@ class SessionServer:
         self._stats = stats
         self._config = settings.core_config()
         self._closing = False
+        self._clients = ClientLimits(
+            max_sessions=settings.max_sessions_per_client, rate=settings.session_create_rate
+        )
+        self._replays = ReplayCache(window=AUTH_WINDOW, capacity=AUTH_NONCES)
+        #: Session id -> [POSTs in flight, bytes they hold]; only sessions with a POST.
+        self._posts: dict[str, list[int]] = {}
+        #: Bytes held by unfinished POST bodies of every session together.
+        self.post_bytes = 0
+        self._ended = 0
+        self._trim_due = False
+        self._refusals = 0
+        self._refusal_logged = -_REFUSAL_LOG_INTERVAL
 
     def handles(self, request: web.BaseRequest) -> bool:
         path = request.path
@@ -248,16 +368,28 @@ class SessionServer:
         if self._closing:
             return _error(503, "gateway shutting down", **{"Retry-After": RETRY_AFTER})
         if self._hop_secret is not None:
-            problem = check_auth(self._hop_secret, request.headers.get(AUTH_HEADER))
-            if problem is not None:
-                return _error(403, problem)
+            refused = check_auth(
+                self._hop_secret, request.headers.get(AUTH_HEADER), replays=self._replays
+            )
+            if refused is not None:
+                status, problem = refused
+                self._log_refusal(request, f"{status} {problem}")
+                extra = {"Retry-After": RETRY_AFTER} if status == 503 else {}
+                return _error(status, problem, **extra)
         if self.registry.full:
+            self._log_refusal(request, "503 --max-sessions reached")
             return _error(
                 503,
                 f"too many hop sessions ({self.settings.max_sessions}); try again later",
                 **{"Retry-After": RETRY_AFTER},
             )
         loop = asyncio.get_running_loop()
+        key = client_key(request.remote)
+        try:
+            self._clients.admit(key, loop.time())
+        except ClientRefused as exc:
+            self._log_refusal(request, f"429 {exc.reason}")
+            return _error(429, exc.reason, **{"Retry-After": str(exc.retry_after)})
         session_id, token = new_session_id(), new_token()
         core = Session(
             self._config, session_id=session_id, token=token, is_client=False, now=loop.time()
@@ -267,6 +399,7 @@ class SessionServer:
         try:
             self.registry.add(hop)
         except RegistryFull:
+            self._clients.release(key, loop.time())
             hop.abandon(CloseCode.GOING_AWAY, "no room")
             return _error(503, "too many hop sessions", **{"Retry-After": RETRY_AFTER})
         hop.on_finished.append(self._forget)
@@ -284,10 +417,38 @@ class SessionServer:
             hello, headers={SESSION_HEADER: session_id, TOKEN_HEADER: encode_token(token)}
         )
 
+    def _log_refusal(self, request: web.BaseRequest, why: str) -> None:
+        """One line per interval however many are refused (a flood must not flood the log)."""
+        self._refusals += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._refusal_logged < _REFUSAL_LOG_INTERVAL:
+            return
+        log.warning(
+            "= refused %d hop session(s) in the last %.0f s; latest from %s: %s",
+            self._refusals,
+            min(now - self._refusal_logged, _REFUSAL_LOG_INTERVAL),
+            request.remote,
+            why,
+        )
+        self._refusals = 0
+        self._refusal_logged = now
+
     def _forget(self, hop: HopSession) -> None:
         self.registry.remove(hop)
+        loop = asyncio.get_running_loop()
+        self._clients.release(client_key(hop.peer_address), loop.time())
         if self._stats is not None:
             self._stats.active_sessions -= 1
+        self._ended += 1
+        if self._ended >= _TRIM_AFTER and not self._trim_due:
+            # Many sessions ended (an expiry sweep): give the memory back once it settles.
+            self._trim_due = True
+            loop.call_later(1.0, self._trim)
+
+    def _trim(self) -> None:
+        self._trim_due = False
+        self._ended = 0
+        _trim_memory()
 
     def _long_poll(self, hop: HopSession, epoch: int) -> LongPollServer | None:
         """The long-poll transport of ``epoch``, attaching it if newer; None if stale."""
@@ -315,18 +476,77 @@ class SessionServer:
         return _octets(body)
 
     async def _post(self, request: web.BaseRequest, hop: HopSession, epoch: int) -> web.Response:
-        limit = self.settings.max_batch_bytes
+        settings = self.settings
+        limit = settings.max_batch_bytes
         length = request.content_length
         if length is not None and length > limit:
-            return _error(413, f"batch larger than {limit} bytes")
-        body = bytearray()
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > limit:
-                return _error(413, f"batch larger than {limit} bytes")
+            return _refusal(413, f"batch larger than {limit} bytes")
+        sid = hop.session_id
+        inflight = self._posts.get(sid)
+        if inflight is None:
+            inflight = self._posts[sid] = [0, 0]
+        elif inflight[0] >= settings.max_session_posts:
+            return _refusal(
+                429,
+                f"{inflight[0]} POSTs already in flight on this session "
+                f"(--max-session-posts {settings.max_session_posts})",
+                **{"Retry-After": "1"},
+            )
+        inflight[0] += 1
+        try:
+            body = await self._read_body(request, inflight)
+        finally:
+            inflight[0] -= 1
+            if inflight[0] == 0:
+                del self._posts[sid]
+        if isinstance(body, web.Response):
+            return body
         transport = self._long_poll(hop, epoch)
         if transport is None:
             hop.feed(body)  # stale: its frames still count, it writes nothing
             return _octets(b"")
-        ok, reply = transport.post(bytes(body))
+        ok, reply = transport.post(body)
         return _octets(reply, status=200 if ok else 400)
+
+    async def _read_body(
+        self, request: web.BaseRequest, inflight: list[int]
+    ) -> bytes | web.Response:
+        """The whole body, bounded in size (per POST, per session, per gateway) and in time.
+
+        ``inflight[1]`` counts the bytes this session's POSTs hold together,
+        ``post_bytes`` those of every session. A body still incomplete after
+        ``hold_time`` is a stalled peer: 408, and its bytes are freed.
+        """
+        body = bytearray()
+        try:
+            return await self._read_into(request, inflight, body)
+        finally:
+            inflight[1] -= len(body)
+            self.post_bytes -= len(body)
+
+    async def _read_into(
+        self, request: web.BaseRequest, inflight: list[int], body: bytearray
+    ) -> bytes | web.Response:
+        settings = self.settings
+        limit = settings.max_batch_bytes
+        try:
+            async with asyncio.timeout(settings.hold_time):
+                async for chunk in request.content.iter_any():
+                    body += chunk
+                    inflight[1] += len(chunk)
+                    self.post_bytes += len(chunk)
+                    if len(body) > limit:
+                        return _refusal(413, f"batch larger than {limit} bytes")
+                    if inflight[1] > limit:
+                        return _refusal(
+                            413, f"POSTs in flight on this session hold more than {limit} bytes"
+                        )
+                    if self.post_bytes > settings.post_bytes_total:
+                        return _refusal(
+                            503,
+                            "this gateway holds too many unfinished POST bodies; try again",
+                            **{"Retry-After": "1"},
+                        )
+        except TimeoutError:
+            return _refusal(408, f"POST body not complete within {settings.hold_time:g} s")
+        return bytes(body)

@@ -44,7 +44,6 @@ Exceptions raised here (the core's are drawn in ``errors``)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -104,6 +103,13 @@ class SessionSettings:
     resume_grace: float = 60.0
     #: Sessions one gateway serves at once (503 beyond).
     max_sessions: int = 1000
+    #: Sessions one client address may hold at once (429 beyond; 0 = no limit).
+    max_sessions_per_client: int = 100
+    #: New sessions per second per client address, bursts of the same size (429 beyond).
+    session_create_rate: float = 10.0
+    #: Long-poll POSTs one session may have in flight (429 beyond). Each
+    #: must arrive whole within ``hold_time`` (408 otherwise).
+    max_session_posts: int = 4
     #: Largest whole message, both directions (1009 beyond).
     max_message_size: int = 16 * _MiB
     #: Replay buffer per session (encoded bytes); backpressure beyond.
@@ -114,6 +120,8 @@ class SessionSettings:
     batch_bytes: int = 1 * _MiB
     #: Largest batch we accept (WebSocket message, POST or GET body).
     max_batch_bytes: int = 8 * _MiB
+    #: Bytes of unfinished long-poll POST bodies the whole server holds (503 beyond).
+    post_bytes_total: int = 64 * _MiB
     heartbeat: float = 20.0
     stall_timeout: float = 15.0
     retransmit_timeout: float = 10.0
@@ -135,15 +143,29 @@ class SessionSettings:
             raise ValueError("hold_time must be > 0")
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
+        if self.max_sessions_per_client < 0 or not self.session_create_rate > 0:
+            raise ValueError("max_sessions_per_client must be >= 0, session_create_rate > 0")
+        if self.max_session_posts < 1:
+            raise ValueError("max_session_posts must be >= 1")
         if self.max_batch_bytes < self.batch_bytes + 4096:
             raise ValueError("max_batch_bytes must exceed batch_bytes")
+        if self.post_bytes_total < self.max_batch_bytes:
+            raise ValueError("post_bytes_total must hold at least one max_batch_bytes body")
         self.core_config()  # validates the rest
 
     @classmethod
     def from_config(cls, config: Config, **overrides: Any) -> SessionSettings:
         """Settings from a gateway ``Config`` (fields it lacks keep their defaults)."""
         values: dict[str, Any] = {}
-        for name in ("hold_time", "resume_grace", "max_sessions", "max_message_size"):
+        for name in (
+            "hold_time",
+            "resume_grace",
+            "max_sessions",
+            "max_message_size",
+            "max_sessions_per_client",
+            "session_create_rate",
+            "max_session_posts",
+        ):
             value = getattr(config, name, None)
             if value is not None:
                 values[name] = value
@@ -194,6 +216,36 @@ class Transport(Protocol):
 class HopSession:
     """One live hop session (either end): owns the core Session, its timer, its transport."""
 
+    # A server holds thousands of idle sessions: no instance dict, and every
+    # event, future and set below is created only once something waits on it.
+    __slots__ = (
+        "__weakref__",
+        "_background",
+        "_changed",
+        "_close_info",
+        "_closed",
+        "_core",
+        "_current",
+        "_early",
+        "_loop",
+        "_on_closed",
+        "_on_message",
+        "_on_writable",
+        "_timer",
+        "_timer_at",
+        "_timer_due",
+        "_window",
+        "epoch",
+        "is_client",
+        "on_finished",
+        "on_stalled",
+        "on_transport_change",
+        "on_transport_lost",
+        "peer_address",
+        "session_id",
+        "settings",
+    )
+
     def __init__(self, core: Session, settings: SessionSettings) -> None:
         self._core = core
         self.settings = settings
@@ -203,26 +255,32 @@ class HopSession:
         #: Server end: the address that opened the session (for ``X-Forwarded-For``).
         self.peer_address: str | None = None
         self._loop = asyncio.get_running_loop()
-        self._changed = asyncio.Event()
-        self._rearm = asyncio.Event()
-        self._window = asyncio.Event()
-        self._closed: asyncio.Future[tuple[int, str]] = self._loop.create_future()
+        self._changed: asyncio.Event | None = None
+        self._window: asyncio.Event | None = None
+        self._closed: asyncio.Future[tuple[int, str]] | None = None
         self._close_info: tuple[int, str] | None = None
         self._current: Transport | None = None
         self._on_message: Callable[[bytes | str], None] | None = None
         self._on_writable: Callable[[], None] | None = None
         self._on_closed: Callable[[int, str], None] | None = None
-        self._early: list[bytes | str] = []
-        self._background: set[asyncio.Task[Any]] = set()
+        self._early: list[bytes | str] | None = None
+        self._background: set[asyncio.Task[Any]] | None = None
         # For the owner (connector / server): not part of the public API.
         self.on_stalled: Callable[[Transport], None] | None = None
         self.on_transport_lost: Callable[[Transport, str], None] | None = None
         self.on_transport_change: list[Callable[[str, str], None]] = []
         self.on_finished: list[Callable[[HopSession], None]] = []
-        self.log = _SessionLog(log, {"sid": self.session_id[:6]})
-        self._pump = self._loop.create_task(
-            self._run_timers(), name=f"hop-pump-{self.session_id[:6]}"
-        )
+        # The core's timers run from one loop timer (no task per session),
+        # scheduled for the core's next deadline; see _rearm.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._timer_due = False
+        self._rearm_now()
+
+    @property
+    def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        """Lines prefixed with the session id's first characters (made on use: logs are rare)."""
+        return _SessionLog(log, {"sid": self.session_id[:6]})
 
     def __repr__(self) -> str:
         side = "client" if self.is_client else "server"
@@ -247,8 +305,8 @@ class HopSession:
         self._on_message = on_message
         self._on_writable = on_writable
         self._on_closed = on_closed
-        early, self._early = self._early, []
-        for data in early:
+        early, self._early = self._early, None
+        for data in early or ():
             self._deliver(data)
         if self._close_info is not None and on_closed is not None:
             on_closed(*self._close_info)
@@ -267,11 +325,10 @@ class HopSession:
         if self._close_info is not None or core.state is not SessionState.OPEN:
             raise SessionClosedError(*self._close_info_or_closing())
         if not core.writable:
-            self._window.clear()
             return False
         core.send_message(data)
-        self._changed.set()
-        self._rearm.set()
+        self.wake()
+        self._rearm()
         return True
 
     async def drain(self) -> None:
@@ -279,8 +336,11 @@ class HopSession:
         while not self.writable:
             if self._close_info is not None or self._core.state is not SessionState.OPEN:
                 raise SessionClosedError(*self._close_info_or_closing())
-            self._window.clear()
-            await self._window.wait()
+            window = self._window
+            if window is None:
+                window = self._window = asyncio.Event()
+            window.clear()
+            await window.wait()
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Graceful close: the peer gets every message sent before, then CLOSE."""
@@ -291,6 +351,10 @@ class HopSession:
 
     async def wait_closed(self) -> tuple[int, str]:
         """(code, reason) once the session is over."""
+        if self._close_info is not None:
+            return self._close_info
+        if self._closed is None:
+            self._closed = self._loop.create_future()
         return await asyncio.shield(self._closed)
 
     @property
@@ -359,20 +423,26 @@ class HopSession:
     def take(self, *, include_data: bool = True) -> bytes:
         """The next batch to write on the current transport (may be b"")."""
         batch = self._core.data_to_send(self.now(), include_data=include_data)
-        self._rearm.set()
+        self._rearm()
         return batch
 
     async def wait_changed(self) -> None:
         """Sleep until the core may have something new to write."""
-        self._changed.clear()
-        await self._changed.wait()
+        changed = self._changed
+        if changed is None:
+            changed = self._changed = asyncio.Event()
+        changed.clear()
+        await changed.wait()
 
     def wake(self) -> None:
-        self._changed.set()
+        if self._changed is not None:
+            self._changed.set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """A background task the session keeps a reference to (closing sockets)."""
         task = self._loop.create_task(coro, name=name)
+        if self._background is None:
+            self._background = set()
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -383,7 +453,8 @@ class HopSession:
             if type(event) is MessageReceived:
                 self._deliver(event.data)
             elif type(event) is SendWindowOpened:
-                self._window.set()
+                if self._window is not None:
+                    self._window.set()
                 if self._on_writable is not None:
                     self._on_writable()
             elif type(event) is TransportStalled:
@@ -397,8 +468,8 @@ class HopSession:
                     self.on_stalled(current)
             elif type(event) is SessionClosed:
                 self._finish(event.code, event.reason)
-        self._changed.set()
-        self._rearm.set()
+        self.wake()
+        self._rearm()
 
     def abandon(self, code: int, reason: str) -> None:
         """Finish without the core's handshake (the peer forgot us, or we must stop now)."""
@@ -418,6 +489,8 @@ class HopSession:
     def _deliver(self, data: bytes | str) -> None:
         handler = self._on_message
         if handler is None:
+            if self._early is None:
+                self._early = []
             self._early.append(data)
             return
         try:
@@ -443,42 +516,65 @@ class HopSession:
         self._close_info = (code, reason)
         level = logging.DEBUG if code in (CloseCode.NORMAL, CloseCode.GOING_AWAY) else logging.INFO
         self.log.log(level, "= session closed: %d %s", code, reason)
-        if not self._closed.done():
+        if self._closed is not None and not self._closed.done():
             self._closed.set_result((code, reason))
-        self._window.set()
-        self._changed.set()
-        self._rearm.set()
+        if self._window is not None:
+            self._window.set()
+        self.wake()
+        self._cancel_timer()
         if self._on_closed is not None:
             try:
                 self._on_closed(code, reason)
             except Exception:
                 self.log.exception("on_closed handler failed")
-        for callback in self.on_finished:
+        finished, self.on_finished = self.on_finished, []
+        for callback in finished:
             callback(self)
+        # Break the cycles with the application (a tunnel holds us, we hold its
+        # bound methods), so a finished session is freed by reference counting
+        # at once rather than by the next full garbage collection.
+        self._on_message = self._on_writable = self._on_closed = None
+        self.on_stalled = self.on_transport_lost = None
+        self.on_transport_change = []
 
-    async def _run_timers(self) -> None:
-        core = self._core
-        rearm = self._rearm
-        while self._close_info is None:
-            deadline = core.next_deadline()
-            rearm.clear()
-            if deadline is None:
-                await rearm.wait()
-            else:
-                delay = deadline - self.now()
-                if delay > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(delay):
-                            await rearm.wait()
-            core.handle_timer(self.now())
-            self.dispatch()
+    def _rearm(self) -> None:
+        """The core's next deadline may have changed: recompute it once, at the end of this turn."""
+        if not self._timer_due and self._close_info is None:
+            self._timer_due = True
+            self._loop.call_soon(self._rearm_now)
+
+    def _rearm_now(self) -> None:
+        self._timer_due = False
+        if self._close_info is not None:
+            return
+        deadline = self._core.next_deadline()
+        if deadline is None:
+            return  # a timer still armed fires harmlessly and is not renewed
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return  # fires first; _on_timer schedules the rest
+            timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._close_info is not None:
+            return
+        self._core.handle_timer(self.now())
+        self.dispatch()
+        self._rearm_now()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def aclose_tasks(self) -> None:
-        """Cancel the pump and wait for background closes (teardown)."""
-        self._pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._pump
+        """Stop the timer and wait for background closes (teardown)."""
+        self._cancel_timer()
         current = asyncio.current_task()
-        pending = [task for task in self._background if task is not current]
+        pending = [task for task in self._background or () if task is not current]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import secrets
 
-__all__ = ["TOKEN_BYTES", "new_session_id", "new_token", "tokens_equal"]
+__all__ = ["TOKEN_BYTES", "new_nonce", "new_session_id", "new_token", "tokens_equal"]
 
 TOKEN_BYTES = 32
 
@@ -27,3 +27,8 @@ def new_token() -> bytes:
 def tokens_equal(a: bytes, b: bytes) -> bool:
     """Constant-time comparison; never compare tokens with ``==``."""
     return hmac.compare_digest(a, b)
+
+
+def new_nonce() -> str:
+    """A hop-secret proof's nonce: 128 random bits as 32 lowercase hex digits."""
+    return secrets.token_hex(16)

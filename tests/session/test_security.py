@@ -21,6 +21,7 @@ from gateway.session.endpoint import (
 )
 from gateway.session.frames import FrameDecoder, Hello
 from gateway.session.hop import SessionUnavailable
+from gateway.session.registry import ReplayCache
 from gateway.session.ws import SUBPROTOCOL
 from tests.session.conftest import (
     FAST,
@@ -259,12 +260,66 @@ async def test_hop_secret_required_to_open_a_session(
 def test_hop_secret_proof_checks() -> None:
     value = auth_header_value("k", now=1_000_000)
     assert check_auth("k", value, now=1_000_010) is None
-    assert check_auth("other", value, now=1_000_010) == "wrong hop secret"
-    assert "older" in (check_auth("k", value, now=1_000_000 + 301) or "")
-    assert "no X-Hopgate-Auth" in (check_auth("k", None) or "")
-    assert "malformed" in (check_auth("k", "v1 abc def") or "")
+    assert check_auth("other", value, now=1_000_010) == (403, "wrong hop secret")
+    assert "more than 60 s off" in str(check_auth("k", value, now=1_000_000 + 61))
+    assert "more than 60 s off" in str(check_auth("k", value, now=1_000_000 - 61))
+    assert check_auth("k", value, now=1_000_000 + 59) is None
+    refused = check_auth("k", None)
+    assert refused is not None and refused[0] == 403 and "no X-Hopgate-Auth" in refused[1]
     assert AUTH_HEADER == "X-Hopgate-Auth"
-    assert "k" not in value.split()[2]  # the secret itself never travels
+    version, stamp, nonce, mac = value.split()
+    assert (version, stamp) == ("v2", "1000000")
+    assert len(nonce) == 32 and int(nonce, 16) >= 0
+    assert "k" not in mac  # the secret itself never travels
+    assert auth_header_value("k", now=1_000_000).split()[2] != nonce  # a fresh nonce each time
+
+
+def test_hop_secret_nonce_cannot_be_replayed() -> None:
+    replays = ReplayCache(window=60, capacity=3)
+    value = auth_header_value("k", now=1_000_000)
+    assert check_auth("k", value, now=1_000_001, replays=replays) is None
+    assert check_auth("k", value, now=1_000_002, replays=replays) == (
+        403,
+        "hop secret proof replayed (its nonce was used before)",
+    )
+    # Another nonce with the same time stamp is fine; a changed nonce breaks the MAC.
+    assert check_auth("k", auth_header_value("k", now=1_000_000), 1_000_002, replays) is None
+    version, stamp, nonce, mac = value.split()
+    forged = f"{version} {stamp} {'0' * 32} {mac}"
+    assert check_auth("k", forged, now=1_000_002, replays=replays) == (403, "wrong hop secret")
+    # Full: refuse a new proof (503) rather than forget a nonce still replayable.
+    assert check_auth("k", auth_header_value("k", now=1_000_000), 1_000_003, replays) is None
+    full = check_auth("k", auth_header_value("k", now=1_000_000), 1_000_004, replays)
+    assert full is not None and full[0] == 503
+    assert check_auth("k", value, now=1_000_004, replays=replays) is not None  # still refused
+    # Two windows later the old nonces are gone: room again, and the replay is stale anyway.
+    assert len(replays) == 3
+    assert check_auth("k", auth_header_value("k", now=1_000_130), 1_000_130, replays) is None
+    assert len(replays) == 1
+    assert "off this gateway's clock" in str(check_auth("k", value, 1_000_130, replays))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "v2 ² " + "0" * 32 + " " + "0" * 64,  # isdigit() says yes, int() says no
+        "v2 " + "9" * 5000 + " " + "0" * 32 + " " + "0" * 64,
+        "v2 ١٢٣ " + "0" * 32 + " " + "0" * 64,  # Arabic-Indic digits
+        "v2 -5 " + "0" * 32 + " " + "0" * 64,
+        "v2 123 " + "G" * 32 + " " + "0" * 64,
+        "v2 123 abc " + "0" * 64,
+        "v2 123",
+        "v1 1000000 " + "0" * 64,  # the replayable format of older gateways
+        "garbage",
+        "v2 1000000 " + "0" * 32 + " é",
+    ],
+)
+def test_malformed_hop_secret_header_is_400(value: str) -> None:
+    refused = check_auth("k", value, now=1_000_000, replays=ReplayCache(window=60, capacity=8))
+    assert refused is not None
+    status, reason = refused
+    assert status == (403 if value.endswith(" é") else 400), reason
+    assert reason
 
 
 # -- impostors: legacy servers are never taken for gateways ----------------------------------
