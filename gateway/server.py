@@ -47,14 +47,29 @@ from yarl import URL
 
 from gateway.config import Config
 from gateway.edge.connect import open_tunnel
-from gateway.edge.forward import Forwarder, text_error, upstream_target
+from gateway.edge.forward import Forwarder, text_error
+from gateway.edge.inbound import (
+    AcceptErrorFilter,
+    GuardedServer,
+    InboundLimits,
+    derive_max_clients,
+)
+from gateway.edge.targets import (
+    AbsoluteForm,
+    AsteriskForm,
+    AuthorityForm,
+    BadTarget,
+    join_upstream,
+    names_this_listener,
+    parse_target,
+)
 from gateway.edge.websocket import capture_refusal, is_websocket_upgrade, pass_through
 from gateway.hop import discovery
 from gateway.hop.ladder import LadderSettings
 from gateway.hop.link import LinkTable, UpstreamLink
 from gateway.session.endpoint import SESSION_PATH, SessionServer
 from gateway.session.hop import HopSession, SessionSettings
-from gateway.status import STATUS_PATH, GatewayStats
+from gateway.status import STATUS_PATH, GatewayStats, status_refusal
 from gateway.tunnel.bridge import NotSent, TunnelLink
 
 log = logging.getLogger("hopgate")
@@ -113,6 +128,9 @@ class Gateway:
         self._accepted: set[TunnelLink] = set()
         self._allowed_origins = frozenset(_normal_origin(o) for o in config.allowed_origins)
         self.port = 0
+        #: Inbound connection cap and head deadline (set up by ``start``).
+        self.inbound: InboundLimits | None = None
+        self._exception_handler: AcceptErrorFilter | None = None
 
     @property
     def url(self) -> str:
@@ -145,8 +163,10 @@ class Gateway:
         self._forwarder = Forwarder(self.config, self._client, self.stats)
         if self.hop_upgrade:
             self._start_hop_layer(self._forwarder)
-        server = web.Server(
+        server = GuardedServer(
             self._dispatch,
+            limits=self._start_inbound_limits(),
+            keepalive_timeout=self.config.keepalive_timeout,
             handler_cancellation=True,
             # Bodies pass through as sent: a gzip upload stays gzip.
             auto_decompress=False,
@@ -197,6 +217,36 @@ class Gateway:
             if self._client is not None:
                 await self._client.close()
                 self._client = None
+            self._stop_inbound_limits()
+
+    def _start_inbound_limits(self) -> InboundLimits:
+        """The connection cap (``--max-clients``, 0 = half the raised open-file limit)."""
+        cap, nofile = derive_max_clients(self.config.max_clients)
+        limits = InboundLimits(max_clients=cap, header_timeout=self.config.header_timeout)
+        self.inbound = limits
+        self.stats.clients = limits.figures
+        log.info("= up to %d client connections at once (open-file limit %d)", cap, nofile)
+        if self.config.max_connections and cap + self.config.max_connections > nofile:
+            log.warning(
+                "= --max-clients %d plus --max-connections %d exceed the open-file limit %d: "
+                "lower one or raise the limit (ulimit -n)",
+                cap,
+                self.config.max_connections,
+                nofile,
+            )
+        loop = asyncio.get_running_loop()
+        self._exception_handler = limits.accept_error_filter(loop.get_exception_handler())
+        loop.set_exception_handler(self._exception_handler)
+        return limits
+
+    def _stop_inbound_limits(self) -> None:
+        """Give the loop its exception handler back, unless someone replaced ours since."""
+        loop = asyncio.get_running_loop()
+        if self._exception_handler is not None and (
+            loop.get_exception_handler() is self._exception_handler
+        ):
+            loop.set_exception_handler(self._exception_handler.previous)
+        self._exception_handler = None
 
     # -- the hop layer ---------------------------------------------------------------
 
@@ -317,10 +367,40 @@ class Gateway:
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         self.stats.requests_total += 1
-        assert self._forwarder is not None
-        absolute = request.raw_path.startswith(("http://", "https://"))
-        if request.method == "CONNECT" or absolute:
-            return await self._proxy_request(request, absolute)
+        inbound = self.inbound
+        if inbound is not None:
+            # The head has arrived: no --header-timeout while it is handled.
+            inbound.request_started(request.protocol)
+        try:
+            return await self._route(request)
+        finally:
+            if inbound is not None:
+                inbound.request_finished(request.protocol)
+
+    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
+        """One answer for each form of request target (see ``gateway.edge.targets``)."""
+        try:
+            target = parse_target(request.method, request.raw_path)
+        except BadTarget as exc:
+            return text_error(400, str(exc))
+        if isinstance(target, AsteriskForm):
+            return _options_asterisk(self.config.forward_proxy)
+        if isinstance(target, AuthorityForm):
+            return await self._proxy_request(request, target)
+        if isinstance(target, AbsoluteForm):
+            if not self._names_me(request, target):
+                return await self._proxy_request(request, target)
+            # Absolute-form naming this very listener is origin-form (RFC 9112 3.2.2).
+            return await self._origin_form(request, target.url.raw_path_qs)
+        return await self._origin_form(request, target.path_qs)
+
+    def _names_me(self, request: web.BaseRequest, target: AbsoluteForm) -> bool:
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        local = (str(sockname[0]), int(sockname[1])) if isinstance(sockname, tuple) else None
+        return names_this_listener(target.url, tls=self.config.tls, local=local)
+
+    async def _origin_form(self, request: web.BaseRequest, path_qs: str) -> web.StreamResponse:
+        """``/path?query``: this gateway's own paths, else the upstream (only there)."""
         if request.path == STATUS_PATH:
             return self._status(request)
         if self.sessions is not None:
@@ -334,27 +414,33 @@ class Gateway:
                 "this gateway is a forward proxy: set it as your HTTP proxy "
                 f"(e.g. http_proxy={self.url}) or start it with --upstream URL",
             )
-        target = upstream_target(self.config.upstream, request)
+        try:
+            target = join_upstream(self.config.upstream, path_qs)
+        except BadTarget as exc:
+            return text_error(400, str(exc))
         return await self._relay(request, target, origin_key=str(self.config.upstream))
 
-    async def _proxy_request(self, request: web.BaseRequest, absolute: bool) -> web.StreamResponse:
+    async def _proxy_request(
+        self, request: web.BaseRequest, target: AbsoluteForm | AuthorityForm
+    ) -> web.StreamResponse:
         """A request addressed to another host: only a forward proxy serves it.
 
         A sidecar or reverse gateway forwards solely to its configured
-        upstream; anything else would make it an open proxy.
+        upstream; anything else would make it an open proxy.  The refusal
+        does not name the upstream: that is nobody else's business.
         """
-        assert self._forwarder is not None
+        connect = isinstance(target, AuthorityForm)
         if not self.config.forward_proxy:
+            what = "CONNECT" if connect else "an absolute-form target (http://host/...)"
             return text_error(
-                403 if request.method == "CONNECT" else 400,
-                "this gateway forwards only to its configured upstream "
-                f"{self.config.upstream}; it is not an open proxy",
+                403 if connect else 400,
+                f"this gateway forwards only to its configured upstream; it is not an open "
+                f"proxy, so {what} is refused (a forward proxy is a client gateway without "
+                "--upstream)",
             )
-        if request.method == "CONNECT":
+        if isinstance(target, AuthorityForm):
             return await open_tunnel(request, self.config, self.stats)
-        target = URL(request.raw_path, encoded=True)
-        origin = f"{target.scheme}://{target.raw_authority}"
-        return await self._relay(request, target, origin_key=origin)
+        return await self._relay(request, target.url, origin_key=target.origin)
 
     async def _relay(
         self, request: web.BaseRequest, target: URL, *, origin_key: str
@@ -440,6 +526,11 @@ class Gateway:
             refusal = text_error(405, f"{STATUS_PATH} answers GET only")
             refusal.headers["Allow"] = "GET, HEAD"  # RFC 9110 15.5.6: a 405 lists them
             return refusal
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        peer_ip = str(peer[0]) if isinstance(peer, tuple) else None
+        refused = status_refusal(peer_ip, request.headers.keys(), public=self.config.public_status)
+        if refused is not None:
+            return text_error(403, refused)
         return web.Response(
             text=json.dumps(self.stats.as_json(), indent=2) + "\n",
             content_type="application/json",
@@ -448,6 +539,18 @@ class Gateway:
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _options_asterisk(forward_proxy: bool) -> web.Response:
+    """``OPTIONS *``: a question about this server, so this gateway answers it.
+
+    It cannot be passed on: aiohttp's client has no way to send the
+    asterisk-form, and sending ``OPTIONS /`` instead asks about a resource.
+    """
+    methods = "OPTIONS, GET, HEAD, POST, PUT, PATCH, DELETE"
+    if forward_proxy:
+        methods += ", CONNECT"
+    return web.Response(status=200, headers={"Allow": methods, "Cache-Control": "no-store"})
 
 
 def _normal_origin(origin: str) -> str:
