@@ -90,7 +90,11 @@ class StreamReset:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StreamWritable:
-    """``send_data``/``send_ws_message`` returned False earlier; the stream takes more now."""
+    """The stream takes more now, after send_* returned False or ``is_writable`` said no.
+
+    Either the stream's own queue drained under ``max_pending`` or the session's
+    unread bytes fell under ``max_unread``.
+    """
 
     stream_id: int
 
@@ -118,8 +122,10 @@ class WebSocketAccepted:
 class WebSocketMessage:
     """One whole message: ``str`` if sent as text, else ``bytes``.
 
-    ``size`` is the flow-control credit the message still holds: pass it to
-    ``consumed(stream_id, size)`` once the endpoint took the message.
+    ``size`` is what the message holds against this end's limits (its length
+    in bytes, before any UTF-8 decoding): pass it to ``consumed(stream_id,
+    size)`` once the endpoint took the message. That returns the credit still
+    owed and frees the message's share of ``session_reassembly``.
     """
 
     stream_id: int

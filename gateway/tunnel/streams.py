@@ -231,6 +231,7 @@ class _Stream:
         "dead",
         "id",
         "local",
+        "msg_owed",
         "msg_parts",
         "msg_size",
         "msg_text",
@@ -238,6 +239,7 @@ class _Stream:
         "open_frame",
         "open_sent",
         "prefix",
+        "prepaid",
         "queue",
         "queued",
         "recv_state",
@@ -248,6 +250,7 @@ class _Stream:
         "text_flags",
         "to_grant",
         "trailer",
+        "unacked",
         "unconsumed",
         "writable",
         "ws",
@@ -277,8 +280,11 @@ class _Stream:
         self.open_frame: bytes | None = None
         self.open_sent = not local
         self.msg_parts: list[bytes] = []
-        self.msg_size = 0
+        self.msg_size = 0  # bytes of the message being reassembled
+        self.msg_owed = 0  # of those, not credited back yet (the session budget was spent)
         self.msg_text = False
+        self.prepaid = 0  # delivered, unconsumed message bytes credited back before delivery
+        self.unacked = 0  # sent, not yet credited back by the peer
 
     def ready(self) -> bool:
         """Has a chunk it may send now (an empty WS message needs no credit)."""
@@ -326,6 +332,17 @@ class Tunnel:
         self._events: list[Event] = []
         self._closed = False
         self._grant_threshold = config.initial_window // 2
+        # Reassembly budget: bytes of unfinished WebSocket messages plus
+        # delivered, unconsumed ones; streams with an unfinished message,
+        # oldest first (the oldest always gets credit, so nothing deadlocks).
+        self._reassembly = 0
+        self._delivered = 0  # of which delivered, not consumed yet
+        self._unfinished: dict[int, _Stream] = {}
+        # Unread budget: bytes queued here plus bytes sent but not credited
+        # back; streams told "not writable" because of it wait in _starved.
+        self._queued_total = 0
+        self._unacked_total = 0
+        self._starved: dict[int, _Stream] = {}
 
     # -- queries ------------------------------------------------------------
 
@@ -349,9 +366,28 @@ class Tunnel:
             raise LocalProtocolError(f"stream {stream_id} is not open")
         return stream.open_sent
 
+    @property
+    def reassembly_bytes(self) -> int:
+        """WebSocket bytes held against ``session_reassembly`` (unfinished or unconsumed)."""
+        return self._reassembly
+
+    @property
+    def unread_bytes(self) -> int:
+        """Bytes queued here or sent but not credited back yet, counted against ``max_unread``."""
+        return self._queued_total + self._unacked_total
+
     def is_writable(self, stream_id: int) -> bool:
+        """The stream takes more data now; if False, StreamWritable follows when it does."""
         stream = self._streams.get(stream_id)
-        return stream is not None and stream.writable
+        if stream is None or not stream.writable:
+            return False
+        if self._session_full():
+            self._starved[stream.id] = stream
+            return False
+        return True
+
+    def _session_full(self) -> bool:
+        return self._queued_total + self._unacked_total >= self._config.max_unread
 
     def has_pending(self) -> bool:
         """next_message would return a message."""
@@ -525,10 +561,11 @@ class Tunnel:
         if n or allow_empty:
             stream.queue.append(data)
             stream.queued += n
+            self._queued_total += n
             self._schedule(stream)
         if stream.queued >= self._config.max_pending:
             stream.writable = False
-        return stream.writable
+        return self.is_writable(stream.id)
 
     def end(self, stream_id: int) -> None:
         """Finish our body (request or response); END follows the queued data."""
@@ -585,6 +622,13 @@ class Tunnel:
                 f"consumed({n!r:.20}) on stream {stream_id} with {stream.unconsumed} unconsumed"
             )
         stream.unconsumed -= n
+        if stream.ws:  # whole messages leave the reassembly budget as they are consumed
+            self._reassembly -= n
+            self._delivered -= n
+            prepaid = min(n, stream.prepaid)
+            stream.prepaid -= prepaid
+            n -= prepaid
+            self._release_owed()
         self._credit(stream, n)
 
     def _credit(self, stream: _Stream, n: int) -> None:
@@ -613,6 +657,9 @@ class Tunnel:
         self._express.clear()
         self._ring.clear()
         self._peer_streams = 0
+        self._reassembly = self._delivered = self._queued_total = self._unacked_total = 0
+        self._unfinished.clear()
+        self._starved.clear()
         self._closed = True
 
     # -- the scheduler --------------------------------------------------------
@@ -721,6 +768,9 @@ class Tunnel:
             stream.offset = end
         stream.send_credit -= n
         stream.queued -= n
+        stream.unacked += n
+        self._queued_total -= n
+        self._unacked_total += n
         if stream.ws:
             flags = FLAG_TEXT if stream.text_flags[0] else 0
             if last:
@@ -734,7 +784,10 @@ class Tunnel:
         added = len(header) + n
         if not stream.writable and stream.queued < self._config.max_pending:
             stream.writable = True
-            self._events.append(StreamWritable(stream_id=stream.id))
+            if self._session_full():
+                self._starved[stream.id] = stream  # StreamWritable once the session has room
+            else:
+                self._events.append(StreamWritable(stream_id=stream.id))
         trailer = stream.trailer
         if trailer is not None and not queue:
             stream.trailer = None
@@ -896,18 +949,24 @@ class Tunnel:
                 raise RemoteProtocolError(f"MESSAGE on stream {sid} changes type mid-message")
         else:
             stream.msg_text = text
-        stream.msg_size += n
-        if stream.msg_size > self._config.max_ws_message:
+        if stream.msg_size + n > self._config.max_ws_message:
             self._reset_locally(stream, ResetCode.TOO_LARGE, "WebSocket message too large")
             return
+        stream.msg_size += n
+        self._reassembly += n
         if not flags & FLAG_FIN:
-            stream.msg_parts.append(payload)
-            self._credit(stream, n)  # reassembly is bounded by max_ws_message
+            self._on_fragment(stream, payload)
             return
         parts = stream.msg_parts
         whole = b"".join((*parts, payload)) if parts else payload
+        size = stream.msg_size
+        stream.prepaid += size - n - stream.msg_owed
+        stream.unconsumed += size
+        self._delivered += size
         stream.msg_parts = []
-        stream.msg_size = 0
+        stream.msg_size = stream.msg_owed = 0
+        if self._unfinished.pop(sid, None) is not None:
+            self._release_owed()
         data: bytes | str = whole
         if text:
             try:
@@ -915,8 +974,47 @@ class Tunnel:
             except UnicodeDecodeError:
                 self._reset_locally(stream, ResetCode.PROTOCOL, "text message is not UTF-8")
                 return
-        stream.unconsumed += n
-        self._events.append(WebSocketMessage(stream_id=sid, data=data, size=n))
+        self._events.append(WebSocketMessage(stream_id=sid, data=data, size=size))
+
+    def _on_fragment(self, stream: _Stream, payload: bytes) -> None:
+        """Hold a fragment; credit it back now only if the session's reassembly budget allows.
+
+        Within the budget, the fragment is credited at once (a message larger
+        than the window cannot deadlock); otherwise the credit is owed until
+        the budget frees (``_release_owed``). The oldest unfinished message is
+        the exception: it gets credit whatever the unfinished messages of other
+        streams hold, as long as the delivered, unconsumed messages leave room
+        (those go as the consumer takes them). So several large messages
+        finish one after the other and a full budget never deadlocks.
+        """
+        n = len(payload)
+        unfinished = self._unfinished
+        if not stream.msg_parts:
+            unfinished[stream.id] = stream
+        stream.msg_parts.append(payload)
+        if self._may_credit(stream.id, self._reassembly):
+            self._credit(stream, n)
+        else:
+            stream.msg_owed += n
+
+    def _release_owed(self) -> None:
+        """Pay credit owed to unfinished messages: the oldest always, others while there is room."""
+        held = self._reassembly
+        for stream in self._unfinished.values():
+            owed = stream.msg_owed
+            if not owed:
+                continue
+            if not self._may_credit(stream.id, held + owed):
+                break  # younger messages wait their turn: credit goes out oldest first
+            held += owed  # the peer may send that much more
+            stream.msg_owed = 0
+            self._credit(stream, owed)
+
+    def _may_credit(self, sid: int, held: int) -> bool:
+        budget = self._config.session_reassembly
+        if next(iter(self._unfinished)) == sid:
+            return self._delivered <= budget
+        return held <= budget
 
     def _on_close(self, raw: list[Any]) -> None:
         _, sid, code, reason = raw
@@ -937,7 +1035,21 @@ class Tunnel:
         stream.send_credit += increment
         if stream.send_credit > MAX_WINDOW:
             raise FlowControlError(f"WINDOW overflows the credit of stream {sid}")
+        acked = min(increment, stream.unacked)
+        stream.unacked -= acked
+        self._unacked_total -= acked
         self._schedule(stream)
+        self._feed_starved()
+
+    def _feed_starved(self) -> None:
+        """The session dropped under max_unread: wake the streams that were told to wait."""
+        starved = self._starved
+        if not starved or self._session_full():
+            return
+        self._starved = {}
+        for stream in starved.values():
+            if not stream.dead and stream.writable:
+                self._events.append(StreamWritable(stream_id=stream.id))
 
     def _on_reset(self, raw: list[Any]) -> None:
         _, sid, code, reason = raw
@@ -1044,8 +1156,18 @@ class Tunnel:
         if not stream.local:
             self._peer_streams -= 1
         stream.queue.clear()
-        stream.queued = 0
+        self._queued_total -= stream.queued
+        self._unacked_total -= stream.unacked
+        stream.queued = stream.unacked = 0
         stream.msg_parts = []
+        if stream.ws:
+            self._reassembly -= stream.msg_size + stream.unconsumed
+            self._delivered -= stream.unconsumed
+        stream.msg_size = stream.msg_owed = 0
+        self._starved.pop(stream.id, None)
+        if self._unfinished.pop(stream.id, None) is not None or stream.ws:
+            self._release_owed()
+        self._feed_starved()
 
     def _head(self, first: bytes | str, headers: HeaderInput) -> tuple[bytes, list[bytes]]:
         """Encode a head's target/reason and headers to wire form, checking our limits."""

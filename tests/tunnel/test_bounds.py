@@ -1,0 +1,305 @@
+"""Session-wide memory bounds of the tunnel core against hostile peers (no event loop).
+
+Two budgets (docs/tunnel.md, "Flow control"): ``session_reassembly`` caps
+the WebSocket bytes a peer can make this end hold by sending fragments of
+messages it never finishes, and ``max_unread`` caps the bytes this end holds
+for a peer that never credits (never reads) what it was sent. The hostile
+peer here writes frames by hand, so it can do what a Tunnel never would.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.tunnel import (
+    RequestReceived,
+    StreamWritable,
+    Tunnel,
+    TunnelConfig,
+    WebSocketAccepted,
+    WebSocketMessage,
+    WebSocketRequested,
+)
+from gateway.tunnel.frames import (
+    BASE_WINDOW,
+    FLAG_FIN,
+    FrameDecoder,
+    FrameType,
+    encode_message,
+    encode_window,
+    new_packer,
+)
+
+KiB = 1024
+MiB = 1024 * KiB
+
+# 256 streams x a 64 KiB window is 16 MiB the peer may send without any
+# credit at all: the flow-control term of the bound, separate from the budget.
+HOSTILE = TunnelConfig(
+    initial_window=BASE_WINDOW,
+    max_chunk=16 * KiB,
+    max_streams=256,
+    max_ws_message=1 * MiB,
+    session_reassembly=4 * MiB,
+    max_unread=1 * MiB,
+)
+
+
+def pump(a: Tunnel, b: Tunnel, limit: int = 100_000) -> list[object]:
+    """Move messages both ways until quiet; returns b's events (a's are left queued)."""
+    events: list[object] = []
+    for _ in range(limit):
+        moved = False
+        for sender, receiver in ((a, b), (b, a)):
+            message = sender.next_message()
+            if message is not None:
+                receiver.receive_message(message)
+                moved = True
+        events.extend(b.events_received())
+        if not moved:
+            return events
+    raise AssertionError("pipe never went quiet")
+
+
+def open_websockets(victim: Tunnel, count: int) -> list[int]:
+    """The peer (a real opener Tunnel) opens ``count`` WebSocket streams the victim accepts."""
+    peer = Tunnel(HOSTILE, opener=True)
+    sids = [peer.open_websocket(b"/ws") for _ in range(count)]
+    for _ in range(10):
+        message = peer.next_message()
+        if message is None:
+            break
+        victim.receive_message(message)
+    for event in victim.events_received():
+        assert isinstance(event, WebSocketRequested)
+        victim.accept_websocket(event.stream_id)
+    return sids
+
+
+class FragmentSender:
+    """A hostile peer that sends MESSAGE fragments without FIN, exactly as far as credit goes."""
+
+    def __init__(self, victim: Tunnel, sids: list[int], window: int) -> None:
+        self.victim = victim
+        self.credit = dict.fromkeys(sids, window)
+        self.sent = dict.fromkeys(sids, 0)
+        self.packer = new_packer()
+        self.decoder = FrameDecoder()
+
+    def read_credit(self) -> None:
+        while (message := self.victim.next_message()) is not None:
+            for frame in self.decoder.decode(message):
+                if frame[0] == FrameType.WINDOW:
+                    self.credit[frame[1]] += frame[2]
+
+    def send_round(self, limit: int, chunk: int, *, fin_at: int | None = None) -> int:
+        """One fragment per stream with credit; returns the bytes sent."""
+        total = 0
+        for sid, credit in self.credit.items():
+            n = min(credit, chunk, limit - self.sent[sid])
+            if n <= 0:
+                continue
+            self.sent[sid] += n
+            self.credit[sid] -= n
+            flags = FLAG_FIN if fin_at is not None and self.sent[sid] >= fin_at else 0
+            frame = encode_message(self.packer, sid, flags, b"x" * n)
+            self.victim.receive_message(frame)
+            total += n
+        self.read_credit()
+        return total
+
+
+def test_unfinished_messages_on_256_streams_stop_at_the_session_budget() -> None:
+    victim = Tunnel(HOSTILE, opener=False)
+    sids = open_websockets(victim, 256)
+    hostile = FragmentSender(victim, sids, HOSTILE.initial_window)
+    hostile.read_credit()
+    window_term = 256 * HOSTILE.initial_window
+    bound = HOSTILE.session_reassembly + HOSTILE.max_ws_message + window_term
+    peak = 0
+    for _ in range(1000):
+        sent = hostile.send_round(HOSTILE.max_ws_message, HOSTILE.max_chunk)
+        peak = max(peak, victim.reassembly_bytes)
+        assert victim.reassembly_bytes <= bound
+        if not sent:
+            break
+    else:
+        raise AssertionError("the hostile peer never ran out of credit")
+    assert not [e for e in victim.events_received() if not isinstance(e, WebSocketAccepted)]
+    held = sum(hostile.sent.values())
+    assert held == victim.reassembly_bytes == peak
+    # Without the budget every stream reassembles max_ws_message: 256 MiB here.
+    assert held < bound < 256 * HOSTILE.max_ws_message // 10
+    # Only the oldest stream got credit past the budget: it holds a whole max-size message.
+    assert hostile.sent[sids[0]] == HOSTILE.max_ws_message
+    assert sorted(hostile.sent.values())[-2] < HOSTILE.max_ws_message
+    print(f"\n256 hostile streams hold {held / MiB:.1f} MiB (bound {bound / MiB:.0f} MiB)")
+
+
+def test_reassembly_budget_frees_as_the_consumer_takes_messages() -> None:
+    victim = Tunnel(HOSTILE, opener=False)
+    sids = open_websockets(victim, 64)
+    hostile = FragmentSender(victim, sids, HOSTILE.initial_window)
+    hostile.read_credit()
+    size = HOSTILE.max_ws_message
+    bound = HOSTILE.session_reassembly + size + len(sids) * HOSTILE.initial_window
+    delivered: dict[int, int] = {}
+    for _ in range(5000):
+        sent = hostile.send_round(size, HOSTILE.max_chunk, fin_at=size)
+        assert victim.reassembly_bytes <= bound
+        for event in victim.events_received():
+            if isinstance(event, WebSocketMessage):
+                assert event.size == len(event.data) == size
+                delivered[event.stream_id] = event.size
+                victim.consumed(event.stream_id, event.size)
+        hostile.read_credit()
+        if not sent and len(delivered) == len(sids):
+            break
+    assert sorted(delivered) == sorted(sids)
+    assert victim.reassembly_bytes == 0
+
+
+def two_large_messages(consume: bool) -> None:
+    config = TunnelConfig(max_ws_message=3 * MiB, session_reassembly=4 * MiB)
+    down, up = Tunnel(config, opener=True), Tunnel(config, opener=False)
+    a, b = down.open_websocket(b"/a"), down.open_websocket(b"/b")
+    for event in pump(down, up):
+        assert isinstance(event, WebSocketRequested)
+        up.accept_websocket(event.stream_id)
+    pump(down, up)
+    payloads = {a: b"a" * (3 * MiB), b: b"b" * (3 * MiB - 1)}
+    for sid, payload in payloads.items():
+        down.send_ws_message(sid, payload)
+    got: dict[int, bytes] = {}
+    for _ in range(50):
+        for event in pump(down, up):
+            if isinstance(event, WebSocketMessage):
+                assert isinstance(event.data, bytes)
+                got[event.stream_id] = event.data
+                if consume:
+                    up.consumed(event.stream_id, event.size)
+        if len(got) == 2:
+            break
+    assert got == payloads
+    assert up.reassembly_bytes == (0 if consume else 6 * MiB - 1)
+
+
+def test_two_messages_over_half_the_budget_both_complete() -> None:
+    two_large_messages(consume=True)
+
+
+def test_two_messages_over_half_the_budget_complete_even_unconsumed() -> None:
+    # The oldest message keeps its credit while delivered messages leave room.
+    two_large_messages(consume=False)
+
+
+def open_http_streams(victim: Tunnel, count: int, peer_window: int) -> tuple[Tunnel, list[int]]:
+    """A peer opening ``count`` requests with a huge receive window it will never credit."""
+    peer = Tunnel(TunnelConfig(initial_window=peer_window, max_streams=count), opener=True)
+    for _ in range(count):
+        peer.open_http("GET", b"/stream")
+    sids = [e.stream_id for e in pump(peer, victim) if isinstance(e, RequestReceived)]
+    assert len(sids) == count
+    return peer, sids
+
+
+def write_while_writable(victim: Tunnel, sids: list[int], chunk: bytes, cap: int) -> int:
+    """What the bridge does: send a chunk whenever is_writable says so (at most cap per stream)."""
+    written = 0
+    for sid in sids:
+        for _ in range(cap // len(chunk)):
+            if not victim.is_writable(sid):
+                break
+            victim.send_data(sid, chunk)
+            written += len(chunk)
+    return written
+
+
+def test_a_never_crediting_peer_gets_at_most_max_unread() -> None:
+    config = TunnelConfig(max_unread=1 * MiB)
+    victim = Tunnel(config, opener=False)
+    peer, sids = open_http_streams(victim, 256, peer_window=64 * MiB)
+    for sid in sids:
+        victim.respond(sid, 200, b"OK")
+    chunk = b"r" * (16 * KiB)
+    peak = 0
+    for _ in range(200):
+        written = write_while_writable(victim, sids, chunk, cap=256 * KiB)
+        pump(victim, peer)  # the session is read; the streams never are
+        peak = max(peak, victim.unread_bytes)
+        if not written:
+            break
+    assert peak <= config.max_unread + len(chunk)
+    assert not any(victim.is_writable(sid) for sid in sids)
+    assert not victim.has_pending()
+    # Before the bound: every stream sends its whole 256 KiB, 64 MiB for 256 streams.
+    print(f"\nnever-crediting peer: {peak / MiB:.2f} MiB outstanding over 256 streams")
+    # Credit comes back (the peer read one stream): the waiting streams are told.
+    victim.events_received()
+    packer = new_packer()
+    victim.receive_message(encode_window(packer, sids[0], 64 * MiB))
+    woken = {e.stream_id for e in victim.events_received() if isinstance(e, StreamWritable)}
+    assert len(woken) > 1 and woken <= set(sids)
+    assert victim.unread_bytes < config.max_unread
+    assert all(victim.is_writable(sid) for sid in woken)
+
+
+def test_a_peer_that_never_reads_the_session_leaves_bounded_queues() -> None:
+    config = TunnelConfig(max_unread=1 * MiB)
+    victim = Tunnel(config, opener=False)
+    _, sids = open_http_streams(victim, 256, peer_window=64 * MiB)
+    for sid in sids:
+        victim.respond(sid, 200, b"OK")
+    chunk = b"r" * (16 * KiB)
+    write_while_writable(victim, sids, chunk, cap=256 * KiB)
+    write_while_writable(victim, sids, chunk, cap=256 * KiB)
+    assert victim.unread_bytes <= config.max_unread + len(chunk)
+    assert not any(victim.is_writable(sid) for sid in sids)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 96 * KiB), min_size=2, max_size=8),
+    chunk=st.sampled_from([1 * KiB, 4 * KiB, 16 * KiB]),
+    consume_every=st.integers(1, 4),
+)
+def test_property_messages_complete_and_reassembly_stays_bounded(
+    sizes: list[int], chunk: int, consume_every: int
+) -> None:
+    config = TunnelConfig(
+        initial_window=BASE_WINDOW,
+        max_chunk=chunk,
+        max_ws_message=96 * KiB,
+        session_reassembly=128 * KiB,
+    )
+    down, up = Tunnel(config, opener=True), Tunnel(config, opener=False)
+    sids = [down.open_websocket(b"/p") for _ in sizes]
+    for event in pump(down, up):
+        assert isinstance(event, WebSocketRequested)
+        up.accept_websocket(event.stream_id)
+    pump(down, up)
+    for sid, size in zip(sids, sizes, strict=True):
+        down.send_ws_message(sid, bytes([sid % 256]) * size)
+    bound = config.session_reassembly + config.max_ws_message + len(sizes) * BASE_WINDOW
+    got: dict[int, int] = {}
+    held: list[WebSocketMessage] = []
+    for turn in range(10_000):
+        moved = False
+        for sender, receiver in ((down, up), (up, down)):
+            message = sender.next_message()
+            if message is not None:
+                receiver.receive_message(message)
+                moved = True
+        assert up.reassembly_bytes <= bound
+        for event in up.events_received():
+            if isinstance(event, WebSocketMessage):
+                got[event.stream_id] = len(event.data)
+                held.append(event)
+        if turn % consume_every == 0 and held:
+            event = held.pop(0)
+            up.consumed(event.stream_id, event.size)
+        if not moved and not held:
+            break
+    assert got == dict(zip(sids, sizes, strict=True))
+    assert up.reassembly_bytes == 0
