@@ -6,9 +6,14 @@ Theory of operation
 A :class:`HopSession` wraps one sans-I/O :class:`~gateway.session.core.Session`
 (the *core*) and is the only object that calls it. Around it:
 
-* **one pump task** sleeps until the core's ``next_deadline`` and runs its
-  timers (heartbeat, retransmit, stall watchdog, expiry, close handshake), so
-  a session expires even when no transport is attached;
+* **one loop timer** (``loop.call_at``, no task) set for the core's
+  ``next_deadline`` runs its timers (heartbeat, retransmit, stall watchdog,
+  expiry, close handshake), so a session expires even when no transport is
+  attached. Whatever may move the deadline asks for one recomputation at the
+  end of the loop turn; the timer is moved only when the deadline comes
+  earlier (a timer that fires early just re-arms). An idle session is
+  therefore a few small objects and one heap entry of the event loop: no
+  task, no event, no future until something waits on it;
 * **at most one current transport** (``ws.WebSocketTransport``,
   ``longpoll.LongPollClient`` or ``longpoll.LongPollServer``) writes the
   core's batches. A transport that is not current may still *feed* what it
@@ -31,8 +36,8 @@ unacknowledged on the new one, so a switch loses nothing.
 
 When the core reports ``SessionClosed``, the session is *finished*:
 ``on_closed`` runs once, :meth:`wait_closed` returns, the current transport
-flushes what is left (the last ACK, an ABORT) and closes itself, and the pump
-ends. :meth:`abandon` finishes a session without the core's handshake (a
+flushes what is left (the last ACK, an ABORT) and closes itself, and the timer
+stops. :meth:`abandon` finishes a session without the core's handshake (a
 peer that forgot the session, a gateway that must stop now).
 
 Exceptions raised here (the core's are drawn in ``errors``)::

@@ -235,6 +235,47 @@ async def test_without_the_hop_secret_a_gateway_gets_403_and_stays_plain(
             assert resp.status == 200
 
 
+async def test_a_captured_hop_secret_header_cannot_be_replayed(
+    make_origin: Any, start_gateway: StartGateway
+) -> None:
+    """A tap between two gateways records the client's proof; replaying it gets 403."""
+    server = await start_gateway(
+        "server", {"upstream": await make_origin(Recorder("o").handle), "hop_secret": "s3cret"}
+    )
+    captured: list[str] = []
+    answered: list[int] = []
+    async with aiohttp.ClientSession() as relay_http:
+
+        async def tap(request: web.Request) -> web.StreamResponse:
+            if request.method == "POST" and request.path == SESSION_PATH:
+                captured.append(request.headers.get(AUTH_HEADER, ""))
+            skip = {"host", "upgrade", "connection", "content-length", "transfer-encoding"}
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in skip}
+            async with relay_http.request(
+                request.method, server.url + request.path_qs, headers=headers,
+                data=await request.read(), timeout=aiohttp.ClientTimeout(total=5),
+            ) as resp:  # fmt: skip
+                body = await resp.read()
+                if request.method == "POST" and request.path == SESSION_PATH:
+                    answered.append(resp.status)
+                keep = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-")}
+                return web.Response(status=resp.status, body=body, headers=keep)
+
+        tap_url = await make_origin(tap)
+        await start_gateway("client", {"upstream": tap_url, "hop_secret": "s3cret"})
+        await until(lambda: bool(answered), "the client gateway's session POST")
+    [proof] = captured[:1]
+    assert proof.startswith("v2 ") and len(proof.split()) == 4  # time, nonce, MAC
+    assert answered[0] == 200
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.url + SESSION_PATH, headers={AUTH_HEADER: proof}) as resp:
+            assert resp.status == 403
+            assert "replayed" in await resp.text()
+        fresh = {AUTH_HEADER: auth_header_value("s3cret")}
+        async with http.post(server.url + SESSION_PATH, headers=fresh) as resp:
+            assert resp.status == 200
+
+
 async def test_hop_secret_file_lets_the_session_open(
     tmp_path: Path, make_origin: Any, start_gateway: StartGateway
 ) -> None:

@@ -284,7 +284,7 @@ def test_hop_secret_nonce_cannot_be_replayed() -> None:
     )
     # Another nonce with the same time stamp is fine; a changed nonce breaks the MAC.
     assert check_auth("k", auth_header_value("k", now=1_000_000), 1_000_002, replays) is None
-    version, stamp, nonce, mac = value.split()
+    version, stamp, _nonce, mac = value.split()
     forged = f"{version} {stamp} {'0' * 32} {mac}"
     assert check_auth("k", forged, now=1_000_002, replays=replays) == (403, "wrong hop secret")
     # Full: refuse a new proof (503) rather than forget a nonce still replayable.
