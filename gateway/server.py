@@ -559,6 +559,8 @@ def _normal_origin(origin: str) -> str:
 
 def _parse_origin(origin: str) -> tuple[str, str, int] | None:
     """``scheme://host[:port]`` -> (scheme, host, port); ``None`` if it is not one."""
+    if not origin.isascii():  # yarl reads "h:١٢" as port 12
+        return None
     try:
         url = URL(origin)
         port = url.port
@@ -574,7 +576,7 @@ def _parse_origin(origin: str) -> tuple[str, str, int] | None:
 def _host_port(value: str, scheme: str) -> tuple[str, int] | None:
     """A ``Host`` header as (host, port), the port defaulting to ``scheme``'s."""
     value = value.strip().lower()
-    if not value:
+    if not value or not value.isascii():
         return None
     try:
         url = URL(f"{scheme}://{value}")

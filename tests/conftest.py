@@ -167,15 +167,20 @@ def gateway_command(*args: str) -> list[str]:
 
 
 def start_gateway_process(
-    role: str, *args: str, listen: str = "127.0.0.1:0", timeout: float = STARTUP_TIMEOUT
+    role: str,
+    *args: str,
+    listen: str = "127.0.0.1:0",
+    timeout: float = STARTUP_TIMEOUT,
+    wrapper: tuple[str, ...] = (),
 ) -> GatewayProcess:
     """Run ``hopgate ROLE --listen LISTEN ARGS...`` and wait for its ``listening on`` line.
 
     The port is read from that info-level line, so ``--log-level`` stays ``info``.
+    ``wrapper`` runs the command under another, e.g. ``("prlimit", "--nofile=1024")``.
     """
     if "--log-level" in args:
         raise ValueError("the port is discovered from an info log line: keep --log-level info")
-    command = gateway_command(role, "--listen", listen, "--log-level", "info", *args)
+    command = [*wrapper, *gateway_command(role, "--listen", listen, "--log-level", "info", *args)]
     proc = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,

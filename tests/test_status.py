@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from gateway import __version__
-from gateway.status import STATUS_PATH, GatewayStats
+from gateway.status import STATUS_PATH, GatewayStats, status_refusal
 
 if TYPE_CHECKING:
     from tests.conftest import MakeGateway, MakeOrigin
@@ -151,3 +151,88 @@ def test_stats_json_is_plain_data() -> None:
     assert doc["streams"] == {"active": 3}
     assert doc["version"] == __version__
     assert doc["uptime_s"] >= 0
+
+
+# ------------------------------------------------------------ who may read it
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("Via", "1.1 nginx"),
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("Forwarded", "for=203.0.113.9"),
+        ("via", "1.1 lower-case"),
+    ],
+)
+async def test_status_through_a_proxy_is_403_naming_public_status(
+    make_origin: MakeOrigin, make_gateway: MakeGateway, header: str, value: str
+) -> None:
+    origin = Origin()
+    gw = await make_gateway("server", {"upstream": await make_origin(origin.handle)})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(gw.url + STATUS_PATH, headers={header: value}) as resp,
+    ):
+        assert resp.status == 403
+        text = await resp.text()
+    assert "--public-status" in text
+    assert "upstream" not in text.replace("configured upstream", "")
+    assert "127.0.0.1" not in text and __version__ not in text
+    assert origin.paths == []
+
+
+async def test_public_status_serves_anyone(
+    make_origin: MakeOrigin, make_gateway: MakeGateway
+) -> None:
+    origin = Origin()
+    gw = await make_gateway(
+        "server", {"upstream": await make_origin(origin.handle), "public_status": True}
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(gw.url + STATUS_PATH, headers={"X-Forwarded-For": "203.0.113.9"}) as resp,
+    ):
+        assert resp.status == 200
+        assert (await resp.json())["role"] == "server"
+
+
+async def test_status_through_a_client_gateway_is_refused_by_the_sidecar(
+    make_origin: MakeOrigin, make_gateway: MakeGateway
+) -> None:
+    """A forward proxy adds Via: the sidecar behind it does not tell its details."""
+    origin = Origin()
+    sidecar = await make_gateway(
+        "server", {"upstream": await make_origin(origin.handle), "upgrade": "never"}
+    )
+    proxy = await make_gateway("client", {"upgrade": "never"})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(sidecar.url + STATUS_PATH, proxy=proxy.url) as resp,
+    ):
+        assert resp.status == 403
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "public", "refused"),
+    [
+        ("127.0.0.1", [], False, False),
+        ("127.8.9.10", ["Host"], False, False),
+        ("::1", [], False, False),
+        ("::ffff:127.0.0.1", [], False, False),
+        ("192.0.2.7", [], False, True),
+        ("::ffff:192.0.2.7", [], False, True),
+        ("2001:db8::1", [], False, True),
+        (None, [], False, True),
+        ("garbage", [], False, True),
+        ("127.0.0.1", ["X-Forwarded-For"], False, True),
+        ("192.0.2.7", ["Via"], True, False),
+    ],
+)
+def test_status_refusal_rules(
+    peer: str | None, headers: list[str], public: bool, refused: bool
+) -> None:
+    reason = status_refusal(peer, headers, public=public)
+    assert (reason is not None) == refused
+    if reason is not None:
+        assert "--public-status" in reason

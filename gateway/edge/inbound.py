@@ -142,9 +142,9 @@ class ConnectionGuard(asyncio.Protocol):
         if not self.admitted:
             return
         if data:
-            self.got_bytes = True
             if self.state == "IDLE":
                 self._expect_head()
+            self.got_bytes = True
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -233,6 +233,7 @@ class InboundLimits:
         """What ``/.hopgate/status`` shows under ``clients``."""
         return {
             "active": self.active,
+            "busy": len(self._busy),
             "max": self.max_clients,
             "refused": self.refusals.total,
             "evicted": self.evictions.total,

@@ -138,7 +138,8 @@ def parse_absolute(raw: str) -> URL:
     try:
         return URL.build(
             scheme=scheme,
-            host=host.lower(),
+            # ``encoded=True`` takes the host as written: an IPv6 one keeps its brackets.
+            host=f"[{host.lower()}]" if ":" in host else host.lower(),
             port=port,
             path=path or "/",
             query_string=query,
