@@ -398,3 +398,41 @@ async def test_status_of_a_subprocess_gateway(
     assert doc["role"] == "server"
     assert doc["version"] == __version__
     assert doc["upstreams"][0]["url"] == origin
+
+
+async def test_limit_flags_reach_the_running_gateway(
+    make_origin: MakeOrigin, spawn_gateway: SpawnGateway
+) -> None:
+    """``--max-clients``, ``--header-timeout`` and ``--public-status`` given on the command line."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    origin = await make_origin(ok)
+    gw = spawn_gateway(
+        "server",
+        "--upstream",
+        origin,
+        "--max-clients",
+        "7",
+        "--header-timeout",
+        "1",
+        "--keepalive-timeout",
+        "30",
+        "--public-status",
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    started = time.monotonic()
+    try:
+        assert await asyncio.wait_for(reader.read(100), 5) == b""  # closed, nothing sent
+    finally:
+        writer.close()
+    assert 0.8 < time.monotonic() - started < 3
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{gw.url}/.hopgate/status", headers={"Via": "1.1 proxy"}) as resp,
+    ):
+        assert resp.status == 200  # --public-status
+        doc = json.loads(await resp.text())
+    assert doc["clients"]["max"] == 7
+    assert doc["clients"]["head_timeouts"] == 1

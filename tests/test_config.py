@@ -176,3 +176,36 @@ def test_load_toml_errors(tmp_path: Path) -> None:
     bad.write_text("upstream = \n")
     with pytest.raises(ConfigError, match=f"config file {bad} is not valid TOML"):
         load_toml(bad)
+
+
+def test_edge_limit_defaults_and_values() -> None:
+    config = build_config("server", dict(UP))
+    assert (config.max_clients, config.header_timeout, config.keepalive_timeout) == (0, 10.0, 75.0)
+    assert config.public_status is False
+    tuned = build_config(
+        "server",
+        {
+            **UP,
+            "max_clients": 50,
+            "header_timeout": 2,
+            "keepalive_timeout": 5.5,
+            "public_status": True,
+        },
+    )
+    assert (tuned.max_clients, tuned.header_timeout, tuned.keepalive_timeout) == (50, 2.0, 5.5)
+    assert tuned.public_status is True
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_clients": -1}, "--max-clients"),
+        ({"header_timeout": 0}, "--header-timeout"),
+        ({"keepalive_timeout": -5}, "--keepalive-timeout"),
+        ({"header_timeout": "10"}, "--header-timeout"),
+        ({"public_status": "yes"}, "--public-status"),
+    ],
+)
+def test_edge_limit_errors_name_the_flag(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config("server", {**UP, **settings})
