@@ -70,7 +70,7 @@ from gateway.hop.link import LinkTable, UpstreamLink
 from gateway.session.endpoint import SESSION_PATH, SessionServer
 from gateway.session.hop import HopSession, SessionSettings
 from gateway.status import STATUS_PATH, GatewayStats, status_refusal
-from gateway.tunnel.bridge import NotSent, TunnelLink
+from gateway.tunnel.bridge import NotSent, TunnelLink, answering_config
 
 log = logging.getLogger("hopgate")
 
@@ -320,7 +320,9 @@ class Gateway:
             forwarder=self._forwarder,
             upstream=self.config.upstream,
             next_hop=self._next_hop if self.config.upstream is not None else None,
+            config=answering_config(self.config),
             peer_ip=hop.peer_address,
+            session_connections=self.config.session_connections,
         )
         self._accepted.add(tunnel)
         # O(1) per session: each tunnel leaves the set when its session ends.

@@ -87,6 +87,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.config import Config
 from gateway.edge import headers as hdr
 from gateway.edge.forward import Forwarder, RelayedResponse, request_body, text_error
 from gateway.edge.websocket import (
@@ -121,18 +122,21 @@ from .events import (
     WebSocketRequested,
 )
 from .frames import MAX_REASON_BYTES
+from .framing import BodyCounter, Framing, FramingError, request_framing, response_framing
 from .streams import Tunnel, TunnelConfig
 
 if TYPE_CHECKING:
     from gateway.session.hop import HopSession
 
-__all__ = ["NotSent", "TunnelLink", "check_request", "tunnel_target"]
+__all__ = ["NotSent", "TunnelLink", "answering_config", "check_request", "tunnel_target"]
 
 log = logging.getLogger("hopgate.tunnel")
 
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f]")
 _BAD_VALUE: Final = re.compile(rb"[\x00\r\n]")
+#: The tunnel core's ceiling for one WebSocket message (TunnelConfig refuses more).
+_MAX_TUNNEL_WS_MESSAGE: Final = 256 * 1024 * 1024
 _BAD_HANDSHAKE: Final = (
     "invalid WebSocket handshake: needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13"
 )
@@ -142,6 +146,10 @@ class NotSent(Exception):
     """The request never left: the caller may send it another way (plain HTTP)."""
 
 
+class BodyAborted(Exception):
+    """A tunnelled request body did not end cleanly; its origin connection must go."""
+
+
 class Sink(Protocol):
     """Where a link routes the events of one stream."""
 
@@ -149,6 +157,17 @@ class Sink(Protocol):
 
 
 # -- pure helpers --------------------------------------------------------------------------
+
+
+def answering_config(config: Config) -> TunnelConfig:
+    """The tunnel limits a gateway applies to the sessions other gateways open to it."""
+    return TunnelConfig(
+        # An endpoint WebSocket message may be as large as a session message.
+        max_ws_message=min(config.max_message_size, _MAX_TUNNEL_WS_MESSAGE),
+        max_streams=config.max_streams,
+        session_reassembly=config.session_reassembly,
+        max_unread=config.max_unread_bytes,
+    )
 
 
 def tunnel_target(upstream: URL | None, request: web.BaseRequest) -> str:
@@ -201,6 +220,18 @@ def short(reason: str) -> str:
     if len(data) <= MAX_REASON_BYTES:
         return reason
     return data[: MAX_REASON_BYTES - 3].decode("utf-8", "ignore") + "..."
+
+
+def set_framing(headers: CIMultiDict[str], length: int | None) -> None:
+    """Replace whatever framing fields ``headers`` carry with our own checked ``length``.
+
+    ``None``: no ``Content-Length``; aiohttp sends a streamed body chunked (or
+    a ``Content-Length: 0`` for a body-less POST), a body-less GET as is.
+    """
+    headers.popall("Content-Length", None)
+    headers.popall("Transfer-Encoding", None)
+    if length is not None:
+        headers["Content-Length"] = str(length)
 
 
 def _response_has_body(method: str, status: int) -> bool:
@@ -302,10 +333,13 @@ class TunnelLink:
         next_hop: Callable[[], TunnelLink | None] | None = None,
         config: TunnelConfig | None = None,
         peer_ip: str | None = None,
+        session_connections: int | None = None,
     ) -> None:
         """``upstream``: this gateway's configured upstream (the origin behind a server
         gateway; the next gateway for a client one, used for the ``Host`` it would
         send). ``peer_ip``: the other gateway's address, for ``X-Forwarded-For``.
+        ``session_connections``: origin exchanges the answering side runs at once
+        (default ``--session-connections``); further streams wait for a slot.
         """
         self._hop = hop
         self._opener = opener
@@ -322,6 +356,10 @@ class TunnelLink:
         self.log = _LinkLog(log, {"sid": hop.session_id[:6]})
         self._loop = asyncio.get_running_loop()
         self._sinks: dict[int, Sink] = {}
+        #: Streams whose incoming body must add up to a declared Content-Length.
+        self._counters: dict[int, BodyCounter] = {}
+        slots = session_connections or forwarder.config.session_connections
+        self._origin_slots = asyncio.Semaphore(slots)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._flush_due = False
         self._dispatching = False
@@ -441,9 +479,39 @@ class TunnelLink:
             elif isinstance(event, WebSocketMessage):
                 self.tunnel.consumed(sid, event.size)
             return
-        if type(event) is StreamReset:
+        kind = type(event)
+        if kind is StreamReset:
             del self._sinks[sid]
+            self._counters.pop(sid, None)
+        elif (
+            (kind is DataReceived or kind is StreamEnded)
+            and sid in self._counters
+            and not self._counted(sid, event)
+        ):
+            return
         sink.deliver(event)
+
+    def _counted(self, sid: int, event: Event) -> bool:
+        """Count body bytes against the declared length; on a lie reset and return False.
+
+        Checked as the frame arrives, before any sink sees it: the excess is never
+        passed on, and the sink gets the reset instead of a body that looks whole.
+        """
+        counter = self._counters[sid]
+        if isinstance(event, DataReceived):
+            problem = counter.data(len(event.data))
+        else:
+            problem = counter.ended()
+            del self._counters[sid]
+        if problem is None:
+            return True
+        self.log.warning("< stream %d reset: %s", sid, problem)
+        self.reset(sid, ResetCode.PROTOCOL, problem)
+        return False
+
+    def count_body(self, sid: int, length: int) -> None:
+        """The body arriving on ``sid`` must be exactly ``length`` bytes, or the stream is reset."""
+        self._counters[sid] = BodyCounter(length)
 
     def register(self, sid: int, sink: Sink) -> None:
         self._sinks[sid] = sink
@@ -451,12 +519,14 @@ class TunnelLink:
     def unregister(self, sid: int, sink: Sink) -> None:
         if self._sinks.get(sid) is sink:
             del self._sinks[sid]
+            self._counters.pop(sid, None)
 
     def reset(self, sid: int, code: int, reason: str) -> None:
         """Reset ``sid`` and tell its sink, as if the peer had (the core reports no event)."""
         reason = short(reason)
         self.tunnel.reset(sid, code, reason)
         self.schedule_flush()
+        self._counters.pop(sid, None)
         sink = self._sinks.pop(sid, None)
         if sink is not None:
             sink.deliver(
@@ -481,16 +551,25 @@ class TunnelLink:
         if self._closing:
             self.reset(sid, ResetCode.REFUSED, "gateway shutting down")
             return
+        has_body = isinstance(event, RequestReceived) and event.has_body
         problem = check_request(method, event.target, event.headers)
+        framing = Framing(None, counted=False)
+        if problem is None:
+            try:
+                framing = request_framing(event.headers, has_body=has_body)
+            except FramingError as exc:
+                problem = exc.reason
         if problem is not None:
             self.log.warning("< refused stream %d: %s", sid, problem)
             self.reset(sid, ResetCode.PROTOCOL, problem)
             return
+        if framing.counted and framing.length is not None:
+            self.count_body(sid, framing.length)
         following = self._next_hop() if self._next_hop is not None else None
         if following is not None and following is not self and following.alive:
             from .relay import relay_stream
 
-            relay_stream(self, following, event)
+            relay_stream(self, following, event, framing)
             return
         if self._upstream is None:
             self.log.warning("< refused stream %d: no upstream configured", sid)
@@ -506,35 +585,26 @@ class TunnelLink:
         box = Mailbox()
         self._sinks[sid] = box
         if isinstance(event, RequestReceived):
-            box.task = self.spawn(self._serve_http(event, target, box))
+            box.task = self.spawn(self._serve_http(event, framing, target, box))
         else:
             box.task = self.spawn(self._serve_websocket(event, target, box))
 
-    async def _serve_http(self, event: RequestReceived, target: URL, box: Mailbox) -> None:
+    async def _serve_http(
+        self, event: RequestReceived, framing: Framing, target: URL, box: Mailbox
+    ) -> None:
         sid, forwarder = event.stream_id, self._forwarder
         origin_key = str(self._upstream)
         headers = forwarder.replay_headers(
             decode_headers(event.headers), target, client_ip=self.peer_ip
         )
+        set_framing(headers, framing.length)
         body = self._tunnel_body(sid, box) if event.has_body else None
         self.stats.upstream(origin_key).requests += 1
         self.stats.active_streams += 1
         self.log.debug("< %d %s %s", sid, event.method, target.raw_path_qs)
         try:
-            try:
-                upstream = await forwarder.open_upstream(event.method, target, headers, body)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._origin_failed(sid, origin_key, exc, target)
-                return
-            try:
-                await self._send_response(sid, box, event.method, upstream)
-            except BaseException:
-                upstream.close()
-                raise
-            finally:
-                upstream.release()
+            async with self._origin_slot(sid):
+                await self._exchange(sid, box, event.method, target, headers, body)
         except asyncio.CancelledError:
             if box.reset is None:
                 self.reset(sid, ResetCode.CANCEL, "gateway stopping")
@@ -542,6 +612,47 @@ class TunnelLink:
         finally:
             self.stats.active_streams -= 1
             self.unregister(sid, box)
+
+    def _origin_slot(self, sid: int) -> asyncio.Semaphore:
+        """One of this session's ``session_connections`` origin slots; waiters queue in order.
+
+        A stream reset while it waits is cancelled out of the queue.
+        """
+        slots = self._origin_slots
+        if slots.locked():
+            self.log.debug("= stream %d waits for one of the session's origin connections", sid)
+        return slots
+
+    async def _exchange(
+        self,
+        sid: int,
+        box: Mailbox,
+        method: str,
+        target: URL,
+        headers: CIMultiDict[str],
+        body: AsyncIterator[bytes] | None,
+    ) -> None:
+        """One request to the origin and its response back over ``sid``.
+
+        A request body that failed (reset, wrong length) makes aiohttp close the
+        connection instead of returning it to the pool; a response not read to its
+        end is closed too: a connection whose framing is in doubt is never reused.
+        """
+        origin_key = str(self._upstream)
+        try:
+            upstream = await self._forwarder.open_upstream(method, target, headers, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._origin_failed(sid, origin_key, exc, target)
+            return
+        try:
+            await self._send_response(sid, box, method, upstream)
+        except BaseException:
+            upstream.close()
+            raise
+        finally:
+            upstream.release()
 
     def _origin_failed(self, sid: int, origin_key: str, exc: Exception, target: URL) -> None:
         """The origin was unreachable: reset the stream with the reason a 502/504 gives."""
@@ -551,7 +662,12 @@ class TunnelLink:
         self.reset(sid, code, message)
 
     async def _tunnel_body(self, sid: int, box: Mailbox) -> AsyncIterator[bytes]:
-        """The request body as it arrives; each chunk is credited once the origin took it."""
+        """The request body as it arrives; each chunk is credited once the origin took it.
+
+        A reset (the peer's, or ours because the body broke its declared length)
+        raises instead of ending: aiohttp then sends no end of body and closes
+        the connection, so the origin never takes a truncated body as complete.
+        """
         tunnel = self.tunnel
         while True:
             event = await box.next_event()
@@ -559,8 +675,11 @@ class TunnelLink:
                 yield event.data
                 tunnel.consumed(sid, len(event.data))
                 self.schedule_flush()
-            else:  # StreamEnded, or StreamReset (the task is being cancelled)
+            elif isinstance(event, StreamEnded):
                 return
+            else:
+                reason = event.reason if isinstance(event, StreamReset) else "stream gone"
+                raise BodyAborted(f"request body aborted: {reason}")
 
     async def _send_response(
         self, sid: int, box: Mailbox, method: str, upstream: aiohttp.ClientResponse
@@ -595,23 +714,29 @@ class TunnelLink:
         headers = forwarder.replay_headers(
             decode_headers(event.headers), target, client_ip=self.peer_ip
         )
+        set_framing(headers, None)  # a handshake has no body (a declared one was refused)
         self.stats.upstream(origin_key).requests += 1
         try:
-            try:
-                origin = await connect_origin(
-                    forwarder, target, headers, list(event.protocols), self.config.max_ws_message
-                )
-            except OriginRefused as refusal:
-                self._pass_refusal(sid, refusal)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._origin_failed(sid, origin_key, exc, target)
-                return
-            tunnel.accept_websocket(sid, origin.protocol)
-            self.schedule_flush()
-            await self.bridge_websocket(sid, box, origin)
+            async with self._origin_slot(sid):
+                try:
+                    origin = await connect_origin(
+                        forwarder,
+                        target,
+                        headers,
+                        list(event.protocols),
+                        self.config.max_ws_message,
+                    )
+                except OriginRefused as refusal:
+                    self._pass_refusal(sid, refusal)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._origin_failed(sid, origin_key, exc, target)
+                    return
+                tunnel.accept_websocket(sid, origin.protocol)
+                self.schedule_flush()
+                await self.bridge_websocket(sid, box, origin)
         except asyncio.CancelledError:
             if box.reset is None:
                 self.reset(sid, ResetCode.CANCEL, "gateway stopping")
@@ -721,32 +846,64 @@ class TunnelLink:
         if not isinstance(head, ResponseReceived):
             assert isinstance(head, StreamReset), head
             return self._reset_answer(head)
-        response = RelayedResponse(status=head.status, reason=_text(head.reason) or None)
-        response.headers.extend(
-            hdr.response_headers_for_downstream(
-                decode_headers(head.headers),
-                http_version=(1, 1),
-                via_name=self._forwarder.config.via_name,
+        try:
+            framing = response_framing(
+                head.headers, has_body=head.has_body, method=request.method, status=head.status
             )
+        except FramingError as exc:
+            self.log.warning("< stream %d: response head refused: %s", sid, exc.reason)
+            self.reset(sid, ResetCode.PROTOCOL, exc.reason)
+            return text_error(502, f"hop session {self.name} sent a bad response: {exc.reason}")
+        response = RelayedResponse(status=head.status, reason=_text(head.reason) or None)
+        headers = hdr.response_headers_for_downstream(
+            decode_headers(head.headers),
+            http_version=(1, 1),
+            via_name=self._forwarder.config.via_name,
         )
+        set_framing(headers, framing.length)  # the peer's Transfer-Encoding never passes
+        response.headers.extend(headers)
         await response.prepare(request)
-        tunnel = self.tunnel
-        while head.has_body:
-            event = await box.next_event()
-            if isinstance(event, DataReceived):
-                await response.write(event.data)
-                tunnel.consumed(sid, len(event.data))
-                self.schedule_flush()
-            elif isinstance(event, StreamEnded):
-                break
-            else:
-                assert isinstance(event, StreamReset), event
-                self.log.warning("= stream %d reset mid-response: %s", sid, event.reason)
-                if request.transport is not None:
-                    request.transport.close()  # a truncated body must not look complete
-                return response
+        problem = await self._relay_body(sid, box, response, framing) if head.has_body else None
+        if problem is not None:
+            self.log.warning("= stream %d: response cut: %s", sid, problem)
+            if request.transport is not None:
+                request.transport.close()  # a truncated or overlong body must not look complete
+            return response
         await response.write_eof()
         return response
+
+    async def _relay_body(
+        self, sid: int, box: Mailbox, response: web.StreamResponse, framing: Framing
+    ) -> str | None:
+        """Write the response body downstream; why the client connection must be cut, if so.
+
+        A body that passes its declared length is stopped before the excess is
+        written; one that ends short, or is reset, leaves the client a
+        connection that must be closed, never a short body that looks whole.
+        """
+        tunnel = self.tunnel
+        counter = BodyCounter(framing.length) if framing.length is not None else None
+        while True:
+            event = await box.next_event()
+            if isinstance(event, DataReceived):
+                size = len(event.data)
+                if counter is not None and framing.counted:
+                    problem = counter.data(size)
+                    if problem is not None:
+                        self.reset(sid, ResetCode.PROTOCOL, problem)
+                        return problem
+                if framing.counted:  # else a body a HEAD/304 answer cannot carry: dropped
+                    await response.write(event.data)
+                tunnel.consumed(sid, size)
+                self.schedule_flush()
+            elif isinstance(event, StreamEnded):
+                short_body = counter.ended() if counter is not None and framing.counted else None
+                if short_body is not None:
+                    self.reset(sid, ResetCode.PROTOCOL, short_body)
+                return short_body
+            else:
+                assert isinstance(event, StreamReset), event
+                return f"stream reset mid-response: {event.reason}"
 
     def _reset_answer(self, reset: StreamReset) -> web.Response:
         if reset.code == ResetCode.SESSION_LOST and not reset.remote:

@@ -8,6 +8,12 @@ re-encoding:
 * heads are rewritten by the hop rules a plain relay applies (``Via``,
   ``X-Forwarded-For`` with the downstream gateway's address, ``Host`` of the
   next hop; responses get its ``Via``), everything else passes as is;
+* framing is checked both ways as on an answering or opening gateway
+  (``framing.py``): a head whose ``Content-Length``/``Transfer-Encoding`` is
+  invalid or lies about the stream is reset, a declared length is counted as
+  the DATA arrive (the link resets the stream before passing on a byte too
+  many, or an END that comes short), and the head passed on carries only
+  the checked length;
 * a DATA payload is handed to the other tunnel as the *same bytes object*
   (queued by reference, copied once into the outgoing batch);
 * a received chunk is credited back (``consumed``) only once the other
@@ -30,7 +36,7 @@ from typing import Final
 from gateway.edge import headers as hdr
 from gateway.edge.websocket import refusal_headers
 
-from .bridge import TunnelLink, decode_headers, under_upstream
+from .bridge import TunnelLink, decode_headers, set_framing, under_upstream
 from .errors import LocalProtocolError, ResetCode
 from .events import (
     DataReceived,
@@ -45,6 +51,7 @@ from .events import (
     WebSocketMessage,
     WebSocketRequested,
 )
+from .framing import Framing, FramingError, response_framing
 
 __all__ = ["relay_stream"]
 
@@ -75,9 +82,15 @@ def _held(event: Event) -> _Item | None:
 
 
 def relay_stream(
-    inbound: TunnelLink, outbound: TunnelLink, event: RequestReceived | WebSocketRequested
+    inbound: TunnelLink,
+    outbound: TunnelLink,
+    event: RequestReceived | WebSocketRequested,
+    framing: Framing,
 ) -> None:
-    """Open ``event``'s stream on ``outbound`` and relay it until both sides are done."""
+    """Open ``event``'s stream on ``outbound`` and relay it until both sides are done.
+
+    ``framing``: the request's, checked by ``inbound`` (which counts its body).
+    """
     in_sid = event.stream_id
     upstream = inbound.upstream  # this gateway's upstream: the next gateway, as on a plain path
     target = event.target
@@ -91,6 +104,7 @@ def relay_stream(
     headers = forwarder.replay_headers(
         decode_headers(event.headers), upstream, client_ip=inbound.peer_ip
     )
+    set_framing(headers, framing.length)
     try:
         if isinstance(event, RequestReceived):
             out_sid = outbound.tunnel.open_http(
@@ -101,7 +115,10 @@ def relay_stream(
     except LocalProtocolError as exc:  # the outbound tunnel closed under us
         inbound.reset(in_sid, ResetCode.REFUSED, f"next hop unavailable: {exc}")
         return
-    relay = _Relay(inbound, in_sid, outbound, out_sid, ws=isinstance(event, WebSocketRequested))
+    method = event.method if isinstance(event, RequestReceived) else "GET"
+    relay = _Relay(
+        inbound, in_sid, outbound, out_sid, method, ws=isinstance(event, WebSocketRequested)
+    )
     if isinstance(event, RequestReceived) and not event.has_body:
         relay.in_done = True
     inbound.log.debug("= relaying stream %d as %d on %s", in_sid, out_sid, outbound.name)
@@ -132,6 +149,7 @@ class _Relay:
         "in_half",
         "in_sid",
         "inbound",
+        "method",
         "out_done",
         "out_half",
         "out_sid",
@@ -142,10 +160,18 @@ class _Relay:
     )
 
     def __init__(
-        self, inbound: TunnelLink, in_sid: int, outbound: TunnelLink, out_sid: int, *, ws: bool
+        self,
+        inbound: TunnelLink,
+        in_sid: int,
+        outbound: TunnelLink,
+        out_sid: int,
+        method: str,
+        *,
+        ws: bool,
     ) -> None:
         self.inbound, self.in_sid = inbound, in_sid
         self.outbound, self.out_sid = outbound, out_sid
+        self.method = method
         self.ws = ws
         self.to_out: deque[_Item] = deque()
         self.to_in: deque[_Item] = deque()
@@ -190,13 +216,27 @@ class _Relay:
         if isinstance(event, ResponseReceived):
             via = inbound.forwarder.config.via_name
             raw = decode_headers(event.headers)
-            if self.ws:  # a refusal
+            if self.ws:  # a refusal: its body is collected and framed anew downstream
                 headers = refusal_headers(raw, (1, 1), via)
                 self.in_done = True
             else:
+                try:
+                    framing = response_framing(
+                        event.headers,
+                        has_body=event.has_body,
+                        method=self.method,
+                        status=event.status,
+                    )
+                except FramingError as exc:
+                    inbound.log.warning("< relayed stream %d: bad response head: %s", in_sid, exc)
+                    self.outbound.reset(self.out_sid, ResetCode.PROTOCOL, exc.reason)
+                    return  # the reset crosses to the inbound stream
                 headers = hdr.response_headers_for_downstream(
                     raw, http_version=(1, 1), via_name=via
                 )
+                set_framing(headers, framing.length)
+                if framing.counted and framing.length is not None:
+                    self.outbound.count_body(self.out_sid, framing.length)
             inbound.tunnel.respond(
                 in_sid, event.status, event.reason, headers.items(), has_body=event.has_body
             )
