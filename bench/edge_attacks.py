@@ -61,8 +61,12 @@ def spawn(pythonpath: str, role: str, *args: str, nofile: int | None = None) -> 
         command = ["prlimit", f"--nofile={nofile}:{nofile}", *command]
     env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, env=env,
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     gw = Proc(proc)
     ready = threading.Event()
@@ -165,8 +169,9 @@ async def _slowloris(port: int, count: int, duration: float) -> None:
 
 async def fdlimit(args: argparse.Namespace) -> None:
     async with origin() as (url, seen):
-        gw = spawn(args.pythonpath, "server", "--upstream", url, *args.gateway_args,
-                   nofile=args.nofile)
+        gw = spawn(
+            args.pythonpath, "server", "--upstream", url, *args.gateway_args, nofile=args.nofile
+        )
         try:
             await _fdlimit(gw, args.connections, args.duration, seen)
         finally:
@@ -199,6 +204,8 @@ async def _fdlimit(gw: Proc, count: int, duration: float, seen: list[str]) -> No
         f"(origin saw {sum('/legit' in s for s in seen)}); gateway log: {len(lines)} lines, "
         f"{emfile} 'Too many open files'; answers: {sorted(set(answers))}"
     )
+    for line in [x for x in lines if "hopgate.access" not in x][:5]:
+        print("  gateway:", line.rstrip()[:160])
     for writer in idle:
         writer.close()
 
@@ -207,14 +214,20 @@ async def _fdlimit(gw: Proc, count: int, duration: float, seen: list[str]) -> No
 
 CASES: Sequence[tuple[str, bytes]] = (
     ("origin-form", b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"),
-    ("m:// (scheme glued onto the upstream)", b"GET t://127.0.0.1:19099/leak HTTP/1.1\r\nHost: x\r\n\r\n"),
+    (
+        "m:// (scheme glued onto the upstream)",
+        b"GET t://127.0.0.1:19099/leak HTTP/1.1\r\nHost: x\r\n\r\n",
+    ),
     ("HTTP://evil/.hopgate/status", b"GET HTTP://evil/.hopgate/status HTTP/1.1\r\nHost: x\r\n\r\n"),
     ("HTTP://evil/x", b"GET HTTP://evil/x HTTP/1.1\r\nHost: x\r\n\r\n"),
     ("OPTIONS *", b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"),
     ("//x", b"GET //x HTTP/1.1\r\nHost: x\r\n\r\n"),
     ("authority-form GET", b"GET evil:80 HTTP/1.1\r\nHost: x\r\n\r\n"),
     ("CONNECT", b"CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: x\r\n\r\n"),
-    ("status via XFF", b"GET /.hopgate/status HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n"),
+    (
+        "status via XFF",
+        b"GET /.hopgate/status HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+    ),
     ("status from loopback", b"GET /.hopgate/status HTTP/1.1\r\nHost: x\r\n\r\n"),
 )
 
@@ -222,20 +235,30 @@ CASES: Sequence[tuple[str, bytes]] = (
 async def targets(args: argparse.Namespace) -> None:
     async with origin() as (url, seen), origin(80) as (_, leaked):
         # "http://localhos" + "t://..." = "http://localhost://...": host localhost, port 80.
-        glued = spawn(args.pythonpath, "server", "--upstream", "http://localhos", "--upgrade", "never")
+        glued = spawn(
+            args.pythonpath, "server", "--upstream", "http://localhos", "--upgrade", "never"
+        )
         sidecar = spawn(args.pythonpath, "server", "--upstream", url)
         client = spawn(args.pythonpath, "client", "--upstream", sidecar.url)
         try:
-            for name, gw in (("sidecar upstream http://localhos", glued),
-                             ("sidecar with port", sidecar), ("client gateway", client)):
+            for name, gw in (
+                ("sidecar upstream http://localhos", glued),
+                ("sidecar with port", sidecar),
+                ("client gateway", client),
+            ):
                 for case, data in CASES:
                     seen.clear()
                     leaked.clear()
                     answer = await raw(gw.port, data)
-                    print(f"targets: {name:34} {case:38} -> {answer:40} origin saw {seen} "
-                          f"other host (127.0.0.1:80) saw {leaked}")
-            errors = sum("Error handling request" in line or "Traceback" in line
-                         for p in (glued, sidecar, client) for line in p.lines)
+                    print(
+                        f"targets: {name:34} {case:38} -> {answer:40} origin saw {seen} "
+                        f"other host (127.0.0.1:80) saw {leaked}"
+                    )
+            errors = sum(
+                "Error handling request" in line or "Traceback" in line
+                for p in (glued, sidecar, client)
+                for line in p.lines
+            )
             print(f"targets: tracebacks in the gateways' logs: {errors}")
         finally:
             for p in (client, sidecar, glued):

@@ -36,6 +36,7 @@ line per socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import resource
@@ -73,11 +74,21 @@ _REFUSAL = _canned(
 _TIMEOUT = _canned("408 Request Timeout", "the request head did not arrive within --header-timeout")
 
 
+Schedule = Callable[[float, Callable[[], None]], object]
+
+
+def _on_running_loop(delay: float, callback: Callable[[], None]) -> None:
+    """Run ``callback`` after ``delay`` on the running loop (none running: never)."""
+    with contextlib.suppress(RuntimeError):
+        asyncio.get_running_loop().call_later(delay, callback)
+
+
 class IntervalLog:
     """Counts events of one kind and logs them at most once per ``interval``.
 
     The first event is logged at once; later ones within the interval are
-    only counted and reported (with the count) by the first event after it.
+    only counted, and reported with their count when the interval ends
+    (``schedule`` arranges that call; tests pass none and call ``flush``).
     """
 
     def __init__(
@@ -86,26 +97,41 @@ class IntervalLog:
         *,
         interval: float = LOG_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        schedule: Schedule | None = _on_running_loop,
         logger: logging.Logger = log,
     ) -> None:
         self.what = what
         self.interval = interval
         self.total = 0
         self._clock = clock
+        self._schedule = schedule
         self._logger = logger
         self._pending = 0
+        self._detail = ""
         self._last: float | None = None
+        self._flush_due = False
 
     def record(self, detail: str = "") -> None:
         self.total += 1
         self._pending += 1
+        self._detail = detail
         now = self._clock()
-        if self._last is not None and now - self._last < self.interval:
-            return
+        if self._last is None or now - self._last >= self.interval:
+            self._write(now)
+        elif not self._flush_due and self._schedule is not None:
+            self._flush_due = True
+            self._schedule(self._last + self.interval - now, self.flush)
+
+    def flush(self) -> None:
+        """Log what was counted since the last line, if anything."""
+        self._flush_due = False
+        if self._pending:
+            self._write(self._clock())
+
+    def _write(self, now: float) -> None:
         since = "" if self._last is None else f" in the last {now - self._last:.0f}s"
-        self._logger.warning(
-            "= %d %s%s%s", self._pending, self.what, since, f" ({detail})" if detail else ""
-        )
+        detail = f" ({self._detail})" if self._detail else ""
+        self._logger.warning("= %d %s%s%s", self._pending, self.what, since, detail)
         self._pending = 0
         self._last = now
 

@@ -74,6 +74,8 @@ def aiohttp_limit(largest: int) -> int:
     must pass.
     """
     return largest + 1
+
+
 #: Largest refusal body (``403`` page and the like) passed back to the client.
 MAX_REFUSAL_BODY = 1024 * 1024
 #: How long a closing side may take to answer our Close.

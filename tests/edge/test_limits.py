@@ -14,6 +14,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -73,16 +74,35 @@ async def read_response(reader: asyncio.StreamReader) -> bytes:
 
 def test_interval_log_reports_a_count_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
-    counter = IntervalLog("things", interval=10.0, clock=lambda: now[0])
+    due: list[tuple[float, Callable[[], None]]] = []
+    counter = IntervalLog(
+        "things",
+        interval=10.0,
+        clock=lambda: now[0],
+        schedule=lambda delay, flush: due.append((now[0] + delay, flush)),
+    )
+
+    def advance(to: float) -> None:
+        for when, flush in sorted(due, key=lambda d: d[0]):
+            if when <= to:
+                due.remove((when, flush))
+                now[0] = when
+                flush()
+        now[0] = to
+
     with caplog.at_level(logging.WARNING, logger="hopgate.inbound"):
         for i in range(1000):
-            now[0] = i * 0.015  # 1,000 events in 15 s
+            advance(i * 0.015)  # 1,000 events in 15 s
             counter.record()
+        advance(60.0)
     assert counter.total == 1000
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2
-    assert lines[0] == "= 1 things"
-    assert lines[1].startswith("= 667 things in the last 10s")
+    assert lines == [
+        "= 1 things",
+        "= 666 things in the last 10s",
+        "= 333 things in the last 10s",
+    ]
+    assert due == []
 
 
 def test_accept_errors_are_counted_not_logged_each(caplog: pytest.LogCaptureFixture) -> None:
