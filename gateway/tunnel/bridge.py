@@ -59,6 +59,23 @@ So the origin sees what it would see on a plain path through the same
 gateways (``X-Forwarded-For`` lacks the downstream gateway's address only if
 the link was built without ``peer_ip``).
 
+Framing is ours, never the peer's (``framing.py``). A stream delimits its
+body itself, so a head's ``Content-Length``/``Transfer-Encoding`` are claims:
+the answering side refuses an OPEN whose claim is invalid or contradicts the
+stream (``PROTOCOL``, nothing sent), counts a declared length as the DATA
+arrive (``_route``: one byte too many or an END that comes short resets the
+stream before any of it is passed on) and sends the origin only the length
+it checked, or a chunked body. A request body that does not end cleanly
+raises in the body generator, so aiohttp sends no end of body and closes
+that origin connection instead of pooling it. The opening side checks the
+RESPONSE head the same way and cuts its client's connection rather than
+let a body pass or fall short of its length; a relay checks both.
+
+Origin connections. The answering side runs at most ``session_connections``
+origin exchanges (HTTP and WebSocket) per session; further streams wait for
+a slot in order (their OPEN is not refused; a reset takes them out of the
+queue). The gateway's total is the aiohttp connector's ``--max-connections``.
+
 Never an open proxy. The answering side accepts only origin-form targets
 (``/``, not ``//``, no control characters: absolute-form, authority-form and
 ``*`` are refused), no ``CONNECT``, header fields without CR/LF/NUL, and
