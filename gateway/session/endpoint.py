@@ -130,6 +130,8 @@ _TRIM_AFTER: Final = 1024
 #: Refusals of new sessions are logged at most once per this many seconds.
 _REFUSAL_LOG_INTERVAL: Final = 10.0
 
+#: One Packer for every HELLO we answer with (autoreset: each pack stands alone).
+_PACKER: Final = new_packer()
 _NO_STORE: Final = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
@@ -412,7 +414,7 @@ class SessionServer:
             log.exception("on_session failed")
             hop.abandon(CloseCode.INTERNAL_ERROR, "internal error")
             return _error(500, "internal error opening the session")
-        hello = encode_hello(new_packer(), PROTOCOL_VERSION, session_id, 0, None)
+        hello = encode_hello(_PACKER, PROTOCOL_VERSION, session_id, 0, None)
         return _octets(
             hello, headers={SESSION_HEADER: session_id, TOKEN_HEADER: encode_token(token)}
         )

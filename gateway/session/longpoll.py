@@ -54,6 +54,8 @@ CONTENT_TYPE: Final = "application/octet-stream"
 class LongPollServer:
     """The server end of a long-poll transport: held GETs and POSTs of one epoch."""
 
+    __slots__ = ("_abandoned", "_held", "_hop", "_idle", "_settings", "epoch")
+
     kind: Literal["long-poll"] = "long-poll"
 
     def __init__(self, hop: HopSession, settings: SessionSettings, *, epoch: int) -> None:
