@@ -48,16 +48,27 @@ one WINDOW frame. The receiver hands credit back as its consumer reports
 bytes consumed (``consumed()``), in WINDOW frames of at least half a window,
 so WINDOW traffic stays small. A peer that sends past the window broke the
 protocol (FlowControlError). WebSocket messages are reassembled before they
-are delivered, so the chunks of a message in progress are credited back on
-arrival (the reassembly buffer is bounded by ``max_ws_message``) and only
-the final chunk's bytes wait for ``consumed()``: a message larger than the
-window cannot deadlock.
+are delivered, so a message larger than the window would deadlock if its
+chunks waited for ``consumed()``: the chunks of a message in progress are
+credited back on arrival, but only while the session's reassembly total
+(unfinished messages plus delivered, unconsumed ones) is within
+``session_reassembly``; past it the credit is owed, and paid oldest message
+first as consumed messages leave the budget. The stream holding the oldest
+unfinished message keeps its credit (up to ``max_ws_message``) as long as
+the delivered messages leave room, so large messages finish one after the
+other instead of deadlocking. Credit given ahead of consumption is thus
+bounded by ``session_reassembly + max_ws_message`` per session, on top of
+the windows.
 
 Sending and backpressure. ``send_data``/``send_ws_message`` queue the
 caller's object (no copy) on the stream and return False once the stream
-holds ``max_pending`` bytes or more; the caller then waits for
-StreamWritable (or StreamReset) before sending more. So memory is bounded by
-``max_pending`` per stream on the way out and by the window on the way in.
+holds ``max_pending`` bytes or more, or once the session's unread bytes
+(queued here plus sent and not yet credited back by the peer, over all
+streams) reach ``max_unread``; ``is_writable`` says the same. The caller then
+waits for StreamWritable (or StreamReset) before sending more. So memory is
+bounded by ``max_pending`` per stream and ``max_unread`` per session on the
+way out, whatever window the peer announced, and by the window (plus the
+reassembly budget) on the way in.
 
 Scheduling. ``next_message(max_bytes)`` builds one session message: first
 every queued OPEN, then every control frame (heads, END/CLOSE with no data
@@ -150,6 +161,9 @@ MIN_MESSAGE: Final = 1024
 _MIN_SPLIT: Final = 512
 _EXPRESS_BURST: Final = 8
 _MAX_WS_MESSAGE: Final = 256 * 1024 * 1024
+# Queued control frames beyond which a peer-provoked RESET closes the tunnel
+# (plus 16 per allowed stream: heads and WINDOWs of our own live streams).
+_MAX_CONTROL: Final = 16384
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -855,12 +869,10 @@ class Tunnel:
             raise RemoteProtocolError(f"OPEN for stream {sid}, not above {self._highest_peer_id}")
         self._highest_peer_id = sid
         if self._peer_streams >= self._config.max_streams:
-            self._control.append(
-                encode_reset(self._packer, sid, ResetCode.REFUSED, "too many streams")
-            )
+            self._answer(encode_reset(self._packer, sid, ResetCode.REFUSED, "too many streams"))
             return None
         if len(target) + sum(map(len, flat)) > self._config.max_header_bytes:
-            self._control.append(
+            self._answer(
                 encode_reset(self._packer, sid, ResetCode.TOO_LARGE, "request head too large")
             )
             return None
@@ -1075,9 +1087,20 @@ class Tunnel:
             )
         stream.recv_window -= n
 
+    def _answer(self, frame: bytes) -> None:
+        """Queue a RESET the peer provoked, unless it provokes them faster than it reads them.
+
+        Refusals cost the peer a few bytes each and us a queued frame; a peer
+        that keeps opening past ``max_streams`` while never reading the
+        session would grow the control queue without end.
+        """
+        if len(self._control) >= _MAX_CONTROL + 16 * self._config.max_streams:
+            raise RemoteProtocolError("the peer provokes refusals faster than it reads them")
+        self._control.append(frame)
+
     def _reset_locally(self, stream: _Stream, code: ResetCode, reason: str) -> None:
         """A received frame broke one of our limits: reset just this stream, both ends."""
-        self._control.append(encode_reset(self._packer, stream.id, code, reason))
+        self._answer(encode_reset(self._packer, stream.id, code, reason))
         self._forget(stream)
         self._events.append(
             StreamReset(

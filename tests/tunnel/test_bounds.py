@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.tunnel import (
+    RemoteProtocolError,
     RequestReceived,
     StreamWritable,
     Tunnel,
@@ -303,3 +304,35 @@ def test_property_messages_complete_and_reassembly_stays_bounded(
             break
     assert got == dict(zip(sids, sizes, strict=True))
     assert up.reassembly_bytes == 0
+
+
+def test_a_peer_that_floods_refused_opens_without_reading_is_cut_off() -> None:
+    config = TunnelConfig(max_streams=4)
+    victim = Tunnel(config, opener=False)
+    peer = Tunnel(TunnelConfig(max_streams=1), opener=True)
+    refused = 0
+    for _ in range(2000):  # 2000 x 32 refused OPENs, nothing ever read back
+        for _ in range(32):
+            peer.open_http("GET", b"/")
+        message = peer.next_message()
+        assert message is not None
+        try:
+            victim.receive_message(message)
+        except RemoteProtocolError:
+            break
+        refused += 32
+    else:
+        raise AssertionError("the control queue grew without bound")
+    assert victim.closed
+    assert 16384 <= refused <= 16384 + 16 * 4 + 32
+
+
+def test_refused_opens_of_a_reading_peer_are_answered_forever() -> None:
+    victim = Tunnel(TunnelConfig(max_streams=4), opener=False)
+    peer = Tunnel(opener=True)
+    for _ in range(100):  # 100 x 256 OPENs, the refusals read back each time
+        for _ in range(256):
+            peer.open_http("GET", b"/")
+        pump(peer, victim)
+    assert not victim.closed
+    assert victim.stream_count == 4
