@@ -345,3 +345,21 @@ async def test_1100_idle_sockets_under_nofile_1024_do_not_lock_a_client_out(
     assert answered == 5
     assert sum("Too many open files" in line for line in lines) <= 2
     assert len(lines) < 40, "".join(lines[:40])
+
+
+async def test_malformed_request_lines_are_counted_not_logged_with_tracebacks(
+    make_origin: MakeOrigin, make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp logs each unparseable request with a traceback; a peer could fill the disk."""
+    gw = await make_gateway("server", {"upstream": await make_origin(hello)})
+    with caplog.at_level(logging.DEBUG):
+        for i in range(50):
+            reader, writer = await connect(gw)
+            writer.write(b"GET evil:%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+            answer = await closed_within(reader, 5.0)
+            writer.close()
+            assert answer is not None and answer.startswith(b"HTTP/1.")
+            assert b" 400 " in answer.split(b"\r\n", 1)[0]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    malformed = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(malformed) == 1
