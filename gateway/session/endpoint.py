@@ -125,8 +125,10 @@ RETRY_AFTER: Final = "10"
 #: Longest decimal number accepted anywhere in a hop request (2**64 has 20 digits).
 MAX_DIGITS: Final = 20
 _NONCE_LENGTH: Final = 32
-#: After this many sessions ended, unused heap pages are given back (see _trim_memory).
+#: After this many sessions ended, unused heap pages are given back (see _trim_memory),
+#: at most once per _TRIM_INTERVAL seconds (a full collection of a big heap takes a while).
 _TRIM_AFTER: Final = 1024
+_TRIM_INTERVAL: Final = 30.0
 #: Refusals of new sessions are logged at most once per this many seconds.
 _REFUSAL_LOG_INTERVAL: Final = 10.0
 
@@ -307,6 +309,7 @@ class SessionServer:
         self.post_bytes = 0
         self._ended = 0
         self._trim_due = False
+        self._trimmed_at = -_TRIM_INTERVAL
         self._refusals = 0
         self._refusal_logged = -_REFUSAL_LOG_INTERVAL
 
@@ -445,12 +448,16 @@ class SessionServer:
         if self._ended >= _TRIM_AFTER and not self._trim_due:
             # Many sessions ended (an expiry sweep): give the memory back once it settles.
             self._trim_due = True
-            loop.call_later(1.0, self._trim)
+            delay = max(1.0, self._trimmed_at + _TRIM_INTERVAL - loop.time())
+            loop.call_later(delay, self._trim)
 
     def _trim(self) -> None:
+        if self._closing:
+            return
         self._trim_due = False
         self._ended = 0
         _trim_memory()
+        self._trimmed_at = asyncio.get_running_loop().time()
 
     def _long_poll(self, hop: HopSession, epoch: int) -> LongPollServer | None:
         """The long-poll transport of ``epoch``, attaching it if newer; None if stale."""
