@@ -15,7 +15,8 @@ is configured)                                     token); body = the server's H
                                                    client address holds or opens too many,
                                                    ``503`` + ``Retry-After`` when full
 ``GET /.hopgate/session/{id}?epoch=E``             WebSocket upgrade, subprotocol
-(``Upgrade: websocket``, ``hopgate.v1`` offered)   ``hopgate.v1``, then the probe (``ws``)
+(``Upgrade: websocket``, ``hopgate.v1`` offered)   ``hopgate.v1``, then the probe (``ws``);
+                                                   ``429`` when MAX_SESSION_SOCKETS are open
 ``GET /.hopgate/session/{id}?last=N&epoch=E``      held poll: ``200``, body = batch (may be
                                                    empty when hold_time passed or a newer
                                                    poll released this one)
@@ -122,6 +123,8 @@ AUTH_WINDOW: Final = 60
 #: Nonces of accepted proofs remembered at once (for 2 * AUTH_WINDOW each).
 AUTH_NONCES: Final = 16384
 RETRY_AFTER: Final = "10"
+#: WebSockets one session may have open at once (current, candidate, closing, one spare).
+MAX_SESSION_SOCKETS: Final = 4
 #: Longest decimal number accepted anywhere in a hop request (2**64 has 20 digits).
 MAX_DIGITS: Final = 20
 _NONCE_LENGTH: Final = 32
@@ -305,6 +308,8 @@ class SessionServer:
         self._replays = ReplayCache(window=AUTH_WINDOW, capacity=AUTH_NONCES)
         #: Session id -> [POSTs in flight, bytes they hold]; only sessions with a POST.
         self._posts: dict[str, list[int]] = {}
+        #: Session id -> WebSocket connections open on it; only sessions with one.
+        self._sockets: dict[str, int] = {}
         #: Bytes held by unfinished POST bodies of every session together.
         self.post_bytes = 0
         self._ended = 0
@@ -340,7 +345,7 @@ class SessionServer:
         if upgrade:
             if request.method != "GET" or not offers_subprotocol(request):
                 return _error(400, "a hop WebSocket must offer the hopgate.v1 subprotocol")
-            return await accept_websocket(request, hop, self.settings, epoch=epoch)
+            return await self._websocket(request, hop, epoch)
         if request.method == "GET":
             return await self._get(request, hop, epoch)
         if request.method == "POST":
@@ -470,6 +475,33 @@ class SessionServer:
         transport = LongPollServer(hop, self.settings, epoch=epoch)
         hop.attach(transport)
         return transport
+
+    async def _websocket(
+        self, request: web.BaseRequest, hop: HopSession, epoch: int
+    ) -> web.StreamResponse:
+        """Upgrade, capped per session like POSTs: each candidate may hold a partial message.
+
+        A client needs the current socket, one candidate and one closing; a
+        peer holding more is only pinning buffers (a partial message of up to
+        max_batch_bytes each).
+        """
+        sid = hop.session_id
+        held = self._sockets.get(sid, 0)
+        if held >= MAX_SESSION_SOCKETS:
+            return _refusal(
+                429,
+                f"{held} WebSockets already open on this session (at most {MAX_SESSION_SOCKETS})",
+                **{"Retry-After": "1"},
+            )
+        self._sockets[sid] = held + 1
+        try:
+            return await accept_websocket(request, hop, self.settings, epoch=epoch)
+        finally:
+            left = self._sockets[sid] - 1
+            if left:
+                self._sockets[sid] = left
+            else:
+                del self._sockets[sid]
 
     async def _get(self, request: web.BaseRequest, hop: HopSession, epoch: int) -> web.Response:
         last = _query_int(request, "last")

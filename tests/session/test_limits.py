@@ -35,6 +35,7 @@ from gateway.session.endpoint import (
     parse_decimal,
 )
 from gateway.session.registry import ClientLimits, ClientRefused, client_key
+from gateway.session.ws import SUBPROTOCOL
 from tests.session.conftest import FAST, MakeConnector, StartServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -286,6 +287,29 @@ async def test_posts_of_one_session_hold_at_most_one_batch_of_bytes(
     assert b"in flight on this session" in second
     assert (await first).startswith(b"HTTP/1.1 408")
     assert handle.server.post_bytes == 0
+
+
+async def test_websockets_per_session_are_capped(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """Candidates that never send their probe each pin a socket: at most four per session."""
+    handle = await start_server(replace(FAST, probe_timeout=3.0))
+    _, sid, token, _ = await _create(http, handle.url)
+    url = f"{handle.url}{SESSION_PATH}/{sid}?epoch=1"
+    headers = {TOKEN_HEADER: token}
+    sockets = [
+        await http.ws_connect(url, protocols=(SUBPROTOCOL,), headers=headers) for _ in range(4)
+    ]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(url, protocols=(SUBPROTOCOL,), headers=headers)
+    assert refused.value.status == 429
+    for ws in sockets:
+        await ws.close()
+    async with asyncio.timeout(5):
+        while handle.server._sockets:
+            await asyncio.sleep(0.01)
+    ws = await http.ws_connect(url, protocols=(SUBPROTOCOL,), headers=headers)
+    await ws.close()
 
 
 # -- numbers: ASCII digits, bounded, 400 -----------------------------------------------------
