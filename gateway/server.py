@@ -146,6 +146,9 @@ class Gateway:
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
+            # A response nobody reads (a stalled tunnel stream) holds what aiohttp
+            # read ahead: ~1 MiB per origin connection at the 64 KiB default.
+            read_bufsize=16 * 1024,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             # Hands a refused WebSocket handshake (status, body) back to the
             # pass-through instead of letting ws_connect drop the body.
