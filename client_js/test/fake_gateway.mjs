@@ -2,7 +2,9 @@
 // format of gateway/session/endpoint.py, a server-side Session core, and a
 // tunnel answerer that accepts WebSocket streams and echoes every message
 // (the endpoint). Failures are injected on command. No sockets.
-import { Session, RemoteProtocolError, encode, sessionFrames, tunnelFrames } from "../hopgate.js";
+import { encode } from "../src/msgpack.js";
+import { Session, RemoteProtocolError, sessionFrames } from "../src/session.js";
+import { tunnelFrames } from "../src/tunnel.js";
 
 const now = () => performance.now() / 1000;
 const b64url = (bytes) => Buffer.from(bytes).toString("base64url");

@@ -3,7 +3,9 @@
 // validation every received frame goes through.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { encode, sessionFrames, tunnelFrames, RemoteProtocolError, FrameType } from "../hopgate.js";
+import { encode } from "../src/msgpack.js";
+import { sessionFrames, RemoteProtocolError, FrameType } from "../src/session.js";
+import { tunnelFrames } from "../src/tunnel.js";
 
 const hex = (bytes) => Buffer.from(bytes).toString("hex");
 const bytes = (h) => new Uint8Array(Buffer.from(h, "hex"));

@@ -2,7 +2,7 @@
 // the WebSocket API, the long-poll transport, resume after lost requests.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { HopSocket } from "../hopgate.js";
+import { HopSocket } from "../src/index.js";
 import { FakeGateway } from "./fake_gateway.mjs";
 
 const TIMEOUT = { timeout: 15000 };

@@ -2,7 +2,8 @@
 // strict, bounded decoder.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { encode, decodeAll, MsgpackError, SESSION_LIMITS, TUNNEL_LIMITS } from "../hopgate.js";
+import { encode, decodeAll, MsgpackError, SESSION_LIMITS } from "../src/msgpack.js";
+import { TUNNEL_LIMITS } from "../src/tunnel.js";
 
 const hex = (bytes) => Buffer.from(bytes).toString("hex");
 const bytes = (h) => new Uint8Array(Buffer.from(h.replace(/\s+/g, ""), "hex"));

@@ -3,7 +3,7 @@
 // no event loop, no clock: `now` is a number the test moves.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Session, SessionState, BufferFull, LocalProtocolError, RemoteProtocolError, sessionFrames } from "../hopgate.js";
+import { Session, SessionState, BufferFull, LocalProtocolError, RemoteProtocolError, sessionFrames } from "../src/session.js";
 
 const TOKEN = Uint8Array.from({ length: 32 }, (_, i) => i + 1);
 

@@ -2,7 +2,9 @@
 // hand-built gateway frames. No session, no network.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Tunnel, ResetCode, RemoteProtocolError, LocalProtocolError, encode, tunnelFrames } from "../hopgate.js";
+import { encode } from "../src/msgpack.js";
+import { RemoteProtocolError, LocalProtocolError } from "../src/session.js";
+import { Tunnel, ResetCode, tunnelFrames } from "../src/tunnel.js";
 
 const utf8 = (s) => new TextEncoder().encode(s);
 const cat = (...frames) => new Uint8Array(frames.flatMap((f) => [...encode(f)]));

@@ -1,0 +1,439 @@
+// ---------------------------------------------------------------------------
+// 5. HopSocket: the WebSocket-shaped object the page sees
+// ---------------------------------------------------------------------------
+
+import { utf8Encoder, utf8Length, Deque } from "./msgpack.js";
+import { RemoteProtocolError, CloseCode, MAX_REASON_BYTES, clipReason } from "./session.js";
+import { ResetCode, RESET_CLOSE_CODES, Tunnel } from "./tunnel.js";
+import { HopLink } from "./link.js";
+
+/** RFC 7230 token: what a subprotocol name may be. */
+const TOKEN_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;
+const READY_STATES = { CONNECTING, OPEN, CLOSING, CLOSED };
+
+/** Defaults of HopSocket options besides the transport ones (DEFAULT_LINK_OPTIONS). */
+const DEFAULT_SOCKET_OPTIONS = Object.freeze({
+  maxMessageSize: 16 * 1024 * 1024, // largest message each way; the gateway has its own limit
+  maxBufferedAmount: 64 * 1024 * 1024, // a page that queues more than this fails the socket
+  closeTimeout: 10000, // our close() gets the endpoint's answer within this, or closes 1006
+  headers: [], // extra handshake headers for the endpoint, e.g. [["Authorization", "..."]]
+});
+
+function domError(message, name) {
+  return typeof DOMException === "function" ? new DOMException(message, name) : Object.assign(new Error(message), { name });
+}
+
+function messageEvent(data, origin) {
+  if (typeof MessageEvent === "function") return new MessageEvent("message", { data, origin });
+  const event = new Event("message");
+  Object.defineProperties(event, { data: { value: data }, origin: { value: origin }, lastEventId: { value: "" } });
+  return event;
+}
+
+function closeEvent(code, reason, wasClean) {
+  if (typeof CloseEvent === "function") return new CloseEvent("close", { code, reason, wasClean });
+  const event = new Event("close");
+  Object.defineProperties(event, { code: { value: code }, reason: { value: reason }, wasClean: { value: wasClean } });
+  return event;
+}
+
+/** Parse and check the URL the way the WebSocket constructor does; returns a ws:/wss: URL. */
+function endpointUrl(url) {
+  let parsed;
+  try {
+    parsed = new URL(String(url), globalThis.location?.href);
+  } catch {
+    throw domError(`The URL '${url}' is invalid.`, "SyntaxError");
+  }
+  if (parsed.protocol === "http:") parsed.protocol = "ws:";
+  else if (parsed.protocol === "https:") parsed.protocol = "wss:";
+  if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
+    throw domError(`The URL's scheme must be either 'ws' or 'wss'. '${parsed.protocol}' is not allowed.`, "SyntaxError");
+  }
+  if (parsed.hash) throw domError("The URL contains a fragment identifier. Fragment identifiers are not allowed in WebSocket URLs.", "SyntaxError");
+  return parsed;
+}
+
+function subprotocolList(protocols) {
+  const list = protocols === undefined ? [] : typeof protocols === "string" ? [protocols] : Array.from(protocols, String);
+  const seen = new Set();
+  for (const p of list) {
+    if (!TOKEN_RE.test(p)) throw domError(`The subprotocol '${p}' is invalid.`, "SyntaxError");
+    if (seen.has(p)) throw domError(`The subprotocol '${p}' is duplicated.`, "SyntaxError");
+    seen.add(p);
+  }
+  return list;
+}
+
+function gatewayUrl(option) {
+  const text = option ?? globalThis.location?.origin;
+  if (!text) throw new TypeError("HopSocket needs options.gateway outside a web page");
+  const url = new URL(String(text), globalThis.location?.href);
+  if (url.protocol === "ws:") url.protocol = "http:";
+  else if (url.protocol === "wss:") url.protocol = "https:";
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new TypeError(`gateway must be an http(s) URL, not ${text}`);
+  return url;
+}
+
+/**
+ * A WebSocket-compatible object whose connection goes through a hopgate
+ * gateway: a WebSocket to the gateway where the path allows one, HTTP
+ * long-polling where it does not, switching invisibly (nothing lost,
+ * duplicated or reordered).
+ *
+ * Differences from WebSocket: `extensions` is always ""; the close event of
+ * an abnormal closure carries a diagnostic `reason`; `transport` (extra)
+ * says what carries the session now.
+ *
+ * @extends EventTarget
+ */
+class HopSocket extends EventTarget {
+  /**
+   * @param {string|URL} url  the endpoint (ws:, wss:, http:, https: or relative);
+   *   its path and query are asked of the gateway's upstream
+   * @param {string|string[]} [protocols]  subprotocols to offer the endpoint
+   * @param {object} [options]
+   * @param {string} [options.gateway]  base URL of the gateway (default: this page's origin)
+   * @param {string[]} [options.transports]  ["websocket", "long-poll"] (default), or one of them
+   * @param {number} [options.connectTimeout]  ms, default 10000
+   * @param {number} [options.probeTimeout]  ms, default 5000
+   * @param {number} [options.pollTimeout]  ms, default 45000
+   * @param {number} [options.reprobeInitial]  ms, default 2000
+   * @param {number} [options.reprobeMax]  ms, default 60000
+   * @param {number} [options.maxMessageSize]  bytes, default 16 MiB
+   * @param {number} [options.maxBufferedAmount]  bytes, default 64 MiB
+   * @param {Array<[string,string]>} [options.headers]  extra handshake headers for the endpoint
+   * @param {object} [options.session]  hop session timers (seconds) and limits, see DEFAULT_SESSION_CONFIG
+   * @param {Function} [options.log]  e.g. console.debug
+   */
+  constructor(url, protocols = undefined, options = {}) {
+    super();
+    const endpoint = endpointUrl(url);
+    this._url = endpoint.href;
+    this._origin = endpoint.origin;
+    this._offered = subprotocolList(protocols);
+    this._options = { ...DEFAULT_SOCKET_OPTIONS, ...options };
+    this._readyState = CONNECTING;
+    this._protocol = "";
+    this._binaryType = "blob";
+    this._handlers = {};
+    this._outbox = new Deque(); // {bytes, text, size}: page messages not yet in the tunnel
+    this._outboxBytes = 0;
+    this._discarded = 0; // bytes sent after close(), counted as browsers do
+    this._closeRequest = null;
+    this._closeSent = false;
+    this._closeTimer = null;
+    this._pumpQueued = false;
+    this._sid = null;
+    this._tunnel = new Tunnel({ maxWsMessage: this._options.maxMessageSize });
+    this._link = new HopLink(gatewayUrl(this._options.gateway), this._options, {
+      onMessage: (message) => this._onSessionMessage(message),
+      onWritable: () => this._schedulePump(),
+      onClosed: (code, reason) => this._onSessionClosed(code, reason),
+    });
+    this._unwatchPageHide = () => {};
+    this._watchPageHide();
+    this._start(`${endpoint.pathname}${endpoint.search}`, endpoint.host);
+  }
+
+  get url() { return this._url; }
+  get readyState() { return this._readyState; }
+  get protocol() { return this._protocol; }
+  get extensions() { return ""; }
+  /** "websocket", "long-poll" or "none": what carries the hop session now (not in WebSocket). */
+  get transport() { return this._link.transport; }
+
+  get binaryType() { return this._binaryType; }
+  set binaryType(value) {
+    if (value === "blob" || value === "arraybuffer") this._binaryType = value; // others are ignored, as in browsers
+  }
+
+  /** Bytes given to send() and not yet acknowledged by the gateway. */
+  get bufferedAmount() {
+    const queued = this._sid === null ? 0 : this._tunnel.queuedBytes(this._sid);
+    return this._outboxBytes + queued + this._link.bufferedBytes + this._discarded;
+  }
+
+  /**
+   * Send a text (string) or binary (ArrayBuffer, ArrayBufferView, Blob) message.
+   * @throws {DOMException} InvalidStateError while CONNECTING
+   */
+  send(data) {
+    if (this._readyState === CONNECTING) throw domError("Still in CONNECTING state.", "InvalidStateError");
+    const item = this._outgoing(data);
+    if (this._readyState !== OPEN || this._closeRequest !== null) {
+      this._discarded += item.size;
+      return;
+    }
+    if (item.size > this._options.maxMessageSize || this.bufferedAmount + item.size > this._options.maxBufferedAmount) {
+      this._abort(1009, `message too big or too much buffered (${item.size} bytes)`);
+      return;
+    }
+    this._outbox.push(item);
+    this._outboxBytes += item.size;
+    this._schedulePump();
+  }
+
+  /**
+   * Close the connection; messages sent before still go first.
+   * @param {number} [code]  1000 or 3000-4999
+   * @param {string} [reason]  at most 123 UTF-8 bytes
+   * @throws {DOMException} InvalidAccessError (code), SyntaxError (reason)
+   */
+  close(code = undefined, reason = undefined) {
+    if (code !== undefined) {
+      code = Math.min(Math.max(Math.round(Number(code)) || 0, 0), 65535); // WebIDL [Clamp] unsigned short
+      if (code !== 1000 && !(code >= 3000 && code <= 4999)) {
+        throw domError(`The code must be either 1000, or between 3000 and 4999. ${code} is neither.`, "InvalidAccessError");
+      }
+    }
+    reason = reason === undefined ? "" : String(reason);
+    if (utf8Length(reason) > MAX_REASON_BYTES) throw domError("The close reason must not be greater than 123 UTF-8 bytes.", "SyntaxError");
+    if (this._readyState === CLOSING || this._readyState === CLOSED) return;
+    if (this._readyState === CONNECTING) {
+      this._readyState = CLOSING;
+      setTimeout(() => this._fail("WebSocket is closed before the connection is established."), 0);
+      return;
+    }
+    this._readyState = CLOSING;
+    this._closeRequest = { code: code ?? 1005, reason }; // 1005: "no code", as a browser's empty close frame
+    this._closeTimer = setTimeout(() => this._closed(1006, "the endpoint did not answer the close", false, true), this._options.closeTimeout);
+    this._schedulePump();
+  }
+
+  // -- connecting -------------------------------------------------------------------
+
+  /**
+   * A leaving page ends the session at once with an ABORT (1001), so the
+   * gateway closes the endpoint's WebSocket now, as a browser's own
+   * WebSocket would, rather than after the session's resume grace.
+   */
+  _watchPageHide() {
+    const page = globalThis.window;
+    if (page === undefined || typeof page.addEventListener !== "function") return;
+    const onPageHide = () => this._link.abandon(CloseCode.GOING_AWAY, "page unloaded");
+    page.addEventListener("pagehide", onPageHide);
+    this._unwatchPageHide = () => page.removeEventListener("pagehide", onPageHide);
+  }
+
+  async _start(target, host) {
+    try {
+      await this._link.open();
+    } catch (err) {
+      this._fail(err.message);
+      return;
+    }
+    if (this._readyState !== CONNECTING) {
+      this._link.close(CloseCode.NORMAL, "closed before the connection was established");
+      return;
+    }
+    const headers = [["Host", host]];
+    if (globalThis.location?.origin && globalThis.location.origin !== "null") headers.push(["Origin", globalThis.location.origin]);
+    headers.push(...this._options.headers);
+    try {
+      this._sid = this._tunnel.openWebSocket(target, headers, this._offered);
+    } catch (err) {
+      this._fail(`cannot open the stream: ${err.message}`);
+      return;
+    }
+    this._schedulePump();
+  }
+
+  // -- sending ------------------------------------------------------------------------
+
+  _outgoing(data) {
+    if (typeof data === "string") {
+      const bytes = utf8Encoder.encode(data);
+      return { bytes, text: true, size: bytes.length };
+    }
+    if (data instanceof ArrayBuffer) return { bytes: new Uint8Array(data.slice(0)), text: false, size: data.byteLength };
+    if (ArrayBuffer.isView(data)) {
+      const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice();
+      return { bytes, text: false, size: bytes.length };
+    }
+    if (typeof Blob === "function" && data instanceof Blob) {
+      // Read asynchronously; the item keeps its place in the queue until then.
+      const item = { bytes: null, text: false, size: data.size };
+      data.arrayBuffer().then(
+        (buffer) => {
+          item.bytes = new Uint8Array(buffer);
+          this._schedulePump();
+        },
+        () => this._abort(1011, "could not read a Blob to send"),
+      );
+      return item;
+    }
+    return this._outgoing(String(data));
+  }
+
+  _schedulePump() {
+    if (this._pumpQueued) return;
+    this._pumpQueued = true;
+    queueMicrotask(() => this._pump());
+  }
+
+  /** Page queue -> tunnel -> session, as far as each can take; then the close, if asked. */
+  _pump() {
+    this._pumpQueued = false;
+    const tunnel = this._tunnel;
+    const sid = this._sid;
+    if (sid !== null && !tunnel.closed) {
+      while (this._outbox.length && tunnel.isWritable(sid)) {
+        const item = this._outbox.at(0);
+        if (item.bytes === null) break; // a Blob still being read
+        this._outbox.shift();
+        this._outboxBytes -= item.size;
+        tunnel.sendWsMessage(sid, item.bytes, item.text);
+      }
+      if (this._closeRequest !== null && !this._closeSent && !this._outbox.length && this._readyState === CLOSING) {
+        this._closeSent = true;
+        tunnel.closeWebSocket(sid, this._closeRequest.code, this._closeRequest.reason);
+      }
+    }
+    this._flushTunnel();
+  }
+
+  _flushTunnel() {
+    const tunnel = this._tunnel;
+    if (tunnel.closed) return;
+    while (this._link.writable) {
+      const message = tunnel.nextMessage();
+      if (message === null) break;
+      this._link.send(message);
+    }
+    // The session closes only after the last tunnel frame (our CLOSE) is in it.
+    if (this._readyState === CLOSED && !tunnel.hasPending()) this._link.close();
+  }
+
+  // -- receiving ----------------------------------------------------------------------
+
+  _onSessionMessage(message) {
+    try {
+      this._tunnel.receiveMessage(message);
+    } catch (err) {
+      if (!(err instanceof RemoteProtocolError)) throw err;
+      this._link.close(err.code, err.reason);
+    }
+    for (const event of this._tunnel.eventsReceived()) this._onTunnelEvent(event);
+    this._schedulePump();
+  }
+
+  _onTunnelEvent(event) {
+    switch (event.type) {
+      case "accepted": return this._onAccepted(event);
+      case "refused": return this._fail(`the endpoint refused the WebSocket (${event.status})`);
+      case "data": return this._tunnel.consumed(event.sid, event.data.length); // a refusal's body
+      case "message": return this._onMessage(event);
+      case "closed": return this._onPeerClose(event);
+      case "reset": return this._onReset(event);
+      default: return undefined; // "writable", "ended": the pump runs after every batch
+    }
+  }
+
+  _onAccepted(event) {
+    if (this._readyState !== CONNECTING) return;
+    const protocol = event.protocol ?? "";
+    if (protocol && !this._offered.includes(protocol)) {
+      this._tunnel.reset(event.sid, ResetCode.PROTOCOL, "subprotocol not offered");
+      this._fail(`the endpoint chose the subprotocol '${protocol}', which was not offered`);
+      return;
+    }
+    this._protocol = protocol;
+    this._readyState = OPEN;
+    this.dispatchEvent(new Event("open"));
+  }
+
+  _onMessage(event) {
+    if (this._readyState === OPEN) {
+      let data = event.data;
+      if (typeof data !== "string") {
+        const copy = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength ? data.buffer : data.slice().buffer;
+        data = this._binaryType === "blob" && typeof Blob === "function" ? new Blob([copy]) : copy;
+      }
+      this.dispatchEvent(messageEvent(data, this._origin));
+    }
+    this._tunnel.consumed(event.sid, event.size);
+  }
+
+  _onPeerClose(event) {
+    if (!this._closeSent) {
+      // Answer with the same code, as a browser does; our queued messages are dropped.
+      this._closeSent = true;
+      this._outbox.clear();
+      this._outboxBytes = 0;
+      this._tunnel.closeWebSocket(event.sid, event.code, event.reason);
+    }
+    this._closed(event.code, event.reason, true);
+  }
+
+  _onReset(event) {
+    if (this._readyState === CONNECTING || this._readyState === CLOSED) {
+      this._fail(`the gateway could not open the WebSocket: ${event.reason}`);
+      return;
+    }
+    const code = event.code === ResetCode.SESSION_LOST ? 1006 : RESET_CLOSE_CODES[event.code] ?? 1011;
+    this._closed(code, event.reason, false, true);
+  }
+
+  _onSessionClosed(code, reason) {
+    this._unwatchPageHide();
+    if (!this._tunnel.closed) {
+      this._tunnel.closeAll(`hop session closed (${code} ${reason})`);
+      for (const event of this._tunnel.eventsReceived()) this._onTunnelEvent(event);
+    }
+    if (this._readyState !== CLOSED) this._fail(`hop session closed (${code} ${reason})`);
+  }
+
+  // -- the end ------------------------------------------------------------------------
+
+  /** Fail the connection (WebSocket spec): error, then close 1006. */
+  _fail(reason) {
+    if (this._sid !== null) this._tunnel.reset(this._sid, ResetCode.CANCEL, "closed by the page");
+    this._closed(1006, reason, false, true);
+  }
+
+  /** A limit of ours was broken: tell the endpoint with `code`, and fail. */
+  _abort(code, reason) {
+    if (this._sid !== null) this._tunnel.reset(this._sid, code === 1009 ? ResetCode.TOO_LARGE : ResetCode.INTERNAL, reason);
+    this._closed(code, reason, false, true);
+  }
+
+  _closed(code, reason, wasClean, error = false) {
+    if (this._readyState === CLOSED) return;
+    this._readyState = CLOSED;
+    clearTimeout(this._closeTimer);
+    this._outbox.clear();
+    this._outboxBytes = 0;
+    this._schedulePump(); // flushes our CLOSE/RESET, then closes the session
+    if (error) this.dispatchEvent(new Event("error"));
+    this.dispatchEvent(closeEvent(code, clipReason(reason), wasClean));
+  }
+}
+
+for (const [name, value] of Object.entries(READY_STATES)) {
+  Object.defineProperty(HopSocket, name, { value, enumerable: true });
+  Object.defineProperty(HopSocket.prototype, name, { value, enumerable: true });
+}
+
+for (const type of ["open", "message", "error", "close"]) {
+  Object.defineProperty(HopSocket.prototype, `on${type}`, {
+    configurable: true,
+    enumerable: true,
+    get() {
+      return this._handlers[type] ?? null;
+    },
+    set(handler) {
+      if (!(type in this._handlers)) {
+        // One listener, added on first assignment, calls whatever handler is current.
+        this.addEventListener(type, (event) => {
+          const current = this._handlers[type];
+          if (typeof current === "function") current.call(this, event);
+        });
+      }
+      this._handlers[type] = typeof handler === "function" ? handler : null;
+    },
+  });
+}
+
+export { DEFAULT_SOCKET_OPTIONS, HopSocket };

@@ -1,0 +1,659 @@
+// ---------------------------------------------------------------------------
+// 3. The tunnel (docs/tunnel.md; reference: gateway/tunnel/streams.py)
+// ---------------------------------------------------------------------------
+
+import { MsgpackError, utf8Encoder, strictUtf8, binHeader, encode, MsgpackReader, decodeAll, concatBytes, Deque } from "./msgpack.js";
+import { LocalProtocolError, RemoteProtocolError, MAX_REASON_BYTES, DATA_OVERHEAD, FLAG_FIN, FLAG_TEXT, isCloseCode, isReason, clipReason } from "./session.js";
+
+/*
+ * The shim is always the side that opened the hop session (odd stream ids)
+ * and only ever opens WebSocket streams. A stream the gateway opens towards
+ * us is refused with RESET REFUSED, as gateway/tunnel/bridge.py does on a
+ * downstream gateway. Everything received is still validated against the
+ * full frame table, as hostile input.
+ */
+
+const TunnelFrame = Object.freeze({
+  OPEN_HTTP: 1, OPEN_WS: 2, RESPONSE: 3, ACCEPT: 4, DATA: 5, END: 6, MESSAGE: 7, CLOSE: 8, WINDOW: 9, RESET: 10,
+});
+
+/** RESET codes (docs/tunnel.md "Reset codes"). */
+const ResetCode = Object.freeze({
+  CANCEL: 0, REFUSED: 1, CONNECT_FAILED: 2, TIMEOUT: 3, TOO_LARGE: 4, PROTOCOL: 5, INTERNAL: 6, SESSION_LOST: 7,
+});
+/** The WebSocket close code each RESET code stands for (unknown codes read as INTERNAL). */
+const RESET_CLOSE_CODES = Object.freeze([1001, 1013, 1011, 1011, 1009, 1007, 1011, 1001]);
+
+const BASE_WINDOW = 64 * 1024;
+const MAX_WINDOW = 2 ** 31 - 1;
+const MAX_STREAM_ID = 2n ** 62n;
+const MIN_MESSAGE = 1024;
+const MIN_SPLIT = 512;
+const FLOW_CONTROL_ERROR = 1008;
+const TUNNEL_LIMITS = Object.freeze({ maxBin: 1024 * 1024, maxStr: 1024, maxArray: 512, maxDepth: 2 });
+
+const isSid = (v) =>
+  (typeof v === "number" && Number.isSafeInteger(v) && v > 0) || (typeof v === "bigint" && v > 0n && v <= MAX_STREAM_ID);
+const isWindow = (v) => Number.isInteger(v) && v >= 0 && v <= MAX_WINDOW;
+const isIncrement = (v) => Number.isInteger(v) && v > 0 && v <= MAX_WINDOW;
+const isBool = (v) => typeof v === "boolean";
+const isBin = (v) => v instanceof Uint8Array;
+const isMethod = (v) => typeof v === "string" && /^[\x00-\x7f]{1,32}$/.test(v);
+const isHeaders = (v) => Array.isArray(v) && v.length % 2 === 0 && v.length <= 512 && v.every(isBin);
+const isProtocol = (v) => typeof v === "string" && v.length > 0 && [...v].length <= 255;
+const isProtocols = (v) => Array.isArray(v) && v.length <= 32 && v.every(isProtocol);
+const isStatus = (v) => Number.isInteger(v) && v >= 100 && v <= 999;
+const isFlags = (v) => Number.isInteger(v) && v >= 0 && v <= (FLAG_FIN | FLAG_TEXT);
+const isResetCode = (v) => Number.isInteger(v) && v >= 0 && v <= 255;
+
+const SID = ["stream id", isSid];
+const HEADERS = ["headers", isHeaders];
+
+/** Frame type -> [name, fields after the type]: the executable layout table. */
+const TUNNEL_LAYOUTS = Object.freeze({
+  [TunnelFrame.OPEN_HTTP]: ["OPEN_HTTP", [SID, ["window", isWindow], ["method", isMethod], ["target", isBin], HEADERS, ["has_body", isBool]]],
+  [TunnelFrame.OPEN_WS]: ["OPEN_WS", [SID, ["window", isWindow], ["target", isBin], HEADERS, ["protocols", isProtocols]]],
+  [TunnelFrame.RESPONSE]: ["RESPONSE", [SID, ["status", isStatus], ["reason", isBin], HEADERS, ["has_body", isBool]]],
+  [TunnelFrame.ACCEPT]: ["ACCEPT", [SID, ["window", isWindow], ["protocol", (v) => v === null || isProtocol(v)], HEADERS]],
+  [TunnelFrame.DATA]: ["DATA", [SID, ["payload", isBin]]],
+  [TunnelFrame.END]: ["END", [SID]],
+  [TunnelFrame.MESSAGE]: ["MESSAGE", [SID, ["flags", isFlags], ["payload", isBin]]],
+  [TunnelFrame.CLOSE]: ["CLOSE", [SID, ["code", isCloseCode], ["reason", isReason]]],
+  [TunnelFrame.WINDOW]: ["WINDOW", [SID, ["increment", isIncrement]]],
+  [TunnelFrame.RESET]: ["RESET", [SID, ["code", isResetCode], ["reason", isReason]]],
+});
+
+function tunnelMalformed(what) {
+  return new RemoteProtocolError(`malformed tunnel frame: ${what}`);
+}
+
+/** Validate one decoded msgpack object against TUNNEL_LAYOUTS; returns it unchanged. */
+function checkTunnelFrame(raw) {
+  if (!Array.isArray(raw) || raw.length === 0) throw tunnelMalformed("a frame must be a non-empty array");
+  const layout = typeof raw[0] === "number" ? TUNNEL_LAYOUTS[raw[0]] : undefined;
+  if (layout === undefined) throw tunnelMalformed(`unknown frame type ${String(raw[0]).slice(0, 20)}`);
+  const [name, fields] = layout;
+  if (raw.length !== fields.length + 1) throw tunnelMalformed(`${name} has ${raw.length} fields, expected ${fields.length + 1}`);
+  fields.forEach(([field, valid], i) => {
+    if (!valid(raw[i + 1])) throw tunnelMalformed(`${name} ${field} is invalid`);
+  });
+  return raw;
+}
+
+const tunnelFrames = Object.freeze({
+  openWs: (sid, window, target, headers, protocols) => encode([TunnelFrame.OPEN_WS, sid, window, target, headers, protocols]),
+  message: (sid, flags, payload) => encode([TunnelFrame.MESSAGE, sid, flags, payload]),
+  close: (sid, code, reason) => encode([TunnelFrame.CLOSE, sid, code, reason]),
+  window: (sid, increment) => encode([TunnelFrame.WINDOW, sid, increment]),
+  reset: (sid, code, reason) => encode([TunnelFrame.RESET, sid, code, reason]),
+  check: checkTunnelFrame,
+  /** Every frame of a message, checked; RemoteProtocolError if any is bad. */
+  decode(message) {
+    try {
+      return decodeAll(message, TUNNEL_LIMITS).map(checkTunnelFrame);
+    } catch (err) {
+      throw err instanceof MsgpackError ? tunnelMalformed(err.message) : err;
+    }
+  },
+});
+
+// Half-stream states and inputs; TUNNEL_TRANSITIONS is the only place they change.
+const HEAD = 0, BODY = 1, WS = 2, DONE = 3;
+const STATE_NAMES = ["HEAD", "BODY", "WS", "DONE"];
+const IN_HEAD_BODY = 0, IN_HEAD_EMPTY = 1, IN_ACCEPT = 2, IN_REFUSED = 3, IN_DATA = 4, IN_END = 5, IN_MESSAGE = 6, IN_CLOSE = 7;
+const INPUT_NAMES = ["a head with a body", "a head without a body", "an accept", "a refusal", "DATA", "END", "a MESSAGE", "CLOSE"];
+const TUNNEL_TRANSITIONS = new Map([
+  [`${HEAD}:${IN_HEAD_BODY}`, BODY],
+  [`${HEAD}:${IN_HEAD_EMPTY}`, DONE],
+  [`${HEAD}:${IN_ACCEPT}`, WS],
+  [`${HEAD}:${IN_REFUSED}`, DONE],
+  [`${BODY}:${IN_DATA}`, BODY],
+  [`${BODY}:${IN_END}`, DONE],
+  [`${WS}:${IN_MESSAGE}`, WS],
+  [`${WS}:${IN_CLOSE}`, DONE],
+]);
+
+/** Tunnel limits (bytes); the gateway's own may differ. */
+const DEFAULT_TUNNEL_CONFIG = Object.freeze({
+  initialWindow: 256 * 1024, // receive window per stream, announced in OPEN_WS
+  maxChunk: 16 * 1024, // largest MESSAGE payload we send
+  maxPending: 64 * 1024, // queued bytes at which a stream stops being writable
+  maxMessage: 64 * 1024, // default budget of one session message
+  maxWsMessage: 16 * 1024 * 1024, // largest WebSocket message, each way
+});
+
+class TunnelStream {
+  constructor(id, recvWindow) {
+    this.id = id;
+    this.sendState = HEAD;
+    this.recvState = HEAD;
+    this.sendCredit = 0; // until ACCEPT carries the peer's window
+    this.recvWindow = recvWindow;
+    this.unconsumed = 0; // delivered, not yet consumed()
+    this.toGrant = 0; // consumed, not yet granted back in a WINDOW
+    this.queue = new Deque(); // {bytes, text}: whole messages
+    this.offset = 0; // bytes of queue.at(0) already sent
+    this.queued = 0;
+    this.trailer = null; // CLOSE to send after the queue
+    this.writable = true;
+    this.scheduled = false;
+    this.dead = false;
+    this.ws = true;
+    this.openFrame = null;
+    this.openSent = false;
+    this.msgParts = [];
+    this.msgSize = 0;
+    this.msgText = false;
+    this.prefix = concatBytes([Uint8Array.of(0x94, TunnelFrame.MESSAGE), encode(id)]);
+  }
+
+  /** Has a chunk it may send now (an empty message needs no credit). */
+  ready() {
+    return this.queue.length > 0 && (this.sendCredit > 0 || this.queue.at(0).bytes.length === this.offset);
+  }
+}
+
+/**
+ * The opener's end of the stream layer, for WebSocket streams. Sans-I/O:
+ * receiveMessage() in, eventsReceived() and nextMessage() out.
+ *
+ * Events (frozen objects, all with `sid`):
+ *   accepted {protocol, headers}   refused {status, reason, headers, hasBody}
+ *   data {data}  ended  (a refusal's body)   message {data, size}
+ *   closed {code, reason}   reset {code, reason, remote, retrySafe}   writable
+ */
+class Tunnel {
+  constructor(config = {}) {
+    this.config = Object.freeze({ ...DEFAULT_TUNNEL_CONFIG, ...config });
+    if (this.config.initialWindow < BASE_WINDOW || this.config.initialWindow > MAX_WINDOW) {
+      throw new RangeError("initialWindow out of range");
+    }
+    this._streams = new Map();
+    this._nextId = 1;
+    this._highestPeerId = 0;
+    this._opens = [];
+    this._control = [];
+    this._ring = new Deque();
+    this._events = [];
+    this._closed = false;
+    this._grantThreshold = Math.floor(this.config.initialWindow / 2);
+  }
+
+  get closed() { return this._closed; }
+  get streamCount() { return this._streams.size; }
+
+  isWritable(sid) {
+    const s = this._streams.get(sid);
+    return s !== undefined && s.writable && s.sendState === WS;
+  }
+
+  openSent(sid) {
+    const s = this._streams.get(sid);
+    if (s === undefined) throw new LocalProtocolError(`stream ${sid} is not open`);
+    return s.openSent;
+  }
+
+  /** Payload bytes queued on a stream and not yet handed to the session. */
+  queuedBytes(sid) {
+    const s = this._streams.get(sid);
+    return s === undefined ? 0 : s.queued;
+  }
+
+  eventsReceived() {
+    const events = this._events;
+    this._events = [];
+    return events;
+  }
+
+  _emit(event) {
+    this._events.push(Object.freeze(event));
+  }
+
+  /**
+   * Ask the gateway for an endpoint WebSocket at `target` (origin-form path).
+   * @param {string} target
+   * @param {Array<[string, string]>} headers
+   * @param {string[]} protocols
+   * @returns {number} the stream id
+   */
+  openWebSocket(target, headers = [], protocols = []) {
+    this._checkUsable();
+    if (typeof target !== "string" || !target.startsWith("/") || target.startsWith("//")) {
+      throw new LocalProtocolError(`target must be an origin-form path, not ${String(target).slice(0, 60)}`);
+    }
+    if (protocols.length > 32 || !protocols.every(isProtocol)) throw new LocalProtocolError("bad subprotocol list");
+    const flat = [];
+    for (const [name, value] of headers) flat.push(utf8Encoder.encode(name), utf8Encoder.encode(value));
+    const sid = this._nextId;
+    this._nextId += 2;
+    const stream = new TunnelStream(sid, this.config.initialWindow);
+    stream.openFrame = tunnelFrames.openWs(sid, stream.recvWindow, utf8Encoder.encode(target), flat, protocols);
+    this._streams.set(sid, stream);
+    this._opens.push(stream);
+    return sid;
+  }
+
+  /**
+   * Queue one whole message (a string, or bytes with `text` saying how to
+   * flag them); returns false once the stream holds maxPending bytes.
+   */
+  sendWsMessage(sid, data, text = typeof data === "string") {
+    const stream = this._live(sid);
+    if (stream === null) return false;
+    this._sendStep(stream, IN_MESSAGE);
+    const bytes = typeof data === "string" ? utf8Encoder.encode(data) : data;
+    if (bytes.length > this.config.maxWsMessage) {
+      throw new LocalProtocolError(`WebSocket message of ${bytes.length} bytes over maxWsMessage`);
+    }
+    if (!stream.writable) throw new LocalProtocolError(`stream ${sid} is not writable: wait for "writable"`);
+    stream.queue.push({ bytes, text });
+    stream.queued += bytes.length;
+    this._schedule(stream);
+    if (stream.queued >= this.config.maxPending) stream.writable = false;
+    return stream.writable;
+  }
+
+  /** Close our side; CLOSE follows the queued messages. */
+  closeWebSocket(sid, code = 1000, reason = "") {
+    const stream = this._live(sid);
+    if (stream === null) return;
+    if (!isCloseCode(code)) throw new LocalProtocolError(`bad close code ${code}`);
+    if (!isReason(reason)) throw new LocalProtocolError(`reason must be a string of at most ${MAX_REASON_BYTES} bytes`);
+    this._sendStep(stream, IN_CLOSE);
+    const frame = tunnelFrames.close(sid, code, reason);
+    if (stream.queue.length || !stream.openSent) stream.trailer = frame;
+    else {
+      this._control.push(frame);
+      this._maybeForget(stream);
+    }
+  }
+
+  /** Abort a stream both ways; one whose OPEN never left vanishes without a trace. */
+  reset(sid, code = ResetCode.CANCEL, reason = "") {
+    const stream = this._live(sid);
+    if (stream === null) return;
+    if (!isResetCode(code)) throw new LocalProtocolError(`bad reset code ${code}`);
+    if (stream.openSent) this._control.push(tunnelFrames.reset(sid, code, clipReason(reason)));
+    this._forget(stream);
+  }
+
+  /** The page took `n` received bytes: grant them back to the sender (batched). */
+  consumed(sid, n) {
+    const stream = this._streams.get(sid);
+    if (stream === undefined) return;
+    if (!Number.isInteger(n) || n < 0 || n > stream.unconsumed) {
+      throw new LocalProtocolError(`consumed(${n}) on stream ${sid} with ${stream.unconsumed} unconsumed`);
+    }
+    stream.unconsumed -= n;
+    this._credit(stream, n);
+  }
+
+  _credit(stream, n) {
+    stream.toGrant += n;
+    if (stream.toGrant >= this._grantThreshold && stream.recvState !== DONE) {
+      this._control.push(tunnelFrames.window(stream.id, stream.toGrant));
+      stream.recvWindow += stream.toGrant;
+      stream.toGrant = 0;
+    }
+  }
+
+  /** The session died: every live stream gets a local reset; the tunnel is closed. */
+  closeAll(reason = "session closed") {
+    for (const stream of this._streams.values()) {
+      stream.dead = true;
+      this._emit({ type: "reset", sid: stream.id, code: ResetCode.SESSION_LOST, reason, remote: false, retrySafe: !stream.openSent });
+    }
+    this._streams.clear();
+    this._opens = [];
+    this._control = [];
+    this._ring.clear();
+    this._closed = true;
+  }
+
+  // -- the scheduler --------------------------------------------------------
+
+  /** Would nextMessage return a message? */
+  hasPending() {
+    return this._opens.some((s) => !s.dead) || this._control.length > 0 || this._pick() !== null;
+  }
+
+  /**
+   * The next session message (a batch of whole frames, at most maxBytes
+   * unless one frame is larger), or null. Call only when the session can
+   * take it: a returned message counts as handed over.
+   */
+  nextMessage(maxBytes = this.config.maxMessage) {
+    if (maxBytes < MIN_MESSAGE) throw new LocalProtocolError(`maxBytes must be at least ${MIN_MESSAGE}`);
+    const parts = [];
+    let size = 0;
+    while (this._opens.length) {
+      const stream = this._opens[0];
+      if (stream.dead) {
+        this._opens.shift();
+        continue;
+      }
+      if (parts.length && size + stream.openFrame.length > maxBytes) return concatBytes(parts);
+      this._opens.shift();
+      parts.push(stream.openFrame);
+      size += stream.openFrame.length;
+      stream.openFrame = null;
+      stream.openSent = true;
+      if (stream.trailer !== null && !stream.queue.length) {
+        this._control.push(stream.trailer);
+        stream.trailer = null;
+      }
+    }
+    while (this._control.length) {
+      const frame = this._control[0];
+      if (parts.length && size + frame.length > maxBytes) return concatBytes(parts);
+      this._control.shift();
+      parts.push(frame);
+      size += frame.length;
+    }
+    for (;;) {
+      const room = maxBytes - size - DATA_OVERHEAD;
+      if (room <= 0) break;
+      const stream = this._pick();
+      if (stream === null) break;
+      const remaining = stream.queue.at(0).bytes.length - stream.offset;
+      const n = Math.min(remaining, stream.sendCredit, this.config.maxChunk, room);
+      if (n === room && room < remaining && room < MIN_SPLIT && parts.length) break;
+      this._ring.shift();
+      stream.scheduled = false;
+      size += this._emitChunk(stream, n, parts, maxBytes - size);
+      this._schedule(stream);
+    }
+    return parts.length ? concatBytes(parts) : null;
+  }
+
+  _pick() {
+    const ring = this._ring;
+    while (ring.length) {
+      const stream = ring.at(0);
+      if (!stream.dead && stream.ready()) return stream;
+      ring.shift();
+      stream.scheduled = false;
+    }
+    return null;
+  }
+
+  _schedule(stream) {
+    if (stream.scheduled || stream.dead || !stream.ready()) return;
+    stream.scheduled = true;
+    this._ring.push(stream);
+  }
+
+  _emitChunk(stream, n, parts, room) {
+    const item = stream.queue.at(0);
+    const payload = item.bytes.subarray(stream.offset, stream.offset + n);
+    const last = stream.offset + n === item.bytes.length;
+    if (last) {
+      stream.queue.shift();
+      stream.offset = 0;
+    } else stream.offset += n;
+    stream.sendCredit -= n;
+    stream.queued -= n;
+    const flags = (item.text ? FLAG_TEXT : 0) | (last ? FLAG_FIN : 0);
+    const header = concatBytes([stream.prefix, Uint8Array.of(flags), binHeader(n)]);
+    parts.push(header, payload);
+    let added = header.length + n;
+    if (!stream.writable && stream.queued < this.config.maxPending) {
+      stream.writable = true;
+      this._emit({ type: "writable", sid: stream.id });
+    }
+    if (stream.trailer !== null && !stream.queue.length) {
+      const trailer = stream.trailer;
+      stream.trailer = null;
+      if (trailer.length <= room - added) {
+        parts.push(trailer);
+        added += trailer.length;
+      } else this._control.push(trailer);
+      this._maybeForget(stream);
+    }
+    return added;
+  }
+
+  // -- receiving --------------------------------------------------------------
+
+  /**
+   * Process one session message from the peer. On RemoteProtocolError every
+   * stream has been reset locally (events queued) and the tunnel is closed:
+   * close the session with err.code.
+   */
+  receiveMessage(message) {
+    this._checkUsable();
+    try {
+      if (typeof message === "string") throw new RemoteProtocolError("tunnel messages are binary, got a text message");
+      const reader = new MsgpackReader(message, TUNNEL_LIMITS);
+      while (!reader.done) {
+        let raw;
+        try {
+          raw = reader.read();
+        } catch (err) {
+          if (err instanceof MsgpackError) throw tunnelMalformed(err.message);
+          throw err;
+        }
+        this._handle(checkTunnelFrame(raw));
+      }
+    } catch (err) {
+      if (err instanceof RemoteProtocolError) this.closeAll(`tunnel protocol error: ${err.reason}`);
+      throw err;
+    }
+  }
+
+  _handle(raw) {
+    switch (raw[0]) {
+      case TunnelFrame.OPEN_HTTP:
+      case TunnelFrame.OPEN_WS: return this._onOpen(raw[1]);
+      case TunnelFrame.RESPONSE: return this._onResponse(raw);
+      case TunnelFrame.ACCEPT: return this._onAccept(raw);
+      case TunnelFrame.DATA: return this._onData(raw);
+      case TunnelFrame.END: return this._onEnd(raw);
+      case TunnelFrame.MESSAGE: return this._onMessage(raw);
+      case TunnelFrame.CLOSE: return this._onClose(raw);
+      case TunnelFrame.WINDOW: return this._onWindow(raw);
+      case TunnelFrame.RESET: return this._onReset(raw);
+      default: throw new LocalProtocolError("unreachable");
+    }
+  }
+
+  _onOpen(sid) {
+    if (parity(sid) === 1) throw new RemoteProtocolError(`OPEN for stream ${sid}: that id is ours to allocate`);
+    if (sid <= this._highestPeerId) throw new RemoteProtocolError(`OPEN for stream ${sid}, not above ${this._highestPeerId}`);
+    this._highestPeerId = sid;
+    this._control.push(tunnelFrames.reset(sid, ResetCode.REFUSED, "a browser takes no streams"));
+  }
+
+  _onResponse(raw) {
+    const [, sid, status, reason, headers, hasBody] = raw;
+    const stream = this._lookup(sid);
+    if (stream === null) return;
+    this._recvStep(stream, hasBody ? IN_HEAD_BODY : IN_HEAD_EMPTY);
+    if (stream.ws) {
+      stream.sendState = this._step(stream, stream.sendState, IN_REFUSED, false);
+      stream.ws = false; // the refusal's body comes as DATA
+    }
+    this._emit({ type: "refused", sid, status, reason, headers: pairs(headers), hasBody });
+    this._maybeForget(stream);
+  }
+
+  _onAccept(raw) {
+    const [, sid, window, protocol, headers] = raw;
+    const stream = this._lookup(sid);
+    if (stream === null) return;
+    if (!stream.ws) throw new RemoteProtocolError(`ACCEPT on a non-WebSocket stream ${sid}`);
+    this._recvStep(stream, IN_ACCEPT);
+    stream.sendState = this._step(stream, stream.sendState, IN_ACCEPT, false);
+    stream.sendCredit = window;
+    this._emit({ type: "accepted", sid, protocol, headers: pairs(headers) });
+    this._schedule(stream);
+  }
+
+  _onData(raw) {
+    const [, sid, payload] = raw;
+    const stream = this._lookup(sid);
+    if (stream === null) return;
+    this._recvStep(stream, IN_DATA);
+    this._takeCredit(stream, payload.length);
+    stream.unconsumed += payload.length;
+    this._emit({ type: "data", sid, data: payload });
+  }
+
+  _onEnd(raw) {
+    const stream = this._lookup(raw[1]);
+    if (stream === null) return;
+    this._recvStep(stream, IN_END);
+    this._emit({ type: "ended", sid: stream.id });
+    this._maybeForget(stream);
+  }
+
+  _onMessage(raw) {
+    const [, sid, flags, payload] = raw;
+    const stream = this._lookup(sid);
+    if (stream === null) return;
+    this._recvStep(stream, IN_MESSAGE);
+    const n = payload.length;
+    this._takeCredit(stream, n);
+    const text = Boolean(flags & FLAG_TEXT);
+    if (stream.msgParts.length) {
+      if (text !== stream.msgText) throw new RemoteProtocolError(`MESSAGE on stream ${sid} changes type mid-message`);
+    } else stream.msgText = text;
+    stream.msgSize += n;
+    if (stream.msgSize > this.config.maxWsMessage) {
+      this._resetLocally(stream, ResetCode.TOO_LARGE, "WebSocket message too large");
+      return;
+    }
+    if (!(flags & FLAG_FIN)) {
+      stream.msgParts.push(payload);
+      this._credit(stream, n); // reassembly is bounded by maxWsMessage
+      return;
+    }
+    const whole = stream.msgParts.length ? concatBytes([...stream.msgParts, payload]) : payload;
+    stream.msgParts = [];
+    stream.msgSize = 0;
+    let data = whole;
+    if (text) {
+      try {
+        data = strictUtf8.decode(whole);
+      } catch {
+        this._resetLocally(stream, ResetCode.PROTOCOL, "text message is not UTF-8");
+        return;
+      }
+    }
+    stream.unconsumed += n;
+    this._emit({ type: "message", sid, data, size: n });
+  }
+
+  _onClose(raw) {
+    const [, sid, code, reason] = raw;
+    const stream = this._lookup(sid);
+    if (stream === null) return;
+    this._recvStep(stream, IN_CLOSE);
+    if (stream.msgParts.length) throw new RemoteProtocolError(`CLOSE inside a fragmented message on stream ${sid}`);
+    this._emit({ type: "closed", sid, code, reason });
+    this._maybeForget(stream);
+  }
+
+  _onWindow(raw) {
+    const [, sid, increment] = raw;
+    const stream = this._lookup(sid);
+    if (stream === null) return;
+    stream.sendCredit += increment;
+    if (stream.sendCredit > MAX_WINDOW) {
+      throw new RemoteProtocolError(`WINDOW overflows the credit of stream ${sid}`, FLOW_CONTROL_ERROR);
+    }
+    this._schedule(stream);
+  }
+
+  _onReset(raw) {
+    const [, sid, code, reason] = raw;
+    const stream = this._lookup(sid);
+    if (stream === null) return;
+    const known = code <= ResetCode.SESSION_LOST ? code : ResetCode.INTERNAL;
+    this._forget(stream);
+    this._emit({ type: "reset", sid, code: known, reason, remote: true, retrySafe: known === ResetCode.REFUSED });
+  }
+
+  _takeCredit(stream, n) {
+    if (n > stream.recvWindow) {
+      throw new RemoteProtocolError(`stream ${stream.id} sent ${n} bytes with a window of ${stream.recvWindow}`, FLOW_CONTROL_ERROR);
+    }
+    stream.recvWindow -= n;
+  }
+
+  /** A received frame broke one of our limits: reset just this stream, both ends. */
+  _resetLocally(stream, code, reason) {
+    this._control.push(tunnelFrames.reset(stream.id, code, reason));
+    this._forget(stream);
+    this._emit({ type: "reset", sid: stream.id, code, reason, remote: false, retrySafe: false });
+  }
+
+  // -- stream table and state steps ---------------------------------------------
+
+  _step(stream, state, input, local) {
+    const next = TUNNEL_TRANSITIONS.get(`${state}:${input}`);
+    if (next !== undefined) return next;
+    const half = local ? "send" : "receive";
+    const message = `${INPUT_NAMES[input]} on stream ${stream.id} whose ${half} side is ${STATE_NAMES[state]}`;
+    if (local) throw new LocalProtocolError(`cannot send ${message}`);
+    throw new RemoteProtocolError(`received ${message}`);
+  }
+
+  _sendStep(stream, input) {
+    stream.sendState = this._step(stream, stream.sendState, input, true);
+  }
+
+  _recvStep(stream, input) {
+    stream.recvState = this._step(stream, stream.recvState, input, false);
+  }
+
+  /** A stream the API may act on; null if it was closed (a race, not a bug). */
+  _live(sid) {
+    const stream = this._streams.get(sid);
+    if (stream !== undefined) return stream;
+    if (!Number.isInteger(sid) || sid <= 0 || parity(sid) !== 1 || sid >= this._nextId) {
+      throw new LocalProtocolError(`stream ${sid} was never opened`);
+    }
+    return null;
+  }
+
+  /** The stream a received frame is for; null for a late frame of a closed one. */
+  _lookup(sid) {
+    const stream = this._streams.get(sid);
+    if (stream !== undefined) return stream;
+    const allocated = parity(sid) === 1 ? sid < this._nextId : sid <= this._highestPeerId;
+    if (!allocated) throw new RemoteProtocolError(`frame for stream ${sid}, which was never opened`);
+    return null;
+  }
+
+  _maybeForget(stream) {
+    if (stream.sendState === DONE && stream.recvState === DONE && !stream.queue.length && stream.trailer === null) {
+      this._forget(stream);
+    }
+  }
+
+  _forget(stream) {
+    if (stream.dead) return;
+    stream.dead = true;
+    this._streams.delete(stream.id);
+    stream.queue.clear();
+    stream.queued = 0;
+    stream.msgParts = [];
+  }
+
+  _checkUsable() {
+    if (this._closed) throw new LocalProtocolError("the tunnel is closed");
+  }
+}
+
+function parity(sid) {
+  return typeof sid === "bigint" ? Number(sid & 1n) : sid % 2;
+}
+
+function pairs(flat) {
+  const out = [];
+  for (let i = 0; i < flat.length; i += 2) out.push([flat[i], flat[i + 1]]);
+  return out;
+}
+
+export { TunnelFrame, ResetCode, RESET_CLOSE_CODES, TUNNEL_LIMITS, tunnelFrames, DEFAULT_TUNNEL_CONFIG, Tunnel };
