@@ -1,6 +1,7 @@
 # hopgate: the two commands a new user needs are `make demo` and `make test`.
 # Both create .venv with everything on first use; `make test` also installs the
-# Debian packages the end-to-end tests drive (when run as root with apt-get).
+# Debian packages the end-to-end tests drive (when run as root with apt-get),
+# and builds the browser shim (client_js, with npm: `make js`).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,7 +9,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 SYSTEM_PACKAGES ?= nginx haproxy squid chromium
 
-.PHONY: demo test check lint typecheck pytest system-deps clean
+.PHONY: demo test check lint typecheck pytest js system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +28,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict gateway
 
-pytest: $(STAMP)
+pytest: $(STAMP) js
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The browser shim: client_js/dist/ from client_js/src/ (esbuild); tests/client_js loads it.
+js:
+	@command -v npm >/dev/null || { echo "npm not found: the JS shim needs Node 20+ and npm"; exit 1; }
+	cd client_js && npm ci --no-audit --no-fund && npm run build
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
@@ -43,4 +49,4 @@ system-deps:
 	fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis client_js/node_modules client_js/dist

@@ -1,10 +1,13 @@
 // The shape of src/: the main entry exports HopSocket only, modules import
-// only names they use, the import graph has no cycle.
+// only names they use, the import graph has no cycle, and the hand-written
+// hopgate.d.ts declares what the runtime has (members, options).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, readdirSync } from "node:fs";
 import * as main from "../src/index.js";
-import { HopSocket } from "../src/hopsocket.js";
+import { HopSocket, DEFAULT_SOCKET_OPTIONS } from "../src/hopsocket.js";
+import { DEFAULT_LINK_OPTIONS } from "../src/link.js";
+import { DEFAULT_SESSION_CONFIG } from "../src/session.js";
 
 const SRC = new URL("../src/", import.meta.url);
 const source = (name) => readFileSync(new URL(name, SRC), "utf8");
@@ -55,4 +58,28 @@ test("the import graph has no cycle", () => {
   };
   for (const m of modules) visit(m, []);
   assert.deepEqual(edges.get("msgpack.js"), [], "msgpack.js is the bottom layer");
+});
+
+/** The member names declared in the body of `header { ... }` of hopgate.d.ts (one level deep). */
+function declared(header) {
+  const dts = readFileSync(new URL("../hopgate.d.ts", import.meta.url), "utf8");
+  const start = dts.indexOf(header);
+  assert.ok(start >= 0, header);
+  const body = dts.slice(start, dts.indexOf("\n}\n", start));
+  return new Set([...body.matchAll(/^ {2}(?:static )?(?:readonly )?(\w+)\??[(:<]/gm)].map((m) => m[1]));
+}
+
+test("hopgate.d.ts declares the HopSocket members the runtime has, and no others", () => {
+  const members = declared("export declare class HopSocket");
+  const runtime = new Set(["constructor"]);
+  for (const n of Object.getOwnPropertyNames(HopSocket.prototype)) if (!n.startsWith("_")) runtime.add(n);
+  for (const n of ["CONNECTING", "OPEN", "CLOSING", "CLOSED"]) assert.ok(Object.hasOwn(HopSocket, n), n);
+  for (const n of ["addEventListener", "removeEventListener"]) runtime.add(n); // from EventTarget
+  assert.deepEqual([...members].sort(), [...runtime].sort());
+});
+
+test("hopgate.d.ts declares every option, and only those", () => {
+  const runtime = [...Object.keys(DEFAULT_LINK_OPTIONS), ...Object.keys(DEFAULT_SOCKET_OPTIONS), "gateway", "session", "log", "fetch", "WebSocket"];
+  assert.deepEqual([...declared("export interface HopSocketOptions")].sort(), [...new Set(runtime)].sort());
+  assert.deepEqual([...declared("export interface HopSessionOptions")].sort(), Object.keys(DEFAULT_SESSION_CONFIG).sort());
 });

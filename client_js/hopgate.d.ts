@@ -1,0 +1,159 @@
+// Types of hopgate's public API: HopSocket, a drop-in WebSocket whose
+// connection goes through a hopgate gateway (see README.md). Hand-written;
+// test/types.test.mjs checks it against the runtime object.
+
+/** What carries the hop session right now ("none" between two transports). */
+export type HopTransport = "websocket" | "long-poll" | "none";
+
+/** Hop session timers in **seconds**, sizes in bytes (docs/protocol.md §7). */
+export interface HopSessionOptions {
+  /** Largest whole message on the session. Default 16 MiB. */
+  maxMessageSize?: number;
+  /** DATA fragment size. Default 64 KiB. */
+  fragmentSize?: number;
+  /** Replay buffer: bytes sent and not yet acknowledged. Default 4 MiB. */
+  maxBufferBytes?: number;
+  /** Replay buffer: frames sent and not yet acknowledged. Default 4096. */
+  maxBufferFrames?: number;
+  /** Largest batch of frames accepted in one read. Default 1 MiB. */
+  maxBatchBytes?: number;
+  /** Resend from the last ack if it does not advance within this. Default 10. */
+  retransmitTimeout?: number;
+  /** PING after this long without sending. Default 20. */
+  heartbeatInterval?: number;
+  /** A transport without progress this long is reported stalled (and demoted). Default 15. */
+  stallTimeout?: number;
+  /** The session expires after this long without a transport. Default 60. */
+  resumeGrace?: number;
+  /** How long a session close waits for the peer's answer. Default 10. */
+  closeTimeout?: number;
+}
+
+/** The third argument of `new HopSocket(url, protocols, options)`; times in milliseconds. */
+export interface HopSocketOptions {
+  /** Base URL of the gateway (`https://gw.example`; a path prefix is kept). Default: the page's origin. */
+  gateway?: string | URL;
+  /** Allowed transports, in order of preference. Default `["websocket", "long-poll"]`. */
+  transports?: ReadonlyArray<"websocket" | "long-poll">;
+  /** Opening the session, a WebSocket handshake, one POST. Default 10000. */
+  connectTimeout?: number;
+  /** A new WebSocket must answer a probe round trip within this, or it is not used. Default 5000. */
+  probeTimeout?: number;
+  /** A held GET longer than this counts as a dead path. Default 45000. */
+  pollTimeout?: number;
+  /** While on long-poll, try the WebSocket again after this, doubling on each failure. Default 2000. */
+  reprobeInitial?: number;
+  /** Upper bound of the re-probe delay. Default 60000. */
+  reprobeMax?: number;
+  /** First retry delay after a lost transport, doubling. Default 100. */
+  reconnectInitial?: number;
+  /** Upper bound of the retry delay. Default 5000. */
+  reconnectMax?: number;
+  /** Largest batch accepted from the gateway, bytes. Default 8 MiB. */
+  maxBatchBytes?: number;
+  /** Largest message either way, bytes. Default 16 MiB. */
+  maxMessageSize?: number;
+  /** Queueing more than this fails the socket with close code 1009. Default 64 MiB. */
+  maxBufferedAmount?: number;
+  /** After `close()`, the endpoint's answer must come within this, else close 1006. Default 10000. */
+  closeTimeout?: number;
+  /** Extra handshake headers for the endpoint, e.g. `[["Authorization", "Bearer …"]]`. */
+  headers?: ReadonlyArray<readonly [string, string]>;
+  /** Hop session timers (seconds) and limits. */
+  session?: HopSessionOptions;
+  /** One line per transport change (`=`) and protocol error (`<`), e.g. `console.debug`. */
+  log?: (line: string) => void;
+  /** For tests and non-browser hosts. Default: the global `fetch`. */
+  fetch?: typeof fetch;
+  /** For tests and non-browser hosts. Default: the global `WebSocket`. */
+  WebSocket?: typeof WebSocket;
+}
+
+export interface HopSocketEventMap {
+  open: Event;
+  message: MessageEvent;
+  error: Event;
+  close: CloseEvent;
+}
+
+/**
+ * A WebSocket-compatible object whose connection goes through a hopgate
+ * gateway: over a WebSocket where the path allows one, over HTTP
+ * long-polling where it does not, switching without losing, duplicating or
+ * reordering anything.
+ *
+ * Differences from WebSocket: `extensions` is always `""`; an abnormal close
+ * event (1006) carries a diagnostic `reason`; `transport` is extra.
+ */
+export declare class HopSocket extends EventTarget {
+  /**
+   * @param url  the endpoint (ws:, wss:, http:, https: or relative); its path
+   *   and query are asked of the gateway's upstream, its host is sent as `Host`
+   * @param protocols  subprotocols to offer the endpoint
+   * @throws {DOMException} SyntaxError for a bad URL or subprotocol list, as `WebSocket`
+   * @throws {TypeError} for a bad `options.gateway`, or none outside a web page
+   */
+  constructor(url: string | URL, protocols?: string | string[], options?: HopSocketOptions);
+
+  static readonly CONNECTING: 0;
+  static readonly OPEN: 1;
+  static readonly CLOSING: 2;
+  static readonly CLOSED: 3;
+  readonly CONNECTING: 0;
+  readonly OPEN: 1;
+  readonly CLOSING: 2;
+  readonly CLOSED: 3;
+
+  /** The endpoint URL, as a ws: or wss: URL. */
+  readonly url: string;
+  readonly readyState: 0 | 1 | 2 | 3;
+  /** The subprotocol the endpoint picked, or `""`. */
+  readonly protocol: string;
+  /** Always `""`. */
+  readonly extensions: string;
+  /** Bytes given to `send()` and not yet acknowledged by the gateway. */
+  readonly bufferedAmount: number;
+  /** How binary messages are delivered; other values are ignored, as in browsers. Default `"blob"`. */
+  binaryType: BinaryType;
+  /** What carries the hop session right now (not in WebSocket). */
+  readonly transport: HopTransport;
+
+  onopen: ((this: HopSocket, ev: Event) => any) | null;
+  onmessage: ((this: HopSocket, ev: MessageEvent) => any) | null;
+  onerror: ((this: HopSocket, ev: Event) => any) | null;
+  onclose: ((this: HopSocket, ev: CloseEvent) => any) | null;
+
+  /**
+   * Send a text or binary message.
+   * @throws {DOMException} InvalidStateError while CONNECTING
+   */
+  send(data: string | ArrayBufferLike | Blob | ArrayBufferView): void;
+
+  /**
+   * Close the connection; messages sent before still go first.
+   * @param code  1000 or 3000-4999
+   * @param reason  at most 123 UTF-8 bytes
+   * @throws {DOMException} InvalidAccessError (code), SyntaxError (reason)
+   */
+  close(code?: number, reason?: string): void;
+
+  addEventListener<K extends keyof HopSocketEventMap>(
+    type: K,
+    listener: (this: HopSocket, ev: HopSocketEventMap[K]) => any,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+  removeEventListener<K extends keyof HopSocketEventMap>(
+    type: K,
+    listener: (this: HopSocket, ev: HopSocketEventMap[K]) => any,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | EventListenerOptions): void;
+}
+
+declare global {
+  interface Window {
+    /** Set by the classic-script build (dist/hopgate.iife.js). */
+    HopSocket: typeof HopSocket;
+  }
+}
