@@ -1,7 +1,8 @@
 """The JS shim in a real headless Chromium, through a real gateway, to a real endpoint.
 
-Stack: an aiohttp origin (the test page, ``client_js/hopgate.js`` and a
-WebSocket echo at ``/ws``) behind an in-process ``hopgate server`` gateway.
+Stack: an aiohttp origin (the test page, the shim's builds from
+``client_js/dist/`` (``make js`` makes them) and a WebSocket echo at
+``/ws``) behind an in-process ``hopgate server`` gateway.
 The page is loaded *from the gateway* (so the hop session is same-origin) and
 its ``HopSocket("/ws")`` opens a hop session to the gateway, which replays
 the tunnelled WebSocket stream to the origin's ``/ws``. Where a test needs a
@@ -30,7 +31,11 @@ from tests.conftest import MakeGateway, MakeOrigin
 from tests.faultproxy import FaultProxy
 
 CHROMIUM = Path("/usr/bin/chromium")
-SHIM = Path(__file__).resolve().parents[2] / "client_js" / "hopgate.js"
+CLIENT_JS = Path(__file__).resolve().parents[2] / "client_js"
+DIST = CLIENT_JS / "dist"
+#: The builds of client_js/build.mjs the pages load: ES modules and classic scripts.
+MODULE_BUILDS = ("hopgate.mjs", "hopgate.min.mjs")
+CLASSIC_BUILDS = ("hopgate.iife.js", "hopgate.iife.min.js")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -225,19 +230,24 @@ window.hop = {
 window.hopReady = true;
 """
 
-MODULE_PAGE = f"""<!doctype html>
-<meta charset="utf-8"><title>hopgate shim test</title>
+
+def module_page(build: str) -> str:
+    """The page importing HopSocket from the ES module build ``build``."""
+    return f"""<!doctype html>
+<meta charset="utf-8"><title>hopgate shim test ({build})</title>
 <script type="module">
-import {{ HopSocket }} from "/hopgate.js";
+import {{ HopSocket }} from "/{build}";
 const SUBPROTOCOL = {json.dumps(SUBPROTOCOL)};
 {PAGE_SCRIPT}
 </script>
 """
 
-# The classic-script form described in client_js/README.md: no `export`, one IIFE.
-CLASSIC_PAGE = f"""<!doctype html>
-<meta charset="utf-8"><title>hopgate shim test (classic script)</title>
-<script src="/hopgate.classic.js"></script>
+
+def classic_page(build: str) -> str:
+    """The page using ``window.HopSocket`` from the classic-script build ``build``."""
+    return f"""<!doctype html>
+<meta charset="utf-8"><title>hopgate shim test ({build}, classic script)</title>
+<script src="/{build}"></script>
 <script>
 const SUBPROTOCOL = {json.dumps(SUBPROTOCOL)};
 {PAGE_SCRIPT}
@@ -245,10 +255,15 @@ const SUBPROTOCOL = {json.dumps(SUBPROTOCOL)};
 """
 
 
-def classic_script() -> str:
-    lines = SHIM.read_text(encoding="utf-8").splitlines()
-    body = [line for line in lines if not line.startswith("export {")]
-    return "(() => {\n" + "\n".join(body) + "\n})();\n"
+def dist_file(name: str) -> Path:
+    """A build output, checked to be newer than every source it is built from."""
+    path = DIST / name
+    build = "make js (or: cd client_js && npm ci && npm run build)"
+    assert path.exists(), f"{path} is missing: run {build}"
+    sources = [*CLIENT_JS.glob("src/*.js"), CLIENT_JS / "build.mjs", CLIENT_JS / "package.json"]
+    stale = [s.name for s in sources if s.stat().st_mtime > path.stat().st_mtime]
+    assert not stale, f"{path} is older than {stale}: run {build}"
+    return path
 
 
 @dataclass
@@ -261,17 +276,20 @@ class EchoLog:
 
 
 def origin_app(log: EchoLog) -> web.Application:
-    async def module_page(request: web.Request) -> web.Response:
-        return web.Response(text=MODULE_PAGE, content_type="text/html")
-
-    async def classic_page(request: web.Request) -> web.Response:
-        return web.Response(text=CLASSIC_PAGE, content_type="text/html")
+    async def page(request: web.Request) -> web.Response:
+        build = request.query.get("build", MODULE_BUILDS[0])
+        if build in MODULE_BUILDS:
+            return web.Response(text=module_page(build), content_type="text/html")
+        if build in CLASSIC_BUILDS:
+            return web.Response(text=classic_page(build), content_type="text/html")
+        raise web.HTTPNotFound()
 
     async def shim(request: web.Request) -> web.Response:
-        return web.Response(text=SHIM.read_text(encoding="utf-8"), content_type="text/javascript")
-
-    async def classic_shim(request: web.Request) -> web.Response:
-        return web.Response(text=classic_script(), content_type="text/javascript")
+        name = request.match_info["name"]
+        if name not in MODULE_BUILDS + CLASSIC_BUILDS:
+            raise web.HTTPNotFound()
+        text = (DIST / name).read_text(encoding="utf-8")
+        return web.Response(text=text, content_type="text/javascript")
 
     async def echo(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), max_msg_size=8 * 1024 * 1024)
@@ -299,10 +317,8 @@ def origin_app(log: EchoLog) -> web.Application:
         return ws
 
     app = web.Application()
-    app.router.add_get("/", module_page)
-    app.router.add_get("/classic.html", classic_page)
-    app.router.add_get("/hopgate.js", shim)
-    app.router.add_get("/hopgate.classic.js", classic_shim)
+    app.router.add_get("/", page)
+    app.router.add_get("/{name:hopgate[.a-z]+js}", shim)
     app.router.add_get("/ws", echo)
     return app
 
@@ -321,6 +337,8 @@ class Stack:
 
 @pytest.fixture
 async def stack(make_origin: MakeOrigin, make_gateway: MakeGateway) -> Stack:
+    for name in MODULE_BUILDS + CLASSIC_BUILDS:
+        dist_file(name)  # fails here, saying what to run, rather than as a page that did not load
     log = EchoLog()
     origin = await make_origin(origin_app(log))
     gateway = await make_gateway("server", {"upstream": origin, "hold_time": 5.0})
@@ -449,12 +467,23 @@ async def test_api_errors_match_a_native_websocket(stack: Stack, browser: Any) -
     assert out["hop"]["sendWhileConnecting"] == "InvalidStateError"
 
 
-async def test_classic_script_sets_window_hopsocket(stack: Stack, browser: Any) -> None:
-    page = await open_page(browser, stack.gateway + "/classic.html")
+@pytest.mark.parametrize("build", CLASSIC_BUILDS)
+async def test_classic_script_sets_window_hopsocket(stack: Stack, browser: Any, build: str) -> None:
+    page = await open_page(browser, f"{stack.gateway}/?build={build}")
     assert await page.evaluate("typeof window.HopSocket") == "function"
     out = await run(page, "([o, size]) => hop.echoAll(o, size)", {}, BIG)
     assert out["text"] == "héllo ☃"
     assert out["big"]["same"] is True
+
+
+async def test_minified_module_works_and_sets_no_global(stack: Stack, browser: Any) -> None:
+    page = await open_page(browser, f"{stack.gateway}/?build=hopgate.min.mjs")
+    # The ES module writes no globals (package.json says sideEffects: false).
+    assert await page.evaluate("typeof window.HopSocket") == "undefined"
+    out = await run(page, "([o, size]) => hop.echoAll(o, size)", {}, BIG)
+    assert out["text"] == "héllo ☃"
+    assert out["big"]["same"] is True
+    assert out["close"]["wasClean"] is True
 
 
 async def test_websocket_refused_on_the_path_falls_back_to_long_poll(
