@@ -50,8 +50,8 @@ be new: the server remembers every nonce it accepted for as long as its
 proof could still be valid (``ReplayCache``), so a captured header opens
 nothing, not even inside the window. When that bounded cache is full the
 server answers ``503`` rather than forget a nonce. The secret itself never
-travels. Without the header: ``403`` saying the gateway needs the hop secret;
-a malformed one (or the replayable ``v1`` of older gateways): ``400``.
+travels. Without the header, or with the replayable ``v1`` of older gateways:
+``403`` saying why; a malformed one: ``400``.
 Requests of an open session are authenticated by the resume token.
 
 Per client address
@@ -191,14 +191,16 @@ def check_auth(
 ) -> tuple[int, str] | None:
     """None if ``value`` proves ``secret`` (and its nonce is new), else (status, reason).
 
-    400 malformed, 403 missing / wrong / stale / replayed, 503 replay cache full.
+    400 malformed, 403 missing / outdated v1 / wrong / stale / replayed, 503 replay
+    cache full.
     Without ``replays`` the nonce is not checked for reuse (tests, tools).
     """
     if not value:
         return 403, f"this gateway requires the hop secret (--hop-secret): no {AUTH_HEADER} header"
     parts = value.split()
     if parts and parts[0] == "v1":
-        return 400, (
+        # 403, not 400: an older client gateway reports it as a refusal, with this reason.
+        return 403, (
             f"outdated {AUTH_HEADER} v1 (replayable): the sending gateway must be upgraded"
         )
     stamp = parse_decimal(parts[1]) if len(parts) == 4 and parts[0] == "v2" else None
