@@ -608,11 +608,15 @@ async def attack_stalled_posts(ctx: Ctx) -> Row:
         for _, w in writers:
             w.close()
     refused = sum(1 for s in statuses if s is not None and s >= 400)
+    answers: dict[str, int] = {}
+    for status in statuses:
+        answers[str(status)] = answers.get(str(status), 0) + 1
     return Row(
         "stalled_posts",
         "stalled long-poll POSTs on one session",
         f"{n} stalled {size // MiB} MiB session POSTs: +{mib(after - base)} MiB "
-        f"(RSS {mib(base)} -> {mib(after)}); answered early with 4xx: {refused}/{n}",
+        f"(RSS {mib(base)} -> {mib(after)}); answered early with 4xx: {refused}/{n} "
+        f"{answers if refused else ''}",
         {"delta_mib": after - base, "refused": refused},
     )
 
@@ -646,11 +650,15 @@ async def attack_slowloris(ctx: Ctx) -> Row:
         # notice a close without waiting for the next write to fail
         for k in list(alive):
             r, _w = conns[k]
-            with contextlib.suppress(TimeoutError):
+            try:
                 data = await asyncio.wait_for(r.read(4096), 0.001)
-                if data == b"" or data.startswith(b"HTTP/"):
-                    closed_at.append(time.monotonic() - t0)
-                    alive.remove(k)
+            except TimeoutError:
+                continue
+            except (ConnectionError, OSError):
+                data = b""
+            if data == b"" or data.startswith(b"HTTP/"):
+                closed_at.append(time.monotonic() - t0)
+                alive.remove(k)
         await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - t0 - (i - 1))))
     for _r, w in conns:
         w.close()
@@ -1168,6 +1176,7 @@ async def held_oversize(ctx: Ctx) -> Row:
     async with hp.HostilePeer(gw.url, timeout=20) as peer:
         await peer.send(b"\x00" * (16 * MiB + 1))
         await peer.until(lambda: peer.closed is not None, 10)
+        await peer.until(lambda: peer.ws_close_code is not None, 2)
         closed = peer.closed
         code = peer.ws_close_code
     return Row(
