@@ -132,6 +132,8 @@ _NONCE_LENGTH: Final = 32
 #: at most once per _TRIM_INTERVAL seconds (a full collection of a big heap takes a while).
 _TRIM_AFTER: Final = 1024
 _TRIM_INTERVAL: Final = 30.0
+#: Seconds a trim waits, at most, for a sweep still going on to end.
+_TRIM_MAX_WAITS: Final = 10
 #: Refusals of new sessions are logged at most once per this many seconds.
 _REFUSAL_LOG_INTERVAL: Final = 10.0
 
@@ -316,6 +318,8 @@ class SessionServer:
         self.post_bytes = 0
         self._ended = 0
         self._trim_due = False
+        self._trim_seen = 0
+        self._trim_waits = 0
         self._trimmed_at = -_TRIM_INTERVAL
         self._refusals = 0
         self._refusal_logged = -_REFUSAL_LOG_INTERVAL
@@ -455,16 +459,24 @@ class SessionServer:
         if self._ended >= _TRIM_AFTER and not self._trim_due:
             # Many sessions ended (an expiry sweep): give the memory back once it settles.
             self._trim_due = True
+            self._trim_seen = self._ended
             delay = max(1.0, self._trimmed_at + _TRIM_INTERVAL - loop.time())
             loop.call_later(delay, self._trim)
 
     def _trim(self) -> None:
         if self._closing:
             return
+        loop = asyncio.get_running_loop()
+        if self._ended != self._trim_seen and self._trim_waits < _TRIM_MAX_WAITS:
+            # Still ending (a sweep in progress): one trim once it is over.
+            self._trim_seen = self._ended
+            self._trim_waits += 1
+            loop.call_later(1.0, self._trim)
+            return
         self._trim_due = False
-        self._ended = 0
+        self._ended = self._trim_waits = 0
         _trim_memory()
-        self._trimmed_at = asyncio.get_running_loop().time()
+        self._trimmed_at = loop.time()
 
     def _long_poll(self, hop: HopSession, epoch: int) -> LongPollServer | None:
         """The long-poll transport of ``epoch``, attaching it if newer; None if stale."""
