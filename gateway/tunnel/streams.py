@@ -63,12 +63,13 @@ the windows.
 Sending and backpressure. ``send_data``/``send_ws_message`` queue the
 caller's object (no copy) on the stream and return False once the stream
 holds ``max_pending`` bytes or more, or once the session's unread bytes
-(queued here plus sent and not yet credited back by the peer, over all
-streams) reach ``max_unread``; ``is_writable`` says the same. The caller then
-waits for StreamWritable (or StreamReset) before sending more. So memory is
-bounded by ``max_pending`` per stream and ``max_unread`` per session on the
-way out, whatever window the peer announced, and by the window (plus the
-reassembly budget) on the way in.
+(queued here plus sent and not yet credited back by the peer beyond a
+leeway of half its window, over all streams) reach ``max_unread``;
+``is_writable`` says the same. The caller then waits for StreamWritable
+(or StreamReset) before sending more. So memory is bounded by
+``max_pending`` per stream and ``max_unread`` per session on the way out,
+whatever window the peer announced, and by the window (plus the reassembly
+budget) on the way in.
 
 Scheduling. ``next_message(max_bytes)`` builds one session message: first
 every queued OPEN, then every control frame (heads, END/CLOSE with no data
@@ -161,6 +162,11 @@ MIN_MESSAGE: Final = 1024
 _MIN_SPLIT: Final = 512
 _EXPRESS_BURST: Final = 8
 _MAX_WS_MESSAGE: Final = 256 * 1024 * 1024
+# A peer grants credit back in batches of half its window, so that much
+# uncredited data per stream is normal and not counted against max_unread
+# (else 32 streams each with a batch pending would deadlock the session);
+# for windows up to this size, beyond which a window buys no more leeway.
+_LEEWAY_WINDOW: Final = 2 * 1024 * 1024
 # Queued control frames beyond which a peer-provoked RESET closes the tunnel
 # (plus 16 per allowed stream: heads and WINDOWs of our own live streams).
 _MAX_CONTROL: Final = 16384
@@ -187,8 +193,9 @@ class TunnelConfig:
     #: Bytes of unfinished WebSocket messages the peer may make this end hold,
     #: summed over all streams of the session (see docs/tunnel.md).
     session_reassembly: int = 16 * 1024 * 1024
-    #: Bytes queued here or sent but not yet credited back by the peer, summed
-    #: over all streams, at which no stream is writable.
+    #: Bytes queued here or sent but not yet credited back by the peer (beyond
+    #: each stream's leeway), summed over all streams, at which no stream is
+    #: writable.
     max_unread: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
@@ -244,6 +251,7 @@ class _Stream:
     __slots__ = (
         "dead",
         "id",
+        "leeway",
         "local",
         "msg_owed",
         "msg_parts",
@@ -265,7 +273,9 @@ class _Stream:
         "to_grant",
         "trailer",
         "unacked",
+        "unacked_counted",
         "unconsumed",
+        "window",
         "writable",
         "ws",
     )
@@ -299,6 +309,9 @@ class _Stream:
         self.msg_text = False
         self.prepaid = 0  # delivered, unconsumed message bytes credited back before delivery
         self.unacked = 0  # sent, not yet credited back by the peer
+        self.unacked_counted = 0  # of those, counted against max_unread (beyond leeway)
+        self.window = BASE_WINDOW  # the peer's receive window for us, as far as we have seen
+        self.leeway = BASE_WINDOW // 2  # uncredited bytes the peer may keep back legitimately
 
     def ready(self) -> bool:
         """Has a chunk it may send now (an empty WS message needs no credit)."""
@@ -387,7 +400,7 @@ class Tunnel:
 
     @property
     def unread_bytes(self) -> int:
-        """Bytes queued here or sent but not credited back yet, counted against ``max_unread``."""
+        """Bytes queued here or sent and not credited back (beyond leeway): see ``max_unread``."""
         return self._queued_total + self._unacked_total
 
     def is_writable(self, stream_id: int) -> bool:
@@ -735,6 +748,7 @@ class Tunnel:
                 self._express_streak = 0
             size += self._emit_chunk(stream, n, parts, limit - size)
             self._schedule(stream, bulk=True)
+        self._feed_starved()  # sent bytes within the peer's leeway no longer count
         return b"".join(parts) if parts else None
 
     def _pick(self) -> tuple[deque[_Stream], _Stream] | None:
@@ -784,7 +798,7 @@ class Tunnel:
         stream.queued -= n
         stream.unacked += n
         self._queued_total -= n
-        self._unacked_total += n
+        self._count_unacked(stream)
         if stream.ws:
             flags = FLAG_TEXT if stream.text_flags[0] else 0
             if last:
@@ -882,6 +896,7 @@ class Tunnel:
             sid, local=False, ws=ws, send_state=HEAD, recv_state=recv_state, prefix=prefix
         )
         stream.send_credit = window
+        self._see_window(stream)
         self._streams[sid] = stream
         self._peer_streams += 1
         return stream
@@ -915,6 +930,7 @@ class Tunnel:
         self._recv_step(stream, _ACCEPT)
         stream.send_state = self._step(stream, stream.send_state, _ACCEPT, local=False)
         stream.send_credit = window
+        self._see_window(stream)
         self._events.append(
             WebSocketAccepted(stream_id=sid, protocol=protocol, headers=_pairs(flat))
         )
@@ -1047,11 +1063,26 @@ class Tunnel:
         stream.send_credit += increment
         if stream.send_credit > MAX_WINDOW:
             raise FlowControlError(f"WINDOW overflows the credit of stream {sid}")
-        acked = min(increment, stream.unacked)
-        stream.unacked -= acked
-        self._unacked_total -= acked
+        # Seen before the ack: a top-up WINDOW for bytes not sent yet widens
+        # the window without acknowledging anything (a grant overestimates it).
+        self._see_window(stream)
+        stream.unacked -= min(increment, stream.unacked)
+        self._count_unacked(stream)
         self._schedule(stream)
         self._feed_starved()
+
+    def _see_window(self, stream: _Stream) -> None:
+        """Track the peer's window for the stream: credit plus bytes in flight, at its largest."""
+        window = stream.send_credit + stream.unacked
+        if window > stream.window:
+            stream.window = window
+            stream.leeway = min(window, _LEEWAY_WINDOW) // 2
+        self._count_unacked(stream)
+
+    def _count_unacked(self, stream: _Stream) -> None:
+        counted = max(0, stream.unacked - stream.leeway)
+        self._unacked_total += counted - stream.unacked_counted
+        stream.unacked_counted = counted
 
     def _feed_starved(self) -> None:
         """The session dropped under max_unread: wake the streams that were told to wait."""
@@ -1163,6 +1194,11 @@ class Tunnel:
         stream.prefix = data_prefix(self._packer, stream.id)
 
     def _maybe_forget(self, stream: _Stream) -> None:
+        if stream.unacked and stream.send_state == DONE and stream.trailer is None:
+            # Our side ended: no WINDOW comes back after the peer saw END/CLOSE.
+            stream.unacked = 0
+            self._count_unacked(stream)
+            self._feed_starved()
         if (
             stream.send_state == DONE
             and stream.recv_state == DONE
@@ -1180,8 +1216,8 @@ class Tunnel:
             self._peer_streams -= 1
         stream.queue.clear()
         self._queued_total -= stream.queued
-        self._unacked_total -= stream.unacked
-        stream.queued = stream.unacked = 0
+        self._unacked_total -= stream.unacked_counted
+        stream.queued = stream.unacked = stream.unacked_counted = 0
         stream.msg_parts = []
         if stream.ws:
             self._reassembly -= stream.msg_size + stream.unconsumed

@@ -9,10 +9,12 @@ peer here writes frames by hand, so it can do what a Tunnel never would.
 
 from __future__ import annotations
 
+from hypothesis import event as tally
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.tunnel import (
+    DataReceived,
     RemoteProtocolError,
     RequestReceived,
     StreamWritable,
@@ -218,6 +220,9 @@ def write_while_writable(victim: Tunnel, sids: list[int], chunk: bytes, cap: int
 
 
 def test_a_never_crediting_peer_gets_at_most_max_unread() -> None:
+    # unread_bytes: queued here plus sent bytes beyond each stream's leeway
+    # (half the peer's window, at most 1 MiB): a peer announcing a 64 MiB
+    # window gets max_unread + 256 x 1 MiB, none of it held here.
     config = TunnelConfig(max_unread=1 * MiB)
     victim = Tunnel(config, opener=False)
     peer, sids = open_http_streams(victim, 256, peer_window=64 * MiB)
@@ -336,3 +341,91 @@ def test_refused_opens_of_a_reading_peer_are_answered_forever() -> None:
         pump(peer, victim)
     assert not victim.closed
     assert victim.stream_count == 4
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["write", "read", "credit", "lie"]), st.integers(0, 7)),
+        min_size=1,
+        max_size=120,
+    )
+)
+def test_property_unread_stays_bounded_and_credit_wakes_every_writer(
+    ops: list[tuple[str, int]],
+) -> None:
+    config = TunnelConfig(max_unread=64 * KiB, max_pending=32 * KiB)
+    victim = Tunnel(config, opener=False)
+    peer, sids = open_http_streams(victim, 8, peer_window=128 * KiB)
+    for sid in sids:
+        victim.respond(sid, 200, b"OK")
+    chunk = b"c" * (16 * KiB)
+    waiting: set[int] = set()
+    unconsumed: list[tuple[int, int]] = []
+    packer = new_packer()
+    for op, index in ops:
+        sid = sids[index]
+        if op == "write" and sid not in waiting:
+            if victim.is_writable(sid):
+                if not victim.send_data(sid, chunk):
+                    waiting.add(sid)
+            else:
+                waiting.add(sid)
+        elif op == "read":  # the session carries what it can; the peer takes note
+            for event in pump(victim, peer):
+                if isinstance(event, DataReceived):
+                    unconsumed.append((event.stream_id, len(event.data)))
+        elif op == "credit" and unconsumed:  # the peer's consumer takes everything
+            for peer_sid, n in unconsumed:
+                peer.consumed(peer_sid, n)
+            unconsumed.clear()
+            woken = pump(peer, victim)
+            waiting -= {e.stream_id for e in woken if isinstance(e, StreamWritable)}
+        elif op == "lie":  # credit for bytes never consumed (or never even sent)
+            victim.receive_message(encode_window(packer, sid, 64 * KiB))
+        assert victim.unread_bytes <= config.max_unread + len(chunk)
+        if victim.unread_bytes >= config.max_unread:
+            tally("the session was full")
+        for event in victim.events_received():
+            if isinstance(event, StreamWritable):
+                waiting.discard(event.stream_id)
+    # Liveness: once the peer reads and credits everything, every writer was woken.
+    for _ in range(50):
+        events = pump(victim, peer)
+        for event in events:
+            if isinstance(event, DataReceived):
+                peer.consumed(event.stream_id, len(event.data))
+        for event in [*pump(peer, victim), *victim.events_received()]:
+            if isinstance(event, StreamWritable):
+                waiting.discard(event.stream_id)
+        if not waiting:
+            break
+    assert not waiting
+    assert all(victim.is_writable(sid) for sid in sids)
+
+
+def test_many_streams_under_max_unread_never_wait_on_batched_credit() -> None:
+    # A peer grants credit back in batches of half its window (128 KiB here):
+    # 64 streams x 64 KiB consumed but not yet granted is 4 MiB = max_unread,
+    # which must not stop the session (that part is the peer's leeway).
+    victim = Tunnel(TunnelConfig(), opener=False)
+    peer, sids = open_http_streams(victim, 64, peer_window=256 * KiB)
+    for sid in sids:
+        victim.respond(sid, 200, b"OK")
+    chunk, total = b"d" * (16 * KiB), 512 * KiB
+    left = dict.fromkeys(sids, total)
+    got = 0
+    for _ in range(2000):
+        for sid in sids:
+            while left[sid] and victim.is_writable(sid):
+                victim.send_data(sid, chunk)
+                left[sid] -= len(chunk)
+        for event in pump(victim, peer):
+            if isinstance(event, DataReceived):
+                got += len(event.data)
+                peer.consumed(event.stream_id, len(event.data))
+        pump(peer, victim)
+        victim.events_received()
+        if got == 64 * total:
+            break
+    assert got == 64 * total, f"stalled after {got} of {64 * total} bytes"
