@@ -447,12 +447,16 @@ async def async_raw_exchange(
 # -- attacks shared by the suite and bench/attacks.py ----------------------------------
 
 
-async def open_websockets(peer: HostilePeer, n: int, target: str = "/ws") -> list[int]:
-    """Open ``n`` tunnelled WebSockets; the ids of those the gateway accepted."""
+async def open_websockets(
+    peer: HostilePeer, n: int, target: str = "/ws", *, timeout: float | None = None
+) -> list[int]:
+    """Open ``n`` tunnelled WebSockets; the ids of those accepted within ``timeout``."""
     sids = [peer.sid() for _ in range(n)]
     for i in range(0, n, 32):
         await peer.send(*(open_ws(s, target, [("Host", "x")]) for s in sids[i : i + 32]))
-    await peer.until(lambda: all(peer.streams[s].head or peer.streams[s].reset for s in sids))
+    await peer.until(
+        lambda: all(peer.streams[s].head or peer.streams[s].reset for s in sids), timeout
+    )
     return [s for s in sids if peer.streams[s].head and peer.streams[s].head[0] == ACCEPT]
 
 

@@ -30,7 +30,7 @@ def rss_mib(pid: int) -> float:
 async def test_one_hostile_session_stays_within_64_mib_and_a_neighbour_sees_every_message(
     spawn_gateway: SpawnGateway, origin: Origin
 ) -> None:
-    gw = spawn_gateway("server", "--upstream", origin.url)
+    gw = spawn_gateway("server", "--upstream", origin.url, "--shutdown-grace", "1")
     async with hp.HostilePeer(gw.url) as neighbour, hp.HostilePeer(gw.url, timeout=20) as evil:
         [chat] = await hp.open_websockets(neighbour, 1)
         await asyncio.sleep(0.5)
@@ -45,24 +45,29 @@ async def test_one_hostile_session_stays_within_64_mib_and_a_neighbour_sees_ever
                 await asyncio.sleep(0.05)
 
         sampler = asyncio.create_task(sample())
-        # 64 streaming responses the attacker never reads (no WINDOW, ever) ...
+        # Every stream the defaults allow (--max-streams 256): 64 streaming
+        # responses the attacker never reads (no WINDOW, ever) ...
         unread = [evil.sid() for _ in range(64)]
         await evil.send(*(hp.open_http(s, "GET", "/stream", [("Host", "x")]) for s in unread))
-        # ... and 32 WebSocket messages of 4 MiB that never finish: 128 MiB offered.
-        sockets = await hp.open_websockets(evil, 32)
-        flood = asyncio.create_task(hp.push_unfinished(evil, sockets, 4 * MiB, stop=stop))
+        # ... and 192 WebSocket messages of 2 MiB that never finish: 384 MiB offered.
+        # (the streams beyond --session-connections wait for an origin connection)
+        sockets = await hp.open_websockets(evil, 192, timeout=3.0)
+        flood = asyncio.create_task(hp.push_unfinished(evil, sockets, 2 * MiB, stop=stop))
         for i in range(50):
             await neighbour.send(hp.message(chat, f"m{i}".encode()))
             await asyncio.sleep(0.02)
         echoed = neighbour.streams[chat]
         got_all = await neighbour.until(lambda: echoed.body.count(b"echo:") >= 50, 20)
+        t0 = time.monotonic()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(30):
-                await flood
+                await asyncio.shield(flood)
+        print(f"flood ended after {time.monotonic() - t0:.1f} s")
         await asyncio.sleep(1.0)
         stop.set()
-        flood.cancel()
+        pushed = await flood
         await sampler
+    print(f"one hostile session: RSS {base:.0f} -> {peak:.0f} MiB, {pushed / MiB:.0f} MiB taken")
     assert got_all, f"the neighbour got {echoed.body.count(b'echo:')} of 50 echoes"
     assert peak - base <= 64, f"one hostile session pushed RSS {base:.0f} -> {peak:.0f} MiB"
 
@@ -248,7 +253,7 @@ async def test_stream_opens_are_capped_per_session(
 async def test_idle_sessions_are_small_created_in_constant_time_and_given_back(
     spawn_gateway: SpawnGateway, origin: Origin
 ) -> None:
-    n = 3000
+    n = 10_000
     gw = spawn_gateway(
         "server",
         "--upstream",
@@ -261,6 +266,8 @@ async def test_idle_sessions_are_small_created_in_constant_time_and_given_back(
         "1000000",
         "--resume-grace",
         "3",
+        "--shutdown-grace",
+        "1",
     )
     connector = aiohttp.TCPConnector(limit=8)
     async with aiohttp.ClientSession(connector=connector) as http:
