@@ -490,7 +490,7 @@ async def attack_smuggle(ctx: Ctx) -> Row:
 async def attack_ws_reassembly(ctx: Ctx) -> Row:
     """Item 2: many WS streams each holding an unfinished message."""
     n, size = ctx.s["ws_streams"], ctx.s["ws_message"]
-    gw = ctx.lab.sidecar("--max-streams", "100000")
+    gw = ctx.lab.sidecar()  # default flags: 256 streams fit --max-streams
     base = gw.rss_mib()
     stop = asyncio.Event()
     watcher = asyncio.create_task(watch_rss(gw, ctx.rss_cap, stop))
@@ -530,7 +530,7 @@ async def attack_ws_reassembly(ctx: Ctx) -> Row:
 async def attack_unread(ctx: Ctx) -> Row:
     """Item 2: streaming responses the peer never reads."""
     ns, nst, secs = ctx.s["unread_sessions"], ctx.s["unread_streams"], ctx.s["unread_seconds"]
-    gw = ctx.lab.sidecar("--max-streams", "100000")
+    gw = ctx.lab.sidecar()
     base = gw.rss_mib()
     stop = asyncio.Event()
     watcher = asyncio.create_task(watch_rss(gw, ctx.rss_cap, stop))

@@ -27,9 +27,15 @@ def rss_mib(pid: int) -> float:
     return proc_kib(pid) / 1024
 
 
+@pytest.mark.parametrize(
+    ("unread_streams", "websockets"),
+    [(64, 192), (0, 256)],
+    ids=["unread-and-websockets", "all-websockets"],
+)
 async def test_one_hostile_session_stays_within_64_mib_and_a_neighbour_sees_every_message(
-    spawn_gateway: SpawnGateway, origin: Origin
+    spawn_gateway: SpawnGateway, origin: Origin, unread_streams: int, websockets: int
 ) -> None:
+    """Every stream the defaults allow (--max-streams 256), each holding what it can."""
     gw = spawn_gateway("server", "--upstream", origin.url, "--shutdown-grace", "1")
     async with hp.HostilePeer(gw.url) as neighbour, hp.HostilePeer(gw.url, timeout=20) as evil:
         [chat] = await hp.open_websockets(neighbour, 1)
@@ -45,14 +51,14 @@ async def test_one_hostile_session_stays_within_64_mib_and_a_neighbour_sees_ever
                 await asyncio.sleep(0.05)
 
         sampler = asyncio.create_task(sample())
-        # Every stream the defaults allow (--max-streams 256): 64 streaming
-        # responses the attacker never reads (no WINDOW, ever) ...
-        unread = [evil.sid() for _ in range(64)]
-        await evil.send(*(hp.open_http(s, "GET", "/stream", [("Host", "x")]) for s in unread))
-        # ... and 192 WebSocket messages of 2 MiB that never finish: 384 MiB offered.
-        # (the streams beyond --session-connections wait for an origin connection)
-        sockets = await hp.open_websockets(evil, 192, timeout=3.0)
-        flood = asyncio.create_task(hp.push_unfinished(evil, sockets, 2 * MiB, stop=stop))
+        # Streaming responses the attacker never reads (no WINDOW, ever) ...
+        unread = [evil.sid() for _ in range(unread_streams)]
+        if unread:
+            await evil.send(*(hp.open_http(s, "GET", "/stream", [("Host", "x")]) for s in unread))
+        # ... and WebSocket messages of 15 MiB that never finish (as in the issue;
+        # streams beyond --session-connections may wait for an origin connection).
+        sockets = await hp.open_websockets(evil, websockets, timeout=3.0)
+        flood = asyncio.create_task(hp.push_unfinished(evil, sockets, 15 * MiB, stop=stop))
         for i in range(50):
             await neighbour.send(hp.message(chat, f"m{i}".encode()))
             await asyncio.sleep(0.02)
