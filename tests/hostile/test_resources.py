@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 
 import aiohttp
@@ -192,10 +193,12 @@ async def test_slowloris_is_closed_after_the_header_timeout(
 
 
 async def test_inbound_connections_beyond_max_clients_are_closed(
-    make_gateway: MakeGateway, origin: Origin
+    make_gateway: MakeGateway, origin: Origin, caplog: pytest.LogCaptureFixture
 ) -> None:
     gw = await make_gateway("server", {"upstream": origin.url, "max_clients": 16})
-    conns = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(32)]
+    caplog.set_level(logging.INFO, logger="hopgate")
+    caplog.clear()
+    conns = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(200)]
     await asyncio.sleep(1.0)
     closed = 0
     for reader, _writer in conns:
@@ -204,7 +207,9 @@ async def test_inbound_connections_beyond_max_clients_are_closed(
             closed += data == b""
     for _, writer in conns:
         writer.close()
-    assert closed >= 16, f"only {closed} of 16 connections beyond --max-clients were closed"
+    assert closed >= 184, f"only {closed} of 184 connections beyond --max-clients were closed"
+    refusals = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(refusals) <= 3, f"refusals logged per socket: {len(refusals)} records"
     await asyncio.sleep(0.5)
     async with aiohttp.ClientSession() as http, http.get(gw.url + "/after") as resp:
         assert resp.status == 200
