@@ -1226,11 +1226,7 @@ async def held_open_variants(ctx: Ctx) -> Row:
         )
         await peer.answer(ws_sid, 5)
         await asyncio.sleep(0.5)
-        refused = sum(
-            1
-            for s in sids
-            if peer.streams[s].reset or (peer.streams[s].head and peer.streams[s].head[2] >= 400)
-        )
+        refused = sum(1 for s in sids if peer.streams[s].refused)
         alive = peer.closed is None
     seen = await ctx.lab.seen(ctx.http)
     evil = sum(1 for e in seen if e["site"] == "evil")

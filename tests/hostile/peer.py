@@ -41,7 +41,7 @@ BASE_WINDOW: Final = 64 * 1024
 
 
 def pack(*fields: Any) -> bytes:
-    return msgpack.packb(list(fields), use_bin_type=True)  # type: ignore[no-any-return]
+    return bytes(msgpack.packb(list(fields), use_bin_type=True))
 
 
 def decode_token(value: str) -> bytes:
@@ -150,6 +150,18 @@ class Stream:
     ended: bool = False
     credit: int = BASE_WINDOW  # bytes we may still send on it
     closed: list[Any] | None = None
+
+    @property
+    def accepted(self) -> bool:
+        """An ACCEPT came (a WebSocket stream the gateway took)."""
+        return self.head is not None and self.head[0] == ACCEPT
+
+    @property
+    def refused(self) -> bool:
+        """Reset, or answered with a 4xx/5xx head."""
+        return self.reset is not None or (
+            self.head is not None and self.head[0] == RESPONSE and self.head[2] >= 400
+        )
 
 
 class HostilePeer:
@@ -457,7 +469,7 @@ async def open_websockets(
     await peer.until(
         lambda: all(peer.streams[s].head or peer.streams[s].reset for s in sids), timeout
     )
-    return [s for s in sids if peer.streams[s].head and peer.streams[s].head[0] == ACCEPT]
+    return [s for s in sids if peer.streams[s].accepted]
 
 
 async def push_unfinished(

@@ -19,12 +19,14 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import msgpack
 import pytest
 from aiohttp import web
 
+from gateway.server import Gateway
 from gateway.session.endpoint import auth_header_value
 from tests.conftest import MakeGateway, MakeOrigin
 from tests.hostile import peer as hp
@@ -218,7 +220,7 @@ def body(rng: random.Random) -> bytes:
     if kind == 1:
         return rng.randbytes(rng.randint(1, 300))
     if kind == 2:  # garbage msgpack: valid msgpack, nonsense frames
-        obj = rng.choice(
+        obj: Any = rng.choice(
             [
                 [rng.randint(-5, 12), rng.randint(-1, 2**64 - 1), "x"],
                 {"a": 1},
@@ -232,7 +234,7 @@ def body(rng: random.Random) -> bytes:
                 None,
             ]
         )
-        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+        return bytes(msgpack.packb(obj, use_bin_type=True))
     if kind == 3:
         return hp.pack(hp.S_DATA, 1, hp.FIN, hp.open_http(1, "GET", percent_noise(rng)))
     return b"0\r\n\r\n" + rng.randbytes(rng.randint(0, 30))
@@ -307,14 +309,14 @@ async def test_fuzzed_requests_get_no_5xx_of_our_making_and_crash_nothing(
     gate = asyncio.Semaphore(24)
     started = time.monotonic()
 
-    async def run(index: int, gw: object, request: bytes) -> None:
+    async def run(index: int, gw: Gateway, request: bytes) -> None:
         async with gate:
             try:
                 answer = await hp.async_raw_exchange(
                     "127.0.0.1",
                     gw.port,
                     request,
-                    timeout=1.5,  # type: ignore[attr-defined]
+                    timeout=1.5,
                 )
             except OSError as exc:
                 problems.append(f"case {index}: connection failed: {exc}")
