@@ -102,11 +102,7 @@ def parse_note(value: str) -> Note | None:
             return None
         key, raw = match.group(1).lower(), match.group(2)
         params[key] = raw[1:-1].replace('\\"', '"') if raw.startswith('"') else raw
-    try:
-        version = int(params.get("v", ""))
-    except ValueError:
-        return None
-    if version != PROTOCOL_VERSION:
+    if params.get("v") != str(PROTOCOL_VERSION):  # compared as text: ASCII digits only
         return None
     # The mark is ``v=1`` alone; only a note names the session path.  Insisting
     # on it means an origin that echoes request headers back never looks like
@@ -116,7 +112,7 @@ def parse_note(value: str) -> Note | None:
         return None
     if not path.startswith("/") or path.startswith("//") or any(c in path for c in "?#\\ \t"):
         return None
-    return Note(version=version, session_path=path)
+    return Note(version=PROTOCOL_VERSION, session_path=path)
 
 
 def hello_proof(nonce: str) -> str:

@@ -107,6 +107,7 @@ from yarl import URL
 from gateway.config import Config
 from gateway.edge import headers as hdr
 from gateway.edge.forward import Forwarder, RelayedResponse, request_body, text_error
+from gateway.edge.targets import BadTarget, join_upstream
 from gateway.edge.websocket import (
     CLOSE_TIMEOUT,
     MAX_REFUSAL_BODY,
@@ -209,14 +210,10 @@ def check_request(method: str, target: bytes, headers: Headers) -> str | None:
 
 def under_upstream(upstream: URL, target: bytes) -> URL | None:
     """``target`` below ``upstream``'s base path, or None if it would leave that origin."""
-    text = target.decode("utf-8", "surrogateescape")
     try:
-        url = URL(str(upstream).rstrip("/") + text, encoded=True)
-    except ValueError:
+        return join_upstream(upstream, target.decode("utf-8", "surrogateescape"))
+    except BadTarget:
         return None
-    if (url.scheme, url.raw_host, url.port) != (upstream.scheme, upstream.raw_host, upstream.port):
-        return None
-    return url
 
 
 def _text(raw: bytes) -> str:
