@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.config import LOG_LEVELS, ConfigError, Role, build_config, load_toml
+from gateway.config import SETTINGS, ConfigError, Role, Setting, build_config, load_toml
 
 DESCRIPTION = """\
 hopgate: a transparent long-poll <-> WebSocket upgrading gateway.
@@ -70,183 +70,49 @@ def _add_gateway_flags(parser: argparse.ArgumentParser, role: Role) -> None:
         help="where requests go: the legacy server, or the next gateway "
         + ("(required)" if role == "server" else "(omit for forward-proxy mode)"),
     )
-    parser.add_argument(
-        "--upgrade",
-        choices=("auto", "never"),
-        help="auto (default): upgrade the hop to the next gateway to a WebSocket or "
-        "long-poll session when it is a gateway; never: plain HTTP forwarding only",
-    )
-    parser.add_argument("--log-level", choices=LOG_LEVELS, help="how much to log (default info)")
-    parser.add_argument(
-        "--tls-cert", type=Path, metavar="PEM", help="listen with TLS: certificate chain"
-    )
-    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="listen with TLS: private key")
-    parser.add_argument(
-        "--ca-file",
-        type=Path,
-        metavar="PEM",
-        help="extra CA certificates trusted for https:// upstreams (system CAs still apply)",
-    )
-    parser.add_argument(
-        "--upstream-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="longest wait for the next byte from upstream, so held polls survive (default 600)",
-    )
-    parser.add_argument(
-        "--connect-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="upstream connect timeout (default 10)",
-    )
-    parser.add_argument(
-        "--shutdown-grace",
-        type=float,
-        metavar="SECONDS",
-        help="on SIGINT/SIGTERM, time held requests get to finish (default 10)",
-    )
-    parser.add_argument(
-        "--preserve-host",
-        action="store_true",
-        default=None,
-        help="send the client's Host header upstream instead of the upstream's host",
-    )
-    parser.add_argument(
-        "--via-name", metavar="NAME", help="name used in the Via header (default hopgate)"
-    )
-    parser.add_argument(
-        "--max-connections",
-        type=int,
-        metavar="N",
-        help="origin connections the whole gateway holds at once; requests beyond wait "
-        "up to --connect-timeout (default 1024; 0 = unlimited)",
-    )
-    parser.add_argument(
-        "--hop-secret",
-        metavar="SECRET",
-        help="shared secret both gateways of a hop must know before a session is opened",
-    )
-    parser.add_argument(
-        "--hop-secret-file",
-        type=Path,
-        metavar="FILE",
-        help="read the hop secret from FILE (keeps it out of the command line and "
-        "of a world-readable config; surrounding whitespace is ignored)",
-    )
-    parser.add_argument(
-        "--hold-time",
-        type=float,
-        metavar="SECONDS",
-        help="hop sessions: longest a long-poll GET is held (default 25; keep under 30)",
-    )
-    parser.add_argument(
-        "--resume-grace",
-        type=float,
-        metavar="SECONDS",
-        help="hop sessions: how long a session waits for its peer to reconnect (default 60)",
-    )
-    parser.add_argument(
-        "--max-sessions",
-        type=int,
-        metavar="N",
-        help="hop sessions this gateway serves at once; more get 503 (default 1000)",
-    )
-    parser.add_argument(
-        "--max-message-size",
-        type=int,
-        metavar="BYTES",
-        help="largest message a hop session carries (default 16777216)",
-    )
-    parser.add_argument(
-        "--session-buffer",
-        type=int,
-        metavar="BYTES",
-        help="replay buffer per hop session; senders wait beyond it (default 4194304)",
-    )
-    limits = parser.add_argument_group(
-        "limits",
-        "what one peer can make this gateway hold; the defaults are safe on a small "
-        "machine (worst cases: docs/security.md)",
-    )
-    limits.add_argument(
-        "--max-clients",
-        type=int,
-        metavar="N",
-        help="inbound connections held at once; more are closed at once "
-        "(default 0 = derived from the open-file limit)",
-    )
-    limits.add_argument(
-        "--header-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="a request head must arrive in full within this long (default 10)",
-    )
-    limits.add_argument(
-        "--keepalive-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="close an idle keep-alive connection after this long (default 75)",
-    )
-    limits.add_argument(
-        "--public-status",
-        action="store_true",
-        default=None,
-        help="serve /.hopgate/status details to any client, not only to loopback ones",
-    )
-    limits.add_argument(
-        "--max-streams",
-        type=int,
-        metavar="N",
-        help="streams (tunnelled requests and WebSockets) one hop session may have open "
-        "(default 256)",
-    )
-    limits.add_argument(
-        "--session-connections",
-        type=int,
-        metavar="N",
-        help="origin connections one hop session may hold; its further streams wait "
-        "(default 128)",
-    )
-    limits.add_argument(
-        "--session-reassembly",
-        type=int,
-        metavar="BYTES",
-        help="bytes of unfinished WebSocket messages one hop session may hold "
-        "(default 16777216)",
-    )
-    limits.add_argument(
-        "--max-unread-bytes",
-        type=int,
-        metavar="BYTES",
-        help="response bytes read from the origin but not yet taken by the peer, per hop "
-        "session; reading from the origin pauses beyond it (default 4194304)",
-    )
-    limits.add_argument(
-        "--max-session-posts",
-        type=int,
-        metavar="N",
-        help="long-poll POSTs one hop session may have in flight; more get 429 (default 4)",
-    )
-    limits.add_argument(
-        "--max-sessions-per-client",
-        type=int,
-        metavar="N",
-        help="hop sessions one client address may hold at once (default 100; 0 = no limit)",
-    )
-    limits.add_argument(
-        "--session-create-rate",
-        type=float,
-        metavar="PER_SECOND",
-        help="new hop sessions per second one client address may open, in bursts of the "
-        "same size (default 10)",
-    )
-    parser.add_argument(
-        "--allowed-origin",
-        dest="allowed_origins",
-        action="append",
-        metavar="ORIGIN",
-        help="browser Origin allowed to open sessions (repeatable; default same origin)",
-    )
+    sections: dict[str, argparse._ActionsContainer] = {"": parser}
+    for setting in SETTINGS:
+        if setting.group not in sections:
+            sections[setting.group] = parser.add_argument_group(
+                setting.group, GROUP_HELP.get(setting.group)
+            )
+        _add_flag(sections[setting.group], setting)
+
+
+#: What each ``--help`` section is about.
+GROUP_HELP = {
+    "hop sessions": "the session between two gateways (or a page and a gateway)",
+    "limits": "what one peer can make this gateway hold; the defaults are safe on a small "
+    "machine (worst cases: docs/security.md)",
+}
+
+_FLAG_TYPES: dict[str, type] = {
+    "seconds": float,
+    "rate": float,
+    "count": int,
+    "bytes": int,
+    "path": Path,
+    "text": str,
+}
+_METAVARS = {"seconds": "SECONDS", "rate": "PER_SECOND", "count": "N", "bytes": "BYTES"}
+
+
+def _add_flag(section: argparse._ActionsContainer, setting: Setting) -> None:
+    """One flag of the settings table; ``None`` when not given, so a file or default applies."""
+    common: dict[str, Any] = {"dest": setting.name, "help": setting.help}
+    if setting.kind == "flag":
+        section.add_argument(setting.option, action="store_true", default=None, **common)
+    elif setting.kind == "choice":
+        section.add_argument(setting.option, choices=setting.choices, **common)
+    elif setting.kind == "origins":
+        section.add_argument(setting.option, action="append", metavar=setting.metavar, **common)
+    else:
+        section.add_argument(
+            setting.option,
+            type=_FLAG_TYPES[setting.kind],
+            metavar=setting.metavar or _METAVARS[setting.kind],
+            **common,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -163,9 +163,6 @@ def load_toml(path: Path) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in raw.items()}
 
 
-_FIELDS = {f.name for f in dataclasses.fields(Config)}
-
-
 def build_config(role: Role, settings: dict[str, Any]) -> Config:
     """Turn loosely typed settings (from TOML and flags) into a checked ``Config``.
 
@@ -181,11 +178,11 @@ def build_config(role: Role, settings: dict[str, Any]) -> Config:
     if upstream:
         values["upstream"] = parse_upstream(str(upstream))
     settings.pop("role", None)
-    unknown = sorted(set(settings) - _FIELDS)
+    unknown = sorted(set(settings) - set(_BY_NAME))
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
     for key, value in settings.items():
-        values[key] = _typed(key, value)
+        values[key] = _typed(_BY_NAME[key], value)
     if values.get("hop_secret_file") is not None:
         if values.get("hop_secret") is not None:
             raise ConfigError("give --hop-secret or --hop-secret-file, not both")
@@ -195,45 +192,215 @@ def build_config(role: Role, settings: dict[str, Any]) -> Config:
     return config
 
 
-_SECONDS = frozenset(
-    {
-        "upstream_timeout",
-        "connect_timeout",
-        "shutdown_grace",
-        "hold_time",
-        "resume_grace",
-        "header_timeout",
-        "keepalive_timeout",
-    }
-)
-_RATES = frozenset({"session_create_rate"})
-_INTEGERS = frozenset(
-    {
-        "listen_port",
-        "max_connections",
-        "max_sessions",
-        "max_message_size",
-        "session_buffer",
-        "max_clients",
-        "max_streams",
-        "session_connections",
-        "session_reassembly",
-        "max_unread_bytes",
-        "max_session_posts",
-        "max_sessions_per_client",
-    }
-)
-_FLAGS = frozenset({"preserve_host", "public_status"})
-_PATHS = frozenset({"tls_cert", "tls_key", "ca_file", "hop_secret_file"})
+Kind = Literal["seconds", "rate", "count", "bytes", "flag", "path", "text", "choice", "origins"]
 
-_KINDS = {
-    **{key: "a number of seconds" for key in _SECONDS},
-    **{key: "a positive number" for key in _RATES},
-    **{key: "a whole number" for key in _INTEGERS},
-    **{key: "true or false" for key in _FLAGS},
-    **{key: "a file path" for key in _PATHS},
-    "allowed_origins": "a list of origins such as [\"https://app.example\"]",
+_KIND_TEXT: dict[str, str] = {
+    "seconds": "a number of seconds",
+    "rate": "a positive number",
+    "count": "a whole number",
+    "bytes": "a whole number of bytes",
+    "flag": "true or false",
+    "path": "a file path",
+    "text": "a string",
+    "choice": "a string",
+    "origins": 'a list of origins such as ["https://app.example"]',
 }
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting a user can give: the ``Config`` field, its flag, kind and help.
+
+    The one table below drives the command line (``gateway.cli``), the
+    config file's keys and the type checks, so a new knob is one row here
+    plus its ``Config`` field.
+    """
+
+    name: str
+    kind: Kind
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()
+    #: ``--help`` section: "" for the main one.
+    group: str = ""
+    #: The flag, when it is not ``--`` + the name with dashes.
+    flag: str | None = None
+
+    @property
+    def option(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+
+_HOP = "hop sessions"
+_LIMITS = "limits"
+
+#: Every setting except ``listen`` and ``upstream`` (whose help depends on the role).
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "upgrade",
+        "choice",
+        "auto (default): upgrade the hop to the next gateway to a WebSocket or "
+        "long-poll session when it is a gateway; never: plain HTTP forwarding only",
+        choices=("auto", "never"),
+    ),
+    Setting("log_level", "choice", "how much to log (default info)", choices=LOG_LEVELS),
+    Setting("tls_cert", "path", "listen with TLS: certificate chain", "PEM"),
+    Setting("tls_key", "path", "listen with TLS: private key", "PEM"),
+    Setting(
+        "ca_file",
+        "path",
+        "extra CA certificates trusted for https:// upstreams (system CAs still apply)",
+        "PEM",
+    ),
+    Setting(
+        "upstream_timeout",
+        "seconds",
+        "longest wait for the next byte from upstream, so held polls survive (default 600)",
+    ),
+    Setting("connect_timeout", "seconds", "upstream connect timeout (default 10)"),
+    Setting(
+        "shutdown_grace",
+        "seconds",
+        "on SIGINT/SIGTERM, time held requests get to finish (default 10)",
+    ),
+    Setting(
+        "preserve_host",
+        "flag",
+        "send the client's Host header upstream instead of the upstream's host",
+    ),
+    Setting("via_name", "text", "name used in the Via header (default hopgate)", "NAME"),
+    Setting(
+        "max_connections",
+        "count",
+        "origin connections the whole gateway holds at once; requests beyond wait "
+        "up to --connect-timeout (default 1024; 0 = unlimited)",
+    ),
+    Setting(
+        "hop_secret",
+        "text",
+        "shared secret both gateways of a hop must know before a session is opened",
+        "SECRET",
+    ),
+    Setting(
+        "hop_secret_file",
+        "path",
+        "read the hop secret from FILE (keeps it out of the command line and "
+        "of a world-readable config; surrounding whitespace is ignored)",
+        "FILE",
+    ),
+    Setting(
+        "allowed_origins",
+        "origins",
+        "browser Origin allowed to open sessions (repeatable; default same origin)",
+        "ORIGIN",
+        flag="--allowed-origin",
+    ),
+    Setting(
+        "hold_time",
+        "seconds",
+        "longest a long-poll GET is held (default 25; keep under 30)",
+        group=_HOP,
+    ),
+    Setting(
+        "resume_grace",
+        "seconds",
+        "how long a session waits for its peer to reconnect (default 60)",
+        group=_HOP,
+    ),
+    Setting(
+        "max_sessions",
+        "count",
+        "hop sessions this gateway serves at once; more get 503 (default 1000)",
+        group=_HOP,
+    ),
+    Setting(
+        "max_message_size",
+        "bytes",
+        "largest message a hop session carries (default 16777216)",
+        group=_HOP,
+    ),
+    Setting(
+        "session_buffer",
+        "bytes",
+        "replay buffer per hop session; senders wait beyond it (default 4194304)",
+        group=_HOP,
+    ),
+    Setting(
+        "max_clients",
+        "count",
+        "inbound connections held at once; more are closed at once "
+        "(default 0 = derived from the open-file limit)",
+        group=_LIMITS,
+    ),
+    Setting(
+        "header_timeout",
+        "seconds",
+        "a request head must arrive in full within this long (default 10)",
+        group=_LIMITS,
+    ),
+    Setting(
+        "keepalive_timeout",
+        "seconds",
+        "close an idle keep-alive connection after this long (default 75)",
+        group=_LIMITS,
+    ),
+    Setting(
+        "public_status",
+        "flag",
+        "serve /.hopgate/status details to any client, not only to loopback ones",
+        group=_LIMITS,
+    ),
+    Setting(
+        "max_streams",
+        "count",
+        "streams (tunnelled requests and WebSockets) one hop session may have open "
+        "(default 256)",
+        group=_LIMITS,
+    ),
+    Setting(
+        "session_connections",
+        "count",
+        "origin connections one hop session may hold; its further streams wait "
+        "(default 128)",
+        group=_LIMITS,
+    ),
+    Setting(
+        "session_reassembly",
+        "bytes",
+        "bytes of unfinished WebSocket messages one hop session may hold "
+        "(default 16777216)",
+        group=_LIMITS,
+    ),
+    Setting(
+        "max_unread_bytes",
+        "bytes",
+        "response bytes read from the origin but not yet taken by the peer, per hop "
+        "session; reading from the origin pauses beyond it (default 4194304)",
+        group=_LIMITS,
+    ),
+    Setting(
+        "max_session_posts",
+        "count",
+        "long-poll POSTs one hop session may have in flight; more get 429 (default 4)",
+        group=_LIMITS,
+    ),
+    Setting(
+        "max_sessions_per_client",
+        "count",
+        "hop sessions one client address may hold at once (default 100; 0 = no limit)",
+        group=_LIMITS,
+    ),
+    Setting(
+        "session_create_rate",
+        "rate",
+        "new hop sessions per second one client address may open, in bursts of the "
+        "same size (default 10)",
+        "PER_SECOND",
+        group=_LIMITS,
+    ),
+)
+
+_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 
 
 def read_secret_file(path: Path) -> str:
@@ -254,27 +421,27 @@ def read_secret_file(path: Path) -> str:
     return secret
 
 
-def _typed(key: str, value: Any) -> Any:
-    """``value`` as the type field ``key`` holds; a TOML file can give any type."""
-    flag = "--allowed-origin" if key == "allowed_origins" else "--" + key.replace("_", "-")
-    wrong = ConfigError(f"{flag}: {value!r} is not {_KINDS.get(key, 'a string')}")
-    if key in _SECONDS or key in _RATES:
+def _typed(setting: Setting, value: Any) -> Any:
+    """``value`` as ``setting`` holds it; a TOML file can give any type."""
+    kind = setting.kind
+    wrong = ConfigError(f"{setting.option}: {value!r} is not {_KIND_TEXT[kind]}")
+    if kind in ("seconds", "rate"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise wrong
         return float(value)
-    if key in _INTEGERS:
+    if kind in ("count", "bytes"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong
         return value
-    if key in _FLAGS:
+    if kind == "flag":
         if not isinstance(value, bool):
             raise wrong
         return value
-    if key in _PATHS:
+    if kind == "path":
         if not isinstance(value, str | Path):
             raise wrong
         return Path(value)
-    if key == "allowed_origins":
+    if kind == "origins":
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise wrong
         return tuple(value)
@@ -299,9 +466,9 @@ def _check(config: Config) -> None:
         if path is not None and not path.is_file():
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag} {path}: no such file")
-    for name in sorted(_SECONDS):
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+    for setting in SETTINGS:
+        if setting.kind == "seconds" and getattr(config, setting.name) <= 0:
+            raise ConfigError(f"{setting.option} must be a positive number of seconds")
     if not config.session_create_rate > 0:
         raise ConfigError("--session-create-rate must be a positive number of sessions a second")
     if config.max_connections < 0:

@@ -209,3 +209,20 @@ def test_edge_limit_defaults_and_values() -> None:
 def test_edge_limit_errors_name_the_flag(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config("server", {**UP, **settings})
+
+
+def test_every_setting_is_a_config_field_and_its_help_states_the_real_default() -> None:
+    """One table drives flags, file keys and type checks; its help must not drift."""
+    import dataclasses
+    import re
+
+    from gateway.config import SETTINGS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    assert len({s.option for s in SETTINGS}) == len(SETTINGS)
+    for setting in SETTINGS:
+        assert setting.name in defaults, setting.name
+        stated = re.search(r"\(default ([0-9.]+)", setting.help)
+        if setting.kind in ("seconds", "rate", "count", "bytes"):
+            assert stated is not None, f"{setting.option} help states no default"
+            assert float(stated.group(1)) == defaults[setting.name], setting.option
