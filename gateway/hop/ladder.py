@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
+from gateway.backoff import Backoff
+
 Rung = Literal["plain", "long-poll", "websocket"]
 _HEIGHT: dict[Rung, int] = {"plain": 0, "long-poll": 1, "websocket": 2}
 
@@ -61,7 +63,7 @@ class Ladder:
         self.fallbacks = 0
         self.connecting = False
         self.last_error = ""
-        self._retry_delay = self.settings.retry_initial
+        self._retry = Backoff(self.settings.retry_initial, self.settings.retry_max)
         self._not_before = 0.0
         self._session_since: float | None = None
         self._recheck_at: float | None = None
@@ -104,7 +106,7 @@ class Ladder:
         lived = 0.0 if self._session_since is None else now - self._session_since
         self._session_since = None
         if lived >= self.settings.stable_after:
-            self._retry_delay = self.settings.retry_initial
+            self._retry = self._retry.reset()
         self._back_off(now)
         self._move("plain")
 
@@ -131,8 +133,8 @@ class Ladder:
     # -- internals -------------------------------------------------------------
 
     def _back_off(self, now: float) -> None:
-        self._not_before = now + self._retry_delay
-        self._retry_delay = min(self._retry_delay * 2, self.settings.retry_max)
+        self._not_before = now + self._retry.delay
+        self._retry = self._retry.doubled()
 
     def _move(self, rung: Rung) -> None:
         if _HEIGHT[rung] > _HEIGHT[self.rung]:

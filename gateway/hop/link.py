@@ -52,6 +52,7 @@ from typing import Final
 import aiohttp
 from yarl import URL
 
+from gateway.backoff import Backoff
 from gateway.edge.forward import Forwarder
 from gateway.hop import discovery
 from gateway.hop.ladder import Ladder, LadderSettings, Peer, Rung
@@ -98,7 +99,9 @@ class UpstreamLink:
         self._check_hello = check_hello
         self._hello_timeout = hello_timeout
         self._hello_at = 0.0
-        self._hello_retry = self.ladder.settings.retry_initial
+        self._hello_retry = Backoff(
+            self.ladder.settings.retry_initial, self.ladder.settings.legacy_recheck
+        )
         #: Notes are not believed before this time: the session endpoint
         #: showed the peer is not a gateway (an origin echoing our mark back).
         self._notes_ignored_until = 0.0
@@ -212,7 +215,7 @@ class UpstreamLink:
             note = discovery.check_hello(body, nonce) if status == 200 else None
             why = f"hello answered {status} without the proof"
         now = self._loop.time()
-        self._hello_retry = self.ladder.settings.retry_initial
+        self._hello_retry = self._hello_retry.reset()
         if note is None:
             log.info(
                 "= %s is not a gateway (%s); asking again in %gs",
@@ -245,10 +248,10 @@ class UpstreamLink:
             return 200, None
 
     def _hello_unreachable(self, reason: str) -> None:
-        log.info("= %s; retrying in %gs", reason, self._hello_retry)
+        log.info("= %s; retrying in %gs", reason, self._hello_retry.delay)
         self.ladder.last_error = reason
-        self._hello_at = self._loop.time() + self._hello_retry
-        self._hello_retry = min(self._hello_retry * 2, self.ladder.settings.legacy_recheck)
+        self._hello_at = self._loop.time() + self._hello_retry.delay
+        self._hello_retry = self._hello_retry.doubled()
         self._mirror()
 
     # -- the session -------------------------------------------------------------

@@ -44,6 +44,8 @@ from typing import Final, Literal
 import aiohttp
 from yarl import URL
 
+from gateway.backoff import Backoff
+
 from .core import Session
 from .endpoint import (
     AUTH_HEADER,
@@ -103,7 +105,8 @@ class SessionConnector:
         self._signals: asyncio.Queue[tuple[Signal, Transport | None]] = asyncio.Queue()
         self._supervisor: asyncio.Task[None] | None = None
         self._switching = asyncio.Lock()
-        self._reprobe_delay = settings.reprobe_initial
+        self._reprobe = Backoff(settings.reprobe_initial, settings.reprobe_max)
+        self._reconnect = Backoff(settings.reconnect_initial, settings.reconnect_max)
         self._reprobe_at: float | None = None
         self._failures = 0
         self._ws_started = 0.0
@@ -303,7 +306,7 @@ class SessionConnector:
         hop.log.info("= demoting the WebSocket to long-poll (%s)", why)
         self.fallbacks += 1
         if hop.now() - self._ws_started >= self.settings.reprobe_max:
-            self._reprobe_delay = self.settings.reprobe_initial
+            self._reprobe = self._reprobe.reset()
         self._start_long_poll(hop)
         self._schedule_reprobe(double=True)
 
@@ -311,9 +314,9 @@ class SessionConnector:
         hop = self.session
         if hop is None:
             return
-        self._reprobe_at = hop.now() + self._reprobe_delay
+        self._reprobe_at = hop.now() + self._reprobe.delay
         if double:
-            self._reprobe_delay = min(self._reprobe_delay * 2, self.settings.reprobe_max)
+            self._reprobe = self._reprobe.doubled()
         self._signals.put_nowait(("wake", None))
 
     # -- supervision ----------------------------------------------------------------------
@@ -333,7 +336,7 @@ class SessionConnector:
         if isinstance(transport, WebSocketTransport) and hop is not None:
             lived = hop.now() - self._ws_started
             if lived >= self.settings.reprobe_max:
-                self._reprobe_delay = self.settings.reprobe_initial
+                self._reprobe = self._reprobe.reset()
             elif lived < self.settings.stall_timeout:
                 # A socket that dies right after its probe (a proxy killing
                 # upgraded connections): resume on long-poll, probe again later.
@@ -390,11 +393,7 @@ class SessionConnector:
     async def _resume(self, hop: HopSession) -> None:
         """Put the session back on a transport after it lost its own."""
         if self._failures:
-            delay = min(
-                self.settings.reconnect_initial * 2 ** (self._failures - 1),
-                self.settings.reconnect_max,
-            )
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._reconnect.after(self._failures))
         if hop.closed or hop.current is not None:
             return
         # WebSocket first unless it is in back-off (failed, demoted, or never
