@@ -1,6 +1,6 @@
 """Sans-I/O tunnel: HTTP exchanges and endpoint WebSockets multiplexed over a hop session.
 
-Layer 4 of ``/work/shared/DESIGN.md``; ``docs/tunnel.md`` describes the wire
+Layer 4 ("streams over a session") of the design; ``docs/tunnel.md`` describes the wire
 format and how an I/O layer drives :class:`Tunnel`.
 """
 
