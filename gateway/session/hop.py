@@ -98,6 +98,16 @@ class SessionUnavailable(ConnectionError):
         self.reason = reason
 
 
+#: Largest session message a gateway's hop sessions take (1009 beyond), not
+#: ``--max-message-size``: a session message is one tunnel batch, and
+#: legitimate peers (TunnelLink, the relay, the JS shim) send batches of at
+#: most 64 KiB, or one head frame alone (max_header_bytes, 64 KiB, plus
+#: framing). 2 MiB leaves room for peers with larger batches while a hostile
+#: peer's unfinished session message pins 2 MiB, not 16. Endpoint WebSocket
+#: messages up to ``--max-message-size`` travel chunked inside the tunnel.
+TUNNEL_SESSION_MESSAGE: Final = 2 * _MiB
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SessionSettings:
     """Everything the session transports need to know. Seconds and bytes."""
@@ -115,8 +125,15 @@ class SessionSettings:
     #: Long-poll POSTs one session may have in flight (429 beyond). Each
     #: must arrive whole within ``hold_time`` (408 otherwise).
     max_session_posts: int = 4
-    #: Largest whole message, both directions (1009 beyond).
+    #: Largest whole message, both directions (1009 beyond): an endpoint
+    #: WebSocket message through the tunnel (chunked into tunnel frames), and
+    #: the session message too unless ``max_session_message`` is set.
     max_message_size: int = 16 * _MiB
+    #: Largest session message, both directions (1009 beyond): what the hop
+    #: session core reassembles from fragments. 0: ``max_message_size`` (the
+    #: session as a plain message transport). Gateways carry tunnel batches
+    #: and use ``TUNNEL_SESSION_MESSAGE`` (``from_config``). Not a flag.
+    max_session_message: int = 0
     #: Replay buffer per session (encoded bytes); backpressure beyond.
     buffer_bytes: int = 4 * _MiB
     buffer_frames: int = 4096
@@ -154,6 +171,8 @@ class SessionSettings:
             raise ValueError("max_session_posts must be >= 1")
         if self.max_batch_bytes < self.batch_bytes + 4096:
             raise ValueError("max_batch_bytes must exceed batch_bytes")
+        if 0 < self.max_session_message < 256 * 1024:
+            raise ValueError("max_session_message must hold a tunnel head frame (>= 256 KiB)")
         if self.post_bytes_total < self.max_batch_bytes:
             raise ValueError("post_bytes_total must hold at least one max_batch_bytes body")
         self.core_config()  # validates the rest
@@ -161,7 +180,7 @@ class SessionSettings:
     @classmethod
     def from_config(cls, config: Config, **overrides: Any) -> SessionSettings:
         """Settings from a gateway ``Config`` (fields it lacks keep their defaults)."""
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"max_session_message": TUNNEL_SESSION_MESSAGE}
         for name in (
             "hold_time",
             "resume_grace",
@@ -185,7 +204,7 @@ class SessionSettings:
 
     def core_config(self) -> SessionConfig:
         return SessionConfig(
-            max_message_size=self.max_message_size,
+            max_message_size=self.max_session_message or self.max_message_size,
             fragment_size=self.fragment_size,
             max_buffer_bytes=self.buffer_bytes,
             max_buffer_frames=self.buffer_frames,

@@ -155,6 +155,21 @@ _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f]")
 _BAD_VALUE: Final = re.compile(rb"[\x00\r\n]")
 #: The tunnel core's ceiling for one WebSocket message (TunnelConfig refuses more).
 _MAX_TUNNEL_WS_MESSAGE: Final = 256 * 1024 * 1024
+# Bytes one receive from an origin connection may return (see _small_reads).
+_ORIGIN_READ: Final = 16 * 1024
+# Receive windows beyond BASE_WINDOW one session may hold (TunnelConfig.session_window).
+_SESSION_WINDOW: Final = 8 * 1024 * 1024
+# Undelivered events one stream's Mailbox may hold, and all of a link's
+# Mailboxes together. Windows count payload bytes only, so a peer sending
+# tiny or empty messages to an endpoint that does not read could otherwise
+# queue ~100 bytes of event per message without end; beyond either bound the
+# stream is reset TOO_LARGE. The session total is summed every
+# _BACKLOG_CHECK events of a stream's backlog (cheap, and exact: only live
+# Mailboxes are registered).
+MAX_STREAM_BACKLOG: Final = 4096
+MAX_SESSION_BACKLOG: Final = 32768
+_BACKLOG_CHECK: Final = 256
+BACKLOG_REASON: Final = "too many undelivered messages: the receiver is not reading"
 _BAD_HANDSHAKE: Final = (
     "invalid WebSocket handshake: needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13"
 )
@@ -185,6 +200,7 @@ def answering_config(config: Config) -> TunnelConfig:
         max_streams=config.max_streams,
         session_reassembly=config.session_reassembly,
         max_unread=config.max_unread_bytes,
+        session_window=_SESSION_WINDOW,
     )
 
 
@@ -248,6 +264,22 @@ def set_framing(headers: CIMultiDict[str], length: int | None) -> None:
         headers["Content-Length"] = str(length)
 
 
+def _small_reads(upstream: aiohttp.ClientResponse) -> None:
+    """Make the origin connection read at most ``_ORIGIN_READ`` bytes per receive.
+
+    asyncio reads up to 256 KiB a time, and aiohttp's ``read_bufsize`` only
+    pauses reading after a read: a streamed response nobody takes (the peer
+    never credits its stream) held one such read in the reader and one
+    yielded chunk waiting for the window, ~512 KiB per stream (+25 MiB RSS for
+    64 stalled streams). Bytes still in the kernel are not ours to count.
+    Transports without ``max_size`` (uvloop) are left alone.
+    """
+    connection = upstream.connection
+    transport = connection.transport if connection is not None else None
+    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = _ORIGIN_READ  # type: ignore[attr-defined]
+
+
 def _response_has_body(method: str, status: int) -> bool:
     return method != "HEAD" and status >= 200 and status not in (204, 304)
 
@@ -304,6 +336,11 @@ class Mailbox:
                 task.cancel()  # the origin request goes at once (a held poll, an upload)
         self.events.append(event)
         self._arrived.set()
+
+    @property
+    def backlog(self) -> int:
+        """Events delivered and not taken yet."""
+        return len(self.events)
 
     def post(self, item: _EndpointDone) -> None:
         self.events.append(item)
@@ -504,6 +541,20 @@ class TunnelLink:
         ):
             return
         sink.deliver(event)
+        if (kind is WebSocketMessage or kind is DataReceived) and type(sink) is Mailbox:
+            self._check_backlog(sid, sink)
+
+    def _check_backlog(self, sid: int, box: Mailbox) -> None:
+        """Reset a stream whose receiver lets events pile up (see MAX_STREAM_BACKLOG)."""
+        held = box.backlog
+        if held < _BACKLOG_CHECK or held % _BACKLOG_CHECK:
+            return
+        if held < MAX_STREAM_BACKLOG:
+            total = sum(b.backlog for b in self._sinks.values() if type(b) is Mailbox)
+            if total < MAX_SESSION_BACKLOG:
+                return
+        self.log.warning("< stream %d reset: %d events undelivered", sid, held)
+        self.reset(sid, ResetCode.TOO_LARGE, BACKLOG_REASON)
 
     def _counted(self, sid: int, event: Event) -> bool:
         """Count body bytes against the declared length; on a lie reset and return False.
@@ -707,6 +758,7 @@ class TunnelLink:
         self.schedule_flush()
         if not has_body:
             return
+        _small_reads(upstream)
         try:
             async for chunk in upstream.content.iter_any():
                 if not await box.wait_writable(tunnel, sid):

@@ -44,12 +44,17 @@ bytes of DATA and MESSAGE frames. Each side starts a new stream with
 ``BASE_WINDOW`` of credit for sending to the peer, except that OPEN and
 ACCEPT carry the sender's own receive window; the answerer of an HTTP OPEN
 with a body tops the opener's credit up to its own ``initial_window`` with
-one WINDOW frame. The receiver hands credit back as its consumer reports
-bytes consumed (``consumed()``), in WINDOW frames of at least half a window,
-so WINDOW traffic stays small. A peer that sends past the window broke the
-protocol (FlowControlError). WebSocket messages are reassembled before they
-are delivered, so a message larger than the window would deadlock if its
-chunks waited for ``consumed()``: the chunks of a message in progress are
+one WINDOW frame. Those announced windows exceed ``BASE_WINDOW`` only while
+their excess, summed over the session's live streams, fits
+``session_window``: later streams get ``BASE_WINDOW``, so a session's windows
+total ``session_window + max_streams * BASE_WINDOW`` at most (the receiver's
+choice alone, invisible to the protocol). The receiver hands credit back as
+its consumer reports bytes consumed (``consumed()``), in WINDOW frames of at
+least half the stream's window, so WINDOW traffic stays small. A peer that
+sends past the window broke the protocol (FlowControlError). WebSocket
+messages are reassembled before they are delivered, so a message larger
+than the window would deadlock if its chunks waited for ``consumed()``: the
+chunks of a message in progress are
 credited back on arrival, but only while the session's reassembly total
 (unfinished messages plus delivered, unconsumed ones) is within
 ``session_reassembly``; past it the credit is owed, and paid oldest message
@@ -170,6 +175,15 @@ _LEEWAY_WINDOW: Final = 2 * 1024 * 1024
 # Queued control frames beyond which a peer-provoked RESET closes the tunnel
 # (plus 16 per allowed stream: heads and WINDOWs of our own live streams).
 _MAX_CONTROL: Final = 16384
+# Items (messages, body chunks) one stream may queue before it is not
+# writable: max_pending counts bytes, and empty WebSocket messages have none
+# (a relayed peer's flood of them would otherwise queue without end).
+MAX_QUEUED_ITEMS: Final = 1024
+# Frames one received session message may carry. Each becomes an event of
+# ~100 bytes before the I/O layer sees any, and empty MESSAGEs cost no window:
+# 2 MiB of them would be ~350k events. next_message's 64 KiB batches hold at
+# most ~13k frames (5 bytes each at the least), so this refuses no real peer.
+MAX_MESSAGE_FRAMES: Final = 32768
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -197,6 +211,11 @@ class TunnelConfig:
     #: each stream's leeway), summed over all streams, at which no stream is
     #: writable.
     max_unread: int = 4 * 1024 * 1024
+    #: Receive window this end announces beyond BASE_WINDOW, summed over the
+    #: session's live streams: a new stream gets ``initial_window`` while the
+    #: sum stays within this, else BASE_WINDOW (like HTTP/2's connection
+    #: window, chosen by the receiver alone: no protocol change).
+    session_window: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
         checks = (
@@ -209,6 +228,7 @@ class TunnelConfig:
             ("max_ws_message", 1 <= self.max_ws_message <= _MAX_WS_MESSAGE),
             ("session_reassembly", self.session_reassembly >= 1),
             ("max_unread", self.max_unread >= 1),
+            ("session_window", self.session_window >= 0),
         )
         for name, ok in checks:
             if not ok:
@@ -250,6 +270,8 @@ class _Stream:
 
     __slots__ = (
         "dead",
+        "extra",
+        "grant_at",
         "id",
         "leeway",
         "local",
@@ -291,6 +313,8 @@ class _Stream:
         self.prefix = prefix  # DATA or MESSAGE frame prefix, by kind
         self.send_credit = BASE_WINDOW
         self.recv_window = BASE_WINDOW
+        self.extra = 0  # receive window announced beyond BASE_WINDOW (session_window)
+        self.grant_at = BASE_WINDOW // 2  # credit owed before a WINDOW goes out: half the window
         self.unconsumed = 0  # delivered to the I/O layer, not yet consumed()
         self.to_grant = 0  # consumed, not yet granted back in a WINDOW
         self.queue: deque[bytes | memoryview] = deque()
@@ -358,7 +382,7 @@ class Tunnel:
         self._express_streak = 0
         self._events: list[Event] = []
         self._closed = False
-        self._grant_threshold = config.initial_window // 2
+        self._window_extra = 0  # sum of _Stream.extra over live streams
         # Reassembly budget: bytes of unfinished WebSocket messages plus
         # delivered, unconsumed ones; streams with an unfinished message,
         # oldest first (the oldest always gets credit, so nothing deadlocks).
@@ -482,7 +506,7 @@ class Tunnel:
         stream = _Stream(
             sid, local=True, ws=ws, send_state=send_state, recv_state=HEAD, prefix=prefix
         )
-        stream.recv_window = self._config.initial_window
+        stream.recv_window = self._announce(stream)
         self._streams[sid] = stream
         self._opens.append(stream)
         return stream
@@ -530,7 +554,7 @@ class Tunnel:
         _, flat = self._head(b"", headers)
         self._send_step(stream, _ACCEPT)
         stream.recv_state = self._step(stream, stream.recv_state, _ACCEPT, local=True)
-        stream.recv_window = self._config.initial_window
+        stream.recv_window = self._announce(stream)
         self._control.append(
             encode_accept(self._packer, stream_id, stream.recv_window, protocol, flat)
         )
@@ -590,7 +614,7 @@ class Tunnel:
             stream.queued += n
             self._queued_total += n
             self._schedule(stream)
-        if stream.queued >= self._config.max_pending:
+        if stream.queued >= self._config.max_pending or len(stream.queue) >= MAX_QUEUED_ITEMS:
             stream.writable = False
         return self.is_writable(stream.id)
 
@@ -660,10 +684,26 @@ class Tunnel:
 
     def _credit(self, stream: _Stream, n: int) -> None:
         stream.to_grant += n
-        if stream.to_grant >= self._grant_threshold and stream.recv_state != DONE:
+        if stream.to_grant >= stream.grant_at and stream.recv_state != DONE:
             self._control.append(encode_window(self._packer, stream.id, stream.to_grant))
             stream.recv_window += stream.to_grant
             stream.to_grant = 0
+
+    def _announce(self, stream: _Stream) -> int:
+        """The receive window to announce for a new stream, within ``session_window``.
+
+        ``initial_window`` while the windows already announced beyond
+        BASE_WINDOW leave room, else BASE_WINDOW: one session cannot make this
+        end hold ``max_streams`` full windows. Credit is granted back in
+        batches of half the stream's own window, so a small one never stalls.
+        """
+        extra = self._config.initial_window - BASE_WINDOW
+        if extra <= 0 or self._window_extra + extra > self._config.session_window:
+            return BASE_WINDOW
+        self._window_extra += extra
+        stream.extra = extra
+        stream.grant_at = self._config.initial_window // 2
+        return self._config.initial_window
 
     def close_all(self, reason: str = "session closed") -> None:
         """The session died: every live stream gets a local StreamReset; the tunnel is closed."""
@@ -684,6 +724,7 @@ class Tunnel:
         self._express.clear()
         self._ring.clear()
         self._peer_streams = 0
+        self._window_extra = 0
         self._reassembly = self._delivered = self._queued_total = self._unacked_total = 0
         self._unfinished.clear()
         self._starved.clear()
@@ -810,7 +851,11 @@ class Tunnel:
         parts.append(header)
         parts.append(payload)
         added = len(header) + n
-        if not stream.writable and stream.queued < self._config.max_pending:
+        if (
+            not stream.writable
+            and stream.queued < self._config.max_pending
+            and len(queue) < MAX_QUEUED_ITEMS
+        ):
             stream.writable = True
             if self._session_full():
                 self._starved[stream.id] = stream  # StreamWritable once the session has room
@@ -840,7 +885,9 @@ class Tunnel:
             if isinstance(message, str):
                 raise RemoteProtocolError("tunnel messages are binary, got a text message")
             handlers = _HANDLERS
-            for raw in self._decoder.decode(message):
+            for n, raw in enumerate(self._decoder.decode(message)):
+                if n == MAX_MESSAGE_FRAMES:
+                    raise RemoteProtocolError(f"more than {n} frames in one session message")
                 handlers[raw[0]](self, raw)
         except RemoteProtocolError as exc:
             self.close_all(f"tunnel protocol error: {exc.reason}")
@@ -853,10 +900,11 @@ class Tunnel:
         )
         if stream is None:
             return
-        extra = self._config.initial_window - BASE_WINDOW
-        if has_body and extra > 0:
-            stream.recv_window += extra
-            self._control.append(encode_window(self._packer, sid, extra))
+        if has_body:
+            extra = self._announce(stream) - BASE_WINDOW
+            if extra > 0:
+                stream.recv_window += extra
+                self._control.append(encode_window(self._packer, sid, extra))
         self._events.append(
             RequestReceived(
                 stream_id=sid, method=method, target=target, headers=_pairs(flat), has_body=has_body
@@ -1159,6 +1207,9 @@ class Tunnel:
 
     def _recv_step(self, stream: _Stream, what: int) -> None:
         stream.recv_state = self._step(stream, stream.recv_state, what, local=False)
+        if stream.recv_state == DONE and stream.extra:  # nothing more comes in: window free
+            self._window_extra -= stream.extra
+            stream.extra = 0
 
     def _live(self, stream_id: int) -> _Stream | None:
         """A stream the API may act on; None if it was closed (a race, not a bug)."""
@@ -1214,6 +1265,8 @@ class Tunnel:
         del self._streams[stream.id]
         if not stream.local:
             self._peer_streams -= 1
+        self._window_extra -= stream.extra
+        stream.extra = 0
         stream.queue.clear()
         self._queued_total -= stream.queued
         self._unacked_total -= stream.unacked_counted

@@ -660,3 +660,39 @@ def test_garbage_closes_with_abort_for_the_peer() -> None:
     (closed,) = closed_events(link.ba.events)
     assert closed.by_peer and closed.code == CloseCode.PROTOCOL_ERROR
     assert "flags" in closed.reason
+
+
+def test_hop_sessions_reassemble_at_most_a_tunnel_batch_of_session_message() -> None:
+    """A hop session carries tunnel batches (64 KiB, or one head alone), never 16 MiB.
+
+    The endpoint WebSocket limit (``max_message_size``) is the tunnel's
+    business; the session core reassembles at most ``max_session_message``.
+    """
+    from types import SimpleNamespace
+
+    from gateway.session.events import MessageReceived
+    from gateway.session.hop import SessionSettings
+    from gateway.tunnel import Tunnel, TunnelConfig
+
+    settings = SessionSettings.from_config(SimpleNamespace())  # type: ignore[arg-type]
+    hop = settings.core_config()
+    assert hop.max_message_size == settings.max_session_message == 2 * 1024 * 1024
+    assert settings.max_message_size == 16 * 1024 * 1024
+    # A session used as a plain message transport keeps max_message_size.
+    assert SessionSettings().core_config().max_message_size == 16 * 1024 * 1024
+    # The largest single frame a Tunnel sends: a head at max_header_bytes.
+    tunnel = Tunnel(TunnelConfig(), opener=True)
+    tunnel.open_http("GET", b"/" + b"t" * 1000, [(b"h", b"v" * (64 * 1024 - 1003))])
+    largest = tunnel.next_message()
+    assert largest is not None and 64 * 1024 < len(largest) < hop.max_message_size // 16
+    sender = Session(SessionConfig(), session_id=SESSION_ID, token=TOKEN, is_client=True, now=0)
+    receiver = Session(hop, session_id=SESSION_ID, token=TOKEN, is_client=False, now=0)
+    link = FakeLink(sender, receiver)
+    link.reconnect()
+    link.settle()
+    sender.send_message(largest)
+    sender.send_message(b"z" * (hop.max_message_size + 1))
+    link.settle(rounds=40)
+    assert [len(e.data) for e in link.ab.events if isinstance(e, MessageReceived)] == [len(largest)]
+    assert isinstance(link.ab.errors[0], MessageTooBig)
+    assert link.ab.errors[0].code == 1009

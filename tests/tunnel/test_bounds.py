@@ -429,3 +429,125 @@ def test_many_streams_under_max_unread_never_wait_on_batched_credit() -> None:
         if got == 64 * total:
             break
     assert got == 64 * total, f"stalled after {got} of {64 * total} bytes"
+
+
+# -- session_window: the receive windows one session may hold ----------------------------
+
+WIDE = TunnelConfig(initial_window=256 * KiB, session_window=1 * MiB)
+
+
+def announced_windows(victim: Tunnel) -> dict[int, int]:
+    """The window of every ACCEPT the victim sends (its receive window per stream)."""
+    windows = {}
+    while (message := victim.next_message()) is not None:
+        for frame in FrameDecoder().decode(message):
+            if frame[0] == FrameType.ACCEPT:
+                windows[frame[1]] = frame[2]
+    return windows
+
+
+def test_streams_beyond_the_session_window_are_announced_the_base_window() -> None:
+    victim = Tunnel(WIDE, opener=False)
+    peer = Tunnel(WIDE, opener=True)
+    sids = [peer.open_websocket(b"/ws") for _ in range(8)]
+    while (message := peer.next_message()) is not None:
+        victim.receive_message(message)
+    for event in victim.events_received():
+        assert isinstance(event, WebSocketRequested)
+        victim.accept_websocket(event.stream_id)
+    windows = announced_windows(victim)
+    # 1 MiB over 192 KiB beyond the base each: five full windows, then the floor.
+    assert [windows[s] for s in sids] == [256 * KiB] * 5 + [BASE_WINDOW] * 3
+    # A stream that goes gives its share back to the next one.
+    victim.reset(sids[0])
+    later = peer.open_websocket(b"/ws")
+    victim.receive_message(peer.next_message() or b"")
+    [event] = [e for e in victim.events_received() if isinstance(e, WebSocketRequested)]
+    victim.accept_websocket(event.stream_id)
+    assert announced_windows(victim) == {later: 256 * KiB}
+
+
+def test_a_base_window_stream_carries_large_messages_without_stalling() -> None:
+    """Credit goes back in batches of half the stream's own window, not of initial_window."""
+    config = TunnelConfig(initial_window=256 * KiB, session_window=0, max_ws_message=2 * MiB)
+    victim = Tunnel(config, opener=False)
+    peer = Tunnel(config, opener=True)
+    sid = peer.open_websocket(b"/ws")
+    victim.receive_message(peer.next_message() or b"")
+    victim.events_received()
+    victim.accept_websocket(sid)
+    assert announced_windows_through(victim, peer) == {sid: BASE_WINDOW}
+    peer.events_received()
+    payload = b"m" * (2 * MiB)
+    peer.send_ws_message(sid, payload)
+    got = []
+    for event in pump(peer, victim):
+        if isinstance(event, WebSocketMessage):
+            got.append(event)
+            victim.consumed(sid, event.size)
+    pump(peer, victim)
+    assert [e.data for e in got] == [payload]
+
+
+def announced_windows_through(victim: Tunnel, peer: Tunnel) -> dict[int, int]:
+    """Like announced_windows, and the peer receives what the victim sent."""
+    windows = {}
+    while (message := victim.next_message()) is not None:
+        peer.receive_message(message)
+        for frame in FrameDecoder().decode(message):
+            if frame[0] == FrameType.ACCEPT:
+                windows[frame[1]] = frame[2]
+    return windows
+
+
+def test_a_request_body_beyond_the_session_window_gets_no_top_up() -> None:
+    config = TunnelConfig(initial_window=256 * KiB, session_window=192 * KiB)
+    victim = Tunnel(config, opener=False)
+    peer = Tunnel(config, opener=True)
+    first = peer.open_http("POST", b"/a", has_body=True)
+    second = peer.open_http("POST", b"/b", has_body=True)
+    victim.receive_message(peer.next_message() or b"")
+    grants = {}
+    while (message := victim.next_message()) is not None:
+        for frame in FrameDecoder().decode(message):
+            if frame[0] == FrameType.WINDOW:
+                grants[frame[1]] = frame[2]
+    assert grants == {first: 192 * KiB}, grants
+    assert second not in grants
+
+
+def test_more_frames_in_one_message_than_any_batch_holds_close_the_tunnel() -> None:
+    from gateway.tunnel.streams import MAX_MESSAGE_FRAMES
+
+    victim = Tunnel(TunnelConfig(), opener=False)
+    [sid] = open_websockets(victim, 1)
+    packer = new_packer()
+    empty = encode_message(packer, sid, FLAG_FIN, b"")
+    victim.receive_message(empty * (MAX_MESSAGE_FRAMES // 2))  # within the bound: delivered
+    assert len(victim.events_received()) == MAX_MESSAGE_FRAMES // 2
+    try:
+        victim.receive_message(empty * (MAX_MESSAGE_FRAMES + 1))
+    except RemoteProtocolError as exc:
+        assert "frames in one session message" in exc.reason
+    else:
+        raise AssertionError("a message of more frames than any batch was taken")
+    assert victim.closed
+
+
+def test_empty_messages_queue_at_most_max_queued_items_per_stream() -> None:
+    """max_pending counts bytes; empty messages have none, so items are counted too."""
+    from gateway.tunnel.streams import MAX_QUEUED_ITEMS
+
+    victim = Tunnel(TunnelConfig(), opener=False)
+    [sid] = open_websockets(victim, 1)
+    queued = 0
+    while victim.send_ws_message(sid, b""):
+        queued += 1
+        assert queued < 10 * MAX_QUEUED_ITEMS, "empty messages queue without end"
+    assert queued + 1 == MAX_QUEUED_ITEMS
+    assert not victim.is_writable(sid)
+    victim.events_received()
+    while victim.next_message() is not None:
+        pass
+    assert any(isinstance(e, StreamWritable) for e in victim.events_received())
+    assert victim.is_writable(sid)
