@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -24,7 +25,16 @@ async def running_gateway(role: str = "client", **settings: object) -> AsyncIter
         yield gateway
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def until(
+    predicate: Callable[[], bool], what: str = "the condition", timeout: float = 15.0
+) -> None:
     """Poll until ``predicate()`` holds; fail the test naming ``what`` if it never does."""
     try:
         async with asyncio.timeout(timeout):

@@ -54,6 +54,8 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
+from tests.helpers import free_port
+
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
 
 #: Longest wait for a proxy to accept connections on its port.
@@ -121,14 +123,6 @@ def render(recipe: Path, **values: str) -> str:
             f"values for tokens it does not have: {sorted(unused)}"
         )
     return TOKEN.sub(lambda m: values[m.group(1)], text)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def host_port(url: str) -> str:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -20,7 +20,7 @@ from aiohttp import http_parser, web, web_protocol
 
 from gateway.edge.connect import BadTarget, parse_connect_target
 from gateway.server import Gateway
-from tests.helpers import running_gateway
+from tests.helpers import free_port, running_gateway, until
 
 LIMIT = 10.0
 
@@ -86,18 +86,6 @@ async def send_connect(
 
 def status_of(head: bytes) -> int:
     return int(head.split(b" ", 2)[1])
-
-
-async def eventually(check: Callable[[], bool]) -> None:
-    while not check():
-        await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -------------------------------------------------------------- target parse
@@ -205,7 +193,7 @@ async def test_https_origin_through_the_tunnel_with_aiohttp_proxy_client(
             async with session.post(url, proxy=forward_proxy.url, ssl=client_ctx) as resp:
                 assert await resp.text() == "secure POST /hello?x=1"
         async with asyncio.timeout(LIMIT):
-            await eventually(lambda: forward_proxy.stats.active_tunnels == 0)
+            await until(lambda: forward_proxy.stats.active_tunnels == 0)
     finally:
         await runner.cleanup()
 
@@ -303,7 +291,7 @@ async def test_client_closing_closes_the_target_connection(
         assert await reader.readexactly(1) == b"x"
         writer.close()
         await echo.closed.wait()
-        await eventually(lambda: forward_proxy.stats.active_tunnels == 0)
+        await until(lambda: forward_proxy.stats.active_tunnels == 0)
 
 
 async def test_target_closing_reaches_the_client_as_eof(forward_proxy: Gateway) -> None:
@@ -320,7 +308,7 @@ async def test_target_closing_reaches_the_client_as_eof(forward_proxy: Gateway) 
             assert status_of(head) == 200
             assert await reader.read() == b"bye"  # read() returns at EOF only
             writer.close()
-            await eventually(lambda: forward_proxy.stats.active_tunnels == 0)
+            await until(lambda: forward_proxy.stats.active_tunnels == 0)
     finally:
         server.close()
 
@@ -346,7 +334,7 @@ async def test_target_half_close_lets_the_client_finish_sending(forward_proxy: G
             await writer.drain()
             writer.close()
             assert await got == b"late data"
-            await eventually(lambda: forward_proxy.stats.active_tunnels == 0)
+            await until(lambda: forward_proxy.stats.active_tunnels == 0)
     finally:
         server.close()
 
@@ -379,6 +367,6 @@ async def test_client_sending_then_closing_delivers_everything(forward_proxy: Ga
             writer.write_eof()
             assert await got == payload
             writer.close()
-            await eventually(lambda: forward_proxy.stats.active_tunnels == 0)
+            await until(lambda: forward_proxy.stats.active_tunnels == 0)
     finally:
         server.close()

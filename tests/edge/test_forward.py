@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import io
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.server import Gateway
+from tests.helpers import free_port
 
 if TYPE_CHECKING:
     from tests.conftest import MakeGateway, MakeOrigin
@@ -96,13 +96,6 @@ async def raw_exchange(base: str, request: bytes, *, method: str = "GET") -> Raw
     finally:
         writer.close()
     return parse_response(data, method)
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

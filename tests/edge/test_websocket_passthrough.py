@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, web
 from gateway.edge import websocket
 from gateway.server import Gateway
 from tests.conftest import MakeOrigin
-from tests.helpers import running_gateway
+from tests.helpers import running_gateway, until
 
 LIMIT = 10.0
 
@@ -109,11 +109,6 @@ async def path(request: pytest.FixtureRequest, origin: Origin) -> AsyncIterator[
             yield Path(session, origin.url, proxy.url, [proxy])
 
 
-async def eventually(check: Callable[[], bool]) -> None:
-    while not check():
-        await asyncio.sleep(0.01)
-
-
 async def test_text_and_binary_echo_both_ways(path: Path) -> None:
     async with asyncio.timeout(LIMIT):
         ws = await path.connect()
@@ -125,7 +120,7 @@ async def test_text_and_binary_echo_both_ways(path: Path) -> None:
         assert msg.data == b"\x00\xffbinary"
         assert path.active() == len(path.gateways)
         await ws.close()
-        await eventually(lambda: path.active() == 0)
+        await until(lambda: path.active() == 0)
 
 
 async def test_large_message_arrives_whole(path: Path) -> None:
@@ -149,7 +144,7 @@ async def test_oversize_message_closes_both_sides_with_1009(
         assert msg.data == 1009
         code, _ = await origin.closes.get()
         assert code == 1009
-        await eventually(lambda: path.active() == 0)
+        await until(lambda: path.active() == 0)
 
 
 async def test_ping_is_answered_end_to_end(path: Path) -> None:
@@ -198,7 +193,7 @@ async def test_client_close_code_and_reason_reach_origin_and_come_back(
         await ws.close(code=4001, message=b"client done")
         assert ws.close_code == 4001
         assert await origin.closes.get() == (4001, "client done")
-        await eventually(lambda: path.active() == 0)
+        await until(lambda: path.active() == 0)
 
 
 async def test_origin_close_code_and_reason_reach_client_and_its_answer_goes_back(
@@ -212,7 +207,7 @@ async def test_origin_close_code_and_reason_reach_client_and_its_answer_goes_bac
         assert (msg.data, msg.extra) == (4002, "origin done")
         await ws.close(code=4003)
         assert await origin.closes.get() == (4003, "(reply)")
-        await eventually(lambda: path.active() == 0)
+        await until(lambda: path.active() == 0)
 
 
 async def test_origin_refusal_is_passed_back_with_status_and_body(path: Path) -> None:
@@ -264,4 +259,4 @@ async def test_client_vanishing_closes_the_origin_side(path: Path, origin: Origi
         ws._response.connection.transport.abort()  # type: ignore[union-attr]
         code, _ = await origin.closes.get()
         assert code == 1001
-        await eventually(lambda: path.active() == 0)
+        await until(lambda: path.active() == 0)

@@ -40,6 +40,7 @@ from gateway.status import GatewayStats
 from gateway.tunnel import ResetCode, ResponseReceived, StreamReset
 from gateway.tunnel.bridge import Mailbox, NotSent, TunnelLink, check_request, tunnel_target
 from tests.conftest import MakeOrigin
+from tests.helpers import until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -347,12 +348,6 @@ def headers_of(info: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
 # ---------------------------------------------------------------------- HTTP
 
 
@@ -374,7 +369,7 @@ async def test_request_and_response_bodies_both_ways(
     assert info["body_sha256"] == hashlib.sha256(body).hexdigest()
     assert chain.entry.not_sent == []
     assert chain.down.tunnel.stream_count == 0
-    await wait_for(lambda: chain.up.tunnel.stream_count == 0)
+    await until(lambda: chain.up.tunnel.stream_count == 0)
     assert chain.entry.stats.active_streams == chain.server.stats.active_streams == 0
 
 
@@ -457,7 +452,7 @@ async def test_held_poll_stays_held_as_long_as_the_origin_holds_it(
         resp = await poll
     assert await resp.text() == "held and answered"
     assert time.monotonic() - started >= 2.9
-    await wait_for(lambda: chain.server.stats.active_streams == 0)
+    await until(lambda: chain.server.stats.active_streams == 0)
     assert chain.entry.stats.active_streams == 0
 
 
@@ -478,8 +473,8 @@ async def test_client_abort_cancels_the_origin_request_within_a_second(
     async with asyncio.timeout(3):
         await o.cancelled.wait()
     assert o.cancelled_at - aborted < 1.0
-    await wait_for(lambda: chain.server.stats.active_streams == 0)
-    await wait_for(lambda: chain.entry.stats.active_streams == 0)
+    await until(lambda: chain.server.stats.active_streams == 0)
+    await until(lambda: chain.entry.stats.active_streams == 0)
     assert len(o.seen) == 1
 
 
@@ -622,8 +617,8 @@ async def test_an_early_answer_to_an_upload_arrives_whole(
         assert await resp.text() == "too big for me"
     async with chain.client.get(chain.url + "/after") as resp:  # the session is fine
         assert resp.status == 200
-    await wait_for(lambda: chain.down.tunnel.stream_count == 0)
-    await wait_for(lambda: chain.up.tunnel.stream_count == 0)
+    await until(lambda: chain.down.tunnel.stream_count == 0)
+    await until(lambda: chain.up.tunnel.stream_count == 0)
     assert [s["path"] for s in o.seen] == ["/limited", "/after"]
 
 
@@ -815,9 +810,9 @@ async def test_websocket_echo_text_binary_and_close_codes(
         async with asyncio.timeout(10):
             await ws.close(code=4000, message=b"client bye")
         assert ws.close_code == 4001
-    await wait_for(lambda: chain.entry.stats.active_websockets == 0)
-    await wait_for(lambda: chain.server.stats.active_websockets == 0)
-    await wait_for(lambda: chain.down.tunnel.stream_count == 0)
+    await until(lambda: chain.entry.stats.active_websockets == 0)
+    await until(lambda: chain.server.stats.active_websockets == 0)
+    await until(lambda: chain.down.tunnel.stream_count == 0)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
