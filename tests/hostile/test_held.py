@@ -9,6 +9,7 @@ naming another host reach nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 
@@ -74,7 +75,9 @@ async def test_a_message_of_16_mib_plus_one_closes_with_1009(
 ) -> None:
     gw = await make_gateway("server", {"upstream": origin.url})
     async with hp.HostilePeer(gw.url, timeout=20) as peer:
-        await peer.send(b"\x00" * (16 * MiB + 1))
+        # The gateway may close before the last byte (a lower per-message cap).
+        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+            await peer.send(b"\x00" * (16 * MiB + 1))
         assert await peer.until(lambda: peer.closed is not None, 15)
         assert peer.closed is not None and peer.closed[0] == 1009, peer.closed
 
