@@ -69,6 +69,7 @@ from gateway.hop.ladder import LadderSettings
 from gateway.hop.link import LinkTable, UpstreamLink
 from gateway.session.endpoint import SESSION_PATH, SessionServer
 from gateway.session.hop import HopSession, SessionSettings
+from gateway.session.registry import client_key
 from gateway.status import STATUS_PATH, GatewayStats, status_refusal
 from gateway.tunnel.bridge import NotSent, TunnelLink, answering_config
 
@@ -94,6 +95,33 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
     return context
+
+
+class SharedSlots:
+    """One semaphore of ``size`` per key, shared by its holders, dropped with the last one.
+
+    ``size`` 0 means no limit: ``take`` gives ``None``.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._slots: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    def take(self, key: str) -> asyncio.Semaphore | None:
+        if self._size <= 0:
+            return None
+        slots, holders = self._slots.get(key) or (asyncio.Semaphore(self._size), 0)
+        self._slots[key] = (slots, holders + 1)
+        return slots
+
+    def release(self, key: str) -> None:
+        if key not in self._slots:
+            return
+        slots, holders = self._slots[key]
+        if holders <= 1:
+            del self._slots[key]
+        else:
+            self._slots[key] = (slots, holders - 1)
 
 
 class Gateway:
@@ -126,6 +154,10 @@ class Gateway:
         self.sessions: SessionServer | None = None
         self._links: LinkTable | None = None
         self._accepted: set[TunnelLink] = set()
+        #: A client address's sessions share a quarter of --max-connections, so
+        #: one address (up to --max-sessions-per-client sessions) cannot take all.
+        #: (--max-connections 0, unlimited, shares nothing.)
+        self._address_slots = SharedSlots(config.max_connections // 4)
         self._allowed_origins = frozenset(_normal_origin(o) for o in config.allowed_origins)
         self.port = 0
         #: Inbound connection cap and head deadline (set up by ``start``).
@@ -326,10 +358,15 @@ class Gateway:
             config=answering_config(self.config),
             peer_ip=hop.peer_address,
             session_connections=self.config.session_connections,
+            address_slots=self._address_slots.take(client_key(hop.peer_address)),
         )
         self._accepted.add(tunnel)
         # O(1) per session: each tunnel leaves the set when its session ends.
-        hop.on_finished.append(lambda _hop: self._accepted.discard(tunnel))
+        hop.on_finished.append(lambda _hop: self._session_ended(tunnel, hop))
+
+    def _session_ended(self, tunnel: TunnelLink, hop: HopSession) -> None:
+        self._accepted.discard(tunnel)
+        self._address_slots.release(client_key(hop.peer_address))
 
     async def _close_accepted(self) -> None:
         """End the sessions previous gateways opened to this one, and their tunnels."""

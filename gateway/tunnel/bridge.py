@@ -385,12 +385,15 @@ class TunnelLink:
         config: TunnelConfig | None = None,
         peer_ip: str | None = None,
         session_connections: int | None = None,
+        address_slots: asyncio.Semaphore | None = None,
     ) -> None:
         """``upstream``: this gateway's configured upstream (the origin behind a server
         gateway; the next gateway for a client one, used for the ``Host`` it would
         send). ``peer_ip``: the other gateway's address, for ``X-Forwarded-For``.
         ``session_connections``: origin exchanges the answering side runs at once
         (default ``--session-connections``); further streams wait for a slot.
+        ``address_slots``: origin exchanges shared by every session of the peer's
+        address, so one address cannot take all of ``--max-connections``.
         """
         self._hop = hop
         self._opener = opener
@@ -411,6 +414,7 @@ class TunnelLink:
         self._counters: dict[int, BodyCounter] = {}
         slots = session_connections or forwarder.config.session_connections
         self._origin_slots = asyncio.Semaphore(slots)
+        self._address_slots = address_slots
         self._tasks: set[asyncio.Task[Any]] = set()
         self._flush_due = False
         self._dispatching = False
@@ -678,15 +682,23 @@ class TunnelLink:
             self.stats.active_streams -= 1
             self.unregister(sid, box)
 
-    def _origin_slot(self, sid: int) -> asyncio.Semaphore:
-        """One of this session's ``session_connections`` origin slots; waiters queue in order.
+    @contextlib.asynccontextmanager
+    async def _origin_slot(self, sid: int) -> AsyncIterator[None]:
+        """One of this session's origin slots, and one of its address's; waiters queue in order.
 
-        A stream reset while it waits is cancelled out of the queue.
+        Always the session's first, then the address's, so no two streams wait
+        on each other's. A stream reset while it waits is cancelled out of the queue.
         """
-        slots = self._origin_slots
-        if slots.locked():
+        if self._origin_slots.locked():
             self.log.debug("= stream %d waits for one of the session's origin connections", sid)
-        return slots
+        async with self._origin_slots:
+            if self._address_slots is None:
+                yield
+                return
+            if self._address_slots.locked():
+                self.log.debug("= stream %d waits for one of its address's origin connections", sid)
+            async with self._address_slots:
+                yield
 
     async def _exchange(
         self,

@@ -568,6 +568,30 @@ async def test_one_session_holds_at_most_session_connections_origin_requests(
     assert sorted(held) == sorted(f"/hold/{i}" for i in range(cap + 4))
 
 
+async def test_sessions_of_one_address_share_a_quarter_of_max_connections(
+    make_gateway: MakeGateway, raw_origin: RawOrigin
+) -> None:
+    """Many sessions from one address cannot take every origin connection from others."""
+    gateway = await make_gateway("server", {"upstream": raw_origin.url, "max_connections": 8})
+    share = 8 // 4
+    async with raw_session(gateway.url) as one, raw_session(gateway.url) as two:
+        waiting = [
+            raw.open("GET", f"/hold/{n}-{i}".encode(), [("Host", "x")])
+            for n, raw in enumerate((one, two))
+            for i in range(3)
+        ]
+        await until(lambda: raw_origin.held == share, f"{share} held polls at the origin")
+        await asyncio.sleep(0.3)
+        assert raw_origin.max_held == share, "one address took more than its share"
+        async with aiohttp.ClientSession() as http, http.get(f"{gateway.url}/legit/plain") as resp:
+            assert resp.status == 200  # the rest of --max-connections is still there
+        raw_origin.release.set()
+        for raw, sids in ((one, waiting[:3]), (two, waiting[3:])):
+            for sid in sids:
+                assert (await raw.answer(sid)).status == 200
+    assert raw_origin.max_held == share
+
+
 async def test_requests_beyond_max_connections_wait_then_get_504(
     make_gateway: MakeGateway, raw_origin: RawOrigin
 ) -> None:
