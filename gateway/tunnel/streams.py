@@ -363,13 +363,16 @@ def _reason_ok(reason: str) -> str:
     return reason.encode("utf-8", "replace").decode("utf-8")
 
 
+#: One Packer for every tunnel: each one costs a few KB, which is most of an idle session's.
+_PACKER: Final = new_packer()
+
 class Tunnel:
     """One end of the stream multiplexer over a hop session (see module docstring)."""
 
     def __init__(self, config: TunnelConfig | None = None, *, opener: bool) -> None:
         self._config = config = config or TunnelConfig()
         self._opener = opener
-        self._packer = new_packer()
+        self._packer = _PACKER  # shared: pack() is synchronous and resets itself
         self._decoder = FrameDecoder()
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1 if opener else 2
