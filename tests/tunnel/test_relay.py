@@ -19,6 +19,7 @@ from yarl import URL
 
 from gateway.tunnel.bridge import TunnelLink
 from tests.conftest import MakeGateway, MakeOrigin
+from tests.helpers import until
 from tests.tunnel.test_bridge import (
     TRANSPORTS,
     BuildChain,
@@ -27,7 +28,6 @@ from tests.tunnel.test_bridge import (
     build_chain,
     headers_of,
     origin,
-    wait_for,
 )
 
 __all__ = ["build_chain", "origin"]  # fixtures
@@ -65,7 +65,7 @@ async def test_relay_carries_http_and_websockets_through_a_middle_gateway(
         await ws.send_str("close:4002")
         msg = await ws.receive(timeout=5)
         assert msg.type is WSMsgType.CLOSE and msg.data == 4002
-    await wait_for(lambda: chain.middle is not None and chain.middle.stats.active_streams == 0)
+    await until(lambda: chain.middle is not None and chain.middle.stats.active_streams == 0)
 
 
 @pytest.mark.parametrize("transport", ["websocket"])
@@ -128,7 +128,7 @@ async def test_client_relay_server_gateways_carry_streams_over_their_tunnels(
         near, far = tunnels()
         assert near is not None and far is not None
         poll = asyncio.create_task(http.get(client.url + "/hold?s=1"))
-        await wait_for(lambda: near.tunnel.stream_count == 1 and far.tunnel.stream_count == 1)
+        await until(lambda: near.tunnel.stream_count == 1 and far.tunnel.stream_count == 1)
         async with asyncio.timeout(5):
             resp = await poll
         assert await resp.text() == "held and answered"
@@ -142,4 +142,4 @@ async def test_client_relay_server_gateways_carry_streams_over_their_tunnels(
             await ws.send_bytes(b"through three gateways")
             assert (await ws.receive(timeout=5)).data == b"echo through three gateways"
         assert near.alive and far.alive
-    await wait_for(lambda: middle.stats.active_streams == 0 and client.stats.active_streams == 0)
+    await until(lambda: middle.stats.active_streams == 0 and client.stats.active_streams == 0)
