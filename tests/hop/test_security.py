@@ -13,9 +13,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +25,16 @@ from yarl import URL
 from gateway.cli import build_parser, settings_from_args
 from gateway.config import ConfigError, build_config
 from gateway.server import Gateway
-from gateway.session.connector import SessionConnector
 from gateway.session.endpoint import AUTH_HEADER, SESSION_PATH, auth_header_value
-from gateway.session.hop import HopSession, SessionSettings
 from gateway.status import STATUS_PATH
 from gateway.tunnel import (
     Event,
     ResponseReceived,
     StreamReset,
-    Tunnel,
-    TunnelConfig,
-    WebSocketAccepted,
 )
 from tests.helpers import until
 from tests.hop.conftest import StartGateway
+from tests.tunnel.rawpeers import raw_session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,71 +61,6 @@ class Recorder:
         return web.Response(text=self.name)
 
 
-# -------------------------------------------------- a raw tunnel, as an attacker
-
-
-class RawTunnel:
-    """A tunnel core spoken directly over a real hop session: no gateway checks on our side."""
-
-    def __init__(self, hop: HopSession) -> None:
-        self.hop = hop
-        self.tunnel = Tunnel(TunnelConfig(), opener=True)
-        self.heads: dict[int, Event] = {}
-        self.changed = asyncio.Event()
-        hop.set_handlers(on_message=self._on_message, on_writable=self.flush)
-
-    def _on_message(self, data: bytes | str) -> None:
-        assert isinstance(data, bytes)
-        self.tunnel.receive_message(data)
-        for event in self.tunnel.events_received():
-            if isinstance(event, ResponseReceived | StreamReset | WebSocketAccepted):
-                self.heads.setdefault(event.stream_id, event)
-        self.changed.set()
-        self.flush()
-
-    def flush(self) -> None:
-        while self.hop.writable:
-            message = self.tunnel.next_message()
-            if message is None:
-                break
-            self.hop.send(message)
-
-    async def head(self, sid: int) -> Event:
-        async with asyncio.timeout(10.0):
-            while sid not in self.heads:
-                self.changed.clear()
-                await self.changed.wait()
-        return self.heads[sid]
-
-    async def http(self, method: str, target: bytes, headers: list[tuple[str, str]]) -> Event:
-        sid = self.tunnel.open_http(method, target, headers)
-        self.flush()
-        return await self.head(sid)
-
-    async def websocket(self, target: bytes) -> Event:
-        sid = self.tunnel.open_websocket(target, [("Host", "x")], [])
-        self.flush()
-        return await self.head(sid)
-
-
-@pytest.fixture
-async def raw_session() -> AsyncIterator[Callable[[str], Any]]:
-    """``await raw_session(gateway_url)`` -> a RawTunnel over a real session to it."""
-    closers: list[Callable[[], Any]] = []
-
-    async def open_raw(url: str) -> RawTunnel:
-        http = aiohttp.ClientSession()
-        connector = SessionConnector(URL(url), http, SessionSettings())
-        closers.append(http.close)
-        closers.append(connector.close)
-        hop = await connector.connect()
-        return RawTunnel(hop)
-
-    yield open_raw
-    for close in reversed(closers):
-        await close()
-
-
 def is_refused(event: Event) -> bool:
     return isinstance(event, StreamReset) or (
         isinstance(event, ResponseReceived) and event.status >= 400
@@ -150,7 +79,7 @@ ESCAPES = [
 
 @pytest.mark.parametrize("role", ["server", "relay", "forward-proxy"])
 async def test_a_tunnelled_request_reaches_only_the_upstream(
-    role: str, make_origin: Any, start_gateway: StartGateway, raw_session: Any
+    role: str, make_origin: Any, start_gateway: StartGateway
 ) -> None:
     upstream, evil = Recorder("upstream"), Recorder("evil")
     upstream_url = await make_origin(upstream.handle)
@@ -164,26 +93,35 @@ async def test_a_tunnelled_request_reaches_only_the_upstream(
         await until(lambda: upstream_entry(target_gw)["transport"] == "websocket", "relay hop")
     else:
         target_gw = await start_gateway("client")  # a forward proxy: no upstream at all
-    raw = await raw_session(target_gw.url)
+    async with raw_session(target_gw.url) as raw:
 
-    for method, pattern in ESCAPES:
-        target = pattern.format(evil=evil_url.port).encode()
-        answer = await raw.http(method, target, [("Host", f"127.0.0.1:{evil_url.port}")])
-        assert is_refused(answer), (method, target, answer)
-    answer = await raw.websocket(f"http://127.0.0.1:{evil_url.port}/ws".encode())
-    assert is_refused(answer), answer
+        async def ask(method: str, target: bytes, host: str) -> Event | None:
+            return (await raw.answer(raw.open(method, target, [("Host", host)]))).head
 
-    # Host names the evil origin: the connection still goes to the upstream.
-    answer = await raw.http("GET", b"/steal", [("Host", f"127.0.0.1:{evil_url.port}")])
+        async def ask_websocket(target: bytes) -> Event | None:
+            sid = raw.tunnel.open_websocket(target, [("Host", "x")], [])
+            raw.flush()
+            return (await raw.answer(sid)).head
+
+        evil_host = f"127.0.0.1:{evil_url.port}"
+        for method, pattern in ESCAPES:
+            target = pattern.format(evil=evil_url.port).encode()
+            answer = await ask(method, target, evil_host)
+            assert answer is not None and is_refused(answer), (method, target, answer)
+        answer = await ask_websocket(f"http://{evil_host}/ws".encode())
+        assert answer is not None and is_refused(answer), answer
+
+        # Host names the evil origin: the connection still goes to the upstream.
+        answer = await ask("GET", b"/steal", evil_host)
+        assert not raw.hop.closed, "a refused stream must not cost the session"
     if role == "forward-proxy":
-        assert is_refused(answer), answer
+        assert answer is not None and is_refused(answer), answer
         assert upstream.lines == []
     else:
         assert isinstance(answer, ResponseReceived) and answer.status == 200, answer
         assert upstream.lines[-1] == "GET /steal"
     assert evil.lines == []
     assert all(" /" in line for line in upstream.lines), upstream.lines
-    assert not raw.hop.closed, "a refused stream must not cost the session"
 
 
 async def test_the_http_side_is_no_open_proxy_either(
