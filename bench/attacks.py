@@ -433,29 +433,9 @@ async def attack_smuggle(ctx: Ctx) -> Row:
         # A request of our choosing: A declares a length equal to the head the
         # gateway writes for B, so the origin takes B's head as A's body and
         # parses B's body (ours) as the next request.
-        smuggled = (
-            b"GET /smuggled HTTP/1.1\r\nHost: evil.example\r\n"
-            b"X-Forwarded-For: 6.6.6.6\r\nContent-Length: 0\r\n\r\n"
-        )
-
-        async def carrier() -> None:
-            sid = peer.sid()
-            await peer.send(
-                hp.open_http(
-                    sid,
-                    "POST",
-                    "/carrier",
-                    [("Host", "x"), ("Content-Length", str(len(smuggled)))],
-                    has_body=True,
-                ),
-                hp.data(sid, smuggled),
-                hp.end(sid),
-            )
-            await peer.complete(sid, 5)
-
         await asyncio.sleep(0.5)
         await lab.seen(ctx.http)
-        await carrier()
+        await hp.send_carrier(peer)
         probe = [e for e in await lab.seen(ctx.http) if e["path"] == "/carrier"]
         head_len = probe[0]["head_len"] if probe else 200
         for _ in range(3):
@@ -464,7 +444,7 @@ async def attack_smuggle(ctx: Ctx) -> Row:
                 hp.open_http(sid, "GET", "/a", [("Host", "x"), ("Content-Length", str(head_len))])
             )
             await peer.complete(sid, 5)
-            await carrier()
+            await hp.send_carrier(peer)
         await asyncio.sleep(0.3)
     seen = await lab.seen(ctx.http)
     smug = [e for e in seen if e["path"] == "/smuggled"]

@@ -577,3 +577,27 @@ def open_variants(evil: int) -> list[tuple[str, bytes, list[tuple[str, str]]]]:
         ("GET", f"http://x@127.0.0.1:{evil}/steal".encode(), h),
         ("GET", f"http://127.0.0.1:{evil}\\@main/steal".encode(), h),
     ]
+
+
+#: The request an attacker tries to smuggle to the origin inside a tunnelled body.
+SMUGGLED = (
+    b"GET /smuggled HTTP/1.1\r\nHost: evil.example\r\n"
+    b"X-Forwarded-For: 6.6.6.6\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+async def send_carrier(peer: HostilePeer, body: bytes = SMUGGLED) -> Stream:
+    """A tunnelled POST whose honest body is another request's head (a smuggling carrier)."""
+    sid = peer.sid()
+    await peer.send(
+        open_http(
+            sid,
+            "POST",
+            "/carrier",
+            [("Host", "x"), ("Content-Length", str(len(body)))],
+            has_body=True,
+        ),
+        data(sid, body),
+        end(sid),
+    )
+    return await peer.complete(sid, 5)

@@ -17,11 +17,6 @@ from tests.hostile.conftest import Origin
 
 pytestmark = pytest.mark.timeout(60)
 
-SMUGGLED = (
-    b"GET /smuggled HTTP/1.1\r\nHost: evil.example\r\n"
-    b"X-Forwarded-For: 6.6.6.6\r\nContent-Length: 0\r\n\r\n"
-)
-
 
 def refused(stream: hp.Stream) -> bool:
     return stream.reset is not None or (stream.head is not None and stream.head[2] >= 400)
@@ -52,23 +47,7 @@ async def test_a_request_of_the_attackers_choosing_never_reaches_the_origin(
 ) -> None:
     gw = await make_gateway("server", {"upstream": origin.url})
     async with hp.HostilePeer(gw.url) as peer:
-
-        async def carrier() -> hp.Stream:
-            sid = peer.sid()
-            await peer.send(
-                hp.open_http(
-                    sid,
-                    "POST",
-                    "/carrier",
-                    [("Host", "x"), ("Content-Length", str(len(SMUGGLED)))],
-                    has_body=True,
-                ),
-                hp.data(sid, SMUGGLED),
-                hp.end(sid),
-            )
-            return await peer.complete(sid, 5)
-
-        probe = await carrier()
+        probe = await hp.send_carrier(peer)
         assert probe.head is not None and probe.head[2] == 200  # an honest body passes
         head_len = origin.seen[-1]["head_len"]
         for _ in range(3):
@@ -77,7 +56,7 @@ async def test_a_request_of_the_attackers_choosing_never_reaches_the_origin(
                 hp.open_http(sid, "GET", "/a", [("Host", "x"), ("Content-Length", str(head_len))])
             )
             assert refused(await peer.complete(sid, 5))
-            await carrier()
+            await hp.send_carrier(peer)
     assert "/smuggled" not in origin.paths()
     assert all(e["via"] for e in origin.seen), "every request at the origin came through us"
 
@@ -87,8 +66,8 @@ async def test_a_request_of_the_attackers_choosing_never_reaches_the_origin(
     [
         ([("Content-Length", "100")], b"0123456789"),  # declared more than sent
         ([("Content-Length", "3")], b"0123456789"),  # declared less than sent
-        ([("Transfer-Encoding", "chunked")], b"0\r\n\r\n" + SMUGGLED),
-        ([("Content-Length", "4"), ("Transfer-Encoding", "chunked")], b"0\r\n\r\n" + SMUGGLED),
+        ([("Transfer-Encoding", "chunked")], b"0\r\n\r\n" + hp.SMUGGLED),
+        ([("Content-Length", "4"), ("Transfer-Encoding", "chunked")], b"0\r\n\r\n" + hp.SMUGGLED),
         ([("Content-Length", "10"), ("Content-Length", "10")], b"0123456789"),
     ],
     ids=["cl-over", "cl-under", "te-chunked-smuggle", "cl-and-te", "two-cl"],
