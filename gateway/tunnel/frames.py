@@ -5,7 +5,7 @@ and whose second is the stream id. One hop-session message carries a *batch*:
 any number of whole frames concatenated (``docs/tunnel.md`` is the normative
 description; this module is its executable form).
 
-Encoding. Control frames are built with a reused ``msgpack.Packer``. The hot
+Encoding. Control frames are built with one shared ``msgpack.Packer``. The hot
 frames (DATA, MESSAGE) are never packed as a whole: their fixed prefix
 (array header, type, stream id) is computed once per stream, the bin header
 per chunk, and the payload goes into the batch as the caller's own object,
@@ -102,7 +102,7 @@ class FrameType(IntEnum):
 
 
 def new_packer() -> msgpack.Packer:
-    """The one Packer a tunnel reuses for its control frames."""
+    """A Packer for control frames; ``streams`` shares one among all tunnels of a process."""
     return msgpack.Packer(use_bin_type=True, autoreset=True)
 
 
