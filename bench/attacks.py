@@ -1015,7 +1015,7 @@ async def attack_replay(ctx: Ctx) -> Row:
         [
             ctx.lab.python,
             "-c",
-            "from gateway.session.endpoint import auth_header_value as a; print(a('s3cret'))",
+            "from gateway.transports.endpoint import auth_header_value as a; print(a('s3cret'))",
         ],
         cwd=str(ctx.lab.tree),
         env={**os.environ, "PYTHONPATH": str(ctx.lab.tree)},

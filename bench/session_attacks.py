@@ -185,7 +185,7 @@ async def numbers(repo: Path) -> None:
 
 
 async def replay(repo: Path) -> None:
-    endpoint = importlib.import_module("gateway.session.endpoint")
+    endpoint = importlib.import_module("gateway.transports.endpoint")
     make: Callable[..., Any] = endpoint.auth_header_value
     async with server(repo, "--hop-secret", "k") as (base, _pid), aiohttp.ClientSession() as http:
         header = make("k")

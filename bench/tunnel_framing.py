@@ -2,7 +2,7 @@
 
 A server gateway (sidecar, default flags: anyone may open a hop session)
 forwards to a raw-socket origin that answers a request once its head arrived
-and then skips the body the head announced (``tests/tunnel/rawpeers.py``).
+and then skips the body the head announced (``tests/glue/rawpeers.py``).
 The attacker opens a hop session and sends tunnel OPENs by hand; other users
 send plain requests through the same gateway (same pooled origin
 connections). Figures:
@@ -35,7 +35,7 @@ from aiohttp import web
 
 from gateway.config import build_config
 from gateway.server import Gateway
-from tests.tunnel.rawpeers import RawOrigin, RawTunnel, raw_session
+from tests.glue.rawpeers import RawOrigin, RawTunnel, raw_session
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: evil\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
 

@@ -15,11 +15,11 @@ answered only when it is addressed to *this* gateway.
 Hop upgrade (``--upgrade auto``, the default) adds three things here:
 
 * the gateway's own paths: ``/.hopgate/hello`` (discovery's proof, see
-  ``gateway.hop.discovery``) and ``/.hopgate/session...`` (hop sessions opened
+  ``gateway.core.discovery``) and ``/.hopgate/session...`` (hop sessions opened
   by the previous gateway, served by ``SessionServer``; each one becomes a
   ``TunnelLink`` whose streams go to ``--upstream`` only, or are relayed over
   the next hop's session when there is one);
-* an ``UpstreamLink`` per next hop (``gateway.hop.link``) that discovers a
+* an ``UpstreamLink`` per next hop (``gateway.link``) that discovers a
   gateway peer and keeps a session to it;
 * routing: a request goes over the next hop's live tunnel when there is one
   and falls back to plain HTTP only if the tunnel says nothing of it left
@@ -46,15 +46,9 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.config import Config
-from gateway.edge.connect import open_tunnel
-from gateway.edge.forward import Forwarder, text_error
-from gateway.edge.inbound import (
-    AcceptErrorFilter,
-    GuardedServer,
-    InboundLimits,
-    derive_max_clients,
-)
-from gateway.edge.targets import (
+from gateway.core import discovery
+from gateway.core.ladder import LadderSettings
+from gateway.core.targets import (
     AbsoluteForm,
     AsteriskForm,
     AuthorityForm,
@@ -63,15 +57,21 @@ from gateway.edge.targets import (
     names_this_listener,
     parse_target,
 )
-from gateway.edge.websocket import capture_refusal, is_websocket_upgrade, pass_through
-from gateway.hop import discovery
-from gateway.hop.ladder import LadderSettings
-from gateway.hop.link import LinkTable, UpstreamLink
-from gateway.session.endpoint import SESSION_PATH, SessionServer
-from gateway.session.hop import HopSession, SessionSettings
-from gateway.session.registry import client_key
+from gateway.edges.connect import open_tunnel
+from gateway.edges.forward import Forwarder, text_error
+from gateway.edges.inbound import (
+    AcceptErrorFilter,
+    GuardedServer,
+    InboundLimits,
+    derive_max_clients,
+)
+from gateway.edges.websocket import capture_refusal, is_websocket_upgrade, pass_through
+from gateway.glue.bridge import NotSent, TunnelLink, answering_config
+from gateway.link import LinkTable, UpstreamLink
 from gateway.status import STATUS_PATH, GatewayStats, status_refusal
-from gateway.tunnel.bridge import NotSent, TunnelLink, answering_config
+from gateway.transports.endpoint import SESSION_PATH, SessionServer
+from gateway.transports.hopsession import HopSession, SessionSettings
+from gateway.transports.registry import client_key
 
 log = logging.getLogger("hopgate")
 
@@ -420,7 +420,7 @@ class Gateway:
                 inbound.request_finished(request.protocol)
 
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
-        """One answer for each form of request target (see ``gateway.edge.targets``)."""
+        """One answer for each form of request target (see ``gateway.core.targets``)."""
         try:
             target = parse_target(request.method, request.raw_path)
         except BadTarget as exc:

@@ -42,13 +42,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.config import Role, build_config
+from gateway.core import discovery
+from gateway.core.ladder import LadderSettings
 from gateway.demo.legacy_client import ChatMessage, LegacyChatClient
-from gateway.hop import discovery
-from gateway.hop.ladder import LadderSettings
 from gateway.server import Gateway
-from gateway.session.endpoint import SESSION_PATH
-from gateway.session.hop import SessionSettings
 from gateway.status import STATUS_PATH
+from gateway.transports.endpoint import SESSION_PATH
+from gateway.transports.hopsession import SessionSettings
 from tests.faultproxy import FaultProxy, _Conn
 from tests.helpers import until
 

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import pytest
 
 from gateway.config import Role, build_config
-from gateway.hop.ladder import LadderSettings
+from gateway.core.ladder import LadderSettings
 from gateway.server import Gateway
 
 #: Back-off short enough for a test; a legacy peer is never asked twice during one.

@@ -20,9 +20,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.core import discovery
 from gateway.demo.comet import make_app
 from gateway.demo.legacy_client import ChatMessage, LegacyChatClient
-from gateway.hop import discovery
 from gateway.server import Gateway
 from gateway.status import STATUS_PATH
 from tests.helpers import until

@@ -24,17 +24,17 @@ from yarl import URL
 
 from gateway.cli import build_parser, settings_from_args
 from gateway.config import ConfigError, build_config
-from gateway.server import Gateway
-from gateway.session.endpoint import AUTH_HEADER, SESSION_PATH, auth_header_value
-from gateway.status import STATUS_PATH
-from gateway.tunnel import (
+from gateway.core.tunnel import (
     Event,
     ResponseReceived,
     StreamReset,
 )
+from gateway.server import Gateway
+from gateway.status import STATUS_PATH
+from gateway.transports.endpoint import AUTH_HEADER, SESSION_PATH, auth_header_value
+from tests.glue.rawpeers import raw_session
 from tests.helpers import until
 from tests.hop.conftest import StartGateway
-from tests.tunnel.rawpeers import raw_session
 
 pytestmark = pytest.mark.timeout(60)
 

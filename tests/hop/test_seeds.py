@@ -1,8 +1,8 @@
 """The seeds' failure cases, one test each, with whole gateways and legacy traffic flowing.
 
 The session layer has its own versions of several of these
-(``tests/session/test_security.py``, ``test_switching.py``) and the link has
-the cost of discovery (``tests/hop/test_link.py``); here the same cases are
+(``tests/transports/test_security.py``, ``test_switching.py``) and the link has
+the cost of discovery (``tests/test_link.py``); here the same cases are
 run end to end: legacy chat clients -> client gateway -> path -> server
 gateway (or an impostor) -> legacy Comet origin, and judged by what the
 chat clients saw, what the origin saw, the bytes on the wire and
@@ -30,11 +30,11 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.core import discovery
 from gateway.demo.comet import ROOM, make_app
-from gateway.hop import discovery
 from gateway.server import Gateway
-from gateway.session.endpoint import SESSION_HEADER, SESSION_PATH, TOKEN_HEADER
-from gateway.session.ws import SUBPROTOCOL
+from gateway.transports.endpoint import SESSION_HEADER, SESSION_PATH, TOKEN_HEADER
+from gateway.transports.ws import SUBPROTOCOL
 from tests.conftest import MakeOrigin
 from tests.e2e.harness import (
     HOLD,

@@ -1,0 +1,51 @@
+"""Sans-I/O hop session: a reliable, ordered channel of whole messages between
+two adjacent gateways that survives any number of transport changes.
+
+No sockets, no event loop, no clock in here; see ``core`` for the theory of
+operation and ``docs/protocol.md`` for the wire contract.
+"""
+
+from gateway.core.session.errors import (
+    BufferFull,
+    CloseCode,
+    HelloRejected,
+    LocalProtocolError,
+    MessageTooBig,
+    RemoteProtocolError,
+    SessionError,
+)
+from gateway.core.session.events import (
+    Event,
+    HelloReceived,
+    MessageReceived,
+    ProbeAnswered,
+    SendWindowOpened,
+    SessionClosed,
+    TransportStalled,
+)
+from gateway.core.session.frames import PROTOCOL_VERSION
+from gateway.core.session.machine import Session, SessionConfig, SessionState
+from gateway.core.session.tokens import new_session_id, new_token
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "BufferFull",
+    "CloseCode",
+    "Event",
+    "HelloReceived",
+    "HelloRejected",
+    "LocalProtocolError",
+    "MessageReceived",
+    "MessageTooBig",
+    "ProbeAnswered",
+    "RemoteProtocolError",
+    "SendWindowOpened",
+    "Session",
+    "SessionClosed",
+    "SessionConfig",
+    "SessionError",
+    "SessionState",
+    "TransportStalled",
+    "new_session_id",
+    "new_token",
+]

@@ -1,0 +1,266 @@
+"""Forward one HTTP exchange to the next hop, streaming both bodies.
+
+A legacy long-poll client must not be able to tell the gateway is there, so
+the forwarder changes only what HTTP says a proxy changes (hop-by-hop
+headers, ``Via``, ``X-Forwarded-*``) and never holds a whole body: request
+bytes are pulled from the client as the upstream connection can take them,
+response bytes are written to the client as they arrive (an SSE event or a
+forever-frame ``<script>`` shows up downstream as soon as it leaves the
+origin).
+
+Errors before the response starts become a ``502``/``504`` with a plain-text
+body naming the upstream and what failed.  After the response has started
+the only honest signal left is to cut the connection, so a truncated body is
+never passed off as complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.config import Config
+from gateway.core import discovery
+from gateway.core import headers as hdr
+from gateway.core.targets import join_upstream
+from gateway.status import GatewayStats
+
+log = logging.getLogger("hopgate.forward")
+
+CHUNK = 64 * 1024
+
+
+def upstream_target(upstream: URL, request: web.BaseRequest) -> URL:
+    """The upstream URL for an origin-form request, keeping the raw path bytes.
+
+    The path is appended under the upstream's base path exactly as the
+    client encoded it: a proxy that re-normalises percent-escapes changes
+    what the origin sees.  Built by ``targets.join_upstream`` (``BadTarget``
+    if the request's target is not origin-form or would leave the upstream).
+    """
+    return join_upstream(upstream, request.raw_path)
+
+
+def text_error(status: int, message: str) -> web.Response:
+    """A plain-text error the person reading a client's log can act on."""
+    return web.Response(
+        status=status,
+        text=f"hopgate: {message}\n",
+        headers={"Cache-Control": "no-store", "X-Hopgate-Error": "1"},
+    )
+
+
+async def request_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
+    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        # aiohttp's low-level server leaves ``Expect`` to the handler; the
+        # client waits for this before it sends the body we are about to pull.
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+    async for chunk in request.content.iter_chunked(CHUNK):
+        yield chunk
+
+
+class RelayedResponse(web.StreamResponse):
+    """A response whose header fields are the upstream's, not aiohttp's defaults.
+
+    aiohttp fills in ``Content-Type: application/octet-stream`` and its own
+    ``Server`` as an origin would; a proxy that did so would change how a
+    client treats an untyped body and claim to be the origin.  ``Date`` (which
+    RFC 9110 6.6.1 lets a proxy add) and the framing headers stay.
+    """
+
+    async def _prepare_headers(self) -> None:
+        sent = {name for name in ("Content-Type", "Server") if name in self.headers}
+        await super()._prepare_headers()
+        for name in ("Content-Type", "Server"):
+            if name not in sent:
+                self.headers.popall(name, None)
+
+
+class Forwarder:
+    """Sends requests to upstreams through one shared ``ClientSession``."""
+
+    def __init__(self, config: Config, client: aiohttp.ClientSession, stats: GatewayStats):
+        self.config = config
+        self.client = client
+        self.stats = stats
+        #: Called with the origin key when a plain response carries a discovery note.
+        self.on_note: Callable[[str], None] | None = None
+        #: Mark plain requests as coming from a gateway (hop-by-hop ``Hopgate``).
+        self.mark_requests = False
+        #: Answer marked requests with a note naming this session path.
+        self.advertise_path: str | None = None
+
+    def outgoing_headers(self, request: web.BaseRequest, target: URL | None) -> CIMultiDict[str]:
+        """Headers to send to ``target`` for ``request`` (``None``: keep the client's Host)."""
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        upstream_host = None if self.config.preserve_host or target is None else host_header(target)
+        return hdr.request_headers_for_upstream(
+            request.headers,
+            http_version=(request.version.major, request.version.minor),
+            via_name=self.config.via_name,
+            client_ip=peer[0] if peer else None,
+            proto=request.scheme,
+            upstream_host=upstream_host,
+        )
+
+    async def forward(
+        self, request: web.BaseRequest, target: URL, *, origin_key: str
+    ) -> web.StreamResponse:
+        """Relay ``request`` to ``target`` and stream the answer back."""
+        state = self.stats.upstream(origin_key)
+        state.requests += 1
+        self.stats.active_streams += 1
+        try:
+            return await self._relay(request, target, origin_key)
+        finally:
+            self.stats.active_streams -= 1
+
+    async def _relay(
+        self, request: web.BaseRequest, target: URL, origin_key: str
+    ) -> web.StreamResponse:
+        out_headers = self.outgoing_headers(request, target)
+        if self.mark_requests:
+            discovery.add_mark(out_headers)
+        data = request_body(request) if request.body_exists else None
+        try:
+            upstream = await self.open_upstream(request.method, target, out_headers, data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stats.upstream(origin_key).errors += 1
+            return self.error_response(exc, target)
+        if self.on_note is not None and discovery.note_from(upstream.headers) is not None:
+            self.on_note(origin_key)
+        try:
+            return await self._stream_back(request, upstream)
+        except BaseException:
+            upstream.close()
+            raise
+        finally:
+            upstream.release()
+
+    async def open_upstream(
+        self,
+        method: str,
+        target: URL,
+        headers: CIMultiDict[str],
+        body: AsyncIterable[bytes] | None,
+    ) -> aiohttp.ClientResponse:
+        """Send one request head (and stream ``body``); the response once its head arrived.
+
+        Shared by plain forwarding and the tunnel's replay, so both send the
+        same bytes: no redirects followed, nothing compressed or re-chunked.
+        """
+        return await self.client.request(
+            method,
+            target,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            compress=None,
+            chunked=None,
+        )
+
+    def replay_headers(
+        self,
+        incoming: hdr.HeadersIn,
+        target: URL | None,
+        *,
+        client_ip: str | None,
+        proto: str = "http",
+    ) -> CIMultiDict[str]:
+        """Headers for a request that reached this gateway over a tunnel stream.
+
+        The stream stands in for an HTTP/1.1 connection from the previous
+        gateway, so the rules are exactly those of ``outgoing_headers``
+        (``target`` ``None``: keep the incoming Host).
+        """
+        upstream_host = None if self.config.preserve_host or target is None else host_header(target)
+        return hdr.request_headers_for_upstream(
+            incoming,
+            http_version=(1, 1),
+            via_name=self.config.via_name,
+            client_ip=client_ip,
+            proto=proto,
+            upstream_host=upstream_host,
+        )
+
+    def downstream_headers(self, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        """The upstream response's headers as this hop passes them back."""
+        version = upstream.version
+        return hdr.response_headers_for_downstream(
+            upstream.headers,
+            http_version=(version.major, version.minor) if version else (1, 1),
+            via_name=self.config.via_name,
+        )
+
+    async def _stream_back(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        response = RelayedResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(self.downstream_headers(upstream))
+        if self.advertise_path is not None and discovery.has_mark(request.headers):
+            discovery.add_note(response.headers, self.advertise_path)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The origin failed mid-body: cut the client connection so the
+            # truncation is visible instead of a short body looking complete.
+            log.warning("upstream %s failed mid-response: %s", upstream.url, describe(exc))
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+    def error_response(self, exc: BaseException, target: URL) -> web.Response:
+        status, message = self.describe_failure(exc, target)
+        return text_error(status, message)
+
+    def describe_failure(self, exc: BaseException, target: URL) -> tuple[int, str]:
+        """Status (502/504) and a log-and-client message for a failed upstream request."""
+        where = f"{target.scheme}://{target.raw_authority}"
+        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+            log.warning("upstream %s timed out", where)
+            return (
+                504,
+                f"upstream {where} did not answer in time "
+                f"(connect timeout {self.config.connect_timeout:g}s, "
+                f"read timeout {self.config.upstream_timeout:g}s)",
+            )
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            msg = (
+                f"TLS certificate of upstream {where} failed verification: {exc.certificate_error}"
+            )
+        elif isinstance(exc, aiohttp.ClientConnectorError):
+            msg = f"could not connect to upstream {where}: {describe(exc.os_error)}"
+        elif isinstance(exc, aiohttp.ServerDisconnectedError):
+            msg = f"upstream {where} closed the connection without answering"
+        else:
+            msg = f"upstream {where} failed: {describe(exc)}"
+        log.warning("%s", msg)
+        return 502, msg
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def host_header(url: URL) -> str:
+    """The ``Host`` value for a request to ``url`` (port only when not the default)."""
+    host = url.raw_host or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if url.explicit_port and url.port != {"http": 80, "https": 443}.get(url.scheme):
+        return f"{host}:{url.port}"
+    return host

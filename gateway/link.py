@@ -1,0 +1,404 @@
+"""The upstream link: what one gateway knows and does about one next hop.
+
+Theory of operation
+-------------------
+A gateway keeps one :class:`UpstreamLink` per next hop: the configured
+``--upstream``, or (forward-proxy mode) one per origin that has said it is a
+gateway, at most ``MAX_LINKS`` of them, least recently used evicted first
+(:class:`LinkTable`).  A link owns the hop's :class:`~gateway.core.ladder.Ladder`
+and one background task that does everything slow, so a forwarded request
+never waits for discovery or for a session to open::
+
+      peer unknown ──hello: proof ok──▶ gateway ──session opens──▶ long-poll ⇄ websocket
+        │   ▲                             ▲  │                                  │
+        │   └── legacy_recheck passed ──┐ │  └─ connect failed: back off ◀──────┤
+        └─hello: no proof──▶ legacy ────┘ └── a note on any response      session lost:
+                                                                          plain, back off
+
+* **Learning.**  The peer is a gateway when (a) the Forwarder reports a
+  discovery note on any upstream response (:meth:`UpstreamLink.note_seen`,
+  free: the request was going there anyway), or (b) for a configured
+  ``--upstream``, one ``GET /.hopgate/hello?nonce=N`` sent when the gateway
+  starts answers with the proof for ``N`` (``discovery.check_hello``).  A
+  peer without the proof is *legacy* and is not asked again until
+  ``legacy_recheck`` has passed: a legacy origin pays one request per recheck
+  period and nothing per forwarded request.  An unreachable peer (refused
+  connection, a proxy's 502/503/504) is neither: the hello is retried with a
+  back-off that grows to ``legacy_recheck``.
+* **Climbing.**  For a gateway peer the task opens a session with a
+  :class:`~gateway.transports.connector.SessionConnector` (one attempt at a
+  time, spaced by the ladder's back-off), wraps it in a
+  ``TunnelLink(opener=True)`` and reports the session's transport changes to
+  the ladder.  Requests use :meth:`UpstreamLink.tunnel` while it is live.
+* **Falling.**  When the session ends the link drops the tunnel (requests
+  go plain at once), tells the ladder (``fallbacks`` + 1, back-off), and the
+  task tries again when the back-off has passed.
+
+The link mirrors the ladder into ``stats.upstream(url)`` after every change,
+which is what ``/.hopgate/status`` shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Final
+
+import aiohttp
+from yarl import URL
+
+from gateway.core import discovery
+from gateway.core.backoff import Backoff
+from gateway.core.ladder import Ladder, LadderSettings, Peer, Rung
+from gateway.edges.forward import Forwarder
+from gateway.glue.bridge import TunnelLink
+from gateway.status import GatewayStats
+from gateway.transports.connector import SessionConnector
+from gateway.transports.hopsession import HopSession, SessionSettings, SessionUnavailable
+
+log = logging.getLogger("hopgate.link")
+
+#: Forward-proxy mode: links kept at once (least recently used evicted).
+MAX_LINKS: Final = 64
+#: Largest hello answer read; a real one is about 150 bytes.
+MAX_HELLO_BODY: Final = 4096
+#: Statuses that mean "a proxy could not reach it", not "it is legacy".
+UNREACHABLE_STATUSES: Final = frozenset({502, 503, 504})
+
+
+class UpstreamLink:
+    """One next hop: discovery, its session and tunnel, its rung on the ladder."""
+
+    def __init__(
+        self,
+        url: URL,
+        *,
+        key: str,
+        http: aiohttp.ClientSession,
+        forwarder: Forwarder,
+        stats: GatewayStats,
+        session_settings: SessionSettings,
+        ladder_settings: LadderSettings | None = None,
+        hop_secret: str | None = None,
+        check_hello: bool = True,
+        hello_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.key = key
+        self.ladder = Ladder(ladder_settings)
+        self._http = http
+        self._forwarder = forwarder
+        self._stats = stats
+        self._session_settings = session_settings
+        self._hop_secret = hop_secret
+        self._check_hello = check_hello
+        self._hello_timeout = hello_timeout
+        self._hello_at = 0.0
+        self._hello_retry = Backoff(
+            self.ladder.settings.retry_initial, self.ladder.settings.legacy_recheck
+        )
+        #: Notes are not believed before this time: the session endpoint
+        #: showed the peer is not a gateway (an origin echoing our mark back).
+        self._notes_ignored_until = 0.0
+        self._tunnel: TunnelLink | None = None
+        self._hop: HopSession | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._loop = asyncio.get_running_loop()
+        self._mirror()
+
+    def __repr__(self) -> str:
+        return f"<UpstreamLink {self.key} {self.ladder.peer.value} {self.ladder.rung}>"
+
+    # -- public -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background task (hello, sessions); returns at once."""
+        if self._task is None and not self._closing:
+            self._task = self._loop.create_task(self._run(), name=f"link-{self.key}")
+
+    def tunnel(self) -> TunnelLink | None:
+        """The live tunnel to this hop, or ``None``: forward plain.
+
+        While the session is between transports (resuming after a dropped
+        connection, or its peer is gone) new requests go plain: that works
+        at once or fails at once, instead of waiting for a resume.
+        """
+        tunnel = self._tunnel
+        if tunnel is None or not tunnel.alive or tunnel.hop.transport == "none":
+            return None
+        return tunnel
+
+    def note_seen(self) -> None:
+        """A discovery note came back on a response from this hop."""
+        if self._loop.time() < self._notes_ignored_until:
+            return
+        if self.ladder.peer is not Peer.GATEWAY:
+            log.info("= %s answered with a hopgate note: it is a gateway", self.key)
+            self.ladder.peer_is_gateway()
+            self._mirror()
+        if self.ladder.rung == "plain":
+            self._wake.set()
+
+    @property
+    def session(self) -> HopSession | None:
+        return self._hop
+
+    async def close(self) -> None:
+        """Stop trying; close the tunnel and the session (within the session close timeout)."""
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- the background task ---------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._closing:
+            now = self._loop.time()
+            if self._hello_due(now):
+                await self._hello()
+            elif self.ladder.should_connect(now):
+                await self._session()
+            else:
+                await self._sleep(self._next_wake(now) - now)
+
+    def _hello_due(self, now: float) -> bool:
+        return self._check_hello and self.ladder.should_check_hello(now) and now >= self._hello_at
+
+    def _next_wake(self, now: float) -> float:
+        if self.ladder.peer is Peer.GATEWAY:
+            return self.ladder.next_attempt()
+        if self._check_hello:
+            return self._hello_at
+        return now + 3600.0  # nothing to do until a note wakes us
+
+    async def _sleep(self, delay: float) -> None:
+        self._wake.clear()
+        if delay <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+
+    # -- discovery through the well-known path ----------------------------------
+
+    def hello_url(self, nonce: str) -> URL:
+        path = self.url.path.rstrip("/") + discovery.HELLO_PATH
+        return self.url.with_path(path).with_query(nonce=nonce)
+
+    async def _hello(self) -> None:
+        nonce = secrets.token_urlsafe(18)
+        url = self.hello_url(nonce)
+        note = None
+        try:
+            status, body = await self._fetch_hello(url)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            self._hello_unreachable(f"hello to {self.key} failed: {_describe(exc)}")
+            return
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            # It was reached and did not answer like a gateway (which answers
+            # at once): a legacy server holding or dropping unknown paths.
+            why = f"hello answered with {_describe(exc)}"
+        else:
+            if status in UNREACHABLE_STATUSES:
+                self._hello_unreachable(f"hello to {self.key} answered {status}")
+                return
+            note = discovery.check_hello(body, nonce) if status == 200 else None
+            why = f"hello answered {status} without the proof"
+        now = self._loop.time()
+        self._hello_retry = self._hello_retry.reset()
+        if note is None:
+            log.info(
+                "= %s is not a gateway (%s); asking again in %gs",
+                self.key,
+                why,
+                self.ladder.settings.legacy_recheck,
+            )
+            self.ladder.peer_is_legacy(now)
+            self._hello_at = now + self.ladder.settings.legacy_recheck
+        else:
+            log.info("= %s proved it is a gateway (hello)", self.key)
+            self.ladder.peer_is_gateway()
+        self._mirror()
+
+    async def _fetch_hello(self, url: URL) -> tuple[int, object]:
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self._hello_timeout, sock_read=self._hello_timeout
+        )
+        headers = {"Accept": "application/json", "Cache-Control": "no-store"}
+        async with asyncio.timeout(self._hello_timeout * 2):
+            async with self._http.get(
+                url, headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
+                if resp.status != 200:
+                    return resp.status, None
+                raw = await _read_limited(resp, MAX_HELLO_BODY)
+        try:
+            return 200, json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return 200, None
+
+    def _hello_unreachable(self, reason: str) -> None:
+        log.info("= %s; retrying in %gs", reason, self._hello_retry.delay)
+        self.ladder.last_error = reason
+        self._hello_at = self._loop.time() + self._hello_retry.delay
+        self._hello_retry = self._hello_retry.doubled()
+        self._mirror()
+
+    # -- the session -------------------------------------------------------------
+
+    async def _session(self) -> None:
+        """Open a session, serve it as a tunnel until it ends, then fall to plain."""
+        self.ladder.connect_started()
+        self._mirror()
+        connector = SessionConnector(
+            self.url,
+            self._http,
+            self._session_settings,
+            hop_secret=self._hop_secret,
+            on_transport_change=self._transport_changed,
+        )
+        try:
+            hop = await connector.connect()
+        except SessionUnavailable as exc:
+            await self._connect_failed(connector, exc.reason)
+            return
+        except BaseException:
+            await connector.close()
+            self.ladder.connect_failed(self._loop.time(), "cancelled")
+            raise
+        # ``upstream`` is this hop's URL: the Host a plain request would carry.
+        tunnel = TunnelLink(hop, opener=True, forwarder=self._forwarder, upstream=self.url)
+        self._hop, self._tunnel = hop, tunnel
+        self._stats.active_sessions += 1
+        transport: Rung = "websocket" if hop.transport == "websocket" else "long-poll"
+        self.ladder.session_up(self._loop.time(), transport)
+        log.info("= hop to %s upgraded: %s session %s…", self.key, transport, hop.session_id[:6])
+        self._mirror()
+        reason = "gateway stopping"
+        try:
+            code, why = await hop.wait_closed()
+            reason = f"session closed ({code} {why})".strip()
+        finally:
+            self._tunnel = None
+            self._stats.active_sessions -= 1
+            with contextlib.suppress(Exception):
+                await tunnel.close()
+            with contextlib.suppress(Exception):
+                await connector.close()
+            self._hop = None
+            self.ladder.session_lost(self._loop.time(), reason)
+            self._mirror()
+        if not self._closing:
+            log.info(
+                "= hop to %s fell back to plain HTTP: %s; next attempt in %.1fs",
+                self.key,
+                reason,
+                max(0.0, self.ladder.next_attempt() - self._loop.time()),
+            )
+
+    async def _connect_failed(self, connector: SessionConnector, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await connector.close()
+        now = self._loop.time()
+        self.ladder.connect_failed(now, reason)
+        if "not a hopgate gateway" in reason:
+            # The note or hello was not backed by a session endpoint: believe
+            # neither again before the legacy recheck period.
+            recheck = now + self.ladder.settings.legacy_recheck
+            self.ladder.peer_is_legacy(now)
+            self._hello_at = self._notes_ignored_until = recheck
+        log.info(
+            "= no session with %s: %s; next attempt in %.1fs",
+            self.key,
+            reason,
+            max(0.0, self.ladder.next_attempt() - now),
+        )
+        self._mirror()
+
+    def _transport_changed(self, old: str, new: str) -> None:
+        if new not in ("websocket", "long-poll"):
+            return  # between transports: the session resumes on its own
+        rung: Rung = "websocket" if new == "websocket" else "long-poll"
+        before = self.ladder.rung
+        self.ladder.transport_changed(rung)
+        if self.ladder.rung != before:
+            log.info("= hop to %s moved from %s to %s", self.key, before, rung)
+            self._mirror()
+
+    # -- status ----------------------------------------------------------------------
+
+    def _mirror(self) -> None:
+        state = self._stats.upstream(self.key)
+        ladder = self.ladder
+        state.transport = ladder.rung
+        state.upgrades = ladder.upgrades
+        state.fallbacks = ladder.fallbacks
+        state.peer = ladder.peer.value
+        state.last_error = ladder.last_error
+        hop = self._hop
+        state.session = hop.session_id[:6] if hop is not None else None
+
+
+class LinkTable:
+    """The links of one gateway, by key; bounded, least recently used evicted."""
+
+    def __init__(self, make: Callable[[str], UpstreamLink], *, limit: int = MAX_LINKS) -> None:
+        self._make = make
+        self._limit = limit
+        self._links: OrderedDict[str, UpstreamLink] = OrderedDict()
+        self._evicted: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def get(self, key: str) -> UpstreamLink | None:
+        """The link for ``key`` if there is one (marks it recently used)."""
+        link = self._links.get(key)
+        if link is not None:
+            self._links.move_to_end(key)
+        return link
+
+    def ensure(self, key: str) -> UpstreamLink:
+        """The link for ``key``, started if new; may evict the least recently used."""
+        link = self.get(key)
+        if link is not None:
+            return link
+        link = self._links[key] = self._make(key)
+        link.start()
+        while len(self._links) > self._limit:
+            _, old = self._links.popitem(last=False)
+            task = asyncio.get_running_loop().create_task(old.close())
+            self._evicted.add(task)
+            task.add_done_callback(self._evicted.discard)
+        return link
+
+    async def close(self) -> None:
+        links = list(self._links.values())
+        self._links.clear()
+        await asyncio.gather(
+            *(link.close() for link in links), *self._evicted, return_exceptions=True
+        )
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise ValueError(f"hello answer larger than {limit} bytes")
+    return bytes(body)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,407 @@
+"""The client end of hop sessions: open one, upgrade it, fall back, resume.
+
+Theory of operation
+===================
+
+``connect()`` opens a session with ``POST /.hopgate/session`` (plain HTTP,
+so it works on every path). The answer must be a ``200`` carrying
+``X-Hopgate-Session``, ``X-Hopgate-Token`` and a body that is exactly the
+server's HELLO for that id; a legacy server answering ``200`` (or echoing
+our headers back) fails here and ``SessionUnavailable`` says why. Nothing
+else is sent to a peer that is not a gateway.
+
+Then, with ``prefer="websocket"``, the connector tries a WebSocket at once
+(handshake + probe, see ``ws``); if that fails it starts long-polling. With
+``prefer="long-poll"`` it long-polls first and probes a WebSocket after
+``reprobe_initial``. Either way the first transport is attached before
+``connect()`` returns, and a session is never carried by a WebSocket that has
+not answered a probe.
+
+A supervisor task per session then reacts to three things:
+
+* **transport lost** (socket closed, request failed): resume on a new
+  transport (WebSocket first unless WebSocket is in back-off), retrying with
+  a growing delay; the core replays everything unacknowledged. ``404`` from
+  the peer means it expired the session: it is closed here with 4000;
+* **stalled** (the core's watchdog: no ack/pong for ``stall_timeout``): a
+  WebSocket is demoted to long-poll, a long-poll is restarted;
+* **re-probe due**: while on long-poll, try the WebSocket again; every
+  failure or demotion doubles the delay (``reprobe_initial`` ..
+  ``reprobe_max``); a WebSocket that lived ``reprobe_max`` resets it.
+
+Every new transport gets a new *epoch* (``longpoll``), so the server can
+tell a late request of an abandoned transport from a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Final, Literal
+
+import aiohttp
+from yarl import URL
+
+from gateway.core.backoff import Backoff
+from gateway.core.session.errors import CloseCode, RemoteProtocolError
+from gateway.core.session.frames import MAX_SESSION_ID_LENGTH, PROTOCOL_VERSION, FrameDecoder, Hello
+from gateway.core.session.machine import Session
+from gateway.transports.endpoint import (
+    AUTH_HEADER,
+    SESSION_HEADER,
+    SESSION_PATH,
+    TOKEN_HEADER,
+    auth_header_value,
+    decode_token,
+    encode_token,
+)
+from gateway.transports.hopsession import HopSession, SessionSettings, SessionUnavailable, Transport
+from gateway.transports.longpoll import LongPollClient, read_limited
+from gateway.transports.ws import WebSocketTransport, open_websocket
+
+__all__ = ["SessionConnector", "SessionUnavailable"]
+
+log = logging.getLogger("hopgate.session")
+
+_MAX_CREATE_BODY: Final = 64 * 1024
+
+Signal = Literal["lost", "stalled", "closed", "wake"]
+
+
+class SessionConnector:
+    """Client end for one upstream gateway.
+
+    WebSocket first, long-poll when WS fails; re-probes WS with backoff;
+    demotes a stalled WS.
+    """
+
+    def __init__(
+        self,
+        base_url: URL,
+        http: aiohttp.ClientSession,
+        settings: SessionSettings,
+        *,
+        hop_secret: str | None = None,
+        prefer: Literal["websocket", "long-poll"] = "websocket",
+        on_transport_change: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self._http = http
+        self.settings = settings
+        self._hop_secret = hop_secret
+        self.prefer: Literal["websocket", "long-poll"] = prefer
+        self._on_transport_change = on_transport_change
+        #: Moves onto a WebSocket (first transport included).
+        self.upgrades = 0
+        #: Falls back to long-poll: WebSocket refused/unproven when (re)connecting, or demoted.
+        self.fallbacks = 0
+        #: WebSocket candidates that failed (handshake or probe), re-probes included.
+        self.probe_failures = 0
+        self.last_websocket_failure: str | None = None
+        self.session: HopSession | None = None
+        self._signals: asyncio.Queue[tuple[Signal, Transport | None]] = asyncio.Queue()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._switching = asyncio.Lock()
+        self._reprobe = Backoff(settings.reprobe_initial, settings.reprobe_max)
+        self._reconnect = Backoff(settings.reconnect_initial, settings.reconnect_max)
+        self._reprobe_at: float | None = None
+        self._failures = 0
+        self._ws_started = 0.0
+        self._closing = False
+        self._token_text = ""
+        #: Since when no transport has worked (the client's own resume_grace clock:
+        #: a transport being tried does not count as one).
+        self._down_since: float | None = None
+
+    # -- public ----------------------------------------------------------------------
+
+    async def connect(self) -> HopSession:
+        """Open a session and attach its first transport; SessionUnavailable if impossible."""
+        session_id, token, hello = await self._create()
+        loop = asyncio.get_running_loop()
+        core = Session(
+            self.settings.core_config(),
+            session_id=session_id,
+            token=token,
+            is_client=True,
+            now=loop.time(),
+        )
+        hop = HopSession(core, self.settings)
+        self._token_text = encode_token(token)
+        if not hop.feed(hello):
+            raise SessionUnavailable(f"{self.base_url} sent a HELLO for another session")
+        hop.on_stalled = self._stalled
+        hop.on_transport_lost = self._lost
+        if self._on_transport_change is not None:
+            hop.on_transport_change.append(self._on_transport_change)
+        hop.on_finished.append(lambda _hop: self._signals.put_nowait(("closed", None)))
+        self.session = hop
+        async with self._switching:
+            if self.prefer == "websocket" and await self._try_websocket(hop):
+                pass
+            else:
+                if self.prefer == "websocket":
+                    self.fallbacks += 1
+                self._start_long_poll(hop)
+                self._schedule_reprobe(double=self.prefer == "websocket")
+        self._supervisor = asyncio.create_task(
+            self._supervise(hop), name=f"hop-super-{session_id[:6]}"
+        )
+        return hop
+
+    async def upgrade(self) -> bool:
+        """Probe a WebSocket now and move the session onto it; True if it did."""
+        hop = self._live()
+        async with self._switching:
+            if hop.transport == "websocket":
+                return True
+            return await self._try_websocket(hop)
+
+    async def demote(self) -> None:
+        """Move the session to long-poll now (as the stall watchdog would)."""
+        hop = self._live()
+        async with self._switching:
+            if hop.transport != "long-poll":
+                self._demote(hop, "asked to")
+
+    async def close(self) -> None:
+        """Close the session gracefully (bounded by close_timeout) and stop everything."""
+        self._closing = True
+        hop = self.session
+        if hop is not None and not hop.closed:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.settings.close_timeout):
+                    await hop.close(CloseCode.NORMAL, "")
+        if hop is not None:
+            hop.abandon(CloseCode.GOING_AWAY, "connector closed")
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        if hop is not None:
+            await hop.aclose_tasks()
+
+    # -- opening --------------------------------------------------------------------------
+
+    def _url(self, session_id: str | None = None) -> URL:
+        path = self.base_url.path.rstrip("/") + SESSION_PATH
+        if session_id is not None:
+            path += "/" + session_id
+        return self.base_url.with_path(path).with_query(None)
+
+    async def _create(self) -> tuple[str, bytes, bytes]:
+        url = self._url()
+        headers = {"Accept": "application/octet-stream", "Cache-Control": "no-store"}
+        if self._hop_secret is not None:
+            headers[AUTH_HEADER] = auth_header_value(self._hop_secret)
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.settings.connect_timeout,
+            sock_read=self.settings.connect_timeout,
+        )
+        try:
+            async with self._http.post(url, data=b"", headers=headers, timeout=timeout) as resp:
+                body = await read_limited(resp, _MAX_CREATE_BODY)
+                status, answer = resp.status, resp.headers
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise SessionUnavailable(f"cannot reach {url}: {exc!r}") from exc
+        except ValueError as exc:
+            raise SessionUnavailable(
+                f"{self.base_url} is not a hopgate gateway: oversized answer to POST {SESSION_PATH}"
+            ) from exc
+        text = body[:200].decode("utf-8", "replace").strip()
+        if status == 403:
+            raise SessionUnavailable(f"{self.base_url} refused to open a session (403): {text}")
+        if status in (429, 503):
+            retry = answer.get("Retry-After", "?")
+            raise SessionUnavailable(
+                f"{self.base_url} cannot open a session now ({status}, retry after {retry} s): "
+                f"{text}"
+            )
+        if status != 200:
+            raise SessionUnavailable(
+                f"{self.base_url} is not a hopgate gateway: POST {SESSION_PATH} answered {status}"
+            )
+        session_id = answer.get(SESSION_HEADER, "")
+        token = decode_token(answer.get(TOKEN_HEADER, ""))
+        if not (0 < len(session_id) <= MAX_SESSION_ID_LENGTH and session_id.isascii()) or not (
+            token and 16 <= len(token) <= 64
+        ):
+            raise SessionUnavailable(
+                f"{self.base_url} is not a hopgate gateway: its 200 has no session id and token"
+            )
+        try:
+            frames = FrameDecoder().decode(body)
+        except RemoteProtocolError as exc:
+            raise SessionUnavailable(
+                f"{self.base_url} is not a hopgate gateway: its answer is not a session HELLO "
+                f"({exc.reason})"
+            ) from None
+        if not (
+            len(frames) == 1
+            and isinstance(hello := frames[0], Hello)
+            and hello.version == PROTOCOL_VERSION
+            and hello.session_id == session_id
+            and hello.token is None
+        ):
+            raise SessionUnavailable(
+                f"{self.base_url} is not a hopgate gateway: its answer is not a session HELLO"
+            )
+        return session_id, token, body
+
+    def _headers(self, hop: HopSession) -> dict[str, str]:
+        return {TOKEN_HEADER: self._token_text}
+
+    # -- transports --------------------------------------------------------------------
+
+    async def _try_websocket(self, hop: HopSession) -> bool:
+        hop.epoch += 1
+        try:
+            transport = await open_websocket(
+                hop,
+                self._http,
+                self._url(hop.session_id),
+                self._headers(hop),
+                self.settings,
+                epoch=hop.epoch,
+            )
+        except ConnectionError as exc:
+            self.last_websocket_failure = str(exc)
+            self.probe_failures += 1
+            hop.log.info("= WebSocket not usable: %s", exc)
+            return False
+        if hop.closed:
+            transport.abandon()
+            return False
+        self.upgrades += 1
+        self._transport_works()
+        self._ws_started = hop.now()
+        self._reprobe_at = None
+        hop.attach(transport)  # now, so the caller sees the switch done
+        hop.spawn(transport.run(), name=f"hop-ws-{hop.session_id[:6]}")
+        return True
+
+    def _start_long_poll(self, hop: HopSession) -> None:
+        hop.epoch += 1
+        transport = LongPollClient(
+            hop,
+            self._http,
+            self._url(hop.session_id),
+            self._headers(hop),
+            self.settings,
+            epoch=hop.epoch,
+        )
+        transport.on_alive = self._transport_works
+        transport.start()
+
+    def _transport_works(self) -> None:
+        self._down_since = None
+        self._failures = 0
+
+    def _demote(self, hop: HopSession, why: str) -> None:
+        hop.log.info("= demoting the WebSocket to long-poll (%s)", why)
+        self.fallbacks += 1
+        if hop.now() - self._ws_started >= self.settings.reprobe_max:
+            self._reprobe = self._reprobe.reset()
+        self._start_long_poll(hop)
+        self._schedule_reprobe(double=True)
+
+    def _schedule_reprobe(self, *, double: bool) -> None:
+        hop = self.session
+        if hop is None:
+            return
+        self._reprobe_at = hop.now() + self._reprobe.delay
+        if double:
+            self._reprobe = self._reprobe.doubled()
+        self._signals.put_nowait(("wake", None))
+
+    # -- supervision ----------------------------------------------------------------------
+
+    def _live(self) -> HopSession:
+        hop = self.session
+        if hop is None or hop.closed:
+            raise SessionUnavailable("no open session")
+        return hop
+
+    def _lost(self, transport: Transport, reason: str) -> None:
+        alive = isinstance(transport, WebSocketTransport) or getattr(transport, "alive", False)
+        self._failures = 0 if alive else self._failures + 1
+        hop = self.session
+        if hop is not None and self._down_since is None:
+            self._down_since = hop.now()
+        if isinstance(transport, WebSocketTransport) and hop is not None:
+            lived = hop.now() - self._ws_started
+            if lived >= self.settings.reprobe_max:
+                self._reprobe = self._reprobe.reset()
+            elif lived < self.settings.stall_timeout:
+                # A socket that dies right after its probe (a proxy killing
+                # upgraded connections): resume on long-poll, probe again later.
+                self._schedule_reprobe(double=True)
+        self._signals.put_nowait(("lost", transport))
+
+    def _stalled(self, transport: Transport) -> None:
+        self._signals.put_nowait(("stalled", transport))
+
+    async def _supervise(self, hop: HopSession) -> None:
+        while not hop.closed and not self._closing:
+            timeout = None
+            if self._reprobe_at is not None and hop.transport == "long-poll":
+                timeout = max(0.0, self._reprobe_at - hop.now())
+            if self._down_since is not None:
+                expiry = max(0.0, self._down_since + self.settings.resume_grace - hop.now())
+                timeout = expiry if timeout is None else min(timeout, expiry)
+            try:
+                async with asyncio.timeout(timeout):
+                    signal, transport = await self._signals.get()
+            except TimeoutError:
+                signal, transport = "wake", None
+            if hop.closed or self._closing:
+                return
+            if self._expired(hop):
+                return
+            async with self._switching:
+                if signal == "stalled" and transport is not None and hop.is_current(transport):
+                    if transport.kind == "websocket":
+                        self._demote(hop, "stalled")
+                    else:
+                        self._start_long_poll(hop)  # a fresh poll pair
+                elif hop.current is None:
+                    await self._resume(hop)
+                elif self._reprobe_due(hop) and not await self._try_websocket(hop):
+                    self._schedule_reprobe(double=True)
+
+    def _expired(self, hop: HopSession) -> bool:
+        """No transport worked for resume_grace: give up like the core would (4000)."""
+        down = self._down_since
+        if down is None or hop.now() < down + self.settings.resume_grace:
+            return False
+        grace = self.settings.resume_grace
+        hop.abandon(CloseCode.SESSION_EXPIRED, f"expired: no transport for {grace:g} s")
+        return True
+
+    def _reprobe_due(self, hop: HopSession) -> bool:
+        return (
+            hop.transport == "long-poll"
+            and self._reprobe_at is not None
+            and hop.now() >= self._reprobe_at
+        )
+
+    async def _resume(self, hop: HopSession) -> None:
+        """Put the session back on a transport after it lost its own."""
+        if self._failures:
+            await asyncio.sleep(self._reconnect.after(self._failures))
+        if hop.closed or hop.current is not None:
+            return
+        # WebSocket first unless it is in back-off (failed, demoted, or never
+        # tried yet with prefer="long-poll").
+        if self._reprobe_at is None or hop.now() >= self._reprobe_at:
+            if await self._try_websocket(hop):
+                return
+            self.fallbacks += 1
+            self._schedule_reprobe(double=True)
+        self._start_long_poll(hop)
+        if self._reprobe_at is None:
+            self._schedule_reprobe(double=False)

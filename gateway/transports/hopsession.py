@@ -1,0 +1,604 @@
+"""The asyncio driver of one hop session, shared by both ends and every transport.
+
+Theory of operation
+===================
+
+A :class:`HopSession` wraps one sans-I/O :class:`~gateway.core.session.machine.Session`
+(the *core*) and is the only object that calls it. Around it:
+
+* **one loop timer** (``loop.call_at``, no task) set for the core's
+  ``next_deadline`` runs its timers (heartbeat, retransmit, stall watchdog,
+  expiry, close handshake), so a session expires even when no transport is
+  attached. Whatever may move the deadline asks for one recomputation at the
+  end of the loop turn; the timer is moved only when the deadline comes
+  earlier (a timer that fires early just re-arms). An idle session is
+  therefore a few small objects and one heap entry of the event loop: no
+  task, no event, no future until something waits on it;
+* **at most one current transport** (``ws.WebSocketTransport``,
+  ``longpoll.LongPollClient`` or ``longpoll.LongPollServer``) writes the
+  core's batches. A transport that is not current may still *feed* what it
+  receives (a late batch is harmless: the core discards duplicates), but it
+  never writes;
+* **one writer per live transport** waits on :meth:`wait_changed`, which
+  :meth:`send`, :meth:`feed` and the pump wake up whenever the core may have
+  something new to write.
+
+Messages are delivered by calling ``on_message`` synchronously from
+:meth:`feed` (i.e. from the transport's receive loop): no task per message.
+Writers take whatever accumulated since their last write as one batch
+(``Session.data_to_send``), so a burst of ``send`` calls costs one write.
+
+Transports call :meth:`attach` when they become usable (for WebSocket: after
+the probe), :meth:`detach` when they die, and :meth:`feed`/:meth:`take` in
+between. Attaching a new transport abandons the old one (its held GET is
+answered, its socket closed in the background); the core replays everything
+unacknowledged on the new one, so a switch loses nothing.
+
+When the core reports ``SessionClosed``, the session is *finished*:
+``on_closed`` runs once, :meth:`wait_closed` returns, the current transport
+flushes what is left (the last ACK, an ABORT) and closes itself, and the timer
+stops. :meth:`abandon` finishes a session without the core's handshake (a
+peer that forgot the session, a gateway that must stop now).
+
+Exceptions raised here (the core's are drawn in ``errors``)::
+
+    SessionClosedError      send()/drain() on a finished session
+    SessionUnavailable      connector: the peer is not a gateway / unreachable
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+
+from gateway.core.session.errors import CloseCode, RemoteProtocolError
+from gateway.core.session.events import (
+    MessageReceived,
+    SendWindowOpened,
+    SessionClosed,
+    TransportStalled,
+)
+from gateway.core.session.machine import Session, SessionConfig, SessionState
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+__all__ = [
+    "HopSession",
+    "SessionClosedError",
+    "SessionSettings",
+    "SessionUnavailable",
+    "TransportKind",
+]
+
+log = logging.getLogger("hopgate.session")
+
+TransportKind = Literal["websocket", "long-poll", "none"]
+
+_MiB: Final = 1024 * 1024
+
+
+class SessionClosedError(ConnectionError):
+    """The hop session is finished; ``code`` and ``reason`` say why."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"hop session closed ({code} {reason})".rstrip())
+        self.code = code
+        self.reason = reason
+
+
+class SessionUnavailable(ConnectionError):
+    """No hop session could be opened with the peer; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+#: Largest session message a gateway's hop sessions take (1009 beyond), not
+#: ``--max-message-size``: a session message is one tunnel batch, and
+#: legitimate peers (TunnelLink, the relay, the JS shim) send batches of at
+#: most 64 KiB, or one head frame alone (max_header_bytes, 64 KiB, plus
+#: framing). 2 MiB leaves room for peers with larger batches while a hostile
+#: peer's unfinished session message pins 2 MiB, not 16. Endpoint WebSocket
+#: messages up to ``--max-message-size`` travel chunked inside the tunnel.
+TUNNEL_SESSION_MESSAGE: Final = 2 * _MiB
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionSettings:
+    """Everything the session transports need to know. Seconds and bytes."""
+
+    #: Longest a long-poll GET is held open (RFC 6202: stay under 30 s).
+    hold_time: float = 25.0
+    #: How long a session waits for a transport before it expires (4000).
+    resume_grace: float = 60.0
+    #: Sessions one gateway serves at once (503 beyond).
+    max_sessions: int = 1000
+    #: Sessions one client address may hold at once (429 beyond; 0 = no limit).
+    max_sessions_per_client: int = 100
+    #: New sessions per second per client address, bursts of the same size (429 beyond).
+    session_create_rate: float = 10.0
+    #: Long-poll POSTs one session may have in flight (429 beyond). Each
+    #: must arrive whole within ``hold_time`` (408 otherwise).
+    max_session_posts: int = 4
+    #: Largest whole message, both directions (1009 beyond): an endpoint
+    #: WebSocket message through the tunnel (chunked into tunnel frames), and
+    #: the session message too unless ``max_session_message`` is set.
+    max_message_size: int = 16 * _MiB
+    #: Largest session message, both directions (1009 beyond): what the hop
+    #: session core reassembles from fragments. 0: ``max_message_size`` (the
+    #: session as a plain message transport). Gateways carry tunnel batches
+    #: and use ``TUNNEL_SESSION_MESSAGE`` (``from_config``). Not a flag.
+    max_session_message: int = 0
+    #: Replay buffer per session (encoded bytes); backpressure beyond.
+    buffer_bytes: int = 4 * _MiB
+    buffer_frames: int = 4096
+    fragment_size: int = 64 * 1024
+    #: Largest batch we write (one WebSocket message / HTTP body).
+    batch_bytes: int = 1 * _MiB
+    #: Largest batch we accept (WebSocket message, POST or GET body).
+    max_batch_bytes: int = 8 * _MiB
+    #: Bytes of unfinished long-poll POST bodies the whole server holds (503 beyond).
+    post_bytes_total: int = 64 * _MiB
+    heartbeat: float = 20.0
+    stall_timeout: float = 15.0
+    retransmit_timeout: float = 10.0
+    close_timeout: float = 10.0
+    #: How long a WebSocket candidate may take to answer the probe.
+    probe_timeout: float = 5.0
+    #: Connect + handshake timeout for every hop request.
+    connect_timeout: float = 10.0
+    #: After a WebSocket failure or demotion, the next probe waits this long,
+    #: doubling up to ``reprobe_max``.
+    reprobe_initial: float = 2.0
+    reprobe_max: float = 60.0
+    #: Retry delays when a transport cannot be re-established (resume).
+    reconnect_initial: float = 0.05
+    reconnect_max: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.hold_time > 0:
+            raise ValueError("hold_time must be > 0")
+        if self.max_sessions < 1:
+            raise ValueError("max_sessions must be >= 1")
+        if self.max_sessions_per_client < 0 or not self.session_create_rate > 0:
+            raise ValueError("max_sessions_per_client must be >= 0, session_create_rate > 0")
+        if self.max_session_posts < 1:
+            raise ValueError("max_session_posts must be >= 1")
+        if self.max_batch_bytes < self.batch_bytes + 4096:
+            raise ValueError("max_batch_bytes must exceed batch_bytes")
+        if 0 < self.max_session_message < 256 * 1024:
+            raise ValueError("max_session_message must hold a tunnel head frame (>= 256 KiB)")
+        if self.post_bytes_total < self.max_batch_bytes:
+            raise ValueError("post_bytes_total must hold at least one max_batch_bytes body")
+        self.core_config()  # validates the rest
+
+    @classmethod
+    def from_config(cls, config: Config, **overrides: Any) -> SessionSettings:
+        """Settings from a gateway ``Config`` (fields it lacks keep their defaults)."""
+        values: dict[str, Any] = {"max_session_message": TUNNEL_SESSION_MESSAGE}
+        for name in (
+            "hold_time",
+            "resume_grace",
+            "max_sessions",
+            "max_message_size",
+            "max_sessions_per_client",
+            "session_create_rate",
+            "max_session_posts",
+        ):
+            value = getattr(config, name, None)
+            if value is not None:
+                values[name] = value
+        buffer = getattr(config, "session_buffer", None)
+        if buffer is not None:
+            values["buffer_bytes"] = buffer
+        connect_timeout = getattr(config, "connect_timeout", None)
+        if connect_timeout is not None:
+            values["connect_timeout"] = connect_timeout
+        values.update(overrides)
+        return cls(**values)
+
+    def core_config(self) -> SessionConfig:
+        return SessionConfig(
+            max_message_size=self.max_session_message or self.max_message_size,
+            fragment_size=self.fragment_size,
+            max_buffer_bytes=self.buffer_bytes,
+            max_buffer_frames=self.buffer_frames,
+            max_batch_bytes=self.batch_bytes,
+            retransmit_timeout=self.retransmit_timeout,
+            heartbeat_interval=self.heartbeat,
+            stall_timeout=self.stall_timeout,
+            resume_grace=self.resume_grace,
+            close_timeout=self.close_timeout,
+        )
+
+
+class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every line with the session id's first characters."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        assert self.extra is not None
+        return f"[{self.extra['sid']}] {msg}", kwargs
+
+
+class Transport(Protocol):
+    """What a HopSession needs from a transport."""
+
+    epoch: int
+
+    @property
+    def kind(self) -> Literal["websocket", "long-poll"]: ...
+
+    def abandon(self) -> None:
+        """Stop using it now (sync); sockets are closed in the background."""
+
+
+class HopSession:
+    """One live hop session (either end): owns the core Session, its timer, its transport."""
+
+    # A server holds thousands of idle sessions: no instance dict, and every
+    # event, future and set below is created only once something waits on it.
+    __slots__ = (
+        "__weakref__",
+        "_background",
+        "_changed",
+        "_close_info",
+        "_closed",
+        "_core",
+        "_current",
+        "_early",
+        "_loop",
+        "_on_closed",
+        "_on_message",
+        "_on_writable",
+        "_timer",
+        "_timer_at",
+        "_timer_due",
+        "_window",
+        "epoch",
+        "is_client",
+        "on_finished",
+        "on_stalled",
+        "on_transport_change",
+        "on_transport_lost",
+        "peer_address",
+        "session_id",
+        "settings",
+    )
+
+    def __init__(self, core: Session, settings: SessionSettings) -> None:
+        self._core = core
+        self.settings = settings
+        self.session_id: str = core.session_id
+        self.is_client: bool = core.is_client
+        self.epoch = 0  # client: last transport epoch used; server: highest seen
+        #: Server end: the address that opened the session (for ``X-Forwarded-For``).
+        self.peer_address: str | None = None
+        self._loop = asyncio.get_running_loop()
+        self._changed: asyncio.Event | None = None
+        self._window: asyncio.Event | None = None
+        self._closed: asyncio.Future[tuple[int, str]] | None = None
+        self._close_info: tuple[int, str] | None = None
+        self._current: Transport | None = None
+        self._on_message: Callable[[bytes | str], None] | None = None
+        self._on_writable: Callable[[], None] | None = None
+        self._on_closed: Callable[[int, str], None] | None = None
+        self._early: list[bytes | str] | None = None
+        self._background: set[asyncio.Task[Any]] | None = None
+        # For the owner (connector / server): not part of the public API.
+        self.on_stalled: Callable[[Transport], None] | None = None
+        self.on_transport_lost: Callable[[Transport, str], None] | None = None
+        self.on_transport_change: list[Callable[[str, str], None]] = []
+        self.on_finished: list[Callable[[HopSession], None]] = []
+        # The core's timers run from one loop timer (no task per session),
+        # scheduled for the core's next deadline; see _rearm.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._timer_due = False
+        self._rearm_now()
+
+    @property
+    def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        """Lines prefixed with the session id's first characters (made on use: logs are rare)."""
+        return _SessionLog(log, {"sid": self.session_id[:6]})
+
+    def __repr__(self) -> str:
+        side = "client" if self.is_client else "server"
+        return (
+            f"<HopSession {self.session_id[:6]}… {side} {self.transport} {self._core.state.name}>"
+        )
+
+    # -- public API ---------------------------------------------------------------
+
+    @property
+    def transport(self) -> TransportKind:
+        return "none" if self._current is None else self._current.kind
+
+    def set_handlers(
+        self,
+        *,
+        on_message: Callable[[bytes | str], None],
+        on_writable: Callable[[], None] | None = None,
+        on_closed: Callable[[int, str], None] | None = None,
+    ) -> None:
+        """Install the application's callbacks; messages that came earlier are delivered now."""
+        self._on_message = on_message
+        self._on_writable = on_writable
+        self._on_closed = on_closed
+        early, self._early = self._early, None
+        for data in early or ():
+            self._deliver(data)
+        if self._close_info is not None and on_closed is not None:
+            on_closed(*self._close_info)
+
+    @property
+    def writable(self) -> bool:
+        return self._close_info is None and self._core.writable
+
+    def send(self, data: bytes | str) -> bool:
+        """Queue one whole message. False (nothing queued) when the replay buffer is full.
+
+        ``on_writable`` fires once space frees. Raises SessionClosedError once
+        the session is closing or closed.
+        """
+        core = self._core
+        if self._close_info is not None or core.state is not SessionState.OPEN:
+            raise SessionClosedError(*self._close_info_or_closing())
+        if not core.writable:
+            return False
+        core.send_message(data)
+        self.wake()
+        self._rearm()
+        return True
+
+    async def drain(self) -> None:
+        """Wait until ``send`` would accept a message; SessionClosedError if it never will."""
+        while not self.writable:
+            if self._close_info is not None or self._core.state is not SessionState.OPEN:
+                raise SessionClosedError(*self._close_info_or_closing())
+            window = self._window
+            if window is None:
+                window = self._window = asyncio.Event()
+            window.clear()
+            await window.wait()
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Graceful close: the peer gets every message sent before, then CLOSE."""
+        if self._close_info is None:
+            self._core.close(code, reason, now=self.now())
+            self.dispatch()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> tuple[int, str]:
+        """(code, reason) once the session is over."""
+        if self._close_info is not None:
+            return self._close_info
+        if self._closed is None:
+            self._closed = self._loop.create_future()
+        return await asyncio.shield(self._closed)
+
+    @property
+    def closed(self) -> bool:
+        return self._close_info is not None
+
+    @property
+    def close_info(self) -> tuple[int, str] | None:
+        return self._close_info
+
+    # -- for transports -------------------------------------------------------------
+
+    @property
+    def core(self) -> Session:
+        return self._core
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def is_current(self, transport: Transport) -> bool:
+        return self._current is transport
+
+    @property
+    def current(self) -> Transport | None:
+        return self._current
+
+    def attach(self, transport: Transport) -> None:
+        """Make ``transport`` the one that writes; the previous one is abandoned."""
+        old = self._current
+        if old is transport:
+            return
+        old_kind = self.transport
+        self._current = transport
+        if old is not None:
+            old.abandon()
+        self._core.transport_attached(self.now())
+        self.log.debug("= attached %s (epoch %d)", transport.kind, transport.epoch)
+        self._transport_changed(old_kind)
+        self.dispatch()
+
+    def detach(self, transport: Transport, reason: str) -> None:
+        """``transport`` died; if it was current, the resume clock starts."""
+        if self._current is not transport:
+            return
+        old_kind = self.transport
+        self._current = None
+        self._core.transport_lost(self.now())
+        self.log.debug("= lost %s: %s", transport.kind, reason)
+        transport.abandon()
+        self._transport_changed(old_kind)
+        self.dispatch()
+        if self.on_transport_lost is not None and self._close_info is None:
+            self.on_transport_lost(transport, reason)
+
+    def feed(self, batch: bytes | bytearray | memoryview) -> bool:
+        """Pass one received batch to the core; False if it broke the protocol."""
+        ok = True
+        try:
+            self._core.receive_data(batch, self.now())
+        except RemoteProtocolError as exc:
+            self.log.warning("< protocol error, closing the session: %s (%d)", exc.reason, exc.code)
+            ok = False
+        self.dispatch()
+        return ok
+
+    def take(self, *, include_data: bool = True) -> bytes:
+        """The next batch to write on the current transport (may be b"")."""
+        batch = self._core.data_to_send(self.now(), include_data=include_data)
+        self._rearm()
+        return batch
+
+    async def wait_changed(self) -> None:
+        """Sleep until the core may have something new to write."""
+        changed = self._changed
+        if changed is None:
+            changed = self._changed = asyncio.Event()
+        changed.clear()
+        await changed.wait()
+
+    def wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        """A background task the session keeps a reference to (closing sockets)."""
+        task = self._loop.create_task(coro, name=name)
+        if self._background is None:
+            self._background = set()
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def dispatch(self) -> None:
+        """Act on the core's events; wake writers and the pump."""
+        for event in self._core.events_received():
+            if type(event) is MessageReceived:
+                self._deliver(event.data)
+            elif type(event) is SendWindowOpened:
+                if self._window is not None:
+                    self._window.set()
+                if self._on_writable is not None:
+                    self._on_writable()
+            elif type(event) is TransportStalled:
+                current = self._current
+                self.log.info(
+                    "= %s stalled (no progress for %.1f s)",
+                    self.transport,
+                    self.settings.stall_timeout,
+                )
+                if current is not None and self.on_stalled is not None:
+                    self.on_stalled(current)
+            elif type(event) is SessionClosed:
+                self._finish(event.code, event.reason)
+        self.wake()
+        self._rearm()
+
+    def abandon(self, code: int, reason: str) -> None:
+        """Finish without the core's handshake (the peer forgot us, or we must stop now)."""
+        if self._close_info is not None:
+            return
+        current = self._current
+        self._current = None
+        if current is not None:
+            current.abandon()
+        self._finish(code, reason)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _close_info_or_closing(self) -> tuple[int, str]:
+        return self._close_info or (CloseCode.NORMAL, "closing")
+
+    def _deliver(self, data: bytes | str) -> None:
+        handler = self._on_message
+        if handler is None:
+            if self._early is None:
+                self._early = []
+            self._early.append(data)
+            return
+        try:
+            handler(data)
+        except Exception:
+            self.log.exception("on_message handler failed; closing the session")
+            if self._core.state is SessionState.OPEN:
+                self._core.close(CloseCode.INTERNAL_ERROR, "internal error", now=self.now())
+
+    def _transport_changed(self, old: str) -> None:
+        new = self.transport
+        if old == new:
+            return
+        for callback in self.on_transport_change:
+            try:
+                callback(old, new)
+            except Exception:
+                self.log.exception("on_transport_change callback failed")
+
+    def _finish(self, code: int, reason: str) -> None:
+        if self._close_info is not None:
+            return
+        self._close_info = (code, reason)
+        level = logging.DEBUG if code in (CloseCode.NORMAL, CloseCode.GOING_AWAY) else logging.INFO
+        self.log.log(level, "= session closed: %d %s", code, reason)
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result((code, reason))
+        if self._window is not None:
+            self._window.set()
+        self.wake()
+        self._cancel_timer()
+        if self._on_closed is not None:
+            try:
+                self._on_closed(code, reason)
+            except Exception:
+                self.log.exception("on_closed handler failed")
+        finished, self.on_finished = self.on_finished, []
+        for callback in finished:
+            callback(self)
+        # Break the cycles with the application (a tunnel holds us, we hold its
+        # bound methods), so a finished session is freed by reference counting
+        # at once rather than by the next full garbage collection.
+        self._on_message = self._on_writable = self._on_closed = None
+        self.on_stalled = self.on_transport_lost = None
+        self.on_transport_change = []
+
+    def _rearm(self) -> None:
+        """The core's next deadline may have changed: recompute it once, at the end of this turn."""
+        if not self._timer_due and self._close_info is None:
+            self._timer_due = True
+            self._loop.call_soon(self._rearm_now)
+
+    def _rearm_now(self) -> None:
+        self._timer_due = False
+        if self._close_info is not None:
+            return
+        deadline = self._core.next_deadline()
+        if deadline is None:
+            return  # a timer still armed fires harmlessly and is not renewed
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return  # fires first; _on_timer schedules the rest
+            timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._close_info is not None:
+            return
+        self._core.handle_timer(self.now())
+        self.dispatch()
+        self._rearm_now()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def aclose_tasks(self) -> None:
+        """Stop the timer and wait for background closes (teardown)."""
+        self._cancel_timer()
+        current = asyncio.current_task()
+        pending = [task for task in self._background or () if task is not current]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,268 @@
+"""The WebSocket transport of a hop session (both ends).
+
+Handshake (seeds 001 and 004). The client sends a plain RFC 6455 GET to
+``/.hopgate/session/{id}?epoch=N`` offering the ``hopgate.v1`` subprotocol,
+with the resume token in ``X-Hopgate-Token``. The server answers ``404`` /
+``403`` / ``400`` *before* any upgrade when the session, the token or the
+offer is wrong, so a rejected upgrade is an ordinary HTTP answer on a reusable
+connection; nothing of the session protocol is written before the ``101``.
+
+The client takes the socket only when all three proofs hold: aiohttp checked
+``Sec-WebSocket-Accept``, the server echoed ``hopgate.v1``, and the probe came
+back (``HELLO+PING`` -> ``HELLO+PONG``: the server knows the session and
+frames really flow both ways; a buffering proxy that passes the ``101`` and
+then sits on the bytes fails here). Only then does the client attach the
+socket and send its first regular batch; the server attaches when that batch
+arrives (``docs/protocol.md`` section 5).
+
+After that, :class:`WebSocketTransport` is the same on both ends: a receive
+loop feeding each binary message to the session (one message = one batch),
+and one writer sending each batch the session has as one binary message.
+aiohttp's client masks its frames; autoping answers intermediaries' pings;
+the session's own PING/PONG does the heartbeat, so aiohttp's is off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Final, Literal
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from yarl import URL
+
+from gateway.core.session.errors import CloseCode, LocalProtocolError, RemoteProtocolError
+from gateway.core.session.machine import SessionState
+from gateway.transports.hopsession import HopSession, SessionSettings
+
+__all__ = ["SUBPROTOCOL", "WebSocketTransport", "accept_websocket", "open_websocket"]
+
+SUBPROTOCOL: Final = "hopgate.v1"
+#: Close handshake of an abandoned socket: it may be black-holed, do not wait long.
+_CLOSE_TIMEOUT: Final = 2.0
+
+AnyWebSocket = aiohttp.ClientWebSocketResponse | web.WebSocketResponse
+
+
+class WebSocketTransport:
+    """A probed WebSocket carrying a hop session."""
+
+    kind: Literal["websocket"] = "websocket"
+
+    def __init__(self, hop: HopSession, ws: AnyWebSocket, *, epoch: int) -> None:
+        self._hop = hop
+        self._ws = ws
+        self.epoch = epoch
+        self._abandoned = False
+
+    async def run(self, first_batch: bytes | None = None) -> None:
+        """Attach (unless already), then carry the session until the socket or the session ends."""
+        hop = self._hop
+        hop.attach(self)
+        writer = asyncio.create_task(self._write_loop())
+        reason = "closed by peer"
+        try:
+            if first_batch is not None:
+                hop.feed(first_batch)
+            reason = await self._read_loop()
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            reason = f"connection failed: {exc!r}"
+        finally:
+            if not writer.done():
+                # Let a finished session flush its last ACK/ABORT first.
+                if hop.closed and not self._abandoned:
+                    with contextlib.suppress(TimeoutError, Exception):
+                        async with asyncio.timeout(_CLOSE_TIMEOUT):
+                            await asyncio.shield(writer)
+                writer.cancel()
+            hop.detach(self, reason)
+            await self._close(CloseCode.GOING_AWAY, b"")
+
+    def abandon(self) -> None:
+        if self._abandoned:
+            return
+        self._abandoned = True
+        self._hop.spawn(self._close(CloseCode.GOING_AWAY, b"transport switched"))
+
+    async def _read_loop(self) -> str:
+        ws, hop = self._ws, self._hop
+        while True:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind is WSMsgType.BINARY:
+                hop.feed(msg.data)
+            elif kind is WSMsgType.TEXT:
+                hop.log.warning("< text message on a hop WebSocket; closing the session")
+                hop.abandon(CloseCode.PROTOCOL_ERROR, "text message on a hop WebSocket")
+                await self._close(CloseCode.PROTOCOL_ERROR, b"text message on a hop WebSocket")
+                return "protocol error"
+            elif kind is WSMsgType.ERROR:
+                return f"error: {ws.exception()!r}"
+            else:  # CLOSE, CLOSING, CLOSED
+                return f"closed ({ws.close_code})"
+
+    async def _write_loop(self) -> None:
+        hop, ws = self._hop, self._ws
+        core = hop.core
+        while hop.is_current(self) or (hop.closed and not self._abandoned):
+            if core.wants_write:
+                await ws.send_bytes(hop.take())
+            elif core.state is SessionState.CLOSED or hop.closed:
+                code, reason = hop.close_info or (CloseCode.NORMAL, "")
+                await self._close(code, reason.encode("utf-8"))
+                return
+            else:
+                await hop.wait_changed()
+
+    async def _close(self, code: int, message: bytes) -> None:
+        if self._ws.closed:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await self._ws.close(code=_ws_code(code), message=message[:123])
+
+
+def _ws_code(code: int) -> int:
+    """A code RFC 6455 lets us send (1004-1006 and 1015 are reserved)."""
+    if (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code <= 4999:
+        return code
+    return int(CloseCode.INTERNAL_ERROR)
+
+
+# -- client end ---------------------------------------------------------------------
+
+
+async def open_websocket(
+    hop: HopSession,
+    http: aiohttp.ClientSession,
+    url: URL,
+    headers: dict[str, str],
+    settings: SessionSettings,
+    *,
+    epoch: int,
+) -> WebSocketTransport:
+    """Handshake and probe a WebSocket candidate; raises ConnectionError with the reason.
+
+    The returned transport is not attached yet: ``await transport.run()`` does it.
+    """
+    try:
+        async with asyncio.timeout(settings.connect_timeout):
+            ws = await http.ws_connect(
+                url.with_query(epoch=str(epoch)),
+                protocols=(SUBPROTOCOL,),
+                headers=headers,
+                autoclose=True,
+                autoping=True,
+                heartbeat=None,
+                compress=0,
+                max_msg_size=settings.max_batch_bytes,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_CLOSE_TIMEOUT),
+            )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise ConnectionError(f"WebSocket upgrade refused ({exc.status} {exc.message})") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ConnectionError(f"WebSocket connection failed: {exc!r}") from exc
+    except TimeoutError as exc:
+        raise ConnectionError("WebSocket handshake timed out") from exc
+    except Exception as exc:
+        # A middleware of the caller's ClientSession may raise its own (the
+        # gateway's edge.websocket.OriginRefused for a non-101 answer).
+        status = getattr(exc, "status", None)
+        if isinstance(status, int):
+            raise ConnectionError(f"WebSocket upgrade refused ({status})") from exc
+        raise ConnectionError(f"WebSocket connection failed: {exc!r}") from exc
+    try:
+        if ws.protocol != SUBPROTOCOL:
+            raise ConnectionError(f"the 101 did not echo the {SUBPROTOCOL} subprotocol")
+        await _probe(hop, ws, settings)
+    except BaseException:
+        await ws.close(code=CloseCode.GOING_AWAY)
+        raise
+    return WebSocketTransport(hop, ws, epoch=epoch)
+
+
+async def _probe(
+    hop: HopSession, ws: aiohttp.ClientWebSocketResponse, settings: SessionSettings
+) -> None:
+    core = hop.core
+    try:
+        nonce, batch = core.probe_request(hop.now())
+    except LocalProtocolError as exc:
+        raise ConnectionError("the session is closed") from exc
+    await ws.send_bytes(batch)
+    try:
+        async with asyncio.timeout(settings.probe_timeout):
+            msg = await ws.receive()
+    except TimeoutError:
+        raise ConnectionError(
+            f"no answer to the probe within {settings.probe_timeout:g} s "
+            "(a proxy may be holding WebSocket frames)"
+        ) from None
+    if msg.type is not WSMsgType.BINARY:
+        raise ConnectionError(f"the peer answered the probe with {msg.type.name}, not a HELLO")
+    try:
+        answered = core.probe_check(msg.data, hop.now())
+    except RemoteProtocolError as exc:
+        raise ConnectionError(f"bad probe reply: {exc.reason}") from exc
+    hop.dispatch()  # the probe's PONG may also have counted as progress
+    if answered is None or answered.nonce != nonce:
+        raise ConnectionError("the probe reply answered no probe of ours")
+
+
+# -- server end ---------------------------------------------------------------------
+
+
+def offers_subprotocol(request: web.BaseRequest) -> bool:
+    offered = request.headers.getall("Sec-WebSocket-Protocol", [])
+    return any(p.strip() == SUBPROTOCOL for value in offered for p in value.split(","))
+
+
+async def accept_websocket(
+    request: web.BaseRequest, hop: HopSession, settings: SessionSettings, *, epoch: int
+) -> web.WebSocketResponse:
+    """Complete the 101, answer the probe, then carry the session once the client commits."""
+    ws = web.WebSocketResponse(
+        protocols=(SUBPROTOCOL,),
+        autoping=True,
+        heartbeat=None,
+        compress=False,
+        max_msg_size=settings.max_batch_bytes,
+        timeout=_CLOSE_TIMEOUT,
+    )
+    await ws.prepare(request)
+    first = await _receive_within(ws, settings.probe_timeout)
+    if first is None or hop.closed:
+        await ws.close(code=CloseCode.GOING_AWAY if first is None else CloseCode.SESSION_EXPIRED)
+        return ws
+    try:
+        reply = hop.core.probe_reply(first, hop.now())
+    except RemoteProtocolError as exc:
+        # A bad probe fails the candidate only; the session is untouched.
+        hop.log.info("< bad probe on a WebSocket candidate: %s", exc.reason)
+        await ws.close(code=_ws_code(exc.code), message=exc.reason.encode()[:123])
+        return ws
+    except LocalProtocolError:
+        await ws.close(code=CloseCode.SESSION_EXPIRED)
+        return ws
+    await ws.send_bytes(reply)
+    # The client sends its first regular batch as soon as it has our reply.
+    batch = await _receive_within(ws, settings.probe_timeout + settings.hold_time)
+    if batch is None or hop.closed:
+        await ws.close(code=CloseCode.GOING_AWAY)
+        return ws
+    if epoch < hop.epoch:
+        await ws.close(code=CloseCode.GOING_AWAY, message=b"stale transport")
+        return ws
+    hop.epoch = epoch
+    await WebSocketTransport(hop, ws, epoch=epoch).run(first_batch=batch)
+    return ws
+
+
+async def _receive_within(ws: web.WebSocketResponse, timeout: float) -> bytes | None:
+    try:
+        async with asyncio.timeout(timeout):
+            msg = await ws.receive()
+    except TimeoutError:
+        return None
+    return msg.data if msg.type is WSMsgType.BINARY else None

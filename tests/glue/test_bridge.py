@@ -1,0 +1,838 @@
+"""TunnelLink over real hop sessions: real aiohttp origins, real gateways' pieces, loopback.
+
+Every test builds a chain::
+
+    test client -> downstream server (TunnelLink.forward) == hop session ==> upstream
+    SessionServer (TunnelLink, opener=False) -> origin
+
+and runs once per session transport (``websocket``, ``long-poll``). The
+downstream server falls back to plain HTTP on ``NotSent`` exactly as the
+gateway does; the upstream server forwards plain requests too, so the plain
+path and the tunnelled path reach the origin through the same pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import make_mocked_request
+from yarl import URL
+
+from gateway.config import Config
+from gateway.core.tunnel import ResetCode, ResponseReceived, StreamReset
+from gateway.edges.forward import Forwarder, upstream_target
+from gateway.edges.websocket import capture_refusal, is_websocket_upgrade, pass_through
+from gateway.glue.bridge import Mailbox, NotSent, TunnelLink, check_request, tunnel_target
+from gateway.status import GatewayStats
+from gateway.transports.connector import SessionConnector
+from gateway.transports.endpoint import SessionServer
+from gateway.transports.hopsession import HopSession, SessionSettings
+from tests.conftest import MakeOrigin
+from tests.helpers import until
+
+pytestmark = pytest.mark.timeout(90)
+
+TRANSPORTS = ["websocket", "long-poll"]
+MiB = 1024 * 1024
+
+
+# ------------------------------------------------------------------ the harness
+
+
+def forwarder_for(config: Config, stats: GatewayStats) -> Forwarder:
+    """A Forwarder with the client session the gateway builds (same options)."""
+    client = aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        middlewares=(capture_refusal,),
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=config.connect_timeout, sock_read=config.upstream_timeout
+        ),
+    )
+    client._retry_connection = False
+    return Forwarder(config, client, stats)
+
+
+async def serve(
+    handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+) -> tuple[web.ServerRunner, str]:
+    runner = web.ServerRunner(web.Server(handler, handler_cancellation=True), shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+def session_settings(transport: str) -> SessionSettings:
+    # Long-poll stays long-poll for the whole test: no WebSocket re-probe.
+    return SessionSettings(reprobe_initial=3600, reprobe_max=3600, close_timeout=2)
+
+
+@dataclass
+class Gate:
+    """One gateway's pieces: forwarder, its upstream, the links its sessions got."""
+
+    name: str
+    upstream: URL
+    forwarder: Forwarder
+    stats: GatewayStats
+    links: list[TunnelLink] = field(default_factory=list)
+    next_hop: TunnelLink | None = None
+    sessions: SessionServer | None = None
+    runner: web.ServerRunner | None = None
+    url: str = ""
+    not_sent: list[str] = field(default_factory=list)
+    plain: bool = False  # downstream: skip the tunnel
+
+    async def handle_upstream(self, request: web.BaseRequest) -> web.StreamResponse:
+        assert self.sessions is not None
+        if self.sessions.handles(request):
+            return await self.sessions.handle(request)
+        return await self.relay(request)
+
+    async def relay(self, request: web.BaseRequest) -> web.StreamResponse:
+        """What ``Gateway._relay`` does: the tunnel if live, plain HTTP on NotSent."""
+        key = str(self.upstream)
+        link = self.next_hop
+        if link is not None and link.alive and not self.plain:
+            target = tunnel_target(self.upstream, request)
+            try:
+                if is_websocket_upgrade(request):
+                    return await link.forward_websocket(request, target, origin_key=key)
+                return await link.forward(request, target, origin_key=key)
+            except NotSent as exc:
+                self.not_sent.append(str(exc))
+        plain = upstream_target(self.upstream, request)
+        if is_websocket_upgrade(request):
+            return await pass_through(request, plain, forwarder=self.forwarder, origin_key=key)
+        return await self.forwarder.forward(request, plain, origin_key=key)
+
+    def on_session(self, hop: HopSession) -> None:
+        self.links.append(
+            TunnelLink(
+                hop,
+                opener=False,
+                forwarder=self.forwarder,
+                upstream=self.upstream,
+                next_hop=lambda: self.next_hop,
+                peer_ip="127.0.0.1",
+            )
+        )
+
+
+@dataclass
+class Chain:
+    client: aiohttp.ClientSession
+    entry: Gate  # the downstream gateway the client talks to
+    server: Gate  # the gateway beside the origin
+    middle: Gate | None
+    url: str  # where the client sends its requests
+    origin: str
+    connectors: list[SessionConnector]
+
+    @property
+    def down(self) -> TunnelLink:
+        assert self.entry.next_hop is not None
+        return self.entry.next_hop
+
+    @property
+    def up(self) -> TunnelLink:
+        return self.server.links[-1]
+
+
+BuildChain = Callable[..., Awaitable[Chain]]
+
+
+@pytest.fixture
+async def build_chain() -> AsyncIterator[BuildChain]:
+    cleanups: list[Callable[[], Awaitable[Any]]] = []
+
+    def gate(name: str, upstream: str, **config: Any) -> Gate:
+        cfg = Config(role="server", upstream=URL(upstream), **config)
+        stats = GatewayStats(role="server", mode="sidecar")
+        g = Gate(name, URL(upstream), forwarder_for(cfg, stats), stats)
+        cleanups.append(g.forwarder.client.close)
+        return g
+
+    async def listen(g: Gate, settings: SessionSettings) -> None:
+        g.sessions = SessionServer(settings, on_session=g.on_session)
+        g.runner, g.url = await serve(g.handle_upstream)
+        sessions, runner = g.sessions, g.runner
+
+        async def stop() -> None:
+            for link in g.links:
+                await link.close()
+            await sessions.close()
+            await runner.cleanup()
+
+        cleanups.append(stop)
+
+    async def connect(g: Gate, to: Gate, transport: str, settings: SessionSettings) -> None:
+        http = aiohttp.ClientSession()
+        connector = SessionConnector(
+            URL(to.url),
+            http,
+            settings,
+            prefer=transport,  # type: ignore[arg-type]
+        )
+        hop = await connector.connect()
+        assert hop.transport == transport
+        g.next_hop = TunnelLink(hop, opener=True, forwarder=g.forwarder, upstream=URL(to.url))
+        link = g.next_hop
+
+        async def stop() -> None:
+            await link.close()
+            await connector.close()
+            await http.close()
+
+        cleanups.append(stop)
+
+    async def build(
+        origin: str,
+        transport: str,
+        *,
+        relay: bool = False,
+        server_config: dict[str, Any] | None = None,
+    ) -> Chain:
+        settings = session_settings(transport)
+        server = gate("server", origin, **(server_config or {}))
+        await listen(server, settings)
+        middle = None
+        if relay:
+            middle = gate("middle", server.url)
+            await listen(middle, settings)
+            await connect(middle, server, transport, settings)
+        first = middle or server
+        entry = gate("entry", first.url)
+        await connect(entry, first, transport, settings)
+        entry.runner, entry.url = await serve(entry.relay)
+        runner = entry.runner
+        cleanups.append(runner.cleanup)
+        client = aiohttp.ClientSession(auto_decompress=False)
+        cleanups.append(client.close)
+        return Chain(client, entry, server, middle, entry.url, origin, [])
+
+    yield build
+    for cleanup in reversed(cleanups):
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(10):
+                await cleanup()
+
+
+@dataclass
+class Origin:
+    """An origin that records every request it saw and can hold or stream."""
+
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled_at: float = 0.0
+    acks: list[asyncio.Event] = field(default_factory=lambda: [asyncio.Event() for _ in range(5)])
+    ws_close: tuple[int, str] | None = None
+    download_sent: int = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        body = b""
+        if path.startswith("/upload"):
+            digest, size = hashlib.sha256(), 0
+            async for chunk in request.content.iter_chunked(256 * 1024):
+                digest.update(chunk)
+                size += len(chunk)
+            self.record(request, b"")
+            return web.json_response({"size": size, "sha256": digest.hexdigest()})
+        if path == "/limited":
+            self.record(request, b"")
+            return web.Response(status=413, text="too big for me", headers={"X-Limit": "10"})
+        body = b"".join([chunk async for chunk in request.content.iter_chunked(MiB)])
+        self.record(request, body)
+        if path == "/hold":
+            try:
+                await asyncio.sleep(float(request.query.get("s", "30")))
+            except asyncio.CancelledError:
+                self.cancelled_at = time.monotonic()
+                self.cancelled.set()
+                raise
+            return web.Response(text="held and answered")
+        if path == "/download":
+            return await self.download(request, int(request.query["n"]))
+        if path == "/sse":
+            return await self.sse(request)
+        if path == "/ws":
+            return await self.websocket(request)
+        if path == "/refuse-ws":
+            return web.Response(status=403, text="no sockets for you", headers={"X-Why": "policy"})
+        info = {
+            "method": request.method,
+            "raw_path": request.raw_path,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body_len": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        }
+        return web.json_response(
+            info, headers={"X-Origin": "yes", "Connection": "X-Drop", "X-Drop": "1"}
+        )
+
+    def record(self, request: web.Request, body: bytes) -> None:
+        self.seen.append({"method": request.method, "path": request.raw_path, "body": body})
+        self.arrived.set()
+
+    async def download(self, request: web.Request, n: int) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = n
+        await response.prepare(request)
+        block = bytes(range(256)) * 256  # 64 KiB
+        sent = 0
+        while sent < n:
+            piece = block[: min(len(block), n - sent)]
+            await response.write(piece)
+            sent += len(piece)
+            self.download_sent = sent
+        await response.write_eof()
+        return response
+
+    async def sse(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i, ack in enumerate(self.acks):
+            await response.write(f"data: event {i}\n\n".encode())
+            await asyncio.wait_for(ack.wait(), 10)
+        await response.write_eof()
+        return response
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(protocols=("chat.v2",), autoclose=False)
+        await ws.prepare(request)
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                if msg.data.startswith("close:"):
+                    await ws.close(code=int(msg.data[6:]), message=b"origin says bye")
+                    break
+                await ws.send_str("echo " + msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await ws.send_bytes(b"echo " + msg.data)
+            elif msg.type is WSMsgType.CLOSE:
+                self.ws_close = (msg.data, msg.extra)
+                await ws.close(code=4001, message=b"answer")
+                break
+            else:
+                break
+        return ws
+
+
+@pytest.fixture
+async def origin(make_origin: MakeOrigin) -> tuple[Origin, str]:
+    o = Origin()
+    url = await make_origin(o.handle)
+    return o, url
+
+
+def headers_of(info: dict[str, Any]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in info["headers"]:
+        out.setdefault(k.lower(), []).append(v)
+    return out
+
+
+# ---------------------------------------------------------------------- HTTP
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_request_and_response_bodies_both_ways(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    _o, url = origin
+    chain = await build_chain(url, transport)
+    body = os.urandom(300_000)
+    async with chain.client.post(chain.url + "/echo?a=1&b=%20", data=body) as resp:
+        assert resp.status == 200
+        info = await resp.json()
+        assert resp.headers["X-Origin"] == "yes"
+        assert "X-Drop" not in resp.headers  # hop-by-hop on the origin's side
+        assert resp.headers.getall("Via") == ["1.1 hopgate, 1.1 hopgate"]
+    assert info["raw_path"] == "/echo?a=1&b=%20"
+    assert info["body_len"] == len(body)
+    assert info["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert chain.entry.not_sent == []
+    assert chain.down.tunnel.stream_count == 0
+    await until(lambda: chain.up.tunnel.stream_count == 0)
+    assert chain.entry.stats.active_streams == chain.server.stats.active_streams == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_origin_sees_the_same_headers_as_on_the_plain_path(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    _, url = origin
+    chain = await build_chain(url, transport)
+    sent = {
+        "Connection": "keep-alive, X-Hop",
+        "X-Hop": "must not pass",
+        "X-End": "passes",
+        "Cookie": "a=1",
+        "Host": "public.example:8443",
+    }
+    views = []
+    for plain in (True, False):
+        chain.entry.plain = plain
+        async with chain.client.get(chain.url + "/h", headers=sent) as resp:
+            views.append(headers_of(await resp.json()))
+    plain_view, tunnel_view = views
+    assert tunnel_view == plain_view
+    assert "x-hop" not in tunnel_view
+    assert tunnel_view["x-end"] == ["passes"]
+    assert tunnel_view["host"] == [URL(url).raw_authority]
+    assert tunnel_view["x-forwarded-host"] == ["public.example:8443"]
+    assert tunnel_view["x-forwarded-for"] == ["127.0.0.1, 127.0.0.1"]
+    assert tunnel_view["via"] == ["1.1 hopgate, 1.1 hopgate"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+async def test_every_method_with_its_body(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str, method: str
+) -> None:
+    o, url = origin
+    chain = await build_chain(url, transport)
+    data = None if method in ("GET", "HEAD") else f"body of {method}".encode()
+    async with chain.client.request(method, chain.url + "/m", data=data) as resp:
+        assert resp.status == 200
+        raw = await resp.read()
+    assert o.seen[-1]["method"] == method
+    assert o.seen[-1]["body"] == (data or b"")
+    if method == "HEAD":
+        assert raw == b""
+    else:
+        assert json.loads(raw)["body_len"] == len(data or b"")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_sse_events_arrive_one_by_one(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    o, url = origin
+    chain = await build_chain(url, transport)
+    async with chain.client.get(chain.url + "/sse") as resp:
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        for i, ack in enumerate(o.acks):
+            async with asyncio.timeout(5):
+                line = await resp.content.readline()
+                assert line == f"data: event {i}\n".encode()
+                assert await resp.content.readline() == b"\n"
+            ack.set()  # the origin sends the next event only now
+        assert await resp.read() == b""
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_held_poll_stays_held_as_long_as_the_origin_holds_it(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    _, url = origin
+    chain = await build_chain(url, transport)
+    started = time.monotonic()
+    poll = asyncio.create_task(chain.client.get(chain.url + "/hold?s=3"))
+    await asyncio.sleep(1)
+    assert chain.entry.stats.active_streams == 1
+    assert chain.server.stats.active_streams == 1
+    async with asyncio.timeout(10):
+        resp = await poll
+    assert await resp.text() == "held and answered"
+    assert time.monotonic() - started >= 2.9
+    await until(lambda: chain.server.stats.active_streams == 0)
+    assert chain.entry.stats.active_streams == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_client_abort_cancels_the_origin_request_within_a_second(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    o, url = origin
+    chain = await build_chain(url, transport)
+    poll = asyncio.create_task(chain.client.get(chain.url + "/hold?s=30"))
+    async with asyncio.timeout(5):
+        await o.arrived.wait()
+    await asyncio.sleep(0.2)
+    poll.cancel()
+    aborted = time.monotonic()
+    with contextlib.suppress(asyncio.CancelledError):
+        await poll
+    async with asyncio.timeout(3):
+        await o.cancelled.wait()
+    assert o.cancelled_at - aborted < 1.0
+    await until(lambda: chain.server.stats.active_streams == 0)
+    await until(lambda: chain.entry.stats.active_streams == 0)
+    assert len(o.seen) == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_unreachable_origin_is_a_502_with_a_reason(
+    build_chain: BuildChain, transport: str
+) -> None:
+    runner, dead = await serve(lambda r: asyncio.sleep(0))  # type: ignore[arg-type,return-value]
+    await runner.cleanup()  # nothing listens there any more
+    chain = await build_chain(dead, transport)
+    async with chain.client.get(chain.url + "/x") as resp:
+        assert resp.status == 502
+        text = await resp.text()
+    assert text.startswith("hopgate: could not connect to upstream " + dead)
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    assert chain.entry.not_sent == []
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_origin_timeout_is_a_504(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    _, url = origin
+    chain = await build_chain(url, transport, server_config={"upstream_timeout": 1.0})
+    async with chain.client.get(chain.url + "/hold?s=5") as resp:
+        assert resp.status == 504
+        assert "did not answer in time" in await resp.text()
+
+
+def rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise LookupError
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_50_mib_each_way_with_bounded_memory(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    _, url = origin
+    chain = await build_chain(url, transport)
+    size = 50 * MiB
+    block = os.urandom(MiB)
+    base = rss_kib()
+    peak = base
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, rss_kib())
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample())
+
+    async def upload_body() -> AsyncIterator[bytes]:
+        for _ in range(size // MiB):
+            yield block
+
+    try:
+        async with chain.client.post(chain.url + "/upload", data=upload_body()) as resp:
+            info = await resp.json()
+        assert info == {"size": size, "sha256": hashlib.sha256(block * 50).hexdigest()}
+        got = 0
+        async with chain.client.get(chain.url + f"/download?n={size}") as resp:
+            async for chunk in resp.content.iter_chunked(MiB):
+                got += len(chunk)
+        assert got == size
+    finally:
+        sampler.cancel()
+    # Everything (client, both gateways, origin) runs in this process: holding
+    # either body whole would add 50 MiB.
+    print(f"RSS growth {(peak - base) // 1024} MiB")
+    assert (peak - base) < 30 * 1024, f"RSS grew by {(peak - base) // 1024} MiB"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_stalled_download_does_not_stall_other_streams(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    o, url = origin
+    chain = await build_chain(url, transport)
+    stalled = await chain.client.get(chain.url + f"/download?n={40 * MiB}")
+    await stalled.content.readexactly(1000)  # then stop reading
+    await asyncio.sleep(0.5)  # let every buffer on the way fill up
+    started = time.monotonic()
+    for _ in range(20):
+        async with asyncio.timeout(2):
+            async with chain.client.post(chain.url + "/small", data=b"x" * 100) as resp:
+                assert (await resp.json())["body_len"] == 100
+    assert time.monotonic() - started < 5
+    # The stalled stream is still alive and flow-controlled end to end: the
+    # origin is held back by the windows and socket buffers on the way.
+    assert chain.down.tunnel.stream_count == 1
+    held_back = o.download_sent
+    await asyncio.sleep(0.3)
+    assert o.download_sent == held_back
+    assert held_back < 16 * MiB, f"the origin could write {held_back // MiB} MiB"
+    stalled.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_large_upload_does_not_delay_small_answers(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    _, url = origin
+    chain = await build_chain(url, transport)
+    block = os.urandom(MiB)
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(60):
+            yield block
+
+    upload = asyncio.create_task(chain.client.post(chain.url + "/upload", data=body()))
+    await asyncio.sleep(0.3)
+    worst = 0.0
+    for _ in range(10):
+        started = time.monotonic()
+        async with chain.client.get(chain.url + "/poll") as resp:
+            await resp.read()
+        worst = max(worst, time.monotonic() - started)
+    assert not upload.done(), "the upload should still be running"
+    assert worst < 0.5, f"a small poll took {worst:.3f} s behind the upload"
+    async with asyncio.timeout(60):
+        resp = await upload
+    assert (await resp.json())["size"] == 60 * MiB
+
+
+@pytest.mark.parametrize("relay", [False, True], ids=["direct", "relay"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_an_early_answer_to_an_upload_arrives_whole(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str, relay: bool
+) -> None:
+    o, url = origin
+    chain = await build_chain(url, transport, relay=relay)
+    body = os.urandom(8 * MiB)
+    async with chain.client.post(chain.url + "/limited", data=body) as resp:
+        assert resp.status == 413
+        assert resp.headers["X-Limit"] == "10"
+        assert await resp.text() == "too big for me"
+    async with chain.client.get(chain.url + "/after") as resp:  # the session is fine
+        assert resp.status == 200
+    await until(lambda: chain.down.tunnel.stream_count == 0)
+    await until(lambda: chain.up.tunnel.stream_count == 0)
+    assert [s["path"] for s in o.seen] == ["/limited", "/after"]
+
+
+# --------------------------------------------------------------- exactly once
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_session_lost_after_the_open_left_is_a_502_never_a_resend(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    o, url = origin
+    chain = await build_chain(url, transport)
+    poll = asyncio.create_task(chain.client.get(chain.url + "/hold?s=30"))
+    async with asyncio.timeout(5):
+        await o.arrived.wait()
+    chain.down.hop.abandon(1001, "killed by the test")
+    async with asyncio.timeout(5):
+        resp = await poll
+    assert resp.status == 502
+    text = await resp.text()
+    assert "lost after the request was sent; not retried" in text
+    assert chain.entry.not_sent == []
+    await asyncio.sleep(0.3)
+    assert len(o.seen) == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_not_sent_when_the_session_is_gone_and_plain_reaches_the_origin_once(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    o, url = origin
+    chain = await build_chain(url, transport)
+    link = chain.down
+    link.hop.abandon(1001, "gone")
+    request = make_mocked_request("POST", "/once", headers={"Host": "x"})
+    with pytest.raises(NotSent):
+        await link.forward(request, "/once", origin_key=url)
+    assert link.tunnel.stream_count == 0
+    # The caller's retry over plain HTTP is the first and only delivery.
+    async with chain.client.post(chain.url + "/once", data=b"payload") as resp:
+        assert resp.status == 200
+    assert [(s["path"], s["body"]) for s in o.seen] == [("/once", b"payload")]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_not_sent_while_the_session_cannot_take_the_open(
+    build_chain: BuildChain,
+    origin: tuple[Origin, str],
+    transport: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    o, url = origin
+    chain = await build_chain(url, transport)
+    entry = chain.entry
+    entry.forwarder.config = entry.forwarder.config.replace(connect_timeout=0.5)
+    # A full replay buffer: the session is alive but takes nothing.
+    monkeypatch.setattr(HopSession, "writable", property(lambda self: False))
+    async with chain.client.post(chain.url + "/fallback", data=b"abc") as resp:
+        assert resp.status == 200
+    monkeypatch.undo()
+    assert len(entry.not_sent) == 1
+    assert "could not take the request" in entry.not_sent[0]
+    assert [s["path"] for s in o.seen] == ["/fallback"]
+    assert chain.down.tunnel.stream_count == 0
+    assert entry.stats.active_streams == 0
+
+
+# ---------------------------------------------------------------- security
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "why"),
+    [
+        ("GET", b"http://evil.example/x", "not origin-form"),
+        ("GET", b"https://evil.example:8443/", "not origin-form"),
+        ("GET", b"//evil.example/x", "not origin-form"),
+        ("CONNECT", b"evil.example:443", "method"),
+        ("CONNECT", b"/x", "method"),
+        ("OPTIONS", b"*", "not origin-form"),
+        ("GET", b"/a b", "whitespace"),
+        ("GET", b"/a\r\nHost: evil", "whitespace"),
+    ],
+)
+def test_check_request_refuses_anything_but_origin_form(
+    method: str, target: bytes, why: str
+) -> None:
+    problem = check_request(method, target, ())
+    assert problem is not None and why in problem
+
+
+def test_check_request_refuses_header_injection() -> None:
+    assert check_request("GET", b"/", ((b"X-A", b"1\r\nHost: evil"),)) is not None
+    assert check_request("GET", b"/", ((b"Bad Name", b"1"),)) is not None
+    assert check_request("GET", b"/ok?q=%20", ((b"X-A", b"1"),)) is None
+
+
+@pytest.mark.parametrize("transport", ["websocket"])
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("GET", "http://127.0.0.1:1/steal"),
+        ("GET", "//127.0.0.1:1/steal"),
+        ("CONNECT", "127.0.0.1:1"),
+        ("GET", "*"),
+    ],
+)
+async def test_forbidden_targets_are_reset_and_never_reach_anything(
+    build_chain: BuildChain,
+    origin: tuple[Origin, str],
+    transport: str,
+    method: str,
+    target: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    o, url = origin
+    chain = await build_chain(url, transport)
+    link = chain.down
+    box = Mailbox()
+    sid = link.tunnel.open_http(method, target, [("Host", "127.0.0.1:1")])
+    link.register(sid, box)
+    link.flush()
+    async with asyncio.timeout(5):
+        event = await box.next_event()
+    assert isinstance(event, StreamReset)
+    assert event.code == ResetCode.PROTOCOL and event.remote
+    assert "refused stream" in caplog.text
+    assert o.seen == []
+
+
+@pytest.mark.parametrize("transport", ["websocket"])
+async def test_host_header_cannot_steer_the_connection(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    o, url = origin
+    chain = await build_chain(url, transport)
+    link = chain.down
+    box = Mailbox()
+    sid = link.tunnel.open_http("GET", "/h", [("Host", "evil.example:1")])
+    link.register(sid, box)
+    link.flush()
+    async with asyncio.timeout(5):
+        head = await box.next_event()
+    assert isinstance(head, ResponseReceived) and head.status == 200
+    assert [s["path"] for s in o.seen] == ["/h"]
+
+
+@pytest.mark.parametrize("transport", ["websocket"])
+async def test_the_upstream_side_cannot_open_streams_towards_the_downstream(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    _, url = origin
+    chain = await build_chain(url, transport)
+    async with chain.client.get(chain.url + "/h") as resp:  # makes sure the session is up
+        assert resp.status == 200
+    up = chain.up
+    box = Mailbox()
+    sid = up.tunnel.open_http("GET", "/from-upstream")
+    up.register(sid, box)
+    up.flush()
+    async with asyncio.timeout(5):
+        event = await box.next_event()
+    assert isinstance(event, StreamReset) and event.code == ResetCode.REFUSED
+
+
+# ---------------------------------------------------------------- WebSockets
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_websocket_echo_text_binary_and_close_codes(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    _o, url = origin
+    chain = await build_chain(url, transport)
+    async with chain.client.ws_connect(chain.url + "/ws", protocols=("chat.v1", "chat.v2")) as ws:
+        assert ws.protocol == "chat.v2"
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=5)).data == "echo hello"
+        await ws.send_bytes(b"\x00\x01" * 70_000)
+        msg = await ws.receive(timeout=5)
+        assert msg.type is WSMsgType.BINARY and msg.data == b"echo " + b"\x00\x01" * 70_000
+        await ws.send_str("close:4321")
+        msg = await ws.receive(timeout=5)
+        assert msg.type is WSMsgType.CLOSE
+        assert msg.data == 4321 and msg.extra == "origin says bye"
+    # client-initiated close: the origin answers 4001, which comes back
+    async with chain.client.ws_connect(chain.url + "/ws") as ws:
+        await ws.send_str("x")
+        await ws.receive(timeout=5)
+        async with asyncio.timeout(10):
+            await ws.close(code=4000, message=b"client bye")
+        assert ws.close_code == 4001
+    await until(lambda: chain.entry.stats.active_websockets == 0)
+    await until(lambda: chain.server.stats.active_websockets == 0)
+    await until(lambda: chain.down.tunnel.stream_count == 0)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_websocket_refusal_by_the_origin_is_passed_back(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    _, url = origin
+    chain = await build_chain(url, transport)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await chain.client.ws_connect(chain.url + "/refuse-ws")
+    assert info.value.status == 403
+    # and the body, with a raw request
+    headers = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    async with chain.client.get(chain.url + "/refuse-ws", headers=headers) as resp:
+        assert resp.status == 403
+        assert resp.headers["X-Why"] == "policy"
+        assert await resp.text() == "no sockets for you"
+    assert chain.entry.not_sent == []

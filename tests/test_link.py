@@ -1,0 +1,316 @@
+"""The upstream link: discovery cost, session up, fall back to plain, climb again.
+
+Real gateways and origins on loopback.  Each test reads what a user reads:
+the origin's request log and ``/.hopgate/status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.core import discovery
+from gateway.core.ladder import LadderSettings
+from gateway.link import LinkTable, UpstreamLink
+from gateway.server import Gateway
+from gateway.status import STATUS_PATH
+from gateway.transports.endpoint import SESSION_PATH
+from tests.helpers import until
+from tests.hop.conftest import StartGateway
+
+pytestmark = pytest.mark.timeout(60)
+
+#: Back-off short enough for a test, legacy recheck long enough never to come.
+
+
+# ----------------------------------------------------------------- helpers
+
+
+async def upstream_status(http: aiohttp.ClientSession, gw: Gateway) -> dict[str, Any]:
+    """The gateway's one upstream entry, as ``/.hopgate/status`` serves it."""
+    async with http.get(gw.url + STATUS_PATH) as resp:
+        assert resp.status == 200
+        doc = await resp.json()
+    [entry] = doc["upstreams"]
+    assert isinstance(entry, dict)
+    return entry
+
+
+def entry(gw: Gateway) -> dict[str, Any]:
+    [state] = gw.stats.upstreams.values()
+    return state.as_json()
+
+
+class Recorder:
+    """A legacy origin: logs every request line, answers with ``answer``."""
+
+    def __init__(self, answer: Callable[[web.Request], web.Response] | None = None) -> None:
+        self.lines: list[str] = []
+        self._answer = answer or (lambda _r: web.Response(text="ok"))
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.lines.append(f"{request.method} {request.path}")
+        await request.read()
+        return self._answer(request)
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for line in self.lines if line.split(" ", 1)[1].startswith(prefix))
+
+
+def answer_200_text(_request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def answer_fake_hello(_request: web.Request) -> web.Response:
+    """Looks like a hello answer, without a proof computed from the nonce."""
+    body = {"hopgate": 1, "proof": "0" * 64, "session": "/.hopgate/session"}
+    return web.json_response(body)
+
+
+def answer_echo(request: web.Request) -> web.Response:
+    """Echoes request headers back (as headers and as JSON), query included."""
+    skip = {"content-length", "transfer-encoding", "connection", "host", "content-type"}
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in skip}
+    body = {"headers": dict(request.headers), "query": dict(request.query)}
+    return web.json_response(body, headers=headers)
+
+
+LEGACY_ORIGINS = {
+    "200-to-everything": answer_200_text,
+    "fake-hello-json": answer_fake_hello,
+    "echo": answer_echo,
+}
+
+
+# -------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("kind", sorted(LEGACY_ORIGINS))
+async def test_legacy_upstream_stays_plain_and_pays_one_hello(
+    kind: str, make_origin: Any, start_gateway: StartGateway
+) -> None:
+    origin = Recorder(LEGACY_ORIGINS[kind])
+    gw = await start_gateway("client", {"upstream": await make_origin(origin.handle)})
+    link = gw.link()
+    assert link is not None
+    await until(lambda: entry(gw)["peer"] == "legacy", "the hello to be judged")
+    async with aiohttp.ClientSession() as http:
+        for i in range(30):
+            async with http.get(f"{gw.url}/poll?since={i}") as resp:
+                assert resp.status == 200
+                await resp.read()
+        await asyncio.sleep(0.5)  # room for any stray background request
+        status = await upstream_status(http, gw)
+    assert origin.count(discovery.HELLO_PATH) == 1, origin.lines
+    assert origin.count("/poll") == 30
+    # An echoed mark is not a note (a note names the session path), so no
+    # session is ever attempted against a legacy origin.
+    assert origin.count(SESSION_PATH) == 0, origin.lines
+    assert len(origin.lines) == 31
+    assert status["transport"] == "plain"
+    assert status["upgrades"] == 0
+    assert status["session"] is None
+    assert gw.stats.active_sessions == 0
+    assert link.tunnel() is None
+
+
+async def test_a_sidecar_costs_its_legacy_origin_nothing(
+    make_origin: Any, start_gateway: StartGateway
+) -> None:
+    """The server role's upstream is the legacy origin: no hello, ever; only the mark."""
+    origin = Recorder()
+    gw = await start_gateway("server", {"upstream": await make_origin(origin.handle)})
+    async with aiohttp.ClientSession() as http:
+        for i in range(5):
+            async with http.get(f"{gw.url}/poll?since={i}") as resp:
+                assert resp.status == 200
+        await asyncio.sleep(0.5)  # room for any stray background request
+    assert origin.lines == ["GET /poll"] * 5
+    assert entry(gw)["transport"] == "plain"
+
+
+async def test_unreachable_upstream_is_not_called_legacy(
+    start_gateway: StartGateway,
+) -> None:
+    """A refused connection says nothing about the peer: the hello is retried."""
+    gw = await start_gateway("client", {"upstream": "http://127.0.0.1:9"})
+    await until(lambda: "hello" in entry(gw)["last_error"], "the failed hello")
+    assert entry(gw)["peer"] == "unknown"
+    assert entry(gw)["transport"] == "plain"
+
+
+async def test_gateway_upstream_upgrades_to_a_websocket_session(
+    make_origin: Any, start_gateway: StartGateway
+) -> None:
+    origin = Recorder()
+    server = await start_gateway("server", {"upstream": await make_origin(origin.handle)})
+    client = await start_gateway("client", {"upstream": server.url})
+    await until(lambda: entry(client)["transport"] == "websocket", "the websocket session")
+    async with aiohttp.ClientSession() as http:
+        status = await upstream_status(http, client)
+        before = server.stats.requests_total
+        for i in range(10):
+            async with http.post(f"{client.url}/send", data=f"m{i}".encode()) as resp:
+                assert resp.status == 200
+                assert await resp.text() == "ok"
+        served_by_dispatch = server.stats.requests_total - before
+    assert status["peer"] == "gateway"
+    assert status["upgrades"] == 1
+    assert status["fallbacks"] == 0
+    assert status["session"] and len(status["session"]) == 6
+    assert client.stats.active_sessions == 1
+    assert server.stats.active_sessions == 1
+    # Over the WebSocket, no request reached the server gateway's HTTP side.
+    assert served_by_dispatch == 0
+    assert origin.count("/send") == 10
+    # The client's hello was answered by the server gateway, never forwarded,
+    # and a sidecar never asks its (legacy) origin for one.
+    assert origin.count("/.hopgate") == 0
+
+
+async def test_session_loss_falls_back_to_plain_then_climbs_again(
+    make_origin: Any, start_gateway: StartGateway
+) -> None:
+    origin = Recorder()
+    server = await start_gateway("server", {"upstream": await make_origin(origin.handle)})
+    # A back-off long enough to see the plain rung, short enough for a test.
+    ladder = LadderSettings(retry_initial=1.5, retry_max=3.0, legacy_recheck=600.0)
+    client = await start_gateway("client", {"upstream": server.url}, ladder=ladder)
+    await until(lambda: entry(client)["transport"] == "websocket", "the first session")
+    assert server.sessions is not None
+    [hop] = list(server.sessions.registry)
+    hop.abandon(1011, "killed by the test")  # as if the server gateway forgot it
+
+    await until(lambda: entry(client)["transport"] == "plain", "the fall back to plain")
+    status = entry(client)
+    assert status["fallbacks"] >= 1
+    assert status["session"] is None
+    assert client.stats.active_sessions == 0
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{client.url}/during-backoff") as resp:
+            assert resp.status == 200
+        await until(lambda: entry(client)["transport"] == "websocket", "the re-upgrade")
+        async with http.get(f"{client.url}/after") as resp:
+            assert resp.status == 200
+    status = entry(client)
+    # websocket, (long-poll while the session tried to resume,) plain, websocket
+    assert status["upgrades"] >= 2
+    assert status["fallbacks"] >= 1
+    assert client.stats.active_sessions == 1
+    assert origin.count("/during-backoff") == 1
+    assert origin.count("/after") == 1
+
+
+async def test_upgrade_never_sends_no_hello_and_accepts_no_session(
+    make_origin: Any, start_gateway: StartGateway
+) -> None:
+    origin = Recorder()
+    gw = await start_gateway(
+        "server", {"upstream": await make_origin(origin.handle), "upgrade": "never"}
+    )
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):
+            async with http.get(f"{gw.url}/x") as resp:
+                assert resp.status == 200
+        # Its own paths are not answered: a `never` gateway is a plain proxy.
+        async with http.get(f"{gw.url}{discovery.HELLO_PATH}?nonce=abc") as resp:
+            assert await resp.text() == "ok"
+        async with http.post(f"{gw.url}{SESSION_PATH}") as resp:
+            assert await resp.text() == "ok"
+        await asyncio.sleep(0.3)
+        status = await upstream_status(http, gw)
+    assert origin.lines == [
+        "GET /x",
+        "GET /x",
+        "GET /x",
+        f"GET {discovery.HELLO_PATH}",
+        f"POST {SESSION_PATH}",
+    ]
+    assert gw.link() is None and gw.sessions is None
+    assert status["transport"] == "plain" and status["peer"] == "unknown"
+
+
+async def test_hello_answer_is_served_by_the_gateway_itself(
+    make_origin: Any, start_gateway: StartGateway
+) -> None:
+    origin = Recorder()
+    gw = await start_gateway("client", {"upstream": await make_origin(origin.handle)})
+    await until(lambda: entry(gw)["peer"] == "legacy", "its own hello to be judged")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gw.url}{discovery.HELLO_PATH}", params={"nonce": "n1"}) as resp:
+            assert resp.status == 200
+            assert resp.headers["Cache-Control"] == "no-store"
+            body = json.loads(await resp.text())
+        async with http.get(f"{gw.url}{discovery.HELLO_PATH}") as resp:
+            assert resp.status == 400
+        async with http.post(f"{gw.url}{discovery.HELLO_PATH}?nonce=n") as resp:
+            assert resp.status == 405
+    assert discovery.check_hello(body, "n1") is not None
+    assert discovery.check_hello(body, "n2") is None
+    assert origin.count(discovery.HELLO_PATH) == 1  # only the gateway's own
+
+
+async def test_link_table_evicts_the_least_recently_used(
+    make_origin: Any, start_gateway: StartGateway
+) -> None:
+    gw = await start_gateway("client", {"upstream": await make_origin(Recorder().handle)})
+    assert gw._client is not None and gw._forwarder is not None
+    made: list[UpstreamLink] = []
+
+    def make(key: str) -> UpstreamLink:
+        from yarl import URL
+
+        from gateway.transports.hopsession import SessionSettings
+
+        assert gw._client is not None and gw._forwarder is not None
+        link = UpstreamLink(
+            URL(key),
+            key=key,
+            http=gw._client,
+            forwarder=gw._forwarder,
+            stats=gw.stats,
+            session_settings=SessionSettings(),
+            check_hello=False,
+        )
+        made.append(link)
+        return link
+
+    table = LinkTable(make, limit=2)
+    a, b = table.ensure("http://a:1"), table.ensure("http://b:1")
+    assert table.get("http://a:1") is a  # a is now the most recently used
+    table.ensure("http://c:1")
+    assert len(table) == 2
+    assert table.get("http://b:1") is None
+    assert table.get("http://a:1") is a
+    await table.close()
+    assert len(table) == 0
+    assert Counter(link.key for link in made) == Counter(["http://a:1", "http://b:1", "http://c:1"])
+    assert b is made[1]
+
+
+async def test_forward_proxy_learns_a_gateway_origin_from_its_note(
+    make_origin: Any, start_gateway: StartGateway
+) -> None:
+    """No hello in forward-proxy mode: the note on an ordinary response is enough."""
+    origin = Recorder()
+    server = await start_gateway("server", {"upstream": await make_origin(origin.handle)})
+    proxy = await start_gateway("client")  # no upstream: forward proxy
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.url}/first", proxy=proxy.url) as resp:
+            assert resp.status == 200
+        link = proxy.link(server.url)
+        assert link is not None, "the note on the first response creates a link"
+        await until(lambda: link.ladder.rung == "websocket", "the session to the origin's gateway")
+        before = server.stats.requests_total
+        async with http.get(f"{server.url}/second", proxy=proxy.url) as resp:
+            assert resp.status == 200
+        assert server.stats.requests_total == before  # it went over the session
+    assert origin.count("/first") == 1 and origin.count("/second") == 1
+    assert origin.count(discovery.HELLO_PATH) == 0  # a sidecar never asks its origin
