@@ -9,10 +9,10 @@ from gateway.core.session.errors import (
     BufferFull,
     CloseCode,
     HelloRejected,
-    LocalProtocolError,
     MessageTooBig,
     RemoteProtocolError,
     SessionError,
+    SessionUsageError,
 )
 from gateway.core.session.events import (
     Event,
@@ -34,7 +34,6 @@ __all__ = [
     "Event",
     "HelloReceived",
     "HelloRejected",
-    "LocalProtocolError",
     "MessageReceived",
     "MessageTooBig",
     "ProbeAnswered",
@@ -45,6 +44,7 @@ __all__ = [
     "SessionConfig",
     "SessionError",
     "SessionState",
+    "SessionUsageError",
     "TransportStalled",
     "new_session_id",
     "new_token",

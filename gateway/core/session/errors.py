@@ -4,9 +4,9 @@ Every exception says *who is at fault*, so the I/O layer knows what to do
 without parsing messages::
 
     SessionError                  base class; never raised itself
-    ├── LocalProtocolError        our caller misused the API (wrong state,
-    │                             bad argument); a bug in the I/O layer,
-    │                             the session is left unchanged
+    ├── SessionUsageError         our caller broke the session's API contract
+    │                             (wrong state, bad argument); a bug in
+    │                             the I/O layer, the session is left unchanged
     ├── BufferFull                backpressure, nobody's fault: the replay
     │                             buffer is full; wait for SendWindowOpened
     └── RemoteProtocolError       the peer broke the protocol; carries the
@@ -29,10 +29,10 @@ __all__ = [
     "BufferFull",
     "CloseCode",
     "HelloRejected",
-    "LocalProtocolError",
     "MessageTooBig",
     "RemoteProtocolError",
     "SessionError",
+    "SessionUsageError",
 ]
 
 
@@ -60,8 +60,8 @@ class SessionError(Exception):
     """Base class of everything the session core raises."""
 
 
-class LocalProtocolError(SessionError):
-    """The caller (the I/O layer) used the session in a way it must not."""
+class SessionUsageError(SessionError):
+    """The caller (the I/O layer) used the session in a way it must not: a bug on our side."""
 
 
 class BufferFull(SessionError):

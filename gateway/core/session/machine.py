@@ -84,9 +84,9 @@ from gateway.core.session.errors import (
     BufferFull,
     CloseCode,
     HelloRejected,
-    LocalProtocolError,
     MessageTooBig,
     RemoteProtocolError,
+    SessionUsageError,
 )
 from gateway.core.session.events import (
     Event,
@@ -189,9 +189,9 @@ _TRANSITIONS: Final[dict[tuple[SessionState, str], SessionState]] = {
 
 def _check_close_args(code: int, reason: str) -> None:
     if not 1000 <= code <= 4999:
-        raise LocalProtocolError(f"close code {code} outside [1000, 4999]")
+        raise SessionUsageError(f"close code {code} outside [1000, 4999]")
     if len(reason.encode("utf-8")) > MAX_REASON_BYTES:
-        raise LocalProtocolError(f"close reason longer than {MAX_REASON_BYTES} bytes")
+        raise SessionUsageError(f"close reason longer than {MAX_REASON_BYTES} bytes")
 
 
 def _clip_reason(reason: str) -> str:
@@ -259,9 +259,9 @@ class Session:
         now: float,
     ) -> None:
         if not 0 < len(session_id) <= MAX_SESSION_ID_LENGTH or not session_id.isascii():
-            raise LocalProtocolError("session_id must be 1-128 ASCII characters")
+            raise SessionUsageError("session_id must be 1-128 ASCII characters")
         if not 0 < len(token) <= MAX_TOKEN_LENGTH:
-            raise LocalProtocolError(f"token must be 1-{MAX_TOKEN_LENGTH} bytes")
+            raise SessionUsageError(f"token must be 1-{MAX_TOKEN_LENGTH} bytes")
         self._config = config or SessionConfig()
         self._session_id = session_id
         self._sid_bytes = session_id.encode("ascii")
@@ -580,18 +580,18 @@ class Session:
         """Queue one whole message; ``str`` travels as text, anything else as binary.
 
         Raises BufferFull (nothing queued) when not ``writable``, and
-        LocalProtocolError if the session is closing/closed or the message is
+        SessionUsageError if the session is closing/closed or the message is
         over ``max_message_size``.
         """
         if self._state is not _OPEN:
-            raise LocalProtocolError(f"cannot send a message in state {self._state.name}")
+            raise SessionUsageError(f"cannot send a message in state {self._state.name}")
         text = False
         if isinstance(data, str):
             text = True
             try:
                 payload = data.encode("utf-8")
             except UnicodeEncodeError as exc:
-                raise LocalProtocolError("text message is not encodable as UTF-8") from exc
+                raise SessionUsageError("text message is not encodable as UTF-8") from exc
         elif isinstance(data, bytes):
             payload = data
         else:
@@ -599,7 +599,7 @@ class Session:
         size = len(payload)
         config = self._config
         if size > config.max_message_size:
-            raise LocalProtocolError(
+            raise SessionUsageError(
                 f"message of {size} bytes exceeds max_message_size ({config.max_message_size})"
             )
         if not self.writable:
@@ -752,7 +752,7 @@ class Session:
             return
         if peer_received is not None:
             if type(peer_received) is not int or not 0 <= peer_received <= MAX_UINT64:
-                raise LocalProtocolError("peer_received must be a non-negative int")
+                raise SessionUsageError("peer_received must be a non-negative int")
             try:
                 self._ack(peer_received, now)
             except RemoteProtocolError as exc:
@@ -816,7 +816,7 @@ class Session:
         try:
             self._state = _TRANSITIONS[self._state, event]
         except KeyError:
-            raise LocalProtocolError(
+            raise SessionUsageError(
                 f"{event!r} is not allowed in state {self._state.name}"
             ) from None
 
@@ -900,7 +900,7 @@ class Session:
     def probe_request(self, now: float) -> tuple[int, bytes]:
         """HELLO+PING to write on a candidate transport; returns (nonce, batch)."""
         if self._state is _CLOSED:
-            raise LocalProtocolError("cannot probe a CLOSED session")
+            raise SessionUsageError("cannot probe a CLOSED session")
         nonce = self._new_nonce()
         if len(self._probes) >= _MAX_PROBES:
             del self._probes[next(iter(self._probes))]
@@ -915,7 +915,7 @@ class Session:
         candidate transport is not the session's yet.
         """
         if self._state is _CLOSED:
-            raise LocalProtocolError("cannot answer a probe on a CLOSED session")
+            raise SessionUsageError("cannot answer a probe on a CLOSED session")
         hello, pings = self._parse_probe(batch, Ping)
         if hello is None or not pings:
             raise RemoteProtocolError("a probe needs a HELLO and a PING")

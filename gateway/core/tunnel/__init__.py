@@ -4,12 +4,13 @@ Layer 4 ("streams over a session") of the design; ``docs/tunnel.md`` describes t
 format and how an I/O layer drives :class:`Tunnel`.
 """
 
+from gateway.core.tunnel.config import TunnelConfig
 from gateway.core.tunnel.errors import (
     FlowControlError,
-    LocalProtocolError,
     RemoteProtocolError,
     ResetCode,
     TunnelError,
+    TunnelUsageError,
 )
 from gateway.core.tunnel.events import (
     DataReceived,
@@ -25,7 +26,8 @@ from gateway.core.tunnel.events import (
     WebSocketMessage,
     WebSocketRequested,
 )
-from gateway.core.tunnel.streams import HeaderInput, Tunnel, TunnelConfig
+from gateway.core.tunnel.heads import HeaderInput
+from gateway.core.tunnel.streams import Tunnel
 
 __all__ = [
     "DataReceived",
@@ -33,7 +35,6 @@ __all__ = [
     "FlowControlError",
     "HeaderInput",
     "Headers",
-    "LocalProtocolError",
     "RemoteProtocolError",
     "RequestReceived",
     "ResetCode",
@@ -44,6 +45,7 @@ __all__ = [
     "Tunnel",
     "TunnelConfig",
     "TunnelError",
+    "TunnelUsageError",
     "WebSocketAccepted",
     "WebSocketClosed",
     "WebSocketMessage",

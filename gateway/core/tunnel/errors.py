@@ -4,10 +4,10 @@ Every exception says *who is at fault*, so the I/O layer knows what to do
 without parsing messages::
 
     TunnelError                   base class; never raised itself
-    ├── LocalProtocolError        our caller misused the API (wrong state,
-    │                             bad argument, writing to a stream that
-    │                             is not writable); a bug in the I/O layer,
-    │                             the tunnel is left unchanged
+    ├── TunnelUsageError          our caller broke the tunnel's API contract
+    │                             (wrong state, bad argument, writing to
+    │                             a stream that is not writable); a bug in
+    │                             the I/O layer, the tunnel is left unchanged
     └── RemoteProtocolError       the peer broke the tunnel protocol
         │                         (malformed frame, illegal state change,
         │                         unknown stream); carries the hop-session
@@ -28,10 +28,10 @@ from enum import IntEnum
 
 __all__ = [
     "FlowControlError",
-    "LocalProtocolError",
     "RemoteProtocolError",
     "ResetCode",
     "TunnelError",
+    "TunnelUsageError",
 ]
 
 #: Hop-session close codes (RFC 6455 meanings) carried by RemoteProtocolError.
@@ -84,8 +84,8 @@ class TunnelError(Exception):
     """Base class of everything the tunnel core raises."""
 
 
-class LocalProtocolError(TunnelError):
-    """The caller (the I/O layer) used the tunnel in a way it must not."""
+class TunnelUsageError(TunnelError):
+    """The caller (the I/O layer) used the tunnel in a way it must not: a bug on our side."""
 
 
 class RemoteProtocolError(TunnelError):

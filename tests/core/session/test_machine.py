@@ -13,7 +13,6 @@ from gateway.core.session import (
     CloseCode,
     HelloReceived,
     HelloRejected,
-    LocalProtocolError,
     MessageTooBig,
     ProbeAnswered,
     RemoteProtocolError,
@@ -22,6 +21,7 @@ from gateway.core.session import (
     SessionClosed,
     SessionConfig,
     SessionState,
+    SessionUsageError,
     TransportStalled,
 )
 from gateway.core.session.frames import (
@@ -176,7 +176,7 @@ def test_backpressure_by_bytes() -> None:
 
 def test_oversize_local_message_is_local_error() -> None:
     client, _ = make_pair(SMALL)
-    with pytest.raises(LocalProtocolError, match="exceeds max_message_size"):
+    with pytest.raises(SessionUsageError, match="exceeds max_message_size"):
         client.send_message(b"x" * (SMALL.max_message_size + 1))
     assert client.buffered_frames == 0
 
@@ -443,7 +443,7 @@ def test_close_with_code_and_reason_after_pending_data() -> None:
     link.a.send_message("before close")
     link.a.close(1001, "going away", now=link.now)
     assert link.a.state is SessionState.CLOSING
-    with pytest.raises(LocalProtocolError, match="CLOSING"):
+    with pytest.raises(SessionUsageError, match="CLOSING"):
         link.a.send_message("too late")
     link.settle()
     assert link.ab.messages() == ["before close"]
@@ -508,9 +508,9 @@ def test_closed_session_ignores_data_but_reacks() -> None:
 
 def test_bad_close_arguments() -> None:
     client, _ = make_pair()
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(SessionUsageError):
         client.close(999, now=0)
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(SessionUsageError):
         client.close(1000, "x" * 200, now=0)
     assert client.state is SessionState.OPEN
 
@@ -618,9 +618,9 @@ def test_switch_to_probed_transport_keeps_everything() -> None:
 
 
 def test_invalid_construction() -> None:
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(SessionUsageError):
         Session(session_id="", token=TOKEN, is_client=True, now=0)
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(SessionUsageError):
         Session(session_id="s", token=b"", is_client=True, now=0)
     with pytest.raises(ValueError, match="fragment"):
         SessionConfig(fragment_size=10, max_buffer_bytes=20)
@@ -672,7 +672,7 @@ def test_hop_sessions_reassemble_at_most_a_tunnel_batch_of_session_message() -> 
 
     from gateway.core.session.events import MessageReceived
     from gateway.core.tunnel import Tunnel, TunnelConfig
-    from gateway.transports.hopsession import SessionSettings
+    from gateway.transports.session_settings import SessionSettings
 
     settings = SessionSettings.from_config(SimpleNamespace())  # type: ignore[arg-type]
     hop = settings.core_config()

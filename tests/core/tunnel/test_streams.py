@@ -16,7 +16,6 @@ from gateway.core.tunnel import (
     DataReceived,
     Event,
     FlowControlError,
-    LocalProtocolError,
     RemoteProtocolError,
     RequestReceived,
     ResetCode,
@@ -26,6 +25,7 @@ from gateway.core.tunnel import (
     StreamWritable,
     Tunnel,
     TunnelConfig,
+    TunnelUsageError,
     WebSocketAccepted,
     WebSocketClosed,
     WebSocketMessage,
@@ -298,7 +298,7 @@ def test_send_data_reports_backpressure_and_writable_again() -> None:
     sid = pipe.down.open_http("POST", "/", has_body=True)
     assert pipe.down.send_data(sid, bytes(8 * 1024))
     assert not pipe.down.send_data(sid, bytes(8 * 1024))  # reached max_pending
-    with pytest.raises(LocalProtocolError, match="not writable"):
+    with pytest.raises(TunnelUsageError, match="not writable"):
         pipe.down.send_data(sid, b"x")
     pipe.step(pipe.down)
     assert pipe.down.events_received() == [StreamWritable(stream_id=sid)]
@@ -323,7 +323,7 @@ def test_consumed_more_than_received_is_local_misuse() -> None:
     pipe.down.send_data(sid, b"abc")
     pipe.pump()
     pipe.up.consumed(sid, 2)
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(TunnelUsageError):
         pipe.up.consumed(sid, 2)
 
 
@@ -418,9 +418,9 @@ def test_close_all_resets_everything_and_says_what_may_be_retried() -> None:
     ]
     assert pipe.down.closed and pipe.down.next_message() is None
     assert pipe.down.send_data(unsent, b"x") is False
-    with pytest.raises(LocalProtocolError, match="closed"):
+    with pytest.raises(TunnelUsageError, match="closed"):
         pipe.down.open_http("GET", "/")
-    with pytest.raises(LocalProtocolError, match="closed"):
+    with pytest.raises(TunnelUsageError, match="closed"):
         pipe.down.receive_message(b"")
 
 
@@ -498,7 +498,7 @@ def test_websocket_messages_both_ways_and_close_handshake() -> None:
     back = [e for e in pipe.down.events_received() if not isinstance(e, StreamWritable)]
     assert kinds(back) == ["WebSocketMessage", "WebSocketClosed"]
     assert back[1] == WebSocketClosed(stream_id=sid, code=1000, reason="bye")
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(TunnelUsageError):
         pipe.up.send_ws_message(sid, b"after close")
     pipe.down.close_websocket(sid, 1000, "bye")
     pipe.pump()
@@ -524,10 +524,10 @@ def test_websocket_refused_with_an_http_response() -> None:
 def test_no_websocket_message_before_accept() -> None:
     pipe = Pipe()
     sid = pipe.down.open_websocket("/ws")
-    with pytest.raises(LocalProtocolError, match="HEAD"):
+    with pytest.raises(TunnelUsageError, match="HEAD"):
         pipe.down.send_ws_message(sid, "too early")
     pipe.pump()
-    with pytest.raises(LocalProtocolError, match="HEAD"):
+    with pytest.raises(TunnelUsageError, match="HEAD"):
         pipe.up.send_ws_message(sid, "too early")
 
 
@@ -552,7 +552,7 @@ def test_oversize_websocket_message_resets_only_that_stream() -> None:
     (reset,) = [e for e in pipe.down.events_received() if isinstance(e, StreamReset)]
     assert ResetCode(reset.code).ws_close_code == 1009
     fresh = open_ws(pipe)
-    with pytest.raises(LocalProtocolError, match="max_ws_message"):
+    with pytest.raises(TunnelUsageError, match="max_ws_message"):
         pipe.down.send_ws_message(fresh, bytes(2 * 1024 * 1024))
 
 
@@ -561,7 +561,7 @@ def test_oversize_websocket_message_resets_only_that_stream() -> None:
 
 def test_oversize_head_is_refused_locally_and_by_the_peer() -> None:
     pipe = Pipe(up_config=TunnelConfig(max_header_bytes=1000))
-    with pytest.raises(LocalProtocolError, match="over the limit"):
+    with pytest.raises(TunnelUsageError, match="over the limit"):
         pipe.down.open_http("GET", "/", [(b"Cookie", bytes(70_000))])
     sid = pipe.down.open_http("GET", "/", [(b"Cookie", bytes(5000))])
     pipe.pump()
@@ -678,21 +678,21 @@ def test_frames_before_a_bad_one_in_the_same_message_take_effect() -> None:
 def test_api_misuse_is_local_protocol_error() -> None:
     pipe = Pipe()
     sid = pipe.down.open_http("GET", "/")
-    with pytest.raises(LocalProtocolError, match="DONE"):
+    with pytest.raises(TunnelUsageError, match="DONE"):
         pipe.down.send_data(sid, b"no body declared")
-    with pytest.raises(LocalProtocolError, match="peer answers"):
+    with pytest.raises(TunnelUsageError, match="peer answers"):
         pipe.down.respond(sid, 200)
-    with pytest.raises(LocalProtocolError, match="never opened"):
+    with pytest.raises(TunnelUsageError, match="never opened"):
         pipe.down.send_data(99, b"x")
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(TunnelUsageError):
         pipe.down.next_message(10)
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(TunnelUsageError):
         pipe.down.open_http("G E T\u00e9" * 20, "/")
     pipe.pump()
-    with pytest.raises(LocalProtocolError, match="not a WebSocket"):
+    with pytest.raises(TunnelUsageError, match="not a WebSocket"):
         pipe.up.accept_websocket(sid)
     pipe.up.respond(sid, 200, has_body=True)
-    with pytest.raises(LocalProtocolError, match="BODY"):
+    with pytest.raises(TunnelUsageError, match="BODY"):
         pipe.up.respond(sid, 200)
     with pytest.raises(ValueError, match="initial_window"):
         TunnelConfig(initial_window=1000)
@@ -742,7 +742,7 @@ def test_relay_forwards_payloads_as_the_same_bytes() -> None:
             while chunks and relay_out.is_writable(out):
                 chunk = chunks.pop(0)
                 relay_out.send_data(out, chunk)
-                queued = relay_out._streams[out].queue  # white-box: the very same object
+                queued = relay_out._table.streams[out].queue  # white-box: the very same object
                 relayed_same_object |= queued[-1] is chunk
                 relay_in.consumed(in_sid, len(chunk))
             if not chunks and in_sid in ended:

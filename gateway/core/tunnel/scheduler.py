@@ -1,0 +1,220 @@
+"""Building the next session message: OPENs, then control frames, then fair data chunks.
+
+``next_message(max_bytes)`` builds one session message: first every queued
+OPEN, then every control frame (heads, END/CLOSE with no data before them,
+RESET, WINDOW), then data chunks of at most ``max_chunk`` bytes until the
+budget is spent. Data chunks are chosen round-robin among streams that have
+both data and credit, with one refinement: a stream whose whole queue fits
+in one chunk when it becomes ready (a poll response, a small WebSocket
+message) goes to an *express* queue served before the ring, so a bulk
+transfer delays it by at most the chunk already being built. Express service
+yields to the ring after ``_EXPRESS_BURST`` picks in a row, so bulk streams
+cannot starve. END/CLOSE queued behind data follow the stream's last chunk.
+A stream blocked on credit leaves the ring and comes back with WINDOW.
+
+An OPEN frame is encoded when the stream is opened but only *handed over*
+here: ``Stream.open_sent`` turns True as it goes into a message.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from gateway.core.tunnel.config import MAX_QUEUED_ITEMS, TunnelConfig
+from gateway.core.tunnel.flow import FlowControl
+from gateway.core.tunnel.frames import FLAG_FIN, FLAG_TEXT, FRAME_OVERHEAD, bin_header
+from gateway.core.tunnel.stream_state import Stream
+
+__all__ = ["Scheduler"]
+
+# A data chunk cut short by the message budget is not worth sending below this.
+_MIN_SPLIT: Final = 512
+_EXPRESS_BURST: Final = 8
+_FLAG_BYTES: Final = tuple(bytes((flags,)) for flags in range(4))
+
+_Parts = list[bytes | memoryview]
+
+
+class Scheduler:
+    """The out-queues of one tunnel, and the order in which they share session messages."""
+
+    __slots__ = (
+        "_config",
+        "_express",
+        "_express_streak",
+        "_flow",
+        "_on_trailer_sent",
+        "_ring",
+        "control",
+        "opens",
+    )
+
+    def __init__(
+        self,
+        config: TunnelConfig,
+        flow: FlowControl,
+        control: deque[bytes],
+        on_trailer_sent: Callable[[Stream], None],
+    ) -> None:
+        self._config = config
+        self._flow = flow
+        self._on_trailer_sent = on_trailer_sent  # the stream may be finished now
+        self.opens: deque[Stream] = deque()
+        self.control = control
+        self._express: deque[Stream] = deque()
+        self._ring: deque[Stream] = deque()
+        self._express_streak = 0  # express picks in a row
+
+    def has_pending(self) -> bool:
+        """next_message would return a message."""
+        opens = self.opens
+        while opens and opens[0].dead:
+            opens.popleft()
+        return bool(opens or self.control) or self._pick() is not None
+
+    def schedule(self, stream: Stream, *, bulk: bool = False) -> None:
+        """Put a stream that can send now in line (express if its queue fits one chunk)."""
+        if stream.scheduled or stream.dead or not stream.ready():
+            return
+        stream.scheduled = True
+        if bulk or stream.queued > self._config.max_chunk:
+            self._ring.append(stream)
+        else:
+            self._express.append(stream)
+
+    def clear(self) -> None:
+        self.opens.clear()
+        self.control.clear()
+        self._express.clear()
+        self._ring.clear()
+
+    def next_message(self, limit: int) -> bytes | None:
+        """The next batch of frames within ``limit`` bytes (a lone huge frame may exceed it)."""
+        parts: _Parts = []
+        size = self._take_opens(parts, limit)
+        if size is not None:
+            size = self._take_control(parts, size, limit)
+        if size is None:
+            return b"".join(parts)
+        self._take_chunks(parts, size, limit)
+        self._flow.feed_starved()  # sent bytes within the peer's leeway no longer count
+        return b"".join(parts) if parts else None
+
+    def _take_opens(self, parts: _Parts, limit: int) -> int | None:
+        """Add queued OPENs; the size so far, or None if the message is full."""
+        size = 0
+        opens = self.opens
+        while opens:
+            stream = opens[0]
+            frame = stream.open_frame
+            if stream.dead or frame is None:
+                opens.popleft()
+                continue
+            if parts and size + len(frame) > limit:
+                return None
+            opens.popleft()
+            stream.open_frame = None
+            stream.open_sent = True
+            parts.append(frame)
+            size += len(frame)
+            if stream.trailer is not None and not stream.queue:
+                self.control.append(stream.trailer)
+                stream.trailer = None
+        return size
+
+    def _take_control(self, parts: _Parts, size: int, limit: int) -> int | None:
+        """Add queued control frames; the size so far, or None if the message is full."""
+        control = self.control
+        while control:
+            frame = control[0]
+            if parts and size + len(frame) > limit:
+                return None
+            control.popleft()
+            parts.append(frame)
+            size += len(frame)
+        return size
+
+    def _take_chunks(self, parts: _Parts, size: int, limit: int) -> None:
+        """Fill the rest of the budget with data chunks, express streams first."""
+        while True:
+            room = limit - size - FRAME_OVERHEAD
+            if room <= 0:
+                break
+            picked = self._pick()
+            if picked is None:
+                break
+            lane, stream = picked
+            remaining = len(stream.queue[0]) - stream.offset
+            n = min(remaining, stream.send_credit, self._config.max_chunk, room)
+            if n == room < remaining and room < _MIN_SPLIT and parts:
+                break
+            lane.popleft()
+            stream.scheduled = False
+            if lane is self._express:
+                self._express_streak += 1
+            else:
+                self._express_streak = 0
+            size += self._emit_chunk(stream, n, parts, limit - size)
+            self.schedule(stream, bulk=True)
+
+    def _pick(self) -> tuple[deque[Stream], Stream] | None:
+        express, ring = self._express, self._ring
+        while express or ring:
+            if express and not (ring and self._express_streak >= _EXPRESS_BURST):
+                lane = express
+            else:
+                lane = ring
+            stream = lane[0]
+            if stream.dead or not stream.ready():
+                lane.popleft()
+                stream.scheduled = False
+                continue
+            return lane, stream
+        return None
+
+    def _emit_chunk(self, stream: Stream, n: int, parts: _Parts, room: int) -> int:
+        """Append one DATA/MESSAGE frame of n bytes (and a due trailer); return bytes added."""
+        queue = stream.queue
+        item = queue[0]
+        offset = stream.offset
+        end = offset + n
+        payload = item if offset == 0 and end == len(item) else memoryview(item)[offset:end]
+        last = end == len(item)
+        if last:
+            queue.popleft()
+            stream.offset = 0
+        else:
+            stream.offset = end
+        self._flow.chunk_sent(stream, n)
+        header = self._chunk_header(stream, n, last)
+        parts.append(header)
+        parts.append(payload)
+        added = len(header) + n
+        if (
+            not stream.writable
+            and stream.queued < self._config.max_pending
+            and len(queue) < MAX_QUEUED_ITEMS
+        ):
+            self._flow.writable_again(stream)
+        trailer = stream.trailer
+        if trailer is not None and not queue:
+            stream.trailer = None
+            if len(trailer) <= room - added:
+                parts.append(trailer)
+                added += len(trailer)
+            else:
+                self.control.append(trailer)
+            self._on_trailer_sent(stream)
+        return added
+
+    @staticmethod
+    def _chunk_header(stream: Stream, n: int, last: bool) -> bytes:
+        if stream.ws:
+            flags = FLAG_TEXT if stream.text_flags[0] else 0
+            if last:
+                flags |= FLAG_FIN
+                stream.text_flags.popleft()
+            return stream.prefix + _FLAG_BYTES[flags] + bin_header(n)
+        return stream.prefix + bin_header(n)
