@@ -58,19 +58,21 @@ from gateway.core.targets import (
     parse_target,
 )
 from gateway.edges.connect import open_tunnel
-from gateway.edges.forward import Forwarder, text_error
+from gateway.edges.forward import Forwarder
 from gateway.edges.inbound import (
     AcceptErrorFilter,
     GuardedServer,
     InboundLimits,
     derive_max_clients,
 )
-from gateway.edges.websocket import capture_refusal, is_websocket_upgrade, pass_through
+from gateway.edges.websocket import pass_through
 from gateway.glue.bridge import NotSent, TunnelLink, answering_config
 from gateway.link import LinkTable, UpstreamLink
 from gateway.status import STATUS_PATH, GatewayStats, status_refusal
+from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.endpoint import SESSION_PATH, SessionServer
 from gateway.transports.hopsession import HopSession, SessionSettings
+from gateway.transports.http import capture_refusal, is_websocket_upgrade, text_error
 from gateway.transports.registry import client_key
 
 log = logging.getLogger("hopgate")
@@ -191,10 +193,8 @@ class Gateway:
                 sock_read=self.config.upstream_timeout,
             ),
         )
-        # aiohttp re-sends an idempotent request whose pooled connection
-        # dropped, even when the origin had already received it; a long-poll
-        # GET often consumes messages, so it must never reach the origin twice.
-        self._client._retry_connection = False
+        # A long-poll GET often consumes messages: never sent to the origin twice.
+        never_resend(self._client)
         self._forwarder = Forwarder(self.config, self._client, self.stats)
         if self.hop_upgrade:
             self._start_hop_layer(self._forwarder)

@@ -10,7 +10,8 @@ client never starts TLS into a tunnel that leads nowhere; a failed dial is a
 ``502`` (or ``504`` after ``connect_timeout``) with a plain-text reason.
 
 Taking over the connection after the ``200`` uses two things aiohttp
-supports for exactly this case, and no private state:
+supports for exactly this case (the second is not public API, so it lives in
+``transports.aiohttp_internals.take_over_reading``):
 
 * aiohttp's HTTP parser knows ``CONNECT`` turns the rest of the connection
   into opaque bytes: it stops parsing requests (``_upgraded``), treats bytes
@@ -44,15 +45,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
 
 from gateway.config import Config
 from gateway.core.targets import BadTarget, parse_authority
-from gateway.edges.forward import CHUNK, text_error
 from gateway.status import GatewayStats
+from gateway.transports.aiohttp_internals import take_over_reading
+from gateway.transports.http import CHUNK, text_error
 
 log = logging.getLogger("hopgate.connect")
 
@@ -90,41 +91,12 @@ async def open_tunnel(
         writer.close()
 
 
-class _TunnelFeed:
-    """Takes the place aiohttp's ``WebSocketReader`` takes after a ``101``.
-
-    ``RequestHandler.data_received`` passes every byte read from the client to
-    ``feed_data`` and signals the end with ``feed_eof``.
-    """
-
-    def __init__(self, reader: aiohttp.StreamReader) -> None:
-        self._reader = reader
-
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        self._reader.feed_data(data)
-        return False, b""
-
-    def feed_eof(self) -> None:
-        self._reader.feed_eof()
-
-
-def _take_over(request: web.BaseRequest) -> aiohttp.StreamReader:
-    """A reader of every byte the client sends after the ``CONNECT`` head, in order."""
-    protocol = request.protocol
-    client = aiohttp.StreamReader(protocol, CHUNK, loop=asyncio.get_running_loop())
-    early = request.content.read_nowait()
-    if early:
-        client.feed_data(early)
-    protocol.set_parser(cast(Any, _TunnelFeed(client)))
-    return client
-
-
 async def _splice(
     request: web.BaseRequest, target_reader: asyncio.StreamReader, target: asyncio.StreamWriter
 ) -> web.StreamResponse:
     response = web.StreamResponse(status=200, reason="Connection established")
     await response.prepare(request)
-    client = _take_over(request)
+    client = take_over_reading(request, CHUNK)
     try:
         await _relay(request, response, client, target_reader, target)
     finally:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -30,10 +30,10 @@ from gateway.core import discovery
 from gateway.core import headers as hdr
 from gateway.core.targets import join_upstream
 from gateway.status import GatewayStats
+from gateway.transports.aiohttp_internals import RelayedResponse
+from gateway.transports.http import describe, request_body, text_error
 
 log = logging.getLogger("hopgate.forward")
-
-CHUNK = 64 * 1024
 
 
 def upstream_target(upstream: URL, request: web.BaseRequest) -> URL:
@@ -45,42 +45,6 @@ def upstream_target(upstream: URL, request: web.BaseRequest) -> URL:
     if the request's target is not origin-form or would leave the upstream).
     """
     return join_upstream(upstream, request.raw_path)
-
-
-def text_error(status: int, message: str) -> web.Response:
-    """A plain-text error the person reading a client's log can act on."""
-    return web.Response(
-        status=status,
-        text=f"hopgate: {message}\n",
-        headers={"Cache-Control": "no-store", "X-Hopgate-Error": "1"},
-    )
-
-
-async def request_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
-    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
-        # aiohttp's low-level server leaves ``Expect`` to the handler; the
-        # client waits for this before it sends the body we are about to pull.
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
-        yield chunk
-
-
-class RelayedResponse(web.StreamResponse):
-    """A response whose header fields are the upstream's, not aiohttp's defaults.
-
-    aiohttp fills in ``Content-Type: application/octet-stream`` and its own
-    ``Server`` as an origin would; a proxy that did so would change how a
-    client treats an untyped body and claim to be the origin.  ``Date`` (which
-    RFC 9110 6.6.1 lets a proxy add) and the framing headers stay.
-    """
-
-    async def _prepare_headers(self) -> None:
-        sent = {name for name in ("Content-Type", "Server") if name in self.headers}
-        await super()._prepare_headers()
-        for name in ("Content-Type", "Server"):
-            if name not in sent:
-                self.headers.popall(name, None)
 
 
 class Forwarder:
@@ -249,11 +213,6 @@ class Forwarder:
             msg = f"upstream {where} failed: {describe(exc)}"
         log.warning("%s", msg)
         return 502, msg
-
-
-def describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def host_header(url: URL) -> str:

@@ -48,123 +48,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
-from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.core import headers as hdr
-from gateway.edges.forward import CHUNK, Forwarder, text_error
+from gateway.edges.forward import Forwarder
 from gateway.status import GatewayStats
+from gateway.transports.http import (
+    CLOSE_TIMEOUT,
+    MAX_REFUSAL_BODY,
+    OriginRefused,
+    Peer,
+    aiohttp_limit,
+    close_peer,
+    connect_origin,
+    offered_protocols,
+    refusal_headers,
+    run_shielded,
+    sendable,
+    text_error,
+)
 
 log = logging.getLogger("hopgate.websocket")
 
 #: Largest message relayed in either direction (aiohttp holds a message whole).
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
-
-
-def aiohttp_limit(largest: int) -> int:
-    """aiohttp's ``max_msg_size`` for messages of up to ``largest`` bytes.
-
-    aiohttp refuses a message whose size *reaches* ``max_msg_size``; our
-    limits name the largest size allowed, so a message of exactly that size
-    must pass.
-    """
-    return largest + 1
-
-
-#: Largest refusal body (``403`` page and the like) passed back to the client.
-MAX_REFUSAL_BODY = 1024 * 1024
-#: How long a closing side may take to answer our Close.
-CLOSE_TIMEOUT = 5.0
-
-#: Handshake headers the gateway's own WebSocket client writes anew.
-_HANDSHAKE_HEADERS = (
-    "Sec-WebSocket-Key",
-    "Sec-WebSocket-Version",
-    "Sec-WebSocket-Protocol",
-    "Sec-WebSocket-Extensions",
-    "Sec-WebSocket-Accept",
-)
-#: Codes that may not be sent in a Close frame (RFC 6455 section 7.4.1).
-_UNSENDABLE = frozenset({0, 1004, 1005, 1006, 1015})
-
-Peer = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-
-
-def is_websocket_upgrade(request: web.BaseRequest) -> bool:
-    """``GET`` with ``Connection: upgrade`` and ``Upgrade: websocket``."""
-    if request.method != "GET" or "upgrade" not in hdr.connection_tokens(request.headers):
-        return False
-    offered = {
-        token.strip().split("/")[0].lower()
-        for value in request.headers.getall("Upgrade", ())
-        for token in value.split(",")
-    }
-    return "websocket" in offered
-
-
-@dataclass(kw_only=True)
-class OriginRefused(Exception):
-    """The origin answered a WebSocket handshake with something other than ``101``."""
-
-    status: int
-    reason: str | None
-    headers: CIMultiDictProxy[str]
-    http_version: tuple[int, int]
-    #: ``None`` when the body was larger than ``MAX_REFUSAL_BODY``.
-    body: bytes | None
-
-
-async def capture_refusal(
-    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-) -> aiohttp.ClientResponse:
-    """Client middleware: turn a refused WebSocket handshake into ``OriginRefused``.
-
-    ``ClientSession.ws_connect`` discards the body of a non-``101`` answer
-    and follows redirects itself; a transparent gateway must hand both back
-    to its client untouched.  The middleware sees the answer first and reads
-    the body while the connection is still open.  Requests without
-    ``Upgrade: websocket`` (everything the plain forwarder sends, since it
-    strips hop-by-hop headers) pass through untouched.
-    """
-    response = await handler(request)
-    if response.status == 101 or request.headers.get("Upgrade", "").lower() != "websocket":
-        return response
-    try:
-        body = await _read_at_most(response, MAX_REFUSAL_BODY)
-    finally:
-        response.release()
-    version = response.version
-    raise OriginRefused(
-        status=response.status,
-        reason=response.reason,
-        headers=response.headers,
-        http_version=(version.major, version.minor) if version else (1, 1),
-        body=body,
-    )
-
-
-async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(CHUNK):
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
-
-
-def offered_protocols(headers: hdr.HeadersIn) -> list[str]:
-    """The client's ``Sec-WebSocket-Protocol`` offer, in its order."""
-    return [
-        token.strip()
-        for value in headers.getall("Sec-WebSocket-Protocol", ())
-        for token in value.split(",")
-        if token.strip()
-    ]
 
 
 async def pass_through(
@@ -204,56 +113,12 @@ async def pass_through(
     return client
 
 
-#: Relays that outlive a cancelled handler (kept here so they are not collected).
-_DETACHED: set[asyncio.Task[None]] = set()
-
-
-async def run_shielded(relay: Coroutine[None, None, None]) -> None:
-    """Run ``relay`` to its end even if the handler is cancelled.
-
-    aiohttp cancels the handler as soon as the client's socket closes, and a
-    completed close handshake closes it; the relay must still pass the
-    close code on to the origin, so it runs in its own task.
-    """
-    task = asyncio.create_task(relay)
-    _DETACHED.add(task)
-    task.add_done_callback(_DETACHED.discard)
-    await asyncio.shield(task)
-
-
 async def _connect_origin(
     request: web.BaseRequest, target: URL, forwarder: Forwarder, max_msg_size: int
 ) -> aiohttp.ClientWebSocketResponse:
     headers = forwarder.outgoing_headers(request, target)
     return await connect_origin(
-        forwarder, target, headers, offered_protocols(request.headers), max_msg_size
-    )
-
-
-async def connect_origin(
-    forwarder: Forwarder,
-    target: URL,
-    headers: CIMultiDict[str],
-    protocols: list[str],
-    max_msg_size: int,
-) -> aiohttp.ClientWebSocketResponse:
-    """Open the gateway's own WebSocket to ``target``, offering the client's ``protocols``.
-
-    ``headers`` are the end-to-end headers the hop rules produced; the
-    handshake headers in them are dropped, aiohttp writes its own. Raises
-    ``OriginRefused`` (with ``capture_refusal``) if the origin answers
-    anything but ``101``. Shared by the pass-through and the tunnel's replay.
-    """
-    strip_handshake(headers)
-    return await forwarder.client.ws_connect(
-        target,
-        headers=headers,
-        protocols=protocols,
-        autoclose=False,
-        autoping=False,
-        compress=0,
-        max_msg_size=aiohttp_limit(max_msg_size),
-        timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
+        forwarder.client, target, headers, offered_protocols(request.headers), max_msg_size
     )
 
 
@@ -287,22 +152,6 @@ def _refusal_response(refusal: OriginRefused, forwarder: Forwarder, target: URL)
         headers=refusal_headers(refusal.headers, refusal.http_version, forwarder.config.via_name),
         body=refusal.body,
     )
-
-
-def strip_handshake(headers: CIMultiDict[str]) -> None:
-    """Drop the ``Sec-WebSocket-*`` fields a WebSocket endpoint writes anew on each hop."""
-    for name in _HANDSHAKE_HEADERS:
-        headers.popall(name, None)
-
-
-def refusal_headers(
-    headers: hdr.HeadersIn, http_version: tuple[int, int], via_name: str
-) -> CIMultiDict[str]:
-    """The headers of a refused handshake as this hop passes them back (body set anew)."""
-    out = hdr.response_headers_for_downstream(headers, http_version=http_version, via_name=via_name)
-    out.popall("Content-Length", None)
-    strip_handshake(out)
-    return out
 
 
 async def _relay(
@@ -386,21 +235,3 @@ async def _close_after(
     # No await in between: once the client's socket is closed, aiohttp
     # cancels this handler at its next suspension point.
     await close_peer(source, sendable(sink.close_code) if sink.close_code else code, "")
-
-
-def sendable(code: int | None) -> int:
-    """``code`` if it may travel in a Close frame, else the nearest one that may."""
-    if code in (0, 1005):  # a Close without a code
-        return WSCloseCode.OK
-    if code is None or code in _UNSENDABLE:
-        return WSCloseCode.GOING_AWAY
-    return code
-
-
-async def close_peer(peer: Peer, code: int, reason: str) -> None:
-    if peer.closed:
-        return
-    try:
-        await peer.close(code=code, message=reason.encode()[:123])
-    except (aiohttp.ClientError, ConnectionError) as exc:
-        log.debug("closing websocket failed: %r", exc)

@@ -131,8 +131,10 @@ from gateway.core.tunnel.framing import (
     response_framing,
 )
 from gateway.core.tunnel.streams import Tunnel, TunnelConfig
-from gateway.edges.forward import Forwarder, RelayedResponse, request_body, text_error
-from gateway.edges.websocket import (
+from gateway.edges.forward import Forwarder
+from gateway.transports.aiohttp_internals import RelayedResponse, limit_reads
+from gateway.transports.hopsession import SessionClosedError
+from gateway.transports.http import (
     CLOSE_TIMEOUT,
     MAX_REFUSAL_BODY,
     OriginRefused,
@@ -142,11 +144,12 @@ from gateway.edges.websocket import (
     connect_origin,
     offered_protocols,
     refusal_headers,
+    request_body,
     run_shielded,
     sendable,
     strip_handshake,
+    text_error,
 )
-from gateway.transports.hopsession import SessionClosedError
 
 if TYPE_CHECKING:
     from gateway.transports.hopsession import HopSession
@@ -160,7 +163,7 @@ _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f]")
 _BAD_VALUE: Final = re.compile(rb"[\x00\r\n]")
 #: The tunnel core's ceiling for one WebSocket message (TunnelConfig refuses more).
 _MAX_TUNNEL_WS_MESSAGE: Final = 256 * 1024 * 1024
-# Bytes one receive from an origin connection may return (see _small_reads).
+# Bytes one receive from an origin connection may return (see limit_reads).
 _ORIGIN_READ: Final = 16 * 1024
 # Receive windows beyond BASE_WINDOW one session may hold (TunnelConfig.session_window).
 _SESSION_WINDOW: Final = 8 * 1024 * 1024
@@ -267,22 +270,6 @@ def set_framing(headers: CIMultiDict[str], length: int | None) -> None:
     headers.popall("Transfer-Encoding", None)
     if length is not None:
         headers["Content-Length"] = str(length)
-
-
-def _small_reads(upstream: aiohttp.ClientResponse) -> None:
-    """Make the origin connection read at most ``_ORIGIN_READ`` bytes per receive.
-
-    asyncio reads up to 256 KiB a time, and aiohttp's ``read_bufsize`` only
-    pauses reading after a read: a streamed response nobody takes (the peer
-    never credits its stream) held one such read in the reader and one
-    yielded chunk waiting for the window, ~512 KiB per stream (+25 MiB RSS for
-    64 stalled streams). Bytes still in the kernel are not ours to count.
-    Transports without ``max_size`` (uvloop) are left alone.
-    """
-    connection = upstream.connection
-    transport = connection.transport if connection is not None else None
-    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
-        transport.max_size = _ORIGIN_READ  # type: ignore[attr-defined]
 
 
 def _response_has_body(method: str, status: int) -> bool:
@@ -775,7 +762,7 @@ class TunnelLink:
         self.schedule_flush()
         if not has_body:
             return
-        _small_reads(upstream)
+        limit_reads(upstream, _ORIGIN_READ)  # (+25 MiB RSS for 64 stalled streams without)
         try:
             async for chunk in upstream.content.iter_any():
                 if not await box.wait_writable(tunnel, sid):
@@ -803,7 +790,7 @@ class TunnelLink:
             async with self._origin_slot(sid):
                 try:
                     origin = await connect_origin(
-                        forwarder,
+                        forwarder.client,
                         target,
                         headers,
                         list(event.protocols),

@@ -49,8 +49,8 @@ from gateway.core.tunnel.events import (
     WebSocketRequested,
 )
 from gateway.core.tunnel.framing import Framing, FramingError, response_framing
-from gateway.edges.websocket import refusal_headers
 from gateway.glue.bridge import TunnelLink, decode_headers, set_framing, under_upstream
+from gateway.transports.http import refusal_headers
 
 __all__ = ["relay_stream"]
 

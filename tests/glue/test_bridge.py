@@ -33,12 +33,14 @@ from yarl import URL
 from gateway.config import Config
 from gateway.core.tunnel import ResetCode, ResponseReceived, StreamReset
 from gateway.edges.forward import Forwarder, upstream_target
-from gateway.edges.websocket import capture_refusal, is_websocket_upgrade, pass_through
+from gateway.edges.websocket import pass_through
 from gateway.glue.bridge import Mailbox, NotSent, TunnelLink, check_request, tunnel_target
 from gateway.status import GatewayStats
+from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.connector import SessionConnector
 from gateway.transports.endpoint import SessionServer
 from gateway.transports.hopsession import HopSession, SessionSettings
+from gateway.transports.http import capture_refusal, is_websocket_upgrade
 from tests.conftest import MakeOrigin
 from tests.helpers import until
 
@@ -62,7 +64,7 @@ def forwarder_for(config: Config, stats: GatewayStats) -> Forwarder:
             total=None, connect=config.connect_timeout, sock_read=config.upstream_timeout
         ),
     )
-    client._retry_connection = False
+    never_resend(client)
     return Forwarder(config, client, stats)
 
 

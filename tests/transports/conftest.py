@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.connector import SessionConnector
 from gateway.transports.endpoint import SessionServer
 from gateway.transports.hopsession import HopSession, SessionSettings
@@ -164,7 +165,7 @@ async def start_server(start_raw: StartRaw) -> AsyncIterator[StartServer]:
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     session = aiohttp.ClientSession()
-    session._retry_connection = False  # like the Gateway: never resend a held poll
+    never_resend(session)  # like the Gateway: never resend a held poll
     yield session
     await session.close()
 

@@ -178,7 +178,7 @@ async def test_refused_upgrade_through_the_gateways_own_client_session(
     start_server: StartServer, proxies: list[FaultProxy]
 ) -> None:
     """The Gateway's ClientSession turns a refused handshake into its own exception."""
-    from gateway.edges.websocket import capture_refusal
+    from gateway.transports.http import capture_refusal
 
     handle = await start_server(FAST)
     proxy = await start_proxy(proxies, handle.port)

@@ -1,0 +1,120 @@
+"""Every use of an aiohttp (or asyncio) detail that is not public API, in one place.
+
+Each function below says what it needs that no public API offers.  When
+aiohttp changes one of these details, ``tests/transports/test_aiohttp_internals.py``
+fails with a message naming it: fix it here, nowhere else.
+
+Replaced by public API and so not here any more: the ``100 Continue``
+interim answer is written to ``request.transport`` (public) instead of
+through ``request.writer`` and then resetting its ``output_size``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import aiohttp
+from aiohttp import web
+
+__all__ = ["RelayedResponse", "limit_reads", "never_resend", "take_over_reading"]
+
+
+class RelayedResponse(web.StreamResponse):
+    """A response whose header fields are the upstream's, not aiohttp's defaults.
+
+    aiohttp fills in ``Content-Type: application/octet-stream`` and its own
+    ``Server`` as an origin would; a proxy that did so would change how a
+    client treats an untyped body and claim to be the origin.  ``Date`` (which
+    RFC 9110 6.6.1 lets a proxy add) and the framing headers stay.
+
+    Internal: overrides ``StreamResponse._prepare_headers``, where aiohttp
+    adds both with ``setdefault`` just before writing the head.  The public
+    hook at that moment, ``Application.on_response_prepare``, runs only for
+    requests routed through a ``web.Application``; the gateway serves from
+    the low-level ``web.Server``, whose requests call no such hook.
+    """
+
+    async def _prepare_headers(self) -> None:
+        sent = {name for name in ("Content-Type", "Server") if name in self.headers}
+        await super()._prepare_headers()
+        for name in ("Content-Type", "Server"):
+            if name not in sent:
+                self.headers.popall(name, None)
+
+
+def never_resend(client: aiohttp.ClientSession) -> None:
+    """Make ``client`` never send a request a second time on its own.
+
+    aiohttp re-sends an idempotent request whose pooled connection dropped,
+    even when the origin had already received it; a long-poll GET often
+    consumes messages, so it must never reach the origin twice.
+
+    Internal: sets ``ClientSession._retry_connection``.  aiohttp has no
+    public switch (aio-libs/aiohttp#10790); a middleware cannot stop it
+    either, since the retry loop sits outside the middleware chain and
+    matches ``ServerDisconnectedError``/``ClientOSError`` by class.
+    """
+    client._retry_connection = False
+
+
+class _ByteFeed:
+    """Takes the place aiohttp's ``WebSocketReader`` takes after a ``101``.
+
+    ``RequestHandler.data_received`` passes every byte read from the client to
+    ``feed_data`` and signals the end with ``feed_eof``.
+    """
+
+    def __init__(self, reader: aiohttp.StreamReader) -> None:
+        self._reader = reader
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self._reader.feed_data(data)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+
+def take_over_reading(request: web.BaseRequest, limit: int) -> aiohttp.StreamReader:
+    """A reader of every byte the client sends after this request's head, in order.
+
+    For a ``CONNECT`` tunnel after its ``200``: bytes that came with the
+    head are aiohttp's payload (``request.content``), every later byte goes
+    to the returned reader, which pauses the socket once it holds
+    ``2 * limit`` bytes.
+
+    Internal: ``RequestHandler.set_parser`` (reached through the public
+    ``request.protocol``) is the hand-over hook ``WebSocketResponse.prepare``
+    uses after its ``101``; it is typed for a ``WebSocketReader``, and only
+    needs ``feed_data(data) -> (eof, tail)`` and ``feed_eof()``.  There is no
+    public way to take over a connection's reads: ``transport.set_protocol()``
+    behind aiohttp's back leaves its handler waiting on a connection it no
+    longer owns.
+    """
+    protocol = request.protocol
+    reader = aiohttp.StreamReader(protocol, limit, loop=asyncio.get_running_loop())
+    early = request.content.read_nowait()
+    if early:
+        reader.feed_data(early)
+    protocol.set_parser(cast(Any, _ByteFeed(reader)))
+    return reader
+
+
+def limit_reads(upstream: aiohttp.ClientResponse, size: int) -> None:
+    """Make the connection under ``upstream`` read at most ``size`` bytes per receive.
+
+    asyncio reads up to 256 KiB a time, and aiohttp's ``read_bufsize`` only
+    pauses reading after a read: a streamed response nobody takes held one
+    such read in the reader and one yielded chunk waiting, ~512 KiB per
+    stream.  Bytes still in the kernel are not ours to count.
+
+    Internal: the selector transport's ``max_size`` attribute (asyncio's
+    ``_SelectorSocketTransport``); neither asyncio nor aiohttp can set a
+    connection's receive size publicly.  Transports without it (uvloop) are
+    left alone.
+    """
+    connection = upstream.connection
+    transport = connection.transport if connection is not None else None
+    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = size  # type: ignore[attr-defined]
