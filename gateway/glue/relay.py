@@ -34,7 +34,7 @@ from collections import deque
 from typing import Final
 
 from gateway.core import headers as hdr
-from gateway.core.tunnel.errors import LocalProtocolError, ResetCode
+from gateway.core.tunnel.errors import ResetCode, TunnelUsageError
 from gateway.core.tunnel.events import (
     DataReceived,
     Event,
@@ -49,7 +49,8 @@ from gateway.core.tunnel.events import (
     WebSocketRequested,
 )
 from gateway.core.tunnel.framing import Framing, FramingError, response_framing
-from gateway.glue.bridge import TunnelLink, decode_headers, set_framing, under_upstream
+from gateway.glue.driver import TunnelDriver
+from gateway.glue.heads import decode_headers, set_framing, under_upstream
 from gateway.transports.http import refusal_headers
 
 __all__ = ["relay_stream"]
@@ -81,8 +82,8 @@ def _held(event: Event) -> _Item | None:
 
 
 def relay_stream(
-    inbound: TunnelLink,
-    outbound: TunnelLink,
+    inbound: TunnelDriver,
+    outbound: TunnelDriver,
     event: RequestReceived | WebSocketRequested,
     framing: Framing,
 ) -> None:
@@ -111,7 +112,7 @@ def relay_stream(
             )
         else:
             out_sid = outbound.tunnel.open_websocket(target, headers.items(), event.protocols)
-    except LocalProtocolError as exc:  # the outbound tunnel closed under us
+    except TunnelUsageError as exc:  # the outbound tunnel closed under us
         inbound.reset(in_sid, ResetCode.REFUSED, f"next hop unavailable: {exc}")
         return
     method = event.method if isinstance(event, RequestReceived) else "GET"
@@ -160,9 +161,9 @@ class _Relay:
 
     def __init__(
         self,
-        inbound: TunnelLink,
+        inbound: TunnelDriver,
         in_sid: int,
-        outbound: TunnelLink,
+        outbound: TunnelDriver,
         out_sid: int,
         method: str,
         *,
@@ -213,36 +214,7 @@ class _Relay:
     def from_outbound(self, event: Event) -> None:
         inbound, in_sid = self.inbound, self.in_sid
         if isinstance(event, ResponseReceived):
-            via = inbound.forwarder.config.via_name
-            raw = decode_headers(event.headers)
-            if self.ws:  # a refusal: its body is collected and framed anew downstream
-                headers = refusal_headers(raw, (1, 1), via)
-                self.in_done = True
-            else:
-                try:
-                    framing = response_framing(
-                        event.headers,
-                        has_body=event.has_body,
-                        method=self.method,
-                        status=event.status,
-                    )
-                except FramingError as exc:
-                    inbound.log.warning("< relayed stream %d: bad response head: %s", in_sid, exc)
-                    self.outbound.reset(self.out_sid, ResetCode.PROTOCOL, exc.reason)
-                    return  # the reset crosses to the inbound stream
-                headers = hdr.response_headers_for_downstream(
-                    raw, http_version=(1, 1), via_name=via
-                )
-                set_framing(headers, framing.length)
-                if framing.counted and framing.length is not None:
-                    self.outbound.count_body(self.out_sid, framing.length)
-            inbound.tunnel.respond(
-                in_sid, event.status, event.reason, headers.items(), has_body=event.has_body
-            )
-            if not event.has_body:
-                self.out_done = True
-            inbound.schedule_flush()
-            self._maybe_finish()
+            self._respond(event)
             return
         if isinstance(event, WebSocketAccepted):
             inbound.tunnel.accept_websocket(in_sid, event.protocol, event.headers)
@@ -267,14 +239,43 @@ class _Relay:
             return
         self._pump(self.to_in, self.outbound, self.out_sid, self.inbound, self.in_sid)
 
+    def _respond(self, event: ResponseReceived) -> None:
+        """Pass the next hop's response head inbound, its framing checked and set anew."""
+        inbound, in_sid = self.inbound, self.in_sid
+        via = inbound.forwarder.config.via_name
+        raw = decode_headers(event.headers)
+        if self.ws:  # a refusal: its body is collected and framed anew downstream
+            headers = refusal_headers(raw, (1, 1), via)
+            self.in_done = True
+        else:
+            try:
+                framing = response_framing(
+                    event.headers, has_body=event.has_body, method=self.method, status=event.status
+                )
+            except FramingError as exc:
+                inbound.log.warning("< relayed stream %d: bad response head: %s", in_sid, exc)
+                self.outbound.reset(self.out_sid, ResetCode.PROTOCOL, exc.reason)
+                return  # the reset crosses to the inbound stream
+            headers = hdr.response_headers_for_downstream(raw, http_version=(1, 1), via_name=via)
+            set_framing(headers, framing.length)
+            if framing.counted and framing.length is not None:
+                self.outbound.count_body(self.out_sid, framing.length)
+        inbound.tunnel.respond(
+            in_sid, event.status, event.reason, headers.items(), has_body=event.has_body
+        )
+        if not event.has_body:
+            self.out_done = True
+        inbound.schedule_flush()
+        self._maybe_finish()
+
     # -- moving held items -------------------------------------------------------------------
 
     def _pump(
         self,
         queue: deque[_Item],
-        source: TunnelLink,
+        source: TunnelDriver,
         source_sid: int,
-        sink: TunnelLink,
+        sink: TunnelDriver,
         sink_sid: int,
     ) -> None:
         """Move held items to ``sink`` while it takes them; credit ``source`` for each."""

@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.core.tunnel.errors import ResetCode
-from gateway.glue.bridge import BACKLOG_REASON, MAX_STREAM_BACKLOG
+from gateway.glue.driver import BACKLOG_REASON, MAX_STREAM_BACKLOG
 from tests.conftest import MakeGateway, MakeOrigin
 from tests.hostile import peer as hp
 

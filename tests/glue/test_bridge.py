@@ -34,13 +34,17 @@ from gateway.config import Config
 from gateway.core.tunnel import ResetCode, ResponseReceived, StreamReset
 from gateway.edges.forward import Forwarder, upstream_target
 from gateway.edges.websocket import pass_through
-from gateway.glue.bridge import Mailbox, NotSent, TunnelLink, check_request, tunnel_target
+from gateway.glue.answerer import check_request
+from gateway.glue.link import TunnelLink
+from gateway.glue.mailbox import Mailbox
+from gateway.glue.opener import NotSent, tunnel_target
 from gateway.status import GatewayStats
 from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.connector import SessionConnector
 from gateway.transports.endpoint import SessionServer
-from gateway.transports.hopsession import HopSession, SessionSettings
+from gateway.transports.hopsession import HopSession
 from gateway.transports.http import capture_refusal, is_websocket_upgrade
+from gateway.transports.session_settings import SessionSettings
 from tests.conftest import MakeOrigin
 from tests.helpers import until
 
@@ -740,8 +744,8 @@ async def test_forbidden_targets_are_reset_and_never_reach_anything(
     link = chain.down
     box = Mailbox()
     sid = link.tunnel.open_http(method, target, [("Host", "127.0.0.1:1")])
-    link.register(sid, box)
-    link.flush()
+    link.driver.register(sid, box)
+    link.driver.flush()
     async with asyncio.timeout(5):
         event = await box.next_event()
     assert isinstance(event, StreamReset)
@@ -759,8 +763,8 @@ async def test_host_header_cannot_steer_the_connection(
     link = chain.down
     box = Mailbox()
     sid = link.tunnel.open_http("GET", "/h", [("Host", "evil.example:1")])
-    link.register(sid, box)
-    link.flush()
+    link.driver.register(sid, box)
+    link.driver.flush()
     async with asyncio.timeout(5):
         head = await box.next_event()
     assert isinstance(head, ResponseReceived) and head.status == 200
@@ -778,8 +782,8 @@ async def test_the_upstream_side_cannot_open_streams_towards_the_downstream(
     up = chain.up
     box = Mailbox()
     sid = up.tunnel.open_http("GET", "/from-upstream")
-    up.register(sid, box)
-    up.flush()
+    up.driver.register(sid, box)
+    up.driver.flush()
     async with asyncio.timeout(5):
         event = await box.next_event()
     assert isinstance(event, StreamReset) and event.code == ResetCode.REFUSED

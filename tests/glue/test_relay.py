@@ -17,7 +17,7 @@ import pytest
 from aiohttp import WSMsgType
 from yarl import URL
 
-from gateway.glue.bridge import TunnelLink
+from gateway.glue.link import TunnelLink
 from tests.conftest import MakeGateway, MakeOrigin
 from tests.glue.test_bridge import (
     TRANSPORTS,

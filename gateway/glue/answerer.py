@@ -1,0 +1,386 @@
+"""The answering side: a stream the peer opened becomes a request to the origin.
+
+The gateway that accepted the hop session (the upstream one) answers the
+streams the other opens: it replays each as HTTP to its configured
+``upstream`` through the edge's HTTP client (one task per exchange), or,
+when ``next_hop()`` gives a live link, relays it frame by frame onto that
+link (``relay.py``; no task at all). Streams only flow downstream ->
+upstream: the opening side refuses any stream opened towards it.
+
+Headers. The stream stands in for a plain HTTP/1.1 connection from the
+downstream gateway, so its head is treated exactly like a request received
+over one (``replay_headers``): hop-by-hop fields stripped again, this
+gateway's ``Via``, the downstream gateway's address (``peer_ip``) added to
+``X-Forwarded-For``, ``Host`` rewritten to the upstream's unless
+``preserve_host``. The origin's response head passes through
+``downstream_headers`` (this gateway's ``Via``). So the origin sees what it
+would see on a plain path through the same gateways.
+
+Framing is ours, never the peer's (``framing.py``). A stream delimits its
+body itself, so a head's ``Content-Length``/``Transfer-Encoding`` are claims:
+an OPEN whose claim is invalid or contradicts the stream is refused
+(``PROTOCOL``, nothing sent), a declared length is counted as the DATA
+arrive (``TunnelDriver.count_body``) and the origin gets only the length
+that was checked, or a chunked body. A request body that does not end
+cleanly raises in the body generator, so aiohttp sends no end of body and
+closes that origin connection instead of pooling it.
+
+Origin connections. At most ``session_connections`` origin exchanges (HTTP
+and WebSocket) run per session; further streams wait for a slot in order
+(their OPEN is not refused; a reset takes them out of the queue). The
+gateway's total is the aiohttp connector's ``--max-connections``.
+
+Never an open proxy. Only origin-form targets are accepted (``/``, not
+``//``, no control characters: absolute-form, authority-form and ``*`` are
+refused), no ``CONNECT``, header fields without CR/LF/NUL, and the URL is
+built under this gateway's own ``upstream`` (checked again after parsing);
+anything else is reset with ``PROTOCOL`` and logged. ``Host`` cannot steer
+the connection: it always goes to ``upstream``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Final
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.config import Config
+from gateway.core.tunnel import TunnelConfig
+from gateway.core.tunnel.errors import ResetCode
+from gateway.core.tunnel.events import (
+    DataReceived,
+    Headers,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WebSocketRequested,
+)
+from gateway.core.tunnel.framing import Framing, FramingError, request_framing
+from gateway.glue.driver import TunnelDriver
+from gateway.glue.heads import decode_headers, pairs, set_framing, under_upstream
+from gateway.glue.mailbox import Mailbox
+from gateway.glue.relay import relay_stream
+from gateway.glue.wsbridge import bridge_websocket
+from gateway.transports.aiohttp_internals import limit_reads
+from gateway.transports.http import OriginRefused, connect_origin, refusal_headers
+
+__all__ = ["Answerer", "BodyAborted", "answering_config", "check_request"]
+
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f]")
+_BAD_VALUE: Final = re.compile(rb"[\x00\r\n]")
+#: The tunnel core's ceiling for one WebSocket message (TunnelConfig refuses more).
+_MAX_TUNNEL_WS_MESSAGE: Final = 256 * 1024 * 1024
+# Bytes one receive from an origin connection may return (see limit_reads).
+_ORIGIN_READ: Final = 16 * 1024
+# Receive windows beyond BASE_WINDOW one session may hold (TunnelConfig.session_window).
+_SESSION_WINDOW: Final = 8 * 1024 * 1024
+
+
+class BodyAborted(Exception):
+    """A tunnelled request body did not end cleanly; its origin connection must go."""
+
+
+def answering_config(config: Config) -> TunnelConfig:
+    """The tunnel limits a gateway applies to the sessions other gateways open to it."""
+    return TunnelConfig(
+        # An endpoint WebSocket message may be as large as a session message.
+        max_ws_message=min(config.max_message_size, _MAX_TUNNEL_WS_MESSAGE),
+        max_streams=config.max_streams,
+        session_reassembly=config.session_reassembly,
+        max_unread=config.max_unread_bytes,
+        session_window=_SESSION_WINDOW,
+    )
+
+
+def check_request(method: str, target: bytes, headers: Headers) -> str | None:
+    """Why a tunnelled request head must be refused, or None if it may be replayed."""
+    if method == "CONNECT" or not _TOKEN.fullmatch(method.encode("ascii", "replace")):
+        return f"method {method!r:.40} is not allowed through a tunnel"
+    if not target.startswith(b"/") or target.startswith(b"//"):
+        return f"target {target[:60]!r} is not origin-form (absolute/authority form refused)"
+    if _BAD_TARGET.search(target):
+        return "target contains whitespace or control characters"
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            return f"malformed header field {name[:40]!r}"
+    return None
+
+
+def _checked_framing(event: RequestReceived | WebSocketRequested) -> Framing | str:
+    """The request's framing, or why its head must be refused."""
+    method = event.method if isinstance(event, RequestReceived) else "GET"
+    problem = check_request(method, event.target, event.headers)
+    if problem is not None:
+        return problem
+    has_body = isinstance(event, RequestReceived) and event.has_body
+    try:
+        return request_framing(event.headers, has_body=has_body)
+    except FramingError as exc:
+        return exc.reason
+
+
+def _response_has_body(method: str, status: int) -> bool:
+    return method != "HEAD" and status >= 200 and status not in (204, 304)
+
+
+class Answerer:
+    """Answers the streams the peer of ``link`` opens: to the origin, or on to the next hop."""
+
+    def __init__(
+        self,
+        link: TunnelDriver,
+        *,
+        next_hop: Callable[[], TunnelDriver | None] | None = None,
+        session_connections: int | None = None,
+        address_slots: asyncio.Semaphore | None = None,
+    ) -> None:
+        """``session_connections``: origin exchanges run at once (default
+        ``--session-connections``); further streams wait for a slot.
+        ``address_slots``: origin exchanges shared by every session of the peer's
+        address, so one address cannot take all of ``--max-connections``.
+        """
+        self._link = link
+        self._next_hop = next_hop
+        slots = session_connections or link.forwarder.config.session_connections
+        self._origin_slots = asyncio.Semaphore(slots)
+        self._address_slots = address_slots
+
+    def accept(self, event: RequestReceived | WebSocketRequested) -> None:
+        """Check a stream the peer opened, then relay it or start its exchange with the origin."""
+        link, sid = self._link, event.stream_id
+        framing = _checked_framing(event)
+        if isinstance(framing, str):
+            link.log.warning("< refused stream %d: %s", sid, framing)
+            link.reset(sid, ResetCode.PROTOCOL, framing)
+            return
+        if framing.counted and framing.length is not None:
+            link.count_body(sid, framing.length)
+        following = self._next_hop() if self._next_hop is not None else None
+        if following is not None and following is not link and following.alive:
+            relay_stream(link, following, event, framing)
+            return
+        if link.upstream is None:
+            link.log.warning("< refused stream %d: no upstream configured", sid)
+            link.reset(sid, ResetCode.REFUSED, "this gateway has no upstream")
+            return
+        target = under_upstream(link.upstream, event.target)
+        if target is None:
+            link.log.warning(
+                "< refused stream %d: target %r leaves the upstream", sid, event.target
+            )
+            link.reset(sid, ResetCode.PROTOCOL, "target does not stay on this gateway's upstream")
+            return
+        box = Mailbox()
+        link.register(sid, box)
+        if isinstance(event, RequestReceived):
+            box.task = link.spawn(self._serve_http(event, framing, target, box))
+        else:
+            box.task = link.spawn(self._serve_websocket(event, target, box))
+
+    # -- an HTTP exchange ----------------------------------------------------------------------
+
+    async def _serve_http(
+        self, event: RequestReceived, framing: Framing, target: URL, box: Mailbox
+    ) -> None:
+        link, sid = self._link, event.stream_id
+        origin_key = str(link.upstream)
+        headers = link.forwarder.replay_headers(
+            decode_headers(event.headers), target, client_ip=link.peer_ip
+        )
+        set_framing(headers, framing.length)
+        body = self._tunnel_body(sid, box) if event.has_body else None
+        link.stats.upstream(origin_key).requests += 1
+        link.stats.active_streams += 1
+        link.log.debug("< %d %s %s", sid, event.method, target.raw_path_qs)
+        try:
+            async with self._origin_slot(sid):
+                await self._exchange(sid, box, event.method, target, headers, body)
+        except asyncio.CancelledError:
+            if box.reset is None:
+                link.reset(sid, ResetCode.CANCEL, "gateway stopping")
+            raise
+        finally:
+            link.stats.active_streams -= 1
+            link.unregister(sid, box)
+
+    @contextlib.asynccontextmanager
+    async def _origin_slot(self, sid: int) -> AsyncIterator[None]:
+        """One of this session's origin slots, and one of its address's; waiters queue in order.
+
+        Always the session's first, then the address's, so no two streams wait
+        on each other's. A stream reset while it waits is cancelled out of the queue.
+        """
+        log = self._link.log
+        if self._origin_slots.locked():
+            log.debug("= stream %d waits for one of the session's origin connections", sid)
+        async with self._origin_slots:
+            if self._address_slots is None:
+                yield
+                return
+            if self._address_slots.locked():
+                log.debug("= stream %d waits for one of its address's origin connections", sid)
+            async with self._address_slots:
+                yield
+
+    async def _exchange(
+        self,
+        sid: int,
+        box: Mailbox,
+        method: str,
+        target: URL,
+        headers: CIMultiDict[str],
+        body: AsyncIterator[bytes] | None,
+    ) -> None:
+        """One request to the origin and its response back over ``sid``.
+
+        A request body that failed (reset, wrong length) makes aiohttp close the
+        connection instead of returning it to the pool; a response not read to its
+        end is closed too: a connection whose framing is in doubt is never reused.
+        """
+        try:
+            upstream = await self._link.forwarder.open_upstream(method, target, headers, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._origin_failed(sid, exc, target)
+            return
+        try:
+            await self._send_response(sid, box, method, upstream)
+        except BaseException:
+            upstream.close()
+            raise
+        finally:
+            upstream.release()
+
+    def _origin_failed(self, sid: int, exc: Exception, target: URL) -> None:
+        """The origin was unreachable: reset the stream with the reason a 502/504 gives."""
+        link = self._link
+        link.stats.upstream(str(link.upstream)).errors += 1
+        status, message = link.forwarder.describe_failure(exc, target)
+        code = ResetCode.TIMEOUT if status == 504 else ResetCode.CONNECT_FAILED
+        link.reset(sid, code, message)
+
+    async def _tunnel_body(self, sid: int, box: Mailbox) -> AsyncIterator[bytes]:
+        """The request body as it arrives; each chunk is credited once the origin took it.
+
+        A reset (the peer's, or ours because the body broke its declared length)
+        raises instead of ending: aiohttp then sends no end of body and closes
+        the connection, so the origin never takes a truncated body as complete.
+        """
+        link = self._link
+        while True:
+            event = await box.next_event()
+            if isinstance(event, DataReceived):
+                yield event.data
+                link.tunnel.consumed(sid, len(event.data))
+                link.schedule_flush()
+            elif isinstance(event, StreamEnded):
+                return
+            else:
+                reason = event.reason if isinstance(event, StreamReset) else "stream gone"
+                raise BodyAborted(f"request body aborted: {reason}")
+
+    async def _send_response(
+        self, sid: int, box: Mailbox, method: str, upstream: aiohttp.ClientResponse
+    ) -> None:
+        link = self._link
+        tunnel = link.tunnel
+        has_body = _response_has_body(method, upstream.status)
+        headers = link.forwarder.downstream_headers(upstream)
+        tunnel.respond(
+            sid, upstream.status, upstream.reason or "", pairs(headers), has_body=has_body
+        )
+        link.schedule_flush()
+        if not has_body:
+            return
+        limit_reads(upstream, _ORIGIN_READ)  # (+25 MiB RSS for 64 stalled streams without)
+        try:
+            async for chunk in upstream.content.iter_any():
+                if not await box.wait_writable(tunnel, sid):
+                    return
+                tunnel.send_data(sid, chunk)
+                link.schedule_flush()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            link.log.warning("upstream failed mid-response on stream %d: %r", sid, exc)
+            code = ResetCode.TIMEOUT if timed_out else ResetCode.CANCEL
+            link.reset(sid, code, f"upstream failed mid-response: {type(exc).__name__}")
+            return
+        tunnel.end(sid)
+        link.schedule_flush()
+
+    # -- an endpoint WebSocket -----------------------------------------------------------------
+
+    async def _serve_websocket(self, event: WebSocketRequested, target: URL, box: Mailbox) -> None:
+        link, sid = self._link, event.stream_id
+        headers = link.forwarder.replay_headers(
+            decode_headers(event.headers), target, client_ip=link.peer_ip
+        )
+        set_framing(headers, None)  # a handshake has no body (a declared one was refused)
+        link.stats.upstream(str(link.upstream)).requests += 1
+        try:
+            async with self._origin_slot(sid):
+                await self._websocket_exchange(sid, box, target, headers, event.protocols)
+        except asyncio.CancelledError:
+            if box.reset is None:
+                link.reset(sid, ResetCode.CANCEL, "gateway stopping")
+            raise
+        finally:
+            link.unregister(sid, box)
+
+    async def _websocket_exchange(
+        self,
+        sid: int,
+        box: Mailbox,
+        target: URL,
+        headers: CIMultiDict[str],
+        protocols: tuple[str, ...],
+    ) -> None:
+        """The origin's WebSocket bridged to ``sid``, or its refusal passed back."""
+        link = self._link
+        try:
+            origin = await connect_origin(
+                link.forwarder.client,
+                target,
+                headers,
+                list(protocols),
+                link.config.max_ws_message,
+            )
+        except OriginRefused as refusal:
+            self._pass_refusal(sid, refusal)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._origin_failed(sid, exc, target)
+            return
+        link.tunnel.accept_websocket(sid, origin.protocol)
+        link.schedule_flush()
+        await bridge_websocket(link, sid, box, origin)
+
+    def _pass_refusal(self, sid: int, refusal: OriginRefused) -> None:
+        link = self._link
+        if refusal.body is None:
+            link.reset(
+                sid,
+                ResetCode.CONNECT_FAILED,
+                f"upstream refused the WebSocket with {refusal.status} and an oversized body",
+            )
+            return
+        headers = refusal_headers(
+            refusal.headers, refusal.http_version, link.forwarder.config.via_name
+        )
+        body = refusal.body
+        tunnel = link.tunnel
+        tunnel.respond(sid, refusal.status, refusal.reason or "", pairs(headers), has_body=True)
+        if body:
+            tunnel.send_data(sid, body)  # bounded by MAX_REFUSAL_BODY; one call may exceed pending
+        tunnel.end(sid)
+        link.schedule_flush()

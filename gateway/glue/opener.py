@@ -1,0 +1,334 @@
+"""The opening side: this gateway's client request goes through the tunnel as a stream.
+
+The gateway that opened the hop session (the downstream one) opens streams:
+:meth:`Opener.forward` for an HTTP exchange, :meth:`Opener.forward_websocket`
+for an endpoint WebSocket, each run by the aiohttp handler task of the
+request it carries.
+
+Headers. The stream stands in for the plain HTTP/1.1 connection to the next
+gateway, so the OPEN carries the head this gateway would have sent it over
+plain HTTP (``outgoing_headers``: hop-by-hop fields stripped, ``Expect``
+answered locally, its own ``Via``, ``X-Forwarded-For`` with its client's
+address, ``-Proto``, ``-Host``, ``Host`` rewritten to the next hop's unless
+``preserve_host``) and a target as the next hop would get it
+(:func:`tunnel_target`). The response head passes through
+``response_headers_for_downstream`` once more (its own ``Via``).
+
+Framing. The RESPONSE head is checked like a request head on the answering
+side: a ``Content-Length``/``Transfer-Encoding`` claim that is invalid or
+contradicts the stream resets it; a body that passes or falls short of its
+length cuts the client's connection rather than look complete.
+
+Exactly once. :meth:`Opener.forward` raises :class:`NotSent` only while the
+OPEN has provably not been handed to the session (``Tunnel.open_sent``);
+from then on every failure is an HTTP answer: session loss -> 502 "not
+retried", a peer RESET -> its code's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from gateway.core import headers as hdr
+from gateway.core.tunnel.errors import ResetCode
+from gateway.core.tunnel.events import (
+    DataReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    WebSocketAccepted,
+)
+from gateway.core.tunnel.framing import BodyCounter, Framing, FramingError, response_framing
+from gateway.glue.driver import TunnelDriver
+from gateway.glue.heads import decode_headers, pairs, set_framing, text
+from gateway.glue.mailbox import Mailbox
+from gateway.glue.wsbridge import bridge_websocket
+from gateway.transports.aiohttp_internals import RelayedResponse
+from gateway.transports.http import (
+    CLOSE_TIMEOUT,
+    MAX_REFUSAL_BODY,
+    aiohttp_limit,
+    offered_protocols,
+    refusal_headers,
+    request_body,
+    run_shielded,
+    strip_handshake,
+    text_error,
+)
+
+__all__ = ["NotSent", "Opener", "tunnel_target"]
+
+_BAD_HANDSHAKE = (
+    "invalid WebSocket handshake: needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13"
+)
+
+
+class NotSent(Exception):
+    """The request never left: the caller may send it another way (plain HTTP)."""
+
+
+def tunnel_target(upstream: URL | None, request: web.BaseRequest) -> str:
+    """The origin-form target the next hop would receive on a plain path (base path kept)."""
+    base = upstream.raw_path.rstrip("/") if upstream is not None else ""
+    return base + request.raw_path
+
+
+def _check_own_target(target: str) -> None:
+    if not target.startswith("/") or target.startswith("//"):
+        raise ValueError(f"tunnel targets are origin-form paths, not {target[:60]!r}")
+
+
+def _reset_status(code: int) -> int:
+    try:
+        return ResetCode(code).http_status
+    except ValueError:
+        return ResetCode.INTERNAL.http_status
+
+
+class Opener:
+    """Carries this gateway's client requests as streams of ``link``."""
+
+    def __init__(self, link: TunnelDriver) -> None:
+        self._link = link
+
+    async def forward(
+        self, request: web.BaseRequest, target: str, *, origin_key: str
+    ) -> web.StreamResponse:
+        """Carry ``request`` over the tunnel; ``target`` as :func:`tunnel_target` gives it.
+
+        Raises :class:`NotSent` only if the OPEN never reached the session.
+        """
+        link = self._link
+        _check_own_target(target)
+        if not link.alive:
+            raise NotSent(f"hop session to {link.name} is closed")
+        headers = link.forwarder.outgoing_headers(request, link.upstream)
+        has_body = request.body_exists
+        box = Mailbox()
+        sid = link.tunnel.open_http(request.method, target, pairs(headers), has_body=has_body)
+        link.register(sid, box)
+        await self._hand_over(sid, box)
+        link.stats.upstream(origin_key).requests += 1
+        link.stats.active_streams += 1
+        upload = link.loop.create_task(self._upload(sid, box, request)) if has_body else None
+        try:
+            return await self._receive_response(request, sid, box)
+        except BaseException:
+            link.reset(sid, ResetCode.CANCEL, "client went away")
+            link.flush()
+            raise
+        finally:
+            if upload is not None:
+                if not upload.done():
+                    upload.cancel()
+                    link.reset(sid, ResetCode.CANCEL, "response complete before the request body")
+                await asyncio.gather(upload, return_exceptions=True)
+            link.unregister(sid, box)
+            link.stats.active_streams -= 1
+
+    async def _hand_over(self, sid: int, box: Mailbox) -> None:
+        """Return once the OPEN of ``sid`` is in the session; else reset it and raise NotSent."""
+        link = self._link
+        tunnel = link.tunnel
+        link.flush()
+        try:
+            async with asyncio.timeout(link.forwarder.config.connect_timeout):
+                while box.reset is None and not tunnel.open_sent(sid):
+                    await link.session_writable()
+                    link.flush()
+        except TimeoutError:
+            pass
+        except BaseException:
+            link.reset(sid, ResetCode.CANCEL, "client went away")
+            raise
+        reset = box.reset
+        if reset is None and tunnel.open_sent(sid):
+            return
+        if reset is not None and not reset.retry_safe:
+            return  # it did go: the reset is answered like any other
+        link.reset(sid, ResetCode.CANCEL, "not sent")  # vanishes: its OPEN never left
+        link.unregister(sid, box)
+        why = reset.reason if reset is not None else "the session stayed full"
+        raise NotSent(f"hop session to {link.name} could not take the request: {why}")
+
+    async def _upload(self, sid: int, box: Mailbox, request: web.BaseRequest) -> None:
+        link = self._link
+        tunnel = link.tunnel
+        try:
+            async for chunk in request_body(request):
+                if not await box.wait_writable(tunnel, sid):
+                    return
+                tunnel.send_data(sid, chunk)
+                link.schedule_flush()
+        except (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            link.reset(sid, ResetCode.CANCEL, f"client request body failed: {type(exc).__name__}")
+            return
+        tunnel.end(sid)
+        link.schedule_flush()
+
+    async def _receive_response(
+        self, request: web.BaseRequest, sid: int, box: Mailbox
+    ) -> web.StreamResponse:
+        link = self._link
+        head = await box.next_event()
+        if not isinstance(head, ResponseReceived):
+            assert isinstance(head, StreamReset), head
+            return self._reset_answer(head)
+        try:
+            framing = response_framing(
+                head.headers, has_body=head.has_body, method=request.method, status=head.status
+            )
+        except FramingError as exc:
+            link.log.warning("< stream %d: response head refused: %s", sid, exc.reason)
+            link.reset(sid, ResetCode.PROTOCOL, exc.reason)
+            return text_error(502, f"hop session {link.name} sent a bad response: {exc.reason}")
+        response = RelayedResponse(status=head.status, reason=text(head.reason) or None)
+        headers = hdr.response_headers_for_downstream(
+            decode_headers(head.headers),
+            http_version=(1, 1),
+            via_name=link.forwarder.config.via_name,
+        )
+        set_framing(headers, framing.length)  # the peer's Transfer-Encoding never passes
+        response.headers.extend(headers)
+        await response.prepare(request)
+        problem = await self._relay_body(sid, box, response, framing) if head.has_body else None
+        if problem is not None:
+            link.log.warning("= stream %d: response cut: %s", sid, problem)
+            if request.transport is not None:
+                request.transport.close()  # a truncated or overlong body must not look complete
+            return response
+        await response.write_eof()
+        return response
+
+    async def _relay_body(
+        self, sid: int, box: Mailbox, response: web.StreamResponse, framing: Framing
+    ) -> str | None:
+        """Write the response body downstream; why the client connection must be cut, if so.
+
+        A body that passes its declared length is stopped before the excess is
+        written; one that ends short, or is reset, leaves the client a
+        connection that must be closed, never a short body that looks whole.
+        """
+        link = self._link
+        counter = BodyCounter(framing.length) if framing.length is not None else None
+        while True:
+            event = await box.next_event()
+            if isinstance(event, DataReceived):
+                size = len(event.data)
+                if counter is not None and framing.counted:
+                    problem = counter.data(size)
+                    if problem is not None:
+                        link.reset(sid, ResetCode.PROTOCOL, problem)
+                        return problem
+                if framing.counted:  # else a body a HEAD/304 answer cannot carry: dropped
+                    await response.write(event.data)
+                link.tunnel.consumed(sid, size)
+                link.schedule_flush()
+            elif isinstance(event, StreamEnded):
+                short_body = counter.ended() if counter is not None and framing.counted else None
+                if short_body is not None:
+                    link.reset(sid, ResetCode.PROTOCOL, short_body)
+                return short_body
+            else:
+                assert isinstance(event, StreamReset), event
+                return f"stream reset mid-response: {event.reason}"
+
+    def _reset_answer(self, reset: StreamReset) -> web.Response:
+        name = self._link.name
+        if reset.code == ResetCode.SESSION_LOST and not reset.remote:
+            return text_error(
+                502, f"hop session to {name} lost after the request was sent; not retried"
+            )
+        status = _reset_status(reset.code)
+        return text_error(status, f"{reset.reason or 'stream reset'} (via hop session {name})")
+
+    # -- an endpoint WebSocket -----------------------------------------------------------------
+
+    async def forward_websocket(
+        self, request: web.BaseRequest, target: str, *, origin_key: str
+    ) -> web.StreamResponse:
+        """Carry the client's WebSocket over the tunnel; the 101 only if the origin gave one."""
+        link = self._link
+        _check_own_target(target)
+        offered = offered_protocols(request.headers)
+        if not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
+            return text_error(400, _BAD_HANDSHAKE)
+        if not link.alive:
+            raise NotSent(f"hop session to {link.name} is closed")
+        headers = link.forwarder.outgoing_headers(request, link.upstream)
+        strip_handshake(headers)
+        box = Mailbox()
+        sid = link.tunnel.open_websocket(target, pairs(headers), offered)
+        link.register(sid, box)
+        await self._hand_over(sid, box)
+        link.stats.upstream(origin_key).requests += 1
+        accepted = False
+        try:
+            answer = await self._handshake(request, sid, box)
+            accepted = isinstance(answer, web.WebSocketResponse)
+        except BaseException:
+            link.reset(sid, ResetCode.CANCEL, "client went away")
+            raise
+        finally:
+            if not accepted:
+                link.unregister(sid, box)
+        if isinstance(answer, web.WebSocketResponse):
+            await run_shielded(self._bridge_detached(sid, box, answer))
+        return answer
+
+    async def _handshake(
+        self, request: web.BaseRequest, sid: int, box: Mailbox
+    ) -> web.StreamResponse:
+        """The client's ``101`` if the far side accepted, else the answer it gets instead."""
+        head = await box.next_event()
+        if isinstance(head, StreamReset):
+            return self._reset_answer(head)
+        if isinstance(head, ResponseReceived):
+            return await self._refusal_answer(sid, box, head)
+        assert isinstance(head, WebSocketAccepted), head
+        client = web.WebSocketResponse(
+            protocols=(head.protocol,) if head.protocol else (),
+            autoclose=False,
+            autoping=False,
+            compress=False,
+            max_msg_size=aiohttp_limit(self._link.config.max_ws_message),
+            timeout=CLOSE_TIMEOUT,
+        )
+        await client.prepare(request)
+        return client
+
+    async def _bridge_detached(self, sid: int, box: Mailbox, client: web.WebSocketResponse) -> None:
+        try:
+            await bridge_websocket(self._link, sid, box, client)
+        finally:
+            self._link.unregister(sid, box)
+
+    async def _refusal_answer(
+        self, sid: int, box: Mailbox, head: ResponseReceived
+    ) -> web.StreamResponse:
+        link = self._link
+        body = bytearray()
+        while head.has_body:
+            event = await box.next_event()
+            if isinstance(event, DataReceived):
+                body += event.data
+                link.tunnel.consumed(sid, len(event.data))
+                link.schedule_flush()
+                if len(body) > MAX_REFUSAL_BODY:
+                    link.reset(sid, ResetCode.TOO_LARGE, "refusal body too large")
+                    return text_error(502, "WebSocket refusal body over the limit")
+            elif isinstance(event, StreamEnded):
+                break
+            else:
+                assert isinstance(event, StreamReset), event
+                return self._reset_answer(event)
+        headers = refusal_headers(
+            decode_headers(head.headers), (1, 1), link.forwarder.config.via_name
+        )
+        return web.Response(
+            status=head.status, reason=text(head.reason) or None, headers=headers, body=bytes(body)
+        )

@@ -1,0 +1,69 @@
+"""What the glue needs from the edge's HTTP client: the hop rules and the way to the origin.
+
+The edge's ``Forwarder`` (``gateway/edges/forward.py``) is that client; the
+glue sits below the edges and names only this protocol, so the same hop
+rules apply on a plain path and through a tunnel while imports point down.
+The gateway wiring passes its ``Forwarder`` in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.config import Config
+from gateway.core import headers as hdr
+from gateway.status import GatewayStats
+
+__all__ = ["OriginClient"]
+
+
+class OriginClient(Protocol):
+    """The HTTP client a gateway uses towards its upstream, and the header rules of its hop."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def stats(self) -> GatewayStats: ...
+
+    @property
+    def client(self) -> aiohttp.ClientSession: ...
+
+    def outgoing_headers(self, request: web.BaseRequest, target: URL | None) -> CIMultiDict[str]:
+        """Headers this hop sends for a request it received over HTTP."""
+        ...
+
+    def replay_headers(
+        self,
+        incoming: hdr.HeadersIn,
+        target: URL | None,
+        *,
+        client_ip: str | None,
+        proto: str = "http",
+    ) -> CIMultiDict[str]:
+        """Headers this hop sends for a request it received over a tunnel stream."""
+        ...
+
+    def downstream_headers(self, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        """The upstream response's headers as this hop passes them back."""
+        ...
+
+    async def open_upstream(
+        self,
+        method: str,
+        target: URL,
+        headers: CIMultiDict[str],
+        body: AsyncIterable[bytes] | None,
+    ) -> aiohttp.ClientResponse:
+        """One request to the origin; the response once its head arrived."""
+        ...
+
+    def describe_failure(self, exc: BaseException, target: URL) -> tuple[int, str]:
+        """Status (502/504) and message for a failed upstream request."""
+        ...

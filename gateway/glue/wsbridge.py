@@ -1,0 +1,144 @@
+"""An endpoint WebSocket beside us <-> its tunnel stream, on either side of the tunnel.
+
+The opening side bridges its client's WebSocket, the answering side the one
+it opened to the origin; both run :func:`bridge_websocket`. One reader task
+moves endpoint messages into the stream while the stream takes them
+(``wait_writable``: a message is credited back only once the far endpoint's
+send returned, so a slow endpoint stalls its own stream only); the caller's
+task writes the stream's messages to the endpoint and runs the close
+handshake across the tunnel: the first side to close gets the far side's
+answering code back. A reset or a vanished endpoint ends the other side with
+``1001`` (or the reset code's close code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from gateway.core.tunnel.errors import ResetCode
+from gateway.core.tunnel.events import StreamReset, WebSocketClosed, WebSocketMessage
+from gateway.glue.driver import TunnelDriver
+from gateway.glue.heads import short
+from gateway.glue.mailbox import EndpointDone, Mailbox
+from gateway.transports.http import CLOSE_TIMEOUT, Peer, close_peer, sendable
+
+__all__ = ["bridge_websocket"]
+
+
+def reset_close_code(code: int) -> int:
+    """The WebSocket close code an endpoint gets for a stream reset with ``code``."""
+    try:
+        return ResetCode(code).ws_close_code
+    except ValueError:
+        return ResetCode.INTERNAL.ws_close_code
+
+
+async def bridge_websocket(link: TunnelDriver, sid: int, box: Mailbox, peer: Peer) -> None:
+    """Relay ``peer`` (the endpoint beside us) and stream ``sid`` until both sides closed."""
+    link.stats.active_websockets += 1
+    reader = link.loop.create_task(_ws_reader(link, sid, box, peer))
+    clean = False
+    try:
+        clean = await _ws_writer(link, sid, box, peer, reader)
+    finally:
+        if not clean:
+            link.reset(sid, ResetCode.CANCEL, "endpoint WebSocket gone")
+            await close_peer(peer, 1001, "hop stream lost")
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        link.stats.active_websockets -= 1
+
+
+async def _ws_reader(link: TunnelDriver, sid: int, box: Mailbox, peer: Peer) -> None:
+    """Endpoint -> stream; posts EndpointDone when the endpoint closed or vanished."""
+    tunnel = link.tunnel
+    while True:
+        msg = await peer.receive()
+        kind = msg.type
+        if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+            if not await box.wait_writable(tunnel, sid):
+                return
+            tunnel.send_ws_message(sid, msg.data)
+            link.schedule_flush()
+        elif kind is WSMsgType.PING:
+            await peer.pong(msg.data)
+        elif kind is WSMsgType.PONG:
+            continue
+        elif kind is WSMsgType.CLOSING:
+            return  # our own close() interrupted this receive
+        elif kind is WSMsgType.CLOSE:
+            tunnel.close_websocket(sid, sendable(msg.data), short(msg.extra or ""))
+            link.schedule_flush()
+            box.post(EndpointDone(closed=True))
+            return
+        else:
+            code = 1001
+            if isinstance(msg.data, aiohttp.WebSocketError):
+                code = sendable(msg.data.code)
+            tunnel.close_websocket(sid, code, "endpoint connection lost")
+            link.schedule_flush()
+            box.post(EndpointDone(closed=False))
+            return
+
+
+async def _ws_writer(
+    link: TunnelDriver, sid: int, box: Mailbox, peer: Peer, reader: asyncio.Task[None]
+) -> bool:
+    """Stream -> endpoint; True when the close handshake completed on both sides."""
+    endpoint_done = False
+    while True:
+        if endpoint_done:
+            try:
+                async with asyncio.timeout(2 * CLOSE_TIMEOUT):
+                    event = await box.next_event()
+            except TimeoutError:
+                return False
+        else:
+            event = await box.next_event()
+        if isinstance(event, WebSocketMessage):
+            if not endpoint_done:
+                await _send(peer, event.data)
+            link.tunnel.consumed(sid, event.size)
+            link.schedule_flush()
+        elif isinstance(event, EndpointDone):
+            endpoint_done = True
+        elif isinstance(event, WebSocketClosed):
+            if endpoint_done:  # the far side's answer to our close
+                await close_peer(peer, sendable(event.code), event.reason)
+                return True
+            await _close_first(link, sid, peer, reader, event)
+            return True
+        else:
+            assert isinstance(event, StreamReset), event
+            await close_peer(peer, reset_close_code(event.code), event.reason)
+            return True
+
+
+async def _send(peer: Peer, data: bytes | str) -> None:
+    try:
+        if isinstance(data, str):
+            await peer.send_str(data)
+        else:
+            await peer.send_bytes(data)
+    except (ConnectionError, aiohttp.ClientError):
+        pass  # the reader reports the endpoint's end
+
+
+async def _close_first(
+    link: TunnelDriver,
+    sid: int,
+    peer: Peer,
+    reader: asyncio.Task[None],
+    event: WebSocketClosed,
+) -> None:
+    """The far side closed first: close ``peer`` alike and send its answering code back."""
+    if isinstance(peer, web.WebSocketResponse):
+        reader.cancel()  # aiohttp's server side reads the answer only then
+        await asyncio.gather(reader, return_exceptions=True)
+    await close_peer(peer, sendable(event.code), event.reason)
+    answer = sendable(peer.close_code) if peer.close_code else event.code
+    link.tunnel.close_websocket(sid, answer, "")
+    link.schedule_flush()
