@@ -23,11 +23,9 @@ import json
 import os
 import re
 import resource
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,8 +39,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.hostile import peer as hp  # noqa: E402
+from tests.processes import (  # noqa: E402
+    ChildProcess,
+    GatewayProcess,
+    auth_header_in_tree,
+    start_gateway,
+    unlimited_sessions,
+)
 
-LISTENING = re.compile(r"listening on (https?://[^\s,]+)")
+#: What the origin process prints once both its sites listen.
+ORIGIN_PORTS = re.compile(r"origin listening on ports (\d+,\d+)")
 MiB = 1024 * 1024
 
 SCALES: dict[str, dict[str, Any]] = {
@@ -86,7 +92,7 @@ SCALES: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------ the origin
 
 
-def origin_main(ports_file: str) -> None:
+def origin_main() -> None:
     """The real origin, run in its own process (``--serve-origin``).
 
     Two sites: ``main`` (the upstream) and ``evil`` (a host no gateway may
@@ -179,7 +185,7 @@ def origin_main(ports_file: str) -> None:
             runner = web.AppRunner(make_app("evil:80"), access_log=None)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", 80).start()
-        Path(ports_file).write_text(json.dumps(ports))
+        print(f"origin listening on ports {ports[0]},{ports[1]}", flush=True)
         await asyncio.Event().wait()
 
     asyncio.run(main())
@@ -188,17 +194,16 @@ def origin_main(ports_file: str) -> None:
 # --------------------------------------------------------------- processes
 
 
-def proc_kib(pid: int, field_name: str = "VmRSS") -> int:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    return 0
+def rss_mib(gw: GatewayProcess) -> float:
+    """Resident set size of the gateway, in MiB; 0 once it is gone."""
+    with contextlib.suppress(OSError, LookupError):
+        return gw.rss_kib() / 1024
+    return 0.0
 
 
-def proc_fds(pid: int) -> int:
+def open_fds(gw: GatewayProcess) -> int:
     try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
+        return len(os.listdir(f"/proc/{gw.pid}/fd"))
     except OSError:
         return 0
 
@@ -215,126 +220,42 @@ def established_to(port: int) -> int:
     return count
 
 
-@dataclass
-class Proc:
-    proc: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-    url: str = ""
-    line_count: int = 0
-    stopped: bool = False
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def rss_mib(self) -> float:
-        return proc_kib(self.pid) / 1024
-
-    def fds(self) -> int:
-        return proc_fds(self.pid)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def count(self, needle: str) -> int:
-        return sum(needle in line for line in self.lines)
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(8)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 class Lab:
     """Starts origins and gateways from one source tree; stops what it started."""
 
     def __init__(self, tree: Path, python: str) -> None:
         self.tree = tree
         self.python = python
-        self.procs: list[Proc] = []
-        self.origin: Proc | None = None
+        self.procs: list[GatewayProcess] = []
+        self.origin: ChildProcess | None = None
+        self.origin_port = 0
         self.origin_url = ""
         self.evil_url = ""
         self.evil_port = 0
 
     def start_origin(self) -> None:
-        ports_file = f"/tmp/hopgate-attack-origin-{os.getpid()}.json"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(ports_file)
-        proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--serve-origin", ports_file],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+        self.origin = ChildProcess.start(
+            [sys.executable, str(Path(__file__).resolve()), "--serve-origin"],
+            name="attack origin",
+            env={"PYTHONPATH": str(REPO)},
+            announce=ORIGIN_PORTS,
+            keep_lines=2000,
         )
-        self.origin = Proc(proc)
-        deadline = time.monotonic() + 20
-        while not Path(ports_file).exists() or not Path(ports_file).read_text():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("origin did not start")
-            time.sleep(0.05)
-        main, evil = json.loads(Path(ports_file).read_text())
-        os.unlink(ports_file)
+        main, evil = map(int, self.origin.wait_announced().split(","))
         self.origin_port = main
         self.origin_url = f"http://127.0.0.1:{main}"
         self.evil_port = evil
         self.evil_url = f"http://127.0.0.1:{evil}"
 
-    def gateway(
-        self, role: str, *args: str, nofile: int | None = None, listen: str = "127.0.0.1:0"
-    ) -> Proc:
-        command = [self.python, "-m", "gateway", role, "--listen", listen, "--log-level", "info"]
-
-        def limits() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        proc = subprocess.Popen(
-            [*command, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(self.tree), "PYTHONUNBUFFERED": "1"},
-            # "python -m" puts the working directory first on sys.path: run in the tree
-            cwd=str(self.tree),
-            preexec_fn=limits,
+    def gateway(self, role: str, *args: str, **options: Any) -> GatewayProcess:
+        """A gateway of the tree under test (``start_gateway`` options: nofile, listen)."""
+        gw = start_gateway(
+            role, *args, tree=self.tree, python=self.python, keep_lines=20000, **options
         )
-        gw = Proc(proc)
-        ready = threading.Event()
-
-        def drain() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                gw.line_count += 1
-                if len(gw.lines) < 20000:
-                    gw.lines.append(line)
-                if not ready.is_set() and (match := LISTENING.search(line)):
-                    gw.url = match.group(1)
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=drain, daemon=True).start()
         self.procs.append(gw)
-        if not ready.wait(30) or not gw.url:
-            gw.stop()
-            raise RuntimeError(f"{role} gateway did not start: {''.join(gw.lines)[-2000:]}")
-        if listen.startswith("0.0.0.0"):
-            gw.url = gw.url.replace("0.0.0.0", "127.0.0.1")
         return gw
 
-    def sidecar(self, *args: str, **kw: Any) -> Proc:
+    def sidecar(self, *args: str, **kw: Any) -> GatewayProcess:
         return self.gateway("server", "--upstream", self.origin_url, *args, **kw)
 
     def stop_gateways(self) -> None:
@@ -392,11 +313,11 @@ async def raw(port: int, request: bytes, timeout: float = 5.0) -> bytes:
     return await hp.async_raw_exchange("127.0.0.1", port, request, timeout=timeout)
 
 
-async def watch_rss(gw: Proc, cap: float, stop: asyncio.Event) -> float:
+async def watch_rss(gw: GatewayProcess, cap: float, stop: asyncio.Event) -> float:
     """Peak RSS (MiB) sampled every 0.1 s until ``stop``; sets ``stop`` past ``cap``."""
     peak = 0.0
     while not stop.is_set():
-        peak = max(peak, gw.rss_mib())
+        peak = max(peak, rss_mib(gw))
         if peak > cap or not gw.alive():
             stop.set()
             break
@@ -471,7 +392,7 @@ async def attack_ws_reassembly(ctx: Ctx) -> Row:
     """Item 2: many WS streams each holding an unfinished message."""
     n, size = ctx.s["ws_streams"], ctx.s["ws_message"]
     gw = ctx.lab.sidecar()  # default flags: 256 streams fit --max-streams
-    base = gw.rss_mib()
+    base = rss_mib(gw)
     stop = asyncio.Event()
     watcher = asyncio.create_task(watch_rss(gw, ctx.rss_cap, stop))
     started = time.monotonic()
@@ -511,7 +432,7 @@ async def attack_unread(ctx: Ctx) -> Row:
     """Item 2: streaming responses the peer never reads."""
     ns, nst, secs = ctx.s["unread_sessions"], ctx.s["unread_streams"], ctx.s["unread_seconds"]
     gw = ctx.lab.sidecar()
-    base = gw.rss_mib()
+    base = rss_mib(gw)
     stop = asyncio.Event()
     watcher = asyncio.create_task(watch_rss(gw, ctx.rss_cap, stop))
     peers = []
@@ -529,7 +450,7 @@ async def attack_unread(ctx: Ctx) -> Row:
         t0 = time.monotonic()
         while time.monotonic() - t0 < secs and not stop.is_set():
             await asyncio.sleep(1.0)
-            samples.append(gw.rss_mib())
+            samples.append(rss_mib(gw))
     finally:
         for p in peers:
             await p.aclose()
@@ -553,7 +474,7 @@ async def attack_stalled_posts(ctx: Ctx) -> Row:
     gw = ctx.lab.sidecar()
     created = await hp.create_session(ctx.http, gw.url)
     url = f"{gw.url}{hp.SESSION_PATH}/{created.session_id}?epoch=1"
-    base = gw.rss_mib()
+    base = rss_mib(gw)
     head = (
         f"POST {url.split(str(gw.port), 1)[1]} HTTP/1.1\r\nHost: x\r\n"
         f"{hp.TOKEN_HEADER}: {created.token}\r\nContent-Type: application/octet-stream\r\n"
@@ -583,7 +504,7 @@ async def attack_stalled_posts(ctx: Ctx) -> Row:
             async with asyncio.timeout(ctx.s["time_cap"]):
                 await asyncio.gather(*(push(r, w) for r, w in writers))
         await asyncio.sleep(1.0)
-        after = gw.rss_mib()
+        after = rss_mib(gw)
     finally:
         for _, w in writers:
             w.close()
@@ -686,16 +607,11 @@ async def held_polls_once(ctx: Ctx, extra: tuple[str, ...]) -> tuple[str, dict[s
     ns, nst = ctx.s["poll_sessions"], ctx.s["poll_streams"]
     nofile = 20000
     gw = ctx.lab.sidecar(
-        "--max-sessions",
-        "100000",
-        "--max-sessions-per-client",
-        "0",
-        "--session-create-rate",
-        "1000000",
+        *unlimited_sessions(100000),
         *extra,
         nofile=nofile,
     )
-    base_fds = gw.fds()
+    base_fds = open_fds(gw)
     peers = []
     refused_sessions = 0
     try:
@@ -722,7 +638,7 @@ async def held_polls_once(ctx: Ctx, extra: tuple[str, ...]) -> tuple[str, dict[s
         pass
     await asyncio.sleep(3.0)
     origin_conns = established_to(ctx.lab.origin_port)
-    fds = gw.fds()
+    fds = open_fds(gw)
     emfile = gw.count("Too many open files")
     status_ok = False
     with contextlib.suppress(Exception):
@@ -783,17 +699,12 @@ async def attack_idle_sessions(ctx: Ctx) -> Row:
     numbers: dict[str, Any] = {}
     for n, grace in zip(ctx.s["idle_sessions"], ctx.s["idle_grace"], strict=True):
         gw = ctx.lab.sidecar(
-            "--max-sessions",
-            str(n + 10),
-            "--max-sessions-per-client",
-            "0",
-            "--session-create-rate",
-            "1000000",
+            *unlimited_sessions(n + 10),
             "--resume-grace",
             str(grace),
         )
         await asyncio.sleep(0.5)
-        base = gw.rss_mib()
+        base = rss_mib(gw)
         t0 = time.monotonic()
         made = 0
         refused: dict[int, int] = {}
@@ -801,7 +712,7 @@ async def attack_idle_sessions(ctx: Ctx) -> Row:
         sem = asyncio.Semaphore(16)
 
         async def one(
-            gw: Proc = gw, sem: asyncio.Semaphore = sem, refused: dict[int, int] = refused
+            gw: GatewayProcess = gw, sem: asyncio.Semaphore = sem, refused: dict[int, int] = refused
         ) -> None:
             nonlocal made, capped
             async with sem:
@@ -812,14 +723,14 @@ async def attack_idle_sessions(ctx: Ctx) -> Row:
                     made += 1
                 else:
                     refused[c.status] = refused.get(c.status, 0) + 1
-                if made % 200 == 0 and gw.rss_mib() > ctx.rss_cap:
+                if made % 200 == 0 and rss_mib(gw) > ctx.rss_cap:
                     capped = True
 
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(ctx.s["time_cap"] * 2):
                 await asyncio.gather(*(one() for _ in range(n)))
         created_s = time.monotonic() - t0
-        peak = gw.rss_mib()
+        peak = rss_mib(gw)
         active = await active_sessions(ctx, gw)
         # wait for every session to expire (no transport for --resume-grace)
         deadline = time.monotonic() + grace + 30
@@ -828,7 +739,7 @@ async def attack_idle_sessions(ctx: Ctx) -> Row:
             await asyncio.sleep(2.0)
             left = await active_sessions(ctx, gw)
         await asyncio.sleep(2.0)
-        after = gw.rss_mib()
+        after = rss_mib(gw)
         per = (peak - base) * 1024 / max(made, 1)
         cap_txt = f"> cap after {made:,}: " if capped else ""
         parts.append(
@@ -851,7 +762,7 @@ async def attack_idle_sessions(ctx: Ctx) -> Row:
     return Row("idle_sessions", "idle hop sessions", "; ".join(parts), numbers)
 
 
-async def active_sessions(ctx: Ctx, gw: Proc) -> int:
+async def active_sessions(ctx: Ctx, gw: GatewayProcess) -> int:
     with contextlib.suppress(Exception):
         _status, body = await get_status(ctx.http, gw.url + hp.STATUS_PATH)
         return int(json.loads(body)["sessions"]["active"])
@@ -1011,19 +922,8 @@ async def attack_replay(ctx: Ctx) -> Row:
     """Item 7: a captured hop-secret header opens a second session."""
     gw = ctx.lab.sidecar("--hop-secret", "s3cret")
     # The header a client gateway of the tree under test sends, captured once.
-    made = subprocess.run(
-        [
-            ctx.lab.python,
-            "-c",
-            "from gateway.transports.endpoint import auth_header_value as a; print(a('s3cret'))",
-        ],
-        cwd=str(ctx.lab.tree),
-        env={**os.environ, "PYTHONPATH": str(ctx.lab.tree)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    header = {hp.AUTH_HEADER: made.stdout.strip()}
+    made = auth_header_in_tree("s3cret", tree=ctx.lab.tree, python=ctx.lab.python)
+    header = {hp.AUTH_HEADER: made}
     first = await hp.create_session(ctx.http, gw.url, header)
     second = await hp.create_session(ctx.http, gw.url, header)
     return Row(
@@ -1287,10 +1187,10 @@ def main() -> None:
     parser.add_argument("--json-file", help="also write the JSON document to this file")
     parser.add_argument("--rss-cap", type=float, default=6000.0, help="MiB; cut an attack off")
     parser.add_argument("--attack-timeout", type=float, default=900.0, help="seconds per attack")
-    parser.add_argument("--serve-origin", metavar="PORTS_FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-origin", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_origin:
-        origin_main(args.serve_origin)
+        origin_main()
         return
     if not args.json:
         print(

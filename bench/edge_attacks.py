@@ -1,8 +1,9 @@
 """Attacks on the HTTP edge of a gateway process, with figures (issue 7, items 3 and 5).
 
-Runs ``python -m gateway`` from ``--pythonpath`` (a pristine clone for the
-"before" figures, the working tree for "after") against a real aiohttp origin
-on loopback, and prints one line of figures per attack:
+Runs ``python -m gateway`` from ``--tree`` (a pristine clone for the
+"before" figures, this checkout for "after"; ``--pythonpath`` is its old
+name) against a real aiohttp origin on loopback, and prints one line of
+figures per attack:
 
 * ``slowloris``: N connections each sending one byte of a request head a
   second; how many the gateway closed, and when.
@@ -13,7 +14,7 @@ on loopback, and prints one line of figures per attack:
   to a sidecar and a client gateway; the status each got and whether the
   origin or another host (a listener on 127.0.0.1:80, needs root) saw anything.
 
-    python bench/edge_attacks.py --pythonpath /tmp/before-edge all
+    python bench/edge_attacks.py --tree /tmp/before-edge targets
 """
 
 from __future__ import annotations
@@ -21,70 +22,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import re
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
-LISTENING = re.compile(r"listening on (https?://[^\s,]+)")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-
-@dataclass
-class Proc:
-    proc: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-    url: str = ""
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-def spawn(pythonpath: str, role: str, *args: str, nofile: int | None = None) -> Proc:
-    command = [sys.executable, "-m", "gateway", role, "--listen", "127.0.0.1:0", *args]
-    if nofile is not None:
-        command = ["prlimit", f"--nofile={nofile}:{nofile}", *command]
-    env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    gw = Proc(proc)
-    ready = threading.Event()
-
-    def drain() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            gw.lines.append(line)
-            if not gw.url and (match := LISTENING.search(line)):
-                gw.url = match.group(1)
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    if not ready.wait(20) or not gw.url:
-        gw.stop()
-        raise RuntimeError("gateway did not start:\n" + "".join(gw.lines))
-    return gw
+from tests.processes import GatewayProcess, start_gateway  # noqa: E402
 
 
 @contextlib.asynccontextmanager
@@ -128,7 +76,7 @@ async def raw(port: int, data: bytes, timeout: float = 5.0) -> str:
 
 async def slowloris(args: argparse.Namespace) -> None:
     async with origin() as (url, _):
-        gw = spawn(args.pythonpath, "server", "--upstream", url, *args.gateway_args)
+        gw = start_gateway("server", "--upstream", url, *args.gateway_args, tree=args.tree)
         try:
             await _slowloris(gw.port, args.connections, args.duration)
         finally:
@@ -169,8 +117,8 @@ async def _slowloris(port: int, count: int, duration: float) -> None:
 
 async def fdlimit(args: argparse.Namespace) -> None:
     async with origin() as (url, seen):
-        gw = spawn(
-            args.pythonpath, "server", "--upstream", url, *args.gateway_args, nofile=args.nofile
+        gw = start_gateway(
+            "server", "--upstream", url, *args.gateway_args, tree=args.tree, nofile=args.nofile
         )
         try:
             await _fdlimit(gw, args.connections, args.duration, seen)
@@ -178,7 +126,7 @@ async def fdlimit(args: argparse.Namespace) -> None:
             gw.stop()
 
 
-async def _fdlimit(gw: Proc, count: int, duration: float, seen: list[str]) -> None:
+async def _fdlimit(gw: GatewayProcess, count: int, duration: float, seen: list[str]) -> None:
     before = len(gw.lines)
     idle: list[asyncio.StreamWriter] = []
     refused = 0
@@ -235,11 +183,11 @@ CASES: Sequence[tuple[str, bytes]] = (
 async def targets(args: argparse.Namespace) -> None:
     async with origin() as (url, seen), origin(80) as (_, leaked):
         # "http://localhos" + "t://..." = "http://localhost://...": host localhost, port 80.
-        glued = spawn(
-            args.pythonpath, "server", "--upstream", "http://localhos", "--upgrade", "never"
+        glued = start_gateway(
+            "server", "--upstream", "http://localhos", "--upgrade", "never", tree=args.tree
         )
-        sidecar = spawn(args.pythonpath, "server", "--upstream", url)
-        client = spawn(args.pythonpath, "client", "--upstream", sidecar.url)
+        sidecar = start_gateway("server", "--upstream", url, tree=args.tree)
+        client = start_gateway("client", "--upstream", sidecar.url, tree=args.tree)
         try:
             for name, gw in (
                 ("sidecar upstream http://localhos", glued),
@@ -267,7 +215,13 @@ async def targets(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--pythonpath", default=os.getcwd())
+    parser.add_argument(
+        "--tree",
+        "--pythonpath",
+        type=Path,
+        default=REPO,
+        help="source tree of the gateway under test (default: this checkout)",
+    )
     parser.add_argument("--connections", type=int, default=0)
     parser.add_argument("--duration", type=float, default=0)
     parser.add_argument("--nofile", type=int, default=1024)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gateway.config import build_config
 from gateway.server import Gateway
 from tests.faultproxy import FaultProxy
+from tests.helpers import until
 
 
 async def origin() -> tuple[web.AppRunner, str]:
@@ -70,9 +71,10 @@ async def path(kind: str, origin_url: str) -> AsyncIterator[str]:
 
 
 async def wait_for_transport(gw: Gateway, transport: str) -> None:
-    async with asyncio.timeout(30):
-        while [u.transport for u in gw.stats.upstreams.values()] != [transport]:
-            await asyncio.sleep(0.05)
+    def on_it() -> bool:
+        return [u.transport for u in gw.stats.upstreams.values()] == [transport]
+
+    await until(on_it, f"the hop on {transport}", timeout=30)
 
 
 async def measure(url: str, requests: int, concurrency: int) -> float:

@@ -15,7 +15,7 @@ unless ``--keep-limits`` is given, so one loopback client can open them all;
 ``--sources K`` spreads the client over 127.0.0.1 .. 127.0.0.K instead.
 
 Usage:  .venv/bin/python bench/idle_sessions.py [--sessions 10000] [--grace 30]
-        [--repo PATH]   # the gateway package to run (default: this checkout)
+        [--tree PATH]   # the gateway source tree to run (default: this checkout)
 
 Linux only (``/proc``).
 """
@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,31 +31,9 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-async def wait_listening(port: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return
-    raise RuntimeError("the server did not start listening")
+from tests.processes import running_gateway_process, unlimited_sessions  # noqa: E402
 
 
 async def open_sessions(url: str, count: int, concurrency: int, sources: int) -> dict[int, int]:
@@ -95,33 +70,25 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--sources", type=int, default=1)
     parser.add_argument("--keep-limits", action="store_true")
-    parser.add_argument("--repo", type=Path, default=ROOT)
+    parser.add_argument("--tree", "--repo", type=Path, default=ROOT, help="gateway source tree")
     args = parser.parse_args()
 
-    port = free_port()
-    command = [
-        sys.executable, "-m", "gateway", "server",
-        "--listen", f"127.0.0.1:{port}",
-        "--upstream", "http://127.0.0.1:9",
-        "--max-sessions", str(args.sessions + 100),
-        "--resume-grace", str(args.grace),
-        "--log-level", "warning",
-    ]  # fmt: skip
-    if not args.keep_limits:
-        command += ["--max-sessions-per-client", "0", "--session-create-rate", "1e9"]
-    env = {**os.environ, "PYTHONPATH": str(args.repo.resolve())}
-    server = subprocess.Popen(command, env=env, cwd=args.repo)
-    try:
-        await wait_listening(port, time.monotonic() + 20)
-        url = f"http://127.0.0.1:{port}/.hopgate/session"
+    flags = ["--upstream", "http://127.0.0.1:9", "--resume-grace", str(args.grace)]
+    if args.keep_limits:
+        flags += ["--max-sessions", str(args.sessions + 100)]
+    else:
+        flags += unlimited_sessions(args.sessions + 100)
+    tree = args.tree.resolve()
+    with running_gateway_process("server", *flags, log_level="warning", tree=tree) as server:
+        url = f"{server.url}/.hopgate/session"
         await open_sessions(url, 20, 4, 1)
         await asyncio.sleep(0.5)
-        base = rss_kib(server.pid)
+        base = server.rss_kib()
         started = time.monotonic()
         statuses = await open_sessions(url, args.sessions, args.concurrency, args.sources)
         took = time.monotonic() - started
         opened = statuses.get(200, 0)
-        after = rss_kib(server.pid)
+        after = server.rss_kib()
         print(f"sessions asked {args.sessions}, answers {dict(sorted(statuses.items()))}")
         print(f"created {opened} in {took:.2f} s ({opened / took:.0f}/s)")
         print(f"RSS baseline {base / 1024:.1f} MiB, with sessions {after / 1024:.1f} MiB")
@@ -131,17 +98,11 @@ async def main() -> None:
             print("warning: creation took longer than --grace; early sessions already expired")
         wait = args.grace + 5 - (time.monotonic() - started - took)
         await asyncio.sleep(max(wait, 0))
-        expired = rss_kib(server.pid)
+        expired = server.rss_kib()
         print(
             f"RSS after expiry {expired / 1024:.1f} MiB "
             f"({(expired - base) / 1024:+.1f} MiB over baseline)"
         )
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ got:
                 ``epoch=``, ``last=``): the statuses
     replay      the same hop-secret header sent twice: the statuses
 
-Usage:  .venv/bin/python bench/session_attacks.py [--repo PATH] [attack ...]
+Usage:  .venv/bin/python bench/session_attacks.py [--tree PATH] [attack ...]
 
-``--repo`` runs another checkout's gateway (e.g. a pristine clone, for the
-"before" figures); the hop-secret header is made by that checkout's own
-sending code. Linux only (``/proc``).
+``--tree`` (or ``--repo``) runs another checkout's gateway (e.g. a pristine
+clone, for the "before" figures); the hop-secret header is made by that
+checkout's own sending code. Linux only (``/proc``).
 """
 
 from __future__ import annotations
@@ -24,63 +24,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
-import os
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.processes import (  # noqa: E402
+    auth_header_in_tree,
+    proc_status_kib,
+    running_gateway_process,
+)
+
 MiB = 1024 * 1024
 SESSION_PATH = "/.hopgate/session"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@contextlib.asynccontextmanager
+async def server(tree: Path, *flags: str) -> AsyncIterator[tuple[str, int]]:
+    """A quiet ``hopgate server`` subprocess of ``tree``; yields (base URL, pid)."""
+    flags = ("--upstream", "http://127.0.0.1:9", *flags)
+    with running_gateway_process("server", *flags, log_level="error", tree=tree) as gw:
+        yield gw.url, gw.pid
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-@contextlib.asynccontextmanager
-async def server(repo: Path, *flags: str) -> AsyncIterator[tuple[str, int]]:
-    """A ``hopgate server`` subprocess; yields (base URL, pid)."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "gateway", "server", "--listen", f"127.0.0.1:{port}",
-        "--upstream", "http://127.0.0.1:9", "--log-level", "error", *flags,
-    ]  # fmt: skip
-    proc = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(repo)}, cwd=repo)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not start") from None
-                await asyncio.sleep(0.05)
-        yield f"http://127.0.0.1:{port}", proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    return proc_status_kib(pid) / 1024
 
 
 def client_from(address: str) -> aiohttp.ClientSession:
@@ -185,14 +158,12 @@ async def numbers(repo: Path) -> None:
 
 
 async def replay(repo: Path) -> None:
-    endpoint = importlib.import_module("gateway.transports.endpoint")
-    make: Callable[..., Any] = endpoint.auth_header_value
     async with server(repo, "--hop-secret", "k") as (base, _pid), aiohttp.ClientSession() as http:
-        header = make("k")
+        header = auth_header_in_tree("k", tree=repo)
         first = await create(http, base, **{"X-Hopgate-Auth": header})
         second = await create(http, base, **{"X-Hopgate-Auth": header})
         print(f"replay: header {header.split()[0]} sent twice: {first[0]}, then {second}")
-        old = make("k", now=time.time() - 120)
+        old = auth_header_in_tree("k", age=120, tree=repo)
         print(f"replay: a 120 s old proof: {await create(http, base, **{'X-Hopgate-Auth': old})}")
 
 
@@ -201,14 +172,13 @@ ATTACKS = {"fill": fill, "posts": posts, "numbers": numbers, "replay": replay}
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repo", type=Path, default=ROOT)
+    parser.add_argument("--tree", "--repo", type=Path, default=ROOT, help="gateway source tree")
     parser.add_argument("attacks", nargs="*", help=f"any of {', '.join(ATTACKS)} (default all)")
     args = parser.parse_args()
     unknown = set(args.attacks) - set(ATTACKS)
     if unknown:
         parser.error(f"unknown attack(s): {', '.join(sorted(unknown))}")
-    repo = args.repo.resolve()
-    sys.path.insert(0, str(repo))
+    repo = args.tree.resolve()
     for name in args.attacks or ATTACKS:
         await ATTACKS[name](repo)
 

@@ -8,23 +8,16 @@ that started it, so tests can run in any order and in parallel processes.
 * ``make_gateway(role, {...})`` builds a ``Config`` with ``build_config`` (the
   same path the CLI takes) and starts an in-process ``Gateway``.
 * ``spawn_gateway(role, "--upstream", url, ...)`` runs ``python -m gateway``
-  as a child process, discovers its port from the ``listening on`` log line
-  and stops it at teardown; use it when the gateway's own process matters
-  (memory, signals, exit codes).
+  as a child process (``tests.processes.start_gateway``: its port is read
+  from the ``listening on`` log line) and stops it at teardown; use it when
+  the gateway's own process matters (memory, signals, exit codes).
 * ``tls_ca`` / ``tls_files`` / ``client_tls`` / ``server_tls``: a throwaway
   CA (trustme) and a certificate for ``127.0.0.1`` and ``localhost``.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import ssl
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +29,9 @@ from aiohttp import web
 
 from gateway.config import Role, build_config
 from gateway.server import Gateway
+from tests.processes import GatewayProcess, SpawnGateway, start_gateway
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-LISTENING = re.compile(r"listening on (https?://[^\s,]+)")
-STARTUP_TIMEOUT = 20.0
 
 
 # --------------------------------------------------------------------- origin
@@ -110,120 +101,13 @@ async def make_gateway() -> AsyncIterator[MakeGateway]:
 # ------------------------------------------------------- subprocess gateways
 
 
-@dataclass
-class GatewayProcess:
-    """A ``hopgate`` child process; ``url`` is known once it has logged that it listens."""
-
-    proc: subprocess.Popen[str]
-    lines: list[str]
-    ready: threading.Event
-    url: str = ""
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def stderr_text(self) -> str:
-        return "".join(self.lines)
-
-    def send_signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout)
-
-    def peak_rss_kib(self) -> int:
-        """``VmHWM`` (peak resident set size) of the process, in KiB."""
-        return _proc_status_kib(self.pid, "VmHWM")
-
-    def rss_kib(self) -> int:
-        return _proc_status_kib(self.pid, "VmRSS")
-
-    def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-
-def _proc_status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise LookupError(f"{field} not in /proc/{pid}/status")
-
-
-def gateway_command(*args: str) -> list[str]:
-    """argv that runs the installed package, whichever interpreter runs the tests."""
-    return [sys.executable, "-m", "gateway", *args]
-
-
-def start_gateway_process(
-    role: str,
-    *args: str,
-    listen: str = "127.0.0.1:0",
-    timeout: float = STARTUP_TIMEOUT,
-    wrapper: tuple[str, ...] = (),
-) -> GatewayProcess:
-    """Run ``hopgate ROLE --listen LISTEN ARGS...`` and wait for its ``listening on`` line.
-
-    The port is read from that info-level line, so ``--log-level`` stays ``info``.
-    ``wrapper`` runs the command under another, e.g. ``("prlimit", "--nofile=1024")``.
-    """
-    if "--log-level" in args:
-        raise ValueError("the port is discovered from an info log line: keep --log-level info")
-    command = [*wrapper, *gateway_command(role, "--listen", listen, "--log-level", "info", *args)]
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    gw = GatewayProcess(proc=proc, lines=[], ready=threading.Event())
-
-    def drain() -> None:
-        # Keep reading for the life of the process: access logs would
-        # otherwise fill the pipe and block the gateway.
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            gw.lines.append(line)
-            if not gw.ready.is_set() and (match := LISTENING.search(line)):
-                gw.url = match.group(1)
-                gw.ready.set()
-        gw.ready.set()
-
-    threading.Thread(target=drain, daemon=True, name=f"stderr-{proc.pid}").start()
-    started = time.monotonic()
-    if not gw.ready.wait(timeout) or not gw.url:
-        waited = time.monotonic() - started
-        gw.stop()
-        raise RuntimeError(
-            f"hopgate {role} did not report 'listening on' within {waited:.1f}s "
-            f"(exit {proc.poll()}); stderr:\n{gw.stderr_text()}"
-        )
-    return gw
-
-
-SpawnGateway = Callable[..., GatewayProcess]
-
-
 @pytest.fixture
 def spawn_gateway() -> Iterator[SpawnGateway]:
     """Factory: ``spawn_gateway("server", "--upstream", url)``; killed at teardown."""
     started: list[GatewayProcess] = []
 
     def spawn(role: str, *args: str, **kwargs: Any) -> GatewayProcess:
-        gw = start_gateway_process(role, *args, **kwargs)
+        gw = start_gateway(role, *args, **kwargs)
         started.append(gw)
         return gw
 

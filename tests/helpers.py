@@ -1,10 +1,12 @@
-"""Small helpers shared by test modules (fixtures live in conftest.py)."""
+"""Small helpers shared by test modules (fixtures live in conftest.py).
+
+Child processes (gateways, proxies) and free ports are in ``tests.processes``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -23,13 +25,6 @@ async def running_gateway(role: str = "client", **settings: object) -> AsyncIter
     config = build_config(role, settings)  # type: ignore[arg-type]
     async with Gateway(config) as gateway:
         yield gateway
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def until(

@@ -41,20 +41,14 @@ import os
 import pwd
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from yarl import URL
 
-from tests.helpers import free_port
+from tests.processes import ChildProcess, free_port
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -139,16 +133,11 @@ def find_binary(name: str) -> str:
     return path
 
 
-@dataclass
-class ProxyProcess:
-    """One running proxy; ``url`` is ``http://127.0.0.1:PORT``."""
+class ProxyProcess(ChildProcess):
+    """One running proxy (``tests.processes.ChildProcess``); ``url`` is ``http://127.0.0.1:PORT``."""
 
-    name: str
-    proc: subprocess.Popen[str]
-    port: int
-    workdir: Path
-    log_files: tuple[Path, ...] = ()
-    output: list[str] = field(default_factory=list)
+    port = 0
+    workdir = Path()
 
     @property
     def url(self) -> str:
@@ -156,11 +145,7 @@ class ProxyProcess:
 
     def logs(self) -> str:
         """Everything the proxy wrote: its stdout/stderr, then its log files."""
-        parts = [f"--- {self.name} stdout/stderr\n{''.join(self.output)}"]
-        for path in self.log_files:
-            with contextlib.suppress(OSError):
-                parts.append(f"--- {path.name}\n{path.read_text(errors='replace')}")
-        return "\n".join(parts)
+        return f"--- {self.name} stdout/stderr\n{self.output()}"
 
     def log_text(self, filename: str) -> str:
         """One of the proxy's log files (e.g. squid's ``access.log``), or ``""``."""
@@ -169,60 +154,13 @@ class ProxyProcess:
         except FileNotFoundError:
             return ""
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM, then SIGKILL to its whole process group after ``timeout``."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                # The leader is alive (not reaped), so the group id is still
-                # ours: nginx workers and squid helpers go with it.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(STOP_TIMEOUT)
-        return self.proc.returncode
-
-
-def _wait_until_accepting(proxy: ProxyProcess, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if proxy.proc.poll() is not None:
-            raise RuntimeError(
-                f"{proxy.name} exited with status {proxy.proc.returncode} before "
-                f"accepting on port {proxy.port}:\n{proxy.logs()}"
-            )
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", proxy.port), timeout=0.5),
-        ):
-            return
-        time.sleep(0.05)
-    proxy.stop()
-    raise RuntimeError(
-        f"{proxy.name} did not accept on port {proxy.port} within {START_TIMEOUT}s:\n{proxy.logs()}"
-    )
-
 
 def _launch(
     name: str, argv: list[str], port: int, workdir: Path, log_files: tuple[Path, ...]
 ) -> ProxyProcess:
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=workdir,
-        start_new_session=True,  # its own process group, killed as one at teardown
-    )
-    proxy = ProxyProcess(name=name, proc=proc, port=port, workdir=workdir, log_files=log_files)
-
-    def drain() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            proxy.output.append(line)
-
-    threading.Thread(target=drain, daemon=True, name=f"{name}-{proc.pid}").start()
+    # Its own process group: nginx workers and squid helpers are killed with it.
+    proxy = ProxyProcess.start(argv, name=name, cwd=workdir, own_group=True, log_files=log_files)
+    proxy.port, proxy.workdir = port, workdir
     return proxy
 
 
@@ -238,9 +176,9 @@ def _start(name: str, workdir: Path, prepare: Prepare, log_files: tuple[str, ...
         files = tuple(workdir / f for f in log_files)
         proxy = _launch(name, argv, port, workdir, files)
         try:
-            _wait_until_accepting(proxy, time.monotonic() + START_TIMEOUT)
+            proxy.wait_accepting(port, START_TIMEOUT)
         except RuntimeError:
-            proxy.stop()
+            proxy.stop(STOP_TIMEOUT)
             if "in use" in proxy.logs() and attempt + 1 < PORT_RETRIES:
                 continue
             raise
@@ -291,7 +229,7 @@ def running_nginx(upstream: str, recipe: str = "hopgate-default.conf") -> Iterat
         try:
             yield proxy
         finally:
-            proxy.stop()
+            proxy.stop(STOP_TIMEOUT)
 
 
 @contextlib.contextmanager
@@ -313,7 +251,7 @@ def running_haproxy(upstream: str) -> Iterator[ProxyProcess]:
         try:
             yield proxy
         finally:
-            proxy.stop()
+            proxy.stop(STOP_TIMEOUT)
 
 
 @contextlib.contextmanager

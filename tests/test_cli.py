@@ -331,7 +331,7 @@ async def test_signal_lets_a_held_request_finish_within_the_grace(
     elapsed = time.monotonic() - signalled
     assert elapsed < 6, f"took {elapsed:.1f}s to exit after the held request finished"
     assert origin.ended == ["answered"]
-    log = gw.stderr_text()
+    log = gw.output()
     assert f"{signal.Signals(signum).name} received" in log
     assert "stopped" in log
 
@@ -379,7 +379,7 @@ async def test_second_signal_exits_at_once(
         assert await wait_exit(gw.proc, 5) == 1
         assert time.monotonic() - second < 3
         held.cancel()
-    assert "second signal" in gw.stderr_text()
+    assert "second signal" in gw.output()
 
 
 async def test_status_of_a_subprocess_gateway(

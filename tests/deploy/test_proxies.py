@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from gateway.config import Config
 from gateway.demo.comet import make_app
 from gateway.demo.legacy_client import LegacyChatClient
 from gateway.server import Gateway
+from tests.processes import LISTENING, GatewayProcess
 from tests.proxies import (  # noqa: F401  (proxies is a fixture)
     DEPLOY_DIR,
     Proxies,
@@ -408,35 +407,12 @@ def test_systemd_exec_start_serves_and_stops_in_time(unit: str, tmp_path: Path) 
     argv[argv.index("--config") + 1] = str(config_file)
     stop_within = float(settings["TimeoutStopSec"][0].removesuffix("s"))
 
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines_seen: list[str] = []
-    listening = threading.Event()
-    url: list[str] = []
-
-    def drain() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines_seen.append(line)
-            if match := re.search(r"listening on (http://\S+?),", line):
-                url.append(match.group(1))
-                listening.set()
-        listening.set()
-
-    threading.Thread(target=drain, daemon=True).start()
+    gw = GatewayProcess.start(argv, name=f"hopgate {role}", announce=LISTENING)
     try:
-        assert listening.wait(20) and url, "".join(lines_seen)
-        with urllib.request.urlopen(f"{url[0]}/.hopgate/status", timeout=5) as resp:
+        url = gw.wait_announced()
+        with urllib.request.urlopen(f"{url}/.hopgate/status", timeout=5) as resp:
             assert json.load(resp)["role"] == role
-        proc.send_signal(getattr(signal, settings["KillSignal"][0]))
-        assert proc.wait(stop_within) == 0, "".join(lines_seen)
+        gw.send_signal(getattr(signal, settings["KillSignal"][0]))
+        assert gw.wait(stop_within) == 0, gw.output()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        gw.stop(1.0)

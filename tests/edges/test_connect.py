@@ -20,7 +20,8 @@ from aiohttp import http_parser, web, web_protocol
 
 from gateway.edges.connect import BadTarget, parse_connect_target
 from gateway.server import Gateway
-from tests.helpers import free_port, running_gateway, until
+from tests.helpers import running_gateway, until
+from tests.processes import free_port
 
 LIMIT = 10.0
 

@@ -25,7 +25,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.server import Gateway
-from tests.helpers import free_port
+from tests.processes import free_port
 
 if TYPE_CHECKING:
     from tests.conftest import MakeGateway, MakeOrigin

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from gateway.edges.inbound import AcceptErrorFilter, IntervalLog
 from gateway.server import Gateway
-from tests.conftest import start_gateway_process
+from tests.processes import start_gateway
 
 if TYPE_CHECKING:
     from tests.conftest import MakeGateway, MakeOrigin
@@ -317,13 +317,13 @@ async def test_1100_idle_sockets_under_nofile_1024_do_not_lock_a_client_out(
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     origin = await make_origin(hello)
     gw = await asyncio.to_thread(
-        start_gateway_process,
+        start_gateway,
         "server",
         "--upstream",
         origin,
         "--upgrade",
         "never",
-        wrapper=("prlimit", "--nofile=1024:1024"),
+        nofile=1024,
     )
     idle: list[asyncio.StreamWriter] = []
     try:

@@ -11,7 +11,6 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -142,10 +141,3 @@ def gateway_errors() -> Iterator[ErrorRecords]:
     yield handler
     for lg in loggers:
         lg.removeHandler(handler)
-
-
-def proc_kib(pid: int, field_name: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    raise LookupError(field_name)

@@ -17,15 +17,16 @@ import time
 import aiohttp
 import pytest
 
-from tests.conftest import MakeGateway, SpawnGateway
+from tests.conftest import MakeGateway
 from tests.hostile import peer as hp
-from tests.hostile.conftest import MiB, Origin, proc_kib
+from tests.hostile.conftest import MiB, Origin
+from tests.processes import SpawnGateway, proc_status_kib, unlimited_sessions
 
 pytestmark = pytest.mark.timeout(90)
 
 
 def rss_mib(pid: int) -> float:
-    return proc_kib(pid) / 1024
+    return proc_status_kib(pid) / 1024
 
 
 @pytest.mark.parametrize(
@@ -269,12 +270,7 @@ async def test_idle_sessions_are_small_created_in_constant_time_and_given_back(
         "server",
         "--upstream",
         origin.url,
-        "--max-sessions",
-        str(n + 10),
-        "--max-sessions-per-client",
-        "0",
-        "--session-create-rate",
-        "1000000",
+        *unlimited_sessions(n + 10),
         "--resume-grace",
         "3",
         "--shutdown-grace",
