@@ -15,6 +15,8 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import SETTINGS, ConfigError, Role, Setting, build_config, load_toml
+from gateway.demo import runner as demo_runner
+from gateway.server import serve
 
 DESCRIPTION = """\
 hopgate: a transparent long-poll <-> WebSocket upgrading gateway.
@@ -134,9 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gateway and a few legacy chat clients, all on 127.0.0.1, and show the "
         "messages, their latency and each hop's transport until Ctrl-C.",
     )
-    from gateway.demo.runner import add_arguments
-
-    add_arguments(demo)
+    demo_runner.add_arguments(demo)
     return parser
 
 
@@ -170,17 +170,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "demo":
-        from gateway.demo.runner import main as demo_main
-
-        return demo_main(args)
+        return demo_runner.main(args)
     try:
         config = build_config(args.command, settings_from_args(args))
     except ConfigError as exc:
         print(f"hopgate {args.command}: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
-    from gateway.server import serve
-
     try:
         asyncio.run(serve(config))
     except OSError as exc:

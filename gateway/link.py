@@ -34,8 +34,9 @@ never waits for discovery or for a session to open::
   go plain at once), tells the ladder (``fallbacks`` + 1, back-off), and the
   task tries again when the back-off has passed.
 
-The link mirrors the ladder into ``stats.upstream(url)`` after every change,
-which is what ``/.hopgate/status`` shows.
+``/.hopgate/status`` reads each hop's state from its link when the page is
+served (:meth:`UpstreamLink.report`, from the ladder): the ladder is the one
+place its counters live, nothing is copied.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ from gateway.core import discovery
 from gateway.core.backoff import Backoff
 from gateway.core.ladder import Ladder, LadderSettings, Peer, Rung
 from gateway.edges.forward import Forwarder
-from gateway.glue.bridge import TunnelLink
-from gateway.status import GatewayStats
+from gateway.glue.link import TunnelLink
+from gateway.status import GatewayStats, HopReport
 from gateway.transports.connector import SessionConnector
 from gateway.transports.hopsession import HopSession, SessionSettings, SessionUnavailable
 
@@ -111,7 +112,7 @@ class UpstreamLink:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._loop = asyncio.get_running_loop()
-        self._mirror()
+        stats.upstream(key).report = self.report
 
     def __repr__(self) -> str:
         return f"<UpstreamLink {self.key} {self.ladder.peer.value} {self.ladder.rung}>"
@@ -142,7 +143,6 @@ class UpstreamLink:
         if self.ladder.peer is not Peer.GATEWAY:
             log.info("= %s answered with a hopgate note: it is a gateway", self.key)
             self.ladder.peer_is_gateway()
-            self._mirror()
         if self.ladder.rung == "plain":
             self._wake.set()
 
@@ -228,7 +228,6 @@ class UpstreamLink:
         else:
             log.info("= %s proved it is a gateway (hello)", self.key)
             self.ladder.peer_is_gateway()
-        self._mirror()
 
     async def _fetch_hello(self, url: URL) -> tuple[int, object]:
         timeout = aiohttp.ClientTimeout(
@@ -252,14 +251,12 @@ class UpstreamLink:
         self.ladder.last_error = reason
         self._hello_at = self._loop.time() + self._hello_retry.delay
         self._hello_retry = self._hello_retry.doubled()
-        self._mirror()
 
     # -- the session -------------------------------------------------------------
 
     async def _session(self) -> None:
         """Open a session, serve it as a tunnel until it ends, then fall to plain."""
         self.ladder.connect_started()
-        self._mirror()
         connector = SessionConnector(
             self.url,
             self._http,
@@ -283,7 +280,6 @@ class UpstreamLink:
         transport: Rung = "websocket" if hop.transport == "websocket" else "long-poll"
         self.ladder.session_up(self._loop.time(), transport)
         log.info("= hop to %s upgraded: %s session %s…", self.key, transport, hop.session_id[:6])
-        self._mirror()
         reason = "gateway stopping"
         try:
             code, why = await hop.wait_closed()
@@ -297,7 +293,6 @@ class UpstreamLink:
                 await connector.close()
             self._hop = None
             self.ladder.session_lost(self._loop.time(), reason)
-            self._mirror()
         if not self._closing:
             log.info(
                 "= hop to %s fell back to plain HTTP: %s; next attempt in %.1fs",
@@ -323,7 +318,6 @@ class UpstreamLink:
             reason,
             max(0.0, self.ladder.next_attempt() - now),
         )
-        self._mirror()
 
     def _transport_changed(self, old: str, new: str) -> None:
         if new not in ("websocket", "long-poll"):
@@ -333,20 +327,21 @@ class UpstreamLink:
         self.ladder.transport_changed(rung)
         if self.ladder.rung != before:
             log.info("= hop to %s moved from %s to %s", self.key, before, rung)
-            self._mirror()
 
     # -- status ----------------------------------------------------------------------
 
-    def _mirror(self) -> None:
-        state = self._stats.upstream(self.key)
+    def report(self) -> HopReport:
+        """This hop as ``/.hopgate/status`` shows it, read from the ladder now."""
         ladder = self.ladder
-        state.transport = ladder.rung
-        state.upgrades = ladder.upgrades
-        state.fallbacks = ladder.fallbacks
-        state.peer = ladder.peer.value
-        state.last_error = ladder.last_error
         hop = self._hop
-        state.session = hop.session_id[:6] if hop is not None else None
+        return HopReport(
+            transport=ladder.rung,
+            upgrades=ladder.upgrades,
+            fallbacks=ladder.fallbacks,
+            peer=ladder.peer.value,
+            last_error=ladder.last_error,
+            session=hop.session_id[:6] if hop is not None else None,
+        )
 
 
 class LinkTable:

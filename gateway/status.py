@@ -1,7 +1,7 @@
 """Live counters of one gateway and the JSON document ``/.hopgate/status`` serves.
 
 Kept free of aiohttp so the numbers can be read and tested without a server;
-the route that serves them lives in ``gateway.server``.
+the route that serves them lives in ``gateway.router``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import ipaddress
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from gateway import __version__
 
@@ -18,16 +18,13 @@ Transport = Literal["plain", "long-poll", "websocket"]
 STATUS_PATH = "/.hopgate/status"
 
 
-@dataclass
-class UpstreamState:
-    """What this gateway knows about one next hop."""
+@dataclass(frozen=True, kw_only=True)
+class HopReport:
+    """Where one next hop stands, as the link to it reads its ladder right now."""
 
-    url: str
     transport: Transport = "plain"
     upgrades: int = 0
     fallbacks: int = 0
-    requests: int = 0
-    errors: int = 0
     #: "unknown", "gateway" or "legacy": what discovery concluded about the peer.
     peer: str = "unknown"
     #: Why the last hello or session attempt failed, or the session ended ("" = none).
@@ -35,17 +32,64 @@ class UpstreamState:
     #: First characters of the live hop session's id, if there is one.
     session: str | None = None
 
+
+#: A hop nobody keeps a link to: plain, nothing learned.
+NO_LINK: Final = HopReport()
+
+
+@dataclass
+class UpstreamState:
+    """What this gateway knows about one next hop.
+
+    The edges count ``requests`` and ``errors`` here; everything about the
+    hop itself is read, when the document is served, from the one object
+    that keeps it: the link's ladder (``report``, set by ``gateway.link``).
+    Nothing is copied, so the page cannot disagree with the ladder.
+    """
+
+    url: str
+    requests: int = 0
+    errors: int = 0
+    report: Callable[[], HopReport] = lambda: NO_LINK
+
+    # What the link reports, read through (never stored here).
+
+    @property
+    def transport(self) -> Transport:
+        return self.report().transport
+
+    @property
+    def upgrades(self) -> int:
+        return self.report().upgrades
+
+    @property
+    def fallbacks(self) -> int:
+        return self.report().fallbacks
+
+    @property
+    def peer(self) -> str:
+        return self.report().peer
+
+    @property
+    def last_error(self) -> str:
+        return self.report().last_error
+
+    @property
+    def session(self) -> str | None:
+        return self.report().session
+
     def as_json(self) -> dict[str, Any]:
+        hop = self.report()
         return {
             "url": self.url,
-            "transport": self.transport,
-            "upgrades": self.upgrades,
-            "fallbacks": self.fallbacks,
+            "transport": hop.transport,
+            "upgrades": hop.upgrades,
+            "fallbacks": hop.fallbacks,
             "requests": self.requests,
             "errors": self.errors,
-            "peer": self.peer,
-            "session": self.session,
-            "last_error": self.last_error,
+            "peer": hop.peer,
+            "session": hop.session,
+            "last_error": hop.last_error,
         }
 
 

@@ -15,20 +15,20 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from gateway.core import discovery
 from gateway.core.ladder import LadderSettings
 from gateway.link import LinkTable, UpstreamLink
 from gateway.server import Gateway
 from gateway.status import STATUS_PATH
-from gateway.transports.endpoint import SESSION_PATH
+from gateway.transports.handshake import SESSION_PATH
+from gateway.transports.session_settings import SessionSettings
 from tests.helpers import until
 from tests.hop.conftest import StartGateway
+from tests.hop.conftest import start_gateway as start_gateway  # the fixture, shared
 
 pytestmark = pytest.mark.timeout(60)
-
-#: Back-off short enough for a test, legacy recheck long enough never to come.
-
 
 # ----------------------------------------------------------------- helpers
 
@@ -265,10 +265,6 @@ async def test_link_table_evicts_the_least_recently_used(
     made: list[UpstreamLink] = []
 
     def make(key: str) -> UpstreamLink:
-        from yarl import URL
-
-        from gateway.transports.hopsession import SessionSettings
-
         assert gw._client is not None and gw._forwarder is not None
         link = UpstreamLink(
             URL(key),
@@ -293,6 +289,44 @@ async def test_link_table_evicts_the_least_recently_used(
     assert len(table) == 0
     assert Counter(link.key for link in made) == Counter(["http://a:1", "http://b:1", "http://c:1"])
     assert b is made[1]
+
+
+async def test_status_reads_the_links_ladder_when_served(
+    make_origin: Any, start_gateway: StartGateway
+) -> None:
+    """The ladder is the one place a hop's counters live: each move shows at once."""
+    gw = await start_gateway("client", {"upstream": await make_origin(Recorder().handle)})
+    assert gw._client is not None and gw._forwarder is not None
+    key = "http://peer.example:1"
+    link = UpstreamLink(
+        URL(key),
+        key=key,
+        http=gw._client,
+        forwarder=gw._forwarder,
+        stats=gw.stats,
+        session_settings=SessionSettings(),
+        check_hello=False,
+    )  # never started: only the test moves its ladder
+    state = gw.stats.upstream(key)
+    assert (state.transport, state.peer, state.upgrades) == ("plain", "unknown", 0)
+    link.ladder.peer_is_gateway()
+    link.ladder.session_up(1.0, "long-poll")
+    link.ladder.transport_changed("websocket")
+    assert state.as_json() == {
+        "url": key,
+        "transport": "websocket",
+        "upgrades": 2,
+        "fallbacks": 0,
+        "requests": 0,
+        "errors": 0,
+        "peer": "gateway",
+        "session": None,
+        "last_error": "",
+    }
+    link.ladder.session_lost(2.0, "session closed (1001 going away)")
+    assert (state.transport, state.fallbacks) == ("plain", 1)
+    assert state.last_error == "session closed (1001 going away)"
+    await link.close()
 
 
 async def test_forward_proxy_learns_a_gateway_origin_from_its_note(

@@ -14,8 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.demo.comet import make_app
+from gateway.demo.ledger import Ledger, percentile
 from gateway.demo.legacy_client import ChatMessage, LegacyChatClient
-from gateway.demo.runner import Ledger, hop_transport, percentile, run
+from gateway.demo.runner import run
+from gateway.demo.stack import hop_transport
 
 MakeServer = Callable[..., Awaitable[TestServer]]
 HOPGATE = Path(sys.executable).with_name("hopgate")

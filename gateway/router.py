@@ -1,0 +1,305 @@
+"""Which handler answers a request: the one router of a gateway (and of its tests).
+
+Dispatch is done by hand rather than with aiohttp's path router: a forward
+proxy sees absolute-form and authority-form (``CONNECT``) targets that a path
+router cannot express, and the status path must be answered only when it is
+addressed to *this* gateway.  :class:`Router` gives each form of request
+target one answer (``gateway.core.targets``)::
+
+    OPTIONS *                      answered here (Allow)
+    CONNECT host:port              forward proxy: a TCP tunnel; else 403
+    http://other/...               forward proxy: relayed to it; else 400
+    /.hopgate/status               the status page (loopback clients by default)
+    /.hopgate/hello                discovery's proof        ┐ only with hop sessions
+    /.hopgate/session...           SessionServer            ┘ (--upgrade auto)
+    /anything else                 relayed to --upstream, and only there
+
+:class:`Relay` passes a request on: over the next hop's live tunnel when
+there is one, falling back to plain HTTP only if the tunnel says nothing of
+the request left (``NotSent``), so no request reaches the origin twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from aiohttp import web
+from yarl import URL
+
+from gateway.core import discovery
+from gateway.core.targets import (
+    AbsoluteForm,
+    AsteriskForm,
+    AuthorityForm,
+    BadTarget,
+    join_upstream,
+    names_this_listener,
+    parse_target,
+)
+from gateway.edges.forward import Forwarder
+from gateway.edges.websocket import pass_through
+from gateway.glue.link import TunnelLink
+from gateway.glue.opener import NotSent
+from gateway.settings import RouteSettings, normal_origin
+from gateway.status import STATUS_PATH, GatewayStats, status_refusal
+from gateway.transports.endpoint import SessionServer
+from gateway.transports.http import is_websocket_upgrade, text_error
+
+__all__ = ["MAX_NONCE", "Handler", "Relay", "Router"]
+
+log = logging.getLogger("hopgate")
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+#: Longest ``nonce`` a hello request may carry.
+MAX_NONCE: Final = 128
+
+
+class Relay:
+    """Pass a request on to its target: over the next hop's live tunnel, else plain.
+
+    ``tunnel_for(origin_key)`` names the live tunnel towards that origin, if
+    any; ``on_not_sent(reason)`` hears of each request a tunnel gave back.
+    A WebSocket handshake is passed as a WebSocket either way.
+    """
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        tunnel_for: Callable[[str], TunnelLink | None],
+        *,
+        on_not_sent: Callable[[str], None] | None = None,
+    ) -> None:
+        self.forwarder = forwarder
+        self._tunnel_for = tunnel_for
+        self._on_not_sent = on_not_sent
+
+    async def __call__(
+        self, request: web.BaseRequest, target: URL, *, origin_key: str
+    ) -> web.StreamResponse:
+        tunnel = self._tunnel_for(origin_key)
+        # What the next hop would get as its request-target on a plain path;
+        # a path a tunnel cannot name ("//x") simply goes plain.
+        path = target.raw_path_qs
+        if tunnel is not None and path.startswith("/") and not path.startswith("//"):
+            try:
+                if is_websocket_upgrade(request):
+                    return await tunnel.forward_websocket(request, path, origin_key=origin_key)
+                return await tunnel.forward(request, path, origin_key=origin_key)
+            except NotSent as exc:
+                # Nothing of the request left this gateway: plain HTTP is its
+                # first and only delivery.
+                log.info(
+                    "= %s %s not sent over the hop session (%s): forwarding plain",
+                    request.method,
+                    target,
+                    exc,
+                )
+                if self._on_not_sent is not None:
+                    self._on_not_sent(str(exc))
+        if is_websocket_upgrade(request):
+            return await pass_through(
+                request, target, forwarder=self.forwarder, origin_key=origin_key
+            )
+        return await self.forwarder.forward(request, target, origin_key=origin_key)
+
+
+class Router:
+    """One answer for each request a gateway receives (see the module docstring).
+
+    ``sessions`` serves the hop paths (``None``: they are forwarded like any
+    other); ``connect`` serves a forward proxy's ``CONNECT``; ``own_url``
+    names this gateway in the hint a misdirected request gets.
+    """
+
+    def __init__(
+        self,
+        routes: RouteSettings,
+        *,
+        relay: Relay,
+        stats: GatewayStats,
+        sessions: SessionServer | None = None,
+        connect: Handler | None = None,
+        own_url: Callable[[], str] = lambda: "http://HOST:PORT",
+    ) -> None:
+        self.routes = routes
+        self.relay = relay
+        self.stats = stats
+        self.sessions = sessions
+        self._connect = connect
+        self._own_url = own_url
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            target = parse_target(request.method, request.raw_path)
+        except BadTarget as exc:
+            return text_error(400, str(exc))
+        if isinstance(target, AsteriskForm):
+            return _options_asterisk(self.routes.forward_proxy)
+        if isinstance(target, AuthorityForm):
+            return await self._proxy_request(request, target)
+        if isinstance(target, AbsoluteForm):
+            if not self._names_me(request, target):
+                return await self._proxy_request(request, target)
+            # Absolute-form naming this very listener is origin-form (RFC 9112 3.2.2).
+            return await self._origin_form(request, target.url.raw_path_qs)
+        return await self._origin_form(request, target.path_qs)
+
+    def _names_me(self, request: web.BaseRequest, target: AbsoluteForm) -> bool:
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        local = (str(sockname[0]), int(sockname[1])) if isinstance(sockname, tuple) else None
+        return names_this_listener(target.url, tls=self.routes.tls, local=local)
+
+    async def _origin_form(self, request: web.BaseRequest, path_qs: str) -> web.StreamResponse:
+        """``/path?query``: this gateway's own paths, else the upstream (only there)."""
+        if request.path == STATUS_PATH:
+            return self._status(request)
+        if self.sessions is not None:
+            if request.path == discovery.HELLO_PATH:
+                return _hello(request)
+            if self.sessions.handles(request):
+                return await self._session_request(request, self.sessions)
+        upstream = self.routes.upstream
+        if upstream is None:
+            return text_error(
+                400,
+                "this gateway is a forward proxy: set it as your HTTP proxy "
+                f"(e.g. http_proxy={self._own_url()}) or start it with --upstream URL",
+            )
+        try:
+            target = join_upstream(upstream, path_qs)
+        except BadTarget as exc:
+            return text_error(400, str(exc))
+        return await self.relay(request, target, origin_key=str(upstream))
+
+    async def _proxy_request(
+        self, request: web.BaseRequest, target: AbsoluteForm | AuthorityForm
+    ) -> web.StreamResponse:
+        """A request addressed to another host: only a forward proxy serves it.
+
+        A sidecar or reverse gateway forwards solely to its configured
+        upstream; anything else would make it an open proxy.  The refusal
+        does not name the upstream: that is nobody else's business.
+        """
+        connect = isinstance(target, AuthorityForm)
+        if not self.routes.forward_proxy or (connect and self._connect is None):
+            what = "CONNECT" if connect else "an absolute-form target (http://host/...)"
+            return text_error(
+                403 if connect else 400,
+                f"this gateway forwards only to its configured upstream; it is not an open "
+                f"proxy, so {what} is refused (a forward proxy is a client gateway without "
+                "--upstream)",
+            )
+        if isinstance(target, AuthorityForm):
+            assert self._connect is not None
+            return await self._connect(request)
+        return await self.relay(request, target.url, origin_key=target.origin)
+
+    async def _session_request(
+        self, request: web.BaseRequest, sessions: SessionServer
+    ) -> web.StreamResponse:
+        """A request of a hop session: refused if a browser page of a foreign origin sent it."""
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origin_allowed(origin, request):
+            log.warning("= hop session request from origin %r refused", origin)
+            return text_error(
+                403,
+                f"origin {origin} may not open hop sessions here "
+                "(not same-origin and not in --allowed-origin)",
+            )
+        return await sessions.handle(request)
+
+    def _origin_allowed(self, origin: str, request: web.BaseRequest) -> bool:
+        """Same origin as the request's ``Host`` (or ``X-Forwarded-Host``), or allowed by flag."""
+        normal = normal_origin(origin)
+        if normal in self.routes.allowed_origins:
+            return True
+        parsed = _parse_origin(normal)
+        if parsed is None:
+            return False  # "null", or garbage
+        scheme, host, port = parsed
+        names = [request.headers.get("Host", "")]
+        forwarded = request.headers.get("X-Forwarded-Host")
+        if forwarded:
+            names.append(forwarded.split(",")[0])
+        return any(_host_port(name, scheme) == (host, port) for name in names)
+
+    def _status(self, request: web.BaseRequest) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
+            refusal = text_error(405, f"{STATUS_PATH} answers GET only")
+            refusal.headers["Allow"] = "GET, HEAD"  # RFC 9110 15.5.6: a 405 lists them
+            return refusal
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        peer_ip = str(peer[0]) if isinstance(peer, tuple) else None
+        refused = status_refusal(peer_ip, request.headers.keys(), public=self.routes.public_status)
+        if refused is not None:
+            return text_error(403, refused)
+        return web.Response(
+            text=json.dumps(self.stats.as_json(), indent=2) + "\n",
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+
+
+def _hello(request: web.BaseRequest) -> web.Response:
+    """``GET /.hopgate/hello?nonce=N``: prove this is a gateway (never forwarded)."""
+    if request.method not in ("GET", "HEAD"):
+        refusal = text_error(405, f"{discovery.HELLO_PATH} answers GET only")
+        refusal.headers["Allow"] = "GET, HEAD"
+        return refusal
+    nonce = request.query.get("nonce", "")
+    if not nonce or len(nonce) > MAX_NONCE:
+        return text_error(
+            400, f"{discovery.HELLO_PATH} needs ?nonce= (1 to {MAX_NONCE} characters)"
+        )
+    return web.Response(
+        text=json.dumps(discovery.hello_body(nonce)) + "\n",
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _options_asterisk(forward_proxy: bool) -> web.Response:
+    """``OPTIONS *``: a question about this server, so this gateway answers it.
+
+    It cannot be passed on: aiohttp's client has no way to send the
+    asterisk-form, and sending ``OPTIONS /`` instead asks about a resource.
+    """
+    methods = "OPTIONS, GET, HEAD, POST, PUT, PATCH, DELETE"
+    if forward_proxy:
+        methods += ", CONNECT"
+    return web.Response(status=200, headers={"Allow": methods, "Cache-Control": "no-store"})
+
+
+def _parse_origin(origin: str) -> tuple[str, str, int] | None:
+    """``scheme://host[:port]`` -> (scheme, host, port); ``None`` if it is not one."""
+    if not origin.isascii():  # yarl reads "h:١٢" as port 12
+        return None
+    try:
+        url = URL(origin)
+        port = url.port
+    except ValueError:
+        return None
+    if url.scheme not in ("http", "https") or not url.host or port is None:
+        return None
+    if url.path not in ("", "/") or url.query_string or url.user:
+        return None
+    return url.scheme, url.host.lower(), port
+
+
+def _host_port(value: str, scheme: str) -> tuple[str, int] | None:
+    """A ``Host`` header as (host, port), the port defaulting to ``scheme``'s."""
+    value = value.strip().lower()
+    if not value or not value.isascii():
+        return None
+    try:
+        url = URL(f"{scheme}://{value}")
+        port = url.port
+    except ValueError:
+        return None
+    if not url.host or port is None or url.path not in ("", "/"):
+        return None
+    return url.host, port
