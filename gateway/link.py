@@ -60,7 +60,9 @@ from gateway.edges.forward import Forwarder
 from gateway.glue.link import TunnelLink
 from gateway.status import GatewayStats, HopReport
 from gateway.transports.connector import SessionConnector
-from gateway.transports.hopsession import HopSession, SessionSettings, SessionUnavailable
+from gateway.transports.errors import NotAGateway, SessionUnavailable
+from gateway.transports.hopsession import HopSession
+from gateway.transports.session_settings import SessionSettings
 
 log = logging.getLogger("hopgate.link")
 
@@ -106,6 +108,8 @@ class UpstreamLink:
         #: Notes are not believed before this time: the session endpoint
         #: showed the peer is not a gateway (an origin echoing our mark back).
         self._notes_ignored_until = 0.0
+        #: Where the peer's sessions live: what its latest note or hello said.
+        self._session_path = discovery.DEFAULT_SESSION_PATH
         self._tunnel: TunnelLink | None = None
         self._hop: HopSession | None = None
         self._wake = asyncio.Event()
@@ -136,10 +140,12 @@ class UpstreamLink:
             return None
         return tunnel
 
-    def note_seen(self) -> None:
-        """A discovery note came back on a response from this hop."""
+    def note_seen(self, note: discovery.Note | None = None) -> None:
+        """A discovery note came back on a response from this hop: sessions live at its path."""
         if self._loop.time() < self._notes_ignored_until:
             return
+        if note is not None:
+            self._session_path = note.session_path
         if self.ladder.peer is not Peer.GATEWAY:
             log.info("= %s answered with a hopgate note: it is a gateway", self.key)
             self.ladder.peer_is_gateway()
@@ -227,6 +233,7 @@ class UpstreamLink:
             self._hello_at = now + self.ladder.settings.legacy_recheck
         else:
             log.info("= %s proved it is a gateway (hello)", self.key)
+            self._session_path = note.session_path
             self.ladder.peer_is_gateway()
 
     async def _fetch_hello(self, url: URL) -> tuple[int, object]:
@@ -263,11 +270,12 @@ class UpstreamLink:
             self._session_settings,
             hop_secret=self._hop_secret,
             on_transport_change=self._transport_changed,
+            session_path=self._session_path,
         )
         try:
             hop = await connector.connect()
         except SessionUnavailable as exc:
-            await self._connect_failed(connector, exc.reason)
+            await self._connect_failed(connector, exc)
             return
         except BaseException:
             await connector.close()
@@ -301,12 +309,13 @@ class UpstreamLink:
                 max(0.0, self.ladder.next_attempt() - self._loop.time()),
             )
 
-    async def _connect_failed(self, connector: SessionConnector, reason: str) -> None:
+    async def _connect_failed(self, connector: SessionConnector, exc: SessionUnavailable) -> None:
+        reason = exc.reason
         with contextlib.suppress(Exception):
             await connector.close()
         now = self._loop.time()
         self.ladder.connect_failed(now, reason)
-        if "not a hopgate gateway" in reason:
+        if isinstance(exc, NotAGateway):
             # The note or hello was not backed by a session endpoint: believe
             # neither again before the legacy recheck period.
             recheck = now + self.ladder.settings.legacy_recheck

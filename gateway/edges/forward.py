@@ -55,7 +55,7 @@ class Forwarder:
         self.client = client
         self.stats = stats
         #: Called with the origin key when a plain response carries a discovery note.
-        self.on_note: Callable[[str], None] | None = None
+        self.on_note: Callable[[str, discovery.Note], None] | None = None
         #: Mark plain requests as coming from a gateway (hop-by-hop ``Hopgate``).
         self.mark_requests = False
         #: Answer marked requests with a note naming this session path.
@@ -100,8 +100,9 @@ class Forwarder:
         except Exception as exc:
             self.stats.upstream(origin_key).errors += 1
             return self.error_response(exc, target)
-        if self.on_note is not None and discovery.note_from(upstream.headers) is not None:
-            self.on_note(origin_key)
+        note = discovery.note_from(upstream.headers) if self.on_note is not None else None
+        if self.on_note is not None and note is not None:
+            self.on_note(origin_key, note)
         try:
             return await self._stream_back(request, upstream)
         except BaseException:

@@ -4,11 +4,13 @@ Theory of operation
 ===================
 
 ``connect()`` opens a session with ``POST /.hopgate/session`` (plain HTTP,
-so it works on every path). The answer must be a ``200`` carrying
+so it works on every path; a discovery note naming another session path
+moves it there). The answer must be a ``200`` carrying
 ``X-Hopgate-Session``, ``X-Hopgate-Token`` and a body that is exactly the
 server's HELLO for that id; a legacy server answering ``200`` (or echoing
-our headers back) fails here and ``SessionUnavailable`` says why. Nothing
-else is sent to a peer that is not a gateway.
+our headers back) fails here with ``NotAGateway``, a gateway saying "not
+now" with ``SessionRefused``, an unreachable one with ``PeerUnreachable``
+(``errors``). Nothing else is sent to a peer that is not a gateway.
 
 Then, with ``prefer="websocket"``, the connector tries a WebSocket at once
 (handshake + probe, see ``ws``); if that fails it starts long-polling. With
@@ -38,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final, Literal
 
 import aiohttp
@@ -48,26 +50,62 @@ from gateway.core.backoff import Backoff
 from gateway.core.session.errors import CloseCode, RemoteProtocolError
 from gateway.core.session.frames import MAX_SESSION_ID_LENGTH, PROTOCOL_VERSION, FrameDecoder, Hello
 from gateway.core.session.machine import Session
-from gateway.transports.endpoint import (
+from gateway.transports.aiohttp_internals import never_resend
+from gateway.transports.errors import (
+    NotAGateway,
+    PeerUnreachable,
+    SessionRefused,
+    SessionUnavailable,
+    TransportFailed,
+)
+from gateway.transports.handshake import (
     AUTH_HEADER,
     SESSION_HEADER,
     SESSION_PATH,
     TOKEN_HEADER,
+    SessionRoute,
     auth_header_value,
     decode_token,
     encode_token,
 )
-from gateway.transports.hopsession import HopSession, SessionSettings, SessionUnavailable, Transport
+from gateway.transports.hopsession import HopSession, Transport
 from gateway.transports.longpoll import LongPollClient, read_limited
+from gateway.transports.session_settings import SessionSettings
 from gateway.transports.ws import WebSocketTransport, open_websocket
 
-__all__ = ["SessionConnector", "SessionUnavailable"]
+__all__ = ["SessionConnector", "session_client"]
 
 log = logging.getLogger("hopgate.session")
 
 _MAX_CREATE_BODY: Final = 64 * 1024
+#: Headers aiohttp would add on its own: a hop request carries only what we set.
+_NO_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 Signal = Literal["lost", "stalled", "closed", "wake"]
+
+
+def session_client(plain: aiohttp.ClientSession) -> aiohttp.ClientSession:
+    """The HTTP client hop sessions dial with: ``plain``'s pool, none of its middleware.
+
+    The gateway's plain client turns a refused origin WebSocket handshake
+    into its own exception (to hand the origin's answer back whole); a hop
+    session wants aiohttp's own errors, which ``ws`` matches by class. This
+    client shares ``plain``'s connection pool and timeouts (closing it leaves
+    the pool open), sends no cookies and no automatic headers, and like the
+    plain one never resends a request (a held poll).
+    """
+    connector = plain.connector
+    assert connector is not None, "a closed ClientSession"
+    client = aiohttp.ClientSession(
+        connector=connector,
+        connector_owner=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=_NO_AUTO_HEADERS,
+        timeout=plain.timeout,
+    )
+    never_resend(client)
+    return client
 
 
 class SessionConnector:
@@ -86,9 +124,12 @@ class SessionConnector:
         hop_secret: str | None = None,
         prefer: Literal["websocket", "long-poll"] = "websocket",
         on_transport_change: Callable[[str, str], None] | None = None,
+        session_path: str = SESSION_PATH,
     ) -> None:
         self.base_url = base_url
         self._http = http
+        #: Where the peer's sessions live (below ``base_url``'s path): its note's path.
+        self.session_path = session_path
         self.settings = settings
         self._hop_secret = hop_secret
         self.prefer: Literal["websocket", "long-poll"] = prefer
@@ -99,7 +140,8 @@ class SessionConnector:
         self.fallbacks = 0
         #: WebSocket candidates that failed (handshake or probe), re-probes included.
         self.probe_failures = 0
-        self.last_websocket_failure: str | None = None
+        #: Why the latest WebSocket candidate was unusable (``HandshakeRefused``: its status).
+        self.last_websocket_failure: TransportFailed | None = None
         self.session: HopSession | None = None
         self._signals: asyncio.Queue[tuple[Signal, Transport | None]] = asyncio.Queue()
         self._supervisor: asyncio.Task[None] | None = None
@@ -110,7 +152,8 @@ class SessionConnector:
         self._failures = 0
         self._ws_started = 0.0
         self._closing = False
-        self._token_text = ""
+        #: How the session's transports reach it (set by ``connect``).
+        self.route: SessionRoute | None = None
         #: Since when no transport has worked (the client's own resume_grace clock:
         #: a transport being tried does not count as one).
         self._down_since: float | None = None
@@ -129,7 +172,8 @@ class SessionConnector:
             now=loop.time(),
         )
         hop = HopSession(core, self.settings)
-        self._token_text = encode_token(token)
+        headers = {TOKEN_HEADER: encode_token(token)}
+        self.route = SessionRoute(self._http, self._url(session_id), headers, self.settings)
         if not hop.feed(hello):
             raise SessionUnavailable(f"{self.base_url} sent a HELLO for another session")
         hop.on_stalled = self._stalled
@@ -187,12 +231,13 @@ class SessionConnector:
     # -- opening --------------------------------------------------------------------------
 
     def _url(self, session_id: str | None = None) -> URL:
-        path = self.base_url.path.rstrip("/") + SESSION_PATH
+        path = self.base_url.path.rstrip("/") + self.session_path
         if session_id is not None:
             path += "/" + session_id
         return self.base_url.with_path(path).with_query(None)
 
     async def _create(self) -> tuple[str, bytes, bytes]:
+        """POST for a new session: (id, token, the server's HELLO), or SessionUnavailable."""
         url = self._url()
         headers = {"Accept": "application/octet-stream", "Cache-Control": "no-store"}
         if self._hop_secret is not None:
@@ -207,39 +252,45 @@ class SessionConnector:
                 body = await read_limited(resp, _MAX_CREATE_BODY)
                 status, answer = resp.status, resp.headers
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise SessionUnavailable(f"cannot reach {url}: {exc!r}") from exc
+            raise PeerUnreachable(f"cannot reach {url}: {exc!r}") from exc
         except ValueError as exc:
-            raise SessionUnavailable(
-                f"{self.base_url} is not a hopgate gateway: oversized answer to POST {SESSION_PATH}"
-            ) from exc
+            raise self._not_a_gateway(f"oversized answer to POST {self.session_path}") from exc
+        self._check_status(status, answer, body)
+        return self._check_created(answer, body)
+
+    def _not_a_gateway(self, why: str) -> NotAGateway:
+        return NotAGateway(f"{self.base_url} is not a hopgate gateway: {why}")
+
+    def _check_status(self, status: int, answer: Mapping[str, str], body: bytes) -> None:
+        """A gateway refusing (403, 429, 503) or anything else that is not 200: say which."""
         text = body[:200].decode("utf-8", "replace").strip()
         if status == 403:
-            raise SessionUnavailable(f"{self.base_url} refused to open a session (403): {text}")
+            raise SessionRefused(
+                f"{self.base_url} refused to open a session (403): {text}", status=status
+            )
         if status in (429, 503):
-            retry = answer.get("Retry-After", "?")
-            raise SessionUnavailable(
-                f"{self.base_url} cannot open a session now ({status}, retry after {retry} s): "
-                f"{text}"
+            retry = answer.get("Retry-After")
+            raise SessionRefused(
+                f"{self.base_url} cannot open a session now ({status}, retry after "
+                f"{retry or '?'} s): {text}",
+                status=status,
+                retry_after=retry,
             )
         if status != 200:
-            raise SessionUnavailable(
-                f"{self.base_url} is not a hopgate gateway: POST {SESSION_PATH} answered {status}"
-            )
+            raise self._not_a_gateway(f"POST {self.session_path} answered {status}")
+
+    def _check_created(self, answer: Mapping[str, str], body: bytes) -> tuple[str, bytes, bytes]:
+        """A 200 is a gateway's only with a session id, a token and that session's HELLO."""
         session_id = answer.get(SESSION_HEADER, "")
         token = decode_token(answer.get(TOKEN_HEADER, ""))
         if not (0 < len(session_id) <= MAX_SESSION_ID_LENGTH and session_id.isascii()) or not (
             token and 16 <= len(token) <= 64
         ):
-            raise SessionUnavailable(
-                f"{self.base_url} is not a hopgate gateway: its 200 has no session id and token"
-            )
+            raise self._not_a_gateway("its 200 has no session id and token")
         try:
             frames = FrameDecoder().decode(body)
         except RemoteProtocolError as exc:
-            raise SessionUnavailable(
-                f"{self.base_url} is not a hopgate gateway: its answer is not a session HELLO "
-                f"({exc.reason})"
-            ) from None
+            raise self._not_a_gateway(f"its answer is not a session HELLO ({exc.reason})") from None
         if not (
             len(frames) == 1
             and isinstance(hello := frames[0], Hello)
@@ -247,29 +298,21 @@ class SessionConnector:
             and hello.session_id == session_id
             and hello.token is None
         ):
-            raise SessionUnavailable(
-                f"{self.base_url} is not a hopgate gateway: its answer is not a session HELLO"
-            )
+            raise self._not_a_gateway("its answer is not a session HELLO")
         return session_id, token, body
 
-    def _headers(self, hop: HopSession) -> dict[str, str]:
-        return {TOKEN_HEADER: self._token_text}
+    def _dial(self) -> SessionRoute:
+        assert self.route is not None, "connect() first"
+        return self.route
 
     # -- transports --------------------------------------------------------------------
 
     async def _try_websocket(self, hop: HopSession) -> bool:
         hop.epoch += 1
         try:
-            transport = await open_websocket(
-                hop,
-                self._http,
-                self._url(hop.session_id),
-                self._headers(hop),
-                self.settings,
-                epoch=hop.epoch,
-            )
-        except ConnectionError as exc:
-            self.last_websocket_failure = str(exc)
+            transport = await open_websocket(hop, self._dial(), epoch=hop.epoch)
+        except TransportFailed as exc:
+            self.last_websocket_failure = exc
             self.probe_failures += 1
             hop.log.info("= WebSocket not usable: %s", exc)
             return False
@@ -286,14 +329,7 @@ class SessionConnector:
 
     def _start_long_poll(self, hop: HopSession) -> None:
         hop.epoch += 1
-        transport = LongPollClient(
-            hop,
-            self._http,
-            self._url(hop.session_id),
-            self._headers(hop),
-            self.settings,
-            epoch=hop.epoch,
-        )
+        transport = LongPollClient(hop, self._dial(), epoch=hop.epoch)
         transport.on_alive = self._transport_works
         transport.start()
 

@@ -36,23 +36,8 @@ unknown and expired are the same answer, so probing ids learns nothing;
 malformed request (``last``/``epoch`` missing or not a number, WebSocket
 without ``hopgate.v1``). Session answers are ``application/octet-stream``
 with ``Cache-Control: no-store`` and ``X-Content-Type-Options: nosniff``;
-errors are ``text/plain`` with the same two headers.
-
-Hop secret
-==========
-
-With ``hop_secret`` set, opening a session needs ``X-Hopgate-Auth: v2 <unix
-time> <nonce> <hex HMAC-SHA256(secret, "hopgate.v2 open-session <unix time>
-<nonce>")>``, the nonce being 32 lowercase hex digits the sender picks at
-random for every attempt. The MAC is checked in constant time, the time must
-be within ``AUTH_WINDOW`` seconds of the server's clock, and the nonce must
-be new: the server remembers every nonce it accepted for as long as its
-proof could still be valid (``ReplayCache``), so a captured header opens
-nothing, not even inside the window. When that bounded cache is full the
-server answers ``503`` rather than forget a nonce. The secret itself never
-travels. Without the header, or with the replayable ``v1`` of older gateways:
-``403`` saying why; a malformed one: ``400``.
-Requests of an open session are authenticated by the resume token.
+errors are ``text/plain`` with the same two headers. The header names, the
+token's encoding and the hop secret's proof are drawn in ``handshake``.
 
 Per client address
 ==================
@@ -66,16 +51,11 @@ are ``429`` with ``Retry-After`` and a reason naming the flag.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import ctypes
 import gc
-import hashlib
-import hmac
 import logging
 import sys
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -84,8 +64,20 @@ from aiohttp import hdrs, web
 from gateway.core.session.errors import CloseCode
 from gateway.core.session.frames import PROTOCOL_VERSION, encode_hello, new_packer
 from gateway.core.session.machine import Session
-from gateway.core.session.tokens import new_nonce, new_session_id, new_token
-from gateway.transports.hopsession import HopSession, SessionSettings
+from gateway.core.session.tokens import new_session_id, new_token
+from gateway.transports.handshake import (
+    AUTH_HEADER,
+    AUTH_NONCES,
+    AUTH_WINDOW,
+    SESSION_HEADER,
+    SESSION_PATH,
+    TOKEN_HEADER,
+    check_auth,
+    decode_token,
+    encode_token,
+    parse_decimal,
+)
+from gateway.transports.hopsession import HopSession
 from gateway.transports.longpoll import CONTENT_TYPE, LongPollServer
 from gateway.transports.registry import (
     ClientLimits,
@@ -95,39 +87,19 @@ from gateway.transports.registry import (
     SessionRegistry,
     client_key,
 )
+from gateway.transports.session_settings import SessionSettings
 from gateway.transports.ws import accept_websocket, offers_subprotocol
 
 if TYPE_CHECKING:
     from gateway.status import GatewayStats
 
-__all__ = [
-    "AUTH_HEADER",
-    "SESSION_HEADER",
-    "SESSION_PATH",
-    "TOKEN_HEADER",
-    "SessionServer",
-    "auth_header_value",
-    "check_auth",
-    "decode_token",
-    "encode_token",
-]
+__all__ = ["MAX_SESSION_SOCKETS", "RETRY_AFTER", "SessionServer"]
 
 log = logging.getLogger("hopgate.session")
 
-SESSION_PATH: Final = "/.hopgate/session"
-SESSION_HEADER: Final = "X-Hopgate-Session"
-TOKEN_HEADER: Final = "X-Hopgate-Token"
-AUTH_HEADER: Final = "X-Hopgate-Auth"
-#: Seconds a hop-secret proof stays valid either side of the server's clock.
-AUTH_WINDOW: Final = 60
-#: Nonces of accepted proofs remembered at once (for 2 * AUTH_WINDOW each).
-AUTH_NONCES: Final = 16384
 RETRY_AFTER: Final = "10"
 #: WebSockets one session may have open at once (current, candidate, closing, one spare).
 MAX_SESSION_SOCKETS: Final = 4
-#: Longest decimal number accepted anywhere in a hop request (2**64 has 20 digits).
-MAX_DIGITS: Final = 20
-_NONCE_LENGTH: Final = 32
 #: After this many sessions ended, unused heap pages are given back (see _trim_memory),
 #: at most once per _TRIM_INTERVAL seconds (a full collection of a big heap takes a while).
 _TRIM_AFTER: Final = 1024
@@ -140,95 +112,6 @@ _REFUSAL_LOG_INTERVAL: Final = 10.0
 #: One Packer for every HELLO we answer with (autoreset: each pack stands alone).
 _PACKER: Final = new_packer()
 _NO_STORE: Final = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-
-
-# -- tokens and the hop secret ---------------------------------------------------------
-
-
-def encode_token(token: bytes) -> str:
-    return base64.urlsafe_b64encode(token).rstrip(b"=").decode("ascii")
-
-
-def decode_token(value: str) -> bytes | None:
-    try:
-        raw = value.strip().encode("ascii")
-        return base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
-    except (UnicodeEncodeError, binascii.Error, ValueError):
-        return None
-
-
-def _auth_mac(secret: str, stamp: int, nonce: str) -> str:
-    message = f"hopgate.v2 open-session {stamp} {nonce}".encode("ascii")
-    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
-
-
-def auth_header_value(secret: str, now: float | None = None, nonce: str | None = None) -> str:
-    """The ``X-Hopgate-Auth`` value proving knowledge of ``secret``; a fresh nonce each call."""
-    stamp = int(time.time() if now is None else now)
-    nonce = new_nonce() if nonce is None else nonce
-    return f"v2 {stamp} {nonce} {_auth_mac(secret, stamp, nonce)}"
-
-
-def parse_decimal(text: str, *, max_digits: int = MAX_DIGITS) -> int | None:
-    """A non-negative decimal of ASCII digits only and at most ``max_digits``; else None.
-
-    ``str.isdigit`` alone accepts "²" and other Unicode digits that ``int``
-    rejects (a 500), and no length limit lets a peer make ``int`` chew on
-    thousands of digits.
-    """
-    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
-        return None
-    return int(text)
-
-
-def _is_nonce(text: str) -> bool:
-    return len(text) == _NONCE_LENGTH and all(c in "0123456789abcdef" for c in text)
-
-
-def check_auth(
-    secret: str,
-    value: str | None,
-    now: float | None = None,
-    replays: ReplayCache | None = None,
-) -> tuple[int, str] | None:
-    """None if ``value`` proves ``secret`` (and its nonce is new), else (status, reason).
-
-    400 malformed, 403 missing / outdated v1 / wrong / stale / replayed, 503 replay
-    cache full.
-    Without ``replays`` the nonce is not checked for reuse (tests, tools).
-    """
-    if not value:
-        return 403, f"this gateway requires the hop secret (--hop-secret): no {AUTH_HEADER} header"
-    parts = value.split()
-    if parts and parts[0] == "v1":
-        # 403, not 400: an older client gateway reports it as a refusal, with this reason.
-        return 403, (
-            f"outdated {AUTH_HEADER} v1 (replayable): the sending gateway must be upgraded"
-        )
-    stamp = parse_decimal(parts[1]) if len(parts) == 4 and parts[0] == "v2" else None
-    if stamp is None or not _is_nonce(parts[2]):
-        return 400, (
-            f"malformed {AUTH_HEADER} header: expected v2 <unix time> <32 hex digits nonce> <mac>"
-        )
-    nonce = parts[2]
-    if not hmac.compare_digest(
-        parts[3].encode("ascii", "replace"), _auth_mac(secret, stamp, nonce).encode()
-    ):
-        return 403, "wrong hop secret"
-    now = time.time() if now is None else now
-    if abs(now - stamp) > AUTH_WINDOW:
-        return 403, (
-            f"hop secret proof is more than {AUTH_WINDOW} s off this gateway's clock "
-            "(are both clocks right?)"
-        )
-    if replays is not None:
-        try:
-            fresh = replays.add(nonce, now)
-        except ReplayCache.Full as exc:
-            return 503, f"too many hop-secret proofs to remember ({exc}); try again later"
-        if not fresh:
-            return 403, "hop secret proof replayed (its nonce was used before)"
-    return None
 
 
 # -- responses ---------------------------------------------------------------------------

@@ -41,10 +41,11 @@ from collections.abc import Callable
 from typing import Final, Literal
 
 import aiohttp
-from yarl import URL
 
-from gateway.core.session.errors import CloseCode, LocalProtocolError, RemoteProtocolError
-from gateway.transports.hopsession import HopSession, SessionSettings
+from gateway.core.session.errors import CloseCode, RemoteProtocolError, SessionUsageError
+from gateway.transports.handshake import SessionRoute
+from gateway.transports.hopsession import HopSession
+from gateway.transports.session_settings import SessionSettings
 
 __all__ = ["CONTENT_TYPE", "LongPollClient", "LongPollServer", "read_limited"]
 
@@ -86,7 +87,7 @@ class LongPollServer:
         try:
             try:
                 core.rewind(hop.now(), last)
-            except LocalProtocolError as exc:
+            except SessionUsageError as exc:
                 raise ValueError(str(exc)) from None
             except RemoteProtocolError as exc:
                 hop.log.warning("< poll acknowledges unsent data: %s", exc.reason)
@@ -142,20 +143,11 @@ class LongPollClient:
 
     kind: Literal["long-poll"] = "long-poll"
 
-    def __init__(
-        self,
-        hop: HopSession,
-        http: aiohttp.ClientSession,
-        url: URL,
-        headers: dict[str, str],
-        settings: SessionSettings,
-        *,
-        epoch: int,
-    ) -> None:
+    def __init__(self, hop: HopSession, route: SessionRoute, *, epoch: int) -> None:
+        settings = route.settings
         self._hop = hop
-        self._http = http
-        self._url = url
-        self._headers = {**headers, "Cache-Control": "no-store"}
+        self._route = route
+        self._headers = {**route.headers, "Cache-Control": "no-store"}
         self._post_headers = {**self._headers, "Content-Type": CONTENT_TYPE}
         self._settings = settings
         self.epoch = epoch
@@ -217,52 +209,53 @@ class LongPollClient:
         else:
             self._fail(f"the peer answered {status}")
 
+    async def _exchange(
+        self,
+        method: str,
+        params: dict[str, str],
+        data: bytes | None,
+        timeout: aiohttp.ClientTimeout,
+    ) -> tuple[int, bytes]:
+        """One request of this transport: (status, body), the body bounded by max_batch_bytes."""
+        headers = self._headers if data is None else self._post_headers
+        async with self._route.http.request(
+            method, self._route.url, params=params, data=data, headers=headers, timeout=timeout
+        ) as resp:
+            return resp.status, await read_limited(resp, self._settings.max_batch_bytes)
+
+    def _answered(self, status: int, body: bytes) -> bool:
+        """Take an answer in: its frames fed to the session; False if the peer refused."""
+        if status != 200:
+            self._refused(status, body)
+            return False
+        self._mark_alive()
+        if body:
+            self._hop.feed(body)
+        return True
+
     async def _poll_loop(self) -> None:
-        hop, http = self._hop, self._http
+        hop = self._hop
         core = hop.core
-        limit = self._settings.max_batch_bytes
         try:
             while not self._abandoned and not hop.closed:
                 params = {"last": str(core.last_received), "epoch": str(self.epoch)}
-                async with http.get(
-                    self._url, params=params, headers=self._headers, timeout=self._get_timeout
-                ) as resp:
-                    body = await read_limited(resp, limit)
-                    status = resp.status
-                if self._abandoned:
+                status, body = await self._exchange("GET", params, None, self._get_timeout)
+                if self._abandoned or not self._answered(status, body):
                     return
-                if status != 200:
-                    self._refused(status, body)
-                    return
-                self._mark_alive()
-                if body:
-                    hop.feed(body)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             self._fail(f"poll failed: {exc!r}")
 
     async def _post_loop(self) -> None:
-        hop, http = self._hop, self._http
+        hop = self._hop
         core = hop.core
-        limit = self._settings.max_batch_bytes
+        params = {"epoch": str(self.epoch)}
         try:
             while not self._abandoned:
                 if core.has_payload_to_send or (hop.closed and core.wants_write):
                     batch = hop.take()
-                    async with http.post(
-                        self._url,
-                        params={"epoch": str(self.epoch)},
-                        data=batch,
-                        headers=self._post_headers,
-                        timeout=self._post_timeout,
-                    ) as resp:
-                        body = await read_limited(resp, limit)
-                        status = resp.status
-                    if status != 200:
-                        self._refused(status, body)
+                    status, body = await self._exchange("POST", params, batch, self._post_timeout)
+                    if not self._answered(status, body):
                         return
-                    self._mark_alive()
-                    if body:
-                        hop.feed(body)
                 elif hop.closed:
                     self.abandon()  # everything flushed: stop polling too
                     return

@@ -30,11 +30,13 @@ from typing import Final, Literal
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from yarl import URL
 
-from gateway.core.session.errors import CloseCode, LocalProtocolError, RemoteProtocolError
+from gateway.core.session.errors import CloseCode, RemoteProtocolError, SessionUsageError
 from gateway.core.session.machine import SessionState
-from gateway.transports.hopsession import HopSession, SessionSettings
+from gateway.transports.errors import HandshakeRefused, TransportFailed
+from gateway.transports.handshake import SessionRoute
+from gateway.transports.hopsession import HopSession
+from gateway.transports.session_settings import SessionSettings
 
 __all__ = ["SUBPROTOCOL", "WebSocketTransport", "accept_websocket", "open_websocket"]
 
@@ -133,25 +135,20 @@ def _ws_code(code: int) -> int:
 # -- client end ---------------------------------------------------------------------
 
 
-async def open_websocket(
-    hop: HopSession,
-    http: aiohttp.ClientSession,
-    url: URL,
-    headers: dict[str, str],
-    settings: SessionSettings,
-    *,
-    epoch: int,
-) -> WebSocketTransport:
-    """Handshake and probe a WebSocket candidate; raises ConnectionError with the reason.
+async def open_websocket(hop: HopSession, route: SessionRoute, *, epoch: int) -> WebSocketTransport:
+    """Handshake and probe a WebSocket candidate; TransportFailed says why it is unusable.
 
-    The returned transport is not attached yet: ``await transport.run()`` does it.
+    ``HandshakeRefused`` (a subclass) when the peer answered without a
+    ``101``. The returned transport is not attached yet: ``await
+    transport.run()`` does it.
     """
+    settings = route.settings
     try:
         async with asyncio.timeout(settings.connect_timeout):
-            ws = await http.ws_connect(
-                url.with_query(epoch=str(epoch)),
+            ws = await route.http.ws_connect(
+                route.url.with_query(epoch=str(epoch)),
                 protocols=(SUBPROTOCOL,),
-                headers=headers,
+                headers=route.headers,
                 autoclose=True,
                 autoping=True,
                 heartbeat=None,
@@ -160,22 +157,18 @@ async def open_websocket(
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_CLOSE_TIMEOUT),
             )
     except aiohttp.WSServerHandshakeError as exc:
-        raise ConnectionError(f"WebSocket upgrade refused ({exc.status} {exc.message})") from exc
+        raise HandshakeRefused(exc.status, exc.message) from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise ConnectionError(f"WebSocket connection failed: {exc!r}") from exc
+        raise TransportFailed(f"WebSocket connection failed: {exc!r}") from exc
     except TimeoutError as exc:
-        raise ConnectionError("WebSocket handshake timed out") from exc
-    except Exception as exc:
-        # A middleware of the caller's ClientSession may raise its own (the
-        # gateway's edge.websocket.OriginRefused for a non-101 answer).
-        status = getattr(exc, "status", None)
-        if isinstance(status, int):
-            raise ConnectionError(f"WebSocket upgrade refused ({status})") from exc
-        raise ConnectionError(f"WebSocket connection failed: {exc!r}") from exc
+        raise TransportFailed("WebSocket handshake timed out") from exc
     try:
         if ws.protocol != SUBPROTOCOL:
-            raise ConnectionError(f"the 101 did not echo the {SUBPROTOCOL} subprotocol")
+            raise TransportFailed(f"the 101 did not echo the {SUBPROTOCOL} subprotocol")
         await _probe(hop, ws, settings)
+    except (aiohttp.ClientError, OSError) as exc:
+        await ws.close(code=CloseCode.GOING_AWAY)
+        raise TransportFailed(f"WebSocket probe failed: {exc!r}") from exc
     except BaseException:
         await ws.close(code=CloseCode.GOING_AWAY)
         raise
@@ -188,26 +181,26 @@ async def _probe(
     core = hop.core
     try:
         nonce, batch = core.probe_request(hop.now())
-    except LocalProtocolError as exc:
-        raise ConnectionError("the session is closed") from exc
+    except SessionUsageError as exc:
+        raise TransportFailed("the session is closed") from exc
     await ws.send_bytes(batch)
     try:
         async with asyncio.timeout(settings.probe_timeout):
             msg = await ws.receive()
     except TimeoutError:
-        raise ConnectionError(
+        raise TransportFailed(
             f"no answer to the probe within {settings.probe_timeout:g} s "
             "(a proxy may be holding WebSocket frames)"
         ) from None
     if msg.type is not WSMsgType.BINARY:
-        raise ConnectionError(f"the peer answered the probe with {msg.type.name}, not a HELLO")
+        raise TransportFailed(f"the peer answered the probe with {msg.type.name}, not a HELLO")
     try:
         answered = core.probe_check(msg.data, hop.now())
     except RemoteProtocolError as exc:
-        raise ConnectionError(f"bad probe reply: {exc.reason}") from exc
+        raise TransportFailed(f"bad probe reply: {exc.reason}") from exc
     hop.dispatch()  # the probe's PONG may also have counted as progress
     if answered is None or answered.nonce != nonce:
-        raise ConnectionError("the probe reply answered no probe of ours")
+        raise TransportFailed("the probe reply answered no probe of ours")
 
 
 # -- server end ---------------------------------------------------------------------
@@ -242,7 +235,7 @@ async def accept_websocket(
         hop.log.info("< bad probe on a WebSocket candidate: %s", exc.reason)
         await ws.close(code=_ws_code(exc.code), message=exc.reason.encode()[:123])
         return ws
-    except LocalProtocolError:
+    except SessionUsageError:
         await ws.close(code=CloseCode.SESSION_EXPIRED)
         return ws
     await ws.send_bytes(reply)

@@ -47,8 +47,8 @@ from gateway.core.ladder import LadderSettings
 from gateway.demo.legacy_client import ChatMessage, LegacyChatClient
 from gateway.server import Gateway
 from gateway.status import STATUS_PATH
-from gateway.transports.endpoint import SESSION_PATH
-from gateway.transports.hopsession import SessionSettings
+from gateway.transports.handshake import SESSION_PATH
+from gateway.transports.session_settings import SessionSettings
 from tests.faultproxy import FaultProxy, _Conn
 from tests.helpers import until
 

@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 
 from gateway.server import Gateway
-from gateway.transports.endpoint import SESSION_PATH
+from gateway.transports.handshake import SESSION_PATH
 from tests.proxies import Proxies, proxies  # noqa: F401  (proxies is a fixture)
 
 from .harness import (

@@ -37,7 +37,8 @@ from gateway.core.tunnel import (
     WebSocketAccepted,
 )
 from gateway.transports.connector import SessionConnector
-from gateway.transports.hopsession import HopSession, SessionSettings
+from gateway.transports.hopsession import HopSession
+from gateway.transports.session_settings import SessionSettings
 
 _REQUEST_LINE = re.compile(rb"([A-Z]+) (/[!-~]*) HTTP/1\.[01]")
 _HEADER = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*")

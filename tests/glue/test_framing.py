@@ -42,7 +42,8 @@ from gateway.server import Gateway
 from gateway.status import GatewayStats
 from gateway.transports.connector import SessionConnector
 from gateway.transports.endpoint import SessionServer
-from gateway.transports.hopsession import HopSession, SessionSettings
+from gateway.transports.hopsession import HopSession
+from gateway.transports.session_settings import SessionSettings
 from tests.conftest import MakeGateway
 from tests.glue.rawpeers import RawAnswerer, RawOrigin, RawTunnel, Scripted, raw_session
 from tests.glue.test_bridge import forwarder_for, serve

@@ -31,7 +31,7 @@ from gateway.core.tunnel import (
 )
 from gateway.server import Gateway
 from gateway.status import STATUS_PATH
-from gateway.transports.endpoint import AUTH_HEADER, SESSION_PATH, auth_header_value
+from gateway.transports.handshake import AUTH_HEADER, SESSION_PATH, auth_header_value
 from tests.glue.rawpeers import raw_session
 from tests.helpers import until
 from tests.hop.conftest import StartGateway

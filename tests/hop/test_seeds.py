@@ -33,7 +33,7 @@ from aiohttp.typedefs import Handler
 from gateway.core import discovery
 from gateway.demo.comet import ROOM, make_app
 from gateway.server import Gateway
-from gateway.transports.endpoint import SESSION_HEADER, SESSION_PATH, TOKEN_HEADER
+from gateway.transports.handshake import SESSION_HEADER, SESSION_PATH, TOKEN_HEADER
 from gateway.transports.ws import SUBPROTOCOL
 from tests.conftest import MakeOrigin
 from tests.e2e.harness import (

@@ -12,7 +12,7 @@ import time
 import aiohttp
 import pytest
 
-from gateway.transports.endpoint import auth_header_value
+from gateway.transports.handshake import auth_header_value
 from tests.conftest import MakeGateway
 from tests.hostile import peer as hp
 from tests.hostile.conftest import Origin

@@ -27,7 +27,7 @@ import pytest
 from aiohttp import web
 
 from gateway.server import Gateway
-from gateway.transports.endpoint import auth_header_value
+from gateway.transports.handshake import auth_header_value
 from tests.conftest import MakeGateway, MakeOrigin
 from tests.hostile import peer as hp
 from tests.hostile.conftest import ErrorRecords

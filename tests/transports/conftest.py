@@ -20,7 +20,8 @@ from yarl import URL
 from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.connector import SessionConnector
 from gateway.transports.endpoint import SessionServer
-from gateway.transports.hopsession import HopSession, SessionSettings
+from gateway.transports.hopsession import HopSession
+from gateway.transports.session_settings import SessionSettings
 from tests.faultproxy import FaultProxy
 
 Kind = Literal["websocket", "long-poll"]

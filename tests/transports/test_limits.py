@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.transports.endpoint import (
+from gateway.transports.handshake import (
     AUTH_HEADER,
     SESSION_HEADER,
     SESSION_PATH,

@@ -11,7 +11,13 @@ import pytest
 from aiohttp import web
 
 from gateway.core.session.frames import FrameDecoder, Hello
-from gateway.transports.endpoint import (
+from gateway.transports.errors import (
+    HandshakeRefused,
+    NotAGateway,
+    SessionRefused,
+    TransportFailed,
+)
+from gateway.transports.handshake import (
     AUTH_HEADER,
     SESSION_HEADER,
     SESSION_PATH,
@@ -20,7 +26,6 @@ from gateway.transports.endpoint import (
     check_auth,
     decode_token,
 )
-from gateway.transports.hopsession import SessionUnavailable
 from gateway.transports.registry import ReplayCache
 from gateway.transports.ws import SUBPROTOCOL
 from tests.transports.conftest import (
@@ -197,8 +202,9 @@ async def test_max_sessions_answers_503_with_retry_after(
     async with http.post(handle.url + SESSION_PATH) as resp:
         assert resp.status == 503
         assert resp.headers["Retry-After"].isdigit()
-    with pytest.raises(SessionUnavailable, match="503"):
+    with pytest.raises(SessionRefused, match="503") as refused:
         await make_connector(handle.url).connect()
+    assert refused.value.status == 503 and (refused.value.retry_after or "").isdigit()
 
 
 async def test_ids_and_tokens_are_long_and_random(
@@ -248,9 +254,10 @@ async def test_hop_secret_required_to_open_a_session(
     async with http.post(handle.url + SESSION_PATH) as resp:
         assert resp.status == 403
         assert "hop secret" in await resp.text()
-    with pytest.raises(SessionUnavailable, match=r"403.*hop secret"):
+    with pytest.raises(SessionRefused, match=r"403.*hop secret") as refused:
         await make_connector(handle.url).connect()
-    with pytest.raises(SessionUnavailable, match="wrong hop secret"):
+    assert refused.value.status == 403
+    with pytest.raises(SessionRefused, match="wrong hop secret"):
         await make_connector(handle.url, hop_secret="guess").connect()
     hop = await make_connector(handle.url, hop_secret="s3cret").connect()
     assert hop.transport == "websocket"
@@ -367,7 +374,7 @@ async def test_legacy_servers_are_never_taken_for_gateways(
 ) -> None:
     url = await start_raw(handler)  # type: ignore[arg-type]
     connector = make_connector(url, prefer=prefer)
-    with pytest.raises(SessionUnavailable, match=reason) as caught:
+    with pytest.raises(NotAGateway, match=reason) as caught:
         await asyncio.wait_for(connector.connect(), timeout=10)
     assert connector.session is None and connector.upgrades == 0
     assert url in str(caught.value)
@@ -397,8 +404,9 @@ async def test_a_101_without_hello_is_not_taken_even_from_a_gateway(
     hop = await asyncio.wait_for(connector.connect(), timeout=10)
     assert hop.transport == "long-poll"
     assert connector.upgrades == 0 and connector.fallbacks == 1
-    failure = connector.last_websocket_failure or ""
-    assert ("probe" in failure) if subprotocol else ("subprotocol" in failure)
+    failure = connector.last_websocket_failure
+    assert isinstance(failure, TransportFailed) and not isinstance(failure, HandshakeRefused)
+    assert ("probe" in str(failure)) if subprotocol else ("subprotocol" in str(failure))
     _server, inbox = await handle.next_session()
     hop.send("over long-poll")
     await inbox.wait_for(1)

@@ -8,8 +8,11 @@ from dataclasses import replace
 import aiohttp
 from yarl import URL
 
-from gateway.transports.connector import SessionConnector
+from gateway.transports.connector import SessionConnector, session_client
+from gateway.transports.errors import HandshakeRefused
+from gateway.transports.handshake import SESSION_PATH, TOKEN_HEADER
 from gateway.transports.hopsession import HopSession
+from gateway.transports.http import capture_refusal
 from tests.faultproxy import FaultProxy
 from tests.transports.conftest import (
     FAST,
@@ -103,7 +106,7 @@ async def test_ws_black_holed_after_101_stays_on_long_poll(make_pair: MakePair) 
     connector = pair.connector
     assert pair.client.transport == "long-poll"
     assert connector.upgrades == 0 and connector.fallbacks == 1
-    assert "probe" in (connector.last_websocket_failure or "")
+    assert "probe" in str(connector.last_websocket_failure)
 
     async def reprobes_fail() -> None:
         async with asyncio.timeout(10):
@@ -152,7 +155,8 @@ async def test_upgrades_refused_by_the_path_long_poll_works(make_pair: MakePair)
     assert pair.proxy is not None
     pair.proxy.refuse_upgrades = True
     assert not await pair.connector.upgrade()
-    assert "400" in (pair.connector.last_websocket_failure or "")
+    failure = pair.connector.last_websocket_failure
+    assert isinstance(failure, HandshakeRefused) and failure.status == 400, failure
     assert pair.proxy.upgrades_refused == 1
     assert pair.client.transport == "long-poll"
     for i in range(200):
@@ -174,41 +178,47 @@ async def test_websocket_first_falls_back_when_upgrades_are_refused(
     await pair.client_inbox.wait_for(1)
 
 
-async def test_refused_upgrade_through_the_gateways_own_client_session(
+async def test_the_hop_client_drops_the_plain_clients_refusal_middleware(
     start_server: StartServer, proxies: list[FaultProxy]
 ) -> None:
-    """The Gateway's ClientSession turns a refused handshake into its own exception."""
-    from gateway.transports.http import capture_refusal
+    """A refused upgrade is aiohttp's own error on the hop client, matched by class.
 
+    The Gateway's plain client turns a refused handshake into ``OriginRefused``
+    (its middleware); ``session_client`` shares that client's pool without the
+    middleware, so the connector sees ``HandshakeRefused`` and falls back.
+    """
     handle = await start_server(FAST)
     proxy = await start_proxy(proxies, handle.port)
     proxy.refuse_upgrades = True
-    async with aiohttp.ClientSession(middlewares=(capture_refusal,)) as http:
-        connector = SessionConnector(URL(proxy.url), http, FAST)
-        try:
-            hop = await asyncio.wait_for(connector.connect(), timeout=10)
-            assert hop.transport == "long-poll"
-            assert "refused (400)" in (connector.last_websocket_failure or "")
-            server, inbox = await handle.next_session()
-            hop.send("via long-poll")
-            await inbox.wait_for(1)
-            server.send("back")
-        finally:
-            await connector.close()
+    async with aiohttp.ClientSession(middlewares=(capture_refusal,)) as plain:
+        async with session_client(plain) as http:
+            connector = SessionConnector(URL(proxy.url), http, FAST)
+            try:
+                hop = await asyncio.wait_for(connector.connect(), timeout=10)
+                assert hop.transport == "long-poll"
+                failure = connector.last_websocket_failure
+                assert isinstance(failure, HandshakeRefused), failure
+                assert failure.status == 400 and "refused (400" in str(failure)
+                server, inbox = await handle.next_session()
+                hop.send("via long-poll")
+                await inbox.wait_for(1)
+                server.send("back")
+            finally:
+                await connector.close()
+        assert not plain.closed and plain.connector is not None and not plain.connector.closed
 
 
 async def test_a_late_request_of_an_abandoned_transport_does_not_switch_back(
     make_pair: MakePair,
 ) -> None:
     """A poll or POST delayed past the switch to WebSocket is stale: answered empty, no switch."""
-    from gateway.transports.endpoint import SESSION_PATH, TOKEN_HEADER
-
     pair = await make_pair("long-poll", replace(FAST, **NO_REPROBE))
     old_epoch = pair.client.epoch
     assert await pair.connector.upgrade()
     await wait_transport(pair.server, "websocket")
     url = pair.handle.url + SESSION_PATH + "/" + pair.server.session_id
-    token = pair.connector._token_text
+    assert pair.connector.route is not None
+    token = pair.connector.route.headers[TOKEN_HEADER]
     async with aiohttp.ClientSession() as http:
         params = {"last": "0", "epoch": str(old_epoch)}
         async with asyncio.timeout(5):

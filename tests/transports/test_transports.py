@@ -13,8 +13,10 @@ from dataclasses import replace
 import aiohttp
 
 from gateway.core.session.frames import Data, FrameDecoder, Hello
-from gateway.transports.endpoint import SESSION_HEADER, SESSION_PATH, TOKEN_HEADER
-from gateway.transports.hopsession import HopSession, SessionClosedError, SessionSettings
+from gateway.transports.errors import SessionClosedError
+from gateway.transports.handshake import SESSION_HEADER, SESSION_PATH, TOKEN_HEADER
+from gateway.transports.hopsession import HopSession
+from gateway.transports.session_settings import SessionSettings
 from tests.transports.conftest import (
     FAST,
     Inbox,
