@@ -1,0 +1,294 @@
+"""Each private aiohttp/asyncio detail ``gateway.transports.aiohttp_internals`` relies on.
+
+One test checks the detail is still there in the shape we use (a failure
+names it, so an aiohttp upgrade says exactly what to fix), one drives it
+against a real server on loopback.  A control without our helper shows the
+detail still matters: if aiohttp changes so that it does not, the helper
+can go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from asyncio import selector_events
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web, web_protocol
+
+from gateway.transports.aiohttp_internals import (
+    RelayedResponse,
+    limit_reads,
+    never_resend,
+    take_over_reading,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def _internal(condition: bool, name: str, what: str) -> None:
+    if not condition:
+        pytest.fail(
+            f"aiohttp internal {name} changed: {what}. "
+            "Fix gateway/transports/aiohttp_internals.py (aiohttp "
+            f"{aiohttp.__version__})",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+async def low_level_server() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
+    """A ``web.Server`` (the low-level server the gateway uses) on a loopback port."""
+    runners: list[web.ServerRunner] = []
+
+    async def start(handler: Handler) -> int:
+        runner = web.ServerRunner(web.Server(handler))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        return int(server.sockets[0].getsockname()[1])
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def _raw_exchange(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(reader.read(-1), 5)
+    finally:
+        writer.close()
+
+
+def _head_names(raw: bytes) -> set[str]:
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    return {line.split(":", 1)[0].strip().lower() for line in head.split("\r\n")[1:]}
+
+
+# -- RelayedResponse: StreamResponse._prepare_headers ---------------------------------------
+
+
+def test_prepare_headers_is_still_the_step_that_adds_default_headers() -> None:
+    name = "web.StreamResponse._prepare_headers"
+    method = getattr(web.StreamResponse, "_prepare_headers", None)
+    _internal(method is not None, name, "the method is gone")
+    _internal(inspect.iscoroutinefunction(method), name, "no longer a coroutine function")
+    _internal(
+        list(inspect.signature(method).parameters) == ["self"],  # type: ignore[arg-type]
+        name,
+        f"its parameters are now {inspect.signature(method)}",  # type: ignore[arg-type]
+    )
+    source = inspect.getsource(web.StreamResponse._start)
+    _internal("_prepare_headers" in source, name, "StreamResponse._start no longer calls it")
+
+
+@pytest.mark.parametrize("relayed", [True, False])
+async def test_relayed_response_adds_no_content_type_or_server(
+    low_level_server: Callable[[Handler], Awaitable[int]], relayed: bool
+) -> None:
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        response = RelayedResponse() if relayed else web.StreamResponse()
+        response.headers["X-Kept"] = "1"
+        await response.prepare(request)
+        await response.write(b"untyped body")
+        await response.write_eof()
+        return response
+
+    port = await low_level_server(handler)
+    raw = await _raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    names = _head_names(raw)
+    assert raw.endswith(b"untyped body\r\n0\r\n\r\n")
+    assert {"x-kept", "date", "transfer-encoding"} <= names
+    if relayed:
+        assert "content-type" not in names and "server" not in names
+    else:  # the control: what the override exists to undo
+        assert {"content-type", "server"} <= names
+
+
+async def test_relayed_response_keeps_the_upstreams_own_values(
+    low_level_server: Callable[[Handler], Awaitable[int]],
+) -> None:
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        response = RelayedResponse()
+        response.headers["Content-Type"] = "text/event-stream"
+        response.headers["Server"] = "legacy-comet/1.0"
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    port = await low_level_server(handler)
+    raw = await _raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert b"Content-Type: text/event-stream\r\n" in raw
+    assert b"Server: legacy-comet/1.0\r\n" in raw
+
+
+# -- never_resend: ClientSession._retry_connection ------------------------------------------
+
+
+async def test_retry_connection_is_still_a_session_attribute() -> None:
+    name = "ClientSession._retry_connection"
+    _internal("_retry_connection" in aiohttp.ClientSession.ATTRS, name, "not in ATTRS")
+    async with aiohttp.ClientSession() as session:
+        _internal(
+            getattr(session, "_retry_connection", None) is True,
+            name,
+            "a new session no longer has it set to True",
+        )
+    source = inspect.getsource(aiohttp.ClientSession._request)
+    _internal("self._retry_connection" in source, name, "ClientSession._request ignores it")
+
+
+async def _count_requests_with_dropping_origin(resend_guard: bool) -> int:
+    """Requests an origin saw for two GETs on one pooled connection it drops after the first."""
+    seen = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                seen += 1
+                if seen > 1:
+                    break  # close without answering, as an origin restart would
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connector = aiohttp.TCPConnector(limit=1)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            if resend_guard:
+                never_resend(session)
+            async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                assert await resp.read() == b"ok"
+            with pytest.raises(aiohttp.ServerDisconnectedError):
+                async with session.get(f"http://127.0.0.1:{port}/"):
+                    pass
+    finally:
+        server.close()
+        await server.wait_closed()
+    return seen
+
+
+async def test_never_resend_sends_a_dropped_get_once() -> None:
+    assert await _count_requests_with_dropping_origin(resend_guard=True) == 2
+    # The control: aiohttp on its own sends the second GET again.
+    assert await _count_requests_with_dropping_origin(resend_guard=False) == 3
+
+
+# -- take_over_reading: RequestHandler.set_parser -------------------------------------------
+
+
+def test_set_parser_still_takes_a_feed_for_the_connections_later_bytes() -> None:
+    name = "web_protocol.RequestHandler.set_parser"
+    method = getattr(web_protocol.RequestHandler, "set_parser", None)
+    _internal(method is not None, name, "the method is gone")
+    params = list(inspect.signature(method).parameters)  # type: ignore[arg-type]
+    _internal(params[:2] == ["self", "parser"], name, f"its parameters are now {params}")
+    source = inspect.getsource(web_protocol.RequestHandler.data_received)
+    _internal(
+        "_payload_parser.feed_data(" in source,
+        name,
+        "data_received no longer hands later bytes to the installed parser's feed_data",
+    )
+
+
+async def test_take_over_reading_gets_every_byte_after_a_connect_head(
+    low_level_server: Callable[[Handler], Awaitable[int]],
+) -> None:
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, reason="Connection established")
+        await response.prepare(request)
+        reader = take_over_reading(request, 1024)
+        got = bytearray()
+        while len(got) < len(b"early+later"):
+            got += await asyncio.wait_for(reader.readany(), 5)
+        await response.write(b"echo:" + bytes(got))
+        request.protocol.force_close()
+        return response
+
+    port = await low_level_server(handler)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\nearly")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 Connection established")
+        writer.write(b"+later")
+        assert await asyncio.wait_for(reader.read(-1), 5) == b"echo:early+later"
+    finally:
+        writer.close()
+
+
+# -- limit_reads: the selector transport's max_size ------------------------------------------
+
+
+def test_selector_transport_still_reads_max_size_bytes_at_a_time() -> None:
+    name = "asyncio selector transport max_size"
+    transport_class: type | None = getattr(selector_events, "_SelectorSocketTransport", None)
+    _internal(transport_class is not None, name, "_SelectorSocketTransport is gone")
+    assert transport_class is not None
+    _internal(
+        isinstance(getattr(transport_class, "max_size", None), int),
+        name,
+        "the class has no int max_size",
+    )
+    source = inspect.getsource(transport_class)
+    _internal("self.max_size" in source, name, "its reads no longer use max_size")
+
+
+async def _buffered_after_stall(
+    start: Callable[[Handler], Awaitable[int]], read_limit: int | None
+) -> int:
+    """Bytes the client holds for a 256 KiB body nobody reads (pause at 8 KiB buffered)."""
+    sent = asyncio.Event()
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 256 * 1024
+        await response.prepare(request)
+        await asyncio.sleep(0.2)  # the head goes out alone (prepare sends it)
+        await response.write(b"x" * (256 * 1024))
+        sent.set()
+        return response
+
+    port = await start(handler)
+    async with (
+        aiohttp.ClientSession(read_bufsize=4096) as session,
+        session.get(f"http://127.0.0.1:{port}/") as resp,
+    ):
+        transport = resp.connection.transport if resp.connection else None
+        _internal(
+            isinstance(getattr(transport, "max_size", None), int),
+            "asyncio selector transport max_size",
+            f"{type(transport).__name__} has no int max_size",
+        )
+        if read_limit is not None:
+            limit_reads(resp, read_limit)
+            assert transport.max_size == read_limit  # type: ignore[union-attr]
+        await asyncio.wait_for(sent.wait(), 5)
+        await asyncio.sleep(0.3)
+        held = len(resp.content.read_nowait())
+        resp.close()
+    return held
+
+
+async def test_limit_reads_bounds_what_a_stalled_response_holds(
+    low_level_server: Callable[[Handler], Awaitable[int]],
+) -> None:
+    # aiohttp pauses reading past 2 * read_bufsize; each read may add one max_size.
+    assert await _buffered_after_stall(low_level_server, 1024) <= 8192 + 1024
+    # The control: one asyncio read takes whatever the kernel holds, up to 256 KiB.
+    assert await _buffered_after_stall(low_level_server, None) > 8192 + 1024
