@@ -1,6 +1,6 @@
 """Relaying: ``client gw -> relay gw -> server gw``, the middle one with a session on each hop.
 
-Uses the chain of ``test_bridge`` with ``relay=True``: the middle gateway's
+Uses the chain of ``chain.py`` with ``relay=True``: the middle gateway's
 answering links relay every stream onto its own opener link, frame by frame.
 """
 
@@ -19,18 +19,8 @@ from yarl import URL
 
 from gateway.glue.link import TunnelLink
 from tests.conftest import MakeGateway, MakeOrigin
-from tests.glue.test_bridge import (
-    TRANSPORTS,
-    BuildChain,
-    MiB,
-    Origin,
-    build_chain,
-    headers_of,
-    origin,
-)
+from tests.glue.chain import TRANSPORTS, BuildChain, MiB, Origin, headers_of
 from tests.helpers import until
-
-__all__ = ["build_chain", "origin"]  # fixtures
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -1,0 +1,257 @@
+"""The chain the glue tests run on: real gateways' pieces over real hop sessions, on loopback.
+
+::
+
+    test client -> downstream server (TunnelLink.forward) == hop session ==> upstream
+    SessionServer (TunnelLink, opener=False) -> origin
+
+optionally with a middle gateway whose answering links relay every stream
+onto its own opening link. The downstream server falls back to plain HTTP on
+``NotSent`` exactly as the gateway does; the upstream server forwards plain
+requests too, so the plain path and the tunnelled path reach the origin
+through the same pieces. The fixtures (``build_chain``, ``origin``) are in
+``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from yarl import URL
+
+from gateway.config import Config
+from gateway.edges.forward import Forwarder, upstream_target
+from gateway.edges.websocket import pass_through
+from gateway.glue.link import TunnelLink
+from gateway.glue.opener import NotSent, tunnel_target
+from gateway.status import GatewayStats
+from gateway.transports.aiohttp_internals import never_resend
+from gateway.transports.connector import SessionConnector
+from gateway.transports.endpoint import SessionServer
+from gateway.transports.hopsession import HopSession
+from gateway.transports.http import capture_refusal, is_websocket_upgrade
+from gateway.transports.session_settings import SessionSettings
+
+TRANSPORTS = ["websocket", "long-poll"]
+MiB = 1024 * 1024
+
+
+def forwarder_for(config: Config, stats: GatewayStats) -> Forwarder:
+    """A Forwarder with the client session the gateway builds (same options)."""
+    client = aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        middlewares=(capture_refusal,),
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=config.connect_timeout, sock_read=config.upstream_timeout
+        ),
+    )
+    never_resend(client)
+    return Forwarder(config, client, stats)
+
+
+async def serve(
+    handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+) -> tuple[web.ServerRunner, str]:
+    runner = web.ServerRunner(web.Server(handler, handler_cancellation=True), shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+def session_settings(transport: str) -> SessionSettings:
+    # Long-poll stays long-poll for the whole test: no WebSocket re-probe.
+    return SessionSettings(reprobe_initial=3600, reprobe_max=3600, close_timeout=2)
+
+
+@dataclass
+class Gate:
+    """One gateway's pieces: forwarder, its upstream, the links its sessions got."""
+
+    name: str
+    upstream: URL
+    forwarder: Forwarder
+    stats: GatewayStats
+    links: list[TunnelLink] = field(default_factory=list)
+    next_hop: TunnelLink | None = None
+    sessions: SessionServer | None = None
+    runner: web.ServerRunner | None = None
+    url: str = ""
+    not_sent: list[str] = field(default_factory=list)
+    plain: bool = False  # downstream: skip the tunnel
+
+    async def handle_upstream(self, request: web.BaseRequest) -> web.StreamResponse:
+        assert self.sessions is not None
+        if self.sessions.handles(request):
+            return await self.sessions.handle(request)
+        return await self.relay(request)
+
+    async def relay(self, request: web.BaseRequest) -> web.StreamResponse:
+        """What ``Gateway._relay`` does: the tunnel if live, plain HTTP on NotSent."""
+        key = str(self.upstream)
+        link = self.next_hop
+        if link is not None and link.alive and not self.plain:
+            target = tunnel_target(self.upstream, request)
+            try:
+                if is_websocket_upgrade(request):
+                    return await link.forward_websocket(request, target, origin_key=key)
+                return await link.forward(request, target, origin_key=key)
+            except NotSent as exc:
+                self.not_sent.append(str(exc))
+        plain = upstream_target(self.upstream, request)
+        if is_websocket_upgrade(request):
+            return await pass_through(request, plain, forwarder=self.forwarder, origin_key=key)
+        return await self.forwarder.forward(request, plain, origin_key=key)
+
+    def on_session(self, hop: HopSession) -> None:
+        self.links.append(
+            TunnelLink(
+                hop,
+                opener=False,
+                forwarder=self.forwarder,
+                upstream=self.upstream,
+                next_hop=lambda: self.next_hop,
+                peer_ip="127.0.0.1",
+            )
+        )
+
+
+@dataclass
+class Chain:
+    client: aiohttp.ClientSession
+    entry: Gate  # the downstream gateway the client talks to
+    server: Gate  # the gateway beside the origin
+    middle: Gate | None
+    url: str  # where the client sends its requests
+    origin: str
+    connectors: list[SessionConnector]
+
+    @property
+    def down(self) -> TunnelLink:
+        assert self.entry.next_hop is not None
+        return self.entry.next_hop
+
+    @property
+    def up(self) -> TunnelLink:
+        return self.server.links[-1]
+
+
+BuildChain = Callable[..., Awaitable[Chain]]
+
+
+@dataclass
+class Origin:
+    """An origin that records every request it saw and can hold or stream."""
+
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled_at: float = 0.0
+    acks: list[asyncio.Event] = field(default_factory=lambda: [asyncio.Event() for _ in range(5)])
+    ws_close: tuple[int, str] | None = None
+    download_sent: int = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        body = b""
+        if path.startswith("/upload"):
+            digest, size = hashlib.sha256(), 0
+            async for chunk in request.content.iter_chunked(256 * 1024):
+                digest.update(chunk)
+                size += len(chunk)
+            self.record(request, b"")
+            return web.json_response({"size": size, "sha256": digest.hexdigest()})
+        if path == "/limited":
+            self.record(request, b"")
+            return web.Response(status=413, text="too big for me", headers={"X-Limit": "10"})
+        body = b"".join([chunk async for chunk in request.content.iter_chunked(MiB)])
+        self.record(request, body)
+        if path == "/hold":
+            try:
+                await asyncio.sleep(float(request.query.get("s", "30")))
+            except asyncio.CancelledError:
+                self.cancelled_at = time.monotonic()
+                self.cancelled.set()
+                raise
+            return web.Response(text="held and answered")
+        if path == "/download":
+            return await self.download(request, int(request.query["n"]))
+        if path == "/sse":
+            return await self.sse(request)
+        if path == "/ws":
+            return await self.websocket(request)
+        if path == "/refuse-ws":
+            return web.Response(status=403, text="no sockets for you", headers={"X-Why": "policy"})
+        info = {
+            "method": request.method,
+            "raw_path": request.raw_path,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body_len": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        }
+        return web.json_response(
+            info, headers={"X-Origin": "yes", "Connection": "X-Drop", "X-Drop": "1"}
+        )
+
+    def record(self, request: web.Request, body: bytes) -> None:
+        self.seen.append({"method": request.method, "path": request.raw_path, "body": body})
+        self.arrived.set()
+
+    async def download(self, request: web.Request, n: int) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = n
+        await response.prepare(request)
+        block = bytes(range(256)) * 256  # 64 KiB
+        sent = 0
+        while sent < n:
+            piece = block[: min(len(block), n - sent)]
+            await response.write(piece)
+            sent += len(piece)
+            self.download_sent = sent
+        await response.write_eof()
+        return response
+
+    async def sse(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i, ack in enumerate(self.acks):
+            await response.write(f"data: event {i}\n\n".encode())
+            await asyncio.wait_for(ack.wait(), 10)
+        await response.write_eof()
+        return response
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(protocols=("chat.v2",), autoclose=False)
+        await ws.prepare(request)
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                if msg.data.startswith("close:"):
+                    await ws.close(code=int(msg.data[6:]), message=b"origin says bye")
+                    break
+                await ws.send_str("echo " + msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await ws.send_bytes(b"echo " + msg.data)
+            elif msg.type is WSMsgType.CLOSE:
+                self.ws_close = (msg.data, msg.extra)
+                await ws.close(code=4001, message=b"answer")
+                break
+            else:
+                break
+        return ws
+
+
+def headers_of(info: dict[str, Any]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in info["headers"]:
+        out.setdefault(k.lower(), []).append(v)
+    return out

@@ -1,0 +1,95 @@
+"""The answering side never becomes an open proxy: what a peer's stream may ask for.
+
+``check_request`` on its own, then end to end on the chain of ``chain.py``: a
+forbidden target is reset before anything is sent, and ``Host`` cannot move
+the connection off the configured upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.core.tunnel import ResetCode, ResponseReceived, StreamReset
+from gateway.glue.answerer import check_request
+from gateway.glue.mailbox import Mailbox
+from tests.glue.chain import BuildChain, Origin
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "why"),
+    [
+        ("GET", b"http://evil.example/x", "not origin-form"),
+        ("GET", b"https://evil.example:8443/", "not origin-form"),
+        ("GET", b"//evil.example/x", "not origin-form"),
+        ("CONNECT", b"evil.example:443", "method"),
+        ("CONNECT", b"/x", "method"),
+        ("OPTIONS", b"*", "not origin-form"),
+        ("GET", b"/a b", "whitespace"),
+        ("GET", b"/a\r\nHost: evil", "whitespace"),
+    ],
+)
+def test_check_request_refuses_anything_but_origin_form(
+    method: str, target: bytes, why: str
+) -> None:
+    problem = check_request(method, target, ())
+    assert problem is not None and why in problem
+
+
+def test_check_request_refuses_header_injection() -> None:
+    assert check_request("GET", b"/", ((b"X-A", b"1\r\nHost: evil"),)) is not None
+    assert check_request("GET", b"/", ((b"Bad Name", b"1"),)) is not None
+    assert check_request("GET", b"/ok?q=%20", ((b"X-A", b"1"),)) is None
+
+
+@pytest.mark.parametrize("transport", ["websocket"])
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("GET", "http://127.0.0.1:1/steal"),
+        ("GET", "//127.0.0.1:1/steal"),
+        ("CONNECT", "127.0.0.1:1"),
+        ("GET", "*"),
+    ],
+)
+async def test_forbidden_targets_are_reset_and_never_reach_anything(
+    build_chain: BuildChain,
+    origin: tuple[Origin, str],
+    transport: str,
+    method: str,
+    target: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    o, url = origin
+    chain = await build_chain(url, transport)
+    link = chain.down
+    box = Mailbox()
+    sid = link.tunnel.open_http(method, target, [("Host", "127.0.0.1:1")])
+    link.driver.register(sid, box)
+    link.driver.flush()
+    async with asyncio.timeout(5):
+        event = await box.next_event()
+    assert isinstance(event, StreamReset)
+    assert event.code == ResetCode.PROTOCOL and event.remote
+    assert "refused stream" in caplog.text
+    assert o.seen == []
+
+
+@pytest.mark.parametrize("transport", ["websocket"])
+async def test_host_header_cannot_steer_the_connection(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    o, url = origin
+    chain = await build_chain(url, transport)
+    link = chain.down
+    box = Mailbox()
+    sid = link.tunnel.open_http("GET", "/h", [("Host", "evil.example:1")])
+    link.driver.register(sid, box)
+    link.driver.flush()
+    async with asyncio.timeout(5):
+        head = await box.next_event()
+    assert isinstance(head, ResponseReceived) and head.status == 200
+    assert [s["path"] for s in o.seen] == ["/h"]
