@@ -22,7 +22,7 @@ claim here, rebuilds the framing itself and counts the body:
   when a chunk would pass it or the END comes short, and the caller resets
   the stream (and drops the connection that carried the partial message).
 
-Pure: no I/O, used by ``bridge.py`` and ``relay.py``.
+Pure: no I/O, used by the glue (``gateway/glue/``: driver, opener, answerer, relay).
 """
 
 from __future__ import annotations
