@@ -16,7 +16,7 @@ from typing import Any
 from gateway import __version__
 from gateway.config import SETTINGS, ConfigError, Role, Setting, build_config, load_toml
 from gateway.demo import runner as demo_runner
-from gateway.server import serve
+from gateway.process import serve
 
 DESCRIPTION = """\
 hopgate: a transparent long-poll <-> WebSocket upgrading gateway.

@@ -1,11 +1,11 @@
-"""The gateway process: listen, hand each request to the router, shut down gracefully.
+"""One gateway: listen, hand each request to the router, shut down gracefully.
 
 ``Gateway`` is the one object a caller needs: ``await gw.start()`` binds the
 listening socket (port 0 picks a free one, see ``gw.port``), ``await
 gw.stop()`` closes the listener, lets held requests finish for
-``shutdown_grace`` seconds and then ends them.  ``serve()`` wraps both with
-signal handling for the CLI; tests and ``hopgate demo`` start gateways
-in-process through the same class.
+``shutdown_grace`` seconds and then ends them.  ``gateway.process.serve()``
+wraps both with signal handling for the CLI; tests and ``hopgate demo``
+start gateways in-process through the same class.
 
 The gateway derives its ``Settings`` from the ``Config`` once
 (``gateway.settings``) and hands each layer its piece; which handler answers
@@ -31,10 +31,8 @@ than the status page are forwarded like any other, and requests go plain.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import signal
 import ssl
 from collections.abc import Coroutine
 from types import TracebackType
@@ -44,6 +42,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from gateway.clients import origin_client
 from gateway.config import Config
 from gateway.core import discovery
 from gateway.edges.connect import open_tunnel
@@ -57,27 +56,17 @@ from gateway.edges.inbound import (
 from gateway.glue.link import TunnelLink
 from gateway.link import LinkTable, UpstreamLink
 from gateway.router import Relay, Router
-from gateway.settings import ClientSettings, ListenerSettings, Settings, derive
+from gateway.settings import ListenerSettings, Settings, derive
 from gateway.status import GatewayStats
-from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.connector import session_client
 from gateway.transports.endpoint import SessionServer
 from gateway.transports.handshake import SESSION_PATH
 from gateway.transports.hopsession import HopSession
-from gateway.transports.http import capture_refusal
 from gateway.transports.registry import client_key
 
 log = logging.getLogger("hopgate")
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
-
-
-def client_ssl_context(client: ClientSettings) -> ssl.SSLContext:
-    """Verification context for ``https://`` upstreams: system CAs plus ``--ca-file``."""
-    context = ssl.create_default_context()
-    if client.ca_file is not None:
-        context.load_verify_locations(cafile=str(client.ca_file))
-    return context
 
 
 def server_ssl_context(listener: ListenerSettings) -> ssl.SSLContext | None:
@@ -86,33 +75,6 @@ def server_ssl_context(listener: ListenerSettings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(listener.tls_cert), str(listener.tls_key))
     return context
-
-
-def origin_client(client: ClientSettings) -> aiohttp.ClientSession:
-    """The gateway's HTTP client towards origins and next hops (plain requests)."""
-    connector = aiohttp.TCPConnector(
-        limit=client.max_connections,
-        ssl=client_ssl_context(client),
-        enable_cleanup_closed=True,
-    )
-    session = aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        # A response nobody reads (a stalled tunnel stream) holds what aiohttp
-        # read ahead: ~1 MiB per origin connection at the 64 KiB default.
-        read_bufsize=16 * 1024,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        # Hands a refused WebSocket handshake (status, body) back to the
-        # pass-through instead of letting ws_connect drop the body.
-        middlewares=(capture_refusal,),
-        timeout=aiohttp.ClientTimeout(
-            total=None, connect=client.connect_timeout, sock_read=client.upstream_timeout
-        ),
-    )
-    # A long-poll GET often consumes messages: never sent to the origin twice.
-    never_resend(session)
-    return session
 
 
 class SharedSlots:
@@ -425,42 +387,3 @@ class Gateway:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-
-async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
-    """Run a gateway until SIGINT/SIGTERM; a second signal forces the exit."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            log.info(
-                "= %s received: closing the listener, held requests get %gs to finish "
-                "(signal again to stop now)",
-                signal.Signals(signum).name,
-                config.shutdown_grace,
-            )
-            stop.set()
-        else:
-            log.warning("= second signal: exiting now")
-            raise SystemExit(1)
-
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, on_signal, signum)
-            installed.append(signum)
-    gateway = Gateway(config)
-    try:
-        await gateway.start()
-        if ready is not None:
-            ready.set()
-        await stop.wait()
-    finally:
-        await gateway.stop()
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-    log.info("= stopped")

@@ -1,0 +1,60 @@
+"""The ``hopgate server`` / ``hopgate client`` process: one gateway until a signal.
+
+``serve`` is what the CLI runs: it starts a ``Gateway``, waits for SIGINT or
+SIGTERM, then stops it gracefully (held requests get ``--shutdown-grace``);
+a second signal exits at once.  The signal handlers it installs are removed
+again on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from gateway.config import Config
+from gateway.server import Gateway
+
+__all__ = ["serve"]
+
+log = logging.getLogger("hopgate")
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    """Run a gateway until SIGINT/SIGTERM; a second signal forces the exit."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info(
+                "= %s received: closing the listener, held requests get %gs to finish "
+                "(signal again to stop now)",
+                signal.Signals(signum).name,
+                config.shutdown_grace,
+            )
+            stop.set()
+        else:
+            log.warning("= second signal: exiting now")
+            raise SystemExit(1)
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+    gateway = Gateway(config)
+    try:
+        await gateway.start()
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await gateway.stop()
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+    log.info("= stopped")
