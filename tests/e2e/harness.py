@@ -46,6 +46,7 @@ from gateway.core import discovery
 from gateway.core.ladder import LadderSettings
 from gateway.demo.legacy_client import ChatMessage, LegacyChatClient
 from gateway.server import Gateway
+from gateway.settings import derive
 from gateway.status import STATUS_PATH
 from gateway.transports.handshake import SESSION_PATH
 from gateway.transports.session_settings import SessionSettings
@@ -118,7 +119,10 @@ class Gateways:
         config = build_config(
             role, {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, **(settings or {})}
         )
-        gateway = Gateway(config, ladder=FAST_LADDER, session_settings=session)
+        settings = derive(config).replace(ladder=FAST_LADDER)
+        if session is not None:
+            settings = settings.replace(session=session)
+        gateway = Gateway(config, settings=settings)
         await gateway.start()
         self.started.append(gateway)
         return gateway

@@ -11,6 +11,7 @@ import pytest
 from gateway.config import Role, build_config
 from gateway.core.ladder import LadderSettings
 from gateway.server import Gateway
+from gateway.settings import derive
 
 #: Back-off short enough for a test; a legacy peer is never asked twice during one.
 FAST = LadderSettings(retry_initial=0.2, retry_max=1.0, legacy_recheck=600.0)
@@ -33,7 +34,7 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
         config = build_config(
             role, {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, **(settings or {})}
         )
-        gateway = Gateway(config, ladder=ladder)
+        gateway = Gateway(config, settings=derive(config).replace(ladder=ladder))
         await gateway.start()
         gateways.append(gateway)
         return gateway
