@@ -35,7 +35,6 @@ IO_MODULES = {
     "anyio",
     "asyncio",
     "multiprocessing",
-    "random",
     "selectors",
     "socket",
     "ssl",
@@ -70,6 +69,9 @@ def imports(
     """Every absolute module name ``source`` imports: (name, line, at module level)."""
     tree = ast.parse(source)
     top_level = {id(node) for node in tree.body}
+    for node in tree.body:  # ``if TYPE_CHECKING:`` imports are module level too
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            top_level.update(id(child) for child in node.body)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
