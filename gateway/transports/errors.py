@@ -6,12 +6,13 @@ saying "not now" catches the subclass::
 
     ConnectionError
      ├── SessionClosedError       send()/drain() on a finished session (code, reason)
-     ├── SessionUnavailable       connector: no session could be opened (reason)
-     │    ├── PeerUnreachable     the session endpoint could not be reached
-     │    ├── NotAGateway         it answered, but not like a hopgate gateway
-     │    └── SessionRefused      a gateway refused: 403, 429, 503 (status, retry_after)
-     └── TransportFailed          a WebSocket candidate is unusable (reason)
-          └── HandshakeRefused    the upgrade was answered without a 101 (status)
+     └── HopIOError               base of the rest; ``reason`` says why
+          ├── SessionUnavailable  connector: no session could be opened
+          │    ├── PeerUnreachable   the session endpoint could not be reached
+          │    ├── NotAGateway       it answered, but not like a hopgate gateway
+          │    └── SessionRefused    a gateway refused: 403, 429, 503 (status, retry_after)
+          └── TransportFailed     a WebSocket candidate is unusable
+               └── HandshakeRefused  the upgrade was answered without a 101 (status)
 
 The message a person reads (``str(exc)``, ``exc.reason``) is unchanged from
 the days these were plain strings: logs and ``/.hopgate/status`` show it.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "HandshakeRefused",
+    "HopIOError",
     "NotAGateway",
     "PeerUnreachable",
     "SessionClosedError",
@@ -39,12 +41,16 @@ class SessionClosedError(ConnectionError):
         self.reason = reason
 
 
-class SessionUnavailable(ConnectionError):
-    """No hop session could be opened with the peer; ``reason`` says why."""
+class HopIOError(ConnectionError):
+    """A hop session could not be opened or carried; ``reason`` says why (also ``str()``)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class SessionUnavailable(HopIOError):
+    """No hop session could be opened with the peer."""
 
 
 class PeerUnreachable(SessionUnavailable):
@@ -75,12 +81,8 @@ class SessionRefused(SessionUnavailable):
         self.retry_after = retry_after
 
 
-class TransportFailed(ConnectionError):
-    """A transport candidate (a WebSocket) could not be used; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class TransportFailed(HopIOError):
+    """A transport candidate (a WebSocket) could not be used."""
 
 
 class HandshakeRefused(TransportFailed):

@@ -63,6 +63,7 @@ from gateway.core.session.events import (
 from gateway.core.session.machine import Session, SessionState
 from gateway.transports.errors import SessionClosedError
 from gateway.transports.session_settings import SessionSettings
+from gateway.transports.tasks import TaskSet
 
 __all__ = ["HopSession", "Transport", "TransportKind"]
 
@@ -142,7 +143,7 @@ class HopSession:
         self._on_writable: Callable[[], None] | None = None
         self._on_closed: Callable[[int, str], None] | None = None
         self._early: list[bytes | str] | None = None
-        self._background: set[asyncio.Task[Any]] | None = None
+        self._background = TaskSet()
         # For the owner (connector / server): not part of the public API.
         self.on_stalled: Callable[[Transport], None] | None = None
         self.on_transport_lost: Callable[[Transport, str], None] | None = None
@@ -261,31 +262,32 @@ class HopSession:
 
     def attach(self, transport: Transport) -> None:
         """Make ``transport`` the one that writes; the previous one is abandoned."""
-        old = self._current
-        if old is transport:
+        if self._current is transport:
             return
-        old_kind = self.transport
-        self._current = transport
-        if old is not None:
-            old.abandon()
-        self._core.transport_attached(self.now())
         self.log.debug("= attached %s (epoch %d)", transport.kind, transport.epoch)
-        self._transport_changed(old_kind)
-        self.dispatch()
+        self._replace_current(transport)
 
     def detach(self, transport: Transport, reason: str) -> None:
         """``transport`` died; if it was current, the resume clock starts."""
         if self._current is not transport:
             return
-        old_kind = self.transport
-        self._current = None
-        self._core.transport_lost(self.now())
         self.log.debug("= lost %s: %s", transport.kind, reason)
-        transport.abandon()
-        self._transport_changed(old_kind)
-        self.dispatch()
+        self._replace_current(None)
         if self.on_transport_lost is not None and self._close_info is None:
             self.on_transport_lost(transport, reason)
+
+    def _replace_current(self, new: Transport | None) -> None:
+        """Swap the writing transport: the old one is abandoned, the core and the owner told."""
+        old, old_kind = self._current, self.transport
+        self._current = new
+        if old is not None:
+            old.abandon()
+        if new is None:
+            self._core.transport_lost(self.now())
+        else:
+            self._core.transport_attached(self.now())
+        self._transport_changed(old_kind)
+        self.dispatch()
 
     def feed(self, batch: bytes | bytearray | memoryview) -> bool:
         """Pass one received batch to the core; False if it broke the protocol."""
@@ -318,12 +320,7 @@ class HopSession:
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """A background task the session keeps a reference to (closing sockets)."""
-        task = self._loop.create_task(coro, name=name)
-        if self._background is None:
-            self._background = set()
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+        return self._background.spawn(coro, name=name)
 
     def dispatch(self) -> None:
         """Act on the core's events; wake writers and the pump."""
@@ -452,7 +449,4 @@ class HopSession:
     async def aclose_tasks(self) -> None:
         """Stop the timer and wait for background closes (teardown)."""
         self._cancel_timer()
-        current = asyncio.current_task()
-        pending = [task for task in self._background or () if task is not current]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._background.wait()

@@ -20,6 +20,7 @@ from yarl import URL
 from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.connector import SessionConnector
 from gateway.transports.endpoint import SessionServer
+from gateway.transports.handshake import SESSION_HEADER, SESSION_PATH, TOKEN_HEADER
 from gateway.transports.hopsession import HopSession
 from gateway.transports.session_settings import SessionSettings
 from tests.faultproxy import FaultProxy
@@ -93,6 +94,28 @@ class ServerHandle:
     @property
     def port(self) -> int:
         return URL(self.url).port or 0
+
+async def post_create(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> tuple[int, str, str, str]:
+    """(status, session id, token, text or '') of one session-creation POST to ``url``."""
+    async with http.post(url + SESSION_PATH, headers=headers or {}) as resp:
+        body = await resp.read()
+        text = body.decode("utf-8", "replace") if resp.status != 200 else ""
+        return (
+            resp.status,
+            resp.headers.get(SESSION_HEADER, ""),
+            resp.headers.get(TOKEN_HEADER, ""),
+            text,
+        )
+
+
+async def create_session(http: aiohttp.ClientSession, url: str) -> tuple[str, str]:
+    """(session id, token) of a session opened by hand; the POST must succeed."""
+    status, session_id, token, text = await post_create(http, url)
+    assert status == 200, text
+    return session_id, token
+
 
     async def next_session(self, index: int = 0, timeout: float = 5.0) -> tuple[HopSession, Inbox]:
         async with asyncio.timeout(timeout):

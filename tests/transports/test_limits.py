@@ -28,7 +28,6 @@ import pytest
 
 from gateway.transports.handshake import (
     AUTH_HEADER,
-    SESSION_HEADER,
     SESSION_PATH,
     TOKEN_HEADER,
     auth_header_value,
@@ -36,27 +35,12 @@ from gateway.transports.handshake import (
 )
 from gateway.transports.registry import ClientLimits, ClientRefused, client_key
 from gateway.transports.ws import SUBPROTOCOL
-from tests.transports.conftest import FAST, MakeConnector, StartServer
+from tests.transports.conftest import FAST, MakeConnector, StartServer, post_create
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[2]
 KiB = 1024
-
-
-async def _create(
-    http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
-) -> tuple[int, str, str, str]:
-    """(status, session id, token, text or '') of one creation POST."""
-    async with http.post(url + SESSION_PATH, headers=headers or {}) as resp:
-        body = await resp.read()
-        text = body.decode("utf-8", "replace") if resp.status != 200 else ""
-        return (
-            resp.status,
-            resp.headers.get(SESSION_HEADER, ""),
-            resp.headers.get(TOKEN_HEADER, ""),
-            text,
-        )
 
 
 @contextlib.asynccontextmanager
@@ -100,19 +84,19 @@ async def test_idle_sessions_cost_under_16_kb_each_and_come_back_on_expiry() -> 
             deadline = time.monotonic() + 20
             while True:
                 try:
-                    assert (await _create(http, url))[0] == 200  # warm-up
+                    assert (await post_create(http, url))[0] == 200  # warm-up
                     break
                 except aiohttp.ClientConnectionError:
                     assert time.monotonic() < deadline, "the server did not start"
                     await asyncio.sleep(0.05)
             for _ in range(20):
-                assert (await _create(http, url))[0] == 200
+                assert (await post_create(http, url))[0] == 200
             base = _rss_kib(server.pid)
             started = time.monotonic()
 
             async def worker(n: int) -> None:
                 for _ in range(n):
-                    assert (await _create(http, url))[0] == 200
+                    assert (await post_create(http, url))[0] == 200
 
             await asyncio.gather(*(worker(count // 16) for _ in range(16)))
             took = time.monotonic() - started
@@ -140,20 +124,20 @@ async def test_sessions_per_client_address_are_capped_with_429(
     handle = await start_server(replace(FAST, max_sessions_per_client=3, session_create_rate=100))
     async with _client_from("127.0.0.1") as http:
         for _ in range(3):
-            assert (await _create(http, handle.url))[0] == 200
+            assert (await post_create(http, handle.url))[0] == 200
         async with http.post(handle.url + SESSION_PATH) as resp:
             assert resp.status == 429
             assert int(resp.headers["Retry-After"]) >= 1
             assert resp.headers["Content-Type"].startswith("text/plain")
             assert "--max-sessions-per-client 3" in await resp.text()
     async with _client_from("127.0.0.2") as other:
-        assert (await _create(other, handle.url))[0] == 200
+        assert (await post_create(other, handle.url))[0] == 200
     assert len(handle.server.registry) == 4
     # One session of the first address ends: that address may open one again.
     hop, _inbox = await handle.next_session(0)
     hop.abandon(4000, "test")
     async with _client_from("127.0.0.1") as http:
-        assert (await _create(http, handle.url))[0] == 200
+        assert (await post_create(http, handle.url))[0] == 200
 
 
 async def test_session_creation_rate_per_client_address_is_429(
@@ -161,7 +145,7 @@ async def test_session_creation_rate_per_client_address_is_429(
 ) -> None:
     handle = await start_server(replace(FAST, max_sessions_per_client=0, session_create_rate=4))
     async with _client_from("127.0.0.1") as http:
-        statuses = [(await _create(http, handle.url))[0] for _ in range(6)]
+        statuses = [(await post_create(http, handle.url))[0] for _ in range(6)]
         assert statuses.count(200) in (4, 5)  # the burst (one more may have refilled)
         assert statuses[-1] == 429
         async with http.post(handle.url + SESSION_PATH) as resp:
@@ -169,9 +153,9 @@ async def test_session_creation_rate_per_client_address_is_429(
             assert resp.headers["Retry-After"] == "1"
             assert "--session-create-rate 4 a second" in await resp.text()
         async with _client_from("127.0.0.3") as other:
-            assert (await _create(other, handle.url))[0] == 200  # not its bucket
+            assert (await post_create(other, handle.url))[0] == 200  # not its bucket
         await asyncio.sleep(0.3)  # > 1/4 s: one token back
-        assert (await _create(http, handle.url))[0] == 200
+        assert (await post_create(http, handle.url))[0] == 200
 
 
 async def test_filling_max_sessions_takes_more_than_one_peer(
@@ -181,7 +165,7 @@ async def test_filling_max_sessions_takes_more_than_one_peer(
     settings = replace(FAST, max_sessions=40, max_sessions_per_client=10, session_create_rate=10)
     handle = await start_server(settings)
     async with _client_from("127.0.0.9") as attacker:
-        statuses = await asyncio.gather(*(_create(attacker, handle.url) for _ in range(200)))
+        statuses = await asyncio.gather(*(post_create(attacker, handle.url) for _ in range(200)))
     codes = [s[0] for s in statuses]
     assert codes.count(200) == 10 and codes.count(429) == 190
     assert len(handle.server.registry) == 10
@@ -243,7 +227,7 @@ async def test_concurrent_posts_are_capped_and_a_stalled_body_times_out(
 ) -> None:
     settings = replace(FAST, hold_time=1.0, max_session_posts=3)
     handle = await start_server(settings)
-    _, sid, token, _ = await _create(http, handle.url)
+    _, sid, token, _ = await post_create(http, handle.url)
     path = f"{SESSION_PATH}/{sid}?epoch=1"
     declared = settings.max_batch_bytes  # 8 MiB each, as in the attack
     started = time.monotonic()
@@ -276,7 +260,7 @@ async def test_posts_of_one_session_hold_at_most_one_batch_of_bytes(
         FAST, hold_time=2.0, max_session_posts=4, batch_bytes=64 * KiB, max_batch_bytes=256 * KiB
     )
     handle = await start_server(settings)
-    _, sid, token, _ = await _create(http, handle.url)
+    _, sid, token, _ = await post_create(http, handle.url)
     path = f"{SESSION_PATH}/{sid}?epoch=1"
     first = asyncio.create_task(_stalled_post(handle.port, path, token, 256 * KiB, 200 * KiB))
     async with asyncio.timeout(5):
@@ -294,7 +278,7 @@ async def test_websockets_per_session_are_capped(
 ) -> None:
     """Candidates that never send their probe each pin a socket: at most four per session."""
     handle = await start_server(replace(FAST, probe_timeout=3.0))
-    _, sid, token, _ = await _create(http, handle.url)
+    _, sid, token, _ = await post_create(http, handle.url)
     url = f"{handle.url}{SESSION_PATH}/{sid}?epoch=1"
     headers = {TOKEN_HEADER: token}
     sockets = [
@@ -340,7 +324,7 @@ async def test_bad_numbers_in_a_poll_are_400(
     start_server: StartServer, http: aiohttp.ClientSession, query: str
 ) -> None:
     handle = await start_server()
-    _, sid, token, _ = await _create(http, handle.url)
+    _, sid, token, _ = await post_create(http, handle.url)
     url = f"{handle.url}{SESSION_PATH}/{sid}?{query}"
     async with http.get(url, headers={TOKEN_HEADER: token}) as resp:
         assert resp.status == 400, await resp.text()
@@ -368,8 +352,8 @@ async def test_replayed_hop_secret_header_is_403(
 ) -> None:
     handle = await start_server(hop_secret="k")
     header = {AUTH_HEADER: auth_header_value("k")}
-    assert (await _create(http, handle.url, header))[0] == 200
-    status, _, _, text = await _create(http, handle.url, header)
+    assert (await post_create(http, handle.url, header))[0] == 200
+    status, _, _, text = await post_create(http, handle.url, header)
     assert status == 403 and "replayed" in text
-    assert (await _create(http, handle.url, {AUTH_HEADER: auth_header_value("k")}))[0] == 200
+    assert (await post_create(http, handle.url, {AUTH_HEADER: auth_header_value("k")}))[0] == 200
     assert len(handle.server.registry) == 2

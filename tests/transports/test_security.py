@@ -36,6 +36,7 @@ from tests.transports.conftest import (
     MakePair,
     StartRaw,
     StartServer,
+    create_session,
 )
 
 WS_HEADERS = {
@@ -47,12 +48,6 @@ WS_HEADERS = {
 }
 
 
-async def _create(http: aiohttp.ClientSession, url: str) -> tuple[str, str]:
-    async with http.post(url + SESSION_PATH) as resp:
-        assert resp.status == 200
-        return resp.headers[SESSION_HEADER], resp.headers[TOKEN_HEADER]
-
-
 # -- unknown, expired, forged ------------------------------------------------------------
 
 
@@ -60,7 +55,7 @@ async def test_unknown_session_is_404_on_every_route(
     start_server: StartServer, http: aiohttp.ClientSession
 ) -> None:
     handle = await start_server()
-    _sid, token = await _create(http, handle.url)
+    _sid, token = await create_session(http, handle.url)
     bogus = handle.url + SESSION_PATH + "/AAAAAAAAAAAAAAAAAAAAAA"
     auth = {TOKEN_HEADER: token}
     async with http.get(bogus, params={"last": "0", "epoch": "1"}, headers=auth) as resp:
@@ -79,7 +74,7 @@ async def test_expired_session_answers_like_an_unknown_one(
     start_server: StartServer, http: aiohttp.ClientSession
 ) -> None:
     handle = await start_server(replace(FAST, resume_grace=0.3))
-    sid, token = await _create(http, handle.url)
+    sid, token = await create_session(http, handle.url)
     _hop, inbox = await handle.next_session()
     assert (await inbox.wait_closed(5))[0] == 4000
     url = handle.url + SESSION_PATH + "/" + sid
@@ -131,7 +126,7 @@ async def test_malformed_msgpack_closes_that_session_only(
     make_pair: MakePair, http: aiohttp.ClientSession, transport: Kind
 ) -> None:
     pair = await make_pair(transport)
-    victim_sid, victim_token = await _create(http, pair.handle.url)
+    victim_sid, victim_token = await create_session(http, pair.handle.url)
     _victim, victim_inbox = await pair.handle.next_session(1)
     url = pair.handle.url + SESSION_PATH + "/" + victim_sid
     async with http.post(
@@ -173,7 +168,7 @@ async def test_bad_query_and_oversized_post(
     start_server: StartServer, http: aiohttp.ClientSession
 ) -> None:
     handle = await start_server(replace(FAST, batch_bytes=64 * 1024, max_batch_bytes=128 * 1024))
-    sid, token = await _create(http, handle.url)
+    sid, token = await create_session(http, handle.url)
     url = handle.url + SESSION_PATH + "/" + sid
     auth = {TOKEN_HEADER: token}
     async with http.get(url, params={"last": "-1", "epoch": "1"}, headers=auth) as resp:
@@ -197,8 +192,8 @@ async def test_max_sessions_answers_503_with_retry_after(
     start_server: StartServer, http: aiohttp.ClientSession, make_connector: MakeConnector
 ) -> None:
     handle = await start_server(replace(FAST, max_sessions=2))
-    await _create(http, handle.url)
-    await _create(http, handle.url)
+    await create_session(http, handle.url)
+    await create_session(http, handle.url)
     async with http.post(handle.url + SESSION_PATH) as resp:
         assert resp.status == 503
         assert resp.headers["Retry-After"].isdigit()
@@ -213,7 +208,7 @@ async def test_ids_and_tokens_are_long_and_random(
     handle = await start_server()
     seen = set()
     for _ in range(5):
-        sid, token = await _create(http, handle.url)
+        sid, token = await create_session(http, handle.url)
         raw = decode_token(token)
         assert raw is not None and len(raw) >= 16
         assert len(sid) >= 22  # 128 bits of URL-safe base64

@@ -19,6 +19,7 @@ from tests.transports.conftest import (
     NO_REPROBE,
     Inbox,
     MakePair,
+    Pair,
     StartServer,
     start_proxy,
     wait_transport,
@@ -44,6 +45,14 @@ def _assert_sequence(inbox: Inbox, prefix: str, count: int) -> None:
     assert len(got) == count, f"{len(got)} received, {count} sent"
     for i, (a, b) in enumerate(zip(got, expected, strict=True)):
         assert a == b, f"message {i}: got {a!r}, expected {b!r} (lost, duplicated or reordered)"
+
+
+async def _all_arrived_in_order(pair: Pair, up: int, down: int, timeout: float = 15.0) -> None:
+    """Every message each way arrived, exactly once and in order."""
+    await pair.server_inbox.wait_for(up, timeout=timeout)
+    await pair.client_inbox.wait_for(down, timeout=timeout)
+    _assert_sequence(pair.server_inbox, "c", up)
+    _assert_sequence(pair.client_inbox, "s", down)
 
 
 async def _run_with_traffic(
@@ -82,10 +91,7 @@ async def test_switch_lp_ws_repeatedly_while_traffic_flows(make_pair: MakePair) 
 
     async with asyncio.timeout(30):
         up, down = await _run_with_traffic(pair.client, pair.server, flip())
-    await pair.server_inbox.wait_for(up, timeout=15)
-    await pair.client_inbox.wait_for(down, timeout=15)
-    _assert_sequence(pair.server_inbox, "c", up)
-    _assert_sequence(pair.client_inbox, "s", down)
+    await _all_arrived_in_order(pair, up, down)
     assert up > 500 and down > 500, "traffic must really flow during the switches"
     assert pair.connector.upgrades == 4
     assert pair.connector.fallbacks == 3
@@ -116,10 +122,7 @@ async def test_ws_black_holed_after_101_stays_on_long_poll(make_pair: MakePair) 
     async with asyncio.timeout(20):
         up, down = await _run_with_traffic(pair.client, pair.server, reprobes_fail())
     assert pair.client.transport == "long-poll"
-    await pair.server_inbox.wait_for(up)
-    await pair.client_inbox.wait_for(down)
-    _assert_sequence(pair.server_inbox, "c", up)
-    _assert_sequence(pair.client_inbox, "s", down)
+    await _all_arrived_in_order(pair, up, down, timeout=10.0)
     assert connector.upgrades == 0
 
 
@@ -142,10 +145,7 @@ async def test_ws_stalling_mid_session_is_demoted_then_reprobed(make_pair: MakeP
 
     async with asyncio.timeout(30):
         up, down = await _run_with_traffic(pair.client, pair.server, scenario())
-    await pair.server_inbox.wait_for(up, timeout=15)
-    await pair.client_inbox.wait_for(down, timeout=15)
-    _assert_sequence(pair.server_inbox, "c", up)
-    _assert_sequence(pair.client_inbox, "s", down)
+    await _all_arrived_in_order(pair, up, down)
     assert ("websocket", "long-poll") in changes
     assert pair.connector.fallbacks >= 1 and pair.connector.upgrades >= 2
 

@@ -14,7 +14,7 @@ import aiohttp
 
 from gateway.core.session.frames import Data, FrameDecoder, Hello
 from gateway.transports.errors import SessionClosedError
-from gateway.transports.handshake import SESSION_HEADER, SESSION_PATH, TOKEN_HEADER
+from gateway.transports.handshake import SESSION_PATH, TOKEN_HEADER
 from gateway.transports.hopsession import HopSession
 from gateway.transports.session_settings import SessionSettings
 from tests.transports.conftest import (
@@ -23,6 +23,7 @@ from tests.transports.conftest import (
     Kind,
     MakePair,
     StartServer,
+    create_session,
     settings_for,
     wait_transport,
 )
@@ -209,8 +210,7 @@ async def test_newer_held_get_releases_the_older_and_nothing_is_lost(
     start_server: StartServer, http: aiohttp.ClientSession
 ) -> None:
     handle = await start_server(replace(FAST, hold_time=5.0))
-    async with http.post(handle.url + SESSION_PATH) as resp:
-        sid, token = resp.headers[SESSION_HEADER], resp.headers[TOKEN_HEADER]
+    sid, token = await create_session(http, handle.url)
     server, _ = await handle.next_session()
     url = handle.url + SESSION_PATH + "/" + sid
 
