@@ -5,6 +5,7 @@ No sockets, no event loop, no clock in here; see ``core`` for the theory of
 operation and ``docs/protocol.md`` for the wire contract.
 """
 
+from gateway.core.session.config import SessionConfig
 from gateway.core.session.errors import (
     BufferFull,
     CloseCode,
@@ -24,7 +25,7 @@ from gateway.core.session.events import (
     TransportStalled,
 )
 from gateway.core.session.frames import PROTOCOL_VERSION
-from gateway.core.session.machine import Session, SessionConfig, SessionState
+from gateway.core.session.machine import Session, SessionState
 from gateway.core.session.tokens import new_session_id, new_token
 
 __all__ = [

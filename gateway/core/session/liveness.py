@@ -1,0 +1,105 @@
+"""The session's timers, kept as timestamps of the caller's clock.
+
+No clock inside, so every timer is a timestamp compared with the ``now`` the
+I/O layer passes in; ``Session.next_deadline`` says when to call
+``handle_timer`` next. Timers: heartbeat PING after ``heartbeat_interval``
+without sending; retransmit (data outstanding and no ack progress for
+``retransmit_timeout``: a batch was lost inside a transport); stall watchdog
+(data or ping outstanding and no ack/pong progress for ``stall_timeout`` ->
+``TransportStalled`` once per transport); expiry (no transport for
+``resume_grace``); close handshake (``close_timeout``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.core.session.config import SessionConfig
+
+__all__ = ["Liveness"]
+
+
+@dataclass(slots=True)
+class Liveness:
+    """When things last happened on the transport, and the heartbeat PING in flight."""
+
+    detached_since: float | None  # None while a transport is attached
+    last_sent_at: float  # heartbeat: a PING goes after heartbeat_interval of silence
+    retx_since: float  # retransmit: last ack progress (or first send) with data outstanding
+    watch_since: float  # stall watch: last ack/pong progress
+    stall_reported: bool = False  # TransportStalled went out for this transport
+    ping_nonce: int | None = None  # the heartbeat PING awaiting its PONG
+    ping_due: bool = False  # that PING still has to go out
+    nonce: int = 0  # last nonce handed to a PING or a probe
+
+    def restart(self, now: float) -> None:
+        """A new transport carries the session: every timer starts over."""
+        self.last_sent_at = self.retx_since = self.watch_since = now
+        self.stall_reported = False
+
+    def attach(self) -> None:
+        """A transport is attached: the resume_grace clock stops; a PING due was the old one's."""
+        self.detached_since = None
+        self.ping_nonce = None
+        self.ping_due = False
+
+    def detach(self, now: float) -> None:
+        """The transport is gone: the resume_grace clock starts; its PING will not be answered."""
+        self.detached_since = now
+        self.ping_nonce = None
+
+    def progress(self, now: float) -> None:
+        """The peer acked data or answered a ping: the stall watch starts over."""
+        self.watch_since = now
+        self.stall_reported = False
+
+    def heartbeat_answered(self, nonce: int, now: float) -> bool:
+        """The PONG answers our heartbeat PING (sent, not just due): the stall watch restarts."""
+        if nonce != self.ping_nonce or self.ping_due:
+            return False
+        self.ping_nonce = None
+        self.progress(now)
+        return True
+
+    def new_nonce(self) -> int:
+        # A counter is enough: a nonce must be fresh within the session, not secret.
+        self.nonce += 1
+        return self.nonce
+
+    def watching(self, data_outstanding: bool) -> bool:
+        """The stall watch runs: a ping or data waits for the peer."""
+        ping_in_flight = self.ping_nonce is not None and not self.ping_due
+        return ping_in_flight or data_outstanding
+
+    def run_transport_timers(
+        self, now: float, config: SessionConfig, data_outstanding: bool
+    ) -> tuple[bool, bool]:
+        """Fire the attached transport's due timers: (retransmit now, stall to report now).
+
+        A heartbeat that falls due just makes the PING due (``ping_due``).
+        """
+        retransmit = data_outstanding and now >= self.retx_since + config.retransmit_timeout
+        if retransmit:  # nothing acked for a while: a batch was lost inside the transport
+            self.retx_since = now
+        stalled = (
+            not self.stall_reported
+            and self.watching(data_outstanding)
+            and now >= self.watch_since + config.stall_timeout
+        )
+        if stalled:
+            self.stall_reported = True
+        if not self.ping_due and now >= self.last_sent_at + config.heartbeat_interval:
+            self.ping_nonce = self.new_nonce()
+            self.ping_due = True
+        return retransmit, stalled
+
+    def attached_deadline(self, config: SessionConfig, data_outstanding: bool) -> float | None:
+        """The next heartbeat, retransmit or stall deadline of an attached transport."""
+        deadlines: list[float] = []
+        if not self.ping_due:
+            deadlines.append(self.last_sent_at + config.heartbeat_interval)
+        if data_outstanding:
+            deadlines.append(self.retx_since + config.retransmit_timeout)
+        if not self.stall_reported and self.watching(data_outstanding):
+            deadlines.append(self.watch_since + config.stall_timeout)
+        return min(deadlines, default=None)
