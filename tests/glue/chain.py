@@ -6,7 +6,8 @@
     SessionServer (TunnelLink, opener=False) -> origin
 
 optionally with a middle gateway whose answering links relay every stream
-onto its own opening link. The downstream server falls back to plain HTTP on
+onto its own opening link. Each server answers with the gateway's own ``Router``
+(``Gate.router``), so the downstream one falls back to plain HTTP on
 ``NotSent`` exactly as the gateway does; the upstream server forwards plain
 requests too, so the plain path and the tunnelled path reach the origin
 through the same pieces. The fixtures (``build_chain``, ``origin``) are in
@@ -26,17 +27,16 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from yarl import URL
 
+from gateway.clients import origin_client
 from gateway.config import Config
-from gateway.edges.forward import Forwarder, upstream_target
-from gateway.edges.websocket import pass_through
+from gateway.edges.forward import Forwarder
 from gateway.glue.link import TunnelLink
-from gateway.glue.opener import NotSent, tunnel_target
+from gateway.router import Relay, Router
+from gateway.settings import RouteSettings, derive
 from gateway.status import GatewayStats
-from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.connector import SessionConnector
 from gateway.transports.endpoint import SessionServer
 from gateway.transports.hopsession import HopSession
-from gateway.transports.http import capture_refusal, is_websocket_upgrade
 from gateway.transports.session_settings import SessionSettings
 
 TRANSPORTS = ["websocket", "long-poll"]
@@ -44,18 +44,8 @@ MiB = 1024 * 1024
 
 
 def forwarder_for(config: Config, stats: GatewayStats) -> Forwarder:
-    """A Forwarder with the client session the gateway builds (same options)."""
-    client = aiohttp.ClientSession(
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        middlewares=(capture_refusal,),
-        timeout=aiohttp.ClientTimeout(
-            total=None, connect=config.connect_timeout, sock_read=config.upstream_timeout
-        ),
-    )
-    never_resend(client)
-    return Forwarder(config, client, stats)
+    """A Forwarder with the client the gateway builds (``gateway.clients.origin_client``)."""
+    return Forwarder(config, origin_client(derive(config).client), stats)
 
 
 async def serve(
@@ -89,28 +79,26 @@ class Gate:
     not_sent: list[str] = field(default_factory=list)
     plain: bool = False  # downstream: skip the tunnel
 
-    async def handle_upstream(self, request: web.BaseRequest) -> web.StreamResponse:
-        assert self.sessions is not None
-        if self.sessions.handles(request):
-            return await self.sessions.handle(request)
-        return await self.relay(request)
+    def router(self) -> Router:
+        """The gateway's own Router over this gate's pieces: the same dispatch as ``Gateway``.
 
-    async def relay(self, request: web.BaseRequest) -> web.StreamResponse:
-        """What ``Gateway._relay`` does: the tunnel if live, plain HTTP on NotSent."""
-        key = str(self.upstream)
+        Hop session paths go to ``sessions`` (when this gate listens for
+        them), everything else to the upstream: over ``next_hop`` while it is
+        alive, plain HTTP on ``NotSent`` (recorded in ``not_sent``).
+        """
+        routes = RouteSettings(
+            upstream=self.upstream,
+            forward_proxy=False,
+            hop_upgrade=self.sessions is not None,
+            tls=False,
+            public_status=False,
+        )
+        relay = Relay(self.forwarder, self.tunnel_for, on_not_sent=self.not_sent.append)
+        return Router(routes, relay=relay, stats=self.stats, sessions=self.sessions)
+
+    def tunnel_for(self, origin_key: str) -> TunnelLink | None:
         link = self.next_hop
-        if link is not None and link.alive and not self.plain:
-            target = tunnel_target(self.upstream, request)
-            try:
-                if is_websocket_upgrade(request):
-                    return await link.forward_websocket(request, target, origin_key=key)
-                return await link.forward(request, target, origin_key=key)
-            except NotSent as exc:
-                self.not_sent.append(str(exc))
-        plain = upstream_target(self.upstream, request)
-        if is_websocket_upgrade(request):
-            return await pass_through(request, plain, forwarder=self.forwarder, origin_key=key)
-        return await self.forwarder.forward(request, plain, origin_key=key)
+        return link if link is not None and link.alive and not self.plain else None
 
     def on_session(self, hop: HopSession) -> None:
         self.links.append(

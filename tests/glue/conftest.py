@@ -34,7 +34,7 @@ async def build_chain() -> AsyncIterator[BuildChain]:
 
     async def listen(g: Gate, settings: SessionSettings) -> None:
         g.sessions = SessionServer(settings, on_session=g.on_session)
-        g.runner, g.url = await serve(g.handle_upstream)
+        g.runner, g.url = await serve(g.router())
         sessions, runner = g.sessions, g.runner
 
         async def stop() -> None:
@@ -83,7 +83,7 @@ async def build_chain() -> AsyncIterator[BuildChain]:
         first = middle or server
         entry = gate("entry", first.url)
         await connect(entry, first, transport, settings)
-        entry.runner, entry.url = await serve(entry.relay)
+        entry.runner, entry.url = await serve(entry.router())
         runner = entry.runner
         cleanups.append(runner.cleanup)
         client = aiohttp.ClientSession(auto_decompress=False)
