@@ -24,6 +24,7 @@ from gateway.core.tunnel import (
     WebSocketMessage,
     WebSocketRequested,
 )
+from gateway.core.tunnel.config import MAX_MESSAGE_FRAMES, MAX_QUEUED_ITEMS
 from gateway.core.tunnel.frames import (
     BASE_WINDOW,
     FLAG_FIN,
@@ -517,8 +518,6 @@ def test_a_request_body_beyond_the_session_window_gets_no_top_up() -> None:
 
 
 def test_more_frames_in_one_message_than_any_batch_holds_close_the_tunnel() -> None:
-    from gateway.core.tunnel.config import MAX_MESSAGE_FRAMES
-
     victim = Tunnel(TunnelConfig(), opener=False)
     [sid] = open_websockets(victim, 1)
     packer = new_packer()
@@ -536,8 +535,6 @@ def test_more_frames_in_one_message_than_any_batch_holds_close_the_tunnel() -> N
 
 def test_empty_messages_queue_at_most_max_queued_items_per_stream() -> None:
     """max_pending counts bytes; empty messages have none, so items are counted too."""
-    from gateway.core.tunnel.config import MAX_QUEUED_ITEMS
-
     victim = Tunnel(TunnelConfig(), opener=False)
     [sid] = open_websockets(victim, 1)
     queued = 0
