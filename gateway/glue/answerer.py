@@ -50,8 +50,6 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.config import Config
-from gateway.core.tunnel import TunnelConfig
 from gateway.core.tunnel.errors import ResetCode
 from gateway.core.tunnel.events import (
     DataReceived,
@@ -70,33 +68,17 @@ from gateway.glue.wsbridge import bridge_websocket
 from gateway.transports.aiohttp_internals import limit_reads
 from gateway.transports.http import OriginRefused, connect_origin, refusal_headers
 
-__all__ = ["Answerer", "BodyAborted", "answering_config", "check_request"]
+__all__ = ["Answerer", "BodyAborted", "check_request"]
 
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f]")
 _BAD_VALUE: Final = re.compile(rb"[\x00\r\n]")
-#: The tunnel core's ceiling for one WebSocket message (TunnelConfig refuses more).
-_MAX_TUNNEL_WS_MESSAGE: Final = 256 * 1024 * 1024
 # Bytes one receive from an origin connection may return (see limit_reads).
 _ORIGIN_READ: Final = 16 * 1024
-# Receive windows beyond BASE_WINDOW one session may hold (TunnelConfig.session_window).
-_SESSION_WINDOW: Final = 8 * 1024 * 1024
 
 
 class BodyAborted(Exception):
     """A tunnelled request body did not end cleanly; its origin connection must go."""
-
-
-def answering_config(config: Config) -> TunnelConfig:
-    """The tunnel limits a gateway applies to the sessions other gateways open to it."""
-    return TunnelConfig(
-        # An endpoint WebSocket message may be as large as a session message.
-        max_ws_message=min(config.max_message_size, _MAX_TUNNEL_WS_MESSAGE),
-        max_streams=config.max_streams,
-        session_reassembly=config.session_reassembly,
-        max_unread=config.max_unread_bytes,
-        session_window=_SESSION_WINDOW,
-    )
 
 
 def check_request(method: str, target: bytes, headers: Headers) -> str | None:

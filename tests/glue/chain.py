@@ -29,8 +29,10 @@ from yarl import URL
 
 from gateway.clients import origin_client
 from gateway.config import Config
+from gateway.core.tunnel import Event
 from gateway.edges.forward import Forwarder
 from gateway.glue.link import TunnelLink
+from gateway.glue.mailbox import EndpointDone, Mailbox
 from gateway.router import Relay, Router
 from gateway.settings import RouteSettings, derive
 from gateway.status import GatewayStats
@@ -45,7 +47,8 @@ MiB = 1024 * 1024
 
 def forwarder_for(config: Config, stats: GatewayStats) -> Forwarder:
     """A Forwarder with the client the gateway builds (``gateway.clients.origin_client``)."""
-    return Forwarder(config, origin_client(derive(config).client), stats)
+    settings = derive(config)
+    return Forwarder(settings.forward, origin_client(settings.client), stats)
 
 
 async def serve(
@@ -243,3 +246,15 @@ def headers_of(info: dict[str, Any]) -> dict[str, list[str]]:
     for k, v in info["headers"]:
         out.setdefault(k.lower(), []).append(v)
     return out
+
+
+async def first_event(
+    link: TunnelLink, method: str, target: str, headers: list[tuple[str, str]] | None = None
+) -> Event | EndpointDone:
+    """Open a stream on ``link`` as its core allows, with no checks, and take what comes back."""
+    box = Mailbox()
+    sid = link.tunnel.open_http(method, target, headers or [])
+    link.driver.register(sid, box)
+    link.driver.flush()
+    async with asyncio.timeout(5):
+        return await box.next_event()

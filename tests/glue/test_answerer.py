@@ -7,14 +7,11 @@ the connection off the configured upstream.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from gateway.core.tunnel import ResetCode, ResponseReceived, StreamReset
 from gateway.glue.answerer import check_request
-from gateway.glue.mailbox import Mailbox
-from tests.glue.chain import BuildChain, Origin
+from tests.glue.chain import BuildChain, Origin, first_event
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -66,12 +63,7 @@ async def test_forbidden_targets_are_reset_and_never_reach_anything(
     o, url = origin
     chain = await build_chain(url, transport)
     link = chain.down
-    box = Mailbox()
-    sid = link.tunnel.open_http(method, target, [("Host", "127.0.0.1:1")])
-    link.driver.register(sid, box)
-    link.driver.flush()
-    async with asyncio.timeout(5):
-        event = await box.next_event()
+    event = await first_event(link, method, target, [("Host", "127.0.0.1:1")])
     assert isinstance(event, StreamReset)
     assert event.code == ResetCode.PROTOCOL and event.remote
     assert "refused stream" in caplog.text
@@ -85,11 +77,6 @@ async def test_host_header_cannot_steer_the_connection(
     o, url = origin
     chain = await build_chain(url, transport)
     link = chain.down
-    box = Mailbox()
-    sid = link.tunnel.open_http("GET", "/h", [("Host", "evil.example:1")])
-    link.driver.register(sid, box)
-    link.driver.flush()
-    async with asyncio.timeout(5):
-        head = await box.next_event()
+    head = await first_event(link, "GET", "/h", [("Host", "evil.example:1")])
     assert isinstance(head, ResponseReceived) and head.status == 200
     assert [s["path"] for s in o.seen] == ["/h"]

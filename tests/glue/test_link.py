@@ -24,10 +24,9 @@ from aiohttp.test_utils import make_mocked_request
 from yarl import URL
 
 from gateway.core.tunnel import ResetCode, StreamReset
-from gateway.glue.mailbox import Mailbox
 from gateway.glue.opener import NotSent
 from gateway.transports.hopsession import HopSession
-from tests.glue.chain import TRANSPORTS, BuildChain, MiB, Origin, headers_of, serve
+from tests.glue.chain import TRANSPORTS, BuildChain, MiB, Origin, first_event, headers_of, serve
 from tests.helpers import until
 
 pytestmark = pytest.mark.timeout(90)
@@ -379,13 +378,7 @@ async def test_the_upstream_side_cannot_open_streams_towards_the_downstream(
     chain = await build_chain(url, transport)
     async with chain.client.get(chain.url + "/h") as resp:  # makes sure the session is up
         assert resp.status == 200
-    up = chain.up
-    box = Mailbox()
-    sid = up.tunnel.open_http("GET", "/from-upstream")
-    up.driver.register(sid, box)
-    up.driver.flush()
-    async with asyncio.timeout(5):
-        event = await box.next_event()
+    event = await first_event(chain.up, "GET", "/from-upstream")
     assert isinstance(event, StreamReset) and event.code == ResetCode.REFUSED
 
 
