@@ -62,7 +62,9 @@ from gateway.status import GatewayStats, HopReport
 from gateway.transports.connector import SessionConnector
 from gateway.transports.errors import NotAGateway, SessionUnavailable
 from gateway.transports.hopsession import HopSession
+from gateway.transports.http import describe, read_bounded
 from gateway.transports.session_settings import SessionSettings
+from gateway.transports.tasks import TaskSet
 
 log = logging.getLogger("hopgate.link")
 
@@ -208,12 +210,12 @@ class UpstreamLink:
         try:
             status, body = await self._fetch_hello(url)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            self._hello_unreachable(f"hello to {self.key} failed: {_describe(exc)}")
+            self._hello_unreachable(f"hello to {self.key} failed: {describe(exc)}")
             return
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             # It was reached and did not answer like a gateway (which answers
             # at once): a legacy server holding or dropping unknown paths.
-            why = f"hello answered with {_describe(exc)}"
+            why = f"hello answered with {describe(exc)}"
         else:
             if status in UNREACHABLE_STATUSES:
                 self._hello_unreachable(f"hello to {self.key} answered {status}")
@@ -247,7 +249,7 @@ class UpstreamLink:
             ) as resp:
                 if resp.status != 200:
                     return resp.status, None
-                raw = await _read_limited(resp, MAX_HELLO_BODY)
+                raw = await read_bounded(resp.content, MAX_HELLO_BODY, declared=resp.content_length)
         try:
             return 200, json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -360,7 +362,7 @@ class LinkTable:
         self._make = make
         self._limit = limit
         self._links: OrderedDict[str, UpstreamLink] = OrderedDict()
-        self._evicted: set[asyncio.Task[None]] = set()
+        self._evicted = TaskSet()
 
     def __len__(self) -> int:
         return len(self._links)
@@ -381,28 +383,12 @@ class LinkTable:
         link.start()
         while len(self._links) > self._limit:
             _, old = self._links.popitem(last=False)
-            task = asyncio.get_running_loop().create_task(old.close())
-            self._evicted.add(task)
-            task.add_done_callback(self._evicted.discard)
+            self._evicted.spawn(old.close())
         return link
 
     async def close(self) -> None:
         links = list(self._links.values())
         self._links.clear()
         await asyncio.gather(
-            *(link.close() for link in links), *self._evicted, return_exceptions=True
+            *(link.close() for link in links), self._evicted.wait(), return_exceptions=True
         )
-
-
-async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in resp.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            raise ValueError(f"hello answer larger than {limit} bytes")
-    return bytes(body)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

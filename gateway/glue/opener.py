@@ -82,13 +82,6 @@ def _check_own_target(target: str) -> None:
         raise ValueError(f"tunnel targets are origin-form paths, not {target[:60]!r}")
 
 
-def _reset_status(code: int) -> int:
-    try:
-        return ResetCode(code).http_status
-    except ValueError:
-        return ResetCode.INTERNAL.http_status
-
-
 class Opener:
     """Carries this gateway's client requests as streams of ``link``."""
 
@@ -243,7 +236,7 @@ class Opener:
             return text_error(
                 502, f"hop session to {name} lost after the request was sent; not retried"
             )
-        status = _reset_status(reset.code)
+        status = ResetCode.of(reset.code).http_status
         return text_error(status, f"{reset.reason or 'stream reset'} (via hop session {name})")
 
     # -- an endpoint WebSocket -----------------------------------------------------------------

@@ -28,14 +28,6 @@ from gateway.transports.http import CLOSE_TIMEOUT, Peer, close_peer, sendable
 __all__ = ["bridge_websocket"]
 
 
-def reset_close_code(code: int) -> int:
-    """The WebSocket close code an endpoint gets for a stream reset with ``code``."""
-    try:
-        return ResetCode(code).ws_close_code
-    except ValueError:
-        return ResetCode.INTERNAL.ws_close_code
-
-
 async def bridge_websocket(link: TunnelDriver, sid: int, box: Mailbox, peer: Peer) -> None:
     """Relay ``peer`` (the endpoint beside us) and stream ``sid`` until both sides closed."""
     link.stats.active_websockets += 1
@@ -113,7 +105,7 @@ async def _ws_writer(
             return True
         else:
             assert isinstance(event, StreamReset), event
-            await close_peer(peer, reset_close_code(event.code), event.reason)
+            await close_peer(peer, ResetCode.of(event.code).ws_close_code, event.reason)
             return True
 
 

@@ -69,7 +69,8 @@ from gateway.transports.handshake import (
     encode_token,
 )
 from gateway.transports.hopsession import HopSession, Transport
-from gateway.transports.longpoll import LongPollClient, read_limited
+from gateway.transports.http import read_bounded
+from gateway.transports.longpoll import LongPollClient
 from gateway.transports.session_settings import SessionSettings
 from gateway.transports.ws import WebSocketTransport, open_websocket
 
@@ -249,7 +250,9 @@ class SessionConnector:
         )
         try:
             async with self._http.post(url, data=b"", headers=headers, timeout=timeout) as resp:
-                body = await read_limited(resp, _MAX_CREATE_BODY)
+                body = await read_bounded(
+                    resp.content, _MAX_CREATE_BODY, declared=resp.content_length
+                )
                 status, answer = resp.status, resp.headers
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise PeerUnreachable(f"cannot reach {url}: {exc!r}") from exc

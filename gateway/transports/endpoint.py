@@ -59,7 +59,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from gateway.core.session.errors import CloseCode
 from gateway.core.session.frames import PROTOCOL_VERSION, encode_hello, new_packer
@@ -78,6 +78,7 @@ from gateway.transports.handshake import (
     parse_decimal,
 )
 from gateway.transports.hopsession import HopSession
+from gateway.transports.http import BodyTooLarge, bounded_chunks, offers_websocket, text_error
 from gateway.transports.longpoll import CONTENT_TYPE, LongPollServer
 from gateway.transports.registry import (
     ClientLimits,
@@ -126,10 +127,6 @@ def _octets(body: bytes, status: int = 200, headers: dict[str, str] | None = Non
     )
 
 
-def _error(status: int, message: str, **headers: str) -> web.Response:
-    return web.Response(status=status, text=message + "\n", headers={**_NO_STORE, **headers})
-
-
 def _query_int(request: web.BaseRequest, name: str) -> int | None:
     value = request.query.get(name)
     number = None if value is None else parse_decimal(value)
@@ -138,7 +135,7 @@ def _query_int(request: web.BaseRequest, name: str) -> int | None:
 
 def _refusal(status: int, message: str, **headers: str) -> web.Response:
     """An error after which the connection closes: the request body may be unread."""
-    response = _error(status, message, **headers)
+    response = text_error(status, message, **headers)
     response.force_close()
     return response
 
@@ -162,10 +159,6 @@ def _trim_memory() -> None:
         except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
             _libc_trim = lambda _pad: 0  # noqa: E731
     _libc_trim(0)
-
-
-def _is_upgrade(request: web.BaseRequest) -> bool:
-    return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
 
 
 # -- the server ----------------------------------------------------------------------------
@@ -214,32 +207,32 @@ class SessionServer:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         tail = request.path[len(SESSION_PATH) :]
         if tail in ("", "/"):
-            if request.method != "POST" or _is_upgrade(request):
-                return _error(405, f"open a session with POST {SESSION_PATH}", Allow="POST")
+            if request.method != "POST" or offers_websocket(request.headers):
+                return text_error(405, f"open a session with POST {SESSION_PATH}", Allow="POST")
             return self._create(request)
         session_id = tail[1:]
         hop = self.registry.get(session_id) if "/" not in session_id else None
         if hop is None or hop.closed:
-            return _error(404, "no such hop session (unknown or expired)")
+            return text_error(404, "no such hop session (unknown or expired)")
         token = decode_token(request.headers.get(TOKEN_HEADER, ""))
-        upgrade = _is_upgrade(request)
+        upgrade = offers_websocket(request.headers)
         # A WebSocket without the header (browsers cannot set one) proves the
         # token in its probe HELLO instead.
         tokenless_ws = upgrade and TOKEN_HEADER not in request.headers
         if (token is None or not hop.core.verify_token(token)) and not tokenless_ws:
-            return _error(403, "wrong resume token for this session")
+            return text_error(403, "wrong resume token for this session")
         epoch = _query_int(request, "epoch")
         if epoch is None:
-            return _error(400, "missing or malformed epoch=")
+            return text_error(400, "missing or malformed epoch=")
         if upgrade:
             if request.method != "GET" or not offers_subprotocol(request):
-                return _error(400, "a hop WebSocket must offer the hopgate.v1 subprotocol")
+                return text_error(400, "a hop WebSocket must offer the hopgate.v1 subprotocol")
             return await self._websocket(request, hop, epoch)
         if request.method == "GET":
             return await self._get(request, hop, epoch)
         if request.method == "POST":
             return await self._post(request, hop, epoch)
-        return _error(405, "hop sessions take GET and POST", Allow="GET, POST")
+        return text_error(405, "hop sessions take GET and POST", Allow="GET, POST")
 
     async def close(self) -> None:
         """End every session: graceful 1001 for a moment, then without handshake."""
@@ -265,7 +258,7 @@ class SessionServer:
 
     def _create(self, request: web.BaseRequest) -> web.Response:
         if self._closing:
-            return _error(503, "gateway shutting down", **{"Retry-After": RETRY_AFTER})
+            return text_error(503, "gateway shutting down", **{"Retry-After": RETRY_AFTER})
         if self._hop_secret is not None:
             refused = check_auth(
                 self._hop_secret, request.headers.get(AUTH_HEADER), replays=self._replays
@@ -274,10 +267,10 @@ class SessionServer:
                 status, problem = refused
                 self._log_refusal(request, f"{status} {problem}")
                 extra = {"Retry-After": RETRY_AFTER} if status == 503 else {}
-                return _error(status, problem, **extra)
+                return text_error(status, problem, **extra)
         if self.registry.full:
             self._log_refusal(request, "503 --max-sessions reached")
-            return _error(
+            return text_error(
                 503,
                 f"too many hop sessions ({self.settings.max_sessions}); try again later",
                 **{"Retry-After": RETRY_AFTER},
@@ -288,7 +281,7 @@ class SessionServer:
             self._clients.admit(key, loop.time())
         except ClientRefused as exc:
             self._log_refusal(request, f"429 {exc.reason}")
-            return _error(429, exc.reason, **{"Retry-After": str(exc.retry_after)})
+            return text_error(429, exc.reason, **{"Retry-After": str(exc.retry_after)})
         session_id, token = new_session_id(), new_token()
         core = Session(
             self._config, session_id=session_id, token=token, is_client=False, now=loop.time()
@@ -300,7 +293,7 @@ class SessionServer:
         except RegistryFull:
             self._clients.release(key, loop.time())
             hop.abandon(CloseCode.GOING_AWAY, "no room")
-            return _error(503, "too many hop sessions", **{"Retry-After": RETRY_AFTER})
+            return text_error(503, "too many hop sessions", **{"Retry-After": RETRY_AFTER})
         hop.on_finished.append(self._forget)
         if self._stats is not None:
             self._stats.active_sessions += 1
@@ -310,7 +303,7 @@ class SessionServer:
         except Exception:
             log.exception("on_session failed")
             hop.abandon(CloseCode.INTERNAL_ERROR, "internal error")
-            return _error(500, "internal error opening the session")
+            return text_error(500, "internal error opening the session")
         hello = encode_hello(_PACKER, PROTOCOL_VERSION, session_id, 0, None)
         return _octets(
             hello, headers={SESSION_HEADER: session_id, TOKEN_HEADER: encode_token(token)}
@@ -403,14 +396,14 @@ class SessionServer:
     async def _get(self, request: web.BaseRequest, hop: HopSession, epoch: int) -> web.Response:
         last = _query_int(request, "last")
         if last is None:
-            return _error(400, "missing or malformed last=")
+            return text_error(400, "missing or malformed last=")
         transport = self._long_poll(hop, epoch)
         if transport is None:
             return _octets(b"")  # a stale poll: answered at once, takes nothing
         try:
             body = await transport.get(last)
         except ValueError as exc:
-            return _error(400, f"bad poll: {exc}")
+            return text_error(400, f"bad poll: {exc}")
         return _octets(body)
 
     async def _post(self, request: web.BaseRequest, hop: HopSession, epoch: int) -> web.Response:
@@ -469,12 +462,11 @@ class SessionServer:
         limit = settings.max_batch_bytes
         try:
             async with asyncio.timeout(settings.hold_time):
-                async for chunk in request.content.iter_any():
+                chunks = bounded_chunks(request.content, limit, declared=request.content_length)
+                async for chunk in chunks:
                     body += chunk
                     inflight[1] += len(chunk)
                     self.post_bytes += len(chunk)
-                    if len(body) > limit:
-                        return _refusal(413, f"batch larger than {limit} bytes")
                     if inflight[1] > limit:
                         return _refusal(
                             413, f"POSTs in flight on this session hold more than {limit} bytes"
@@ -485,6 +477,8 @@ class SessionServer:
                             "this gateway holds too many unfinished POST bodies; try again",
                             **{"Retry-After": "1"},
                         )
+        except BodyTooLarge:
+            return _refusal(413, f"batch larger than {limit} bytes")
         except TimeoutError:
             return _refusal(408, f"POST body not complete within {settings.hold_time:g} s")
         return bytes(body)

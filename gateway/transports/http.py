@@ -38,6 +38,7 @@ __all__ = [
     "describe",
     "is_websocket_upgrade",
     "offered_protocols",
+    "offers_websocket",
     "read_bounded",
     "refusal_headers",
     "request_body",
@@ -74,12 +75,22 @@ Peer = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 # -- plain HTTP ---------------------------------------------------------------------------
 
 
-def text_error(status: int, message: str) -> web.Response:
-    """A plain-text error the person reading a client's log can act on."""
+def text_error(status: int, message: str, **headers: str) -> web.Response:
+    """A plain-text error the person reading a client's log can act on.
+
+    ``X-Hopgate-Error`` tells it apart from an answer the origin gave; it is
+    never cached nor sniffed as anything but text.  ``headers`` are added
+    (``Allow``, ``Retry-After``).
+    """
     return web.Response(
         status=status,
         text=f"hopgate: {message}\n",
-        headers={"Cache-Control": "no-store", "X-Hopgate-Error": "1"},
+        headers={
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "X-Hopgate-Error": "1",
+            **headers,
+        },
     )
 
 
@@ -147,16 +158,26 @@ async def read_bounded(
 # -- WebSocket ----------------------------------------------------------------------------
 
 
+def offers_websocket(headers: hdr.HeadersIn) -> bool:
+    """``Upgrade`` names ``websocket`` (any version, among other protocols or alone).
+
+    The hop session endpoint refuses every request that asks for a WebSocket
+    this way unless it is a valid hop WebSocket, rather than serving it as a
+    long-poll request.
+    """
+    offered = {
+        token.strip().split("/")[0].lower()
+        for value in headers.getall("Upgrade", ())
+        for token in value.split(",")
+    }
+    return "websocket" in offered
+
+
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
     """``GET`` with ``Connection: upgrade`` and ``Upgrade: websocket``."""
     if request.method != "GET" or "upgrade" not in hdr.connection_tokens(request.headers):
         return False
-    offered = {
-        token.strip().split("/")[0].lower()
-        for value in request.headers.getall("Upgrade", ())
-        for token in value.split(",")
-    }
-    return "websocket" in offered
+    return offers_websocket(request.headers)
 
 
 def aiohttp_limit(largest: int) -> int:

@@ -45,9 +45,10 @@ import aiohttp
 from gateway.core.session.errors import CloseCode, RemoteProtocolError, SessionUsageError
 from gateway.transports.handshake import SessionRoute
 from gateway.transports.hopsession import HopSession
+from gateway.transports.http import read_bounded
 from gateway.transports.session_settings import SessionSettings
 
-__all__ = ["CONTENT_TYPE", "LongPollClient", "LongPollServer", "read_limited"]
+__all__ = ["CONTENT_TYPE", "LongPollClient", "LongPollServer"]
 
 CONTENT_TYPE: Final = "application/octet-stream"
 
@@ -221,7 +222,10 @@ class LongPollClient:
         async with self._route.http.request(
             method, self._route.url, params=params, data=data, headers=headers, timeout=timeout
         ) as resp:
-            return resp.status, await read_limited(resp, self._settings.max_batch_bytes)
+            limit = self._settings.max_batch_bytes
+            return resp.status, await read_bounded(
+                resp.content, limit, declared=resp.content_length
+            )
 
     def _answered(self, status: int, body: bytes) -> bool:
         """Take an answer in: its frames fed to the session; False if the peer refused."""
@@ -267,18 +271,3 @@ class LongPollClient:
             else:
                 # The POST may or may not have arrived: the next transport replays from the ack.
                 self._fail(f"post failed: {exc!r}")
-
-
-async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or ValueError if it is larger than ``limit``."""
-    length = resp.content_length
-    if length is not None:
-        if length > limit:
-            raise ValueError(f"body of {length} bytes exceeds {limit}")
-        return await resp.read()
-    chunks = bytearray()
-    async for chunk in resp.content.iter_any():
-        chunks += chunk
-        if len(chunks) > limit:
-            raise ValueError(f"body exceeds {limit} bytes")
-    return bytes(chunks)

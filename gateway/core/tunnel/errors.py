@@ -55,6 +55,14 @@ class ResetCode(IntEnum):
     INTERNAL = 6  # the gateway failed; also what an unknown code from a newer peer means
     SESSION_LOST = 7  # a hop session died (ours: close_all; from the peer: one further on)
 
+    @classmethod
+    def of(cls, code: int) -> ResetCode:
+        """The reset code ``code`` names; ``INTERNAL`` for one this version does not know."""
+        try:
+            return cls(code)
+        except ValueError:
+            return cls.INTERNAL
+
     @property
     def http_status(self) -> int:
         """Status a downstream gateway answers its client with (if no head was sent yet)."""

@@ -56,8 +56,6 @@ from gateway.core.tunnel.table import StreamTable
 
 __all__ = ["receive_frames"]
 
-_RESET_CODES: Final = frozenset(int(code) for code in ResetCode)
-
 
 def receive_frames(
     table: StreamTable, decoder: FrameDecoder, message: bytes | bytearray | memoryview | str
@@ -277,7 +275,7 @@ def _on_reset(table: StreamTable, raw: list[Any]) -> None:
     stream = table.lookup(sid)
     if stream is None:
         return
-    known = ResetCode(code) if code in _RESET_CODES else ResetCode.INTERNAL
+    known = ResetCode.of(code)
     table.forget(stream)
     table.events.append(
         StreamReset(
