@@ -14,7 +14,9 @@ gateway's ``Via``, the downstream gateway's address (``peer_ip``) added to
 ``X-Forwarded-For``, ``Host`` rewritten to the upstream's unless
 ``preserve_host``. The origin's response head passes through
 ``downstream_headers`` (this gateway's ``Via``). So the origin sees what it
-would see on a plain path through the same gateways.
+would see on a plain path through the same gateways (``X-Forwarded-For``
+lacks the downstream gateway's address only if the link was built without
+``peer_ip``).
 
 Framing is ours, never the peer's (``framing.py``). A stream delimits its
 body itself, so a head's ``Content-Length``/``Transfer-Encoding`` are claims:
