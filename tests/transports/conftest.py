@@ -308,3 +308,25 @@ async def wait_transport(hop: HopSession, kind: str, timeout: float = 10.0) -> N
     async with asyncio.timeout(timeout):
         while hop.transport != kind:
             await asyncio.sleep(0.01)
+
+
+#: The ``low_level_server`` fixture: serve a handler, get its port.
+StartLowLevel = Callable[[Handler], Awaitable[int]]
+
+
+@pytest.fixture
+async def low_level_server() -> AsyncIterator[StartLowLevel]:
+    """Serve a handler on a loopback port from ``web.Server``, the low-level server the
+    gateway uses (no router: ``Expect`` and response hooks are the handler's); the port."""
+    runners: list[web.ServerRunner] = []
+
+    async def start(handler: Handler) -> int:
+        runner = web.ServerRunner(web.Server(handler))
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return int(runner.addresses[0][1])
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 from asyncio import selector_events
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -24,10 +23,9 @@ from gateway.transports.aiohttp_internals import (
     never_resend,
     take_over_reading,
 )
+from tests.transports.conftest import StartLowLevel
 
 pytestmark = pytest.mark.timeout(30)
-
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def _internal(condition: bool, name: str, what: str) -> None:
@@ -38,26 +36,6 @@ def _internal(condition: bool, name: str, what: str) -> None:
             f"{aiohttp.__version__})",
             pytrace=False,
         )
-
-
-@pytest.fixture
-async def low_level_server() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
-    """A ``web.Server`` (the low-level server the gateway uses) on a loopback port."""
-    runners: list[web.ServerRunner] = []
-
-    async def start(handler: Handler) -> int:
-        runner = web.ServerRunner(web.Server(handler))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        return int(server.sockets[0].getsockname()[1])
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 async def _raw_exchange(port: int, request: bytes) -> bytes:
@@ -93,7 +71,7 @@ def test_prepare_headers_is_still_the_step_that_adds_default_headers() -> None:
 
 @pytest.mark.parametrize("relayed", [True, False])
 async def test_relayed_response_adds_no_content_type_or_server(
-    low_level_server: Callable[[Handler], Awaitable[int]], relayed: bool
+    low_level_server: StartLowLevel, relayed: bool
 ) -> None:
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         response = RelayedResponse() if relayed else web.StreamResponse()
@@ -115,7 +93,7 @@ async def test_relayed_response_adds_no_content_type_or_server(
 
 
 async def test_relayed_response_keeps_the_upstreams_own_values(
-    low_level_server: Callable[[Handler], Awaitable[int]],
+    low_level_server: StartLowLevel,
 ) -> None:
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         response = RelayedResponse()
@@ -207,7 +185,7 @@ def test_set_parser_still_takes_a_feed_for_the_connections_later_bytes() -> None
 
 
 async def test_take_over_reading_gets_every_byte_after_a_connect_head(
-    low_level_server: Callable[[Handler], Awaitable[int]],
+    low_level_server: StartLowLevel,
 ) -> None:
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         response = web.StreamResponse(status=200, reason="Connection established")
@@ -249,9 +227,7 @@ def test_selector_transport_still_reads_max_size_bytes_at_a_time() -> None:
     _internal("self.max_size" in source, name, "its reads no longer use max_size")
 
 
-async def _buffered_after_stall(
-    start: Callable[[Handler], Awaitable[int]], read_limit: int | None
-) -> int:
+async def _buffered_after_stall(start: StartLowLevel, read_limit: int | None) -> int:
     """Bytes the client holds for a 256 KiB body nobody reads (pause at 8 KiB buffered)."""
     sent = asyncio.Event()
 
@@ -286,7 +262,7 @@ async def _buffered_after_stall(
 
 
 async def test_limit_reads_bounds_what_a_stalled_response_holds(
-    low_level_server: Callable[[Handler], Awaitable[int]],
+    low_level_server: StartLowLevel,
 ) -> None:
     # aiohttp pauses reading past 2 * read_bufsize; each read may add one max_size.
     assert await _buffered_after_stall(low_level_server, 1024) <= 8192 + 1024

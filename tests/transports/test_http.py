@@ -3,49 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
 
 from gateway.transports.http import (
     BodyTooLarge,
     is_websocket_upgrade,
+    offers_websocket,
     read_bounded,
     request_body,
     sendable,
     text_error,
 )
 from gateway.transports.tasks import TaskSet
+from tests.transports.conftest import StartLowLevel
 
 pytestmark = pytest.mark.timeout(30)
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
-    runners: list[web.ServerRunner] = []
-
-    async def start(handler: Handler) -> int:
-        runner = web.ServerRunner(web.Server(handler))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        return int(server.sockets[0].getsockname()[1])
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
 
 async def test_request_body_answers_100_continue_outside_the_response_body(
-    serve: Callable[[Handler], Awaitable[int]],
+    low_level_server: StartLowLevel,
 ) -> None:
     seen: dict[str, object] = {}
 
@@ -55,7 +37,7 @@ async def test_request_body_answers_100_continue_outside_the_response_body(
         seen["output_size"] = request.writer.output_size
         return web.Response(text="done")
 
-    port = await serve(handler)
+    port = await low_level_server(handler)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(
@@ -81,7 +63,7 @@ async def test_request_body_answers_100_continue_outside_the_response_body(
     ],
 )
 async def test_read_bounded_serves_client_responses_and_server_requests(
-    serve: Callable[[Handler], Awaitable[int]], body: bytes, declare: bool, want: bytes | str
+    low_level_server: StartLowLevel, body: bytes, declare: bool, want: bytes | str
 ) -> None:
     server_side: list[bytes | str] = []
 
@@ -102,7 +84,7 @@ async def test_read_bounded_serves_client_responses_and_server_requests(
     async def upload() -> AsyncIterator[bytes]:
         yield body
 
-    port = await serve(handler)
+    port = await low_level_server(handler)
     async with (
         aiohttp.ClientSession() as session,
         session.post(f"http://127.0.0.1:{port}/", data=body if declare else upload()) as resp,
@@ -115,6 +97,15 @@ async def test_read_bounded_serves_client_responses_and_server_requests(
             client_side = str(exc)
     assert client_side == want
     assert server_side == [want]
+
+
+@pytest.mark.parametrize(
+    ("upgrade", "offered"),
+    [("websocket", True), ("WebSocket", True), ("h2c, websocket/13", True), ("h2c", False)],
+)
+def test_offers_websocket_reads_the_upgrade_tokens(upgrade: str, offered: bool) -> None:
+    assert offers_websocket(CIMultiDict(Upgrade=upgrade)) is offered
+    assert not offers_websocket(CIMultiDict())
 
 
 def test_websocket_upgrade_needs_get_connection_and_upgrade() -> None:
@@ -138,12 +129,15 @@ def test_sendable_close_codes(code: int | None, sent: int) -> None:
     assert sendable(code) == sent
 
 
-def test_text_error_is_plain_text_and_never_cached() -> None:
-    response = text_error(502, "upstream went away")
-    assert response.status == 502
-    assert response.text == "hopgate: upstream went away\n"
-    assert response.headers["Cache-Control"] == "no-store"
+def test_text_error_is_plain_text_marked_and_never_cached() -> None:
+    response = text_error(405, "hop sessions take GET and POST", Allow="GET, POST")
+    assert response.status == 405
+    assert response.text == "hopgate: hop sessions take GET and POST\n"
     assert response.content_type == "text/plain"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Hopgate-Error"] == "1"
+    assert response.headers["Allow"] == "GET, POST"
 
 
 async def test_task_set_holds_waits_and_cancels() -> None:
