@@ -1,7 +1,7 @@
 """Sans-I/O hop session: a reliable, ordered channel of whole messages between
 two adjacent gateways that survives any number of transport changes.
 
-No sockets, no event loop, no clock in here; see ``core`` for the theory of
+No sockets, no event loop, no clock in here; see ``machine`` for the theory of
 operation and ``docs/protocol.md`` for the wire contract.
 """
 

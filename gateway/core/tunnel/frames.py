@@ -101,7 +101,7 @@ class FrameType(IntEnum):
 
 
 def new_packer() -> msgpack.Packer:
-    """A Packer for control frames; ``streams`` shares one among all tunnels of a process."""
+    """A Packer for control frames; ``table`` shares one among all tunnels of a process."""
     return msgpack.Packer(use_bin_type=True, autoreset=True)
 
 
