@@ -46,6 +46,8 @@ from tests.processes import (  # noqa: E402
     start_gateway,
     unlimited_sessions,
 )
+from tests.status_page import active_sessions, warm_until_hop  # noqa: E402
+from tests.waiting import eventually  # noqa: E402
 
 #: What the origin process prints once both its sites listen.
 ORIGIN_PORTS = re.compile(r"origin listening on ports (\d+,\d+)")
@@ -731,13 +733,15 @@ async def attack_idle_sessions(ctx: Ctx) -> Row:
                 await asyncio.gather(*(one() for _ in range(n)))
         created_s = time.monotonic() - t0
         peak = rss_mib(gw)
-        active = await active_sessions(ctx, gw)
+        active = left = await live_sessions(ctx, gw)
+
+        async def none_left(gw: GatewayProcess = gw) -> bool:
+            nonlocal left
+            left = await live_sessions(ctx, gw)
+            return left == 0
+
         # wait for every session to expire (no transport for --resume-grace)
-        deadline = time.monotonic() + grace + 30
-        left = active
-        while time.monotonic() < deadline and left:
-            await asyncio.sleep(2.0)
-            left = await active_sessions(ctx, gw)
+        await eventually(none_left, grace + 30, interval=2.0)
         await asyncio.sleep(2.0)
         after = rss_mib(gw)
         per = (peak - base) * 1024 / max(made, 1)
@@ -762,10 +766,10 @@ async def attack_idle_sessions(ctx: Ctx) -> Row:
     return Row("idle_sessions", "idle hop sessions", "; ".join(parts), numbers)
 
 
-async def active_sessions(ctx: Ctx, gw: GatewayProcess) -> int:
+async def live_sessions(ctx: Ctx, gw: GatewayProcess) -> int:
+    """The gateway's active hop sessions; -1 when its status page does not answer."""
     with contextlib.suppress(Exception):
-        _status, body = await get_status(ctx.http, gw.url + hp.STATUS_PATH)
-        return int(json.loads(body)["sessions"]["active"])
+        return await active_sessions(ctx.http, gw.url)
     return -1
 
 
@@ -794,17 +798,10 @@ async def attack_fill_sessions(ctx: Ctx) -> Row:
     fill_s = time.monotonic() - t0
     full = statuses.get(503, 0) > 0
     client = ctx.lab.gateway("client", "--upstream", gw.url)
-    transport, err = "?", ""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
-        with contextlib.suppress(Exception):
-            await get_status(ctx.http, client.url + "/warm")
-            _status, body = await get_status(ctx.http, client.url + hp.STATUS_PATH)
-            up = json.loads(body)["upstreams"][0]
-            transport, err = up["transport"], up["last_error"]
-            if transport != "plain":
-                break
+    up: dict[str, Any] = {"transport": "?", "last_error": ""}
+    with contextlib.suppress(Exception):
+        up = await warm_until_hop(ctx.http, client.url, timeout=10)
+    transport, err = up["transport"], up["last_error"]
     legit = f"{transport}" + (f" ({err[:60]})" if err and transport == "plain" else "")
     return Row(
         "fill_sessions",
@@ -860,9 +857,8 @@ async def attack_status_confusion(ctx: Ctx) -> Row:
     fwd = ", ".join(f"{e['method']} {e['path']}" for e in client_seen) or "nothing"
     side_fwd = ", ".join(f"{e['method']} {e['path']}" for e in side_seen) or "nothing"
     hop_client = lab.gateway("client", "--upstream", gw.url)
-    await asyncio.sleep(1.0)
-    await get_status(ctx.http, hop_client.url + "/warm")  # lets the hop upgrade
-    await asyncio.sleep(1.0)
+    with contextlib.suppress(Exception):
+        await warm_until_hop(ctx.http, hop_client.url, timeout=10)
     await lab.seen(ctx.http)
     opt_h = await raw(hop_client.port, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
     hop_seen = await lab.seen(ctx.http)

@@ -29,6 +29,7 @@ from aiohttp import WSMsgType, web
 
 from tests.conftest import MakeGateway, MakeOrigin
 from tests.faultproxy import FaultProxy
+from tests.helpers import until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLIENT_JS = Path(__file__).resolve().parents[2] / "client_js"
@@ -396,14 +397,13 @@ async def run(page: Any, expression: str, *args: Any) -> Any:
 
 
 async def wait_progress(page: Any, task: asyncio.Task[Any], at_least: int) -> None:
-    async with asyncio.timeout(30):
-        while True:
-            if task.done():
-                task.result()  # raises the page's error
-                raise AssertionError(f"finished before reaching {at_least} messages")
-            if await page.evaluate("window.progress || 0") >= at_least:
-                return
-            await asyncio.sleep(0.02)
+    async def reached() -> bool:
+        if task.done():
+            task.result()  # raises the page's error
+            raise AssertionError(f"finished before reaching {at_least} messages")
+        return bool(await page.evaluate("window.progress || 0") >= at_least)
+
+    await until(reached, f"{at_least} messages in the page", timeout=30)
 
 
 TRANSPORTS = {

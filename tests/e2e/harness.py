@@ -7,8 +7,8 @@
 
 Shared by ``test_socketio``, ``test_comet_upgraded`` and ``tests/hop/test_seeds``:
 
-* ``FAST_LADDER`` / ``FAST_SESSION``: hop timings short enough for a test
-  (re-probe within a second, stall watchdog at one second);
+* ``FAST_LADDER`` / ``FAST_SESSION`` (from ``tests.helpers``): hop timings
+  short enough for a test (re-probe within a second, stall watchdog at one second);
 * ``gateways`` (a fixture: import ``gateways_fixture`` into the test module)
   starts in-process gateways with those timings, and recording proxies, and
   stops them all (gateways first, then the proxies) within a bounded time;
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -43,31 +42,15 @@ from aiohttp.typedefs import Handler
 
 from gateway.config import Role, build_config
 from gateway.core import discovery
-from gateway.core.ladder import LadderSettings
 from gateway.demo.legacy_client import ChatMessage, LegacyChatClient
 from gateway.server import Gateway
 from gateway.settings import derive
-from gateway.status import STATUS_PATH
 from gateway.transports.handshake import SESSION_PATH
 from gateway.transports.session_settings import SessionSettings
 from tests.faultproxy import FaultProxy, _Conn
-from tests.helpers import until
+from tests.helpers import FAST_LADDER, FAST_SESSION, until
+from tests.status_page import upstream_entry
 
-#: Back-off short enough for a test; a legacy peer is never asked twice during one.
-FAST_LADDER = LadderSettings(retry_initial=0.2, retry_max=1.0, legacy_recheck=600.0)
-#: Session timings short enough for a test: re-probe within ~1 s, stall caught in 1 s.
-FAST_SESSION = SessionSettings(
-    hold_time=2.0,
-    resume_grace=20.0,
-    heartbeat=1.0,
-    stall_timeout=1.0,
-    retransmit_timeout=1.0,
-    close_timeout=2.0,
-    probe_timeout=0.5,
-    connect_timeout=3.0,
-    reprobe_initial=0.3,
-    reprobe_max=1.0,
-)
 #: Longest wait for one step (a transport change, a message count).
 STEP = 15.0
 
@@ -85,16 +68,8 @@ def transport(gw: Gateway) -> str:
 
 async def hop_status(gw: Gateway) -> dict[str, Any]:
     """The gateway's one upstream entry as ``GET /.hopgate/status`` serves it."""
-    async with (
-        aiohttp.ClientSession() as http,
-        asyncio.timeout(10),
-        http.get(gw.url + STATUS_PATH) as resp,
-    ):
-        assert resp.status == 200
-        doc = json.loads(await resp.text())
-    [entry] = doc["upstreams"]
-    assert isinstance(entry, dict)
-    return entry
+    async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+        return await upstream_entry(http, gw.url)
 
 
 # ------------------------------------------------------------------ gateways

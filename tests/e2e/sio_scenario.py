@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
 from aiohttp import web
+
+from tests.waiting import woken_until
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,10 +64,10 @@ class Progress:
     def tick(self) -> None:
         self.changed.set()
 
-    async def until(self, done: Any) -> None:
-        while not done():
-            self.changed.clear()
-            await self.changed.wait()
+    async def until(self, done: Callable[[], bool], timeout: float) -> None:
+        """Wait for ``done()``, woken at each recorded message; TimeoutError after ``timeout``."""
+        if not await woken_until(self.changed, done, timeout):
+            raise TimeoutError
 
 
 class SioOrigin:
@@ -191,7 +194,7 @@ async def run_scenario(
             await asyncio.gather(*(p.connect(base_url) for p in people))
             result.transports = {p.name: p.client.transport() for p in people}
             await asyncio.gather(origin.broadcast(), *(p.send_all(scenario) for p in people))
-            await progress.until(complete)
+            await progress.until(complete, timeout)
         await asyncio.sleep(scenario.settle)
     except TimeoutError:
         result.timed_out = True  # problems() also reports what did not arrive

@@ -12,9 +12,7 @@ from gateway.config import Role, build_config
 from gateway.core.ladder import LadderSettings
 from gateway.server import Gateway
 from gateway.settings import derive
-
-#: Back-off short enough for a test; a legacy peer is never asked twice during one.
-FAST = LadderSettings(retry_initial=0.2, retry_max=1.0, legacy_recheck=600.0)
+from tests.helpers import FAST_LADDER
 
 
 class StartGateway(Protocol):
@@ -25,11 +23,11 @@ class StartGateway(Protocol):
 
 @pytest.fixture
 async def start_gateway() -> AsyncIterator[StartGateway]:
-    """Start in-process gateways on 127.0.0.1:0 with ``FAST`` back-off; stop them after."""
+    """Start in-process gateways on 127.0.0.1:0 with ``FAST_LADDER`` back-off; stop them after."""
     gateways: list[Gateway] = []
 
     async def start(
-        role: Role, settings: dict[str, Any] | None = None, *, ladder: LadderSettings = FAST
+        role: Role, settings: dict[str, Any] | None = None, *, ladder: LadderSettings = FAST_LADDER
     ) -> Gateway:
         config = build_config(
             role, {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, **(settings or {})}

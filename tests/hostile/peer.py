@@ -23,6 +23,8 @@ from typing import Any, Final
 import aiohttp
 import msgpack
 
+from tests.waiting import woken_until
+
 SESSION_PATH: Final = "/.hopgate/session"
 SESSION_HEADER: Final = "X-Hopgate-Session"
 TOKEN_HEADER: Final = "X-Hopgate-Token"
@@ -345,16 +347,13 @@ class HostilePeer:
 
     async def until(self, predicate: Any, timeout: float | None = None) -> bool:
         """Wait until ``predicate()``; False on timeout (or the session ending first)."""
-        try:
-            async with asyncio.timeout(timeout or self.timeout):
-                while not predicate():
-                    if self.closed is not None and self._reader is not None and self._reader.done():
-                        return bool(predicate())
-                    self.changed.clear()
-                    await self.changed.wait()
-        except TimeoutError:
-            return False
-        return True
+
+        def done_or_ended() -> bool:
+            ended = self.closed is not None and self._reader is not None and self._reader.done()
+            return bool(predicate()) or ended
+
+        woke = await woken_until(self.changed, done_or_ended, timeout or self.timeout)
+        return woke and bool(predicate())
 
     async def answer(self, sid: int, timeout: float | None = None) -> Stream:
         """The stream once it has a head or a reset (or whatever came in ``timeout``)."""

@@ -5,9 +5,7 @@ Every request here goes over a raw socket, as an attacker writes it.
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
 
 import aiohttp
 import pytest
@@ -16,6 +14,7 @@ from gateway.transports.handshake import auth_header_value
 from tests.conftest import MakeGateway
 from tests.hostile import peer as hp
 from tests.hostile.conftest import Origin
+from tests.status_page import warm_until_hop
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,13 +81,7 @@ async def test_options_asterisk_over_a_hop_is_never_options_slash(
     server = await make_gateway("server", {"upstream": origin.url})
     client = await make_gateway("client", {"upstream": server.url})
     async with aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            async with http.get(client.url + "/warm") as resp:
-                assert resp.status == 200
-            if [u.transport for u in client.stats.upstreams.values()] != ["plain"]:
-                break
-            await asyncio.sleep(0.2)
+        await warm_until_hop(http, client.url, timeout=15)
     answer = await send(client.port, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
     status = hp.status_of(answer)
     assert status is not None and status < 500, answer[:300]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 
@@ -21,6 +20,8 @@ from tests.conftest import MakeGateway
 from tests.hostile import peer as hp
 from tests.hostile.conftest import MiB, Origin
 from tests.processes import SpawnGateway, proc_status_kib, unlimited_sessions
+from tests.status_page import active_sessions, warm_until_hop
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -151,15 +152,8 @@ async def test_a_legit_gateway_upgrades_while_one_address_hammers_session_creati
     assert opened < 100, f"one address opened {opened} of 100 sessions"
     client = await make_gateway("client", {"upstream": server.url})
     async with aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + 20
-        transport = "plain"
-        while time.monotonic() < deadline and transport == "plain":
-            async with http.get(client.url + "/warm") as resp:
-                assert resp.status == 200
-            [state] = client.stats.upstreams.values()
-            transport = state.transport
-            await asyncio.sleep(0.2)
-    assert transport != "plain", f"the legit gateway stayed plain: {state.last_error}"
+        hop = await warm_until_hop(http, client.url, timeout=20)
+    assert hop["transport"] != "plain", f"the legit gateway stayed plain: {hop['last_error']}"
 
 
 async def test_slowloris_is_closed_after_the_header_timeout(
@@ -288,21 +282,17 @@ async def test_idle_sessions_are_small_created_in_constant_time_and_given_back(
             times.append(time.monotonic() - t0)
             assert all(c.status == 200 for c in made), batch
         peak = rss_mib(gw.pid)
-        deadline = time.monotonic() + 20
-        active = -1
-        while time.monotonic() < deadline and active != 0:
-            await asyncio.sleep(1.0)
-            async with http.get(gw.url + hp.STATUS_PATH) as resp:
-                active = json.loads(await resp.read())["sessions"]["active"]
+
+        async def all_expired() -> bool:
+            return await active_sessions(http, gw.url) == 0
+
+        expired = await eventually(all_expired, timeout=20, interval=1.0)
         # The gateway trims freed memory once the expiry sweep has settled
         # (about a second after the last session went): wait for it, bounded.
-        trim_deadline = time.monotonic() + 10
+        await eventually(lambda: rss_mib(gw.pid) - base <= 50, timeout=10, interval=0.5)
         after = rss_mib(gw.pid)
-        while after - base > 50 and time.monotonic() < trim_deadline:
-            await asyncio.sleep(0.5)
-            after = rss_mib(gw.pid)
     each_kib = (peak - base) * 1024 / n
     assert each_kib <= 16, f"an idle session costs {each_kib:.0f} KiB"
     assert times[2] < 3 * times[0] + 0.5, f"creation slows down with the count: {times}"
-    assert active == 0
+    assert expired, "sessions still active 20 s after their --resume-grace"
     assert after - base <= 50, f"RSS after expiry {after:.0f} MiB, baseline {base:.0f} MiB"

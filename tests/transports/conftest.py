@@ -24,23 +24,13 @@ from gateway.transports.handshake import SESSION_HEADER, SESSION_PATH, TOKEN_HEA
 from gateway.transports.hopsession import HopSession
 from gateway.transports.session_settings import SessionSettings
 from tests.faultproxy import FaultProxy
+from tests.helpers import FAST_SESSION, NO_REPROBE
 
 Kind = Literal["websocket", "long-poll"]
 
-FAST = SessionSettings(
-    hold_time=1.0,
-    resume_grace=10.0,
-    heartbeat=2.0,
-    stall_timeout=1.0,
-    retransmit_timeout=1.0,
-    close_timeout=2.0,
-    probe_timeout=0.5,
-    connect_timeout=3.0,
-    reprobe_initial=0.3,
-    reprobe_max=2.0,
-)
-#: Never re-probe a WebSocket (keeps a long-poll test on long-poll).
-NO_REPROBE = {"reprobe_initial": 3600.0, "reprobe_max": 3600.0}
+#: The shared fast hop timings (``tests.helpers.FAST_SESSION``), under the
+#: name this folder's tests import.
+FAST = FAST_SESSION
 
 
 class Inbox:
