@@ -2,7 +2,7 @@
 
 One frozen :class:`SessionSettings` serves both ends of a hop session and
 every transport; :meth:`SessionSettings.core_config` derives the pure core's
-:class:`~gateway.core.session.machine.SessionConfig` from it.
+:class:`~gateway.core.session.config.SessionConfig` from it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from gateway.core.session.machine import SessionConfig
+from gateway.core.session.config import SessionConfig
 
 if TYPE_CHECKING:
     from gateway.config import Config
