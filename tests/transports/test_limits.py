@@ -14,14 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -35,11 +30,11 @@ from gateway.transports.handshake import (
 )
 from gateway.transports.registry import ClientLimits, ClientRefused, client_key
 from gateway.transports.ws import SUBPROTOCOL
+from tests.processes import SpawnGateway, unlimited_sessions
 from tests.transports.conftest import FAST, MakeConnector, StartServer, post_create
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[2]
 KiB = 1024
 
 
@@ -54,44 +49,23 @@ async def _client_from(address: str) -> AsyncIterator[aiohttp.ClientSession]:
 # -- idle sessions: small, and given back ------------------------------------------------
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def test_idle_sessions_cost_under_16_kb_each_and_come_back_on_expiry() -> None:
+async def test_idle_sessions_cost_under_16_kb_each_and_come_back_on_expiry(
+    spawn_gateway: SpawnGateway,
+) -> None:
     count, grace = 2000, 3.0
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "gateway", "server",
-        "--listen", f"127.0.0.1:{port}", "--upstream", "http://127.0.0.1:9",
-        "--max-sessions", str(count + 100), "--resume-grace", str(grace),
-        "--max-sessions-per-client", "0", "--session-create-rate", "1e9",
-        "--log-level", "warning",
-    ]  # fmt: skip
-    server = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    server = spawn_gateway(
+        "server",
+        "--upstream", "http://127.0.0.1:9", "--resume-grace", str(grace),
+        *unlimited_sessions(count + 100),
+        log_level="warning",
+    )  # fmt: skip
     try:
-        url = f"http://127.0.0.1:{port}"
+        url = server.url
         async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    assert (await post_create(http, url))[0] == 200  # warm-up
-                    break
-                except aiohttp.ClientConnectionError:
-                    assert time.monotonic() < deadline, "the server did not start"
-                    await asyncio.sleep(0.05)
+            assert (await post_create(http, url))[0] == 200  # warm-up
             for _ in range(20):
                 assert (await post_create(http, url))[0] == 200
-            base = _rss_kib(server.pid)
+            base = server.rss_kib()
             started = time.monotonic()
 
             async def worker(n: int) -> None:
@@ -100,19 +74,18 @@ async def test_idle_sessions_cost_under_16_kb_each_and_come_back_on_expiry() -> 
 
             await asyncio.gather(*(worker(count // 16) for _ in range(16)))
             took = time.monotonic() - started
-            full = _rss_kib(server.pid)
+            full = server.rss_kib()
         per_session = (full - base) / count
         print(f"\n{count} idle sessions: {per_session:.1f} KiB each, created in {took:.2f} s")
         assert per_session <= 16, f"{per_session:.1f} KiB per idle session"
         assert took < 20
         # Every session expires after the grace; the memory goes back (trimmed).
         await asyncio.sleep(grace + 4)
-        after = _rss_kib(server.pid)
+        after = server.rss_kib()
         print(f"RSS base {base} KiB, open {full} KiB, expired {after} KiB")
         assert after - base <= max(8 * KiB, (full - base) // 2)
     finally:
-        server.terminate()
-        server.wait(timeout=15)
+        server.stop()
 
 
 # -- per client address ----------------------------------------------------------------------
