@@ -144,7 +144,7 @@ class Gateway:
     async def start(self) -> None:
         self._client = origin_client(self.settings.client)
         self._hop_client = session_client(self._client)
-        self._forwarder = Forwarder(self.config, self._client, self.stats)
+        self._forwarder = Forwarder(self.settings.forward, self._client, self.stats)
         if self.hop_upgrade:
             self._start_hop_layer(self._forwarder)
         self.router = Router(
@@ -152,7 +152,7 @@ class Gateway:
             relay=Relay(self._forwarder, self._tunnel_for),
             stats=self.stats,
             sessions=self.sessions,
-            connect=functools.partial(open_tunnel, config=self.config, stats=self.stats),
+            connect=functools.partial(open_tunnel, config=self.settings.forward, stats=self.stats),
             own_url=lambda: self.url,
         )
         await self._listen()
@@ -338,7 +338,7 @@ class Gateway:
             next_hop=self._next_hop if self.config.upstream is not None else None,
             config=self.settings.tunnel,
             peer_ip=hop.peer_address,
-            session_connections=self.settings.hop.session_connections,
+            session_connections=self.settings.forward.session_connections,
             address_slots=self._address_slots.take(client_key(hop.peer_address)),
         )
         self._accepted.add(tunnel)

@@ -12,6 +12,7 @@ terms, and :func:`derive` is the one place that builds every piece::
       listener  ListenerSettings   socket, TLS, inbound limits (edges)
       client    ClientSettings     the HTTP client towards origins and next hops
       routes    RouteSettings      what the router needs to place a request
+      forward   ForwardSettings    the hop's forwarding rules (edges and glue)
 
 A new knob is therefore a row in ``config.SETTINGS`` with its ``Config``
 field, one line in :func:`derive` and its consumer; ``tests/test_settings.py``
@@ -32,11 +33,13 @@ from yarl import URL
 from gateway.config import Config, Role
 from gateway.core.ladder import LadderSettings
 from gateway.core.tunnel import TunnelConfig
+from gateway.glue.origin import ForwardSettings
 from gateway.transports.session_settings import TUNNEL_SESSION_MESSAGE, SessionSettings
 
 __all__ = [
     "CONFIG_ONLY",
     "ClientSettings",
+    "ForwardSettings",
     "HopSettings",
     "ListenerSettings",
     "RouteSettings",
@@ -48,8 +51,6 @@ __all__ = [
 #: ``config.SETTINGS`` rows no piece carries, and who reads them instead.
 CONFIG_ONLY: Final = {
     "log_level": "the CLI, which sets up logging before any gateway exists",
-    "via_name": "the Forwarder (gateway.edges.forward), which takes the Config",
-    "preserve_host": "the Forwarder (gateway.edges.forward), which takes the Config",
 }
 
 #: The tunnel core's ceiling for one WebSocket message (``TunnelConfig`` refuses more).
@@ -96,8 +97,6 @@ class HopSettings:
 
     #: Shared secret hop sessions must prove, both ways (``None``: none).
     secret: str | None
-    #: Origin connections one answered hop session may hold at once.
-    session_connections: int
     #: Origin connections all answered sessions of one client address share
     #: (a quarter of ``--max-connections``; 0 = no share, unlimited).
     address_connections: int
@@ -130,6 +129,7 @@ class Settings:
     listener: ListenerSettings
     client: ClientSettings
     routes: RouteSettings
+    forward: ForwardSettings
     hop: HopSettings
     session: SessionSettings
     tunnel: TunnelConfig
@@ -174,9 +174,15 @@ def derive(config: Config) -> Settings:
             public_status=config.public_status,
             allowed_origins=frozenset(normal_origin(o) for o in config.allowed_origins),
         ),
+        forward=ForwardSettings(
+            via_name=config.via_name,
+            preserve_host=config.preserve_host,
+            connect_timeout=config.connect_timeout,
+            upstream_timeout=config.upstream_timeout,
+            session_connections=config.session_connections,
+        ),
         hop=HopSettings(
             secret=config.hop_secret,
-            session_connections=config.session_connections,
             # One address's sessions cannot take every origin connection.
             address_connections=config.max_connections // 4,
             hello_timeout=config.connect_timeout,

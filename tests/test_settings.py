@@ -11,6 +11,7 @@ import pytest
 from gateway.cli import build_parser, settings_from_args
 from gateway.config import SETTINGS, Config, Setting, build_config
 from gateway.core.tunnel import TunnelConfig
+from gateway.glue.origin import ForwardSettings
 from gateway.settings import CONFIG_ONLY, MAX_TUNNEL_WS_MESSAGE, Settings, derive
 from gateway.transports.session_settings import TUNNEL_SESSION_MESSAGE
 
@@ -122,6 +123,11 @@ def test_a_changed_value_lands_in_its_piece(tmp_path: Path) -> None:
             "HTTPS://App.Example/",
             "--header-timeout",
             "2",
+            "--via-name",
+            "edge-7",
+            "--preserve-host",
+            "--upstream-timeout",
+            "45",
         ]
     )
     s = derive(build_config("server", settings_from_args(args)))
@@ -137,11 +143,19 @@ def test_a_changed_value_lands_in_its_piece(tmp_path: Path) -> None:
         max_unread=70000,
         session_window=8 * 1024 * 1024,
     )
-    assert (s.hop.session_connections, s.hop.address_connections) == (5, 25)
+    assert (s.forward.session_connections, s.hop.address_connections) == (5, 25)
     assert (s.hop.secret, s.hop.hello_timeout) == ("s3cret", 4.0)
     assert s.client.max_connections == 100 and s.client.connect_timeout == 4.0
     assert (s.listener.header_timeout, s.listener.shutdown_grace) == (2.0, 3.0)
     assert s.routes.allowed_origins == frozenset({"https://app.example"})
+    assert s.forward == ForwardSettings(
+        via_name="edge-7",
+        preserve_host=True,
+        connect_timeout=4.0,
+        upstream_timeout=45.0,
+        session_connections=5,
+    )
+    assert s.client.upstream_timeout == 45.0
     assert str(s.routes.upstream) == "http://127.0.0.1:9/base"
     assert (s.routes.forward_proxy, s.routes.hop_upgrade, s.mode) == (False, True, "sidecar")
 

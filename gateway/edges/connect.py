@@ -49,8 +49,8 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from gateway.config import Config
 from gateway.core.targets import BadTarget, parse_authority
+from gateway.glue.origin import ForwardSettings
 from gateway.status import GatewayStats
 from gateway.transports.aiohttp_internals import take_over_reading
 from gateway.transports.http import CHUNK, text_error
@@ -66,7 +66,7 @@ parse_connect_target = parse_authority
 
 
 async def open_tunnel(
-    request: web.BaseRequest, config: Config, stats: GatewayStats
+    request: web.BaseRequest, config: ForwardSettings, stats: GatewayStats
 ) -> web.StreamResponse:
     """Answer ``CONNECT``: dial the target, say ``200``, then relay until either side ends."""
     try:

@@ -25,10 +25,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.config import Config
 from gateway.core import discovery
 from gateway.core import headers as hdr
 from gateway.core.targets import join_upstream
+from gateway.glue.origin import ForwardSettings
 from gateway.status import GatewayStats
 from gateway.transports.aiohttp_internals import RelayedResponse
 from gateway.transports.http import describe, request_body, text_error
@@ -50,7 +50,7 @@ def upstream_target(upstream: URL, request: web.BaseRequest) -> URL:
 class Forwarder:
     """Sends requests to upstreams through one shared ``ClientSession``."""
 
-    def __init__(self, config: Config, client: aiohttp.ClientSession, stats: GatewayStats):
+    def __init__(self, config: ForwardSettings, client: aiohttp.ClientSession, stats: GatewayStats):
         self.config = config
         self.client = client
         self.stats = stats

@@ -8,26 +8,49 @@ The gateway wiring passes its ``Forwarder`` in.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.config import Config
 from gateway.core import headers as hdr
 from gateway.status import GatewayStats
 
-__all__ = ["OriginClient"]
+__all__ = ["ForwardSettings", "OriginClient"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardSettings:
+    """The forwarding rules of one gateway's hop, plain or tunnelled.
+
+    Derived from the gateway's ``Config`` by ``gateway.settings.derive``;
+    the edges and the glue read these, never the ``Config``.
+    """
+
+    #: Name this gateway gives itself in ``Via``.
+    via_name: str
+    #: Send the client's ``Host`` upstream instead of the upstream's own host.
+    preserve_host: bool
+    connect_timeout: float
+    #: Longest wait for the next byte from upstream (a held poll waits this long).
+    upstream_timeout: float
+    #: Origin connections one answered hop session may hold at once.
+    session_connections: int
+
+    def replace(self, **changes: Any) -> ForwardSettings:
+        return dataclasses.replace(self, **changes)
 
 
 class OriginClient(Protocol):
     """The HTTP client a gateway uses towards its upstream, and the header rules of its hop."""
 
     @property
-    def config(self) -> Config: ...
+    def config(self) -> ForwardSettings: ...
 
     @property
     def stats(self) -> GatewayStats: ...
