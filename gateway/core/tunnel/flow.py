@@ -140,6 +140,11 @@ class FlowControl:
         self.unacked_total += counted - stream.unacked_counted
         stream.unacked_counted = counted
 
+    def chunk_queued(self, stream: Stream, n: int) -> None:
+        """The caller queued ``n`` bytes on the stream: they count as unread from now."""
+        stream.queued += n
+        self.queued_total += n
+
     def chunk_sent(self, stream: Stream, n: int) -> None:
         """``n`` queued bytes of the stream left in a DATA/MESSAGE frame."""
         stream.send_credit -= n

@@ -298,8 +298,7 @@ class Tunnel:
         n = len(data)
         if n or allow_empty:
             stream.queue.append(data)
-            stream.queued += n
-            self._table.flow.queued_total += n
+            self._table.flow.chunk_queued(stream, n)
             self._table.scheduler.schedule(stream)
         if stream.queued >= self._config.max_pending or len(stream.queue) >= MAX_QUEUED_ITEMS:
             stream.writable = False
