@@ -24,6 +24,7 @@ from aiohttp import web
 from gateway import __version__
 from gateway.cli import build_parser, main, settings_from_args
 from gateway.config import Config, build_config
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from tests.conftest import MakeOrigin, SpawnGateway
@@ -302,10 +303,8 @@ async def refused(port: int) -> bool:
 
 
 async def wait_exit(proc: subprocess.Popen[str], timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        assert time.monotonic() < deadline, "gateway did not exit"
-        await asyncio.sleep(0.05)
+    exited = await eventually(lambda: proc.poll() is not None, timeout, interval=0.05)
+    assert exited, "gateway did not exit"
     return proc.returncode
 
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from gateway.edges.inbound import AcceptErrorFilter, IntervalLog
 from gateway.server import Gateway
 from tests.processes import start_gateway
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from tests.conftest import MakeGateway, MakeOrigin
@@ -253,9 +254,7 @@ async def test_beyond_the_cap_with_every_connection_busy_is_503_at_once(
         writer.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
     assert gw.inbound is not None
     inbound = gw.inbound
-    deadline = time.monotonic() + 5
-    while inbound.figures()["busy"] < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await eventually(lambda: inbound.figures()["busy"] >= 2, timeout=5)
     with caplog.at_level(logging.WARNING, logger="hopgate.inbound"):
         answers = []
         for _ in range(10):
@@ -276,13 +275,12 @@ async def test_every_connection_goes_through_the_guard(
 ) -> None:
     """Fails loudly if aiohttp stops building connections through ``web.Server.__call__``."""
     gw = await make_gateway("server", {"upstream": await make_origin(hello), "max_clients": 50})
-    assert gw.inbound is not None
+    inbound = gw.inbound
+    assert inbound is not None
     sockets = [await connect(gw) for _ in range(5)]
     try:
-        deadline = time.monotonic() + 5
-        while gw.inbound.active < 5 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert gw.inbound.active == 5
+        await eventually(lambda: inbound.active >= 5, timeout=5)
+        assert inbound.active == 5
     finally:
         for _, w in sockets:
             w.close()
