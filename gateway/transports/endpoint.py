@@ -45,17 +45,16 @@ Per client address
 Opening sessions is limited per client address (an IPv6 peer counts per
 /64): ``max_sessions_per_client`` held at once and ``session_create_rate``
 new ones a second, so filling ``max_sessions`` takes many peers. Refusals
-are ``429`` with ``Retry-After`` and a reason naming the flag.
+are ``429`` with ``Retry-After`` and a reason naming the flag. These checks,
+and the per-session bounds on POSTs and WebSockets, are in ``admission``;
+this module holds the handlers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
 import logging
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -65,50 +64,35 @@ from gateway.core.session.errors import CloseCode
 from gateway.core.session.frames import PROTOCOL_VERSION, encode_hello, new_packer
 from gateway.core.session.machine import Session
 from gateway.core.session.tokens import new_session_id, new_token
+from gateway.transports.admission import (
+    RETRY_AFTER,
+    Admission,
+    MemoryTrim,
+    Refused,
+    SessionHolds,
+)
 from gateway.transports.handshake import (
     AUTH_HEADER,
-    AUTH_NONCES,
-    AUTH_WINDOW,
     SESSION_HEADER,
     SESSION_PATH,
     TOKEN_HEADER,
-    check_auth,
     decode_token,
     encode_token,
     parse_decimal,
 )
 from gateway.transports.hopsession import HopSession
-from gateway.transports.http import BodyTooLarge, bounded_chunks, offers_websocket, text_error
+from gateway.transports.http import offers_websocket, text_error
 from gateway.transports.longpoll import CONTENT_TYPE, LongPollServer
-from gateway.transports.registry import (
-    ClientLimits,
-    ClientRefused,
-    RegistryFull,
-    ReplayCache,
-    SessionRegistry,
-    client_key,
-)
+from gateway.transports.registry import RegistryFull, SessionRegistry, client_key
 from gateway.transports.session_settings import SessionSettings
 from gateway.transports.ws import accept_websocket, offers_subprotocol
 
 if TYPE_CHECKING:
     from gateway.status import GatewayStats
 
-__all__ = ["MAX_SESSION_SOCKETS", "RETRY_AFTER", "SessionServer"]
+__all__ = ["SessionServer"]
 
 log = logging.getLogger("hopgate.session")
-
-RETRY_AFTER: Final = "10"
-#: WebSockets one session may have open at once (current, candidate, closing, one spare).
-MAX_SESSION_SOCKETS: Final = 4
-#: After this many sessions ended, unused heap pages are given back (see _trim_memory),
-#: at most once per _TRIM_INTERVAL seconds (a full collection of a big heap takes a while).
-_TRIM_AFTER: Final = 1024
-_TRIM_INTERVAL: Final = 30.0
-#: Seconds a trim waits, at most, for a sweep still going on to end.
-_TRIM_MAX_WAITS: Final = 10
-#: Refusals of new sessions are logged at most once per this many seconds.
-_REFUSAL_LOG_INTERVAL: Final = 10.0
 
 #: One Packer for every HELLO we answer with (autoreset: each pack stands alone).
 _PACKER: Final = new_packer()
@@ -133,34 +117,6 @@ def _query_int(request: web.BaseRequest, name: str) -> int | None:
     return number if number is not None and number < 2**64 else None
 
 
-def _refusal(status: int, message: str, **headers: str) -> web.Response:
-    """An error after which the connection closes: the request body may be unread."""
-    response = text_error(status, message, **headers)
-    response.force_close()
-    return response
-
-
-_libc_trim: Callable[[int], int] | None = None
-
-
-def _trim_memory() -> None:
-    """Collect the ended sessions' cycles and hand glibc's free pages back to the OS.
-
-    Without it the RSS of a gateway that held 10,000 sessions stays where it
-    peaked long after they expired. Linux/glibc only; elsewhere a no-op.
-    """
-    global _libc_trim
-    gc.collect()
-    if not sys.platform.startswith("linux"):
-        return
-    if _libc_trim is None:
-        try:
-            _libc_trim = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-            _libc_trim = lambda _pad: 0  # noqa: E731
-    _libc_trim(0)
-
-
 # -- the server ----------------------------------------------------------------------------
 
 
@@ -178,27 +134,11 @@ class SessionServer:
         self.settings = settings
         self.registry = SessionRegistry(settings.max_sessions)
         self._on_session = on_session
-        self._hop_secret = hop_secret
         self._stats = stats
         self._config = settings.core_config()
-        self._closing = False
-        self._clients = ClientLimits(
-            max_sessions=settings.max_sessions_per_client, rate=settings.session_create_rate
-        )
-        self._replays = ReplayCache(window=AUTH_WINDOW, capacity=AUTH_NONCES)
-        #: Session id -> [POSTs in flight, bytes they hold]; only sessions with a POST.
-        self._posts: dict[str, list[int]] = {}
-        #: Session id -> WebSocket connections open on it; only sessions with one.
-        self._sockets: dict[str, int] = {}
-        #: Bytes held by unfinished POST bodies of every session together.
-        self.post_bytes = 0
-        self._ended = 0
-        self._trim_due = False
-        self._trim_seen = 0
-        self._trim_waits = 0
-        self._trimmed_at = -_TRIM_INTERVAL
-        self._refusals = 0
-        self._refusal_logged = -_REFUSAL_LOG_INTERVAL
+        self.admission = Admission(settings, self.registry, hop_secret)
+        self.holds = SessionHolds(settings)
+        self._trim = MemoryTrim()
 
     def handles(self, request: web.BaseRequest) -> bool:
         path = request.path
@@ -236,7 +176,8 @@ class SessionServer:
 
     async def close(self) -> None:
         """End every session: graceful 1001 for a moment, then without handshake."""
-        self._closing = True
+        self.admission.closing = True
+        self._trim.stop()
         sessions = list(self.registry)
         waits = []
         for hop in sessions:
@@ -257,31 +198,11 @@ class SessionServer:
     # -- handlers ------------------------------------------------------------------
 
     def _create(self, request: web.BaseRequest) -> web.Response:
-        if self._closing:
-            return text_error(503, "gateway shutting down", **{"Retry-After": RETRY_AFTER})
-        if self._hop_secret is not None:
-            refused = check_auth(
-                self._hop_secret, request.headers.get(AUTH_HEADER), replays=self._replays
-            )
-            if refused is not None:
-                status, problem = refused
-                self._log_refusal(request, f"{status} {problem}")
-                extra = {"Retry-After": RETRY_AFTER} if status == 503 else {}
-                return text_error(status, problem, **extra)
-        if self.registry.full:
-            self._log_refusal(request, "503 --max-sessions reached")
-            return text_error(
-                503,
-                f"too many hop sessions ({self.settings.max_sessions}); try again later",
-                **{"Retry-After": RETRY_AFTER},
-            )
-        loop = asyncio.get_running_loop()
-        key = client_key(request.remote)
         try:
-            self._clients.admit(key, loop.time())
-        except ClientRefused as exc:
-            self._log_refusal(request, f"429 {exc.reason}")
-            return text_error(429, exc.reason, **{"Retry-After": str(exc.retry_after)})
+            key = self.admission.admit(request.headers.get(AUTH_HEADER), request.remote)
+        except Refused as refused:
+            return refused.response()
+        loop = asyncio.get_running_loop()
         session_id, token = new_session_id(), new_token()
         core = Session(
             self._config, session_id=session_id, token=token, is_client=False, now=loop.time()
@@ -291,9 +212,9 @@ class SessionServer:
         try:
             self.registry.add(hop)
         except RegistryFull:
-            self._clients.release(key, loop.time())
+            self.admission.release(key)
             hop.abandon(CloseCode.GOING_AWAY, "no room")
-            return text_error(503, "too many hop sessions", **{"Retry-After": RETRY_AFTER})
+            return Refused(503, "too many hop sessions", retry_after=RETRY_AFTER).response()
         hop.on_finished.append(self._forget)
         if self._stats is not None:
             self._stats.active_sessions += 1
@@ -309,50 +230,12 @@ class SessionServer:
             hello, headers={SESSION_HEADER: session_id, TOKEN_HEADER: encode_token(token)}
         )
 
-    def _log_refusal(self, request: web.BaseRequest, why: str) -> None:
-        """One line per interval however many are refused (a flood must not flood the log)."""
-        self._refusals += 1
-        now = asyncio.get_running_loop().time()
-        if now - self._refusal_logged < _REFUSAL_LOG_INTERVAL:
-            return
-        log.warning(
-            "= refused %d hop session(s) in the last %.0f s; latest from %s: %s",
-            self._refusals,
-            min(now - self._refusal_logged, _REFUSAL_LOG_INTERVAL),
-            request.remote,
-            why,
-        )
-        self._refusals = 0
-        self._refusal_logged = now
-
     def _forget(self, hop: HopSession) -> None:
         self.registry.remove(hop)
-        loop = asyncio.get_running_loop()
-        self._clients.release(client_key(hop.peer_address), loop.time())
+        self.admission.release(client_key(hop.peer_address))
         if self._stats is not None:
             self._stats.active_sessions -= 1
-        self._ended += 1
-        if self._ended >= _TRIM_AFTER and not self._trim_due:
-            # Many sessions ended (an expiry sweep): give the memory back once it settles.
-            self._trim_due = True
-            self._trim_seen = self._ended
-            delay = max(1.0, self._trimmed_at + _TRIM_INTERVAL - loop.time())
-            loop.call_later(delay, self._trim)
-
-    def _trim(self) -> None:
-        if self._closing:
-            return
-        loop = asyncio.get_running_loop()
-        if self._ended != self._trim_seen and self._trim_waits < _TRIM_MAX_WAITS:
-            # Still ending (a sweep in progress): one trim once it is over.
-            self._trim_seen = self._ended
-            self._trim_waits += 1
-            loop.call_later(1.0, self._trim)
-            return
-        self._trim_due = False
-        self._ended = self._trim_waits = 0
-        _trim_memory()
-        self._trimmed_at = loop.time()
+        self._trim.session_ended()
 
     def _long_poll(self, hop: HopSession, epoch: int) -> LongPollServer | None:
         """The long-poll transport of ``epoch``, attaching it if newer; None if stale."""
@@ -369,29 +252,12 @@ class SessionServer:
     async def _websocket(
         self, request: web.BaseRequest, hop: HopSession, epoch: int
     ) -> web.StreamResponse:
-        """Upgrade, capped per session like POSTs: each candidate may hold a partial message.
-
-        A client needs the current socket, one candidate and one closing; a
-        peer holding more is only pinning buffers (a partial message of up to
-        max_batch_bytes each).
-        """
-        sid = hop.session_id
-        held = self._sockets.get(sid, 0)
-        if held >= MAX_SESSION_SOCKETS:
-            return _refusal(
-                429,
-                f"{held} WebSockets already open on this session (at most {MAX_SESSION_SOCKETS})",
-                **{"Retry-After": "1"},
-            )
-        self._sockets[sid] = held + 1
+        """Upgrade, capped per session like POSTs: each candidate may hold a partial message."""
         try:
-            return await accept_websocket(request, hop, self.settings, epoch=epoch)
-        finally:
-            left = self._sockets[sid] - 1
-            if left:
-                self._sockets[sid] = left
-            else:
-                del self._sockets[sid]
+            with self.holds.socket(hop.session_id):
+                return await accept_websocket(request, hop, self.settings, epoch=epoch)
+        except Refused as refused:
+            return refused.response()
 
     async def _get(self, request: web.BaseRequest, hop: HopSession, epoch: int) -> web.Response:
         last = _query_int(request, "last")
@@ -407,78 +273,13 @@ class SessionServer:
         return _octets(body)
 
     async def _post(self, request: web.BaseRequest, hop: HopSession, epoch: int) -> web.Response:
-        settings = self.settings
-        limit = settings.max_batch_bytes
-        length = request.content_length
-        if length is not None and length > limit:
-            return _refusal(413, f"batch larger than {limit} bytes")
-        sid = hop.session_id
-        inflight = self._posts.get(sid)
-        if inflight is None:
-            inflight = self._posts[sid] = [0, 0]
-        elif inflight[0] >= settings.max_session_posts:
-            return _refusal(
-                429,
-                f"{inflight[0]} POSTs already in flight on this session "
-                f"(--max-session-posts {settings.max_session_posts})",
-                **{"Retry-After": "1"},
-            )
-        inflight[0] += 1
         try:
-            body = await self._read_body(request, inflight)
-        finally:
-            inflight[0] -= 1
-            if inflight[0] == 0:
-                del self._posts[sid]
-        if isinstance(body, web.Response):
-            return body
+            body = await self.holds.read_post(request, hop.session_id)
+        except Refused as refused:
+            return refused.response()
         transport = self._long_poll(hop, epoch)
         if transport is None:
             hop.feed(body)  # stale: its frames still count, it writes nothing
             return _octets(b"")
         ok, reply = transport.post(body)
         return _octets(reply, status=200 if ok else 400)
-
-    async def _read_body(
-        self, request: web.BaseRequest, inflight: list[int]
-    ) -> bytes | web.Response:
-        """The whole body, bounded in size (per POST, per session, per gateway) and in time.
-
-        ``inflight[1]`` counts the bytes this session's POSTs hold together,
-        ``post_bytes`` those of every session. A body still incomplete after
-        ``hold_time`` is a stalled peer: 408, and its bytes are freed.
-        """
-        body = bytearray()
-        try:
-            return await self._read_into(request, inflight, body)
-        finally:
-            inflight[1] -= len(body)
-            self.post_bytes -= len(body)
-
-    async def _read_into(
-        self, request: web.BaseRequest, inflight: list[int], body: bytearray
-    ) -> bytes | web.Response:
-        settings = self.settings
-        limit = settings.max_batch_bytes
-        try:
-            async with asyncio.timeout(settings.hold_time):
-                chunks = bounded_chunks(request.content, limit, declared=request.content_length)
-                async for chunk in chunks:
-                    body += chunk
-                    inflight[1] += len(chunk)
-                    self.post_bytes += len(chunk)
-                    if inflight[1] > limit:
-                        return _refusal(
-                            413, f"POSTs in flight on this session hold more than {limit} bytes"
-                        )
-                    if self.post_bytes > settings.post_bytes_total:
-                        return _refusal(
-                            503,
-                            "this gateway holds too many unfinished POST bodies; try again",
-                            **{"Retry-After": "1"},
-                        )
-        except BodyTooLarge:
-            return _refusal(413, f"batch larger than {limit} bytes")
-        except TimeoutError:
-            return _refusal(408, f"POST body not complete within {settings.hold_time:g} s")
-        return bytes(body)

@@ -208,11 +208,11 @@ async def test_concurrent_posts_are_capped_and_a_stalled_body_times_out(
         asyncio.create_task(_stalled_post(handle.port, path, token, declared, 64 * KiB))
         for _ in range(3)
     ]
-    server = handle.server
+    holds = handle.server.holds
     async with asyncio.timeout(5):
-        while sum(server._posts.get(sid, [0])[:1]) < 3:
+        while holds.posts_in_flight(sid) < 3:
             await asyncio.sleep(0.01)
-    assert server.post_bytes <= 3 * 64 * KiB
+    assert holds.post_bytes <= 3 * 64 * KiB
     fourth = await _stalled_post(handle.port, path, token, declared, 0)
     assert fourth.startswith(b"HTTP/1.1 429")
     assert b"--max-session-posts 3" in fourth
@@ -220,7 +220,7 @@ async def test_concurrent_posts_are_capped_and_a_stalled_body_times_out(
     took = time.monotonic() - started
     assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers
     assert took < settings.hold_time + 2
-    assert server.post_bytes == 0 and sid not in server._posts
+    assert holds.post_bytes == 0 and holds.posts_in_flight(sid) == 0
     # The session itself is fine: a proper POST goes through.
     async with http.post(handle.url + path, data=b"", headers={TOKEN_HEADER: token}) as resp:
         assert resp.status == 200
@@ -237,13 +237,13 @@ async def test_posts_of_one_session_hold_at_most_one_batch_of_bytes(
     path = f"{SESSION_PATH}/{sid}?epoch=1"
     first = asyncio.create_task(_stalled_post(handle.port, path, token, 256 * KiB, 200 * KiB))
     async with asyncio.timeout(5):
-        while handle.server.post_bytes < 200 * KiB:
+        while handle.server.holds.post_bytes < 200 * KiB:
             await asyncio.sleep(0.01)
     second = await _stalled_post(handle.port, path, token, 256 * KiB, 100 * KiB)
     assert second.startswith(b"HTTP/1.1 413"), second
     assert b"in flight on this session" in second
     assert (await first).startswith(b"HTTP/1.1 408")
-    assert handle.server.post_bytes == 0
+    assert handle.server.holds.post_bytes == 0
 
 
 async def test_websockets_per_session_are_capped(
@@ -263,7 +263,7 @@ async def test_websockets_per_session_are_capped(
     for ws in sockets:
         await ws.close()
     async with asyncio.timeout(5):
-        while handle.server._sockets:
+        while handle.server.holds.sockets_open():
             await asyncio.sleep(0.01)
     ws = await http.ws_connect(url, protocols=(SUBPROTOCOL,), headers=headers)
     await ws.close()
