@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -87,6 +87,32 @@ async def send_connect(
 
 def status_of(head: bytes) -> int:
     return int(head.split(b" ", 2)[1])
+
+
+Target = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def tunnel_to(
+    gateway: Gateway, target: Target, sock: socket.socket | None = None
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A tunnel (``200`` checked) to a loopback server running ``target``, all within LIMIT.
+
+    On the way out, waits until the gateway counts the tunnel ended.
+    """
+    if sock is None:
+        server = await asyncio.start_server(target, "127.0.0.1", 0)
+    else:
+        server = await asyncio.start_server(target, sock=sock)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(LIMIT):
+            reader, writer, head = await send_connect(gateway, f"127.0.0.1:{port}")
+            assert status_of(head) == 200
+            yield reader, writer
+            await until(lambda: gateway.stats.active_tunnels == 0)
+    finally:
+        server.close()
 
 
 # -------------------------------------------------------------- target parse
@@ -301,17 +327,9 @@ async def test_target_closing_reaches_the_client_as_eof(forward_proxy: Gateway) 
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(greet_and_close, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with asyncio.timeout(LIMIT):
-            reader, writer, head = await send_connect(forward_proxy, f"127.0.0.1:{port}")
-            assert status_of(head) == 200
-            assert await reader.read() == b"bye"  # read() returns at EOF only
-            writer.close()
-            await until(lambda: forward_proxy.stats.active_tunnels == 0)
-    finally:
-        server.close()
+    async with tunnel_to(forward_proxy, greet_and_close) as (reader, writer):
+        assert await reader.read() == b"bye"  # read() returns at EOF only
+        writer.close()
 
 
 async def test_target_half_close_lets_the_client_finish_sending(forward_proxy: Gateway) -> None:
@@ -324,20 +342,12 @@ async def test_target_half_close_lets_the_client_finish_sending(forward_proxy: G
         got.set_result(await reader.read())
         writer.close()
 
-    server = await asyncio.start_server(shut_then_read, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with asyncio.timeout(LIMIT):
-            reader, writer, head = await send_connect(forward_proxy, f"127.0.0.1:{port}")
-            assert status_of(head) == 200
-            assert await reader.read() == b"ready"
-            writer.write(b"late data")
-            await writer.drain()
-            writer.close()
-            assert await got == b"late data"
-            await until(lambda: forward_proxy.stats.active_tunnels == 0)
-    finally:
-        server.close()
+    async with tunnel_to(forward_proxy, shut_then_read) as (reader, writer):
+        assert await reader.read() == b"ready"
+        writer.write(b"late data")
+        await writer.drain()
+        writer.close()
+        assert await got == b"late data"
 
 
 async def test_client_sending_then_closing_delivers_everything(forward_proxy: Gateway) -> None:
@@ -357,17 +367,9 @@ async def test_client_sending_then_closing_delivers_everything(forward_proxy: Ga
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
     listener.bind(("127.0.0.1", 0))
-    server = await asyncio.start_server(collect_slowly, sock=listener)
-    port = listener.getsockname()[1]
     payload = bytes(range(256)) * 8192
-    try:
-        async with asyncio.timeout(LIMIT):
-            _, writer, head = await send_connect(forward_proxy, f"127.0.0.1:{port}")
-            assert status_of(head) == 200
-            writer.write(payload)
-            writer.write_eof()
-            assert await got == payload
-            writer.close()
-            await until(lambda: forward_proxy.stats.active_tunnels == 0)
-    finally:
-        server.close()
+    async with tunnel_to(forward_proxy, collect_slowly, listener) as (_, writer):
+        writer.write(payload)
+        writer.write_eof()
+        assert await got == payload
+        writer.close()
