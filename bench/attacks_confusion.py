@@ -24,6 +24,7 @@ from attack_lab import (  # noqa: E402
     raw,
 )
 
+from tests.hostile import payloads  # noqa: E402
 from tests.hostile import peer as hp  # noqa: E402
 from tests.processes import (  # noqa: E402
     auth_header_in_tree,
@@ -57,7 +58,7 @@ async def attack_smuggle(ctx: Ctx) -> Row:
         # parses B's body (ours) as the next request.
         await asyncio.sleep(0.5)
         await lab.seen(ctx.http)
-        await hp.send_carrier(peer)
+        await payloads.send_carrier(peer)
         probe = [e for e in await lab.seen(ctx.http) if e["path"] == "/carrier"]
         head_len = probe[0]["head_len"] if probe else 200
         for _ in range(3):
@@ -66,7 +67,7 @@ async def attack_smuggle(ctx: Ctx) -> Row:
                 hp.open_http(sid, "GET", "/a", [("Host", "x"), ("Content-Length", str(head_len))])
             )
             await peer.complete(sid, 5)
-            await hp.send_carrier(peer)
+            await payloads.send_carrier(peer)
         await asyncio.sleep(0.3)
     seen = await lab.seen(ctx.http)
     smug = [e for e in seen if e["path"] == "/smuggled"]

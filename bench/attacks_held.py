@@ -26,6 +26,7 @@ from attack_lab import (  # noqa: E402
     raw,
 )
 
+from tests.hostile import payloads  # noqa: E402
 from tests.hostile import peer as hp  # noqa: E402
 
 # ------------------------------------------------------------- what held
@@ -64,7 +65,7 @@ async def held_malformed(ctx: Ctx) -> Row:
     neighbour_ok = True
     closed_all = True
     async with hp.HostilePeer(gw.url) as neighbour:
-        for bad in hp.MALFORMED:
+        for bad in payloads.MALFORMED:
             victim = hp.HostilePeer(gw.url)
             await victim.connect()
             t0 = time.monotonic()
@@ -80,7 +81,7 @@ async def held_malformed(ctx: Ctx) -> Row:
     return Row(
         "held_malformed",
         "malformed msgpack",
-        f"{len(hp.MALFORMED)} kinds of malformed msgpack: each closed its session: "
+        f"{len(payloads.MALFORMED)} kinds of malformed msgpack: each closed its session: "
         f"{'yes' if closed_all else 'NO'} in <= {worst:.3f} s; neighbour session "
         f"unaffected: {'yes' if neighbour_ok else 'NO'}",
         {"worst_s": worst, "closed": closed_all, "neighbour_ok": neighbour_ok},
@@ -140,7 +141,7 @@ async def held_edge_smuggling(ctx: Ctx) -> Row:
     await ctx.lab.seen(ctx.http)
     out = []
     all_400 = True
-    for label, req in hp.EDGE_SMUGGLING.items():
+    for label, req in payloads.EDGE_SMUGGLING.items():
         status = hp.status_of(await raw(gw.port, req, 3))
         all_400 &= status == 400
         out.append(f"{label} {status}")
@@ -158,7 +159,7 @@ async def held_edge_smuggling(ctx: Ctx) -> Row:
 async def held_open_variants(ctx: Ctx) -> Row:
     gw = ctx.lab.sidecar()
     await ctx.lab.seen(ctx.http)
-    variants = hp.open_variants(ctx.lab.evil_port)
+    variants = payloads.open_variants(ctx.lab.evil_port)
     sids = []
     async with hp.HostilePeer(gw.url) as peer:
         for method, target, headers in variants:

@@ -32,6 +32,7 @@ from attack_lab import (  # noqa: E402
     watch_rss,
 )
 
+from tests.hostile import payloads  # noqa: E402
 from tests.hostile import peer as hp  # noqa: E402
 from tests.processes import (  # noqa: E402
     GatewayProcess,
@@ -52,10 +53,10 @@ async def attack_ws_reassembly(ctx: Ctx) -> Row:
     sent_total = 0
     resets = 0
     async with hp.HostilePeer(gw.url, timeout=20) as peer:
-        live = await hp.open_websockets(peer, n)
+        live = await payloads.open_websockets(peer, n)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(ctx.s["time_cap"]):
-                sent_total = await hp.push_unfinished(peer, live, size, stop=stop)
+                sent_total = await payloads.push_unfinished(peer, live, size, stop=stop)
         elapsed = time.monotonic() - started
         await asyncio.sleep(1.0)
         resets = sum(1 for s in peer.streams.values() if s.reset)

@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway.core.tunnel.errors import ResetCode
 from gateway.glue.driver import BACKLOG_REASON, MAX_STREAM_BACKLOG
 from tests.conftest import MakeGateway, MakeOrigin
+from tests.hostile import payloads
 from tests.hostile import peer as hp
 
 
@@ -59,8 +60,8 @@ async def test_empty_messages_to_a_stalled_endpoint_reset_only_their_stream(
 ) -> None:
     gw = await make_gateway("server", {"upstream": await stalled_origin(make_origin)})
     async with hp.HostilePeer(gw.url, timeout=20) as peer:
-        [chat] = await hp.open_websockets(peer, 1, "/echo")
-        [evil] = await hp.open_websockets(peer, 1, "/stall")
+        [chat] = await payloads.open_websockets(peer, 1, "/echo")
+        [evil] = await payloads.open_websockets(peer, 1, "/stall")
         filled = await fill_until_stalled(peer, evil)
         empty = hp.message(evil, b"")
         sent = 0

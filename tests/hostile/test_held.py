@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import MakeGateway
+from tests.hostile import payloads
 from tests.hostile import peer as hp
 from tests.hostile.conftest import MiB, Origin
 
@@ -55,7 +56,7 @@ async def test_malformed_msgpack_closes_only_its_session_at_once(
     gw = await make_gateway("server", {"upstream": origin.url})
     delays = []
     async with hp.HostilePeer(gw.url) as neighbour:
-        for bad in hp.MALFORMED:
+        for bad in payloads.MALFORMED:
             async with hp.HostilePeer(gw.url) as victim:
                 t0 = time.monotonic()
                 await victim.send_session_raw(bad)
@@ -82,12 +83,14 @@ async def test_a_message_of_16_mib_plus_one_closes_with_1009(
         assert peer.closed is not None and peer.closed[0] == 1009, peer.closed
 
 
-@pytest.mark.parametrize("name", list(hp.EDGE_SMUGGLING))
+@pytest.mark.parametrize("name", list(payloads.EDGE_SMUGGLING))
 async def test_edge_smuggling_is_400_with_nothing_at_the_origin(
     make_gateway: MakeGateway, origin: Origin, name: str
 ) -> None:
     gw = await make_gateway("server", {"upstream": origin.url})
-    answer = await hp.async_raw_exchange("127.0.0.1", gw.port, hp.EDGE_SMUGGLING[name], timeout=3)
+    answer = await hp.async_raw_exchange(
+        "127.0.0.1", gw.port, payloads.EDGE_SMUGGLING[name], timeout=3
+    )
     assert hp.status_of(answer) == 400, answer[:300]
     await asyncio.sleep(0.2)
     assert origin.seen == []
@@ -97,7 +100,7 @@ async def test_tunnel_opens_naming_another_host_reach_nothing(
     make_gateway: MakeGateway, origin: Origin, evil: Origin
 ) -> None:
     gw = await make_gateway("server", {"upstream": origin.url})
-    variants = hp.open_variants(evil.port)
+    variants = payloads.open_variants(evil.port)
     assert len(variants) == 23
     async with hp.HostilePeer(gw.url) as peer:
         answers = []

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import MakeGateway
+from tests.hostile import payloads
 from tests.hostile import peer as hp
 from tests.hostile.conftest import MiB, Origin
 from tests.processes import SpawnGateway, proc_status_kib, unlimited_sessions
@@ -41,7 +42,7 @@ async def test_one_hostile_session_stays_within_64_mib_and_a_neighbour_sees_ever
     """Every stream the defaults allow (--max-streams 256), each holding what it can."""
     gw = spawn_gateway("server", "--upstream", origin.url, "--shutdown-grace", "1")
     async with hp.HostilePeer(gw.url) as neighbour, hp.HostilePeer(gw.url, timeout=20) as evil:
-        [chat] = await hp.open_websockets(neighbour, 1)
+        [chat] = await payloads.open_websockets(neighbour, 1)
         await asyncio.sleep(0.5)
         base = rss_mib(gw.pid)
         peak = base
@@ -60,8 +61,8 @@ async def test_one_hostile_session_stays_within_64_mib_and_a_neighbour_sees_ever
             await evil.send(*(hp.open_http(s, "GET", "/stream", [("Host", "x")]) for s in unread))
         # ... and WebSocket messages of 15 MiB that never finish (as in the issue;
         # streams beyond --session-connections may wait for an origin connection).
-        sockets = await hp.open_websockets(evil, websockets, timeout=3.0)
-        flood = asyncio.create_task(hp.push_unfinished(evil, sockets, 15 * MiB, stop=stop))
+        sockets = await payloads.open_websockets(evil, websockets, timeout=3.0)
+        flood = asyncio.create_task(payloads.push_unfinished(evil, sockets, 15 * MiB, stop=stop))
         for i in range(50):
             await neighbour.send(hp.message(chat, f"m{i}".encode()))
             await asyncio.sleep(0.02)

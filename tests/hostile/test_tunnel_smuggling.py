@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import MakeGateway
+from tests.hostile import payloads
 from tests.hostile import peer as hp
 from tests.hostile.conftest import Origin
 
@@ -47,7 +48,7 @@ async def test_a_request_of_the_attackers_choosing_never_reaches_the_origin(
 ) -> None:
     gw = await make_gateway("server", {"upstream": origin.url})
     async with hp.HostilePeer(gw.url) as peer:
-        probe = await hp.send_carrier(peer)
+        probe = await payloads.send_carrier(peer)
         assert probe.head is not None and probe.head[2] == 200  # an honest body passes
         head_len = origin.seen[-1]["head_len"]
         for _ in range(3):
@@ -56,7 +57,7 @@ async def test_a_request_of_the_attackers_choosing_never_reaches_the_origin(
                 hp.open_http(sid, "GET", "/a", [("Host", "x"), ("Content-Length", str(head_len))])
             )
             assert refused(await peer.complete(sid, 5))
-            await hp.send_carrier(peer)
+            await payloads.send_carrier(peer)
     assert "/smuggled" not in origin.paths()
     assert all(e["via"] for e in origin.seen), "every request at the origin came through us"
 
@@ -66,8 +67,11 @@ async def test_a_request_of_the_attackers_choosing_never_reaches_the_origin(
     [
         ([("Content-Length", "100")], b"0123456789"),  # declared more than sent
         ([("Content-Length", "3")], b"0123456789"),  # declared less than sent
-        ([("Transfer-Encoding", "chunked")], b"0\r\n\r\n" + hp.SMUGGLED),
-        ([("Content-Length", "4"), ("Transfer-Encoding", "chunked")], b"0\r\n\r\n" + hp.SMUGGLED),
+        ([("Transfer-Encoding", "chunked")], b"0\r\n\r\n" + payloads.SMUGGLED),
+        (
+            [("Content-Length", "4"), ("Transfer-Encoding", "chunked")],
+            b"0\r\n\r\n" + payloads.SMUGGLED,
+        ),
         ([("Content-Length", "10"), ("Content-Length", "10")], b"0123456789"),
     ],
     ids=["cl-over", "cl-under", "te-chunked-smuggle", "cl-and-te", "two-cl"],
