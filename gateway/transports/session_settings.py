@@ -28,6 +28,8 @@ _MiB: Final = 1024 * 1024
 #: peer's unfinished session message pins 2 MiB, not 16. Endpoint WebSocket
 #: messages up to ``--max-message-size`` travel chunked inside the tunnel.
 TUNNEL_SESSION_MESSAGE: Final = 2 * _MiB
+#: The core's own defaults: the knobs passed through to it default to them.
+_CORE: Final = SessionConfig()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -37,7 +39,7 @@ class SessionSettings:
     #: Longest a long-poll GET is held open (RFC 6202: stay under 30 s).
     hold_time: float = 25.0
     #: How long a session waits for a transport before it expires (4000).
-    resume_grace: float = 60.0
+    resume_grace: float = _CORE.resume_grace
     #: Sessions one gateway serves at once (503 beyond).
     max_sessions: int = 1000
     #: Sessions one client address may hold at once (429 beyond; 0 = no limit).
@@ -57,19 +59,19 @@ class SessionSettings:
     #: and use ``TUNNEL_SESSION_MESSAGE`` (``from_config``). Not a flag.
     max_session_message: int = 0
     #: Replay buffer per session (encoded bytes); backpressure beyond.
-    buffer_bytes: int = 4 * _MiB
-    buffer_frames: int = 4096
-    fragment_size: int = 64 * 1024
+    buffer_bytes: int = _CORE.max_buffer_bytes
+    buffer_frames: int = _CORE.max_buffer_frames
+    fragment_size: int = _CORE.fragment_size
     #: Largest batch we write (one WebSocket message / HTTP body).
-    batch_bytes: int = 1 * _MiB
+    batch_bytes: int = _CORE.max_batch_bytes
     #: Largest batch we accept (WebSocket message, POST or GET body).
     max_batch_bytes: int = 8 * _MiB
     #: Bytes of unfinished long-poll POST bodies the whole server holds (503 beyond).
     post_bytes_total: int = 64 * _MiB
-    heartbeat: float = 20.0
-    stall_timeout: float = 15.0
-    retransmit_timeout: float = 10.0
-    close_timeout: float = 10.0
+    heartbeat: float = _CORE.heartbeat_interval
+    stall_timeout: float = _CORE.stall_timeout
+    retransmit_timeout: float = _CORE.retransmit_timeout
+    close_timeout: float = _CORE.close_timeout
     #: How long a WebSocket candidate may take to answer the probe.
     probe_timeout: float = 5.0
     #: Connect + handshake timeout for every hop request.
