@@ -27,8 +27,9 @@ import pytest
 import trustme
 from aiohttp import web
 
-from gateway.config import Role, build_config
+from gateway.config import Role
 from gateway.server import Gateway
+from tests.helpers import loopback_gateway
 from tests.processes import GatewayProcess, SpawnGateway, start_gateway
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -87,8 +88,7 @@ async def make_gateway() -> AsyncIterator[MakeGateway]:
     gateways: list[Gateway] = []
 
     async def start(role: Role, settings: dict[str, Any] | None = None) -> Gateway:
-        config = build_config(role, {"listen": "127.0.0.1:0", **(settings or {})})
-        gateway = Gateway(config)
+        gateway = loopback_gateway(role, settings)
         await gateway.start()
         gateways.append(gateway)
         return gateway

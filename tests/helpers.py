@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from gateway.config import build_config
+from gateway.config import Role, build_config
 from gateway.core.ladder import LadderSettings
 from gateway.server import Gateway
+from gateway.settings import derive
 from gateway.transports.session_settings import SessionSettings
 from tests.waiting import Predicate, eventually
 
@@ -38,15 +40,36 @@ FAST_SESSION = SessionSettings(
 NO_REPROBE = {"reprobe_initial": 3600.0, "reprobe_max": 3600.0}
 
 
+def loopback_gateway(
+    role: Role,
+    settings: dict[str, Any] | None = None,
+    *,
+    ladder: LadderSettings | None = None,
+    session: SessionSettings | None = None,
+) -> Gateway:
+    """A ``Gateway`` (not started) on ``127.0.0.1:0`` from CLI-style settings.
+
+    The config is built as the CLI builds it (``build_config``); ``ladder`` /
+    ``session`` replace the back-off and hop session timings derived from it
+    (``FAST_LADDER`` / ``FAST_SESSION`` for a test that waits on them). The
+    one way every fixture and helper here makes an in-process gateway.
+    """
+    config = build_config(role, {"listen": "127.0.0.1:0", **(settings or {})})
+    derived = derive(config)
+    if ladder is not None:
+        derived = derived.replace(ladder=ladder)
+    if session is not None:
+        derived = derived.replace(session=session)
+    return Gateway(config, settings=derived)
+
+
 @contextlib.asynccontextmanager
-async def running_gateway(role: str = "client", **settings: object) -> AsyncIterator[Gateway]:
+async def running_gateway(role: Role = "client", **settings: Any) -> AsyncIterator[Gateway]:
     """An in-process gateway on 127.0.0.1:0 for the body of an ``async with``.
 
     Shutdown grace defaults to 1 s so a test's teardown never waits long.
     """
-    settings = {"listen": "127.0.0.1:0", "shutdown_grace": 1.0, **settings}
-    config = build_config(role, settings)  # type: ignore[arg-type]
-    async with Gateway(config) as gateway:
+    async with loopback_gateway(role, {"shutdown_grace": 1.0, **settings}) as gateway:
         yield gateway
 
 

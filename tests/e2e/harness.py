@@ -40,16 +40,16 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.config import Role, build_config
+from gateway.config import Role
 from gateway.core import discovery
 from gateway.demo.legacy_client import ChatMessage, LegacyChatClient
 from gateway.server import Gateway
-from gateway.settings import derive
 from gateway.transports.handshake import SESSION_PATH
 from gateway.transports.session_settings import SessionSettings
 from tests.faultproxy import FaultProxy, _Conn
-from tests.helpers import FAST_LADDER, FAST_SESSION, until
+from tests.helpers import FAST_LADDER, FAST_SESSION, loopback_gateway, until
 from tests.status_page import upstream_entry
+from tests.waiting import eventually
 
 #: Longest wait for one step (a transport change, a message count).
 STEP = 15.0
@@ -91,13 +91,8 @@ class Gateways:
         session: SessionSettings | None = FAST_SESSION,
     ) -> Gateway:
         """An in-process gateway; ``session=None`` keeps the production session timings."""
-        config = build_config(
-            role, {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, **(settings or {})}
-        )
-        settings = derive(config).replace(ladder=FAST_LADDER)
-        if session is not None:
-            settings = settings.replace(session=session)
-        gateway = Gateway(config, settings=settings)
+        settings = {"shutdown_grace": 2.0, **(settings or {})}
+        gateway = loopback_gateway(role, settings, ladder=FAST_LADDER, session=session)
         await gateway.start()
         self.started.append(gateway)
         return gateway
@@ -420,13 +415,16 @@ async def run_chat(base_url: str, chat: Chat, *, timeout: float = 30.0) -> ChatR
             p.duplicates_reported += receipt.duplicate
             await asyncio.sleep(chat.interval)
 
+    def everyone_saw_all() -> bool:
+        return all(len(p.seen) >= chat.total for p in people)
+
     try:
         for p in people:
             p.client.start()
         async with asyncio.timeout(timeout):
             await asyncio.gather(*(talk(p) for p in people))
-            while not all(len(p.seen) >= chat.total for p in people):
-                await asyncio.sleep(0.02)
+            if not await eventually(everyone_saw_all, timeout):
+                raise TimeoutError
         await asyncio.sleep(HOLD)  # room for a late duplicate to show up
     except TimeoutError:
         run.timed_out = True

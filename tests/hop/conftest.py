@@ -8,11 +8,10 @@ from typing import Any, Protocol
 
 import pytest
 
-from gateway.config import Role, build_config
+from gateway.config import Role
 from gateway.core.ladder import LadderSettings
 from gateway.server import Gateway
-from gateway.settings import derive
-from tests.helpers import FAST_LADDER
+from tests.helpers import FAST_LADDER, loopback_gateway
 
 
 class StartGateway(Protocol):
@@ -29,10 +28,7 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
     async def start(
         role: Role, settings: dict[str, Any] | None = None, *, ladder: LadderSettings = FAST_LADDER
     ) -> Gateway:
-        config = build_config(
-            role, {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, **(settings or {})}
-        )
-        gateway = Gateway(config, settings=derive(config).replace(ladder=ladder))
+        gateway = loopback_gateway(role, {"shutdown_grace": 2.0, **(settings or {})}, ladder=ladder)
         await gateway.start()
         gateways.append(gateway)
         return gateway
