@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.hostile import peer as hp  # noqa: E402
+from tests.hostile.origin import Origin  # noqa: E402
 from tests.processes import ChildProcess, GatewayProcess, start_gateway  # noqa: E402
 
 #: What the origin process prints once both its sites listen.
@@ -37,103 +38,24 @@ MiB = 1024 * 1024
 # ------------------------------------------------------------------ the origin
 
 
-@dataclass
-class OriginSite:
-    """One site of the origin process; every site records into the same ``seen`` list."""
-
-    site: str
-    seen: list[dict[str, Any]]
-    #: Requests ``/hold`` keeps open right now, over every site.
-    held: list[int]
-
-    def record(self, request: web.Request, body_len: int | None) -> dict[str, Any]:
-        head_len = (
-            len(request.method) + 1 + len(request.raw_path) + 11
-            + sum(len(k) + len(v) + 4 for k, v in request.raw_headers) + 2
-        )  # fmt: skip
-        entry = {
-            "site": self.site,
-            "method": request.method,
-            "path": request.raw_path,
-            "host": request.headers.get("Host"),
-            "xff": request.headers.get("X-Forwarded-For"),
-            "via": request.headers.get("Via"),
-            "cl": request.headers.get("Content-Length"),
-            "te": request.headers.get("Transfer-Encoding"),
-            "body": body_len,
-            "head_len": head_len,
-        }
-        self.seen.append(entry)
-        return entry
-
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * MiB)
-        app.router.add_get("/__seen", self.seen_route)
-        app.router.add_get("/ws", self.ws_route)
-        app.router.add_get("/stream", self.stream_route)
-        app.router.add_get("/hold", self.hold_route)
-        app.router.add_route("*", "/{tail:.*}", self.any_route)
-        return app
-
-    async def seen_route(self, request: web.Request) -> web.Response:
-        """Every request recorded so far (cleared unless ``?clear=0``)."""
-        out = list(self.seen)
-        if request.query.get("clear", "1") == "1":
-            self.seen.clear()
-        return web.json_response({"seen": out, "connections": self.held[0]})
-
-    async def ws_route(self, request: web.Request) -> web.StreamResponse:
-        self.record(request, None)
-        ws = web.WebSocketResponse(max_msg_size=0)
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                await ws.send_str(f"got {len(msg.data)}")
-        return ws
-
-    async def stream_route(self, request: web.Request) -> web.StreamResponse:
-        self.record(request, None)
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        chunk = b"s" * 65536
-        for _ in range(16384):  # at most 1 GiB per stream
-            await resp.write(chunk)
-        return resp
-
-    async def hold_route(self, request: web.Request) -> web.StreamResponse:
-        self.record(request, None)
-        self.held[0] += 1
-        try:
-            await asyncio.sleep(float(request.query.get("s", "300")))
-        finally:
-            self.held[0] -= 1
-        return web.Response(text="held")
-
-    async def any_route(self, request: web.Request) -> web.StreamResponse:
-        # GETs leave their body unread, as many origins do: whatever
-        # follows on the connection is then parsed as the next request.
-        body = await request.read() if request.method in ("POST", "PUT") else None
-        return web.json_response(self.record(request, None if body is None else len(body)))
-
-
 async def serve_origin() -> None:
     """Two sites: ``main`` (the upstream) and ``evil`` (a host no gateway may reach).
 
-    Every request is recorded; ``GET /__seen`` lists and clears them.
+    Both are ``tests.hostile.origin.Origin`` recording into one list, so
+    ``GET /__seen`` on either lists (and clears) what both got.
     Prints ``ORIGIN_PORTS`` once both listen, then serves until killed.
     """
     seen: list[dict[str, Any]] = []
-    held = [0]
     ports = []
     for site in ("main", "evil"):
-        app = OriginSite(site, seen, held).app()
+        app = Origin(site, seen=seen, stream_chunks=16384).app()  # 1 GiB per stream
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0, backlog=4096).start()
         ports.append(runner.addresses[0][1])
     # "another host" on the default port, for targets that turn into host:80
     with contextlib.suppress(OSError):
-        runner = web.AppRunner(OriginSite("evil:80", seen, held).app(), access_log=None)
+        runner = web.AppRunner(Origin("evil:80", seen=seen).app(), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 80).start()
     print(f"origin listening on ports {ports[0]},{ports[1]}", flush=True)

@@ -13,7 +13,7 @@ import pytest
 from gateway.transports.handshake import auth_header_value
 from tests.conftest import MakeGateway
 from tests.hostile import peer as hp
-from tests.hostile.conftest import Origin
+from tests.hostile.origin import Origin
 from tests.status_page import warm_until_hop
 
 pytestmark = pytest.mark.timeout(60)

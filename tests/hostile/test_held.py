@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import MakeGateway
 from tests.hostile import payloads
 from tests.hostile import peer as hp
-from tests.hostile.conftest import MiB, Origin
+from tests.hostile.origin import MiB, Origin
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import MakeGateway
 from tests.hostile import payloads
 from tests.hostile import peer as hp
-from tests.hostile.conftest import MiB, Origin
+from tests.hostile.origin import MiB, Origin
 from tests.processes import SpawnGateway, proc_status_kib, unlimited_sessions
 from tests.status_page import active_sessions, warm_until_hop
 from tests.waiting import eventually

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import MakeGateway
 from tests.hostile import payloads
 from tests.hostile import peer as hp
-from tests.hostile.conftest import Origin
+from tests.hostile.origin import Origin
 
 pytestmark = pytest.mark.timeout(60)
 
