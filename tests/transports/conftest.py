@@ -85,6 +85,16 @@ class ServerHandle:
     def port(self) -> int:
         return URL(self.url).port or 0
 
+    async def next_session(self, index: int = 0, timeout: float = 5.0) -> tuple[HopSession, Inbox]:
+        async with asyncio.timeout(timeout):
+            while len(self.sessions) <= index:
+                await asyncio.sleep(0.01)
+        return self.sessions[index], self.inboxes[index]
+
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
 async def post_create(
     http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
 ) -> tuple[int, str, str, str]:
@@ -105,16 +115,6 @@ async def create_session(http: aiohttp.ClientSession, url: str) -> tuple[str, st
     status, session_id, token, text = await post_create(http, url)
     assert status == 200, text
     return session_id, token
-
-
-    async def next_session(self, index: int = 0, timeout: float = 5.0) -> tuple[HopSession, Inbox]:
-        async with asyncio.timeout(timeout):
-            while len(self.sessions) <= index:
-                await asyncio.sleep(0.01)
-        return self.sessions[index], self.inboxes[index]
-
-
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 class StartRaw(Protocol):
