@@ -15,7 +15,7 @@
  *    bin, arrays), with a decoder that is strict and bounded, since every
  *    byte it reads comes from the network.
  * 2. session.js: the hop session (docs/protocol.md): a sans-I/O port of
- *    gateway/session/core.py. Whole messages are cut into numbered DATA
+ *    gateway/core/session/machine.py. Whole messages are cut into numbered DATA
  *    frames kept in a bounded replay buffer until acknowledged; every new
  *    transport starts with a HELLO stating what we have received, and the
  *    peer replays the rest (go-back-N). No clock, no socket: the I/O layer

@@ -6,7 +6,7 @@ import { concatBytes } from "./msgpack.js";
 import { RemoteProtocolError, CloseCode, PROTOCOL_VERSION, FrameType, sessionFrames, SessionState, clipReason, Session } from "./session.js";
 
 /*
- * Wire format (gateway/session/endpoint.py):
+ * Wire format (gateway/transports/endpoint.py):
  *
  *   POST {gateway}/.hopgate/session            -> 200, X-Hopgate-Session: id,
  *                                                 X-Hopgate-Token: base64url token,

@@ -1,11 +1,11 @@
 // ---------------------------------------------------------------------------
-// 2. The hop session (docs/protocol.md; reference: gateway/session/core.py)
+// 2. The hop session (docs/protocol.md; reference: gateway/core/session/machine.py)
 // ---------------------------------------------------------------------------
 
 import { MsgpackError, utf8Encoder, strictUtf8, encode, SESSION_LIMITS, MsgpackReader, concatBytes, utf8Length, Deque } from "./msgpack.js";
 
 /*
- * Errors say who is at fault, as in gateway/session/errors.py:
+ * Errors say who is at fault, as in gateway/core/session/errors.py:
  *
  *     LocalProtocolError    we misused the API; the session is unchanged
  *     BufferFull            backpressure: wait for a "window-opened" event
@@ -230,7 +230,7 @@ function constantTimeEqual(a, b) {
 
 /**
  * One end of a hop session: reliable, ordered whole messages over any
- * number of transports. Sans-I/O; see gateway/session/core.py, whose
+ * number of transports. Sans-I/O; see gateway/core/session/machine.py, whose
  * behaviour this follows call for call.
  *
  * Events (plain frozen objects, pulled with eventsReceived()):

@@ -1,5 +1,5 @@
 // ---------------------------------------------------------------------------
-// 3. The tunnel (docs/tunnel.md; reference: gateway/tunnel/streams.py)
+// 3. The tunnel (docs/tunnel.md; reference: gateway/core/tunnel/streams.py)
 // ---------------------------------------------------------------------------
 
 import { MsgpackError, utf8Encoder, strictUtf8, binHeader, encode, MsgpackReader, decodeAll, concatBytes, Deque } from "./msgpack.js";
@@ -8,7 +8,7 @@ import { LocalProtocolError, RemoteProtocolError, MAX_REASON_BYTES, DATA_OVERHEA
 /*
  * The shim is always the side that opened the hop session (odd stream ids)
  * and only ever opens WebSocket streams. A stream the gateway opens towards
- * us is refused with RESET REFUSED, as gateway/tunnel/bridge.py does on a
+ * us is refused with RESET REFUSED, as gateway/glue/driver.py does on a
  * downstream gateway. Everything received is still validated against the
  * full frame table, as hostile input.
  */

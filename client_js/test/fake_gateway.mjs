@@ -1,5 +1,5 @@
 // A hopgate gateway in memory, behind a fake `fetch`: the long-poll wire
-// format of gateway/session/endpoint.py, a server-side Session core, and a
+// format of gateway/transports/endpoint.py, a server-side Session core, and a
 // tunnel answerer that accepts WebSocket streams and echoes every message
 // (the endpoint). Failures are injected on command. No sockets.
 import { encode } from "../src/msgpack.js";

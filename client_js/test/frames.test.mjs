@@ -1,5 +1,5 @@
-// Session and tunnel frames: byte-exact against gateway/session/frames.py and
-// gateway/tunnel/frames.py (hex produced by the Python encoders), and the
+// Session and tunnel frames: byte-exact against gateway/core/session/frames.py and
+// gateway/core/tunnel/frames.py (hex produced by the Python encoders), and the
 // validation every received frame goes through.
 import { test } from "node:test";
 import assert from "node:assert/strict";
