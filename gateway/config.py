@@ -353,22 +353,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_streams",
         "count",
-        "streams (tunnelled requests and WebSockets) one hop session may have open "
-        "(default 256)",
+        "streams (tunnelled requests and WebSockets) one hop session may have open (default 256)",
         group=_LIMITS,
     ),
     Setting(
         "session_connections",
         "count",
-        "origin connections one hop session may hold; its further streams wait "
-        "(default 128)",
+        "origin connections one hop session may hold; its further streams wait (default 128)",
         group=_LIMITS,
     ),
     Setting(
         "session_reassembly",
         "bytes",
-        "bytes of unfinished WebSocket messages one hop session may hold "
-        "(default 16777216)",
+        "bytes of unfinished WebSocket messages one hop session may hold (default 16777216)",
         group=_LIMITS,
     ),
     Setting(

@@ -8,12 +8,9 @@ every transport; :meth:`SessionSettings.core_config` derives the pure core's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
 from gateway.core.session.config import SessionConfig
-
-if TYPE_CHECKING:
-    from gateway.config import Config
 
 __all__ = ["TUNNEL_SESSION_MESSAGE", "SessionSettings"]
 
@@ -56,7 +53,7 @@ class SessionSettings:
     #: Largest session message, both directions (1009 beyond): what the hop
     #: session core reassembles from fragments. 0: ``max_message_size`` (the
     #: session as a plain message transport). Gateways carry tunnel batches
-    #: and use ``TUNNEL_SESSION_MESSAGE`` (``from_config``). Not a flag.
+    #: and use ``TUNNEL_SESSION_MESSAGE`` (``gateway.settings``). Not a flag.
     max_session_message: int = 0
     #: Replay buffer per session (encoded bytes); backpressure beyond.
     buffer_bytes: int = _CORE.max_buffer_bytes
@@ -100,31 +97,6 @@ class SessionSettings:
         if self.post_bytes_total < self.max_batch_bytes:
             raise ValueError("post_bytes_total must hold at least one max_batch_bytes body")
         self.core_config()  # validates the rest
-
-    @classmethod
-    def from_config(cls, config: Config, **overrides: Any) -> SessionSettings:
-        """Settings from a gateway ``Config`` (fields it lacks keep their defaults)."""
-        values: dict[str, Any] = {"max_session_message": TUNNEL_SESSION_MESSAGE}
-        for name in (
-            "hold_time",
-            "resume_grace",
-            "max_sessions",
-            "max_message_size",
-            "max_sessions_per_client",
-            "session_create_rate",
-            "max_session_posts",
-        ):
-            value = getattr(config, name, None)
-            if value is not None:
-                values[name] = value
-        buffer = getattr(config, "session_buffer", None)
-        if buffer is not None:
-            values["buffer_bytes"] = buffer
-        connect_timeout = getattr(config, "connect_timeout", None)
-        if connect_timeout is not None:
-            values["connect_timeout"] = connect_timeout
-        values.update(overrides)
-        return cls(**values)
 
     def core_config(self) -> SessionConfig:
         return SessionConfig(

@@ -16,7 +16,6 @@ from gateway.core.session.frames import Data, FrameDecoder, Hello
 from gateway.transports.errors import SessionClosedError
 from gateway.transports.handshake import SESSION_PATH, TOKEN_HEADER
 from gateway.transports.hopsession import HopSession
-from gateway.transports.session_settings import SessionSettings
 from tests.transports.conftest import (
     FAST,
     Inbox,
@@ -242,35 +241,3 @@ async def test_newer_held_get_releases_the_older_and_nothing_is_lost(
         server.send(b"m2")
         assert payloads(await held) == [b"m2"]
     assert server.core.buffered_frames == 1  # m2 is acked by the next poll only
-
-
-def test_settings_from_config_and_flags() -> None:
-    from gateway.cli import build_parser, settings_from_args
-    from gateway.config import build_config
-
-    args = build_parser().parse_args(
-        [
-            "server",
-            "--upstream",
-            "http://127.0.0.1:9",
-            "--hold-time",
-            "5",
-            "--resume-grace",
-            "7",
-            "--max-sessions",
-            "3",
-            "--max-message-size",
-            "1000000",
-            "--session-buffer",
-            "262144",
-        ]
-    )
-    settings = SessionSettings.from_config(
-        build_config("server", settings_from_args(args)), close_timeout=3.0
-    )
-    assert (settings.hold_time, settings.resume_grace, settings.max_sessions) == (5.0, 7.0, 3)
-    assert (settings.max_message_size, settings.buffer_bytes) == (1_000_000, 262_144)
-    assert settings.close_timeout == 3.0
-    defaults = SessionSettings.from_config(build_config("client", {}))
-    assert defaults.hold_time == 25.0 < 30 and defaults.resume_grace == 60.0
-    assert defaults.core_config().max_buffer_bytes == 4 * 1024 * 1024

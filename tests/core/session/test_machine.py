@@ -668,13 +668,13 @@ def test_hop_sessions_reassemble_at_most_a_tunnel_batch_of_session_message() -> 
     The endpoint WebSocket limit (``max_message_size``) is the tunnel's
     business; the session core reassembles at most ``max_session_message``.
     """
-    from types import SimpleNamespace
-
+    from gateway.config import build_config
     from gateway.core.session.events import MessageReceived
     from gateway.core.tunnel import Tunnel, TunnelConfig
+    from gateway.settings import derive
     from gateway.transports.session_settings import SessionSettings
 
-    settings = SessionSettings.from_config(SimpleNamespace())  # type: ignore[arg-type]
+    settings = derive(build_config("client", {})).session  # what a gateway's sessions get
     hop = settings.core_config()
     assert hop.max_message_size == settings.max_session_message == 2 * 1024 * 1024
     assert settings.max_message_size == 16 * 1024 * 1024
