@@ -117,6 +117,9 @@ def _response_has_body(method: str, status: int) -> bool:
 class Answerer:
     """Answers the streams the peer of ``link`` opens: to the origin, or on to the next hop."""
 
+    # One per hop session, thousands idle at once: no per-instance dict.
+    __slots__ = ("_address_slots", "_link", "_next_hop", "_origin_slots")
+
     def __init__(
         self,
         link: TunnelDriver,

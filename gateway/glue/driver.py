@@ -88,6 +88,29 @@ class _LinkLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 class TunnelDriver:
     """A Tunnel core driven over one HopSession; streams' events go to their sinks."""
 
+    # One per hop session, thousands idle at once: no per-instance dict.
+    __slots__ = (
+        "_closing",
+        "_counters",
+        "_dispatching",
+        "_flush_due",
+        "_hop",
+        "_sinks",
+        "_tasks",
+        "_writable",
+        "config",
+        "forwarder",
+        "log",
+        "loop",
+        "name",
+        "on_stream",
+        "opener",
+        "peer_ip",
+        "stats",
+        "tunnel",
+        "upstream",
+    )
+
     def __init__(
         self,
         hop: HopSession,

@@ -55,6 +55,9 @@ __all__ = ["TunnelLink"]
 class TunnelLink:
     """A Tunnel core driven over one HopSession, with the role of this side of it."""
 
+    # One per hop session, thousands idle at once: no per-instance dict.
+    __slots__ = ("_opening", "driver")
+
     def __init__(
         self,
         hop: HopSession,

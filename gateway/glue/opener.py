@@ -85,6 +85,9 @@ def _check_own_target(target: str) -> None:
 class Opener:
     """Carries this gateway's client requests as streams of ``link``."""
 
+    # One per hop session, thousands idle at once: no per-instance dict.
+    __slots__ = "_link"
+
     def __init__(self, link: TunnelDriver) -> None:
         self._link = link
 

@@ -107,6 +107,9 @@ __all__ = ["HeaderInput", "Tunnel", "TunnelConfig"]
 class Tunnel:
     """One end of the stream multiplexer over a hop session (see module docstring)."""
 
+    # One per hop session, thousands idle at once: no per-instance dict.
+    __slots__ = ("_config", "_decoder", "_table")
+
     def __init__(self, config: TunnelConfig | None = None, *, opener: bool) -> None:
         self._config = config = config or TunnelConfig()
         self._decoder = FrameDecoder()
