@@ -27,24 +27,12 @@ from yarl import URL
 
 from gateway.core import discovery
 from gateway.core import headers as hdr
-from gateway.core.targets import join_upstream
 from gateway.glue.origin import ForwardSettings
 from gateway.status import GatewayStats
 from gateway.transports.aiohttp_internals import RelayedResponse
 from gateway.transports.http import describe, request_body, text_error
 
 log = logging.getLogger("hopgate.forward")
-
-
-def upstream_target(upstream: URL, request: web.BaseRequest) -> URL:
-    """The upstream URL for an origin-form request, keeping the raw path bytes.
-
-    The path is appended under the upstream's base path exactly as the
-    client encoded it: a proxy that re-normalises percent-escapes changes
-    what the origin sees.  Built by ``targets.join_upstream`` (``BadTarget``
-    if the request's target is not origin-form or would leave the upstream).
-    """
-    return join_upstream(upstream, request.raw_path)
 
 
 class Forwarder:
