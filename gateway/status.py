@@ -8,14 +8,52 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from gateway import __version__
+from gateway.core.ladder import Transition
 
 Transport = Literal["plain", "long-poll", "websocket"]
+#: How a legacy request travelled: over the hop session's tunnel, or as plain HTTP.
+Route = Literal["tunnel", "plain"]
 STATUS_PATH = "/.hopgate/status"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One legacy request this gateway carried, finished.
+
+    The access log and the metrics both read these (``GatewayStats.record``),
+    so a request carried over the hop is seen the same way as one that
+    arrived on this gateway's listener.
+    """
+
+    route: Route
+    method: str
+    #: Path and query as the client sent them.
+    target: str
+    status: int
+    #: Seconds from the request head to the end of the answer.
+    duration: float
+    #: Who sent it: the client's address, or "hop" for a request that came over the tunnel.
+    peer: str
+    #: Answer body bytes sent (-1: unknown).
+    size: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class SessionReport:
+    """One hop session a server gateway serves, as status and metrics show it."""
+
+    #: First characters of the session id only (a full id is a credential).
+    session: str
+    transport: Transport
+    #: The peer's address (host:port) as this gateway saw it.
+    peer: str
+    #: Wall-clock time the session opened.
+    since: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +69,10 @@ class HopReport:
     last_error: str = ""
     #: First characters of the live hop session's id, if there is one.
     session: str | None = None
+    #: The latest moves between rungs, oldest first (bounded by the ladder).
+    transitions: tuple[Transition, ...] = ()
+    #: Moves counted since start, by (from, to, reason).
+    switches: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 #: A hop nobody keeps a link to: plain, nothing learned.
@@ -108,6 +150,15 @@ class GatewayStats:
     requests_total: int = 0
     #: Inbound connection figures (held, cap, refused...), set by the listening gateway.
     clients: Callable[[], dict[str, int]] | None = None
+    #: The hop sessions this gateway serves (server side), read when asked.
+    sessions: Callable[[], Iterable[SessionReport]] = lambda: ()
+    #: Called with every finished legacy request (access log, metrics).
+    observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
+
+    def record(self, request: RequestRecord) -> None:
+        """A legacy request finished: tell the access log and the metrics."""
+        for observe in self.observers:
+            observe(request)
 
     def upstream(self, url: str) -> UpstreamState:
         state = self.upstreams.get(url)

@@ -33,6 +33,25 @@ from typing import Literal
 from gateway.core.backoff import Backoff
 
 Rung = Literal["plain", "long-poll", "websocket"]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One move of a hop between rungs, kept so status and metrics can say why.
+
+    ``reason`` is a short token from a small fixed set (it is a metric
+    label, so it must not carry addresses or numbers); ``detail`` is the
+    sentence an operator reads ("WebSocket upgrade refused (400)").
+    ``at`` is the clock the I/O layer passed in.
+    """
+
+    at: float
+    from_rung: Rung
+    to_rung: Rung
+    reason: str
+    detail: str = ""
+
+
 _HEIGHT: dict[Rung, int] = {"plain": 0, "long-poll": 1, "websocket": 2}
 
 
