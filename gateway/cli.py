@@ -16,6 +16,7 @@ from typing import Any
 from gateway import __version__
 from gateway.config import SETTINGS, ConfigError, Role, Setting, build_config, load_toml
 from gateway.demo import runner as demo_runner
+from gateway.doctor import command as doctor_command
 from gateway.process import serve
 
 DESCRIPTION = """\
@@ -137,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         "messages, their latency and each hop's transport until Ctrl-C.",
     )
     demo_runner.add_arguments(demo)
+    doctor = commands.add_parser(
+        "doctor",
+        help=doctor_command.SHORT,
+        description=doctor_command.DESCRIPTION,
+        epilog=doctor_command.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    doctor_command.add_arguments(doctor)
     return parser
 
 
@@ -171,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "demo":
         return demo_runner.main(args)
+    if args.command == "doctor":
+        return doctor_command.main(args)
     try:
         config = build_config(args.command, settings_from_args(args))
     except ConfigError as exc:
