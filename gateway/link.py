@@ -46,6 +46,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
@@ -55,7 +56,15 @@ from yarl import URL
 
 from gateway.core import discovery
 from gateway.core.backoff import Backoff
-from gateway.core.ladder import Ladder, LadderSettings, Peer, Rung
+from gateway.core.ladder import (
+    SHUTDOWN,
+    Ladder,
+    LadderSettings,
+    Peer,
+    Rung,
+    Transition,
+    close_reason,
+)
 from gateway.edges.forward import Forwarder
 from gateway.glue.link import TunnelLink
 from gateway.status import GatewayStats, HopReport
@@ -114,6 +123,7 @@ class UpstreamLink:
         self._session_path = discovery.DEFAULT_SESSION_PATH
         self._tunnel: TunnelLink | None = None
         self._hop: HopSession | None = None
+        self._connector: SessionConnector | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -274,12 +284,15 @@ class UpstreamLink:
             on_transport_change=self._transport_changed,
             session_path=self._session_path,
         )
+        self._connector = connector
         try:
             hop = await connector.connect()
         except SessionUnavailable as exc:
+            self._connector = None
             await self._connect_failed(connector, exc)
             return
         except BaseException:
+            self._connector = None
             await connector.close()
             self.ladder.connect_failed(self._loop.time(), "cancelled")
             raise
@@ -288,12 +301,19 @@ class UpstreamLink:
         self._hop, self._tunnel = hop, tunnel
         self._stats.active_sessions += 1
         transport: Rung = "websocket" if hop.transport == "websocket" else "long-poll"
-        self.ladder.session_up(self._loop.time(), transport)
-        log.info("= hop to %s upgraded: %s session %s…", self.key, transport, hop.session_id[:6])
-        reason = "gateway stopping"
+        opened, detail = connector.last_switch
+        self.ladder.session_up(self._loop.time(), transport, opened, detail)
+        log.info(
+            "= hop to %s: session %s… on %s%s",
+            self.key,
+            hop.session_id[:6],
+            transport,
+            f" ({detail})" if detail else "",
+        )
+        token, reason = SHUTDOWN, "gateway stopping"
         try:
             code, why = await hop.wait_closed()
-            reason = f"session closed ({code} {why})".strip()
+            token, reason = close_reason(code), f"session closed ({code} {why})".strip()
         finally:
             self._tunnel = None
             self._stats.active_sessions -= 1
@@ -302,7 +322,10 @@ class UpstreamLink:
             with contextlib.suppress(Exception):
                 await connector.close()
             self._hop = None
-            self.ladder.session_lost(self._loop.time(), reason)
+            self._connector = None
+            if self._closing:
+                token = SHUTDOWN
+            self.ladder.session_lost(self._loop.time(), token, reason)
         if not self._closing:
             log.info(
                 "= hop to %s fell back to plain HTTP: %s; next attempt in %.1fs",
@@ -334,10 +357,22 @@ class UpstreamLink:
         if new not in ("websocket", "long-poll"):
             return  # between transports: the session resumes on its own
         rung: Rung = "websocket" if new == "websocket" else "long-poll"
+        connector = self._connector
+        if connector is None:
+            return
+        reason, detail = connector.last_switch
         before = self.ladder.rung
-        self.ladder.transport_changed(rung)
+        if before == "plain":
+            return  # the session is still opening: session_up records the move
+        self.ladder.transport_changed(self._loop.time(), rung, reason, detail)
         if self.ladder.rung != before:
-            log.info("= hop to %s moved from %s to %s", self.key, before, rung)
+            log.info(
+                "= hop to %s moved from %s to %s: %s",
+                self.key,
+                before,
+                rung,
+                detail or reason,
+            )
 
     # -- status ----------------------------------------------------------------------
 
@@ -345,6 +380,8 @@ class UpstreamLink:
         """This hop as ``/.hopgate/status`` shows it, read from the ladder now."""
         ladder = self.ladder
         hop = self._hop
+        # The ladder keeps loop time; status shows wall-clock time.
+        offset = time.time() - self._loop.time()
         return HopReport(
             transport=ladder.rung,
             upgrades=ladder.upgrades,
@@ -352,6 +389,11 @@ class UpstreamLink:
             peer=ladder.peer.value,
             last_error=ladder.last_error,
             session=hop.session_id[:6] if hop is not None else None,
+            transitions=tuple(
+                Transition(t.at + offset, t.from_rung, t.to_rung, t.reason, t.detail)
+                for t in ladder.transitions
+            ),
+            switches=dict(ladder.switches),
         )
 
 

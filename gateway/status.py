@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from gateway import __version__
@@ -19,6 +21,8 @@ Transport = Literal["plain", "long-poll", "websocket"]
 #: How a legacy request travelled: over the hop session's tunnel, or as plain HTTP.
 Route = Literal["tunnel", "plain"]
 STATUS_PATH = "/.hopgate/status"
+#: Server sessions listed one by one in status; the rest are only counted.
+MAX_LISTED_PEERS: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +53,8 @@ class SessionReport:
 
     #: First characters of the session id only (a full id is a credential).
     session: str
-    transport: Transport
+    #: "none" while the session waits for its peer to resume on a new transport.
+    transport: Transport | Literal["none"]
     #: The peer's address (host:port) as this gateway saw it.
     peer: str
     #: Wall-clock time the session opened.
@@ -132,7 +137,46 @@ class UpstreamState:
             "peer": hop.peer,
             "session": hop.session,
             "last_error": hop.last_error,
+            "transitions": [_transition_json(t) for t in hop.transitions],
         }
+
+
+def iso_time(at: float) -> str:
+    """Wall-clock seconds as ISO 8601 with the date and the zone (UTC)."""
+    return datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def _transition_json(move: Transition) -> dict[str, str]:
+    return {
+        "at": iso_time(move.at),
+        "from": move.from_rung,
+        "to": move.to_rung,
+        "reason": move.reason,
+        "detail": move.detail,
+    }
+
+
+def sessions_json(active: int, sessions: Iterable[SessionReport]) -> dict[str, Any]:
+    """The server's hop sessions: counted by transport, the first ``MAX_LISTED_PEERS`` listed."""
+    by_transport: Counter[str] = Counter({"websocket": 0, "long-poll": 0})
+    listed: list[dict[str, str]] = []
+    for report in sessions:
+        by_transport[report.transport] += 1
+        if len(listed) < MAX_LISTED_PEERS:
+            listed.append(
+                {
+                    "peer": report.peer,
+                    "transport": report.transport,
+                    "session": report.session,
+                    "since": iso_time(report.since),
+                }
+            )
+    return {
+        "active": active,
+        "by_transport": dict(by_transport),
+        "peers": listed,
+        "peers_not_listed": max(0, by_transport.total() - len(listed)),
+    }
 
 
 @dataclass
@@ -174,7 +218,7 @@ class GatewayStats:
             "uptime_s": round(time.time() - self.started, 3),
             "upstreams": [u.as_json() for u in self.upstreams.values()],
             "streams": {"active": self.active_streams},
-            "sessions": {"active": self.active_sessions},
+            "sessions": sessions_json(self.active_sessions, self.sessions()),
             "websockets": {"active": self.active_websockets},
             "tunnels": {"active": self.active_tunnels},
             "requests_total": self.requests_total,

@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.core import discovery
+from gateway.core import ladder as reasons
 from gateway.core.ladder import LadderSettings
 from gateway.link import LinkTable, UpstreamLink
 from gateway.server import Gateway
@@ -27,6 +29,7 @@ from gateway.transports.session_settings import SessionSettings
 from tests.helpers import until
 from tests.hop.conftest import StartGateway
 from tests.hop.conftest import start_gateway as start_gateway  # the fixture, shared
+from tests.proxies import Proxies, proxies  # noqa: F401  (proxies is a fixture)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -310,22 +313,38 @@ async def test_status_reads_the_links_ladder_when_served(
     state = gw.stats.upstream(key)
     assert (state.transport, state.peer, state.upgrades) == ("plain", "unknown", 0)
     link.ladder.peer_is_gateway()
-    link.ladder.session_up(1.0, "long-poll")
-    link.ladder.transport_changed("websocket")
-    assert state.as_json() == {
+    now = asyncio.get_running_loop().time()
+    link.ladder.session_up(now, "long-poll", reasons.UPGRADE_FAILED, "WebSocket probe timed out")
+    assert state.last_error == "WebSocket probe timed out"
+    link.ladder.transport_changed(now, "websocket", reasons.PROBE_SUCCEEDED)
+    doc = state.as_json()
+    moves = doc.pop("transitions")
+    assert doc == {
         "url": key,
         "transport": "websocket",
         "upgrades": 2,
-        "fallbacks": 0,
+        "fallbacks": 1,
         "requests": 0,
         "errors": 0,
         "peer": "gateway",
         "session": None,
         "last_error": "",
     }
-    link.ladder.session_lost(2.0, "session closed (1001 going away)")
-    assert (state.transport, state.fallbacks) == ("plain", 1)
+    assert [(m["from"], m["to"], m["reason"]) for m in moves] == [
+        ("plain", "long-poll", "upgrade_failed"),
+        ("long-poll", "websocket", "probe_succeeded"),
+    ]
+    # Loop time became wall-clock time: the moves happened just now.
+    at = datetime.fromisoformat(moves[0]["at"])
+    assert abs((datetime.now(UTC) - at).total_seconds()) < 5
+    link.ladder.session_lost(now + 1, reasons.PEER_CLOSED, "session closed (1001 going away)")
+    assert (state.transport, state.fallbacks) == ("plain", 2)
     assert state.last_error == "session closed (1001 going away)"
+    assert link.report().switches == {
+        ("plain", "long-poll", "upgrade_failed"): 1,
+        ("long-poll", "websocket", "probe_succeeded"): 1,
+        ("websocket", "plain", "peer_closed"): 1,
+    }
     await link.close()
 
 
@@ -348,3 +367,64 @@ async def test_forward_proxy_learns_a_gateway_origin_from_its_note(
         assert server.stats.requests_total == before  # it went over the session
     assert origin.count("/first") == 1 and origin.count("/second") == 1
     assert origin.count(discovery.HELLO_PATH) == 0  # a sidecar never asks its origin
+
+
+# ------------------------------------------------------- why a hop moved
+
+
+async def test_a_hop_behind_a_proxy_that_strips_upgrade_says_why_it_is_on_long_poll(
+    make_origin: Any,
+    start_gateway: StartGateway,
+    proxies: Proxies,  # noqa: F811
+) -> None:
+    """nginx's default recipe drops ``Upgrade``: status names the refusal, not just the rung."""
+    server = await start_gateway("server", {"upstream": await make_origin(Recorder().handle)})
+    nginx = proxies.nginx(server.url)  # the default recipe: no WebSocket
+    client = await start_gateway("client", {"upstream": nginx.url})
+    [state] = client.stats.upstreams.values()
+    await until(lambda: state.transport == "long-poll", "the long-poll hop behind nginx")
+    async with aiohttp.ClientSession() as http:
+        hop = await upstream_status(http, client)
+        async with http.get(server.url + STATUS_PATH) as resp:
+            sidecar = (await resp.json())["sessions"]
+    assert hop["transport"] == "long-poll"
+    assert hop["last_error"].startswith("WebSocket upgrade refused (400")
+    assert (hop["upgrades"], hop["fallbacks"]) == (1, 1)
+    first = hop["transitions"][0]
+    assert (first["from"], first["to"], first["reason"]) == (
+        "plain",
+        "long-poll",
+        "upgrade_refused",
+    )
+    assert first["detail"] == hop["last_error"]
+    assert datetime.fromisoformat(first["at"]).tzinfo is not None
+    link = client.link()
+    assert link is not None
+    assert link.report().switches == {("plain", "long-poll", "upgrade_refused"): 1}
+    # The sidecar sees the session as nginx opened it: long-poll, from loopback.
+    assert sidecar["by_transport"] == {"websocket": 0, "long-poll": 1}
+    [peer] = sidecar["peers"]
+    assert (peer["transport"], peer["session"]) == ("long-poll", hop["session"])
+    assert peer["peer"].startswith("127.0.0.1:")
+
+
+async def test_a_demoted_websocket_hop_shows_the_move_and_its_reason(
+    make_origin: Any, start_gateway: StartGateway
+) -> None:
+    server = await start_gateway("server", {"upstream": await make_origin(Recorder().handle)})
+    client = await start_gateway("client", {"upstream": server.url})
+    link = client.link()
+    assert link is not None
+    await until(lambda: link.ladder.rung == "websocket", "the websocket hop")
+    connector = link._connector
+    assert connector is not None
+    await connector.demote()
+    async with aiohttp.ClientSession() as http:
+        hop = await upstream_status(http, client)
+    assert hop["transport"] == "long-poll"
+    assert [(m["from"], m["to"], m["reason"]) for m in hop["transitions"]] == [
+        ("plain", "websocket", "session_opened"),
+        ("websocket", "long-poll", "demoted"),
+    ]
+    assert hop["fallbacks"] == 1
+    assert hop["last_error"] == "WebSocket demoted (asked to)"

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from gateway import __version__
-from gateway.status import STATUS_PATH, GatewayStats, status_refusal
+from gateway.core.ladder import Transition
+from gateway.status import (
+    MAX_LISTED_PEERS,
+    STATUS_PATH,
+    GatewayStats,
+    HopReport,
+    SessionReport,
+    status_refusal,
+)
+from gateway.transports.connector import SessionConnector
+from tests.helpers import FAST_SESSION, NO_REPROBE, until
 
 if TYPE_CHECKING:
     from tests.conftest import MakeGateway, MakeOrigin
@@ -64,7 +77,12 @@ async def test_status_document_and_it_is_never_forwarded(
     for doc in (server_doc, client_doc):
         assert doc["version"] == __version__
         assert doc["streams"] == {"active": 0}
-        assert doc["sessions"] == {"active": 0}
+        assert doc["sessions"] == {
+            "active": 0,
+            "by_transport": {"websocket": 0, "long-poll": 0},
+            "peers": [],
+            "peers_not_listed": 0,
+        }
     assert server_doc["upstreams"] == [
         {
             "url": origin_url,
@@ -76,6 +94,7 @@ async def test_status_document_and_it_is_never_forwarded(
             "peer": "unknown",
             "session": None,
             "last_error": "",
+            "transitions": [],
         }
     ]
     assert [u["url"] for u in client_doc["upstreams"]] == [server.url]
@@ -146,11 +165,98 @@ def test_stats_json_is_plain_data() -> None:
             "peer": "unknown",
             "session": None,
             "last_error": "",
+            "transitions": [],
         }
     ]
     assert doc["streams"] == {"active": 3}
     assert doc["version"] == __version__
     assert doc["uptime_s"] >= 0
+
+
+def test_upstream_transitions_are_listed_with_iso_times_latest_last() -> None:
+    stats = GatewayStats(role="client", mode="sidecar")
+    moves = (
+        Transition(0.0, "plain", "long-poll", "upgrade_refused", "WebSocket upgrade refused (400)"),
+        Transition(1.5, "long-poll", "plain", "peer_closed", "session closed (1001 going away)"),
+    )
+    report = HopReport(transitions=moves, switches={("plain", "long-poll", "upgrade_refused"): 1})
+    stats.upstream("http://a").report = lambda: report
+    [entry] = stats.as_json()["upstreams"]
+    assert entry["transitions"] == [
+        {
+            "at": "1970-01-01T00:00:00.000+00:00",
+            "from": "plain",
+            "to": "long-poll",
+            "reason": "upgrade_refused",
+            "detail": "WebSocket upgrade refused (400)",
+        },
+        {
+            "at": "1970-01-01T00:00:01.500+00:00",
+            "from": "long-poll",
+            "to": "plain",
+            "reason": "peer_closed",
+            "detail": "session closed (1001 going away)",
+        },
+    ]
+
+
+def test_server_sessions_are_counted_by_transport_and_listed_up_to_the_bound() -> None:
+    stats = GatewayStats(role="server", mode="sidecar")
+    many = MAX_LISTED_PEERS + 5
+    stats.active_sessions = many
+    stats.sessions = lambda: [
+        SessionReport(f"s{i:04d}", "websocket" if i % 2 else "long-poll", f"10.0.0.1:{i}", 0.0)
+        for i in range(many)
+    ]
+    sessions = stats.as_json()["sessions"]
+    assert sessions["active"] == many
+    assert sessions["by_transport"] == {"websocket": many // 2, "long-poll": many - many // 2}
+    assert len(sessions["peers"]) == MAX_LISTED_PEERS
+    assert sessions["peers_not_listed"] == 5
+    assert sessions["peers"][1] == {
+        "peer": "10.0.0.1:1",
+        "transport": "websocket",
+        "session": "s0001",
+        "since": "1970-01-01T00:00:00.000+00:00",
+    }
+
+
+async def test_server_status_shows_sessions_by_transport_and_peer(
+    make_origin: MakeOrigin, make_gateway: MakeGateway
+) -> None:
+    """One client gateway on a WebSocket, one connector held on long-poll: both listed."""
+    server = await make_gateway("server", {"upstream": await make_origin(Origin().handle)})
+    client = await make_gateway("client", {"upstream": server.url})
+    settings = dataclasses.replace(FAST_SESSION, **NO_REPROBE)
+    async with aiohttp.ClientSession() as http:
+        poller = SessionConnector(URL(server.url), http, settings, prefer="long-poll")
+        try:
+            hop = await asyncio.wait_for(poller.connect(), 10)
+            [link] = client.stats.upstreams.values()
+            await until(lambda: link.transport == "websocket", "the client gateway's websocket hop")
+            await until(
+                lambda: (
+                    {r.transport for r in server.stats.sessions()} == {"websocket", "long-poll"}
+                ),
+                "both sessions on their transports at the server",
+            )
+            doc = await status_of(http, server.url)
+        finally:
+            await poller.close()
+    sessions = doc["sessions"]
+    assert sessions["active"] == 2
+    assert sessions["by_transport"] == {"websocket": 1, "long-poll": 1}
+    assert sessions["peers_not_listed"] == 0
+    by_transport = {p["transport"]: p for p in sessions["peers"]}
+    assert by_transport["long-poll"]["session"] == hop.session_id[:6]
+    assert by_transport["websocket"]["session"] == link.session
+    for peer in sessions["peers"]:
+        host, port = peer["peer"].rsplit(":", 1)
+        assert host == "127.0.0.1" and 0 < int(port) < 65536
+        assert len(peer["session"]) == 6
+        since = datetime.fromisoformat(peer["since"])
+        assert since.tzinfo is not None
+        assert abs((datetime.now(UTC) - since).total_seconds()) < 30
 
 
 # ------------------------------------------------------------ who may read it

@@ -46,12 +46,14 @@ from typing import Final, Literal
 import aiohttp
 from yarl import URL
 
+from gateway.core import ladder
 from gateway.core.backoff import Backoff
 from gateway.core.session.errors import CloseCode, RemoteProtocolError
 from gateway.core.session.frames import MAX_SESSION_ID_LENGTH, PROTOCOL_VERSION, FrameDecoder, Hello
 from gateway.core.session.machine import Session
 from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.errors import (
+    HandshakeRefused,
     NotAGateway,
     PeerUnreachable,
     SessionRefused,
@@ -143,6 +145,12 @@ class SessionConnector:
         self.probe_failures = 0
         #: Why the latest WebSocket candidate was unusable (``HandshakeRefused``: its status).
         self.last_websocket_failure: TransportFailed | None = None
+        #: Why the session is on its current transport: a ladder reason token
+        #: (``gateway.core.ladder``) and the sentence; set before each switch,
+        #: so an ``on_transport_change`` callback reads the switch's own.
+        self.last_switch: tuple[str, str] = (ladder.SESSION_OPENED, "")
+        #: Why the latest transport was lost (the detail of ``websocket_closed``).
+        self._lost_reason = ""
         self.session: HopSession | None = None
         self._signals: asyncio.Queue[tuple[Signal, Transport | None]] = asyncio.Queue()
         self._supervisor: asyncio.Task[None] | None = None
@@ -185,11 +193,13 @@ class SessionConnector:
         self.session = hop
         async with self._switching:
             if self.prefer == "websocket" and await self._try_websocket(hop):
-                pass
+                self.last_switch = (ladder.SESSION_OPENED, "")
             else:
+                why = (ladder.SESSION_OPENED, "")
                 if self.prefer == "websocket":
                     self.fallbacks += 1
-                self._start_long_poll(hop)
+                    why = self._websocket_failed()
+                self._start_long_poll(hop, why)
                 self._schedule_reprobe(double=self.prefer == "websocket")
         self._supervisor = asyncio.create_task(
             self._supervise(hop), name=f"hop-super-{session_id[:6]}"
@@ -326,11 +336,23 @@ class SessionConnector:
         self._transport_works()
         self._ws_started = hop.now()
         self._reprobe_at = None
+        self.last_switch = (ladder.PROBE_SUCCEEDED, "a WebSocket answered its probe")
         hop.attach(transport)  # now, so the caller sees the switch done
         hop.spawn(transport.run(), name=f"hop-ws-{hop.session_id[:6]}")
         return True
 
-    def _start_long_poll(self, hop: HopSession) -> None:
+    def _websocket_failed(self) -> tuple[str, str]:
+        """The reason and sentence for falling to long-poll after a WebSocket candidate failed."""
+        failure = self.last_websocket_failure
+        if failure is None:
+            return ladder.UPGRADE_FAILED, "WebSocket not usable"
+        if isinstance(failure, HandshakeRefused):
+            return ladder.UPGRADE_REFUSED, str(failure)
+        return ladder.UPGRADE_FAILED, str(failure)
+
+    def _start_long_poll(self, hop: HopSession, why: tuple[str, str] | None = None) -> None:
+        if why is not None:
+            self.last_switch = why
         hop.epoch += 1
         transport = LongPollClient(hop, self._dial(), epoch=hop.epoch)
         transport.on_alive = self._transport_works
@@ -345,7 +367,12 @@ class SessionConnector:
         self.fallbacks += 1
         if hop.now() - self._ws_started >= self.settings.reprobe_max:
             self._reprobe = self._reprobe.reset()
-        self._start_long_poll(hop)
+        if why == "stalled":
+            grace = self.settings.stall_timeout
+            reason = (ladder.STALLED, f"WebSocket stalled: no progress for {grace:g} s")
+        else:
+            reason = (ladder.DEMOTED, f"WebSocket demoted ({why})")
+        self._start_long_poll(hop, reason)
         self._schedule_reprobe(double=True)
 
     def _schedule_reprobe(self, *, double: bool) -> None:
@@ -368,6 +395,7 @@ class SessionConnector:
     def _lost(self, transport: Transport, reason: str) -> None:
         alive = isinstance(transport, WebSocketTransport) or getattr(transport, "alive", False)
         self._failures = 0 if alive else self._failures + 1
+        self._lost_reason = f"{transport.kind} lost: {reason}"
         hop = self.session
         if hop is not None and self._down_since is None:
             self._down_since = hop.now()
@@ -441,6 +469,8 @@ class SessionConnector:
                 return
             self.fallbacks += 1
             self._schedule_reprobe(double=True)
-        self._start_long_poll(hop)
+            self._start_long_poll(hop, self._websocket_failed())
+        else:
+            self._start_long_poll(hop, (ladder.WEBSOCKET_CLOSED, self._lost_reason))
         if self._reprobe_at is None:
             self._schedule_reprobe(double=False)

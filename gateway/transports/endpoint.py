@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -111,6 +112,16 @@ def _octets(body: bytes, status: int = 200, headers: dict[str, str] | None = Non
     )
 
 
+def _peer_label(request: web.BaseRequest) -> str:
+    """``host:port`` of the connection that opened a session (``[v6]:port``)."""
+    transport = request.transport
+    peername = transport.get_extra_info("peername") if transport is not None else None
+    if not isinstance(peername, tuple) or len(peername) < 2:
+        return request.remote or ""
+    host, port = str(peername[0]), peername[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _query_int(request: web.BaseRequest, name: str) -> int | None:
     value = request.query.get(name)
     number = None if value is None else parse_decimal(value)
@@ -135,6 +146,8 @@ class SessionServer:
         self.registry = SessionRegistry(settings.max_sessions)
         self._on_session = on_session
         self._stats = stats
+        if stats is not None:
+            stats.sessions = self.registry.reports
         self._config = settings.core_config()
         self.admission = Admission(settings, self.registry, hop_secret)
         self.holds = SessionHolds(settings)
@@ -210,7 +223,7 @@ class SessionServer:
         hop = HopSession(core, self.settings)
         hop.peer_address = request.remote
         try:
-            self.registry.add(hop)
+            self.registry.add(hop, peer=_peer_label(request), since=time.time())
         except RegistryFull:
             self.admission.release(key)
             hop.abandon(CloseCode.GOING_AWAY, "no room")

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterator
 from typing import Final
 
+from gateway.status import SessionReport
 from gateway.transports.hopsession import HopSession
 
 __all__ = [
@@ -33,6 +34,8 @@ class SessionRegistry:
     def __init__(self, max_sessions: int) -> None:
         self.max_sessions = max_sessions
         self._sessions: dict[str, HopSession] = {}
+        #: Session id -> (peer "host:port", wall-clock time it opened), for status.
+        self._opened: dict[str, tuple[str, float]] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -44,12 +47,14 @@ class SessionRegistry:
     def full(self) -> bool:
         return len(self._sessions) >= self.max_sessions
 
-    def add(self, hop: HopSession) -> None:
+    def add(self, hop: HopSession, *, peer: str = "", since: float = 0.0) -> None:
+        """Register ``hop``, opened by ``peer`` (host:port) at wall-clock ``since``."""
         if self.full:
             raise RegistryFull(f"{len(self._sessions)} sessions open (max {self.max_sessions})")
         if hop.session_id in self._sessions:
             raise ValueError(f"duplicate session id {hop.session_id!r}")
         self._sessions[hop.session_id] = hop
+        self._opened[hop.session_id] = (peer, since)
 
     def get(self, session_id: str) -> HopSession | None:
         return self._sessions.get(session_id)
@@ -57,6 +62,20 @@ class SessionRegistry:
     def remove(self, hop: HopSession) -> None:
         if self._sessions.get(hop.session_id) is hop:
             del self._sessions[hop.session_id]
+            self._opened.pop(hop.session_id, None)
+
+    def reports(self) -> Iterator[SessionReport]:
+        """The live sessions as status and metrics show them, oldest first (read when asked)."""
+        for hop in list(self._sessions.values()):
+            if hop.closed:
+                continue
+            peer, since = self._opened.get(hop.session_id, ("", 0.0))
+            yield SessionReport(
+                session=hop.session_id[:6],
+                transport=hop.transport,
+                peer=peer,
+                since=since,
+            )
 
 
 # -- per client address ---------------------------------------------------------------

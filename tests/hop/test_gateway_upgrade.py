@@ -173,7 +173,13 @@ async def test_comet_chat_through_a_reverse_proxy(
     status = await hop_status(client)
     assert status["transport"] == expected
     assert status["peer"] == "gateway"
-    assert status["fallbacks"] == 0
+    if expected == "long-poll":
+        # It tried the WebSocket first: the refusal is a fallback, and says why.
+        assert status["fallbacks"] == 1
+        assert status["last_error"].startswith("WebSocket upgrade refused (")
+        assert status["transitions"][0]["reason"] == "upgrade_refused"
+    else:
+        assert status["fallbacks"] == 0
     assert server.stats.active_sessions == 1
     # Found by the hello: the proxy dropped the hop-by-hop note.
     assert f"{discovery.HELLO_PATH}?nonce=" in front.logs() or proxy == "haproxy"
