@@ -17,7 +17,7 @@ from gateway import __version__
 from gateway.config import SETTINGS, ConfigError, Role, Setting, build_config, load_toml
 from gateway.demo import runner as demo_runner
 from gateway.doctor import command as doctor_command
-from gateway.process import serve
+from gateway.process import event_loop_factory, serve
 
 DESCRIPTION = """\
 hopgate: a transparent long-poll <-> WebSocket upgrading gateway.
@@ -184,12 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor_command.main(args)
     try:
         config = build_config(args.command, settings_from_args(args))
+        new_loop = event_loop_factory(config.event_loop)
     except ConfigError as exc:
         print(f"hopgate {args.command}: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
     try:
-        asyncio.run(serve(config))
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(serve(config))
     except OSError as exc:
         print(f"hopgate {args.command}: error: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ from yarl import URL
 
 Role = Literal["server", "client"]
 UpgradeMode = Literal["auto", "never"]
+EventLoop = Literal["auto", "asyncio", "uvloop"]
 
 DEFAULT_PORTS: dict[str, int] = {"server": 8080, "client": 8000}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -41,6 +42,8 @@ class Config:
     upstream: URL | None = None
     upgrade: UpgradeMode = "auto"
     log_level: str = "info"
+    #: auto: uvloop when it is installed (``hopgate[fast]``), else asyncio's own loop.
+    event_loop: EventLoop = "auto"
     tls_cert: Path | None = None
     tls_key: Path | None = None
     #: Extra CA bundle used to verify ``https://`` upstreams (system CAs still apply).
@@ -244,6 +247,13 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("auto", "never"),
     ),
     Setting("log_level", "choice", "how much to log (default info)", choices=LOG_LEVELS),
+    Setting(
+        "event_loop",
+        "choice",
+        "auto (default): uvloop when installed (pip install 'hopgate[fast]'), else "
+        "asyncio; asyncio or uvloop: that one",
+        choices=("auto", "asyncio", "uvloop"),
+    ),
     Setting("tls_cert", "path", "listen with TLS: certificate chain", "PEM"),
     Setting("tls_key", "path", "listen with TLS: private key", "PEM"),
     Setting(
@@ -464,6 +474,9 @@ def _check(config: Config) -> None:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag} {path}: no such file")
     for setting in SETTINGS:
+        if setting.choices and getattr(config, setting.name) not in setting.choices:
+            choices = ", ".join(setting.choices)
+            raise ConfigError(f"{setting.option} must be one of {choices}")
         if setting.kind == "seconds" and getattr(config, setting.name) <= 0:
             raise ConfigError(f"{setting.option} must be a positive number of seconds")
     if not config.session_create_rate > 0:

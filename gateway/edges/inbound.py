@@ -42,7 +42,7 @@ import logging
 import resource
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -154,11 +154,11 @@ class ConnectionGuard(asyncio.Protocol):
     # -- asyncio.Protocol, passed through to aiohttp --------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport; uvloop's (--event-loop) does not subclass asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
         if not self.limits.admit(self):
-            transport.write(_REFUSAL)
-            transport.close()
+            self.transport.write(_REFUSAL)
+            self.transport.close()
             return
         self.admitted = True
         self.inner.connection_made(transport)
