@@ -21,6 +21,7 @@ from a gateway means ``Upgrade``/``Connection`` did not reach it.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -117,12 +118,23 @@ def websocket_answer(f: Findings) -> WebSocketAnswer:
     return "ok"
 
 
+#: PONGs of PINGs sent this far apart (or more) that arrive closer than this came in one burst.
+_TOGETHER = 0.25
+
+
 def is_bursty(f: Findings) -> bool:
-    """PONGs arrived, but bunched: the first one waited for later PINGs (a buffering hop)."""
-    delays = [d for d in f.pong_delays if d is not None]
-    if len(delays) < 2 or f.ping_span <= 0:
+    """PINGs went out spread over ``ping_span``; most PONGs arrived bunched (a buffering hop).
+
+    Arrival times are rebuilt from the even spacing of the PINGs; on a
+    clean path consecutive PONGs arrive as far apart as their PINGs left.
+    """
+    n = len(f.pong_delays)
+    if n < 3 or f.ping_span <= 0 or any(d is None for d in f.pong_delays):
         return False
-    return delays[0] >= 0.8 * f.ping_span
+    gap = f.ping_span / (n - 1)
+    arrivals = [i * gap + (d or 0.0) for i, d in enumerate(f.pong_delays)]
+    bunched = sum(1 for a, b in itertools.pairwise(arrivals) if b - a < gap * _TOGETHER)
+    return bunched * 2 >= n - 1
 
 
 def proxy_kind(f: Findings) -> str | None:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -21,6 +22,8 @@ from yarl import URL
 
 from gateway.doctor.probe import Options, run
 from gateway.doctor.verdict import judge, render_human, render_json
+from tests.doctor.burst_relay import BurstRelay
+from tests.faultproxy import FaultProxy
 from tests.proxies import (  # noqa: F401  (proxies is a fixture)
     DEPLOY_DIR,
     STOP_TIMEOUT,
@@ -173,3 +176,49 @@ async def test_haproxy_short_tunnel_timeout_is_measured(
     assert report.websocket == "ok" and report.long_poll == "ok" and report.exit_code == 0
     assert report.idle_timeout_s is not None and 2.5 <= report.idle_timeout_s <= 4.5
     assert any("timeout tunnel" in line for line in report.advice)
+
+
+async def test_frames_held_after_the_101_mean_blocked(
+    make_origin: MakeOrigin, make_gateway: MakeGateway
+) -> None:
+    url = URL(await server_gateway(make_origin, make_gateway))
+    assert url.port is not None
+    async with FaultProxy("127.0.0.1", url.port) as relay:
+        relay.blackhole_after_101 = True
+        options = Options(url=URL(f"{relay.url}/big"), timeout=3.0)
+        async with asyncio.timeout(RUN_TIMEOUT):
+            report = judge(await run(options))
+    print(render_human(report))
+    assert report.findings.upgrade_status == 101
+    assert (report.websocket, report.long_poll, report.exit_code) == ("blocked", "ok", 0)
+    assert "buffers or filters" in report.advice[0]
+
+
+async def test_frames_released_in_bursts_are_reported(
+    make_origin: MakeOrigin, make_gateway: MakeGateway
+) -> None:
+    url = URL(await server_gateway(make_origin, make_gateway))
+    assert url.port is not None
+    async with BurstRelay(url.port, period=1.0) as relay:
+        async with asyncio.timeout(RUN_TIMEOUT):
+            report = judge(await run(Options(url=URL(f"{relay.url}/big"))))
+    print(render_human(report))
+    assert relay.upgraded >= 1
+    assert report.websocket == "ok" and report.bursty
+    assert any("bursts" in line for line in report.advice)
+
+
+async def test_hop_secret_is_required_and_used(
+    make_origin: MakeOrigin, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    origin = await make_origin(origin_app())
+    gateway = await make_gateway("server", {"upstream": origin, "hop_secret": "s3cret-value"})
+    url = f"{str(gateway.url).rstrip('/')}/big"
+    code, out = await doctor_cli(url, "--json")
+    report = json.loads(out)
+    assert code == 1 and report["findings"]["session_status"] == 403
+    assert "--hop-secret" in report["advice"][0]
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-value\n")
+    code, out = await doctor_cli(url, "--json", "--hop-secret-file", str(secret))
+    assert code == 0 and json.loads(out)["websocket"] == "ok"

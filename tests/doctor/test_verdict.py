@@ -66,9 +66,12 @@ def test_a_101_whose_frames_never_flow_is_blocked() -> None:
 
 
 def test_pongs_arriving_together_late_mean_buffering() -> None:
-    report = judge(replace(HEALTHY, pong_delays=(0.81, 0.6, 0.4, 0.2, 0.01)))
+    # A relay flushing once a second: the first PONG waits, the rest ride with it.
+    report = judge(replace(HEALTHY, pong_delays=(0.95, 0.75, 0.55, 0.35, 0.15)))
     assert report.bursty and report.websocket == "ok"
     assert any("bursts" in line for line in report.advice)
+    slow_but_steady = replace(HEALTHY, pong_delays=(0.3, 0.31, 0.3, 0.29, 0.3))
+    assert not judge(slow_but_steady).bursty
 
 
 def test_idle_kill_gives_the_timeout_and_a_heartbeat_below_it() -> None:
