@@ -428,3 +428,31 @@ async def test_a_demoted_websocket_hop_shows_the_move_and_its_reason(
     ]
     assert hop["fallbacks"] == 1
     assert hop["last_error"] == "WebSocket demoted (asked to)"
+
+
+async def test_a_websocket_closed_right_after_its_probe_resumes_on_long_poll_and_says_so(
+    make_origin: Any, start_gateway: StartGateway
+) -> None:
+    """The server drops the hop's socket (as a proxy killing upgraded connections would)."""
+    server = await start_gateway("server", {"upstream": await make_origin(Recorder().handle)})
+    client = await start_gateway("client", {"upstream": server.url})
+    link = client.link()
+    assert link is not None and server.sessions is not None
+    await until(lambda: link.ladder.rung == "websocket", "the websocket hop")
+    [served] = list(server.sessions.registry)
+    socket = served.current
+    assert socket is not None and socket.kind == "websocket"
+    served.detach(socket, "dropped by the test")
+    await until(lambda: link.ladder.rung == "long-poll", "the resume on long-poll")
+    move = link.report().transitions[-1]
+    assert (move.from_rung, move.to_rung, move.reason) == (
+        "websocket",
+        "long-poll",
+        "websocket_closed",
+    )
+    assert move.detail.startswith("websocket lost: ")
+    assert link.ladder.last_error == move.detail
+    # The re-probe brings it back, and says so.
+    await until(lambda: link.ladder.rung == "websocket", "the re-probe", timeout=20)
+    assert link.report().transitions[-1].reason == "probe_succeeded"
+    assert link.ladder.last_error == ""

@@ -274,11 +274,13 @@ class HopPath:
             assert self.proxy.request_lines()[self.lines_at_start :] == []
         elif self.variant == "long-poll":
             assert seen == ["long-poll"], seen
+            # The refused upgrade is a fallback from the WebSocket it tried.
             assert (status["transport"], status["upgrades"], status["fallbacks"]) == (
                 "long-poll",
                 1,
-                0,
+                1,
             ), status
+            assert status["transitions"][0]["reason"] == "upgrade_refused", status
             assert self.proxy.upgrades_refused >= 1
             # The legacy traffic crossed the hop as session polls and posts only.
             assert self.legacy_requests_since_start() == []
@@ -286,8 +288,15 @@ class HopPath:
         else:
             assert seen == ["long-poll", "websocket", "long-poll", "websocket"], seen
             assert status["transport"] == "websocket", status
-            # plain -> long-poll -> websocket, demoted once, upgraded again.
-            assert (status["upgrades"], status["fallbacks"]) == (3, 1), status
+            # plain -> long-poll (upgrade refused) -> websocket, demoted once,
+            # upgraded again.
+            assert (status["upgrades"], status["fallbacks"]) == (3, 2), status
+            assert [move["reason"] for move in status["transitions"]] == [
+                "upgrade_refused",
+                "probe_succeeded",
+                "stalled",
+                "probe_succeeded",
+            ], status
             assert [what for what, _ in self.switches] == [
                 "upgrades allowed",
                 "websocket black-holed",

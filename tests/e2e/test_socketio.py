@@ -117,7 +117,9 @@ async def test_scenario_through_gateways_and_nginx(
     assert result.problems() == []
     hop = await hop_status(client)
     assert (hop["transport"], hop["peer"]) == ("long-poll", "gateway"), hop
-    assert (hop["upgrades"], hop["fallbacks"]) == (1, 0), hop
+    # The refused upgrade counts as a fallback, and status says why.
+    assert (hop["upgrades"], hop["fallbacks"]) == (1, 1), hop
+    assert hop["transitions"][0]["reason"] == "upgrade_refused", hop
     assert hop["requests"] >= SCENARIO.clients * 2, hop
     # What crossed nginx during the scenario: session polls and posts, and
     # not one socket.io request of its own.

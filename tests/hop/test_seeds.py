@@ -203,7 +203,9 @@ async def test_a_websocket_black_holed_after_the_101_is_caught_and_the_hop_stays
     assert watch.seen == ["long-poll"]
     status = await hop_status(client)
     assert (status["transport"], status["peer"]) == ("long-poll", "gateway"), status
-    assert (status["upgrades"], status["fallbacks"]) == (1, 0), status
+    # It fell back from the WebSocket whose probe went into the hole, and says so.
+    assert (status["upgrades"], status["fallbacks"]) == (1, 1), status
+    assert status["transitions"][0]["reason"] == "upgrade_failed", status
     # Handshakes did complete (bytes followed a 101: the probes), the first
     # and at least one re-probe during the chat, and all went into the hole.
     swallowed = [r for r in path.records if r.after_101]
