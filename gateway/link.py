@@ -273,8 +273,8 @@ class UpstreamLink:
 
     # -- the session -------------------------------------------------------------
 
-    async def _session(self) -> None:
-        """Open a session, serve it as a tunnel until it ends, then fall to plain."""
+    async def _open(self) -> tuple[SessionConnector, HopSession] | None:
+        """Open a session (its connector tells the ladder why each switch happens), or None."""
         self.ladder.connect_started()
         connector = SessionConnector(
             self.url,
@@ -286,16 +286,23 @@ class UpstreamLink:
         )
         self._connector = connector
         try:
-            hop = await connector.connect()
+            return connector, await connector.connect()
         except SessionUnavailable as exc:
             self._connector = None
             await self._connect_failed(connector, exc)
-            return
+            return None
         except BaseException:
             self._connector = None
             await connector.close()
             self.ladder.connect_failed(self._loop.time(), "cancelled")
             raise
+
+    async def _session(self) -> None:
+        """Open a session, serve it as a tunnel until it ends, then fall to plain."""
+        opened_session = await self._open()
+        if opened_session is None:
+            return
+        connector, hop = opened_session
         # ``upstream`` is this hop's URL: the Host a plain request would carry.
         tunnel = TunnelLink(hop, opener=True, forwarder=self._forwarder, upstream=self.url)
         self._hop, self._tunnel = hop, tunnel
