@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
+import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.config import SETTINGS, ConfigError, Role, Setting, build_config, load_toml
+from gateway.config import SETTINGS, ConfigError, Role, Setting
+from gateway.config_sources import CONFIG_VARIABLE, gather, load_config
 from gateway.demo import runner as demo_runner
 from gateway.doctor import command as doctor_command
 from gateway.process import event_loop_factory, serve
@@ -58,8 +62,8 @@ def _add_gateway_flags(parser: argparse.ArgumentParser, role: Role) -> None:
         "--config",
         type=Path,
         metavar="FILE",
-        help='TOML file whose keys mirror these flags (e.g. upstream = "http://..."); '
-        "flags given here win",
+        help='TOML file whose keys are these flags\' long names (upstream = "http://...", '
+        f"upstream-timeout = 900); flags and HOPGATE_ variables win (default ${CONFIG_VARIABLE})",
     )
     parser.add_argument(
         "--listen",
@@ -82,11 +86,49 @@ def _add_gateway_flags(parser: argparse.ArgumentParser, role: Role) -> None:
         _add_flag(sections[setting.group], setting)
 
 
+SOURCES_EPILOG = """\
+environment:
+  every flag can also be set as HOPGATE_<FLAG>: the long flag name upper-cased,
+  "-" as "_" (HOPGATE_UPSTREAM, HOPGATE_LISTEN, HOPGATE_HOP_SECRET_FILE, ...);
+  HOPGATE_CONFIG names the config file.  Booleans take 1/0, true/false,
+  yes/no, on/off; a repeatable flag takes its values separated by commas or
+  spaces (HOPGATE_ALLOWED_ORIGIN="https://a.example https://b.example").
+  Precedence: flag > environment > config file > default.
+
+config file (--config FILE, TOML):
+  the keys are the long flag names, the values the flags' shapes:
+    upstream = "http://127.0.0.1:9000"
+    upstream-timeout = 900
+    preserve-host = true
+    allowed-origin = ["https://app.example"]
+"""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an unknown flag is reported with this command's usage.
+
+    argparse hands a subcommand's unknown arguments back to the top-level
+    parser, which would print ``usage: hopgate [-h] ...`` for
+    ``hopgate server --bogus``.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            flags = [name for name in self._option_string_actions if name.startswith("--")]
+            close = difflib.get_close_matches(extras[0].partition("=")[0], flags, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return parsed, extras
+
+
 #: What each ``--help`` section is about.
 GROUP_HELP = {
     "hop sessions": "the session between two gateways (or a page and a gateway)",
     "limits": "what one peer can make this gateway hold; the defaults are safe on a small "
-    "machine (worst cases: docs/security.md)",
+    "machine (worst cases: docs/topics/security.md)",
 }
 
 _FLAG_TYPES: dict[str, type] = {
@@ -103,11 +145,11 @@ _METAVARS = {"seconds": "SECONDS", "rate": "PER_SECOND", "count": "N", "bytes": 
 def _add_flag(section: argparse._ActionsContainer, setting: Setting) -> None:
     """One flag of the settings table; ``None`` when not given, so a file or default applies."""
     common: dict[str, Any] = {"dest": setting.name, "help": setting.help}
-    if setting.kind == "flag":
-        section.add_argument(setting.option, action="store_true", default=None, **common)
+    if setting.kind == "flag":  # --no-X turns off what the environment or the file turned on
+        section.add_argument(setting.option, action=argparse.BooleanOptionalAction, **common)
     elif setting.kind == "choice":
         section.add_argument(setting.option, choices=setting.choices, **common)
-    elif setting.kind == "origins":
+    elif setting.repeatable:
         section.add_argument(setting.option, action="append", metavar=setting.metavar, **common)
     else:
         section.add_argument(
@@ -126,9 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"hopgate {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for role, (short, long) in ROLE_HELP.items():
-        sub = commands.add_parser(role, help=short, description=long)
+        sub = commands.add_parser(
+            role,
+            help=short,
+            description=textwrap.fill(long, 79),
+            epilog=SOURCES_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         _add_gateway_flags(sub, role)  # type: ignore[arg-type]
     demo = commands.add_parser(
         "demo",
@@ -149,14 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Settings from ``--config`` overlaid with the flags actually given."""
-    settings: dict[str, Any] = load_toml(args.config) if args.config else {}
-    for key, value in vars(args).items():
-        if key in ("command", "config") or value is None:
-            continue
-        settings[key] = value
-    return settings
+def flags_given(args: argparse.Namespace) -> dict[str, Any]:
+    """The setting flags on the command line (``None``: not given), by ``Config`` field."""
+    return {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+
+
+def settings_from_args(
+    args: argparse.Namespace, environ: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Settings from the config file, the environment and the flags, for ``build_config``."""
+    environ = dict(os.environ) if environ is None else environ
+    return gather(flags_given(args), environ, args.config).values
 
 
 def setup_logging(level: str) -> None:
@@ -183,15 +234,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         return doctor_command.main(args)
     try:
-        config = build_config(args.command, settings_from_args(args))
+        loaded = load_config(args.command, flags_given(args), os.environ, args.config)
+        config = loaded.config
         new_loop = event_loop_factory(config.event_loop)
     except ConfigError as exc:
         print(f"hopgate {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    for warning in loaded.warnings:
+        print(f"hopgate {args.command}: warning: {warning}", file=sys.stderr)
     setup_logging(config.log_level)
     try:
         with asyncio.Runner(loop_factory=new_loop) as runner:
             runner.run(serve(config))
+    except ConfigError as exc:  # a TLS file changed since it was checked
+        print(f"hopgate {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"hopgate {args.command}: error: {exc.strerror or exc}", file=sys.stderr)
         return 1

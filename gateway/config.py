@@ -1,34 +1,56 @@
-"""One frozen ``Config`` for a gateway, built from defaults, a TOML file and flags.
+"""One frozen ``Config`` for a gateway, and the ``SETTINGS`` table of its flags.
 
 The CLI only builds a ``Config``; everything that runs takes one.  Keeping the
 settings in a single immutable object means a test can start a gateway with
 exactly the settings a user would get from the same flags.
 
-TOML keys mirror the long flag names (``upstream-timeout`` or
-``upstream_timeout`` both work); flags given on the command line win over the
-file.
+Each ``SETTINGS`` row is a flag (``--upstream-timeout``), an environment
+variable (``HOPGATE_UPSTREAM_TIMEOUT``) and a config-file key
+(``upstream-timeout``): ``gateway.config_sources`` reads those three and
+``build_config`` here checks what they give.  How one value is typed and
+parsed lives in ``gateway.config_values``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from yarl import URL
 
-Role = Literal["server", "client"]
+from gateway.config_values import (
+    DEFAULT_PORTS,
+    ConfigError,
+    Kind,
+    Role,
+    Setting,
+    invalid,
+    parse_listen,
+    parse_upstream,
+    read_secret_file,
+    typed,
+)
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "SETTINGS",
+    "Config",
+    "ConfigError",
+    "Kind",
+    "Role",
+    "Setting",
+    "build_config",
+    "parse_listen",
+    "parse_upstream",
+    "read_secret_file",
+]
+
 UpgradeMode = Literal["auto", "never"]
 EventLoop = Literal["auto", "asyncio", "uvloop"]
 
-DEFAULT_PORTS: dict[str, int] = {"server": 8080, "client": 8000}
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message says which and how to fix it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,7 +97,7 @@ class Config:
     max_message_size: int = 16 * 1024 * 1024
     #: Replay buffer per hop session, in bytes (backpressure beyond).
     session_buffer: int = 4 * 1024 * 1024
-    # -- limits on what a peer can make this gateway hold (docs/security.md) --
+    # -- limits on what a peer can make this gateway hold (docs/topics/security.md) --
     #: Inbound connections held at once (0 = derived from the descriptor limit).
     max_clients: int = 0
     #: A request head must arrive in full within this long.
@@ -117,60 +139,13 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-def parse_listen(value: str, role: Role) -> tuple[str, int]:
-    """``HOST:PORT``, ``:PORT``, ``PORT`` or ``[v6]:PORT`` -> (host, port)."""
-    value = value.strip()
-    host, port_text = "127.0.0.1", value
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0:
-            raise ConfigError(f"--listen {value!r}: missing ']' after the IPv6 address")
-        host, port_text = value[1:end], value[end + 1 :].lstrip(":")
-    elif ":" in value:
-        host, _, port_text = value.rpartition(":")
-        host = host or "127.0.0.1"
-    if not port_text:
-        return host, DEFAULT_PORTS[role]
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(
-            f"--listen {value!r}: the port must be a number, e.g. 127.0.0.1:8080"
-        ) from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--listen {value!r}: port {port} is outside 0-65535")
-    return host, port
-
-
-def parse_upstream(value: str) -> URL:
-    url = URL(value.strip())
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError(
-            f"--upstream {value!r}: give an absolute http:// or https:// URL, "
-            "e.g. http://127.0.0.1:9000"
-        )
-    if url.query_string or url.fragment:
-        raise ConfigError(f"--upstream {value!r}: must not carry a query or fragment")
-    return url
-
-
-def load_toml(path: Path) -> dict[str, Any]:
-    """Read a config file; keys are normalised to ``snake_case``."""
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    return {key.replace("-", "_"): value for key, value in raw.items()}
-
-
 def build_config(role: Role, settings: dict[str, Any]) -> Config:
-    """Turn loosely typed settings (from TOML and flags) into a checked ``Config``.
+    """Turn loosely typed settings into a checked ``Config``.
 
-    ``settings`` may hold ``listen`` and ``upstream`` as strings; unknown keys
-    are reported rather than ignored, so a typo in a config file is caught.
+    ``settings`` is keyed by ``Config`` field name (``gateway.config_sources``
+    maps flags, variables and file keys to these), with ``listen`` and
+    ``upstream`` as strings; ``None`` means not given.  Unknown keys are
+    reported rather than ignored, so a typo is caught.
     """
     values: dict[str, Any] = {"role": role}
     settings = {k: v for k, v in settings.items() if v is not None}
@@ -180,12 +155,11 @@ def build_config(role: Role, settings: dict[str, Any]) -> Config:
     upstream = settings.pop("upstream", None)
     if upstream:
         values["upstream"] = parse_upstream(str(upstream))
-    settings.pop("role", None)
     unknown = sorted(set(settings) - set(_BY_NAME))
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
     for key, value in settings.items():
-        values[key] = _typed(_BY_NAME[key], value)
+        values[key] = typed(_BY_NAME[key], value)
     if values.get("hop_secret_file") is not None:
         if values.get("hop_secret") is not None:
             raise ConfigError("give --hop-secret or --hop-secret-file, not both")
@@ -193,45 +167,6 @@ def build_config(role: Role, settings: dict[str, Any]) -> Config:
     config = Config(**values)
     _check(config)
     return config
-
-
-Kind = Literal["seconds", "rate", "count", "bytes", "flag", "path", "text", "choice", "origins"]
-
-_KIND_TEXT: dict[str, str] = {
-    "seconds": "a number of seconds",
-    "rate": "a positive number",
-    "count": "a whole number",
-    "bytes": "a whole number of bytes",
-    "flag": "true or false",
-    "path": "a file path",
-    "text": "a string",
-    "choice": "a string",
-    "origins": 'a list of origins such as ["https://app.example"]',
-}
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting a user can give: the ``Config`` field, its flag, kind and help.
-
-    The one table below drives the command line (``gateway.cli``), the
-    config file's keys and the type checks, so a new knob is one row here
-    plus its ``Config`` field.
-    """
-
-    name: str
-    kind: Kind
-    help: str
-    metavar: str | None = None
-    choices: tuple[str, ...] = ()
-    #: ``--help`` section: "" for the main one.
-    group: str = ""
-    #: The flag, when it is not ``--`` + the name with dashes.
-    flag: str | None = None
-
-    @property
-    def option(self) -> str:
-        return self.flag or "--" + self.name.replace("_", "-")
 
 
 _HOP = "hop sessions"
@@ -410,93 +345,47 @@ SETTINGS: tuple[Setting, ...] = (
 _BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 
 
-def read_secret_file(path: Path) -> str:
-    """The hop secret in ``path``: its text without surrounding whitespace.
-
-    Lets a systemd unit keep the secret out of the command line (visible in
-    ``ps``) and out of a world-readable config file (``LoadCredential=``, or a
-    ``0600`` file).
-    """
-    try:
-        secret = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ConfigError(f"--hop-secret-file {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--hop-secret-file {path}: cannot read it: {exc}") from None
-    if not secret:
-        raise ConfigError(f"--hop-secret-file {path}: the file is empty")
-    return secret
-
-
-def _typed(setting: Setting, value: Any) -> Any:
-    """``value`` as ``setting`` holds it; a TOML file can give any type."""
-    kind = setting.kind
-    wrong = ConfigError(f"{setting.option}: {value!r} is not {_KIND_TEXT[kind]}")
-    if kind in ("seconds", "rate"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise wrong
-        return float(value)
-    if kind in ("count", "bytes"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong
-        return value
-    if kind == "flag":
-        if not isinstance(value, bool):
-            raise wrong
-        return value
-    if kind == "path":
-        if not isinstance(value, str | Path):
-            raise wrong
-        return Path(value)
-    if kind == "origins":
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise wrong
-        return tuple(value)
-    if not isinstance(value, str):
-        raise wrong
-    return value
+#: Lower bounds: (settings, the least value, what the flag must be).
+_AT_LEAST: tuple[tuple[tuple[str, ...], int, str], ...] = (
+    (("max_connections",), 0, "must be 0 (unlimited) or a positive number"),
+    (
+        ("max_clients", "max_sessions_per_client"),
+        0,
+        "must be 0 (automatic/unlimited) or a positive number",
+    ),
+    (
+        ("max_sessions", "max_streams", "session_connections", "max_session_posts"),
+        1,
+        "must be at least 1",
+    ),
+    (("session_reassembly", "max_unread_bytes"), 64 * 1024, "must be at least 65536 bytes"),
+    (("max_message_size",), 1, "must be a positive number of bytes"),
+    (("session_buffer",), 128 * 1024, "must be at least 131072 bytes (two fragments)"),
+)
 
 
 def _check(config: Config) -> None:
     if config.role == "server" and config.upstream is None:
         raise ConfigError(
-            "hopgate server needs --upstream URL: the legacy server it sits in front of"
+            "hopgate server needs --upstream URL (or HOPGATE_UPSTREAM, or upstream = "
+            "in the --config file): the legacy server it sits in front of"
         )
-    if config.upgrade not in ("auto", "never"):
-        raise ConfigError(f"--upgrade must be 'auto' or 'never', not {config.upgrade!r}")
-    if config.log_level not in LOG_LEVELS:
-        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
     for name in ("tls_cert", "tls_key", "ca_file"):
         path = getattr(config, name)
         if path is not None and not path.is_file():
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} {path}: no such file")
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {path}: no such file", name=name, reason="no such file"
+            )
     for setting in SETTINGS:
-        if setting.choices and getattr(config, setting.name) not in setting.choices:
-            choices = ", ".join(setting.choices)
-            raise ConfigError(f"{setting.option} must be one of {choices}")
-        if setting.kind == "seconds" and getattr(config, setting.name) <= 0:
-            raise ConfigError(f"{setting.option} must be a positive number of seconds")
-    if not config.session_create_rate > 0:
-        raise ConfigError("--session-create-rate must be a positive number of sessions a second")
-    if config.max_connections < 0:
-        raise ConfigError("--max-connections must be 0 (unlimited) or a positive number")
-    if config.max_sessions < 1:
-        raise ConfigError("--max-sessions must be at least 1")
-    for name in ("max_clients", "max_sessions_per_client"):
-        if getattr(config, name) < 0:
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} must be 0 (automatic/unlimited) or a positive number")
-    for name in ("max_streams", "session_connections", "max_session_posts"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    if config.session_reassembly < 64 * 1024:
-        raise ConfigError("--session-reassembly must be at least 65536 bytes")
-    if config.max_unread_bytes < 64 * 1024:
-        raise ConfigError("--max-unread-bytes must be at least 65536 bytes")
-    if config.max_message_size < 1:
-        raise ConfigError("--max-message-size must be a positive number of bytes")
-    if config.session_buffer < 128 * 1024:
-        raise ConfigError("--session-buffer must be at least 131072 bytes (two fragments)")
+        value = getattr(config, setting.name)
+        if setting.choices and value not in setting.choices:
+            raise invalid(setting.name, f"must be one of {', '.join(setting.choices)}")
+        if setting.kind in ("seconds", "rate") and not value > 0:
+            unit = " of seconds" if setting.kind == "seconds" else ""
+            raise invalid(setting.name, f"must be a positive number{unit}")
+    for names, least, reason in _AT_LEAST:
+        for name in names:
+            if getattr(config, name) < least:
+                raise invalid(name, reason)

@@ -57,6 +57,7 @@ from gateway.glue.link import TunnelLink
 from gateway.link import LinkTable, UpstreamLink
 from gateway.router import Relay, Router
 from gateway.settings import ListenerSettings, Settings, derive
+from gateway.startup_checks import listen_error, server_tls_context
 from gateway.status import GatewayStats
 from gateway.transports.connector import session_client
 from gateway.transports.endpoint import SessionServer
@@ -72,9 +73,7 @@ ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 def server_ssl_context(listener: ListenerSettings) -> ssl.SSLContext | None:
     if listener.tls_cert is None or listener.tls_key is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(listener.tls_cert), str(listener.tls_key))
-    return context
+    return server_tls_context(listener.tls_cert, listener.tls_key)
 
 
 class SharedSlots:
@@ -188,11 +187,7 @@ class Gateway:
             await site.start()
         except OSError as exc:
             await self.stop()
-            raise OSError(
-                exc.errno,
-                f"cannot listen on {listener.host}:{listener.port}: "
-                f"{exc.strerror}; pick another --listen port",
-            ) from exc
+            raise listen_error(listener.host, listener.port, exc) from exc
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:

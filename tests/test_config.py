@@ -1,21 +1,30 @@
-"""``Config``: defaults, parsing of listen/upstream, TOML files, and the error messages."""
+"""``Config``: defaults, parsing of listen/upstream, TOML files, and the error messages.
+
+Where a value comes from (flag > environment > file > default) is
+``tests/test_config_sources.py``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from yarl import URL
 
 from gateway.config import (
+    SETTINGS,
     Config,
     ConfigError,
     build_config,
-    load_toml,
     parse_listen,
     parse_upstream,
 )
+from gateway.config_sources import (
+    from_file,
+)
+
+if TYPE_CHECKING:
+    pass
 
 UP = {"upstream": "http://127.0.0.1:9000"}
 
@@ -149,33 +158,33 @@ def test_config_is_frozen_and_replace_makes_a_copy() -> None:
     assert (config.listen_port, other.listen_port) == (8080, 1)
 
 
-def test_load_toml_normalises_dashes(tmp_path: Path) -> None:
+def test_file_keys_are_the_long_flag_names(tmp_path: Path) -> None:
     path = tmp_path / "hopgate.toml"
     path.write_text(
         'upstream = "http://127.0.0.1:9000"\n'
         "upstream-timeout = 900\n"
-        "preserve_host = true\n"
-        'allowed-origins = ["https://a.example", "https://b.example"]\n'
+        "preserve-host = true\n"
+        'allowed-origin = ["https://a.example", "https://b.example"]\n'
     )
-    settings = load_toml(path)
+    settings = from_file(path).values
     assert settings == {
         "upstream": "http://127.0.0.1:9000",
-        "upstream_timeout": 900,
+        "upstream_timeout": 900.0,
         "preserve_host": True,
-        "allowed_origins": ["https://a.example", "https://b.example"],
+        "allowed_origins": ("https://a.example", "https://b.example"),
     }
     config = build_config("server", settings)
     assert config.allowed_origins == ("https://a.example", "https://b.example")
     assert config.preserve_host is True
 
 
-def test_load_toml_errors(tmp_path: Path) -> None:
+def test_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
-        load_toml(tmp_path / "missing.toml")
+        from_file(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("upstream = \n")
     with pytest.raises(ConfigError, match=f"config file {bad} is not valid TOML"):
-        load_toml(bad)
+        from_file(bad)
 
 
 def test_edge_limit_defaults_and_values() -> None:
@@ -215,8 +224,6 @@ def test_every_setting_is_a_config_field_and_its_help_states_the_real_default() 
     """One table drives flags, file keys and type checks; its help must not drift."""
     import dataclasses
     import re
-
-    from gateway.config import SETTINGS
 
     defaults = {f.name: f.default for f in dataclasses.fields(Config)}
     assert len({s.option for s in SETTINGS}) == len(SETTINGS)

@@ -29,7 +29,14 @@ PACKAGE = Path(gateway.__file__).parent
 TOP = "app"
 # Rank of each layer: a module may import modules of its rank or lower.
 RANKS = {"core": 0, "transports": 1, "glue": 2, "edges": 3, TOP: 4}
-LEAVES = {"gateway", "gateway.config", "gateway.status"}
+LEAVES = {
+    "gateway",
+    "gateway.config",
+    "gateway.config_sources",
+    "gateway.config_values",
+    "gateway.startup_checks",
+    "gateway.status",
+}
 IO_MODULES = {
     "aiohttp",
     "anyio",
