@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
-import logging
 import os
 import sys
 import textwrap
@@ -21,6 +20,7 @@ from gateway.config import SETTINGS, ConfigError, Role, Setting
 from gateway.config_sources import CONFIG_VARIABLE, gather, load_config
 from gateway.demo import runner as demo_runner
 from gateway.doctor import command as doctor_command
+from gateway.logs import setup_logging
 from gateway.process import event_loop_factory, serve
 
 DESCRIPTION = """\
@@ -210,19 +210,6 @@ def settings_from_args(
     return gather(flags_given(args), environ, args.config).values
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    if level != "debug":
-        logging.getLogger("hopgate.access").setLevel(
-            logging.WARNING if level != "info" else logging.INFO
-        )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -242,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for warning in loaded.warnings:
         print(f"hopgate {args.command}: warning: {warning}", file=sys.stderr)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     try:
         with asyncio.Runner(loop_factory=new_loop) as runner:
             runner.run(serve(config))

@@ -51,6 +51,7 @@ UpgradeMode = Literal["auto", "never"]
 EventLoop = Literal["auto", "asyncio", "uvloop"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +65,8 @@ class Config:
     upstream: URL | None = None
     upgrade: UpgradeMode = "auto"
     log_level: str = "info"
+    #: "text" (lines a person reads) or "json" (one object per line; gateway.logs).
+    log_format: str = "text"
     #: auto: uvloop when it is installed (``hopgate[fast]``), else asyncio's own loop.
     event_loop: EventLoop = "auto"
     tls_cert: Path | None = None
@@ -182,6 +185,13 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("auto", "never"),
     ),
     Setting("log_level", "choice", "how much to log (default info)", choices=LOG_LEVELS),
+    Setting(
+        "log_format",
+        "choice",
+        "text (default): lines a person reads; json: one JSON object per line for a log "
+        "shipper (time, level, logger, event, session, upstream, transport, reason)",
+        choices=LOG_FORMATS,
+    ),
     Setting(
         "event_loop",
         "choice",

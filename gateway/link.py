@@ -69,7 +69,12 @@ from gateway.edges.forward import Forwarder
 from gateway.glue.link import TunnelLink
 from gateway.status import GatewayStats, HopReport
 from gateway.transports.connector import SessionConnector
-from gateway.transports.errors import NotAGateway, SessionUnavailable
+from gateway.transports.errors import (
+    NotAGateway,
+    PeerUnreachable,
+    SessionRefused,
+    SessionUnavailable,
+)
 from gateway.transports.hopsession import HopSession
 from gateway.transports.http import describe, read_bounded
 from gateway.transports.session_settings import SessionSettings
@@ -159,7 +164,11 @@ class UpstreamLink:
         if note is not None:
             self._session_path = note.session_path
         if self.ladder.peer is not Peer.GATEWAY:
-            log.info("= %s answered with a hopgate note: it is a gateway", self.key)
+            log.info(
+                "= %s answered with a hopgate note: it is a gateway",
+                self.key,
+                extra={"upstream": self.key},
+            )
             self.ladder.peer_is_gateway()
         if self.ladder.rung == "plain":
             self._wake.set()
@@ -240,11 +249,12 @@ class UpstreamLink:
                 self.key,
                 why,
                 self.ladder.settings.legacy_recheck,
+                extra={"upstream": self.key, "reason": why},
             )
             self.ladder.peer_is_legacy(now)
             self._hello_at = now + self.ladder.settings.legacy_recheck
         else:
-            log.info("= %s proved it is a gateway (hello)", self.key)
+            log.info("= %s proved it is a gateway (hello)", self.key, extra={"upstream": self.key})
             self._session_path = note.session_path
             self.ladder.peer_is_gateway()
 
@@ -266,7 +276,13 @@ class UpstreamLink:
             return 200, None
 
     def _hello_unreachable(self, reason: str) -> None:
-        log.info("= %s; retrying in %gs", reason, self._hello_retry.delay)
+        # Unreachable is for the operator to fix: WARNING, at the back-off's pace.
+        log.warning(
+            "= %s; retrying in %gs",
+            reason,
+            self._hello_retry.delay,
+            extra={"upstream": self.key, "reason": reason},
+        )
         self.ladder.last_error = reason
         self._hello_at = self._loop.time() + self._hello_retry.delay
         self._hello_retry = self._hello_retry.doubled()
@@ -311,11 +327,12 @@ class UpstreamLink:
         opened, detail = connector.last_switch
         self.ladder.session_up(self._loop.time(), transport, opened, detail)
         log.info(
-            "= hop to %s: session %s… on %s%s",
+            "= hop to %s: session %s… %s%s",
             self.key,
             hop.session_id[:6],
-            transport,
+            "upgraded to a WebSocket" if transport == "websocket" else "settled on long-poll",
             f" ({detail})" if detail else "",
+            extra={"upstream": self.key, "transport": transport, "reason": opened},
         )
         token, reason = SHUTDOWN, "gateway stopping"
         try:
@@ -339,6 +356,7 @@ class UpstreamLink:
                 self.key,
                 reason,
                 max(0.0, self.ladder.next_attempt() - self._loop.time()),
+                extra={"upstream": self.key, "transport": "plain", "reason": token},
             )
 
     async def _connect_failed(self, connector: SessionConnector, exc: SessionUnavailable) -> None:
@@ -353,11 +371,17 @@ class UpstreamLink:
             recheck = now + self.ladder.settings.legacy_recheck
             self.ladder.peer_is_legacy(now)
             self._hello_at = self._notes_ignored_until = recheck
-        log.info(
+        # Unreachable, or refused for a wrong hop secret: the operator must act.
+        must_act = isinstance(exc, PeerUnreachable) or (
+            isinstance(exc, SessionRefused) and exc.status == 403
+        )
+        log.log(
+            logging.WARNING if must_act else logging.INFO,
             "= no session with %s: %s; next attempt in %.1fs",
             self.key,
             reason,
             max(0.0, self.ladder.next_attempt() - now),
+            extra={"upstream": self.key, "reason": reason},
         )
 
     def _transport_changed(self, old: str, new: str) -> None:
@@ -379,6 +403,7 @@ class UpstreamLink:
                 before,
                 rung,
                 detail or reason,
+                extra={"upstream": self.key, "transport": rung, "reason": reason},
             )
 
     # -- status ----------------------------------------------------------------------

@@ -43,6 +43,7 @@ from gateway.edges.forward import Forwarder
 from gateway.edges.websocket import pass_through
 from gateway.glue.link import TunnelLink
 from gateway.glue.opener import NotSent
+from gateway.logs import ROUTE_KEY
 from gateway.settings import RouteSettings, normal_origin
 from gateway.status import STATUS_PATH, GatewayStats, status_refusal
 from gateway.transports.endpoint import SessionServer
@@ -85,6 +86,8 @@ class Relay:
         # a path a tunnel cannot name ("//x") simply goes plain.
         path = target.raw_path_qs
         if tunnel is not None and path.startswith("/") and not path.startswith("//"):
+            # The access log and the metrics tell tunnelled requests from plain ones.
+            request[ROUTE_KEY] = "tunnel"
             try:
                 if is_websocket_upgrade(request):
                     return await tunnel.forward_websocket(request, path, origin_key=origin_key)
@@ -97,9 +100,11 @@ class Relay:
                     request.method,
                     target,
                     exc,
+                    extra={"upstream": origin_key, "reason": str(exc)},
                 )
                 if self._on_not_sent is not None:
                     self._on_not_sent(str(exc))
+        request[ROUTE_KEY] = "plain"
         if is_websocket_upgrade(request):
             return await pass_through(
                 request, target, forwarder=self.forwarder, origin_key=origin_key
@@ -204,7 +209,12 @@ class Router:
         """A request of a hop session: refused if a browser page of a foreign origin sent it."""
         origin = request.headers.get("Origin")
         if origin is not None and not self._origin_allowed(origin, request):
-            log.warning("= hop session request from origin %r refused", origin)
+            log.warning(
+                "= hop session request from origin %r refused (not same-origin, not in "
+                "--allowed-origin)",
+                origin,
+                extra={"reason": "origin not allowed"},
+            )
             return text_error(
                 403,
                 f"origin {origin} may not open hop sessions here "

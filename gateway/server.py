@@ -55,6 +55,7 @@ from gateway.edges.inbound import (
 )
 from gateway.glue.link import TunnelLink
 from gateway.link import LinkTable, UpstreamLink
+from gateway.logs import ACCESS_LOG, access_log_class, log_request
 from gateway.router import Relay, Router
 from gateway.settings import ListenerSettings, Settings, derive
 from gateway.startup_checks import listen_error, server_tls_context
@@ -63,11 +64,10 @@ from gateway.transports.connector import session_client
 from gateway.transports.endpoint import SessionServer
 from gateway.transports.handshake import SESSION_PATH
 from gateway.transports.hopsession import HopSession
+from gateway.transports.http import describe
 from gateway.transports.registry import client_key
 
 log = logging.getLogger("hopgate")
-
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 
 
 def server_ssl_context(listener: ListenerSettings) -> ssl.SSLContext | None:
@@ -114,6 +114,7 @@ class Gateway:
         self.config = config
         self.settings = settings or derive(config)
         self.stats = GatewayStats(role=config.role, mode=self.settings.mode)
+        self.stats.observers.append(log_request)
         if config.upstream is not None:
             self.stats.upstream(str(config.upstream))
         self._runner: web.ServerRunner | None = None
@@ -172,8 +173,10 @@ class Gateway:
             handler_cancellation=True,
             # Bodies pass through as sent: a gzip upload stays gzip.
             auto_decompress=False,
-            access_log=logging.getLogger("hopgate.access"),
-            access_log_format=ACCESS_LOG_FORMAT,
+            # Every request becomes a RequestRecord (access line, metrics): gateway.logs.
+            access_log=ACCESS_LOG,
+            access_log_class=access_log_class(self.stats),
+            access_log_format="",
         )
         self._runner = web.ServerRunner(server, shutdown_timeout=listener.shutdown_grace)
         await self._runner.setup()
@@ -369,7 +372,7 @@ class Gateway:
             return
         for result in results:
             if isinstance(result, Exception):
-                log.warning("= closing the hop layer failed: %r", result)
+                log.warning("= closing the hop layer failed: %s", describe(result))
 
     async def __aenter__(self) -> Gateway:
         await self.start()

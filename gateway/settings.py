@@ -51,6 +51,7 @@ __all__ = [
 #: ``config.SETTINGS`` rows no piece carries, and who reads them instead.
 CONFIG_ONLY: Final = {
     "log_level": "the CLI, which sets up logging before any gateway exists",
+    "log_format": "the CLI, which sets up logging before any gateway exists",
 }
 
 #: The tunnel core's ceiling for one WebSocket message (``TunnelConfig`` refuses more).

@@ -53,7 +53,7 @@ from gateway.core.targets import BadTarget, parse_authority
 from gateway.glue.origin import ForwardSettings
 from gateway.status import GatewayStats
 from gateway.transports.aiohttp_internals import take_over_reading
-from gateway.transports.http import CHUNK, text_error
+from gateway.transports.http import CHUNK, describe, text_error
 
 log = logging.getLogger("hopgate.connect")
 
@@ -125,7 +125,7 @@ async def _relay(
             task.cancel()
         for outcome in await asyncio.gather(upward, downward, return_exceptions=True):
             if isinstance(outcome, Exception):
-                log.debug("tunnel ended: %r", outcome)
+                log.debug("tunnel ended: %s", describe(outcome))
 
 
 def _half_closed(task: asyncio.Task[bool]) -> bool:

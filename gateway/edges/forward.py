@@ -168,7 +168,12 @@ class Forwarder:
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The origin failed mid-body: cut the client connection so the
             # truncation is visible instead of a short body looking complete.
-            log.warning("upstream %s failed mid-response: %s", upstream.url, describe(exc))
+            log.warning(
+                "upstream %s failed mid-response: %s",
+                upstream.url,
+                describe(exc),
+                extra={"upstream": str(upstream.url.origin()), "reason": describe(exc)},
+            )
             if request.transport is not None:
                 request.transport.close()
             return response
@@ -183,7 +188,9 @@ class Forwarder:
         """Status (502/504) and a log-and-client message for a failed upstream request."""
         where = f"{target.scheme}://{target.raw_authority}"
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-            log.warning("upstream %s timed out", where)
+            log.warning(
+                "upstream %s timed out", where, extra={"upstream": where, "reason": "timeout"}
+            )
             return (
                 504,
                 f"upstream {where} did not answer in time "
@@ -200,7 +207,7 @@ class Forwarder:
             msg = f"upstream {where} closed the connection without answering"
         else:
             msg = f"upstream {where} failed: {describe(exc)}"
-        log.warning("%s", msg)
+        log.warning("%s", msg, extra={"upstream": where, "reason": msg})
         return 502, msg
 
 

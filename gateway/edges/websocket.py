@@ -63,6 +63,7 @@ from gateway.transports.http import (
     aiohttp_limit,
     close_peer,
     connect_origin,
+    describe,
     offered_protocols,
     refusal_headers,
     run_shielded,
@@ -197,7 +198,8 @@ async def _pump(source: Peer, sink: Peer) -> WSMessage:
 def _ending(pump: asyncio.Task[WSMessage]) -> WSMessage | None:
     """The message that ended ``pump``, or ``None`` if a write failed."""
     if pump.cancelled() or pump.exception() is not None:
-        log.debug("websocket pump failed: %r", None if pump.cancelled() else pump.exception())
+        why = "cancelled" if pump.cancelled() else describe(pump.exception() or Exception())
+        log.debug("websocket pump failed: %s", why)
         return None
     return pump.result()
 

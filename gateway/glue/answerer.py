@@ -67,8 +67,9 @@ from gateway.glue.heads import decode_headers, pairs, set_framing, under_upstrea
 from gateway.glue.mailbox import Mailbox
 from gateway.glue.relay import relay_stream
 from gateway.glue.wsbridge import bridge_websocket
+from gateway.status import RequestRecord
 from gateway.transports.aiohttp_internals import limit_reads
-from gateway.transports.http import OriginRefused, connect_origin, refusal_headers
+from gateway.transports.http import OriginRefused, connect_origin, describe, refusal_headers
 
 __all__ = ["Answerer", "BodyAborted", "check_request"]
 
@@ -112,6 +113,16 @@ def _checked_framing(event: RequestReceived | WebSocketRequested) -> Framing | s
 
 def _response_has_body(method: str, status: int) -> bool:
     return method != "HEAD" and status >= 200 and status not in (204, 304)
+
+
+class _Answer:
+    """What a tunnelled request got, for its access record: status (0: none yet), body bytes."""
+
+    __slots__ = ("size", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.size = 0
 
 
 class Answerer:
@@ -177,6 +188,7 @@ class Answerer:
         self, event: RequestReceived, framing: Framing, target: URL, box: Mailbox
     ) -> None:
         link, sid = self._link, event.stream_id
+        opened, answer = link.loop.time(), _Answer()
         origin_key = str(link.upstream)
         headers = link.forwarder.replay_headers(
             decode_headers(event.headers), target, client_ip=link.peer_ip
@@ -188,7 +200,7 @@ class Answerer:
         link.log.debug("< %d %s %s", sid, event.method, target.raw_path_qs)
         try:
             async with self._origin_slot(sid):
-                await self._exchange(sid, box, event.method, target, headers, body)
+                await self._exchange(sid, box, event.method, target, headers, body, answer)
         except asyncio.CancelledError:
             if box.reset is None:
                 link.reset(sid, ResetCode.CANCEL, "gateway stopping")
@@ -196,6 +208,29 @@ class Answerer:
         finally:
             link.stats.active_streams -= 1
             link.unregister(sid, box)
+        self._record(event.method, event.target, answer, opened)
+
+    def _record(self, method: str, target: bytes, answer: _Answer, opened: float) -> None:
+        """One tunnelled request answered here: the access log and the metrics hear of it.
+
+        The downstream gateway records it too, in its own log: each gateway
+        counts each request once (its listener counts only what it did not
+        receive over the hop).
+        """
+        if not answer.status:
+            return
+        link = self._link
+        link.stats.record(
+            RequestRecord(
+                route="tunnel",
+                method=method,
+                target=target.decode("latin-1"),
+                status=answer.status,
+                duration=link.loop.time() - opened,
+                peer="hop",
+                size=answer.size,
+            )
+        )
 
     @contextlib.asynccontextmanager
     async def _origin_slot(self, sid: int) -> AsyncIterator[None]:
@@ -224,6 +259,7 @@ class Answerer:
         target: URL,
         headers: CIMultiDict[str],
         body: AsyncIterator[bytes] | None,
+        answer: _Answer,
     ) -> None:
         """One request to the origin and its response back over ``sid``.
 
@@ -236,23 +272,27 @@ class Answerer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._origin_failed(sid, exc, target)
+            answer.status = self._origin_failed(sid, exc, target)
             return
         try:
-            await self._send_response(sid, box, method, upstream)
+            await self._send_response(sid, box, method, upstream, answer)
         except BaseException:
             upstream.close()
             raise
         finally:
             upstream.release()
 
-    def _origin_failed(self, sid: int, exc: Exception, target: URL) -> None:
-        """The origin was unreachable: reset the stream with the reason a 502/504 gives."""
+    def _origin_failed(self, sid: int, exc: Exception, target: URL) -> int:
+        """The origin was unreachable: reset the stream with the reason a 502/504 gives.
+
+        Returns that status (what the client gets from the downstream gateway).
+        """
         link = self._link
         link.stats.upstream(str(link.upstream)).errors += 1
         status, message = link.forwarder.describe_failure(exc, target)
         code = ResetCode.TIMEOUT if status == 504 else ResetCode.CONNECT_FAILED
         link.reset(sid, code, message)
+        return status
 
     async def _tunnel_body(self, sid: int, box: Mailbox) -> AsyncIterator[bytes]:
         """The request body as it arrives; each chunk is credited once the origin took it.
@@ -275,10 +315,16 @@ class Answerer:
                 raise BodyAborted(f"request body aborted: {reason}")
 
     async def _send_response(
-        self, sid: int, box: Mailbox, method: str, upstream: aiohttp.ClientResponse
+        self,
+        sid: int,
+        box: Mailbox,
+        method: str,
+        upstream: aiohttp.ClientResponse,
+        answer: _Answer,
     ) -> None:
         link = self._link
         tunnel = link.tunnel
+        answer.status = upstream.status
         has_body = _response_has_body(method, upstream.status)
         headers = link.forwarder.downstream_headers(upstream)
         tunnel.respond(
@@ -293,10 +339,17 @@ class Answerer:
                 if not await box.wait_writable(tunnel, sid):
                     return
                 tunnel.send_data(sid, chunk)
+                answer.size += len(chunk)
                 link.schedule_flush()
         except (aiohttp.ClientError, TimeoutError) as exc:
             timed_out = isinstance(exc, TimeoutError)
-            link.log.warning("upstream failed mid-response on stream %d: %r", sid, exc)
+            link.log.warning(
+                "upstream %s failed mid-response on stream %d: %s",
+                link.upstream,
+                sid,
+                describe(exc),
+                extra={"upstream": str(link.upstream), "reason": describe(exc)},
+            )
             code = ResetCode.TIMEOUT if timed_out else ResetCode.CANCEL
             link.reset(sid, code, f"upstream failed mid-response: {type(exc).__name__}")
             return
@@ -307,6 +360,7 @@ class Answerer:
 
     async def _serve_websocket(self, event: WebSocketRequested, target: URL, box: Mailbox) -> None:
         link, sid = self._link, event.stream_id
+        opened, answer = link.loop.time(), _Answer()
         headers = link.forwarder.replay_headers(
             decode_headers(event.headers), target, client_ip=link.peer_ip
         )
@@ -314,13 +368,14 @@ class Answerer:
         link.stats.upstream(str(link.upstream)).requests += 1
         try:
             async with self._origin_slot(sid):
-                await self._websocket_exchange(sid, box, target, headers, event.protocols)
+                await self._websocket_exchange(sid, box, target, headers, event.protocols, answer)
         except asyncio.CancelledError:
             if box.reset is None:
                 link.reset(sid, ResetCode.CANCEL, "gateway stopping")
             raise
         finally:
             link.unregister(sid, box)
+        self._record("GET", event.target, answer, opened)
 
     async def _websocket_exchange(
         self,
@@ -329,6 +384,7 @@ class Answerer:
         target: URL,
         headers: CIMultiDict[str],
         protocols: tuple[str, ...],
+        answer: _Answer,
     ) -> None:
         """The origin's WebSocket bridged to ``sid``, or its refusal passed back."""
         link = self._link
@@ -341,13 +397,15 @@ class Answerer:
                 link.config.max_ws_message,
             )
         except OriginRefused as refusal:
+            answer.status = refusal.status
             self._pass_refusal(sid, refusal)
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._origin_failed(sid, exc, target)
+            answer.status = self._origin_failed(sid, exc, target)
             return
+        answer.status = 101
         link.tunnel.accept_websocket(sid, origin.protocol)
         link.schedule_flush()
         await bridge_websocket(link, sid, box, origin)

@@ -80,9 +80,13 @@ StreamHandler = Callable[[RequestReceived | WebSocketRequested], None]
 
 
 class _LinkLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Every line carries the session id's first characters (``extra["session"]``)."""
+
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        # The session goes in the record, not the text: gateway.logs shows it
+        # as "[2Avsnp…]" in a text line and as "session" in a JSON one.
         assert self.extra is not None
-        return f"[{self.extra['sid']}] {msg}", kwargs
+        return msg, {**kwargs, "extra": {**self.extra, **(kwargs.get("extra") or {})}}
 
 
 class TunnelDriver:
@@ -136,7 +140,7 @@ class TunnelDriver:
         self.tunnel = Tunnel(self.config, opener=opener)
         self.stats = forwarder.stats
         self.name = str(upstream) if upstream is not None and opener else hop.session_id[:6]
-        self.log = _LinkLog(log, {"sid": hop.session_id[:6]})
+        self.log = _LinkLog(log, {"session": hop.session_id[:6] + "…"})
         self.loop = asyncio.get_running_loop()
         #: Takes the streams the peer opens; None: every one is refused.
         self.on_stream: StreamHandler | None = None

@@ -71,7 +71,7 @@ from gateway.transports.handshake import (
     encode_token,
 )
 from gateway.transports.hopsession import HopSession, Transport
-from gateway.transports.http import read_bounded
+from gateway.transports.http import describe, read_bounded
 from gateway.transports.longpoll import LongPollClient
 from gateway.transports.session_settings import SessionSettings
 from gateway.transports.ws import WebSocketTransport, open_websocket
@@ -265,7 +265,7 @@ class SessionConnector:
                 )
                 status, answer = resp.status, resp.headers
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise PeerUnreachable(f"cannot reach {url}: {exc!r}") from exc
+            raise PeerUnreachable(f"cannot reach {url}: {describe(exc)}") from exc
         except ValueError as exc:
             raise self._not_a_gateway(f"oversized answer to POST {self.session_path}") from exc
         self._check_status(status, answer, body)

@@ -73,11 +73,13 @@ TransportKind = Literal["websocket", "long-poll", "none"]
 
 
 class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Prefixes every line with the session id's first characters."""
+    """Every line carries the session id's first characters (``extra["session"]``)."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        # The session goes in the record, not the text: gateway.logs shows it
+        # as "[2Avsnp…]" in a text line and as "session" in a JSON one.
         assert self.extra is not None
-        return f"[{self.extra['sid']}] {msg}", kwargs
+        return msg, {**kwargs, "extra": {**self.extra, **(kwargs.get("extra") or {})}}
 
 
 class Transport(Protocol):
@@ -159,7 +161,7 @@ class HopSession:
     @property
     def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
         """Lines prefixed with the session id's first characters (made on use: logs are rare)."""
-        return _SessionLog(log, {"sid": self.session_id[:6]})
+        return _SessionLog(log, {"session": self.session_id[:6] + "…"})
 
     def __repr__(self) -> str:
         side = "client" if self.is_client else "server"

@@ -303,7 +303,7 @@ async def close_peer(peer: Peer, code: int, reason: str) -> None:
     try:
         await peer.close(code=code, message=reason.encode()[:123])
     except (aiohttp.ClientError, ConnectionError) as exc:
-        log.debug("closing websocket failed: %r", exc)
+        log.debug("closing websocket failed: %s", describe(exc))
 
 
 #: Relays that outlive a cancelled handler (held here so they are not collected).

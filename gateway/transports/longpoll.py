@@ -45,7 +45,7 @@ import aiohttp
 from gateway.core.session.errors import CloseCode, RemoteProtocolError, SessionUsageError
 from gateway.transports.handshake import SessionRoute
 from gateway.transports.hopsession import HopSession
-from gateway.transports.http import read_bounded
+from gateway.transports.http import describe, read_bounded
 from gateway.transports.session_settings import SessionSettings
 
 __all__ = ["CONTENT_TYPE", "LongPollClient", "LongPollServer"]
@@ -247,7 +247,7 @@ class LongPollClient:
                 if self._abandoned or not self._answered(status, body):
                     return
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            self._fail(f"poll failed: {exc!r}")
+            self._fail(f"poll failed: {describe(exc)}")
 
     async def _post_loop(self) -> None:
         hop = self._hop
@@ -270,4 +270,4 @@ class LongPollClient:
                 self.abandon()
             else:
                 # The POST may or may not have arrived: the next transport replays from the ack.
-                self._fail(f"post failed: {exc!r}")
+                self._fail(f"post failed: {describe(exc)}")

@@ -36,6 +36,7 @@ from gateway.core.session.machine import SessionState
 from gateway.transports.errors import HandshakeRefused, TransportFailed
 from gateway.transports.handshake import SessionRoute
 from gateway.transports.hopsession import HopSession
+from gateway.transports.http import describe
 from gateway.transports.session_settings import SessionSettings
 
 __all__ = ["SUBPROTOCOL", "WebSocketTransport", "accept_websocket", "open_websocket"]
@@ -69,7 +70,7 @@ class WebSocketTransport:
                 hop.feed(first_batch)
             reason = await self._read_loop()
         except (aiohttp.ClientError, ConnectionError) as exc:
-            reason = f"connection failed: {exc!r}"
+            reason = f"connection failed: {describe(exc)}"
         finally:
             if not writer.done():
                 # Let a finished session flush its last ACK/ABORT first.
@@ -159,7 +160,7 @@ async def open_websocket(hop: HopSession, route: SessionRoute, *, epoch: int) ->
     except aiohttp.WSServerHandshakeError as exc:
         raise HandshakeRefused(exc.status, exc.message) from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise TransportFailed(f"WebSocket connection failed: {exc!r}") from exc
+        raise TransportFailed(f"WebSocket connection failed: {describe(exc)}") from exc
     except TimeoutError as exc:
         raise TransportFailed("WebSocket handshake timed out") from exc
     try:
@@ -168,7 +169,7 @@ async def open_websocket(hop: HopSession, route: SessionRoute, *, epoch: int) ->
         await _probe(hop, ws, settings)
     except (aiohttp.ClientError, OSError) as exc:
         await ws.close(code=CloseCode.GOING_AWAY)
-        raise TransportFailed(f"WebSocket probe failed: {exc!r}") from exc
+        raise TransportFailed(f"WebSocket probe failed: {describe(exc)}") from exc
     except BaseException:
         await ws.close(code=CloseCode.GOING_AWAY)
         raise

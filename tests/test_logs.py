@@ -1,0 +1,217 @@
+"""Logs an operator can use: ``--log-format text|json``, levels that mean something.
+
+The formatters on their own first, then real ``hopgate server`` and
+``hopgate client`` processes: every line they write in JSON parses, tunnelled
+requests appear in the sidecar's access log marked "tunnel" (once per
+gateway), the hop's own long-poll requests only at debug and never with a
+full session id, an unreachable upstream at WARNING, and a text line's time
+has its date and zone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.logs import JsonFormatter, TextFormatter, short_session
+from tests.conftest import MakeOrigin
+from tests.faultproxy import FaultProxy
+from tests.helpers import until
+from tests.processes import GatewayProcess, SpawnGateway, free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$")
+SESSION_FIELD = re.compile(r"^[A-Za-z0-9_-]{6}…$")
+KEYS = {"time", "level", "logger", "event"}
+FULL_ID = "Zx9ab_cdEFghIJklMNopQr"  # 22 characters, as new_session_id makes them
+
+
+def record(msg: str, *args: Any, level: int = logging.INFO, **extra: Any) -> logging.LogRecord:
+    rec = logging.LogRecord("hopgate.test", level, __file__, 1, msg, args, None)
+    rec.__dict__.update(extra)
+    return rec
+
+
+# -- the formatters -----------------------------------------------------------------------
+
+
+def test_a_json_line_has_the_keys_and_never_a_full_session_id() -> None:
+    line = JsonFormatter().format(
+        record("= hop to %s moved", "http://up", session=FULL_ID, upstream="http://up", reason="x")
+    )
+    doc = json.loads(line)
+    assert "\n" not in line
+    assert ISO_TIME.match(doc["time"]), doc["time"]
+    assert doc["level"] == "info" and doc["logger"] == "hopgate.test"
+    assert doc["event"] == "hop to http://up moved"  # the "=" mark is for text lines
+    assert doc["session"] == FULL_ID[:6] + "…" and FULL_ID not in line
+    assert (doc["upstream"], doc["reason"]) == ("http://up", "x")
+    assert "transport" not in doc  # a field is there only where it applies
+
+
+def test_a_traceback_stays_inside_its_json_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        rec = record("handler failed", level=logging.ERROR)
+        rec.exc_info = sys.exc_info()
+    line = JsonFormatter().format(rec)
+    assert line.count("\n") == 0
+    doc = json.loads(line)
+    assert doc["level"] == "error" and "ValueError: boom" in doc["error"]
+
+
+def test_a_text_line_has_date_zone_and_the_short_session() -> None:
+    rec = record("< protocol error", level=logging.WARNING, session=FULL_ID)
+    line = TextFormatter().format(rec)
+    stamp, rest = line.split(" ", 1)
+    assert ISO_TIME.match(stamp), line
+    assert rest == f"WARNING hopgate.test: [{FULL_ID[:6]}…] < protocol error"
+
+
+def test_short_session_is_idempotent() -> None:
+    assert short_session(FULL_ID) == short_session(short_session(FULL_ID)) == "Zx9ab_…"
+
+
+# -- real processes ------------------------------------------------------------------------
+
+
+def parsed(gw: GatewayProcess) -> list[dict[str, Any]]:
+    """Every line the process wrote, each parsed as JSON (a line that does not parse fails)."""
+    docs = []
+    for line in gw.lines:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            pytest.fail(f"{gw.name} wrote a line that is not JSON: {line!r}\n{gw.output()}")
+        assert set(doc) >= KEYS, line
+        assert ISO_TIME.match(doc["time"]), line
+        docs.append(doc)
+    return docs
+
+
+def access(docs: list[dict[str, Any]], route: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["logger"] == "hopgate.access" and d.get("route") == route]
+
+
+def assert_no_full_session_id(gateways: list[GatewayProcess], docs: list[dict[str, Any]]) -> None:
+    """Every session a line names is shortened, and no line anywhere holds more of its id."""
+    prefixes = {d["session"] for d in docs if "session" in d}
+    assert prefixes, "no line named a session"
+    for prefix in prefixes:
+        assert SESSION_FIELD.match(prefix), prefix
+        longer = re.compile(re.escape(prefix[:6]) + r"[A-Za-z0-9_-]")
+        for gw in gateways:
+            leaked = [line for line in gw.lines if longer.search(line)]
+            assert leaked == [], f"{gw.name} logged a full session id: {leaked[:3]}"
+
+
+async def legacy(request: web.Request) -> web.Response:
+    return web.Response(text=f"legacy answer to {request.path}")
+
+
+async def hop_transport(client: GatewayProcess) -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{client.url}/.hopgate/status") as resp,
+    ):
+        status = await resp.json()
+    return str(status["upstreams"][0]["transport"])
+
+
+async def test_json_logs_of_a_long_poll_hop_name_each_request_once_per_gateway(
+    make_origin: MakeOrigin, spawn_gateway: SpawnGateway
+) -> None:
+    origin = await make_origin(legacy)
+    sidecar = await asyncio.to_thread(
+        spawn_gateway, "server", "--upstream", origin, "--log-format", "json", log_level="debug"
+    )
+    # A path that refuses WebSocket: the hop settles on a long-poll session.
+    async with FaultProxy("127.0.0.1", sidecar.port) as proxy:
+        proxy.refuse_upgrades = True
+        client = await asyncio.to_thread(
+            spawn_gateway, "client", "--upstream", proxy.url, "--log-format", "json"
+        )
+
+        async def on_long_poll() -> bool:
+            return await hop_transport(client) == "long-poll"
+
+        await until(on_long_poll, "the hop on a long-poll session", timeout=30)
+        async with aiohttp.ClientSession() as http:
+            for i in range(5):
+                async with http.get(f"{client.url}/chat/{i}?since=0") as resp:
+                    assert resp.status == 200
+            async with http.get(f"{sidecar.url}/direct") as resp:
+                assert resp.status == 200
+        await until(
+            lambda: len(access(parsed(sidecar), "tunnel")) == 5, "the sidecar's access lines"
+        )
+        await asyncio.to_thread(client.stop)
+    await asyncio.to_thread(sidecar.stop)
+    side, near = parsed(sidecar), parsed(client)
+
+    # Each request once per gateway: tunnelled at both ends, the direct one plain at the sidecar.
+    chat = [f"/chat/{i}?since=0" for i in range(5)]
+    assert [d["target"] for d in access(side, "tunnel")] == chat
+    assert [d["target"] for d in access(near, "tunnel")] == chat
+    assert all(d["peer"] == "hop" and d["status"] == 200 for d in access(side, "tunnel"))
+    assert [d["target"] for d in access(side, "plain")] == ["/direct"]
+    assert access(near, "plain") == []
+    for doc in access(side, "tunnel") + access(near, "tunnel"):
+        assert doc["level"] == "info" and doc["method"] == "GET" and doc["duration"] >= 0
+
+    # The hop's own requests: at debug only, the session id shortened.
+    own = [d for d in side if str(d.get("target", "")).startswith("/.hopgate/session")]
+    polls = [d for d in own if d["method"] == "GET" and "/.hopgate/session/" in d["target"]]
+    assert polls and any(d["method"] == "POST" for d in own), own
+    assert {d["level"] for d in own} == {"debug"}
+    loud = [d for d in side + near if d["level"] != "debug" and "/.hopgate/" in json.dumps(d)]
+    assert loud == []
+    assert_no_full_session_id([sidecar, client], side + near)
+
+    # The client says its hop is on long-poll, and why (never "upgraded").
+    settled = [d for d in near if d.get("transport") == "long-poll" and d.get("upstream")]
+    assert settled and all("upgraded" not in d["event"] for d in near), near
+
+
+async def test_an_unreachable_upstream_is_a_warning(spawn_gateway: SpawnGateway) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    flags = ("--upstream", dead, "--log-format", "json")
+    client = await asyncio.to_thread(spawn_gateway, "client", *flags, log_level="warning")
+    sidecar = await asyncio.to_thread(spawn_gateway, "server", *flags, log_level="warning")
+    async with aiohttp.ClientSession() as http:
+        for gw in (client, sidecar):
+            async with http.get(f"{gw.url}/anything") as resp:
+                assert resp.status == 502
+    for gw in (client, sidecar):
+
+        def warned(gw: GatewayProcess = gw) -> bool:
+            return any(dead in d.get("upstream", "") for d in parsed(gw))
+
+        await until(warned, f"{gw.name}'s warning naming the upstream")
+        await asyncio.to_thread(gw.stop)
+        docs = parsed(gw)
+        assert {d["level"] for d in docs} <= {"warning", "error"}, docs
+        assert not [d for d in docs if "Error(" in d["event"]], "an exception repr was logged"
+
+
+async def test_text_lines_carry_the_date_and_zone(spawn_gateway: SpawnGateway) -> None:
+    server = await asyncio.to_thread(
+        spawn_gateway, "server", "--upstream", f"http://127.0.0.1:{free_port()}"
+    )
+    await asyncio.to_thread(server.stop)
+    lines = [line for line in server.lines if line.strip()]
+    assert lines
+    for line in lines:
+        stamp, level, logger, _ = line.split(None, 3)
+        assert ISO_TIME.match(stamp), line
+        assert level in ("INFO", "WARNING") and logger.startswith("hopgate"), line
