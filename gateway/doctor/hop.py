@@ -36,6 +36,7 @@ from gateway.core.session.frames import (
     new_packer,
 )
 from gateway.core.session.machine import Session
+from gateway.core.tunnel.errors import RemoteProtocolError as TunnelProtocolError
 from gateway.core.tunnel.events import DataReceived, ResponseReceived, StreamEnded, StreamReset
 from gateway.core.tunnel.frames import encode_data
 from gateway.core.tunnel.streams import Tunnel
@@ -118,7 +119,10 @@ class HopClient:
             self.error = f"the gateway broke the session protocol: {exc.reason}"
         for event in self.core.events_received():
             if isinstance(event, MessageReceived) and isinstance(event.data, bytes):
-                self.tunnel.receive_message(event.data)
+                try:
+                    self.tunnel.receive_message(event.data)
+                except TunnelProtocolError as exc:
+                    self.error = f"the gateway broke the tunnel protocol: {exc}"
 
     def send_message(self, message: bytes) -> None:
         self.core.send_message(message)

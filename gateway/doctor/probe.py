@@ -43,6 +43,16 @@ __all__ = ["Options", "run"]
 _SMALL_PINGS: Final = 5
 _PING_GAP: Final = 0.2
 _BIG: Final = 1024 * 1024 - 64
+#: Answer fields of the upgrade that tell what the path did with it.
+_SHOWN: Final = (
+    "upgrade",
+    "connection",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
+    "server",
+    "via",
+    "content-type",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,12 +95,14 @@ async def run(options: Options) -> Findings:
     path = f"{_base(url)}{findings.session_path}/{created.session_id}"
     ws, findings = await _upgrade(endpoint, path, created, findings)
     if ws is not None:
-        findings = await _frames(hop, ws, endpoint, findings)
+        try:
+            findings = await _frames(hop, ws, endpoint, findings)
+            # Before the long-poll step, so nothing else runs while the socket sits idle.
+            if options.idle_test and findings.probe_ms is not None:
+                findings = await _idle(hop, ws, options.idle_test, findings)
+        finally:
+            await _goodbye(hop, ws)
     findings = await _long_poll(endpoint, options, findings)
-    if ws is not None:
-        if options.idle_test and findings.probe_ms is not None:
-            findings = await _idle(hop, ws, options.idle_test, findings)
-        await _goodbye(hop, ws)
     return findings
 
 
@@ -208,22 +220,12 @@ async def _upgrade(
     """Step 5: the RFC 6455 handshake for that session, with wsproto."""
     headers = {TOKEN_HEADER: encode_token(created.token)}
     upgrade = await open_websocket(endpoint, f"{path}?epoch=1", headers, SUBPROTOCOL)
-    shown = {
-        k: v
-        for k, v in upgrade.headers.items()
-        if k
-        in (
-            "upgrade",
-            "connection",
-            "sec-websocket-accept",
-            "sec-websocket-protocol",
-            "server",
-            "via",
-            "content-type",
-        )
-    }
+    shown = {k: v for k, v in upgrade.headers.items() if k in _SHOWN}
+    if "sec-websocket-accept" in shown and upgrade.socket is not None:
+        shown["sec-websocket-accept"] = "valid"  # wsproto checked it against our key
     f = replace(
         f,
+        upgrade_body=_one_line(upgrade.body),
         upgrade_status=upgrade.status,
         upgrade_error=upgrade.error,
         upgrade_headers=shown,

@@ -62,6 +62,8 @@ class Findings:
     session_created: bool = False
     upgrade_status: int | None = None
     upgrade_error: str | None = None
+    #: The start of a refusal's body (who refused and why), one line.
+    upgrade_body: str = ""
     #: Response headers of the upgrade that tell what the path did (Upgrade, Connection, ...).
     upgrade_headers: Mapping[str, str] = field(default_factory=dict)
     subprotocol_echoed: bool = False
@@ -238,6 +240,9 @@ def _upgrade_step(f: Findings) -> Step:
         else (", hopgate.v1 echoed" if f.subprotocol_echoed else ", no hopgate.v1 echo")
     )
     error = f" ({f.upgrade_error})" if f.upgrade_error else ""
+    if f.upgrade_body:
+        error += f'; body: "{f.upgrade_body}"'
+
     ok = f.upgrade_status == 101 and f.subprotocol_echoed and not f.upgrade_error
     return Step(name="upgrade", ok=ok, figure=f"{f.upgrade_status}{echo}; {got}{error}")
 
@@ -263,6 +268,8 @@ def _frames_step(f: Findings, ws: WebSocketAnswer, bursty: bool) -> Step:
 
 
 def _idle_step(f: Findings) -> Step:
+    if f.probe_ms is None:
+        return Step(name="idle", ok=None, figure="not run: no working WebSocket")
     if f.idle_killed_after is None:
         if f.idle_closed_by:
             return Step(name="idle", ok=None, figure=f.idle_closed_by)

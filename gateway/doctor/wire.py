@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _READ: Final = 256 * 1024
+_BODY_SHOWN: Final = 200
 USER_AGENT: Final = "hopgate-doctor"
 
 
@@ -171,6 +172,8 @@ class Upgrade:
     subprotocol: str | None = None
     error: str | None = None
     socket: RawWebSocket | None = None
+    #: The start of a refusal's body.
+    body: bytes = b""
 
 
 class RawWebSocket:
@@ -190,8 +193,15 @@ class RawWebSocket:
         self.last_traffic = time.monotonic()
 
     async def send(self, data: bytes) -> None:
-        self._writer.write(self._ws.send(BytesMessage(data=data)))
-        await self._writer.drain()
+        """Send one binary message; a connection that ended sends nothing (see ``ended``)."""
+        if self.ended is not None:
+            return
+        try:
+            self._writer.write(self._ws.send(BytesMessage(data=data)))
+            await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            self.ended = f"connection reset ({exc.__class__.__name__})"
+            return
         self.last_traffic = time.monotonic()
 
     async def receive(self, timeout: float) -> bytes | None:
@@ -204,6 +214,8 @@ class RawWebSocket:
             return None
         except (ConnectionError, OSError) as exc:
             self.ended = f"connection reset ({exc.__class__.__name__})"
+        except WsProtocolError as exc:
+            self.ended = f"invalid WebSocket data from the path: {exc}"
         return self._messages.pop(0) if self._messages else None
 
     async def _read_more(self) -> None:
@@ -293,8 +305,10 @@ async def _handshake(ws: WSConnection, reader: asyncio.StreamReader, result: Upg
                 result.status = event.status_code
                 if not event.has_body:
                     return
-            elif isinstance(event, RejectData) and event.body_finished:
-                return
+            elif isinstance(event, RejectData):
+                result.body = (result.body + event.data)[:_BODY_SHOWN]
+                if event.body_finished:
+                    return
 
 
 def _head(raw: bytes | bytearray) -> tuple[int | None, dict[str, str]]:

@@ -38,7 +38,7 @@ from tests.proxies import (  # noqa: F401  (proxies is a fixture)
 )
 
 if TYPE_CHECKING:
-    from tests.conftest import MakeGateway, MakeOrigin
+    from tests.conftest import MakeGateway, MakeOrigin, TLSFiles
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -222,3 +222,20 @@ async def test_hop_secret_is_required_and_used(
     secret.write_text("s3cret-value\n")
     code, out = await doctor_cli(url, "--json", "--hop-secret-file", str(secret))
     assert code == 0 and json.loads(out)["websocket"] == "ok"
+
+
+async def test_https_gateway_certificate_checked_with_ca_file(
+    make_origin: MakeOrigin, make_gateway: MakeGateway, tls_files: TLSFiles
+) -> None:
+    origin = await make_origin(origin_app())
+    gateway = await make_gateway(
+        "server", {"upstream": origin, "tls_cert": tls_files.cert, "tls_key": tls_files.key}
+    )
+    url = f"{str(gateway.url).rstrip('/')}/big"
+    assert url.startswith("https://")
+    code, out = await doctor_cli(url, "--json")
+    report = json.loads(out)
+    assert code == 1 and "certificate" in report["findings"]["tls_error"]
+    assert "--ca-file" in report["advice"][0]
+    code, out = await doctor_cli(url, "--ca-file", str(tls_files.ca))
+    assert code == 0 and "\u2714 tls       certificate verified" in out
