@@ -314,18 +314,28 @@ async def _long_poll(endpoint: Endpoint, options: Options, f: Findings) -> Findi
 
 
 async def _idle(hop: HopClient, ws: RawWebSocket, seconds: float, f: Findings) -> Findings:
-    """Step 8: leave the WebSocket idle (answering the gateway's heartbeat) until killed or done."""
+    """Step 8: leave the WebSocket idle until the path closes it or ``seconds`` pass.
+
+    The gateway's own heartbeat (a PING after ``--heartbeat`` seconds of
+    silence) is answered, as a client gateway would; it also resets the
+    path's idle timer, so the longest silence survived is what is known.
+    """
     deadline = time.monotonic() + seconds
+    since = ws.last_traffic
+    longest = 0.0
     while time.monotonic() < deadline and ws.ended is None:
         batch = await ws.receive(min(1.0, max(0.0, deadline - time.monotonic())))
         if batch:
+            longest = max(longest, ws.last_traffic - since)
             hop.feed(batch)
             reply = hop.outgoing()
             if reply:
                 await ws.send(reply)
+            since = ws.last_traffic
     if ws.ended is None:
-        return f
+        return replace(f, idle_longest_silence=max(longest, time.monotonic() - since))
     silent = time.monotonic() - ws.last_traffic
+    f = replace(f, idle_longest_silence=max(longest, silent))
     if ws.ended.startswith("close frame"):
         return replace(f, idle_closed_by=f"the gateway closed it ({ws.ended}) after {silent:.1f} s")
     return replace(f, idle_killed_after=silent, idle_closed_by=ws.ended)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from gateway.doctor.probe import Options, run
 from gateway.doctor.verdict import judge, render_human, render_json
 from tests.doctor.burst_relay import BurstRelay
 from tests.faultproxy import FaultProxy
+from tests.helpers import FAST_SESSION, loopback_gateway
 from tests.proxies import (  # noqa: F401  (proxies is a fixture)
     DEPLOY_DIR,
     STOP_TIMEOUT,
@@ -239,3 +241,19 @@ async def test_https_gateway_certificate_checked_with_ca_file(
     assert "--ca-file" in report["advice"][0]
     code, out = await doctor_cli(url, "--ca-file", str(tls_files.ca))
     assert code == 0 and "\u2714 tls       certificate verified" in out
+
+
+async def test_idle_test_says_when_the_gateway_heartbeat_hides_the_path_limit(
+    make_origin: MakeOrigin,
+) -> None:
+    origin = await make_origin(origin_app())
+    session = dataclasses.replace(FAST_SESSION, heartbeat=1.0, stall_timeout=5.0)
+    async with loopback_gateway("server", {"upstream": origin}, session=session) as gateway:
+        options = Options(url=URL(f"{str(gateway.url).rstrip('/')}/big"), idle_test=3.0)
+        async with asyncio.timeout(RUN_TIMEOUT):
+            report = judge(await run(options))
+    print(render_human(report))
+    assert report.idle_timeout_s is None and report.websocket == "ok"
+    longest = report.findings.idle_longest_silence
+    assert longest is not None and 0.5 <= longest <= 2.0
+    assert "heartbeat broke the silence" in report.steps[-1].figure
