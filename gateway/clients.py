@@ -4,6 +4,10 @@ One pool for the whole gateway (``--max-connections``), verified against the
 system CAs plus ``--ca-file``.  Hop sessions dial through the same pool with
 a client of their own (``gateway.transports.connector.session_client``),
 without this one's refusal-capturing middleware.
+
+A ``hopgate client`` sends all of it through the proxy ``http_proxy`` /
+``https_proxy`` / ``no_proxy`` name (``outgoing_proxies``;
+``gateway.transports.proxy`` says how); a ``hopgate server`` connects directly.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import ssl
 
 import aiohttp
 
+from gateway.config import Role
 from gateway.settings import ClientSettings
 from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.http import capture_refusal
+from gateway.transports.proxy import ProxyTable, log_proxies, proxy_connector
 
-__all__ = ["client_ssl_context", "origin_client"]
+__all__ = ["client_ssl_context", "origin_client", "outgoing_proxies"]
 
 
 def client_ssl_context(client: ClientSettings) -> ssl.SSLContext:
@@ -27,13 +33,32 @@ def client_ssl_context(client: ClientSettings) -> ssl.SSLContext:
     return context
 
 
-def origin_client(client: ClientSettings) -> aiohttp.ClientSession:
+def outgoing_proxies(role: Role) -> ProxyTable | None:
+    """The client role's proxies, read from the environment once and logged; None for a server.
+
+    ``ConfigError`` when a variable is malformed or names a proxy hopgate
+    cannot speak to (an unset variable is not an error: connect directly).
+    """
+    if role != "client":
+        return None
+    proxies = ProxyTable.from_env()
+    log_proxies(proxies)
+    return proxies
+
+
+def origin_client(
+    client: ClientSettings, *, proxies: ProxyTable | None = None
+) -> aiohttp.ClientSession:
     """The gateway's HTTP client towards origins and next hops (plain requests)."""
-    connector = aiohttp.TCPConnector(
-        limit=client.max_connections,
-        ssl=client_ssl_context(client),
-        enable_cleanup_closed=True,
-    )
+    context = client_ssl_context(client)
+    if proxies:
+        connector: aiohttp.TCPConnector = proxy_connector(
+            proxies, limit=client.max_connections, ssl=context, enable_cleanup_closed=True
+        )
+    else:
+        connector = aiohttp.TCPConnector(
+            limit=client.max_connections, ssl=context, enable_cleanup_closed=True
+        )
     session = aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),

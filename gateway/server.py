@@ -42,7 +42,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from gateway.clients import origin_client
+from gateway.clients import origin_client, outgoing_proxies
 from gateway.config import Config
 from gateway.core import discovery
 from gateway.edges.connect import open_tunnel
@@ -142,7 +142,9 @@ class Gateway:
         return self.config.listen_url(self.port)
 
     async def start(self) -> None:
-        self._client = origin_client(self.settings.client)
+        self._client = origin_client(
+            self.settings.client, proxies=outgoing_proxies(self.config.role)
+        )
         self._hop_client = session_client(self._client)
         self._forwarder = Forwarder(self.settings.forward, self._client, self.stats)
         if self.hop_upgrade:

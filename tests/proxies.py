@@ -254,9 +254,17 @@ def running_haproxy(upstream: str) -> Iterator[ProxyProcess]:
             proxy.stop(STOP_TIMEOUT)
 
 
+#: The recipe's CONNECT port list, which ``connect_ports`` extends as its comment says.
+SQUID_SSL_PORTS = "acl SSL_ports port 443\n"
+
+
 @contextlib.contextmanager
-def running_squid() -> Iterator[ProxyProcess]:
-    """squid with ``deploy/squid/squid.conf``: an HTTP forward proxy, ``url`` is its address."""
+def running_squid(connect_ports: tuple[int, ...] = ()) -> Iterator[ProxyProcess]:
+    """squid with ``deploy/squid/squid.conf``: an HTTP forward proxy, ``url`` is its address.
+
+    ``connect_ports``: also allow ``CONNECT`` to these ports, with the line
+    the recipe tells an operator to add (``acl SSL_ports port N``).
+    """
     binary = find_binary("squid")
     with _workdir("squid", owner="proxy") as workdir:
 
@@ -267,6 +275,11 @@ def running_squid() -> Iterator[ProxyProcess]:
                 LOG_DIR=str(workdir),
                 STATE_DIR=str(workdir),
             )
+            if connect_ports:
+                if text.count(SQUID_SSL_PORTS) != 1:
+                    raise RecipeError(f"squid.conf has no single {SQUID_SSL_PORTS.strip()!r} line")
+                added = "".join(f"acl SSL_ports port {p}\n" for p in connect_ports)
+                text = text.replace(SQUID_SSL_PORTS, SQUID_SSL_PORTS + added)
             (workdir / "squid.conf").write_text(text)
             return [binary, "-N", "-f", str(workdir / "squid.conf")]
 
@@ -290,8 +303,8 @@ class Proxies:
     def haproxy(self, upstream: str) -> ProxyProcess:
         return self._keep(running_haproxy(upstream))
 
-    def squid(self) -> ProxyProcess:
-        return self._keep(running_squid())
+    def squid(self, connect_ports: tuple[int, ...] = ()) -> ProxyProcess:
+        return self._keep(running_squid(connect_ports))
 
     def reverse(self, kind: str, upstream: str) -> ProxyProcess:
         """``kind`` is ``nginx`` (default recipe), ``nginx-ws`` or ``haproxy``."""

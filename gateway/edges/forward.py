@@ -201,6 +201,13 @@ class Forwarder:
             msg = (
                 f"TLS certificate of upstream {where} failed verification: {exc.certificate_error}"
             )
+        elif isinstance(exc, aiohttp.ClientProxyConnectionError):  # http(s)_proxy unreachable
+            msg = (
+                f"could not connect to proxy {exc.host}:{exc.port} (http_proxy/https_proxy) "
+                f"for upstream {where}: {describe(exc.os_error)}"
+            )
+        elif isinstance(exc, aiohttp.ClientHttpProxyError):
+            msg = f"proxy refused CONNECT to upstream {where}: {exc.status} {exc.message}"
         elif isinstance(exc, aiohttp.ClientConnectorError):
             msg = f"could not connect to upstream {where}: {describe(exc.os_error)}"
         elif isinstance(exc, aiohttp.ServerDisconnectedError):

@@ -12,12 +12,26 @@ through ``request.writer`` and then resetting its ``output_size``.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
-__all__ = ["RelayedResponse", "limit_reads", "never_resend", "take_over_reading"]
+if TYPE_CHECKING:
+    from aiohttp.client_proto import ResponseHandler
+    from aiohttp.connector import Connection
+    from aiohttp.tracing import Trace
+
+__all__ = [
+    "RelayedResponse",
+    "RoutingConnector",
+    "limit_reads",
+    "never_resend",
+    "take_over_reading",
+]
 
 
 class RelayedResponse(web.StreamResponse):
@@ -118,3 +132,62 @@ def limit_reads(upstream: aiohttp.ClientResponse, size: int) -> None:
     transport = connection.transport if connection is not None else None
     if transport is not None and isinstance(getattr(transport, "max_size", None), int):
         transport.max_size = size  # type: ignore[attr-defined]
+
+
+#: The proxy a request to ``url`` goes through and the headers for it
+#: (``Proxy-Authorization``), or None; ``upgrade``: the request asks for a
+#: protocol upgrade (a WebSocket).
+ProxyFor = Callable[[URL, bool], "tuple[URL, dict[str, str]] | None"]
+#: A socket already connected to where a plain request to ``url`` goes (a
+#: proxy's CONNECT tunnel), or None to dial ``url`` as usual; ``timeout``: connect's.
+Dial = Callable[[URL, "float | None"], Awaitable["socket.socket | None"]]
+
+
+class RoutingConnector(aiohttp.TCPConnector):
+    """A TCPConnector that picks each request's proxy, or hands it a ready socket.
+
+    ``proxy_for`` gives a request without a proxy of its own the proxy it
+    goes through (aiohttp then sends it absolute-form, or ``CONNECT`` plus
+    TLS for ``https``); for a plain request left without one, ``dial`` may
+    supply the connected socket (a ``CONNECT`` tunnel for a ``ws://``
+    upgrade, which a proxy cannot forward in absolute form).
+
+    Internal: ``ClientRequest.update_proxy`` (undocumented; the session's own
+    ``trust_env`` resolution also reads ``~/.netrc`` into forwarded requests
+    and hops to a thread per request), and the override of
+    ``TCPConnector._create_connection`` wrapping the socket with
+    ``_wrap_existing_connection`` and ``_factory``, as aiohttp does with its
+    own tunnels: no public API hands aiohttp a connected socket per request
+    (``socket_factory`` makes unconnected ones).
+    """
+
+    def __init__(self, *, proxy_for: ProxyFor, dial: Dial, **options: Any) -> None:
+        super().__init__(**options)
+        self._proxy_for = proxy_for
+        self._dial = dial
+
+    async def connect(
+        self, req: aiohttp.ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> Connection:
+        if req.proxy is None:
+            found = self._proxy_for(req.url, "Upgrade" in req.headers)
+            if found is not None:
+                proxy, headers = found
+                # aiohttp sends proxy headers with its CONNECT only: an
+                # absolute-form request carries them itself.
+                req.update_proxy(proxy, None, dict(headers) or None)
+                if not req.is_ssl():
+                    req.headers.update(headers)
+        return await super().connect(req, traces, timeout)
+
+    async def _create_connection(
+        self, req: aiohttp.ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> ResponseHandler:
+        if req.proxy is None and not req.is_ssl():
+            sock = await self._dial(req.url, timeout.sock_connect or timeout.connect)
+            if sock is not None:
+                _, proto = await self._wrap_existing_connection(
+                    self._factory, timeout=timeout, sock=sock, req=req
+                )
+                return proto
+        return await super()._create_connection(req, traces, timeout)
