@@ -109,6 +109,10 @@ class Config:
     keepalive_timeout: float = 75.0
     #: Serve status details to clients that are not on loopback (or came through a proxy).
     public_status: bool = False
+    #: ``HOST:PORT`` of a second listener serving only metrics, status, ready, live.
+    admin_listen: str | None = None
+    #: ``/.hopgate/ready`` says 503 once the upstream has answered only 502/504 this long.
+    ready_unreachable: float = 30.0
     #: Streams one hop session may have open at once.
     max_streams: int = 256
     #: Origin connections one hop session may hold at once (further streams wait).
@@ -306,6 +310,19 @@ SETTINGS: tuple[Setting, ...] = (
         group=_LIMITS,
     ),
     Setting(
+        "admin_listen",
+        "text",
+        "also serve /.hopgate/metrics, status, ready and live (only those) on this "
+        "address, to anyone who can reach it: choose a private address (default none)",
+        "HOST:PORT",
+    ),
+    Setting(
+        "ready_unreachable",
+        "seconds",
+        "/.hopgate/ready answers 503 once every request to the upstream has got "
+        "502/504 for this long (default 30)",
+    ),
+    Setting(
         "max_streams",
         "count",
         "streams (tunnelled requests and WebSockets) one hop session may have open (default 256)",
@@ -395,7 +412,19 @@ def _check(config: Config) -> None:
         if setting.kind in ("seconds", "rate") and not value > 0:
             unit = " of seconds" if setting.kind == "seconds" else ""
             raise invalid(setting.name, f"must be a positive number{unit}")
+    if config.admin_listen is not None:
+        _check_admin_listen(config.admin_listen, config.role)
     for names, least, reason in _AT_LEAST:
         for name in names:
             if getattr(config, name) < least:
                 raise invalid(name, reason)
+
+
+def _check_admin_listen(value: str, role: Role) -> None:
+    """``--admin-listen`` is ``HOST:PORT`` with the port spelled out (no default is safe)."""
+    if not value.strip()[-1:].isdigit():
+        raise invalid("admin_listen", f"{value!r}: give HOST:PORT, e.g. 127.0.0.1:9090")
+    try:
+        parse_listen(value, role)
+    except ConfigError as exc:
+        raise invalid("admin_listen", f"{value!r}: {exc.reason}") from None

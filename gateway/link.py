@@ -133,6 +133,8 @@ class UpstreamLink:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._loop = asyncio.get_running_loop()
+        #: Told of each session this link opens, with its connector (the metrics count them).
+        self.on_session: Callable[[HopSession, SessionConnector], None] | None = None
         stats.upstream(key).report = self.report
 
     def __repr__(self) -> str:
@@ -323,6 +325,8 @@ class UpstreamLink:
         tunnel = TunnelLink(hop, opener=True, forwarder=self._forwarder, upstream=self.url)
         self._hop, self._tunnel = hop, tunnel
         self._stats.active_sessions += 1
+        if self.on_session is not None:
+            self.on_session(hop, connector)
         transport: Rung = "websocket" if hop.transport == "websocket" else "long-poll"
         opened, detail = connector.last_switch
         self.ladder.session_up(self._loop.time(), transport, opened, detail)

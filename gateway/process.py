@@ -28,6 +28,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals_seen = 0
+    gateway = Gateway(config)
 
     def on_signal(signum: int) -> None:
         nonlocal signals_seen
@@ -39,6 +40,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
                 signal.Signals(signum).name,
                 config.shutdown_grace,
             )
+            gateway.drain()  # /.hopgate/ready says 503 from now on
             stop.set()
         else:
             log.warning("= second signal: exiting now")
@@ -49,7 +51,6 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, on_signal, signum)
             installed.append(signum)
-    gateway = Gateway(config)
     uv = type(loop).__module__.partition(".")[0] == "uvloop"
     log.info("= event loop: %s (--event-loop %s)", "uvloop" if uv else "asyncio", config.event_loop)
     try:

@@ -10,6 +10,7 @@ target one answer (``gateway.core.targets``)::
     CONNECT host:port              forward proxy: a TCP tunnel; else 403
     http://other/...               forward proxy: relayed to it; else 400
     /.hopgate/status               the status page (loopback clients by default)
+    /.hopgate/metrics, ready, live gateway.admin (metrics: as status; ready, live: anyone)
     /.hopgate/hello                discovery's proof        ┐ only with hop sessions
     /.hopgate/session...           SessionServer            ┘ (--upgrade auto)
     /anything else                 relayed to --upstream, and only there
@@ -29,6 +30,7 @@ from typing import Final
 from aiohttp import web
 from yarl import URL
 
+from gateway.admin import OwnPaths
 from gateway.core import discovery
 from gateway.core.targets import (
     AbsoluteForm,
@@ -129,8 +131,10 @@ class Router:
         sessions: SessionServer | None = None,
         connect: Handler | None = None,
         own_url: Callable[[], str] = lambda: "http://HOST:PORT",
+        own_paths: OwnPaths | None = None,
     ) -> None:
         self.routes = routes
+        self._own_paths = own_paths
         self.relay = relay
         self.stats = stats
         self.sessions = sessions
@@ -162,6 +166,10 @@ class Router:
         """``/path?query``: this gateway's own paths, else the upstream (only there)."""
         if request.path == STATUS_PATH:
             return self._status(request)
+        if self._own_paths is not None:
+            answer = self._own_paths.answer(request)  # metrics, ready, live
+            if answer is not None:
+                return answer
         if self.sessions is not None:
             if request.path == discovery.HELLO_PATH:
                 return _hello(request)

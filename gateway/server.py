@@ -42,6 +42,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from gateway.admin import AdminServer, Health, OwnPaths
 from gateway.clients import origin_client, outgoing_proxies
 from gateway.config import Config
 from gateway.core import discovery
@@ -56,6 +57,7 @@ from gateway.edges.inbound import (
 from gateway.glue.link import TunnelLink
 from gateway.link import LinkTable, UpstreamLink
 from gateway.logs import ACCESS_LOG, access_log_class, log_request
+from gateway.metrics import Metrics
 from gateway.router import Relay, Router
 from gateway.settings import ListenerSettings, Settings, derive
 from gateway.startup_checks import listen_error, server_tls_context
@@ -117,6 +119,16 @@ class Gateway:
         self.stats.observers.append(log_request)
         if config.upstream is not None:
             self.stats.upstream(str(config.upstream))
+        #: Ready or not (``/.hopgate/ready``): draining, upstream unreachable.
+        self.health = Health(
+            self.stats,
+            watch_upstream=config.upstream is not None,
+            unreachable_after=self.settings.admin.ready_unreachable,
+        )
+        #: ``/.hopgate/metrics``: this gateway's own registry.
+        self.metrics = Metrics(self.stats, ready=lambda: self.health.ready)
+        #: The ``--admin-listen`` listener, once started.
+        self.admin: AdminServer | None = None
         self._runner: web.ServerRunner | None = None
         self._client: aiohttp.ClientSession | None = None
         #: The hop sessions' client: the same pool, without the plain client's middleware.
@@ -142,9 +154,8 @@ class Gateway:
         return self.config.listen_url(self.port)
 
     async def start(self) -> None:
-        self._client = origin_client(
-            self.settings.client, proxies=outgoing_proxies(self.config.role)
-        )
+        proxies = outgoing_proxies(self.config.role)
+        self._client = origin_client(self.settings.client, proxies=proxies)
         self._hop_client = session_client(self._client)
         self._forwarder = Forwarder(self.settings.forward, self._client, self.stats)
         if self.hop_upgrade:
@@ -154,10 +165,16 @@ class Gateway:
             relay=Relay(self._forwarder, self._tunnel_for),
             stats=self.stats,
             sessions=self.sessions,
-            connect=functools.partial(open_tunnel, config=self.settings.forward, stats=self.stats),
+            connect=functools.partial(
+                open_tunnel, config=self.settings.forward, stats=self.stats, proxies=proxies
+            ),
             own_url=lambda: self.url,
+            own_paths=OwnPaths(
+                self.stats, self.metrics, self.health, public=self.settings.routes.public_status
+            ),
         )
         await self._listen()
+        await self._start_admin()
         target = self.config.upstream or "any origin (forward proxy)"
         log.info(
             "= %s gateway listening on %s, forwarding to %s", self.config.role, self.url, target
@@ -195,14 +212,49 @@ class Gateway:
             raise listen_error(listener.host, listener.port, exc) from exc
         self.port = self._runner.addresses[0][1]
 
+    @property
+    def admin_url(self) -> str | None:
+        """Where ``--admin-listen`` serves (the bound port), if it does."""
+        return self.admin.url if self.admin is not None else None
+
+    async def _start_admin(self) -> None:
+        listen = self.settings.admin.listen
+        if listen is None:
+            return
+        self.admin = AdminServer(
+            OwnPaths(self.stats, self.metrics, self.health, public=True, serve_status=True),
+            *listen,
+            main_url=lambda: self.url,
+        )
+        try:
+            await self.admin.start()
+        except OSError:
+            self.admin = None
+            await self.stop()
+            raise
+
+    def drain(self) -> None:
+        """Stop saying ready (``/.hopgate/ready`` 503): a stop is coming."""
+        self.health.drain()
+
     async def stop(self) -> None:
         """Close the listener; held requests get ``shutdown_grace`` to finish, then end.
 
         Sessions other gateways opened to this one are closed at once (with
         1001), so they fall back to plain HTTP instead of holding their own
         shutdown up; this gateway's own sessions to its upstreams close only
-        after its held requests, which may be riding them, are done.
+        after its held requests, which may be riding them, are done.  The
+        admin listener closes last, so ``ready`` says 503 all along.
         """
+        self.drain()
+        try:
+            await self._stop_serving()
+        finally:
+            admin, self.admin = self.admin, None
+            if admin is not None:
+                await admin.stop()
+
+    async def _stop_serving(self) -> None:
         accepted = asyncio.create_task(self._close_accepted())
         try:
             if self._runner is not None:
@@ -300,7 +352,7 @@ class Gateway:
         assert self._hop_client is not None and self._forwarder is not None
         upstream = self.config.upstream
         configured = upstream is not None and key == str(upstream)
-        return UpstreamLink(
+        link = UpstreamLink(
             upstream if configured and upstream is not None else URL(key),
             key=key,
             http=self._hop_client,
@@ -317,6 +369,8 @@ class Gateway:
             check_hello=configured and self.config.role == "client",
             hello_timeout=self.settings.hop.hello_timeout,
         )
+        link.on_session = self.metrics.hops.track
+        return link
 
     def _note_seen(self, origin_key: str, note: discovery.Note) -> None:
         """The Forwarder saw a discovery note on a response from ``origin_key``."""
@@ -342,6 +396,7 @@ class Gateway:
             address_slots=self._address_slots.take(client_key(hop.peer_address)),
         )
         self._accepted.add(tunnel)
+        self.metrics.hops.track(hop)
         # O(1) per session: each tunnel leaves the set when its session ends.
         hop.on_finished.append(lambda _hop: self._session_ended(tunnel, hop))
 

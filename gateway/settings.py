@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from yarl import URL
 
-from gateway.config import Config, Role
+from gateway.config import Config, Role, parse_listen
 from gateway.core.ladder import LadderSettings
 from gateway.core.tunnel import TunnelConfig
 from gateway.glue.origin import ForwardSettings
@@ -38,6 +38,7 @@ from gateway.transports.session_settings import TUNNEL_SESSION_MESSAGE, SessionS
 
 __all__ = [
     "CONFIG_ONLY",
+    "AdminSettings",
     "ClientSettings",
     "ForwardSettings",
     "HopSettings",
@@ -61,6 +62,16 @@ MAX_TUNNEL_WS_MESSAGE: Final = 256 * 1024 * 1024
 SESSION_WINDOW: Final = 8 * 1024 * 1024
 #: Longest a gateway waits for its own hop sessions' close handshake on shutdown.
 MAX_SESSION_CLOSE: Final = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminSettings:
+    """The operational endpoints (``gateway.admin``): their own listener, readiness."""
+
+    #: ``--admin-listen``: (host, port) of the listener serving only them; ``None``: none.
+    listen: tuple[str, int] | None = None
+    #: ``--ready-unreachable``: not ready once the upstream answered only 502/504 this long.
+    ready_unreachable: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +146,7 @@ class Settings:
     session: SessionSettings
     tunnel: TunnelConfig
     ladder: LadderSettings
+    admin: AdminSettings = AdminSettings()
 
     @property
     def mode(self) -> str:
@@ -191,6 +203,14 @@ def derive(config: Config) -> Settings:
         session=_session_settings(config),
         tunnel=_answering_tunnel(config),
         ladder=LadderSettings(),
+        admin=AdminSettings(
+            listen=(
+                parse_listen(config.admin_listen, config.role)
+                if config.admin_listen is not None
+                else None
+            ),
+            ready_unreachable=config.ready_unreachable,
+        ),
     )
 
 

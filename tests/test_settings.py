@@ -46,6 +46,8 @@ def with_setting(setting: Setting, tmp_path: Path) -> Config:
     values = {**BASE, setting.name: changed_value(setting, default, tmp_path)}
     if setting.name in ("tls_cert", "tls_key"):  # they go together
         values["tls_cert"] = values["tls_key"] = values[setting.name]
+    if setting.name == "admin_listen":  # HOST:PORT
+        values["admin_listen"] = "127.0.0.1:9090"
     return build_config("server", values)
 
 

@@ -101,6 +101,7 @@ class HopSession:
     # event, future and set below is created only once something waits on it.
     __slots__ = (
         "__weakref__",
+        "_attaches",
         "_background",
         "_changed",
         "_close_info",
@@ -116,8 +117,12 @@ class HopSession:
         "_timer_at",
         "_timer_due",
         "_window",
+        "bytes_received",
+        "bytes_sent",
         "epoch",
         "is_client",
+        "messages_received",
+        "messages_sent",
         "on_finished",
         "on_stalled",
         "on_transport_change",
@@ -146,6 +151,13 @@ class HopSession:
         self._on_closed: Callable[[int, str], None] | None = None
         self._early: list[bytes | str] | None = None
         self._background = TaskSet()
+        # What metrics read (summed at scrape time, gateway.metrics): plain
+        # counters, one ``+=`` per message or batch.
+        self.messages_sent = self.messages_received = 0
+        #: Batch bytes written and read on this session's transports.
+        self.bytes_sent = self.bytes_received = 0
+        #: Transports attached while none was current (the first one included).
+        self._attaches = 0
         # For the owner (connector / server): not part of the public API.
         self.on_stalled: Callable[[Transport], None] | None = None
         self.on_transport_lost: Callable[[Transport, str], None] | None = None
@@ -193,6 +205,11 @@ class HopSession:
             on_closed(*self._close_info)
 
     @property
+    def resumes(self) -> int:
+        """Times a transport took over after the session had lost its own."""
+        return max(0, self._attaches - 1)
+
+    @property
     def writable(self) -> bool:
         return self._close_info is None and self._core.writable
 
@@ -208,6 +225,7 @@ class HopSession:
         if not core.writable:
             return False
         core.send_message(data)
+        self.messages_sent += 1
         self.wake()
         self._rearm()
         return True
@@ -282,6 +300,8 @@ class HopSession:
         """Swap the writing transport: the old one is abandoned, the core and the owner told."""
         old, old_kind = self._current, self.transport
         self._current = new
+        if old is None and new is not None:
+            self._attaches += 1
         if old is not None:
             old.abandon()
         if new is None:
@@ -294,6 +314,7 @@ class HopSession:
     def feed(self, batch: bytes | bytearray | memoryview) -> bool:
         """Pass one received batch to the core; False if it broke the protocol."""
         ok = True
+        self.bytes_received += len(batch)
         try:
             self._core.receive_data(batch, self.now())
         except RemoteProtocolError as exc:
@@ -305,6 +326,7 @@ class HopSession:
     def take(self, *, include_data: bool = True) -> bytes:
         """The next batch to write on the current transport (may be b"")."""
         batch = self._core.data_to_send(self.now(), include_data=include_data)
+        self.bytes_sent += len(batch)
         self._rearm()
         return batch
 
@@ -364,6 +386,7 @@ class HopSession:
         return self._close_info or (CloseCode.NORMAL, "closing")
 
     def _deliver(self, data: bytes | str) -> None:
+        self.messages_received += 1
         handler = self._on_message
         if handler is None:
             if self._early is None:

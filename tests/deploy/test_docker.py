@@ -312,3 +312,31 @@ async def test_the_image_steps_install_a_gateway_its_healthcheck_passes_on(
     assert gw.count("event loop: uvloop") == 1, gw.output()  # the [fast] extra is in
     failed = await asyncio.to_thread(healthcheck, image, **listen)
     assert failed.returncode == 1 and "Connection refused" in failed.stderr
+
+
+@pytest.mark.timeout(300)
+async def test_the_healthcheck_asks_the_admin_listener_when_there_is_one(
+    image: Replay, make_origin: MakeOrigin
+) -> None:
+    async def legacy(request: web.Request) -> web.Response:
+        return web.Response(text="legacy")
+
+    port, admin = free_port(), free_port()
+    listen = {
+        "HOPGATE_LISTEN": f"127.0.0.1:{port}",
+        "HOPGATE_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+        "HOPGATE_UPSTREAM": await make_origin(legacy),
+    }
+    entry = shutil.which("hopgate", path=image.environment()["PATH"])
+    assert entry is not None
+    argv = [entry, *exec_form(image.stage.values("CMD")[0])]
+    gw = ChildProcess.start(argv, name="image hopgate", env={**image.environment(), **listen})
+    try:
+        await asyncio.to_thread(gw.wait_accepting, admin)
+        passed = await asyncio.to_thread(healthcheck, image, **listen)
+        assert passed.returncode == 0, passed.stderr
+        elsewhere = {**listen, "HOPGATE_ADMIN_LISTEN": f"127.0.0.1:{free_port()}"}
+        failed = await asyncio.to_thread(healthcheck, image, **elsewhere)
+        assert failed.returncode == 1, "the healthcheck did not ask HOPGATE_ADMIN_LISTEN's port"
+    finally:
+        await asyncio.to_thread(gw.stop)
