@@ -157,10 +157,13 @@ def gather(
 ) -> Sourced:
     """The file, the environment and the flags, each over the one before."""
     env = from_environment(environ)
-    path = config_file
-    if path is None and environ.get(CONFIG_VARIABLE, "").strip():
-        path = Path(environ[CONFIG_VARIABLE].strip())
-    file = from_file(path) if path is not None else Sourced()
+    file = from_file(config_file) if config_file is not None else Sourced()
+    named = environ.get(CONFIG_VARIABLE, "").strip()
+    if config_file is None and named:
+        try:
+            file = from_file(Path(named))
+        except ConfigError as exc:
+            raise ConfigError(f"{CONFIG_VARIABLE}={named!r}: {exc}") from None
     given = Sourced({key: value for key, value in flags.items() if value is not None})
     return layered(file, env, given)
 

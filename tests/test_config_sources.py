@@ -228,6 +228,10 @@ def test_hopgate_config_names_the_file_and_the_flag_wins(tmp_path: Path) -> None
     assert load_config("server", {}, {"HOPGATE_CONFIG": str(one)}).config.via_name == "one"
     loaded = load_config("server", {}, {"HOPGATE_CONFIG": str(one)}, two)
     assert loaded.config.via_name == "two"
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config("server", {}, {"HOPGATE_CONFIG": str(missing)})
+    assert str(info.value) == f"HOPGATE_CONFIG='{missing}': config file {missing} does not exist"
 
 
 def test_a_hop_secret_from_a_higher_source_replaces_the_file_of_a_lower_one(
