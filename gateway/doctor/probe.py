@@ -52,6 +52,7 @@ _SHOWN: Final = (
     "server",
     "via",
     "content-type",
+    "x-hopgate-error",
 )
 
 

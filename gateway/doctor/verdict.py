@@ -366,12 +366,30 @@ def _no_session_advice(f: Findings) -> list[str]:
     ]
 
 
-def _refused_advice(f: Findings, proxy: str | None) -> list[str]:
+def _refusal(f: Findings) -> str:
+    """Who refused the upgrade, read from the answer (a gateway marks its errors)."""
     status = f.upgrade_status
-    lines = [
-        f"the WebSocket upgrade did not reach the gateway (answer {status}, no 101): "
-        "a proxy drops the hop-by-hop Upgrade/Connection headers"
-    ]
+    if status is None:
+        return f"the WebSocket handshake got no answer ({f.upgrade_error})"
+    if status == 101:
+        return (
+            "a 101 came back that is not the gateway's (no valid Sec-WebSocket-Accept or no "
+            f"hopgate.v1 echo{': ' + f.upgrade_error if f.upgrade_error else ''}): "
+            "an intermediary answers WebSocket handshakes itself"
+        )
+    if "x-hopgate-error" in {k.lower() for k in f.upgrade_headers}:
+        return (
+            f"the handshake reached the gateway as a plain GET (it answered {status}): "
+            "a proxy stripped the hop-by-hop Upgrade and Connection headers"
+        )
+    return (
+        f"something before the gateway answered the handshake itself ({status}, not the "
+        "gateway's answer): it does not pass WebSocket upgrades"
+    )
+
+
+def _refused_advice(f: Findings, proxy: str | None) -> list[str]:
+    lines = [_refusal(f)]
     if proxy in (None, "nginx"):
         lines.append(
             "nginx: in the location that proxies to the gateway, add: "

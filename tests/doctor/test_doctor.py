@@ -123,7 +123,8 @@ async def test_nginx_default_recipe_refuses_the_upgrade_and_names_the_lines(
     assert code == 0  # long-poll carries the session
     assert report["websocket"] == "refused" and report["long_poll"] == "ok"
     assert report["proxy"] == "nginx"
-    assert report["findings"]["upgrade_status"] != 101
+    assert report["findings"]["upgrade_status"] == 400
+    assert "reached the gateway as a plain GET" in report["advice"][0]
     advice = " ".join(report["advice"])
     assert (
         'proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade";' in advice
@@ -257,3 +258,18 @@ async def test_idle_test_says_when_the_gateway_heartbeat_hides_the_path_limit(
     longest = report.findings.idle_longest_silence
     assert longest is not None and 0.5 <= longest <= 2.0
     assert "heartbeat broke the silence" in report.steps[-1].figure
+
+
+async def test_a_relay_refusing_upgrades_itself_is_named(
+    make_origin: MakeOrigin, make_gateway: MakeGateway
+) -> None:
+    url = URL(await server_gateway(make_origin, make_gateway))
+    assert url.port is not None
+    async with FaultProxy("127.0.0.1", url.port) as relay:
+        relay.refuse_upgrades = True
+        async with asyncio.timeout(RUN_TIMEOUT):
+            report = judge(await run(Options(url=URL(f"{relay.url}/big"))))
+    print(render_human(report))
+    assert (report.websocket, report.long_poll, report.exit_code) == ("refused", "ok", 0)
+    assert relay.upgrades_refused == 1
+    assert "before the gateway answered the handshake itself (400" in report.advice[0]

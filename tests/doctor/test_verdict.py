@@ -45,7 +45,7 @@ def test_stripped_upgrade_behind_nginx_names_the_lines() -> None:
         replace(
             HEALTHY,
             upgrade_status=400,
-            upgrade_headers={},
+            upgrade_headers={"x-hopgate-error": "1", "content-type": "text/plain"},
             server="nginx/1.22.1",
             subprotocol_echoed=False,
             probe_ms=None,
@@ -57,6 +57,16 @@ def test_stripped_upgrade_behind_nginx_names_the_lines() -> None:
     text = " ".join(report.advice)
     assert 'proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade";' in text
     assert "HAProxy" not in text  # the answers named nginx
+    assert "reached the gateway as a plain GET" in report.advice[0]
+
+
+def test_a_proxy_answering_the_handshake_itself_is_told_apart() -> None:
+    refused = dict(upgrade_headers={}, subprotocol_echoed=False, probe_ms=None, pong_delays=())
+    report = judge(replace(HEALTHY, upgrade_status=403, **refused))  # type: ignore[arg-type]
+    assert report.websocket == "refused"
+    assert "before the gateway answered the handshake itself (403" in report.advice[0]
+    fake = replace(HEALTHY, subprotocol_echoed=False, upgrade_error="invalid 101: Bad accept token")
+    assert judge(fake).websocket == "refused" and "not the gateway's" in judge(fake).advice[0]
 
 
 def test_a_101_whose_frames_never_flow_is_blocked() -> None:
