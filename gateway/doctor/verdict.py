@@ -16,7 +16,11 @@ answer an ordinary request, ``400`` or ``404``; some answer ``426`` or
 unanswered: a buffering or filtering intermediary). A gateway cannot echo the
 request headers it received on a ``101`` (that would need a protocol change),
 so which headers were stripped is inferred from the answer: a non-``101``
-from a gateway means ``Upgrade``/``Connection`` did not reach it.
+carrying the gateway's ``X-Hopgate-Error`` means the handshake reached it as
+a plain GET (``Upgrade``/``Connection`` stripped on the way); any other
+non-``101`` was answered by something in front of it. When no session opens
+at all, neither transport can carry a hop: ``websocket`` is reported
+``refused`` and ``long_poll`` ``failed``, and the exit status is 1.
 """
 
 from __future__ import annotations
