@@ -54,6 +54,7 @@ from gateway.glue.origin import ForwardSettings
 from gateway.status import GatewayStats
 from gateway.transports.aiohttp_internals import take_over_reading
 from gateway.transports.http import CHUNK, describe, text_error
+from gateway.transports.proxy import ProxyError, ProxyTable, open_connection
 
 log = logging.getLogger("hopgate.connect")
 
@@ -66,9 +67,15 @@ parse_connect_target = parse_authority
 
 
 async def open_tunnel(
-    request: web.BaseRequest, config: ForwardSettings, stats: GatewayStats
+    request: web.BaseRequest,
+    config: ForwardSettings,
+    stats: GatewayStats,
+    proxies: ProxyTable | None = None,
 ) -> web.StreamResponse:
-    """Answer ``CONNECT``: dial the target, say ``200``, then relay until either side ends."""
+    """Answer ``CONNECT``: dial the target, say ``200``, then relay until either side ends.
+
+    ``proxies``: a ``hopgate client``'s own proxy (``https_proxy``), asked in turn.
+    """
     try:
         host, port = parse_connect_target(request.raw_path)
     except BadTarget as exc:
@@ -76,7 +83,10 @@ async def open_tunnel(
     where = f"{host}:{port}"
     try:
         async with asyncio.timeout(config.connect_timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=CHUNK)
+            reader, writer = await open_connection(proxies, host, port, limit=CHUNK)
+    except ProxyError as exc:
+        log.warning("CONNECT %s failed: %s", where, exc)
+        return text_error(502, f"could not connect to {where}: {exc}")
     except TimeoutError:
         log.warning("CONNECT %s timed out", where)
         return text_error(504, f"could not connect to {where} within {config.connect_timeout:g}s")

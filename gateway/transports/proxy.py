@@ -55,10 +55,12 @@ from gateway.transports.aiohttp_internals import RoutingConnector
 
 __all__ = [
     "Proxy",
+    "ProxyError",
     "ProxyRefused",
     "ProxyTable",
     "ProxyUnreachable",
     "dial_through",
+    "open_connection",
     "proxy_connector",
 ]
 
@@ -70,11 +72,15 @@ _MAX_HEAD: Final = 16 * 1024
 _SCHEME_VARIABLE: Final = {"http": "http", "ws": "http", "https": "https", "wss": "https"}
 
 
-class ProxyUnreachable(aiohttp.ClientConnectionError):
-    """The proxy itself could not be reached (the message names it)."""
+class ProxyError(aiohttp.ClientConnectionError):
+    """A tunnel through the proxy could not be opened (the message names the proxy)."""
 
 
-class ProxyRefused(aiohttp.ClientConnectionError):
+class ProxyUnreachable(ProxyError):
+    """The proxy itself could not be reached."""
+
+
+class ProxyRefused(ProxyError):
     """The proxy answered ``CONNECT`` with something other than ``200``."""
 
     def __init__(self, message: str, status: int) -> None:
@@ -292,6 +298,31 @@ async def _ask_tunnel(sock: socket.socket, proxy: Proxy, target: str) -> bytes:
     if not (parts[0].startswith("HTTP/1.") and status == 200):
         raise ProxyRefused(f"proxy {proxy} refused CONNECT {target}: {status_line!r}", status)
     return rest
+
+
+async def open_connection(
+    proxies: ProxyTable | None, host: str, port: int, *, limit: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection(host, port)``, through ``https_proxy`` when it applies.
+
+    For the forward proxy's ``CONNECT`` tunnels: a client asks for one to
+    reach TLS (an ``https://`` origin), so ``https_proxy`` and ``no_proxy``
+    decide.  ``ProxyError`` if the proxy cannot open it.
+    """
+    proxy = proxies.for_url(URL.build(scheme="https", host=host, port=port)) if proxies else None
+    if proxy is None:
+        return await asyncio.open_connection(host, port, limit=limit)
+    sock, early = await dial_through(proxy, host, port, None)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    reader.feed_data(early)  # before the socket's own bytes: they come after
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    try:
+        transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 def log_proxies(proxies: ProxyTable) -> None:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from tests.conftest import MakeOrigin, SpawnGateway, TLSFiles
 from tests.processes import GatewayProcess, free_port
@@ -211,3 +213,47 @@ async def test_forward_proxy_mode_chains_through_squid(
         await asyncio.sleep(0.2)
         where = re.escape(host_port(origin))
         assert len(squid_lines(squid, rf"TCP_MISS/200 .* GET http://{where}/f\d")) == 3
+
+
+async def test_forward_proxy_connect_chains_through_squid(
+    make_origin: MakeOrigin,
+    spawn_gateway: SpawnGateway,
+    proxy_env: pytest.MonkeyPatch,
+    server_tls: ssl.SSLContext,
+    client_tls: ssl.SSLContext,
+) -> None:
+    """A client's ``CONNECT`` to the forward proxy is asked of squid in turn (``https_proxy``)."""
+    origin = await make_origin(hello, ssl_context=server_tls)
+    port = URL(origin).port
+    assert port is not None
+    with running_squid(connect_ports=(port,)) as squid:
+        proxy_env.setenv("https_proxy", squid.url)
+        entry = spawn_gateway("client")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{origin}/tls", proxy=entry.url, ssl=client_tls) as resp,
+        ):
+            assert (resp.status, await resp.text()) == (200, "hello /tls")
+        entry.stop()  # squid logs a tunnel when it closes
+        tunnel = rf"TCP_TUNNEL/200 .* CONNECT 127\.0\.0\.1:{port} "
+        assert await eventually(lambda: bool(squid_lines(squid, tunnel)), 10)
+
+
+async def test_forward_proxy_connect_refused_by_squid_is_a_502(
+    make_origin: MakeOrigin,
+    spawn_gateway: SpawnGateway,
+    proxy_env: pytest.MonkeyPatch,
+    server_tls: ssl.SSLContext,
+) -> None:
+    origin = await make_origin(hello, ssl_context=server_tls)
+    with running_squid() as squid:  # as shipped: CONNECT to 443 only
+        proxy_env.setenv("https_proxy", squid.url)
+        entry = spawn_gateway("client")
+        reader, writer = await asyncio.open_connection("127.0.0.1", URL(entry.url).port)
+        target = host_port(origin)
+        head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+        writer.write(head.encode())
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 502"), answer
+    assert f"proxy {squid.url} (https_proxy) refused CONNECT {target}".encode() in answer
