@@ -94,6 +94,19 @@ def _iso_time(created: float) -> str:
     return datetime.fromtimestamp(created).astimezone().isoformat(timespec="milliseconds")
 
 
+def _hide_sessions(text: str) -> str:
+    """``text`` with every session id in a session URL shortened.
+
+    A safety net under the log calls (which never pass a full id): an
+    aiohttp error names the URL it failed on, and a hop's URLs carry the id.
+    """
+    if DEFAULT_SESSION_PATH not in text:
+        return text
+    return _SESSION_IN_PATH.sub(
+        lambda m: m.group(0)[: m.start(1) - m.start(0)] + short_session(m.group(1)), text
+    )
+
+
 def _unmarked(message: str) -> str:
     """The message without its leading ``=``/``<`` mark (JSON has keys instead)."""
     if len(message) > 2 and message[0] in "=<" and message[1] == " ":
@@ -105,13 +118,13 @@ class TextFormatter(logging.Formatter):
     """``TIME LEVEL LOGGER: [session…] message``, the time with its date and zone."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        message = _hide_sessions(record.getMessage())
         session = getattr(record, "session", None)
         if session:
             message = f"[{short_session(str(session))}] {message}"
         line = f"{_iso_time(record.created)} {record.levelname:<7} {record.name}: {message}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + _hide_sessions(self.formatException(record.exc_info))
         if record.stack_info:
             line += "\n" + self.formatStack(record.stack_info)
         return line
@@ -125,14 +138,14 @@ class JsonFormatter(logging.Formatter):
             "time": _iso_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": _unmarked(record.getMessage()),
+            "event": _unmarked(_hide_sessions(record.getMessage())),
         }
         for key in (*FIELDS, *ACCESS_FIELDS):
             value = getattr(record, key, None)
             if value is not None:
                 doc[key] = short_session(str(value)) if key == "session" else value
         if record.exc_info:
-            doc["error"] = self.formatException(record.exc_info)
+            doc["error"] = _hide_sessions(self.formatException(record.exc_info))
         return json.dumps(doc, default=str)
 
 

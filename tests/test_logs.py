@@ -58,6 +58,15 @@ def test_a_json_line_has_the_keys_and_never_a_full_session_id() -> None:
     assert "transport" not in doc  # a field is there only where it applies
 
 
+def test_a_session_url_in_a_message_is_shortened_too() -> None:
+    """aiohttp errors name the URL they failed on; a hop's URLs carry the session id."""
+    url = f"http://up/.hopgate/session/{FULL_ID}?epoch=2"
+    rec = record("lost long-poll: poll failed: 404, message='Not Found', url='%s'", url)
+    event = json.loads(JsonFormatter().format(rec))["event"]
+    for line in (event, TextFormatter().format(rec)):
+        assert FULL_ID not in line and f"/.hopgate/session/{FULL_ID[:6]}…?epoch=2" in line
+
+
 def test_a_traceback_stays_inside_its_json_line() -> None:
     try:
         raise ValueError("boom")
