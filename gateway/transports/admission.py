@@ -154,6 +154,7 @@ class Admission:
             min(now - self._refusal_logged, _REFUSAL_LOG_INTERVAL),
             remote,
             why,
+            extra={"reason": why},
         )
         self._refusals = 0
         self._refusal_logged = now

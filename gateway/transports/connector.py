@@ -327,7 +327,11 @@ class SessionConnector:
         except TransportFailed as exc:
             self.last_websocket_failure = exc
             self.probe_failures += 1
-            hop.log.info("= WebSocket not usable: %s", exc)
+            hop.log.info(
+                "= WebSocket not usable: %s",
+                exc,
+                extra={"transport": "websocket", "reason": str(exc)},
+            )
             return False
         if hop.closed:
             transport.abandon()
@@ -363,7 +367,11 @@ class SessionConnector:
         self._failures = 0
 
     def _demote(self, hop: HopSession, why: str) -> None:
-        hop.log.info("= demoting the WebSocket to long-poll (%s)", why)
+        hop.log.info(
+            "= demoting the WebSocket to long-poll (%s)",
+            why,
+            extra={"transport": "long-poll", "reason": why},
+        )
         self.fallbacks += 1
         if hop.now() - self._ws_started >= self.settings.reprobe_max:
             self._reprobe = self._reprobe.reset()

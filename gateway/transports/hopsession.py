@@ -318,7 +318,12 @@ class HopSession:
         try:
             self._core.receive_data(batch, self.now())
         except RemoteProtocolError as exc:
-            self.log.warning("< protocol error, closing the session: %s (%d)", exc.reason, exc.code)
+            self.log.warning(
+                "< protocol error, closing the session: %s (%d)",
+                exc.reason,
+                exc.code,
+                extra={"reason": exc.reason},
+            )
             ok = False
         self.dispatch()
         return ok
@@ -362,6 +367,7 @@ class HopSession:
                     "= %s stalled (no progress for %.1f s)",
                     self.transport,
                     self.settings.stall_timeout,
+                    extra={"transport": self.transport, "reason": "stalled"},
                 )
                 if current is not None and self.on_stalled is not None:
                     self.on_stalled(current)
