@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -211,6 +212,33 @@ async def test_an_unreachable_upstream_is_a_warning(spawn_gateway: SpawnGateway)
         docs = parsed(gw)
         assert {d["level"] for d in docs} <= {"warning", "error"}, docs
         assert not [d for d in docs if "Error(" in d["event"]], "an exception repr was logged"
+
+
+async def test_a_hop_secret_mismatch_is_a_warning_at_both_ends(
+    make_origin: MakeOrigin, spawn_gateway: SpawnGateway, tmp_path: Path
+) -> None:
+    (tmp_path / "a").write_text("the sidecar's secret\n")
+    (tmp_path / "b").write_text("another secret\n")
+    origin = await make_origin(legacy)
+    quiet = {"log_level": "warning"}
+    sidecar = await asyncio.to_thread(
+        spawn_gateway, "server", "--upstream", origin, "--hop-secret-file", str(tmp_path / "a"),
+        "--log-format", "json", **quiet,
+    )  # fmt: skip
+    client = await asyncio.to_thread(
+        spawn_gateway, "client", "--upstream", sidecar.url, "--hop-secret-file",
+        str(tmp_path / "b"), "--log-format", "json", **quiet,
+    )  # fmt: skip
+
+    def refused() -> bool:
+        near = [d for d in parsed(client) if "(403)" in d["event"] and d.get("upstream")]
+        side = [d for d in parsed(sidecar) if "refused 1 hop session" in d["event"]]
+        return bool(near and side)
+
+    await until(refused, "a warning at each end")
+    for gw in (client, sidecar):
+        await asyncio.to_thread(gw.stop)
+        assert {d["level"] for d in parsed(gw)} == {"warning"}, gw.output()
 
 
 async def test_text_lines_carry_the_date_and_zone(spawn_gateway: SpawnGateway) -> None:
