@@ -35,6 +35,22 @@ from tests.processes import GatewayProcess, SpawnGateway, start_gateway
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+#: A ``hopgate client`` sends through the proxy these name (``gateway.transports.proxy``).
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own ``http_proxy`` must not carry the loopback traffic under test.
+
+    Client gateways, in-process or spawned, read these variables; a test
+    that wants a proxy sets its own (``tests/e2e/test_client_proxy.py``).
+    """
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
 # --------------------------------------------------------------------- origin
 
 

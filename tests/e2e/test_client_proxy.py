@@ -23,8 +23,8 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from tests.conftest import MakeOrigin, SpawnGateway, TLSFiles
-from tests.processes import GatewayProcess, free_port
+from tests.conftest import MakeOrigin, TLSFiles
+from tests.processes import GatewayProcess, SpawnGateway, free_port
 from tests.proxies import SQUID_STOP_TIMEOUT, ProxyProcess, host_port, running_squid
 from tests.waiting import eventually
 
@@ -32,8 +32,6 @@ from tests.waiting import eventually
 REQUESTS = 20
 #: Longest wait for the hop to settle on a transport.
 SETTLE = 15.0
-#: Every proxy variable a developer's shell may have set.
-PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
 
 
 async def hello(request: web.BaseRequest) -> web.Response:
@@ -42,10 +40,7 @@ async def hello(request: web.BaseRequest) -> web.Response:
 
 @pytest.fixture
 def proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No proxy variable inherited from the shell: each test sets its own."""
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
+    """Sets this test's proxy variables (conftest's autouse fixture cleared the shell's)."""
     return monkeypatch
 
 

@@ -29,6 +29,7 @@ from gateway.transports.proxy import (
     ProxyUnreachable,
     _environment_proxies,
     dial_through,
+    open_connection,
     proxy_connector,
 )
 from tests.conftest import MakeOrigin
@@ -314,3 +315,18 @@ async def test_no_proxy_host_is_dialled_directly(
         with pytest.raises(aiohttp.ClientError):  # the hop's ws:// upgrade: direct too
             await http.ws_connect(f"{origin.replace('http', 'ws')}/ws")
     assert heads == []
+
+
+async def test_forward_proxy_streams_start_with_the_bytes_after_the_200(
+    fake_proxy: FakeProxy,
+) -> None:
+    """A server that speaks first (SSH, SMTP) loses nothing of what came with the 200."""
+    heads, start = fake_proxy
+    url = await start(lambda _head: b"HTTP/1.1 200 OK\r\n\r\nSSH-2.0-x\r\n")
+    table = ProxyTable.from_env({"https_proxy": url, "http_proxy": "http://unused:1"})
+    reader, writer = await open_connection(table, "ssh.test", 22, limit=1024)
+    try:
+        assert await asyncio.wait_for(reader.read(), 5) == b"SSH-2.0-x\r\n"
+    finally:
+        writer.close()
+    assert heads[0].startswith(b"CONNECT ssh.test:22 HTTP/1.1\r\n")
