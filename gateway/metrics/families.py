@@ -1,40 +1,11 @@
-"""Prometheus metrics of one gateway, served as ``/.hopgate/metrics``.
-
-Theory of operation
--------------------
-Nothing here sits on the hot path. Almost every figure is read when the page
-is scraped, from the objects that keep it anyway: ``GatewayStats`` (streams,
-inbound connections), each upstream's ``HopReport`` (rung, switches), the
-server's session list, and the plain integer counters every ``HopSession``
-keeps (messages, batch bytes, resumes; ``SessionConnector.probe_failures``
-on the dialling side). Counters of a hop session that ended are added to
-``HopTally.ended`` when it finishes, so a counter never goes backwards as
-sessions come and go.
-
-The only per-request work is :class:`RequestTally`, one of
-``GatewayStats.observers``: two dict increments and a bisect per finished
-legacy request, turned into the request counter and histogram at scrape time.
-
-Each ``Gateway`` has its own :class:`Metrics` and its own
-``CollectorRegistry`` (never prometheus_client's global ``REGISTRY``): tests
-and ``hopgate demo`` run several gateways in one process.
-"""
+"""Every ``hopgate_*`` family, built from the live objects when the page is scraped."""
 
 from __future__ import annotations
 
-import bisect
 import math
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
-from typing import Final, Protocol
+from collections.abc import Callable, Iterator
+from typing import Final
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -44,107 +15,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.status import GatewayStats, RequestRecord
-from gateway.transports.hopsession import HopSession
+from gateway.metrics.tallies import BUCKETS, HopTally, RequestTally
+from gateway.status import GatewayStats
 
-__all__ = ["BUCKETS", "CONTENT_TYPE", "HopCounts", "HopTally", "Metrics", "RequestTally"]
+__all__ = ["RUNGS", "GatewayCollector"]
 
-CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
-#: Request duration buckets (seconds): a quick answer up to a held long poll.
-BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: The rungs ``hopgate_hop_transport`` always shows, 1 for the current one.
 RUNGS: Final = ("plain", "long-poll", "websocket")
-
-
-class RequestTally:
-    """Finished legacy requests by route and status, and their durations by route.
-
-    Subscribed to ``GatewayStats.observers``: sees what the access log sees.
-    """
-
-    __slots__ = ("buckets", "counts", "sums")
-
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, int], int] = {}
-        #: Per route: requests per bucket of BUCKETS, the last one past the largest.
-        self.buckets: dict[str, list[int]] = {}
-        self.sums: dict[str, float] = {}
-
-    def __call__(self, request: RequestRecord) -> None:
-        key = (request.route, request.status)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        buckets = self.buckets.get(request.route)
-        if buckets is None:
-            buckets = self.buckets[request.route] = [0] * (len(BUCKETS) + 1)
-        buckets[bisect.bisect_left(BUCKETS, request.duration)] += 1
-        self.sums[request.route] = self.sums.get(request.route, 0.0) + request.duration
-
-
-class Dialler(Protocol):
-    """What the dialling side's connector adds to a session's figures."""
-
-    probe_failures: int
-
-
-@dataclass
-class HopCounts:
-    """Counters of hop sessions (either end), summed."""
-
-    messages_sent: int = 0
-    messages_received: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    resumes: int = 0
-    probe_failures: int = 0
-
-    def add(self, hop: HopSession, dialler: Dialler | None) -> None:
-        self.messages_sent += hop.messages_sent
-        self.messages_received += hop.messages_received
-        self.bytes_sent += hop.bytes_sent
-        self.bytes_received += hop.bytes_received
-        self.resumes += hop.resumes
-        if dialler is not None:
-            self.probe_failures += dialler.probe_failures
-
-    def plus(self, other: HopCounts) -> HopCounts:
-        names = [f.name for f in fields(self)]
-        return HopCounts(**{name: getattr(self, name) + getattr(other, name) for name in names})
-
-
-class HopTally:
-    """The hop sessions of one gateway: live ones read on demand, ended ones summed.
-
-    ``track`` is O(1) and called once per session, when it opens; the
-    session's own ``on_finished`` moves its counters into ``ended``.
-    """
-
-    def __init__(self) -> None:
-        self._live: dict[HopSession, Dialler | None] = {}
-        self.ended = HopCounts()
-
-    def track(self, hop: HopSession, dialler: Dialler | None = None) -> None:
-        if hop.closed:
-            self.ended.add(hop, dialler)
-            return
-        self._live[hop] = dialler
-        hop.on_finished.append(self._finished)
-
-    def _finished(self, hop: HopSession) -> None:
-        self.ended.add(hop, self._live.pop(hop, None))
-
-    @property
-    def live(self) -> Iterable[HopSession]:
-        return self._live.keys()
-
-    def totals(self) -> HopCounts:
-        live = HopCounts()
-        for hop, dialler in self._live.items():
-            live.add(hop, dialler)
-        return self.ended.plus(live)
-
-    def replay_bytes(self) -> int:
-        """Bytes sent and not yet acknowledged, held for replay by the live sessions."""
-        return sum(hop.core.buffered_bytes for hop in self._live)
 
 
 class GatewayCollector(Collector):
@@ -313,21 +190,3 @@ def _request_families(tally: RequestTally) -> Iterator[Metric]:
             points.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
         duration.add_metric([route], points, sum_value=tally.sums.get(route, 0.0))
     yield duration
-
-
-class Metrics:
-    """The metrics of one gateway: its registry, request tally and hop session tally."""
-
-    def __init__(self, stats: GatewayStats, *, ready: Callable[[], bool] = lambda: True) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = RequestTally()
-        self.hops = HopTally()
-        stats.observers.append(self.requests)
-        self.registry.register(GatewayCollector(stats, self.requests, self.hops, ready))
-        # The process it runs in (CPU, memory, descriptors) and the Python running it.
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-
-    def render(self) -> bytes:
-        """The Prometheus text exposition of every figure, read now."""
-        return generate_latest(self.registry)
