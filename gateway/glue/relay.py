@@ -51,6 +51,7 @@ from gateway.core.tunnel.events import (
 from gateway.core.tunnel.framing import Framing, FramingError, response_framing
 from gateway.glue.driver import TunnelDriver
 from gateway.glue.heads import decode_headers, set_framing, under_upstream
+from gateway.status import RequestRecord
 from gateway.transports.http import refusal_headers
 
 __all__ = ["relay_stream"]
@@ -119,6 +120,7 @@ def relay_stream(
     relay = _Relay(
         inbound, in_sid, outbound, out_sid, method, ws=isinstance(event, WebSocketRequested)
     )
+    relay.target = event.target
     if isinstance(event, RequestReceived) and not event.has_body:
         relay.in_done = True
     inbound.log.debug("= relaying stream %d as %d on %s", in_sid, out_sid, outbound.name)
@@ -150,10 +152,14 @@ class _Relay:
         "in_sid",
         "inbound",
         "method",
+        "opened",
         "out_done",
         "out_half",
         "out_sid",
         "outbound",
+        "size",
+        "status",
+        "target",
         "to_in",
         "to_out",
         "ws",
@@ -179,6 +185,11 @@ class _Relay:
         self.out_done = False  # the upstream peer finished sending
         self.done = False
         self.dropping = False
+        # For the access record (``_finish``): the request as it came, the answer's status and size.
+        self.target = b""
+        self.opened = inbound.loop.time()
+        self.status = 0
+        self.size = 0
         self.in_half = _Half(self, inbound=True)
         self.out_half = _Half(self, inbound=False)
         inbound.register(in_sid, self.in_half)
@@ -217,6 +228,7 @@ class _Relay:
             self._respond(event)
             return
         if isinstance(event, WebSocketAccepted):
+            self.status = 101
             inbound.tunnel.accept_websocket(in_sid, event.protocol, event.headers)
             inbound.schedule_flush()
             return
@@ -263,6 +275,7 @@ class _Relay:
         inbound.tunnel.respond(
             in_sid, event.status, event.reason, headers.items(), has_body=event.has_body
         )
+        self.status = event.status
         if not event.has_body:
             self.out_done = True
         inbound.schedule_flush()
@@ -289,6 +302,8 @@ class _Relay:
                 if kind == _DATA:
                     assert isinstance(payload, bytes)
                     tunnel.send_data(sink_sid, payload)  # the same bytes object
+                    if sink is self.inbound:
+                        self.size += credit
                 else:
                     tunnel.send_ws_message(sink_sid, payload)
                 origin.consumed(source_sid, credit)
@@ -318,3 +333,20 @@ class _Relay:
         self.outbound.unregister(self.out_sid, self.out_half)
         if not self.ws:
             self.inbound.stats.active_streams -= 1
+        self._record()
+
+    def _record(self) -> None:
+        """The relayed request, once, in this gateway's access log and metrics (as answered)."""
+        if not self.status:
+            return  # reset before any answer: no request this gateway answered
+        self.inbound.stats.record(
+            RequestRecord(
+                route="tunnel",
+                method=self.method,
+                target=self.target.decode("latin-1"),
+                status=self.status,
+                duration=self.inbound.loop.time() - self.opened,
+                peer="hop",
+                size=self.size,
+            )
+        )

@@ -79,3 +79,28 @@ async def test_an_unreachable_origin_is_recorded_as_the_502_the_client_gets(
     await until(lambda: len(records) == 1, "the record of the failed request")
     [rec] = records
     assert (rec.route, rec.target, rec.status, rec.size) == ("tunnel", "/nobody-home", 502, 0)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_middle_gateway_records_each_relayed_request_once_too(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    _, url = origin
+    chain = await build_chain(url, transport, relay=True)
+    assert chain.middle is not None
+    middle: list[RequestRecord] = []
+    server: list[RequestRecord] = []
+    chain.middle.stats.observers.append(middle.append)
+    chain.server.stats.observers.append(server.append)
+    async with chain.client.get(f"{chain.url}/download?n=5000") as resp:
+        assert len(await resp.read()) == 5000
+    async with chain.client.ws_connect(f"{chain.url}/ws", protocols=("chat.v2",)) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive_str()) == "echo hi"
+    await until(lambda: len(middle) == len(server) == 2, "a record at each gateway")
+    for records in (middle, server):
+        assert [(r.target, r.status, r.route, r.peer) for r in records] == [
+            ("/download?n=5000", 200, "tunnel", "hop"),
+            ("/ws", 101, "tunnel", "hop"),
+        ]
+    assert middle[0].size == server[0].size == 5000
