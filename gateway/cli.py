@@ -20,7 +20,7 @@ from gateway.config import SETTINGS, ConfigError, Role, Setting
 from gateway.config_sources import CONFIG_VARIABLE, gather, load_config
 from gateway.demo import runner as demo_runner
 from gateway.doctor import command as doctor_command
-from gateway.logs import setup_logging
+from gateway.logs import say, setup_logging
 from gateway.process import event_loop_factory, serve
 
 DESCRIPTION = """\
@@ -227,17 +227,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hopgate {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    for warning in loaded.warnings:
-        print(f"hopgate {args.command}: warning: {warning}", file=sys.stderr)
     setup_logging(config.log_level, config.log_format)
+    for warning in loaded.warnings:
+        say(args.command, "warning", warning)
     try:
         with asyncio.Runner(loop_factory=new_loop) as runner:
             runner.run(serve(config))
     except ConfigError as exc:  # a TLS file changed since it was checked
-        print(f"hopgate {args.command}: error: {exc}", file=sys.stderr)
+        say(args.command, "error", str(exc))
         return 2
     except OSError as exc:
-        print(f"hopgate {args.command}: error: {exc.strerror or exc}", file=sys.stderr)
+        say(args.command, "error", exc.strerror or str(exc))
         return 1
     except KeyboardInterrupt:
         return 130

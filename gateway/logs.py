@@ -65,6 +65,7 @@ __all__ = [
     "access_line",
     "access_log_class",
     "log_request",
+    "say",
     "setup_logging",
     "short_session",
 ]
@@ -167,6 +168,19 @@ def setup_logging(level: str, fmt: str = "text") -> None:
 
 
 _handler: logging.Handler | None = None
+
+
+def say(command: str, level: str, text: str) -> None:
+    """A message of the command line itself (a config warning, the error it exits on).
+
+    ``hopgate ROLE: LEVEL: text`` on stderr, as before logging is set up; once
+    ``--log-format json`` is, a JSON line like every other, so a log shipper
+    reading the stream never meets a line it cannot parse.
+    """
+    if _handler is not None and isinstance(_handler.formatter, JsonFormatter):
+        logging.getLogger("hopgate").log(getattr(logging, level.upper()), "%s", text)
+    else:
+        print(f"hopgate {command}: {level}: {text}", file=sys.stderr)
 
 
 # -- the access log ----------------------------------------------------------------------

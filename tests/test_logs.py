@@ -14,6 +14,8 @@ import asyncio
 import json
 import logging
 import re
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from gateway.logs import JsonFormatter, TextFormatter, short_session
 from tests.conftest import MakeOrigin
 from tests.faultproxy import FaultProxy
 from tests.helpers import until
-from tests.processes import GatewayProcess, SpawnGateway, free_port
+from tests.processes import GatewayProcess, SpawnGateway, free_port, gateway_command
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -239,6 +241,23 @@ async def test_a_hop_secret_mismatch_is_a_warning_at_both_ends(
     for gw in (client, sidecar):
         await asyncio.to_thread(gw.stop)
         assert {d["level"] for d in parsed(gw)} == {"warning"}, gw.output()
+
+
+def test_the_error_a_json_gateway_exits_on_is_a_json_line_too() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            gateway_command(
+                "server", "--listen", f"127.0.0.1:{port}", "--upstream", "http://127.0.0.1:9",
+                "--log-format", "json",
+            ),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1
+    docs = [json.loads(line) for line in done.stderr.splitlines()]
+    assert docs[-1]["level"] == "error" and f"127.0.0.1:{port}" in docs[-1]["event"], docs
 
 
 async def test_text_lines_carry_the_date_and_zone(spawn_gateway: SpawnGateway) -> None:
