@@ -43,7 +43,12 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
 
 
 def long_flag(action: argparse.Action) -> str:
-    return max(action.option_strings, key=len)
+    """``--preserve-host`` (not its ``--no-`` twin, nor ``-h``)."""
+    return next(o for o in action.option_strings if o.startswith("--"))
+
+
+def flags_shown(action: argparse.Action) -> str:
+    return ", ".join(f"`{o}`" for o in action.option_strings if o.startswith("--"))
 
 
 def value_of(action: argparse.Action) -> str:
@@ -107,6 +112,34 @@ def positionals(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return [a for a in parser._actions if not a.option_strings]
 
 
+def description(parser: argparse.ArgumentParser) -> list[str]:
+    """The subcommand's description; pre-formatted text (indented lists) stays as it is."""
+    text = (parser.description or "").strip("\n")
+    if any(line.startswith(" ") for line in text.splitlines()):
+        return ["```text", text, "```", ""]
+    return [" ".join(text.split()), ""]
+
+
+def row(role: str, action: argparse.Action) -> str:
+    value = value_of(action)
+    return (
+        f"| {flags_shown(action)} | {f'`{value}`' if value else ''} "
+        f"| {default_of(role, action)} | {help_of(action)} |"
+    )
+
+
+def flag_tables(role: str, parser: argparse.ArgumentParser, skip: set[str]) -> list[str]:
+    out = []
+    for title, actions in groups(parser):
+        rows = [row(role, a) for a in actions if row(role, a) not in skip]
+        if not rows:
+            continue
+        if title:
+            out += [f"### {role}: {title}", ""]
+        out += ["| flag | value | default | meaning |", "| --- | --- | --- | --- |", *rows, ""]
+    return out
+
+
 def cli_page() -> str:
     out = [
         GENERATED,
@@ -118,25 +151,21 @@ def cli_page() -> str:
         "[environment variable](environment.md).",
         "",
     ]
-    for name, parser in subcommands().items():
+    parsers = subcommands()
+    server_rows = {row("server", a) for a in parsers["server"]._actions if a.option_strings}
+    for name, parser in parsers.items():
         usage = " ".join(parser.format_usage().split())
-        out += [f"## hopgate {name}", "", (parser.description or "").strip(), ""]
+        out += [f"## hopgate {name}", "", *description(parser)]
         out += ["```", usage.removeprefix("usage: "), "```", ""]
         for action in positionals(parser):
             out += [f"* `{action.metavar or action.dest}`: {help_of(action)}"]
         if positionals(parser):
             out.append("")
-        for title, actions in groups(parser):
-            if title:
-                out += [f"### {name}: {title}", ""]
-            out += ["| flag | value | default | meaning |", "| --- | --- | --- | --- |"]
-            for action in actions:
-                value = value_of(action)
-                out.append(
-                    f"| `{long_flag(action)}` | {f'`{value}`' if value else ''} "
-                    f"| {default_of(name, action)} | {help_of(action)} |"
-                )
-            out.append("")
+        skip: set[str] = set()
+        if name == "client":
+            skip = server_rows
+            out += ["Every flag not listed here is as for [`hopgate server`](#hopgate-server).", ""]
+        out += flag_tables(name, parser, skip)
     return "\n".join(out)
 
 
