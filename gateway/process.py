@@ -82,4 +82,5 @@ def event_loop_factory(choice: EventLoop) -> Callable[[], asyncio.AbstractEventL
                 "pip install 'hopgate[fast]' (or use --event-loop auto or asyncio)"
             ) from None
         return asyncio.new_event_loop
-    return uvloop.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

@@ -12,8 +12,9 @@ The image itself is never built here.  Instead:
   temporary directory (``/src`` -> ``STAGE/src``), a fresh venv standing in
   for the image's Python: the build stage's ``RUN`` lines (``pip install
   build``, ``python -m build --wheel``), the ``COPY`` lines, the final
-  stage's venv and ``pip install WHEEL[fast]``.  ``useradd`` is not replayed
-  (it needs root and changes this machine);
+  stage's venv and ``pip install WHEEL`` (``WHEEL[fast]`` with the build
+  argument ``EXTRAS=fast``).  ``useradd`` is not replayed (it needs root and
+  changes this machine);
 * ``ENTRYPOINT`` + ``CMD`` start the installed gateway with the image's
   ``ENV`` (``HOPGATE_LISTEN`` moved to ``127.0.0.1``: tests stay on
   loopback), and the ``HEALTHCHECK`` command, run exactly as written, passes
@@ -190,12 +191,17 @@ def test_dockerignore_lets_in_what_copy_takes_and_keeps_the_rest_out() -> None:
 class Replay:
     """One stage's filesystem under ``root``; its Python a fresh venv at ``root/usr/local``."""
 
-    def __init__(self, root: Path, stage: Stage, stages: dict[str, Replay]) -> None:
+    def __init__(
+        self, root: Path, stage: Stage, stages: dict[str, Replay], build_args: dict[str, str]
+    ) -> None:
         self.root = root
         self.stage = stage
         self.stages = stages
+        self.build_args = build_args
         self.workdir = "/"
         self.env: dict[str, str] = {}
+        #: The stage's ``ARG`` values: seen by its ``RUN`` lines, not in the image.
+        self.args: dict[str, str] = {}
         python = root / "usr" / "local"
         run([sys.executable, "-m", "venv", str(python)], cwd=root, env=clean_env())
         self.path = f"{python / 'bin'}:{os.environ['PATH']}"
@@ -220,8 +226,12 @@ class Replay:
                 self.host(".").mkdir(parents=True, exist_ok=True)
             elif kind == "COPY":
                 self.copy(value.split())
+            elif kind == "ARG":
+                key, _, default = value.partition("=")
+                self.args[key] = self.build_args.get(key, shlex.split(default or "''")[0])
             elif kind == "RUN" and not value.startswith(("useradd ", "groupadd ")):
-                run(["sh", "-c", self.rewrite(value)], cwd=self.host("."), env=self.environment())
+                env = {**self.environment(), **self.args}
+                run(["sh", "-c", self.rewrite(value)], cwd=self.host("."), env=env)
             elif kind == "ENV":
                 self.env.update(image_env(Stage("", steps=[(kind, value)])))
 
@@ -259,17 +269,29 @@ def run(argv: list[str], *, cwd: Path, env: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Replay:
-    """The Dockerfile's stages replayed; the final one, with the wheel installed."""
+def build_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Replay]:
+    """The stages before the last replayed (the wheel built), by name."""
     _, stages = parse()
     replays: dict[str, Replay] = {}
-    final: Replay | None = None
-    for number, stage in enumerate(stages):
-        final = Replay(tmp_path_factory.mktemp(f"stage{number}"), stage, replays)
-        final.play()
-        replays[stage.name or str(number)] = final
-    assert final is not None
-    return final
+    for number, stage in enumerate(stages[:-1]):
+        replays[stage.name or str(number)] = replay = Replay(
+            tmp_path_factory.mktemp(f"stage{number}"), stage, replays, {}
+        )
+        replay.play()
+    return replays
+
+
+def final_stage(root: Path, build: dict[str, Replay], **build_args: str) -> Replay:
+    _, stages = parse()
+    replay = Replay(root, stages[-1], build, build_args)
+    replay.play()
+    return replay
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory, build_stage: dict[str, Replay]) -> Replay:
+    """The final stage replayed as ``docker build`` runs it: the wheel installed, no build args."""
+    return final_stage(tmp_path_factory.mktemp("image"), build_stage)
 
 
 def healthcheck(image: Replay, **env: str) -> subprocess.CompletedProcess[str]:
@@ -309,7 +331,7 @@ async def test_the_image_steps_install_a_gateway_its_healthcheck_passes_on(
         assert passed.returncode == 0, passed.stderr
     finally:
         await asyncio.to_thread(gw.stop)
-    assert gw.count("event loop: uvloop") == 1, gw.output()  # the [fast] extra is in
+    assert gw.count("event loop: asyncio") == 1, gw.output()  # no EXTRAS: no uvloop
     failed = await asyncio.to_thread(healthcheck, image, **listen)
     assert failed.returncode == 1 and "Connection refused" in failed.stderr
 
@@ -340,3 +362,18 @@ async def test_the_healthcheck_asks_the_admin_listener_when_there_is_one(
         assert failed.returncode == 1, "the healthcheck did not ask HOPGATE_ADMIN_LISTEN's port"
     finally:
         await asyncio.to_thread(gw.stop)
+
+
+@pytest.mark.timeout(300)
+def test_the_fast_build_arg_puts_uvloop_in(tmp_path: Path, build_stage: dict[str, Replay]) -> None:
+    fast = final_stage(tmp_path, build_stage, EXTRAS="fast")
+    hopgate = shutil.which("hopgate", path=fast.environment()["PATH"])
+    assert hopgate is not None
+    argv = [hopgate, *exec_form(fast.stage.values("CMD")[0]), "--listen", "127.0.0.1:0"]
+    env = {**fast.environment(), "HOPGATE_UPSTREAM": "http://127.0.0.1:9"}
+    gw = ChildProcess.start(argv, name="fast image", env=env, announce=LISTENING)
+    try:
+        gw.wait_announced()
+    finally:
+        gw.stop()
+    assert gw.count("event loop: uvloop (--event-loop auto)") == 1, gw.output()
