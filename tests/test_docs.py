@@ -369,6 +369,12 @@ def test_relative_links_resolve(page: Path) -> None:
     assert not broken, f"{rel(page)}: broken links: {broken}"
 
 
+def test_readme_keeps_its_two_commands_and_links_the_docs() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "make demo" in text and "make test" in text
+    assert "docs/index.md" in set(links(ROOT / "README.md"))
+
+
 def test_docs_index_links_every_page() -> None:
     linked = {(DOCS / t.partition("#")[0]).resolve() for t in links(DOCS / "index.md")}
     missing = [rel(p) for p in PAGES if p not in linked and p.name != "index.md"]
