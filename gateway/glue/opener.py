@@ -122,7 +122,11 @@ class Opener:
                 if not upload.done():
                     upload.cancel()
                     link.reset(sid, ResetCode.CANCEL, "response complete before the request body")
-                await asyncio.gather(upload, return_exceptions=True)
+                    await asyncio.gather(upload, return_exceptions=True)
+                elif not upload.cancelled():
+                    # No await once the answer is out: a client that closes at once
+                    # would cancel this handler, and aiohttp logs no cancelled request.
+                    upload.exception()
             link.unregister(sid, box)
             link.stats.active_streams -= 1
 
