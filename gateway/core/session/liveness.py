@@ -5,16 +5,18 @@ I/O layer passes in; ``Session.next_deadline`` says when to call
 ``handle_timer`` next. Timers: heartbeat PING after ``heartbeat_interval``
 without sending; retransmit (data outstanding and no ack progress for
 ``retransmit_timeout``: a batch was lost inside a transport); stall watchdog
-(data or ping outstanding and no ack/pong progress for ``stall_timeout`` ->
-``TransportStalled`` once per transport); expiry (no transport for
+(data or ping outstanding and no ack/pong progress for a few round trips,
+``stall_timeout`` at most, see ``rtt`` -> ``TransportStalled`` once per
+transport); expiry (no transport for
 ``resume_grace``); close handshake (``close_timeout``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.core.session.config import SessionConfig
+from gateway.core.session.rtt import RoundTrip
 
 __all__ = ["Liveness"]
 
@@ -31,6 +33,8 @@ class Liveness:
     ping_nonce: int | None = None  # the heartbeat PING awaiting its PONG
     ping_due: bool = False  # that PING still has to go out
     nonce: int = 0  # last nonce handed to a PING or a probe
+    ping_sent_at: float = 0.0  # when the heartbeat PING went out (its round trip)
+    rtt: RoundTrip = field(default_factory=RoundTrip)  # sets how soon a stall is declared
 
     def restart(self, now: float) -> None:
         """A new transport carries the session: every timer starts over."""
@@ -58,8 +62,20 @@ class Liveness:
         if nonce != self.ping_nonce or self.ping_due:
             return False
         self.ping_nonce = None
+        self.rtt.sample(now - self.ping_sent_at)
         self.progress(now)
         return True
+
+    def ping_sent(self, now: float) -> None:
+        """The heartbeat PING is in the batch going out now: its round trip starts."""
+        self.ping_due = False
+        self.ping_sent_at = now
+
+    def acked(self, upto: int, now: float) -> None:
+        """The peer acked new data: maybe a round trip; the retransmit and stall clocks restart."""
+        self.rtt.acked(upto, now)
+        self.retx_since = now
+        self.progress(now)
 
     def new_nonce(self) -> int:
         # A counter is enough: a nonce must be fresh within the session, not secret.
@@ -84,7 +100,7 @@ class Liveness:
         stalled = (
             not self.stall_reported
             and self.watching(data_outstanding)
-            and now >= self.watch_since + config.stall_timeout
+            and now >= self.watch_since + self.rtt.stall_after(config.stall_timeout)
         )
         if stalled:
             self.stall_reported = True
@@ -101,5 +117,5 @@ class Liveness:
         if data_outstanding:
             deadlines.append(self.retx_since + config.retransmit_timeout)
         if not self.stall_reported and self.watching(data_outstanding):
-            deadlines.append(self.watch_since + config.stall_timeout)
+            deadlines.append(self.watch_since + self.rtt.stall_after(config.stall_timeout))
         return min(deadlines, default=None)

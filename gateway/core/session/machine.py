@@ -294,8 +294,7 @@ class Session:
         was_writable = self.writable
         if not self._send.ack(upto):
             return
-        self._live.retx_since = now
-        self._live.progress(now)
+        self._live.acked(upto, now)
         if self._send.close_acked:
             self._maybe_finish_close()
         if not was_writable and self.writable:

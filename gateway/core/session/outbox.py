@@ -112,7 +112,7 @@ class Outbox:
             if not self._send.outstanding:
                 live.progress(now)  # the stall watch starts with this ping
             parts.append(encode_ping(packer, live.ping_nonce))
-            live.ping_due = False
+            live.ping_sent(now)
 
     def _take_frames(self, parts: list[bytes], limit: int, now: float) -> None:
         live = self._live
@@ -120,4 +120,7 @@ class Outbox:
             live.retx_since = now
             if live.ping_nonce is None:
                 live.progress(now)
-        self._send.take(parts, limit)
+        send = self._send
+        first, high_before = send.next_send, send.high_sent
+        send.take(parts, limit)
+        live.rtt.sent(first, send.next_send - 1, high_before, now)

@@ -70,6 +70,7 @@ class Probes:
         sent_at = self._sent.pop(nonce, None)
         if sent_at is None:
             return None
+        self._live.rtt.sample(now - sent_at)  # the candidate's round trip: the path's
         return ProbeAnswered(nonce=nonce, rtt=now - sent_at)
 
     def clear(self) -> None:
