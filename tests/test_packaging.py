@@ -66,13 +66,10 @@ def third_party_imports(*roots: Path) -> tuple[set[str], set[str]]:
     """Top-level third-party modules imported under ``roots``: (required, optional-only).
 
     Optional: imported only inside ``try: ... except ImportError`` (uvloop for
-    ``--event-loop auto``).  Modules of the roots themselves (``gateway``, a
-    bench script importing its sibling) are not third party.
+    ``--event-loop auto``).  The roots themselves (``gateway``) and the
+    scripts at their top (a bench script importing its sibling) are local.
     """
-    local = {path.stem for root in roots for path in root.rglob("*.py")}
-    local |= {root.name for root in roots} | {
-        p.name for r in roots for p in r.rglob("*") if p.is_dir()
-    }
+    local = {root.name for root in roots} | {p.stem for r in roots for p in r.glob("*.py")}
     required: set[str] = set()
     optional: set[str] = set()
     for root in roots:
