@@ -182,3 +182,58 @@ async def stop_all(children: list[ChildProcess], relays: list[FaultProxy]) -> No
 
 async def stop_chain(chain: ProcessChain) -> None:
     await stop_all(list(chain.children()), list(chain.relays))
+
+
+@dataclass
+class GatewayPair:
+    """legacy clients -> hopgate client -> hopgate server -> origin: three processes.
+
+    Each runs on a port fixed at start, so ``restart_*`` brings a killed one
+    back where its neighbours look for it.
+    """
+
+    origin: ChildProcess
+    origin_port: int
+    server: GatewayProcess
+    client: GatewayProcess
+    server_args: tuple[str, ...] = ()
+    client_args: tuple[str, ...] = ()
+
+    @property
+    def origin_url(self) -> str:
+        return f"http://127.0.0.1:{self.origin_port}"
+
+    def restart_origin(self) -> None:
+        self.origin = start_origin(self.origin_port)
+
+    def restart_server(self) -> None:
+        self.server = gateway("server", self.origin_url, *self.server_args, port=self.server.port)
+
+    def restart_client(self) -> None:
+        self.client = gateway("client", self.server.url, *self.client_args, port=self.client.port)
+
+    def children(self) -> list[ChildProcess]:
+        return [self.client, self.server, self.origin]
+
+
+async def start_pair(
+    server_args: tuple[str, ...] = (), client_args: tuple[str, ...] = ()
+) -> GatewayPair:
+    """Start origin, server and client; returns once the client's hop has a session."""
+    origin_port = free_port()
+    children: list[ChildProcess] = []
+    try:
+        children.append(origin := start_origin(origin_port))
+        url = f"http://127.0.0.1:{origin_port}"
+        children.append(server := gateway("server", url, *server_args))
+        children.append(client := gateway("client", server.url, *client_args))
+    except BaseException:
+        await stop_all(children, [])
+        raise
+    return GatewayPair(origin, origin_port, server, client, server_args, client_args)
+
+
+async def hop_session(url: str) -> tuple[str, str | None]:
+    """``(transport, session id prefix)`` of a gateway's one upstream hop."""
+    [entry] = (await status(url))["upstreams"]
+    return str(entry["transport"]), entry["session"]

@@ -5,7 +5,9 @@ it prints ``listening on http://127.0.0.1:N`` once it accepts. It is
 ``gateway.demo.comet`` unchanged (the origin must not know the gateways
 are there) with every ``POST /send`` that reaches it counted by
 ``client_msg_id`` (the room's ``add`` is wrapped), and ``GET /soak/sends``: how many arrived, how
-many were stored, and the ids that arrived more than once. A send that
+many were stored, and the ids that arrived more than once (``?ids=1``:
+every id with its count), and ``GET /soak/hold?s=N``, answered after N
+seconds. A send that
 arrives twice is a duplicate the gateways made unless the legacy client
 itself retried that id (the test keeps those counts); the chat's own
 ``client_msg_id`` dedup hides it from the pollers, so only this count shows
@@ -16,6 +18,7 @@ CPU is not the test's.
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections import Counter
 
 from aiohttp import web
@@ -34,7 +37,15 @@ async def sends(request: web.Request) -> web.Response:
         "stored": request.app[ROOM].last_id,
         "more_than_once": twice,
     }
+    if request.query.get("ids"):
+        doc["arrivals"] = dict(arrivals)
     return web.json_response(doc)
+
+
+async def held(request: web.Request) -> web.Response:
+    """``GET /soak/hold?s=N``: answer after N seconds (a request surely in flight at a fault)."""
+    await asyncio.sleep(float(request.query.get("s", "30")))
+    return web.Response(text="held and answered")
 
 
 def soak_app(hold: float, history: int) -> web.Application:
@@ -49,6 +60,7 @@ def soak_app(hold: float, history: int) -> web.Application:
 
     room.add = counted_add  # type: ignore[method-assign]
     app.router.add_get("/soak/sends", sends)
+    app.router.add_get("/soak/hold", held)
     return app
 
 
