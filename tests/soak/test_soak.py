@@ -18,7 +18,7 @@ sent it, every poller saw ids 1..10,000 once each, in order, and every
 memory stayed bounded, and the faults did happen (cuts, refused upgrades,
 transport switches). The figures are printed (``pytest -s``).
 
-Bounded: the chat gives up after ``CHAT_TIMEOUT``; about 75-90 s on a
+Bounded: the chat gives up after ``CHAT_TIMEOUT``; 65-100 s on a shared
 2-core machine.
 """
 
