@@ -51,6 +51,13 @@ export interface HopSocketOptions {
   reconnectMax?: number;
   /** Largest batch accepted from the gateway, bytes. Default 8 MiB. */
   maxBatchBytes?: number;
+  /**
+   * A hop session PING after this much silence, at first. Default 20000 (or
+   * `session.heartbeatInterval`). Two WebSockets closed by the path after
+   * about the same idle time lower it to half that time (at least 2000), for
+   * every HopSocket of the page to the same gateway: see `heartbeatLearned`.
+   */
+  heartbeat?: number;
   /** Largest message either way, bytes. Default 16 MiB. */
   maxMessageSize?: number;
   /** Queueing more than this fails the socket with close code 1009. Default 64 MiB. */
@@ -117,6 +124,10 @@ export declare class HopSocket extends EventTarget {
   binaryType: BinaryType;
   /** What carries the hop session right now (not in WebSocket). */
   readonly transport: HopTransport;
+  /** Milliseconds of silence before a hop PING now: `options.heartbeat`, or lower once learned (not in WebSocket). */
+  readonly heartbeat: number;
+  /** The idle limit (ms) the path was seen to close WebSockets at, or `null` (not in WebSocket). */
+  readonly heartbeatLearned: number | null;
 
   onopen: ((this: HopSocket, ev: Event) => any) | null;
   onmessage: ((this: HopSocket, ev: MessageEvent) => any) | null;

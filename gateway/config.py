@@ -100,6 +100,9 @@ class Config:
     max_message_size: int = 16 * 1024 * 1024
     #: Replay buffer per hop session, in bytes (backpressure beyond).
     session_buffer: int = 4 * 1024 * 1024
+    #: Hop sessions: seconds of silence before a PING (lowered per upstream when a path
+    #: is seen to close idle WebSockets sooner; gateway.core.idle).
+    heartbeat: float = 20.0
     # -- limits on what a peer can make this gateway hold (docs/topics/security.md) --
     #: Inbound connections held at once (0 = derived from the descriptor limit).
     max_clients: int = 0
@@ -282,6 +285,14 @@ SETTINGS: tuple[Setting, ...] = (
         "session_buffer",
         "bytes",
         "replay buffer per hop session; senders wait beyond it (default 4194304)",
+        group=_HOP,
+    ),
+    Setting(
+        "heartbeat",
+        "seconds",
+        "a hop session sends a PING after this much silence, to stay inside proxies' idle "
+        "timeouts; lowered per upstream when the path is seen to close idle WebSockets "
+        "sooner (default 20)",
         group=_HOP,
     ),
     Setting(

@@ -56,6 +56,7 @@ from yarl import URL
 
 from gateway.core import discovery
 from gateway.core.backoff import Backoff
+from gateway.core.idle import IdleLearner
 from gateway.core.ladder import (
     SHUTDOWN,
     Ladder,
@@ -110,6 +111,8 @@ class UpstreamLink:
         self.url = url
         self.key = key
         self.ladder = Ladder(ladder_settings)
+        #: This hop's heartbeat, lowered when the path kills idle WebSockets (kept across sessions).
+        self.idle = IdleLearner(session_settings.heartbeat)
         self._http = http
         self._forwarder = forwarder
         self._stats = stats
@@ -301,6 +304,7 @@ class UpstreamLink:
             hop_secret=self._hop_secret,
             on_transport_change=self._transport_changed,
             session_path=self._session_path,
+            idle=self.idle,
         )
         self._connector = connector
         try:
@@ -430,6 +434,8 @@ class UpstreamLink:
                 for t in ladder.transitions
             ),
             switches=dict(ladder.switches),
+            heartbeat_s=self.idle.heartbeat,
+            heartbeat_learned=None if self.idle.learned is None else round(self.idle.learned, 1),
         )
 
 

@@ -78,6 +78,10 @@ class HopReport:
     transitions: tuple[Transition, ...] = ()
     #: Moves counted since start, by (from, to, reason).
     switches: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+    #: Seconds of silence before a heartbeat PING on this hop now (None: no hop session layer).
+    heartbeat_s: float | None = None
+    #: The idle limit (s) the path was seen to close WebSockets at, if one was learned.
+    heartbeat_learned: float | None = None
 
 
 #: A hop nobody keeps a link to: plain, nothing learned.
@@ -138,6 +142,8 @@ class UpstreamState:
             "session": hop.session,
             "last_error": hop.last_error,
             "transitions": [_transition_json(t) for t in hop.transitions],
+            "heartbeat_s": hop.heartbeat_s,
+            "heartbeat_learned": hop.heartbeat_learned,
         }
 
 

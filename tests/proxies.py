@@ -42,7 +42,7 @@ import pwd
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -99,6 +99,19 @@ http {{
 
 class RecipeError(ValueError):
     """A recipe's placeholders and the values given for them do not match."""
+
+
+def changed(text: str, changes: Sequence[tuple[str, str]], where: str) -> str:
+    """``text`` with each ``(old, new)`` line replaced; ``old`` must occur exactly once.
+
+    How a test runs a recipe with an operator's own setting (a short
+    ``timeout tunnel``) without a copy of the recipe that could drift.
+    """
+    for old, new in changes:
+        if text.count(old) != 1:
+            raise RecipeError(f"{where}: {old!r} occurs {text.count(old)} times, not once")
+        text = text.replace(old, new)
+    return text
 
 
 def render(recipe: Path, **values: str) -> str:
@@ -207,8 +220,10 @@ NGINX_RECIPES = ("hopgate-default.conf", "hopgate-websocket.conf")
 
 
 @contextlib.contextmanager
-def running_nginx(upstream: str, recipe: str = "hopgate-default.conf") -> Iterator[ProxyProcess]:
-    """nginx with ``deploy/nginx/<recipe>`` in front of ``upstream`` (a URL)."""
+def running_nginx(
+    upstream: str, recipe: str = "hopgate-default.conf", changes: Sequence[tuple[str, str]] = ()
+) -> Iterator[ProxyProcess]:
+    """nginx with ``deploy/nginx/<recipe>`` in front of ``upstream`` (a URL); see ``changed``."""
     if recipe not in NGINX_RECIPES:
         raise ValueError(f"unknown nginx recipe {recipe!r}; have {NGINX_RECIPES}")
     binary = find_binary("nginx")
@@ -220,7 +235,7 @@ def running_nginx(upstream: str, recipe: str = "hopgate-default.conf") -> Iterat
                 LISTEN=f"127.0.0.1:{port}",
                 UPSTREAM=host_port(upstream),
             )
-            (workdir / recipe).write_text(text)
+            (workdir / recipe).write_text(changed(text, changes, recipe))
             main = NGINX_MAIN.format(dir=workdir, recipe=recipe)
             (workdir / "nginx.conf").write_text(main)
             return [binary, "-p", f"{workdir}/", "-c", str(workdir / "nginx.conf"), "-e", "stderr"]
@@ -233,8 +248,10 @@ def running_nginx(upstream: str, recipe: str = "hopgate-default.conf") -> Iterat
 
 
 @contextlib.contextmanager
-def running_haproxy(upstream: str) -> Iterator[ProxyProcess]:
-    """HAProxy with ``deploy/haproxy/hopgate.cfg`` in front of ``upstream`` (a URL)."""
+def running_haproxy(
+    upstream: str, changes: Sequence[tuple[str, str]] = ()
+) -> Iterator[ProxyProcess]:
+    """HAProxy with ``deploy/haproxy/hopgate.cfg`` in front of ``upstream``; see ``changed``."""
     binary = find_binary("haproxy")
     with _workdir("haproxy") as workdir:
 
@@ -244,7 +261,7 @@ def running_haproxy(upstream: str) -> Iterator[ProxyProcess]:
                 LISTEN=f"127.0.0.1:{port}",
                 UPSTREAM=host_port(upstream),
             )
-            (workdir / "haproxy.cfg").write_text(text)
+            (workdir / "haproxy.cfg").write_text(changed(text, changes, "hopgate.cfg"))
             return [binary, "-db", "-f", str(workdir / "haproxy.cfg")]
 
         proxy = _start("haproxy", workdir, prepare, ())
@@ -297,11 +314,16 @@ class Proxies:
         self._stack = stack
         self.started: list[ProxyProcess] = []
 
-    def nginx(self, upstream: str, recipe: str = "hopgate-default.conf") -> ProxyProcess:
-        return self._keep(running_nginx(upstream, recipe))
+    def nginx(
+        self,
+        upstream: str,
+        recipe: str = "hopgate-default.conf",
+        changes: Sequence[tuple[str, str]] = (),
+    ) -> ProxyProcess:
+        return self._keep(running_nginx(upstream, recipe, changes))
 
-    def haproxy(self, upstream: str) -> ProxyProcess:
-        return self._keep(running_haproxy(upstream))
+    def haproxy(self, upstream: str, changes: Sequence[tuple[str, str]] = ()) -> ProxyProcess:
+        return self._keep(running_haproxy(upstream, changes))
 
     def squid(self, connect_ports: tuple[int, ...] = ()) -> ProxyProcess:
         return self._keep(running_squid(connect_ports))

@@ -329,6 +329,8 @@ async def test_status_reads_the_links_ladder_when_served(
         "peer": "gateway",
         "session": None,
         "last_error": "",
+        "heartbeat_s": 20.0,
+        "heartbeat_learned": None,
     }
     assert [(m["from"], m["to"], m["reason"]) for m in moves] == [
         ("plain", "long-poll", "upgrade_failed"),

@@ -95,6 +95,8 @@ async def test_status_document_and_it_is_never_forwarded(
             "session": None,
             "last_error": "",
             "transitions": [],
+            "heartbeat_s": None,
+            "heartbeat_learned": None,
         }
     ]
     assert [u["url"] for u in client_doc["upstreams"]] == [server.url]
@@ -166,6 +168,8 @@ def test_stats_json_is_plain_data() -> None:
             "session": None,
             "last_error": "",
             "transitions": [],
+            "heartbeat_s": None,
+            "heartbeat_learned": None,
         }
     ]
     assert doc["streams"] == {"active": 3}

@@ -101,6 +101,8 @@ class HopSocket extends EventTarget {
    * @param {number} [options.pollTimeout]  ms, default 45000
    * @param {number} [options.reprobeInitial]  ms, default 2000
    * @param {number} [options.reprobeMax]  ms, default 60000
+   * @param {number} [options.heartbeat]  ms of silence before a hop PING at first, default 20000
+   *   (lowered when the path is seen to close idle WebSockets sooner)
    * @param {number} [options.maxMessageSize]  bytes, default 16 MiB
    * @param {number} [options.maxBufferedAmount]  bytes, default 64 MiB
    * @param {Array<[string,string]>} [options.headers]  extra handshake headers for the endpoint
@@ -143,6 +145,13 @@ class HopSocket extends EventTarget {
   get extensions() { return ""; }
   /** "websocket", "long-poll" or "none": what carries the hop session now (not in WebSocket). */
   get transport() { return this._link.transport; }
+  /** Milliseconds of silence before the hop session's PING: the heartbeat option, or what the path taught. */
+  get heartbeat() { return Math.round(this._link.idle.heartbeat * 1000); }
+  /** The idle limit (ms) this page saw the path close WebSockets at, or null (not in WebSocket). */
+  get heartbeatLearned() {
+    const learned = this._link.idle.learned;
+    return learned === null ? null : Math.round(learned * 1000);
+  }
 
   get binaryType() { return this._binaryType; }
   set binaryType(value) {

@@ -3,6 +3,7 @@
 // ---------------------------------------------------------------------------
 
 import { concatBytes } from "./msgpack.js";
+import { learnerFor } from "./idle.js";
 import { RemoteProtocolError, CloseCode, PROTOCOL_VERSION, FrameType, sessionFrames, SessionState, clipReason, Session } from "./session.js";
 
 /*
@@ -47,6 +48,7 @@ const DEFAULT_LINK_OPTIONS = Object.freeze({
   reconnectInitial: 100, // resume retries after a lost transport, doubling...
   reconnectMax: 5000,
   maxBatchBytes: 8 * 1024 * 1024, // largest batch we accept
+  heartbeat: 20000, // a PING after this much silence at first; lowered if the path kills idle WebSockets sooner
 });
 
 /** No hop session could be opened: the gateway is unreachable, refuses, or is not a gateway. */
@@ -157,7 +159,10 @@ class WebSocketTransport {
         if (answered === null || answered.nonce !== nonce) return fail("the probe reply answered no probe of ours");
         clearTimeout(timer);
         ws.onmessage = (e) => this._received(e);
-        ws.onclose = (e) => link.transportFailed(this, `WebSocket closed (${e.code})`);
+        ws.onclose = (e) => {
+          link.websocketDied(this);
+          link.transportFailed(this, `WebSocket closed (${e.code})`);
+        };
         ws.onerror = null; // a close always follows
         resolve();
         return undefined;
@@ -300,6 +305,10 @@ class HopLink {
   constructor(gateway, options, handlers) {
     this.gateway = gateway;
     this.options = { ...DEFAULT_LINK_OPTIONS, ...options };
+    // The heartbeat option, else session.heartbeatInterval, starts the gateway's learner (idle.js).
+    const sessionBeat = options.heartbeat === undefined ? options.session?.heartbeatInterval : undefined;
+    this.idle = learnerFor(gateway.href, sessionBeat ?? this.options.heartbeat / 1000);
+    this._lastActivity = 0; // when the last batch went either way (a path's idle clock)
     const kinds = this.options.transports;
     this.wsAllowed = kinds.includes("websocket");
     this.lpAllowed = kinds.includes("long-poll");
@@ -360,7 +369,7 @@ class HopLink {
     this.sessionId = sessionId;
     this.token = token;
     this._tokenText = base64urlEncode(token);
-    const session = { ...(this.options.session ?? {}) };
+    const session = { ...(this.options.session ?? {}), heartbeatInterval: this.idle.heartbeat };
     this.core = new Session({ sessionId, token, isClient: true, now: this.now(), config: session });
     this.log(`= session ${sessionId.slice(0, 6)} opened`);
     this._rearm();
@@ -478,6 +487,7 @@ class HopLink {
 
   feed(batch) {
     if (this.finished && this.core.state !== SessionState.CLOSED) return;
+    this._lastActivity = this.now();
     try {
       this.core.receiveData(batch, this.now());
     } catch (err) {
@@ -489,8 +499,21 @@ class HopLink {
 
   take() {
     const batch = this.core.dataToSend(this.now());
+    if (batch.length) this._lastActivity = this.now();
     this._rearm();
     return batch;
+  }
+
+  /** The current WebSocket closed by itself (not ours): maybe the path's idle timeout. */
+  websocketDied(transport) {
+    if (transport !== this.current || this.finished) return;
+    const lesson = this.idle.websocketDied(this.now() - this._lastActivity);
+    if (lesson !== null) {
+      this._reprobeDelay = this.options.reprobeInitial; // what killed it is understood now
+      this.log(`= the path closes idle WebSockets after ~${Math.round(lesson.limit)} s; heartbeat now ${lesson.heartbeat} s`);
+    }
+    // Another HopSocket to this gateway may have learned it first.
+    if (this.idle.heartbeat < this.core.config.heartbeatInterval) this.core.setHeartbeat(this.idle.heartbeat);
   }
 
   /** Schedule one write of whatever accumulated (coalesces a burst into one batch). */

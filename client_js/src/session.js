@@ -329,6 +329,11 @@ class Session {
     return this._helloDue || this._pongs.length > 0 || this._pingDue || this._nextSend - this._acked - 1 < this._buf.length;
   }
 
+  /** Use a new heartbeat interval (seconds) from now on: the path's idle limit was learned. */
+  setHeartbeat(seconds) {
+    this.config = sessionConfig({ ...this.config, heartbeatInterval: seconds });
+  }
+
   /** Constant-time check of a token presented out of band. */
   verifyToken(token) {
     return constantTimeEqual(token, this._token);

@@ -110,15 +110,23 @@ class GatewayCollector(Collector):
             "requests to each upstream that failed before an answer (502/504)",
             labels=["upstream"],
         )
+        heartbeat = GaugeMetricFamily(
+            "hopgate_heartbeat_seconds",
+            "silence before each next hop's heartbeat PING: the start value (--heartbeat), "
+            "lowered when the path was seen to close idle WebSockets",
+            labels=["upstream"],
+        )
         for url, state in list(self._stats.upstreams.items()):
             hop = state.report()
+            if hop.heartbeat_s is not None:
+                heartbeat.add_metric([url], hop.heartbeat_s)
             for name in RUNGS:
                 rung.add_metric([url, name], int(hop.transport == name))
             for (old, new, reason), count in sorted(hop.switches.items()):
                 switches.add_metric([url, old, new, reason], count)
             requests.add_metric([url], state.requests)
             errors.add_metric([url], state.errors)
-        yield from (rung, switches, requests, errors)
+        yield from (rung, switches, requests, errors, heartbeat)
 
     def _sessions(self) -> Iterator[Metric]:
         served = GaugeMetricFamily(

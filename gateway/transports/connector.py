@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from typing import Final, Literal
@@ -48,6 +49,7 @@ from yarl import URL
 
 from gateway.core import ladder
 from gateway.core.backoff import Backoff
+from gateway.core.idle import IdleLearner
 from gateway.core.session.errors import CloseCode, RemoteProtocolError
 from gateway.core.session.frames import MAX_SESSION_ID_LENGTH, PROTOCOL_VERSION, FrameDecoder, Hello
 from gateway.core.session.machine import Session
@@ -128,6 +130,7 @@ class SessionConnector:
         prefer: Literal["websocket", "long-poll"] = "websocket",
         on_transport_change: Callable[[str, str], None] | None = None,
         session_path: str = SESSION_PATH,
+        idle: IdleLearner | None = None,
     ) -> None:
         self.base_url = base_url
         self._http = http
@@ -137,6 +140,8 @@ class SessionConnector:
         self._hop_secret = hop_secret
         self.prefer: Literal["websocket", "long-poll"] = prefer
         self._on_transport_change = on_transport_change
+        #: The upstream's heartbeat and what killed WebSockets taught it (kept by the caller).
+        self.idle = idle
         #: Moves onto a WebSocket (first transport included).
         self.upgrades = 0
         #: Falls back to long-poll: WebSocket refused/unproven when (re)connecting, or demoted.
@@ -173,8 +178,11 @@ class SessionConnector:
         """Open a session and attach its first transport; SessionUnavailable if impossible."""
         session_id, token, hello = await self._create()
         loop = asyncio.get_running_loop()
+        config = self.settings.core_config()
+        if self.idle is not None:
+            config = dataclasses.replace(config, heartbeat_interval=self.idle.heartbeat)
         core = Session(
-            self.settings.core_config(),
+            config,
             session_id=session_id,
             token=token,
             is_client=True,
@@ -408,6 +416,8 @@ class SessionConnector:
         if hop is not None and self._down_since is None:
             self._down_since = hop.now()
         if isinstance(transport, WebSocketTransport) and hop is not None:
+            if self._learn(hop, hop.now() - hop.last_activity):
+                self._reprobe = self._reprobe.reset()  # what killed it is understood now
             lived = hop.now() - self._ws_started
             if lived >= self.settings.reprobe_max:
                 self._reprobe = self._reprobe.reset()
@@ -416,6 +426,21 @@ class SessionConnector:
                 # upgraded connections): resume on long-poll, probe again later.
                 self._schedule_reprobe(double=True)
         self._signals.put_nowait(("lost", transport))
+
+    def _learn(self, hop: HopSession, idle: float) -> bool:
+        """A WebSocket died by itself after ``idle`` s of silence: True if it taught a heartbeat."""
+        lesson = self.idle.websocket_died(idle) if self.idle is not None else None
+        if lesson is None:
+            return False
+        hop.set_heartbeat(lesson.heartbeat)
+        log.info(
+            "= hop to %s: the path closes idle WebSockets after ~%.0f s; heartbeat now %g s",
+            self.base_url,
+            lesson.limit,
+            lesson.heartbeat,
+            extra={"upstream": str(self.base_url), "reason": "idle_timeout"},
+        )
+        return True
 
     def _stalled(self, transport: Transport) -> None:
         self._signals.put_nowait(("stalled", transport))

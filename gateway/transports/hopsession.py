@@ -121,6 +121,7 @@ class HopSession:
         "bytes_sent",
         "epoch",
         "is_client",
+        "last_activity",
         "messages_received",
         "messages_sent",
         "on_finished",
@@ -158,6 +159,8 @@ class HopSession:
         self.bytes_sent = self.bytes_received = 0
         #: Transports attached while none was current (the first one included).
         self._attaches = 0
+        #: Loop time of the last batch read or written, either way (a path's idle clock).
+        self.last_activity = self._loop.time()
         # For the owner (connector / server): not part of the public API.
         self.on_stalled: Callable[[Transport], None] | None = None
         self.on_transport_lost: Callable[[Transport, str], None] | None = None
@@ -315,8 +318,9 @@ class HopSession:
         """Pass one received batch to the core; False if it broke the protocol."""
         ok = True
         self.bytes_received += len(batch)
+        self.last_activity = now = self.now()
         try:
-            self._core.receive_data(batch, self.now())
+            self._core.receive_data(batch, now)
         except RemoteProtocolError as exc:
             self.log.warning(
                 "< protocol error, closing the session: %s (%d)",
@@ -330,10 +334,18 @@ class HopSession:
 
     def take(self, *, include_data: bool = True) -> bytes:
         """The next batch to write on the current transport (may be b"")."""
-        batch = self._core.data_to_send(self.now(), include_data=include_data)
-        self.bytes_sent += len(batch)
+        now = self.now()
+        batch = self._core.data_to_send(now, include_data=include_data)
+        if batch:
+            self.bytes_sent += len(batch)
+            self.last_activity = now
         self._rearm()
         return batch
+
+    def set_heartbeat(self, seconds: float) -> None:
+        """PING after ``seconds`` of silence from now on (the path's idle limit was learned)."""
+        self._core.set_heartbeat(seconds)
+        self._rearm()
 
     async def wait_changed(self) -> None:
         """Sleep until the core may have something new to write."""

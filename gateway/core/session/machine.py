@@ -29,6 +29,7 @@ own part of the theory:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -131,6 +132,10 @@ class Session:
     @property
     def config(self) -> SessionConfig:
         return self._config
+
+    def set_heartbeat(self, seconds: float) -> None:
+        """Use a new heartbeat interval from now on (a path's idle limit was learned)."""
+        self._config = dataclasses.replace(self._config, heartbeat_interval=seconds)
 
     @property
     def state(self) -> SessionState:
