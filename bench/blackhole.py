@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.faultproxy import FaultProxy  # noqa: E402
-from tests.hostile.peer import HostilePeer  # noqa: E402
+from tests.hostile.peer import S_PING, HostilePeer, pack  # noqa: E402
 from tests.processes import GatewayProcess, start_gateway, unlimited_sessions  # noqa: E402
 from tests.status_page import upstream_entry  # noqa: E402
 
@@ -216,6 +217,17 @@ def summarize(
     )
 
 
+async def keep_pinging(peer: HostilePeer, stop: asyncio.Event) -> None:
+    """PINGs every 100 ms, so the server is writing PONGs while it stops."""
+    nonce = 1000
+    while not stop.is_set() and peer.ws is not None and not peer.ws.closed:
+        nonce += 1
+        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+            await peer.ws.send_bytes(pack(S_PING, nonce))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.1)
+
+
 async def shutdown_tracebacks(sessions: int, tree: Path | None) -> tuple[int, int]:
     """Open ``sessions`` hop sessions on WebSockets, stop the server: (opened, tracebacks)."""
     server = await asyncio.to_thread(
@@ -238,7 +250,12 @@ async def shutdown_tracebacks(sessions: int, tree: Path | None) -> tuple[int, in
                 await peer.connect(http)
                 peers.append(peer)
             opened = len(peers)
+            stop = asyncio.Event()
+            pingers = [asyncio.create_task(keep_pinging(peer, stop)) for peer in peers]
+            await asyncio.sleep(0.5)
             await asyncio.to_thread(server.stop, 30.0)
+            stop.set()
+            await asyncio.gather(*pingers)
             for peer in peers:
                 await peer.aclose()
     finally:

@@ -103,6 +103,9 @@ class Config:
     #: Hop sessions: seconds of silence before a PING (lowered per upstream when a path
     #: is seen to close idle WebSockets sooner; gateway.core.idle).
     heartbeat: float = 20.0
+    #: Hop sessions: the longest a transport may go without an ack or pong while one is due
+    #: before it counts as stalled (sooner after a few observed round trips).
+    stall_timeout: float = 15.0
     # -- limits on what a peer can make this gateway hold (docs/topics/security.md) --
     #: Inbound connections held at once (0 = derived from the descriptor limit).
     max_clients: int = 0
@@ -293,6 +296,14 @@ SETTINGS: tuple[Setting, ...] = (
         "a hop session sends a PING after this much silence, to stay inside proxies' idle "
         "timeouts; lowered per upstream when the path is seen to close idle WebSockets "
         "sooner (default 20)",
+        group=_HOP,
+    ),
+    Setting(
+        "stall_timeout",
+        "seconds",
+        "upper bound on how long a hop transport may go without an ack or pong while one "
+        "is due before the session moves off it; it usually moves after a few round "
+        "trips, 0.5 s at least (default 15)",
         group=_HOP,
     ),
     Setting(

@@ -227,6 +227,7 @@ def _session_settings(config: Config) -> SessionSettings:
         max_session_message=TUNNEL_SESSION_MESSAGE,
         buffer_bytes=config.session_buffer,
         heartbeat=config.heartbeat,
+        stall_timeout=config.stall_timeout,
         connect_timeout=config.connect_timeout,
         # A stopping gateway waits for the close handshake within its grace.
         close_timeout=min(MAX_SESSION_CLOSE, config.shutdown_grace),

@@ -46,6 +46,7 @@ from gateway.core.tunnel.framing import BodyCounter, Framing, FramingError, resp
 from gateway.glue.driver import TunnelDriver
 from gateway.glue.heads import decode_headers, pairs, set_framing, text
 from gateway.glue.mailbox import Mailbox
+from gateway.glue.streamgate import QUEUE_FACTOR, RETRY_AFTER, GateFull, StreamGate
 from gateway.glue.wsbridge import bridge_websocket
 from gateway.transports.aiohttp_internals import RelayedResponse
 from gateway.transports.http import (
@@ -71,10 +72,29 @@ class NotSent(Exception):
     """The request never left: the caller may send it another way (plain HTTP)."""
 
 
+class _PeerFull(Exception):
+    """The peer refused the OPEN for its stream limit; nothing of the request was processed."""
+
+    def __init__(self, sid: int) -> None:
+        super().__init__(sid)
+        self.sid = sid
+
+
+#: The reason the answering core gives for a REFUSED over its ``max_streams``
+#: (gateway/core/tunnel/receiving.py); a relaying gateway passes it on.
+_TOO_MANY_STREAMS = "too many streams"
+#: Times a body-less request refused that way goes through the gate again.
+_REFUSED_RETRIES = 3
+
+
 def tunnel_target(upstream: URL | None, request: web.BaseRequest) -> str:
     """The origin-form target the next hop would receive on a plain path (base path kept)."""
     base = upstream.raw_path.rstrip("/") if upstream is not None else ""
     return base + request.raw_path
+
+
+def _refused_for_streams(reset: StreamReset) -> bool:
+    return reset.remote and reset.code == ResetCode.REFUSED and reset.reason == _TOO_MANY_STREAMS
 
 
 def _check_own_target(target: str) -> None:
@@ -86,10 +106,48 @@ class Opener:
     """Carries this gateway's client requests as streams of ``link``."""
 
     # One per hop session, thousands idle at once: no per-instance dict.
-    __slots__ = "_link"
+    __slots__ = ("_gate", "_link", "_sids")
 
     def __init__(self, link: TunnelDriver) -> None:
         self._link = link
+        self._gate: StreamGate | None = None  # made by the first request
+        self._sids: set[int] | None = None  # our streams not yet unregistered (idem)
+
+    def _register(self, sid: int, box: Mailbox) -> None:
+        self._link.register(sid, box)
+        if self._sids is None:
+            self._sids = set()
+        self._sids.add(sid)
+
+    def _unregister(self, sid: int, box: Mailbox) -> None:
+        self._link.unregister(sid, box)
+        if self._sids is not None:
+            self._sids.discard(sid)
+
+    async def _admit(self) -> web.Response | None:
+        """Take a stream slot (see ``streamgate``): None, or the 503 for a full queue.
+
+        Raises :class:`NotSent` when no slot came free in time: the request
+        never left, so it may go plain.
+        """
+        link = self._link
+        gate = self._gate
+        if gate is None:
+            limit = link.config.max_streams  # the peer's default; lowered when it refuses
+            gate = self._gate = StreamGate(limit, queue_cap=QUEUE_FACTOR * limit)
+        wait = link.forwarder.config.connect_timeout
+        try:
+            await gate.acquire(wait)
+        except GateFull as exc:
+            return self._busy(str(exc))
+        except TimeoutError:
+            why = f"no stream came free within {wait:g} s"
+            raise NotSent(f"hop session to {link.name}: {why}") from None
+        return None
+
+    def _release(self) -> None:
+        assert self._gate is not None
+        self._gate.release()
 
     async def forward(
         self, request: web.BaseRequest, target: str, *, origin_key: str
@@ -98,15 +156,53 @@ class Opener:
 
         Raises :class:`NotSent` only if the OPEN never reached the session.
         """
-        link = self._link
         _check_own_target(target)
-        if not link.alive:
-            raise NotSent(f"hop session to {link.name} is closed")
+        if not self._link.alive:
+            raise NotSent(f"hop session to {self._link.name} is closed")
+        for _ in range(_REFUSED_RETRIES):
+            refused = await self._admit()
+            if refused is not None:
+                return refused
+            try:
+                return await self._forward(request, target, origin_key=origin_key)
+            except _PeerFull as full:
+                self._peer_full(full.sid)  # then wait for a stream again: it was not processed
+            finally:
+                self._release()
+        return self._busy(f"the peer refused it {_REFUSED_RETRIES} times: too many streams")
+
+    def _peer_full(self, sid: int) -> None:
+        """The peer holds fewer streams than we thought: open no more than it has now.
+
+        It takes OPENs in order, so it held those of ours opened before ``sid``.
+        """
+        assert self._gate is not None
+        held = sum(1 for other in self._sids or () if other < sid)
+        limit = self._gate.lower_limit(held)
+        self._link.log.info(
+            "= hop session to %s: the peer refused a stream; at most %d streams from now on",
+            self._link.name,
+            limit,
+        )
+
+    def _busy(self, why: str) -> web.Response:
+        link = self._link
+        link.log.warning("= hop session to %s busy: %s", link.name, why)
+        return text_error(
+            503,
+            f"hop session to {link.name} busy ({why}); retry shortly",
+            **{"Retry-After": str(RETRY_AFTER)},
+        )
+
+    async def _forward(
+        self, request: web.BaseRequest, target: str, *, origin_key: str
+    ) -> web.StreamResponse:
+        link = self._link
         headers = link.forwarder.outgoing_headers(request, link.upstream)
         has_body = request.body_exists
         box = Mailbox()
         sid = link.tunnel.open_http(request.method, target, pairs(headers), has_body=has_body)
-        link.register(sid, box)
+        self._register(sid, box)
         await self._hand_over(sid, box)
         link.stats.upstream(origin_key).requests += 1
         link.stats.active_streams += 1
@@ -127,7 +223,7 @@ class Opener:
                     # No await once the answer is out: a client that closes at once
                     # would cancel this handler, and aiohttp logs no cancelled request.
                     upload.exception()
-            link.unregister(sid, box)
+            self._unregister(sid, box)
             link.stats.active_streams -= 1
 
     async def _hand_over(self, sid: int, box: Mailbox) -> None:
@@ -151,7 +247,7 @@ class Opener:
         if reset is not None and not reset.retry_safe:
             return  # it did go: the reset is answered like any other
         link.reset(sid, ResetCode.CANCEL, "not sent")  # vanishes: its OPEN never left
-        link.unregister(sid, box)
+        self._unregister(sid, box)
         why = reset.reason if reset is not None else "the session stayed full"
         raise NotSent(f"hop session to {link.name} could not take the request: {why}")
 
@@ -177,6 +273,10 @@ class Opener:
         head = await box.next_event()
         if not isinstance(head, ResponseReceived):
             assert isinstance(head, StreamReset), head
+            if _refused_for_streams(head):
+                if not request.body_exists:
+                    raise _PeerFull(sid)  # no body read yet: the gate may send it again
+                self._peer_full(sid)
             return self._reset_answer(head)
         try:
             framing = response_framing(
@@ -244,7 +344,10 @@ class Opener:
                 502, f"hop session to {name} lost after the request was sent; not retried"
             )
         status = ResetCode.of(reset.code).http_status
-        return text_error(status, f"{reset.reason or 'stream reset'} (via hop session {name})")
+        # REFUSED: nothing was processed; the peer's own stream limit is lower than ours.
+        retry = {"Retry-After": str(RETRY_AFTER)} if reset.code == ResetCode.REFUSED else {}
+        why = reset.reason or "stream reset"
+        return text_error(status, f"{why} (via hop session {name})", **retry)
 
     # -- an endpoint WebSocket -----------------------------------------------------------------
 
@@ -259,11 +362,30 @@ class Opener:
             return text_error(400, _BAD_HANDSHAKE)
         if not link.alive:
             raise NotSent(f"hop session to {link.name} is closed")
+        refused = await self._admit()
+        if refused is not None:
+            return refused
+        bridged = False
+        try:
+            sid, box, answer = await self._open_websocket(request, target, offered, origin_key)
+            if isinstance(answer, web.WebSocketResponse):
+                bridged = True  # the bridge gives the stream slot back when it ends
+                await run_shielded(self._bridge_detached(sid, box, answer))
+            return answer
+        finally:
+            if not bridged:
+                self._release()
+
+    async def _open_websocket(
+        self, request: web.BaseRequest, target: str, offered: list[str], origin_key: str
+    ) -> tuple[int, Mailbox, web.StreamResponse]:
+        """Open the stream and relay the handshake: (sid, mailbox, the client's answer)."""
+        link = self._link
         headers = link.forwarder.outgoing_headers(request, link.upstream)
         strip_handshake(headers)
         box = Mailbox()
         sid = link.tunnel.open_websocket(target, pairs(headers), offered)
-        link.register(sid, box)
+        self._register(sid, box)
         await self._hand_over(sid, box)
         link.stats.upstream(origin_key).requests += 1
         accepted = False
@@ -275,10 +397,8 @@ class Opener:
             raise
         finally:
             if not accepted:
-                link.unregister(sid, box)
-        if isinstance(answer, web.WebSocketResponse):
-            await run_shielded(self._bridge_detached(sid, box, answer))
-        return answer
+                self._unregister(sid, box)
+        return sid, box, answer
 
     async def _handshake(
         self, request: web.BaseRequest, sid: int, box: Mailbox
@@ -305,7 +425,8 @@ class Opener:
         try:
             await bridge_websocket(self._link, sid, box, client)
         finally:
-            self._link.unregister(sid, box)
+            self._unregister(sid, box)
+            self._release()
 
     async def _refusal_answer(
         self, sid: int, box: Mailbox, head: ResponseReceived

@@ -385,7 +385,8 @@ class SessionConnector:
             self._reprobe = self._reprobe.reset()
         if why == "stalled":
             grace = self.settings.stall_timeout
-            reason = (ladder.STALLED, f"WebSocket stalled: no progress for {grace:g} s")
+            why_text = f"WebSocket stalled: no ack or pong for a few round trips (<= {grace:g} s)"
+            reason = (ladder.STALLED, why_text)
         else:
             reason = (ladder.DEMOTED, f"WebSocket demoted ({why})")
         self._start_long_poll(hop, reason)

@@ -376,9 +376,9 @@ class HopSession:
             elif type(event) is TransportStalled:
                 current = self._current
                 self.log.info(
-                    "= %s stalled (no progress for %.1f s)",
+                    "= %s stalled (no progress for %.2f s)",
                     self.transport,
-                    self.settings.stall_timeout,
+                    self.now() - event.since,
                     extra={"transport": self.transport, "reason": "stalled"},
                 )
                 if current is not None and self.on_stalled is not None:

@@ -11,10 +11,18 @@ set and a ``discard`` callback of its own.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
+import aiohttp
+
 __all__ = ["TaskSet"]
+
+log = logging.getLogger("hopgate")
+
+#: How a background task ends when its connection goes: expected, not a bug.
+_CONNECTION_ENDS = (ConnectionError, aiohttp.ClientError, TimeoutError)
 
 _T = TypeVar("_T")
 
@@ -37,8 +45,27 @@ class TaskSet:
         if self._tasks is None:
             self._tasks = set()
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
         return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        """Forget the task and retrieve how it ended (else asyncio logs a traceback on collection).
+
+        Thousands of sessions' tasks end at once when a gateway stops; a
+        connection that went away is one debug line, anything else a bug
+        worth its traceback.
+        """
+        if self._tasks is not None:
+            self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        if isinstance(exc, _CONNECTION_ENDS):
+            log.debug("= task %s ended: %r", task.get_name(), exc)
+        else:
+            log.error("= task %s failed", task.get_name(), exc_info=exc)
 
     def __len__(self) -> int:
         return len(self._tasks or ())
@@ -51,7 +78,8 @@ class TaskSet:
         """Wait for every task to end, except the one calling (a task may close its owner).
 
         A task's exception is not raised here: each task handles and logs its
-        own failures, and one failure must not hide the others' ends.
+        own failures (``_finished`` retrieves what escaped), and one failure
+        must not hide the others' ends.
         """
         current = asyncio.current_task()
         pending = [task for task in self if task is not current]

@@ -79,6 +79,11 @@ class WebSocketTransport:
                         async with asyncio.timeout(_CLOSE_TIMEOUT):
                             await asyncio.shield(writer)
                 writer.cancel()
+            elif not writer.cancelled():
+                # A write that failed as the socket closed (a stopping gateway, a reset
+                # peer): the read loop's reason says why; retrieved, or asyncio logs a
+                # "Task exception was never retrieved" traceback per session.
+                writer.exception()
             hop.detach(self, reason)
             await self._close(CloseCode.GOING_AWAY, b"")
 
