@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.faultproxy import FaultProxy  # noqa: E402
-from tests.hostile.peer import S_PING, HostilePeer, pack  # noqa: E402
+from tests.hostile.peer import S_ACK, S_PING, HostilePeer, pack  # noqa: E402
 from tests.processes import GatewayProcess, start_gateway, unlimited_sessions  # noqa: E402
 from tests.status_page import upstream_entry  # noqa: E402
 
@@ -217,45 +217,62 @@ def summarize(
     )
 
 
-async def keep_pinging(peer: HostilePeer, stop: asyncio.Event) -> None:
-    """PINGs every 100 ms, so the server is writing PONGs while it stops."""
+#: Groups of peers reset one after the other after the SIGTERM.
+_WAVES = 20
+
+
+async def keep_talking(peer: HostilePeer, stop: asyncio.Event) -> None:
+    """PING + ACK every 5 ms, so the server is writing PONGs when its sockets go."""
     nonce = 1000
     while not stop.is_set() and peer.ws is not None and not peer.ws.closed:
         nonce += 1
         with contextlib.suppress(ConnectionError, aiohttp.ClientError):
-            await peer.ws.send_bytes(pack(S_PING, nonce))
+            await peer.ws.send_bytes(pack(S_PING, nonce) + pack(S_ACK, peer.received))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.1)
+            await asyncio.wait_for(stop.wait(), 0.005)
+
+
+def drop_connection(peer: HostilePeer) -> None:
+    """Reset the peer's TCP connection (its end of a gateway going away)."""
+    if peer.ws is not None:
+        response = peer.ws._response  # aiohttp keeps the socket there
+        if response is not None and response.connection is not None:
+            transport = response.connection.transport
+            if transport is not None:
+                transport.abort()
 
 
 async def shutdown_tracebacks(sessions: int, tree: Path | None) -> tuple[int, int]:
-    """Open ``sessions`` hop sessions on WebSockets, stop the server: (opened, tracebacks)."""
+    """Open ``sessions`` WebSocket hop sessions, stop the server: (opened, tracebacks).
+
+    The peers keep the server writing (PINGs and ACKs every 5 ms); in the
+    200 ms after the SIGTERM their connections reset, as thousands of hop
+    WebSockets closing at once would. Counted in the server's output:
+    ``Task exception was never retrieved``.
+    """
+    flags = ["--upstream", "http://127.0.0.1:9", "--shutdown-grace", "2"]
     server = await asyncio.to_thread(
-        start_gateway,
-        "server",
-        "--upstream",
-        "http://127.0.0.1:9",
-        "--shutdown-grace",
-        "2",
-        *unlimited_sessions(sessions + 100),
-        tree=tree,
+        start_gateway, "server", *flags, *unlimited_sessions(sessions + 100), tree=tree
     )
-    peers: list[HostilePeer] = []
     opened = 0
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
-            for _ in range(sessions):
-                peer = HostilePeer(server.url)
+            peers = [HostilePeer(server.url) for _ in range(sessions)]
+            for peer in peers:
                 await peer.connect(http)
-                peers.append(peer)
-            opened = len(peers)
+                opened += 1
             stop = asyncio.Event()
-            pingers = [asyncio.create_task(keep_pinging(peer, stop)) for peer in peers]
+            talkers = [asyncio.create_task(keep_talking(peer, stop)) for peer in peers]
             await asyncio.sleep(0.5)
-            await asyncio.to_thread(server.stop, 30.0)
+            server.proc.terminate()
+            for wave in range(_WAVES):  # resets spread over 200 ms: some meet a write
+                await asyncio.sleep(0.2 / _WAVES)
+                for peer in peers[wave::_WAVES]:
+                    drop_connection(peer)
+            await asyncio.to_thread(server.proc.wait, 30)
             stop.set()
-            await asyncio.gather(*pingers)
+            await asyncio.gather(*talkers)
             for peer in peers:
                 await peer.aclose()
     finally:
