@@ -176,9 +176,12 @@ class Opener:
 
         It takes OPENs in order, so it held those of ours opened before ``sid``.
         """
-        assert self._gate is not None
+        gate = self._gate
+        assert gate is not None
         held = sum(1 for other in self._sids or () if other < sid)
-        limit = self._gate.lower_limit(held)
+        before, limit = gate.limit, gate.lower_limit(held)
+        if limit == before:
+            return  # the rest of a burst sent before the first refusal came back
         self._link.log.info(
             "= hop session to %s: the peer refused a stream; at most %d streams from now on",
             self._link.name,

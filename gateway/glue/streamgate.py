@@ -51,6 +51,10 @@ class StreamGate:
         return self._open
 
     @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
     def waiting(self) -> int:
         return self._waiting
 
