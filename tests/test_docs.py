@@ -14,8 +14,9 @@ Conventions (also in docs/index.md, "Writing these pages"):
   words after ``console`` change how:  ``background`` starts each command as
   a long-running process and waits until its ``--listen``/``--port`` accepts
   connections (``listens=N`` names the port when the command has no such
-  flag, e.g. HAProxy's own config); ``wait`` retries a command (up to 20 s) until its output
-  matches, for state that settles a moment after start-up; ``norun`` marks a
+  flag, e.g. HAProxy's own config); ``wait`` retries a command (up to 20 s,
+  or N s with ``wait=N``) until its output matches, for state that settles
+  a moment after start-up; ``norun`` marks a
   block that cannot run on loopback (nginx in front, Kubernetes, a real
   corporate proxy): it is not run, but its flags are still checked.
 * Ports written as ``127.0.0.1:N``, ``localhost:N`` or ``--port N`` are
@@ -126,6 +127,16 @@ def blocks(page: Path) -> list[Block]:
     return found
 
 
+def wait_seconds(block: Block) -> float:
+    """``wait`` retries for 20 s, ``wait=N`` for N; otherwise a command runs once."""
+    for word in block.words:
+        if word == "wait":
+            return 20.0
+        if word.startswith("wait="):
+            return float(word.removeprefix("wait="))
+    return 0.0
+
+
 def runnable_pages() -> list[Path]:
     return [
         page
@@ -227,7 +238,7 @@ class PageRun:
             if "background" in block.words:
                 self.start(block, command)
             else:
-                self.run(block, command, retry="wait" in block.words)
+                self.run(block, command, retry=wait_seconds(block))
 
     def start(self, block: Block, command: Command) -> None:
         line = self.local(command.line)
@@ -254,10 +265,10 @@ class PageRun:
                 pytest.fail(f"{self.where(block, command)} did not start listening:\n{output}")
             time.sleep(0.1)
 
-    def run(self, block: Block, command: Command, *, retry: bool) -> None:
+    def run(self, block: Block, command: Command, *, retry: float) -> None:
         line = self.local(command.line)
         expected = [self.local(e) for e in command.expected]
-        deadline = time.monotonic() + (20 if retry else 0)
+        deadline = time.monotonic() + retry
         while True:
             done = subprocess.run(
                 line,
