@@ -53,6 +53,7 @@ __all__ = [
 CONFIG_ONLY: Final = {
     "log_level": "the CLI, which sets up logging before any gateway exists",
     "log_format": "the CLI, which sets up logging before any gateway exists",
+    "event_loop": "gateway.process, which picks the loop before any gateway exists",
 }
 
 #: The tunnel core's ceiling for one WebSocket message (``TunnelConfig`` refuses more).

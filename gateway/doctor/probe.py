@@ -24,7 +24,6 @@ from yarl import URL
 
 from gateway.core import discovery
 from gateway.core.session.errors import RemoteProtocolError
-from gateway.core.session.frames import FrameDecoder, Hello
 from gateway.doctor.hop import Created, HopClient, LongPollCarrier
 from gateway.doctor.verdict import Findings
 from gateway.doctor.wire import Endpoint, RawWebSocket, WireError, exchange, open_websocket
@@ -33,8 +32,8 @@ from gateway.transports.handshake import (
     SESSION_HEADER,
     TOKEN_HEADER,
     auth_header_value,
-    decode_token,
     encode_token,
+    read_created,
 )
 from gateway.transports.ws import SUBPROTOCOL
 
@@ -198,19 +197,10 @@ async def _create(
         text = _one_line(answer.body)
         return None, replace(f, session_error=f"POST {f.session_path}: {answer.status} {text}")
     session_id = answer.headers.get(SESSION_HEADER.lower(), "")
-    token = decode_token(answer.headers.get(TOKEN_HEADER.lower(), ""))
     try:
-        frames = FrameDecoder().decode(answer.body)
-    except RemoteProtocolError:
-        frames = []
-    hello = frames[0] if len(frames) == 1 else None
-    if (
-        not session_id
-        or not token
-        or not isinstance(hello, Hello)
-        or hello.session_id != session_id
-    ):
-        why = f"POST {f.session_path}: 200 without a session id, token and HELLO (not a gateway)"
+        token = read_created(session_id, answer.headers.get(TOKEN_HEADER.lower(), ""), answer.body)
+    except ValueError as exc:
+        why = f"POST {f.session_path}: 200 but {exc} (not a gateway)"
         return None, replace(f, session_error=why)
     return Created(session_id, token, answer.body), replace(f, session_created=True)
 

@@ -50,8 +50,7 @@ from yarl import URL
 from gateway.core import ladder
 from gateway.core.backoff import Backoff
 from gateway.core.idle import IdleLearner
-from gateway.core.session.errors import CloseCode, RemoteProtocolError
-from gateway.core.session.frames import MAX_SESSION_ID_LENGTH, PROTOCOL_VERSION, FrameDecoder, Hello
+from gateway.core.session.errors import CloseCode
 from gateway.core.session.machine import Session
 from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.errors import (
@@ -69,8 +68,8 @@ from gateway.transports.handshake import (
     TOKEN_HEADER,
     SessionRoute,
     auth_header_value,
-    decode_token,
     encode_token,
+    read_created,
 )
 from gateway.transports.hopsession import HopSession, Transport
 from gateway.transports.http import describe, read_bounded
@@ -303,23 +302,10 @@ class SessionConnector:
     def _check_created(self, answer: Mapping[str, str], body: bytes) -> tuple[str, bytes, bytes]:
         """A 200 is a gateway's only with a session id, a token and that session's HELLO."""
         session_id = answer.get(SESSION_HEADER, "")
-        token = decode_token(answer.get(TOKEN_HEADER, ""))
-        if not (0 < len(session_id) <= MAX_SESSION_ID_LENGTH and session_id.isascii()) or not (
-            token and 16 <= len(token) <= 64
-        ):
-            raise self._not_a_gateway("its 200 has no session id and token")
         try:
-            frames = FrameDecoder().decode(body)
-        except RemoteProtocolError as exc:
-            raise self._not_a_gateway(f"its answer is not a session HELLO ({exc.reason})") from None
-        if not (
-            len(frames) == 1
-            and isinstance(hello := frames[0], Hello)
-            and hello.version == PROTOCOL_VERSION
-            and hello.session_id == session_id
-            and hello.token is None
-        ):
-            raise self._not_a_gateway("its answer is not a session HELLO")
+            token = read_created(session_id, answer.get(TOKEN_HEADER, ""), body)
+        except ValueError as exc:
+            raise self._not_a_gateway(str(exc)) from None
         return session_id, token, body
 
     def _dial(self) -> SessionRoute:

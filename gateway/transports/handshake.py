@@ -43,6 +43,13 @@ import aiohttp
 from yarl import URL
 
 from gateway.core.discovery import DEFAULT_SESSION_PATH
+from gateway.core.session.errors import RemoteProtocolError
+from gateway.core.session.frames import (
+    MAX_SESSION_ID_LENGTH,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    Hello,
+)
 from gateway.core.session.tokens import new_nonce
 from gateway.transports.registry import ReplayCache
 from gateway.transports.session_settings import SessionSettings
@@ -101,6 +108,33 @@ def decode_token(value: str) -> bytes | None:
         return base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
     except (UnicodeEncodeError, binascii.Error, ValueError):
         return None
+
+
+def read_created(session_id: str, token_text: str, body: bytes) -> bytes:
+    """The token of a session-creating 200, or ValueError saying why it is no gateway's.
+
+    A gateway's 200 carries a session id, a token and that session's HELLO
+    as the body; anything else (an origin answering 200 to any POST) is not
+    a session.  The connector and ``hopgate doctor`` both judge by this.
+    """
+    token = decode_token(token_text)
+    if not (0 < len(session_id) <= MAX_SESSION_ID_LENGTH and session_id.isascii()) or not (
+        token and 16 <= len(token) <= 64
+    ):
+        raise ValueError("its 200 has no session id and token")
+    try:
+        frames = FrameDecoder().decode(body)
+    except RemoteProtocolError as exc:
+        raise ValueError(f"its answer is not a session HELLO ({exc.reason})") from None
+    if not (
+        len(frames) == 1
+        and isinstance(hello := frames[0], Hello)
+        and hello.version == PROTOCOL_VERSION
+        and hello.session_id == session_id
+        and hello.token is None
+    ):
+        raise ValueError("its answer is not a session HELLO")
+    return token
 
 
 def _auth_mac(secret: str, stamp: int, nonce: str) -> str:

@@ -22,6 +22,7 @@ own part of the theory:
 ``probes``        checking a candidate transport before traffic moves to it
 ``outbox``        what the next batch carries: control frames, then data
 ``liveness``      the timers, as timestamps of the caller's clock
+``rtt``           the smoothed round trip that sets how soon a stall shows
 ``closing``       the states, their one transition table, the close handshake
 ``config``        ``SessionConfig``
 ================  ============================================================
@@ -178,11 +179,7 @@ class Session:
 
     @property
     def has_payload_to_send(self) -> bool:
-        """Like ``wants_write`` but a bare ACK does not count.
-
-        Long-poll uses it: a held GET or a POST is worth making only for this,
-        since acks also travel as the GET's last-received and in POST replies.
-        """
+        """``wants_write`` without bare ACKs (long-poll: acks ride on GETs and POSTs)."""
         if not self._attached:
             return False
         if self._outbox.abort_due:
@@ -439,13 +436,11 @@ class Session:
 
     def _gave_up(self, now: float) -> bool:
         """Expiry and the close timeout: the session ends without handshake."""
-        if not self._attached:
-            grace = self._config.resume_grace
-            assert self._live.detached_since is not None
-            if now >= self._live.detached_since + grace:
-                reason = f"expired: no transport for {grace:g} s"
-                self._terminate(CloseCode.SESSION_EXPIRED, reason, by_peer=False, abort=True)
-                return True
+        grace, since = self._config.resume_grace, self._live.detached_since
+        if not self._attached and since is not None and now >= since + grace:
+            reason = f"expired: no transport for {grace:g} s"
+            self._terminate(CloseCode.SESSION_EXPIRED, reason, by_peer=False, abort=True)
+            return True
         if self._state is _CLOSING and now >= self._closing.deadline:
             assert self._closing.info is not None
             code, reason, _ = self._closing.info
