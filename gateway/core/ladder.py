@@ -138,7 +138,9 @@ class Peer(Enum):
 @dataclass(frozen=True, kw_only=True)
 class LadderSettings:
     retry_initial: float = 1.0
-    retry_max: float = 300.0
+    #: Short enough that a peer back from a restart or crash is rejoined
+    #: within half a minute; one POST per attempt is cheap for the peer.
+    retry_max: float = 30.0
     #: A session that lived this long resets the back-off.
     stable_after: float = 30.0
     #: How long a peer found to be legacy is left alone before asking again.
