@@ -413,8 +413,9 @@ def _refused_advice(f: Findings, proxy: str | None) -> list[str]:
 def _idle_advice(idle: float, proxy: str | None) -> list[str]:
     beat = max(2.0, idle / 2)
     lines = [
-        f"the path closes a WebSocket idle for about {idle:.0f} s: keep gateways' heartbeat "
-        f"below it (hopgate --heartbeat {beat:.0f}) or raise the proxy's idle timeout"
+        f"the path closes a WebSocket idle for about {idle:.0f} s: a client gateway learns "
+        "this after two such deaths and heartbeats below it; to skip the lesson start at "
+        f"hopgate client --heartbeat {beat:.0f}, or raise the proxy's idle timeout"
     ]
     if proxy in (None, "haproxy"):
         lines.append("HAProxy: timeout tunnel 1h (the idle limit of upgraded connections)")
