@@ -6,11 +6,13 @@ the bounded waits ``until`` is built on in ``tests.waiting``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from gateway.config import Role, build_config
 from gateway.core.ladder import LadderSettings
@@ -77,3 +79,23 @@ async def until(predicate: Predicate, what: str = "the condition", timeout: floa
     """Poll until ``predicate()`` holds (it may be async); fail the test naming ``what`` if not."""
     if not await eventually(predicate, timeout):
         pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+class HoldingOrigin:
+    """An origin that records every target it is asked for; ``/hold`` waits until released.
+
+    For tests of what a gateway answers itself (status, metrics, ready):
+    ``paths`` stays empty when nothing was forwarded.
+    """
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.paths.append(request.raw_path)
+        if request.path == "/hold":
+            self.holding.set()
+            await self.release.wait()
+        return web.Response(text=f"origin {request.path}")

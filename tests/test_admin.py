@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from gateway.admin import LIVE_PATH, METRICS_PATH, READY_PATH, Health
 from gateway.config import ConfigError, build_config
 from gateway.status import STATUS_PATH, GatewayStats, RequestRecord
+from tests.helpers import HoldingOrigin
 from tests.processes import free_port
 from tests.waiting import eventually
 
@@ -27,20 +27,7 @@ pytestmark = pytest.mark.timeout(60)
 PROXIED = {"X-Forwarded-For": "203.0.113.9"}
 
 
-class Origin:
-    """Records every path; ``/hold`` waits until released."""
-
-    def __init__(self) -> None:
-        self.paths: list[str] = []
-        self.holding = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.paths.append(request.path)
-        if request.path == "/hold":
-            self.holding.set()
-            await self.release.wait()
-        return web.Response(text=f"origin {request.path}")
+Origin = HoldingOrigin
 
 
 async def get(

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from yarl import URL
 
 from gateway import __version__
@@ -23,7 +22,7 @@ from gateway.status import (
     status_refusal,
 )
 from gateway.transports.connector import SessionConnector
-from tests.helpers import FAST_SESSION, NO_REPROBE, until
+from tests.helpers import FAST_SESSION, NO_REPROBE, HoldingOrigin, until
 
 if TYPE_CHECKING:
     from tests.conftest import MakeGateway, MakeOrigin
@@ -31,20 +30,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.timeout(30)
 
 
-class Origin:
-    """Records every path it is asked for; ``/hold`` waits until released."""
-
-    def __init__(self) -> None:
-        self.paths: list[str] = []
-        self.holding = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.paths.append(request.raw_path)
-        if request.path == "/hold":
-            self.holding.set()
-            await self.release.wait()
-        return web.Response(text="origin")
+Origin = HoldingOrigin
 
 
 async def status_of(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
@@ -114,7 +100,7 @@ async def test_status_counts_active_streams_and_requests(
         during = await status_of(session, gw.url)
         origin.release.set()
         async with await held as resp:
-            assert await resp.text() == "origin"
+            assert await resp.text() == "origin /hold"
         after = await status_of(session, gw.url)
     assert during["streams"]["active"] == 1
     assert after["streams"]["active"] == 0

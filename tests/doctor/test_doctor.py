@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,16 +26,10 @@ from tests.doctor.burst_relay import BurstRelay
 from tests.faultproxy import FaultProxy
 from tests.helpers import FAST_SESSION, loopback_gateway
 from tests.proxies import (  # noqa: F401  (proxies is a fixture)
-    DEPLOY_DIR,
-    STOP_TIMEOUT,
     Proxies,
     ProxyProcess,
-    _start,
-    _workdir,
-    find_binary,
-    host_port,
     proxies,
-    render,
+    running_haproxy,
 )
 
 if TYPE_CHECKING:
@@ -145,26 +138,11 @@ async def test_plain_origin_is_no_gateway(make_origin: MakeOrigin) -> None:
     assert "hopgate server" in report["advice"][0]
 
 
-@contextlib.contextmanager
-def haproxy_with_tunnel_timeout(upstream: str, seconds: int) -> Iterator[ProxyProcess]:
+def haproxy_with_tunnel_timeout(
+    upstream: str, seconds: int
+) -> contextlib.AbstractContextManager[ProxyProcess]:
     """``deploy/haproxy/hopgate.cfg`` with only ``timeout tunnel`` changed."""
-    binary = find_binary("haproxy")
-    recipe = (DEPLOY_DIR / "haproxy" / "hopgate.cfg").read_text()
-    assert recipe.count("timeout tunnel 1h") == 1
-    with _workdir("haproxy") as workdir:
-        changed = workdir / "recipe.cfg"
-        changed.write_text(recipe.replace("timeout tunnel 1h", f"timeout tunnel {seconds}s"))
-
-        def prepare(port: int) -> list[str]:
-            text = render(changed, LISTEN=f"127.0.0.1:{port}", UPSTREAM=host_port(upstream))
-            (workdir / "haproxy.cfg").write_text(text)
-            return [binary, "-db", "-f", str(workdir / "haproxy.cfg")]
-
-        proxy = _start("haproxy", workdir, prepare, ())
-        try:
-            yield proxy
-        finally:
-            proxy.stop(STOP_TIMEOUT)
+    return running_haproxy(upstream, [("timeout tunnel 1h", f"timeout tunnel {seconds}s")])
 
 
 async def test_haproxy_short_tunnel_timeout_is_measured(
