@@ -90,6 +90,8 @@ class Config:
     hop_secret_file: Path | None = None
     #: Origins allowed to open browser sessions (JS shim); empty = same-origin only.
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    #: CORS answers to allowed origins say ``Access-Control-Allow-Credentials: true``.
+    allow_credentials: bool = False
     #: Hop sessions: longest a long-poll GET is held (RFC 6202: under 30 s).
     hold_time: float = 25.0
     #: Hop sessions: how long a session waits for its peer to come back.
@@ -259,6 +261,12 @@ SETTINGS: tuple[Setting, ...] = (
         "browser Origin allowed to open sessions (repeatable; default same origin)",
         "ORIGIN",
         flag="--allowed-origin",
+    ),
+    Setting(
+        "allow_credentials",
+        "flag",
+        "let allowed origins' pages send cookies with hop-session requests "
+        "(CORS Access-Control-Allow-Credentials; default off)",
     ),
     Setting(
         "hold_time",

@@ -41,6 +41,7 @@ from gateway.core.targets import (
     names_this_listener,
     parse_target,
 )
+from gateway.edges import cors
 from gateway.edges.forward import Forwarder
 from gateway.edges.websocket import pass_through
 from gateway.glue.link import TunnelLink
@@ -214,9 +215,15 @@ class Router:
     async def _session_request(
         self, request: web.BaseRequest, sessions: SessionServer
     ) -> web.StreamResponse:
-        """A request of a hop session: refused if a browser page of a foreign origin sent it."""
+        """A request of a hop session: refused if a browser page of a foreign origin sent it.
+
+        An allowed page gets CORS headers (and its preflight a 204), so a
+        page on another origin can use this gateway; a refused one gets none.
+        """
         origin = request.headers.get("Origin")
-        if origin is not None and not self._origin_allowed(origin, request):
+        if origin is None:  # not a browser
+            return await sessions.handle(request)
+        if not self._origin_allowed(origin, request):
             log.warning(
                 "= hop session request from origin %r refused (not same-origin, not in "
                 "--allowed-origin)",
@@ -226,9 +233,15 @@ class Router:
             return text_error(
                 403,
                 f"origin {origin} may not open hop sessions here "
-                "(not same-origin and not in --allowed-origin)",
+                "(not same-origin and not in --allowed-origin): start the gateway with "
+                f"--allowed-origin {origin}",
             )
-        return await sessions.handle(request)
+        credentials = self.routes.allow_credentials
+        if cors.is_preflight(request):
+            return cors.preflight(origin, credentials=credentials)
+        response = await sessions.handle(request)
+        cors.allow(response, origin, credentials=credentials)
+        return response
 
     def _origin_allowed(self, origin: str, request: web.BaseRequest) -> bool:
         """Same origin as the request's ``Host`` (or ``X-Forwarded-Host``), or allowed by flag."""

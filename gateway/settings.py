@@ -132,6 +132,8 @@ class RouteSettings:
     public_status: bool
     #: Origins (normalised, see :func:`normal_origin`) allowed to open hop sessions.
     allowed_origins: frozenset[str] = frozenset()
+    #: ``--allow-credentials``: CORS answers let pages send cookies with hop requests.
+    allow_credentials: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,6 +189,7 @@ def derive(config: Config) -> Settings:
             tls=config.tls,
             public_status=config.public_status,
             allowed_origins=frozenset(normal_origin(o) for o in config.allowed_origins),
+            allow_credentials=config.allow_credentials,
         ),
         forward=ForwardSettings(
             via_name=config.via_name,
