@@ -31,7 +31,7 @@ export interface HopSessionOptions {
 
 /** The third argument of `new HopSocket(url, protocols, options)`; times in milliseconds. */
 export interface HopSocketOptions {
-  /** Base URL of the gateway (`https://gw.example`; a path prefix is kept). Default: the page's origin. */
+  /** Base URL of the gateway (`https://gw.example`; a path prefix is kept). Default: the origin of `url` (ws: -> http:, wss: -> https:). */
   gateway?: string | URL;
   /** Allowed transports, in order of preference. Default `["websocket", "long-poll"]`. */
   transports?: ReadonlyArray<"websocket" | "long-poll">;
@@ -98,7 +98,7 @@ export declare class HopSocket extends EventTarget {
    *   and query are asked of the gateway's upstream, its host is sent as `Host`
    * @param protocols  subprotocols to offer the endpoint
    * @throws {DOMException} SyntaxError for a bad URL or subprotocol list, as `WebSocket`
-   * @throws {TypeError} for a bad `options.gateway`, or none outside a web page
+   * @throws {TypeError} for a bad `options.gateway`
    */
   constructor(url: string | URL, protocols?: string | string[], options?: HopSocketOptions);
 

@@ -66,9 +66,9 @@ function subprotocolList(protocols) {
   return list;
 }
 
-function gatewayUrl(option) {
-  const text = option ?? globalThis.location?.origin;
-  if (!text) throw new TypeError("HopSocket needs options.gateway outside a web page");
+/** Where the hop session opens: `options.gateway`, else the endpoint's own origin (a drop-in goes where `url` says). */
+function gatewayUrl(option, endpoint) {
+  const text = option ?? endpoint.origin;
   const url = new URL(String(text), globalThis.location?.href);
   if (url.protocol === "ws:") url.protocol = "http:";
   else if (url.protocol === "wss:") url.protocol = "https:";
@@ -129,7 +129,7 @@ class HopSocket extends EventTarget {
     this._pumpQueued = false;
     this._sid = null;
     this._tunnel = new Tunnel({ maxWsMessage: this._options.maxMessageSize });
-    this._link = new HopLink(gatewayUrl(this._options.gateway), this._options, {
+    this._link = new HopLink(gatewayUrl(this._options.gateway, endpoint), this._options, {
       onMessage: (message) => this._onSessionMessage(message),
       onWritable: () => this._schedulePump(),
       onClosed: (code, reason) => this._onSessionClosed(code, reason),

@@ -389,6 +389,12 @@ class HopLink {
       headers = res.headers;
       body = await readLimited(res, 4096);
     } catch (err) {
+      const page = globalThis.location?.origin;
+      if (page && page !== "null" && page !== this.gateway.origin) {
+        // A refusal without CORS headers is opaque: fetch fails as if the gateway were down.
+        throw new SessionUnavailable(`the gateway at ${this.gateway.origin} refused this page's origin ${page} or is unreachable; `
+          + `if it is a hopgate gateway, start it with --allowed-origin ${page} (${err.message || err})`);
+      }
       throw new SessionUnavailable(`cannot reach the gateway at ${this.gateway.origin}: ${err.message || err}`);
     }
     if (status !== 200) {

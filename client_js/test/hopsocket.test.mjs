@@ -106,7 +106,9 @@ test("WebSocket API errors: constructor, send while CONNECTING, close arguments"
   }
   assert.throws(() => connect(gw, {}, ["a", "a"]), { name: "SyntaxError" });
   assert.throws(() => connect(gw, {}, ["bad protocol"]), { name: "SyntaxError" });
-  assert.throws(() => new HopSocket("ws://x/", [], { fetch: gw.fetch }), TypeError, "no gateway outside a page");
+  const drop = new HopSocket("wss://app.test/a", [], { fetch: gw.fetch, transports: ["long-poll"] });
+  assert.equal(drop._link.gateway.href, "https://app.test/", "the default gateway is the endpoint's origin");
+  drop.close();
   assert.equal(new HopSocket("https://app.test/a", [], { gateway: "http://gw.test", fetch: gw.fetch, transports: ["long-poll"] }).url, "wss://app.test/a");
 
   const ws = connect(gw);
