@@ -392,8 +392,9 @@ class HopLink {
       const page = globalThis.location?.origin;
       if (page && page !== "null" && page !== this.gateway.origin) {
         // A refusal without CORS headers is opaque: fetch fails as if the gateway were down.
-        throw new SessionUnavailable(`the gateway at ${this.gateway.origin} refused this page's origin ${page} or is unreachable; `
-          + `if it is a hopgate gateway, start it with --allowed-origin ${page} (${err.message || err})`);
+        // Kept short, the fix first: a close reason holds 123 bytes.
+        throw new SessionUnavailable(`gateway refused this page's origin or is unreachable; `
+          + `start it with --allowed-origin ${page}`);
       }
       throw new SessionUnavailable(`cannot reach the gateway at ${this.gateway.origin}: ${err.message || err}`);
     }
