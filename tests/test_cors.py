@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from gateway.transports.handshake import SESSION_PATH
 from tests.helpers import running_gateway
@@ -89,3 +90,17 @@ async def test_allow_credentials_flag() -> None:
             assert resp.status == 200
             assert resp.headers["Access-Control-Allow-Credentials"] == "true"
             assert resp.headers["Access-Control-Allow-Origin"] == PAGE
+
+
+async def test_websocket_origin_is_checked_the_same_way() -> None:
+    async with running_gateway(
+        "server", upstream="http://127.0.0.1:9", allowed_origins=[PAGE]
+    ) as gw, aiohttp.ClientSession() as http:
+        async with http.post(gw.url + SESSION_PATH, headers={"Origin": PAGE}) as resp:
+            session_id = resp.headers["X-Hopgate-Session"]
+        url = f"{gw.url}{SESSION_PATH}/{session_id}?epoch=1"
+        async with http.ws_connect(url, protocols=["hopgate.v1"], headers={"Origin": PAGE}) as ws:
+            assert ws.protocol == "hopgate.v1"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url, protocols=["hopgate.v1"], headers={"Origin": EVIL})
+        assert refused.value.status == 403
