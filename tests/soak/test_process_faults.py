@@ -234,7 +234,9 @@ async def test_client_gateway_restarts_expire_the_servers_sessions(
 
     for cycle in cycles:
         expired = cycle["old_session_expired_after_s"]
-        assert expired is not None and RESUME_GRACE <= expired < RESUME_GRACE + 10, report
+        # ``killed`` is read after the child is reaped; the server saw the socket
+        # close a moment before that, so its grace can end up to ~0.1 s "early".
+        assert expired is not None and RESUME_GRACE - 0.25 <= expired < RESUME_GRACE + 10, report
     assert doc["sessions"]["active"] == 1, report
     assert pair.server.rss_kib() - baseline_kib < 6 * 1024, report
     output = pair.server.output()
