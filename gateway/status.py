@@ -46,6 +46,13 @@ class RequestRecord:
     #: Answer body bytes sent (-1: unknown).
     size: int = -1
 
+    @classmethod
+    def over_hop(
+        cls, method: str, target: bytes, status: int, duration: float, size: int
+    ) -> RequestRecord:
+        """A request that came in over the hop: a tunnel stream's head, as the stream gave it."""
+        return cls("tunnel", method, target.decode("latin-1"), status, duration, "hop", size)
+
 
 @dataclass(frozen=True, slots=True)
 class SessionReport:

@@ -220,16 +220,9 @@ class Answerer:
         if not answer.status:
             return
         link = self._link
+        duration = link.loop.time() - opened
         link.stats.record(
-            RequestRecord(
-                route="tunnel",
-                method=method,
-                target=target.decode("latin-1"),
-                status=answer.status,
-                duration=link.loop.time() - opened,
-                peer="hop",
-                size=answer.size,
-            )
+            RequestRecord.over_hop(method, target, answer.status, duration, answer.size)
         )
 
     @contextlib.asynccontextmanager

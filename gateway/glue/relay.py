@@ -339,14 +339,7 @@ class _Relay:
         """The relayed request, once, in this gateway's access log and metrics (as answered)."""
         if not self.status:
             return  # reset before any answer: no request this gateway answered
+        duration = self.inbound.loop.time() - self.opened
         self.inbound.stats.record(
-            RequestRecord(
-                route="tunnel",
-                method=self.method,
-                target=self.target.decode("latin-1"),
-                status=self.status,
-                duration=self.inbound.loop.time() - self.opened,
-                peer="hop",
-                size=self.size,
-            )
+            RequestRecord.over_hop(self.method, self.target, self.status, duration, self.size)
         )
