@@ -102,7 +102,7 @@ class Health:
 class OwnPaths:
     """Answers ``ADMIN_PATHS``; ``answer`` returns None for any other path.
 
-    ``public``: serve metrics (and status, with ``serve_status``) to anyone,
+    ``public``: serve metrics and status to anyone,
     as the admin listener does; else only to direct loopback clients,
     unless ``--public-status``.
     """
@@ -114,17 +114,15 @@ class OwnPaths:
         health: Health,
         *,
         public: bool,
-        serve_status: bool = False,
     ) -> None:
         self._stats = stats
         self._metrics = metrics
         self._health = health
         self._public = public
-        self._serve_status = serve_status
 
     def answer(self, request: web.BaseRequest) -> web.Response | None:
         path = request.path
-        if path not in ADMIN_PATHS or (path == STATUS_PATH and not self._serve_status):
+        if path not in ADMIN_PATHS:
             return None
         if request.method not in ("GET", "HEAD"):
             return text_error(405, f"{path} answers GET only", Allow="GET, HEAD")
@@ -140,7 +138,9 @@ class OwnPaths:
         peer_ip = str(peer[0]) if isinstance(peer, tuple) else None
         refused = status_refusal(peer_ip, request.headers.keys(), public=self._public)
         if refused is not None:
-            return text_error(403, refused.replace("status details", f"{path} figures", 1))
+            if path != STATUS_PATH:
+                refused = refused.replace("status details", f"{path} figures", 1)
+            return text_error(403, refused)
         if path == STATUS_PATH:
             return _json(self._stats.as_json(), indent=2)
         return web.Response(

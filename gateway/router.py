@@ -48,7 +48,7 @@ from gateway.glue.link import TunnelLink
 from gateway.glue.opener import NotSent
 from gateway.logs import ROUTE_KEY
 from gateway.settings import RouteSettings, normal_origin
-from gateway.status import STATUS_PATH, GatewayStats, status_refusal
+from gateway.status import GatewayStats
 from gateway.transports.endpoint import SessionServer
 from gateway.transports.http import is_websocket_upgrade, text_error
 
@@ -120,7 +120,9 @@ class Router:
 
     ``sessions`` serves the hop paths (``None``: they are forwarded like any
     other); ``connect`` serves a forward proxy's ``CONNECT``; ``own_url``
-    names this gateway in the hint a misdirected request gets.
+    names this gateway in the hint a misdirected request gets; ``own_paths``
+    answers status, metrics, ready and live (the admin listener uses the
+    same one).
     """
 
     def __init__(
@@ -165,10 +167,8 @@ class Router:
 
     async def _origin_form(self, request: web.BaseRequest, path_qs: str) -> web.StreamResponse:
         """``/path?query``: this gateway's own paths, else the upstream (only there)."""
-        if request.path == STATUS_PATH:
-            return self._status(request)
         if self._own_paths is not None:
-            answer = self._own_paths.answer(request)  # metrics, ready, live
+            answer = self._own_paths.answer(request)  # status, metrics, ready, live
             if answer is not None:
                 return answer
         if self.sessions is not None:
@@ -257,22 +257,6 @@ class Router:
         if forwarded:
             names.append(forwarded.split(",")[0])
         return any(_host_port(name, scheme) == (host, port) for name in names)
-
-    def _status(self, request: web.BaseRequest) -> web.Response:
-        if request.method not in ("GET", "HEAD"):
-            refusal = text_error(405, f"{STATUS_PATH} answers GET only")
-            refusal.headers["Allow"] = "GET, HEAD"  # RFC 9110 15.5.6: a 405 lists them
-            return refusal
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        peer_ip = str(peer[0]) if isinstance(peer, tuple) else None
-        refused = status_refusal(peer_ip, request.headers.keys(), public=self.routes.public_status)
-        if refused is not None:
-            return text_error(403, refused)
-        return web.Response(
-            text=json.dumps(self.stats.as_json(), indent=2) + "\n",
-            content_type="application/json",
-            headers={"Cache-Control": "no-store"},
-        )
 
 
 def _hello(request: web.BaseRequest) -> web.Response:

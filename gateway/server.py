@@ -222,7 +222,7 @@ class Gateway:
         if listen is None:
             return
         self.admin = AdminServer(
-            OwnPaths(self.stats, self.metrics, self.health, public=True, serve_status=True),
+            OwnPaths(self.stats, self.metrics, self.health, public=True),
             *listen,
             main_url=lambda: self.url,
         )
