@@ -262,9 +262,7 @@ class Router:
 def _hello(request: web.BaseRequest) -> web.Response:
     """``GET /.hopgate/hello?nonce=N``: prove this is a gateway (never forwarded)."""
     if request.method not in ("GET", "HEAD"):
-        refusal = text_error(405, f"{discovery.HELLO_PATH} answers GET only")
-        refusal.headers["Allow"] = "GET, HEAD"
-        return refusal
+        return text_error(405, f"{discovery.HELLO_PATH} answers GET only", Allow="GET, HEAD")
     nonce = request.query.get("nonce", "")
     if not nonce or len(nonce) > MAX_NONCE:
         return text_error(
