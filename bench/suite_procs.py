@@ -1,0 +1,173 @@
+"""The processes of the benchmark suite: origins, gateways and the network path between them.
+
+Every measured party is its own process (as a user comparing tools would
+run them), started here on a free port, waited on, and stopped by the
+``with`` that started it, even when the row fails:
+
+* ``python_child(script, ...)``: one of the bench's own servers (the anchor
+  server, the legacy origin, the network path) announcing ``listening on URL``;
+* ``net_path(target, rtt, refuse_upgrades)``: the link between two parties
+  as a child process: ``relay.DelayRelay`` (a round-trip time, byte counts)
+  in front of ``tests.faultproxy.FaultProxy`` when upgrades must be refused
+  (a path that carries no WebSocket: the hop falls back to long-poll, as
+  ``bench/hop_requests.py`` and the tests force it); ``NetPath.counts()``
+  asks it for its byte counts (SIGUSR1);
+* ``hop_path(kind, origin_url, tree, rtt)``: the URL a legacy client uses:
+  the origin itself (``direct``), or ``hopgate client`` -> path -> ``hopgate
+  server`` -> origin with the hop on ``websocket`` or ``long-poll``, the
+  gateways run from ``tree``; waits until the hop is on that transport.
+
+The path process runs this checkout's relay whatever ``tree`` is: it is the
+network, not the thing measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.processes import LISTENING, ChildProcess, GatewayProcess, start_gateway  # noqa: E402
+
+BENCH = ROOT / "bench"
+#: Flags every gateway of the suite gets: quiet, and no per-address limits in the way.
+GATEWAY_FLAGS = (
+    "--max-sessions", "20000",
+    "--max-sessions-per-client", "0",
+    "--session-create-rate", "1e9",
+)  # fmt: skip
+
+
+def python_child(script: str, *args: str, tree: Path | None = None) -> ChildProcess:
+    """``python bench/SCRIPT ARGS`` (with ``tree`` first on its path), once it listens."""
+    env = {"PYTHONPATH": str(tree)} if tree is not None else None
+    child = ChildProcess.start(
+        [sys.executable, str(BENCH / script), *args],
+        name=script,
+        env=env,
+        announce=LISTENING,
+        keep_lines=2000,
+    )
+    child.wait_announced(30)
+    return child
+
+
+@contextlib.contextmanager
+def running(child: ChildProcess) -> Iterator[ChildProcess]:
+    try:
+        yield child
+    finally:
+        child.stop(5)
+
+
+@dataclass
+class NetPath:
+    """A running path process: ``url`` reaches its target."""
+
+    child: ChildProcess
+    url: str
+
+    def counts(self) -> tuple[int, int]:
+        """Bytes carried so far (up, down): asks the child and waits for its answer."""
+        before = self.child.count("bytes up=")
+        self.child.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while self.child.count("bytes up=") == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for line in reversed(self.child.lines):
+            if line.startswith("bytes up="):
+                up, down = line.split()
+                return int(up.split("=")[1]), int(down.split("=")[1])
+        raise RuntimeError(f"the path process gave no byte counts:\n{self.child.output()}")
+
+
+@contextlib.contextmanager
+def net_path(target: str, rtt: float = 0.0, refuse_upgrades: bool = False) -> Iterator[NetPath]:
+    args = ["--target", target, "--rtt-ms", str(rtt * 1000)]
+    if refuse_upgrades:
+        args.append("--refuse-upgrades")
+    with running(python_child("suite_net.py", *args)) as child:
+        yield NetPath(child, child.announced)
+
+
+def upstream_transport(client_url: str) -> str:
+    with urllib.request.urlopen(client_url + "/.hopgate/status", timeout=5) as resp:
+        doc = json.loads(resp.read())
+    return str(doc["upstreams"][0]["transport"]) if doc.get("upstreams") else "none"
+
+
+def wait_for_hop(client_url: str, transport: str, timeout: float = 30.0) -> None:
+    """Sends ``GET /`` through the client gateway until its hop is on ``transport``."""
+    deadline = time.monotonic() + timeout
+    seen = "none"
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(client_url + "/poll?since=-1", timeout=5).read()
+        seen = upstream_transport(client_url)
+        if seen == transport:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the hop stayed on {seen!r}, not {transport!r}, for {timeout:.0f} s")
+
+
+@dataclass
+class Route:
+    """What a legacy client talks to, and what to measure on the way."""
+
+    url: str
+    net: NetPath | None
+    gateways: tuple[GatewayProcess, ...] = ()
+
+
+@contextlib.contextmanager
+def hop_path(
+    kind: str, origin_url: str, tree: Path, rtt: float = 0.0, count: bool = False
+) -> Iterator[Route]:
+    """``kind``: direct, websocket or long-poll; ``count`` puts a path process on the link."""
+    origin = origin_url.removeprefix("http://")
+    with contextlib.ExitStack() as stack:
+        if kind == "direct":
+            if not (rtt or count):
+                yield Route(origin_url, None)
+                return
+            net = stack.enter_context(net_path(origin, rtt))
+            yield Route(net.url, net)
+            return
+        server = stack.enter_context(
+            _gateway("server", "--upstream", origin_url, *GATEWAY_FLAGS, tree=tree)
+        )
+        net = None
+        upstream = server.url
+        if rtt or count or kind == "long-poll":
+            hop = server.url.removeprefix("http://")
+            net = stack.enter_context(net_path(hop, rtt, refuse_upgrades=kind == "long-poll"))
+            upstream = net.url
+        client = stack.enter_context(_gateway("client", "--upstream", upstream, tree=tree))
+        wait_for_hop(client.url, kind)
+        yield Route(client.url, net, (client, server))
+
+
+@contextlib.contextmanager
+def _gateway(role: str, *args: str, tree: Path) -> Iterator[GatewayProcess]:
+    gw = start_gateway(role, *args, log_level="warning", tree=tree, keep_lines=500)
+    try:
+        yield gw
+    finally:
+        gw.stop(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
