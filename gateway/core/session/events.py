@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "Event",
+    "GoAwayReceived",
     "HelloReceived",
     "MessageReceived",
     "ProbeAnswered",
@@ -25,6 +26,19 @@ class HelloReceived:
 
     last_received: int
     first: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GoAwayReceived:
+    """The peer will stop serving this session: open new streams on another one.
+
+    Streams we opened with ids up to ``last_stream_id`` are served to the
+    end; any above it were not processed (safe to send again elsewhere).
+    Reported once, or again only when a later GOAWAY lowers the id.
+    """
+
+    last_stream_id: int
+    reason: str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -69,6 +83,7 @@ class SessionClosed:
 
 Event = (
     HelloReceived
+    | GoAwayReceived
     | MessageReceived
     | SendWindowOpened
     | TransportStalled

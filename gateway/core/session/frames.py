@@ -46,6 +46,7 @@ __all__ = [
     "Frame",
     "FrameDecoder",
     "FrameType",
+    "GoAway",
     "Hello",
     "Ping",
     "Pong",
@@ -53,6 +54,7 @@ __all__ = [
     "encode_ack",
     "encode_close",
     "encode_data",
+    "encode_goaway",
     "encode_hello",
     "encode_ping",
     "encode_pong",
@@ -84,6 +86,7 @@ class FrameType(IntEnum):
     PONG = 5
     CLOSE = 6
     ABORT = 7
+    GOAWAY = 8
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -166,7 +169,22 @@ class Abort:
         return encode_abort(packer, self.code, self.reason)
 
 
-Frame = Hello | Data | Ack | Ping | Pong | Close | Abort
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GoAway:
+    """Unsequenced: the sender will stop serving this session; open new streams elsewhere.
+
+    ``last_stream_id`` is the highest stream the receiver opened that the
+    sender got (and serves to the end); streams above it were not processed.
+    """
+
+    last_stream_id: int
+    reason: str
+
+    def encode(self, packer: msgpack.Packer) -> bytes:
+        return encode_goaway(packer, self.last_stream_id, self.reason)
+
+
+Frame = Hello | Data | Ack | Ping | Pong | Close | Abort | GoAway
 
 
 # -- encoding ---------------------------------------------------------------
@@ -205,6 +223,10 @@ def encode_close(packer: msgpack.Packer, seq: int, code: int, reason: str) -> by
 
 def encode_abort(packer: msgpack.Packer, code: int, reason: str) -> bytes:
     return packer.pack((7, code, reason))
+
+
+def encode_goaway(packer: msgpack.Packer, last_stream_id: int, reason: str) -> bytes:
+    return packer.pack((8, last_stream_id, reason))
 
 
 # -- decoding ---------------------------------------------------------------
@@ -291,6 +313,11 @@ def _parse_abort(raw: list[Any]) -> Abort:
     return Abort(code=_code(raw[1]), reason=_reason(raw[2]))
 
 
+def _parse_goaway(raw: list[Any]) -> GoAway:
+    _arity(raw, 3, "GOAWAY")
+    return GoAway(last_stream_id=_uint(raw[1], "GOAWAY last_stream_id"), reason=_reason(raw[2]))
+
+
 _PARSERS: Final[dict[int, Callable[[list[Any]], Frame]]] = {
     FrameType.HELLO: _parse_hello,
     FrameType.DATA: _parse_data,
@@ -299,6 +326,7 @@ _PARSERS: Final[dict[int, Callable[[list[Any]], Frame]]] = {
     FrameType.PONG: _parse_pong,
     FrameType.CLOSE: _parse_close,
     FrameType.ABORT: _parse_abort,
+    FrameType.GOAWAY: _parse_goaway,
 }
 
 

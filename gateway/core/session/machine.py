@@ -24,6 +24,7 @@ own part of the theory:
 ``liveness``      the timers, as timestamps of the caller's clock
 ``rtt``           the smoothed round trip that sets how soon a stall shows
 ``closing``       the states, their one transition table, the close handshake
+``goaway``        GOAWAY: "open new streams elsewhere", sent and received
 ``config``        ``SessionConfig``
 ================  ============================================================
 """
@@ -64,12 +65,14 @@ from gateway.core.session.frames import (
     Close,
     Data,
     FrameDecoder,
+    GoAway,
     Hello,
     Ping,
     Pong,
     encode_abort,
     new_packer,
 )
+from gateway.core.session.goaway import GoAwayState
 from gateway.core.session.handshake import Credentials
 from gateway.core.session.inbound import Inbound
 from gateway.core.session.liveness import Liveness
@@ -90,18 +93,8 @@ class Session:
 
     # Thousands of idle sessions live at once: no per-instance dict.
     __slots__ = (
-        "_attached",
-        "_closing",
-        "_config",
-        "_credentials",
-        "_decoder",
-        "_events",
-        "_live",
-        "_outbox",
-        "_probes",
-        "_recv",
-        "_send",
-        "_state",
+        *("_attached", "_closing", "_config", "_credentials", "_decoder", "_events", "_live"),
+        *("_outbox", "_probes", "_recv", "_send", "_state", "goaway"),
     )
 
     def __init__(
@@ -127,6 +120,8 @@ class Session:
         )
         self._probes = Probes(self._credentials, self._outbox, self._live, _PACKER)
         self._closing = Closing()
+        #: GOAWAY sent (``goaway.sent``) and received (``goaway.received``): see ``goaway``.
+        self.goaway = GoAwayState()
 
     # -- introspection ------------------------------------------------------
 
@@ -186,7 +181,7 @@ class Session:
             return True
         if self._state is _CLOSED:
             return False
-        return self._outbox.has_payload()
+        return self.goaway.due or self._outbox.has_payload()
 
     def verify_token(self, token: bytes) -> bool:
         """Constant-time check of a resume token presented out of band (long-poll)."""
@@ -195,10 +190,8 @@ class Session:
     # -- transport changes ----------------------------------------------------
 
     def transport_attached(self, now: float) -> None:
-        """A transport is ready; what it carries starts with our HELLO.
-
-        Attaching while attached is a switch: the old transport counts as lost.
-        """
+        """A transport is ready; it starts with our HELLO (while attached: a switch, the old
+        transport counts as lost)."""
         self._attached = True
         outbox, live = self._outbox, self._live
         outbox.pongs.clear()
@@ -208,6 +201,7 @@ class Session:
             outbox.abort_due = outbox.abort_frame is not None
             return
         outbox.hello_due = True
+        self.goaway.attached()
         self._send.rewind()  # go-back-N: replay whatever was in flight
         live.restart(now)
 
@@ -225,10 +219,9 @@ class Session:
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Feed one transport batch (a WebSocket message or an HTTP body).
 
-        Raises RemoteProtocolError if the peer broke the protocol; the
-        session is then CLOSED, SessionClosed is queued and an ABORT is ready
-        in ``data_to_send``. A closed session ignores data (re-acking a
-        graceful close, re-sending the ABORT of a failed one).
+        RemoteProtocolError if the peer broke the protocol: the session is then CLOSED,
+        SessionClosed queued, an ABORT ready in ``data_to_send``. A closed session ignores
+        data (re-acking a graceful close, re-sending the ABORT of a failed one).
         """
         if self._state is _CLOSED:
             if self._outbox.abort_frame is not None:
@@ -292,6 +285,10 @@ class Session:
     def _on_abort(self, frame: Abort, now: float) -> None:
         self._terminate(frame.code, frame.reason, by_peer=True, abort=False)
 
+    def _on_goaway(self, frame: GoAway, now: float) -> None:
+        if (event := self.goaway.receive(frame)) is not None:
+            self._events.append(event)
+
     def _ack(self, upto: int, now: float) -> None:
         was_writable = self.writable
         if not self._send.ack(upto):
@@ -307,10 +304,8 @@ class Session:
     def send_message(self, data: bytes | bytearray | memoryview | str) -> None:
         """Queue one whole message; ``str`` travels as text, anything else as binary.
 
-        Raises BufferFull (nothing queued) when not ``writable``, and
-        SessionUsageError if the session is closing/closed or the message is
-        over ``max_message_size``.
-        """
+        BufferFull (nothing queued) when not ``writable``; SessionUsageError when closing,
+        closed or over ``max_message_size``."""
         if self._state is not _OPEN:
             raise SessionUsageError(f"cannot send a message in state {self._state.name}")
         payload, text = message_payload(data)
@@ -327,17 +322,17 @@ class Session:
     ) -> bytes:
         """The next batch for the current transport, or b"" if there is nothing.
 
-        Control frames (HELLO, PONG, PING, cumulative ACK) come first, then
-        DATA/CLOSE from the send pointer up to ``max_bytes`` (default
-        ``max_batch_bytes``; at least one frame always fits). With
-        ``include_data=False`` only control frames are produced (a long-poll
-        POST response carrying the ack).
+        Control frames (HELLO, PONG, PING, cumulative ACK) come first, then DATA/CLOSE from
+        the send pointer up to ``max_bytes`` (default ``max_batch_bytes``; at least one frame
+        always fits), then a due GOAWAY. ``include_data=False``: control frames only (a
+        long-poll POST response carrying the ack).
         """
         if not self._attached:
             return b""
-        parts = self._outbox.batch(
-            now, max_bytes, include_data=include_data, closed=self._state is _CLOSED
-        )
+        closed = self._state is _CLOSED
+        parts = self._outbox.batch(now, max_bytes, include_data=include_data, closed=closed)
+        if not closed:
+            self.goaway.take(parts)
         if not parts:
             return b""
         self._live.last_sent_at = now
@@ -346,9 +341,8 @@ class Session:
     def rewind(self, now: float, peer_received: int | None = None) -> None:
         """Resend from ``peer_received + 1`` (default: from the last ack).
 
-        The long-poll server calls it with the last-received seq of each held
-        GET, since the response to the previous GET may never have arrived.
-        A value above anything we sent is the peer's fault (RemoteProtocolError).
+        The long-poll server calls it with each held GET's last-received seq (the answer to
+        the previous GET may be lost); one above all we sent is a RemoteProtocolError.
         """
         if self._state is _CLOSED:
             return
@@ -364,12 +358,16 @@ class Session:
 
     # -- closing ----------------------------------------------------------------
 
+    def go_away(self, last_stream_id: int, reason: str = "") -> None:
+        """GOAWAY: peer streams up to ``last_stream_id`` are served, new ones go elsewhere."""
+        if self._state is not _CLOSED:
+            self.goaway.send(_PACKER, last_stream_id, reason)
+
     def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, now: float) -> None:
         """Start a graceful close: CLOSE goes after everything already queued.
 
-        Idempotent once closing. SessionClosed comes when the peer has
-        confirmed, or after ``close_timeout`` (code CLOSE_TIMEOUT).
-        """
+        Idempotent once closing. SessionClosed when the peer confirmed, or after
+        ``close_timeout`` (code CLOSE_TIMEOUT)."""
         check_close_args(code, reason)
         if self._state is not _OPEN:
             return
@@ -470,9 +468,8 @@ class Session:
     def probe_reply(self, batch: bytes | bytearray | memoryview, now: float) -> bytes:
         """Answer a probe that arrived on a candidate transport with HELLO+PONG.
 
-        Validates the probe's HELLO (token included); a bad probe raises
-        RemoteProtocolError but leaves the session untouched, since the
-        candidate transport is not the session's yet.
+        A bad probe HELLO (token included) raises RemoteProtocolError and leaves the
+        session untouched: the candidate transport is not the session's yet.
         """
         if self._state is _CLOSED:
             raise SessionUsageError("cannot answer a probe on a CLOSED session")
@@ -494,4 +491,5 @@ _HANDLERS: Final[dict[type, Callable[[Session, Any, float], None]]] = {
     Pong: Session._on_pong,
     Close: Session._on_close,
     Abort: Session._on_abort,
+    GoAway: Session._on_goaway,
 }
