@@ -2,6 +2,7 @@
 // 5. HopSocket: the WebSocket-shaped object the page sees
 // ---------------------------------------------------------------------------
 
+import { d } from "./debug.js";
 import { utf8Encoder, utf8Length, Deque } from "./msgpack.js";
 import { RemoteProtocolError, CloseCode, MAX_REASON_BYTES, clipReason } from "./session.js";
 import { ResetCode, RESET_CLOSE_CODES, Tunnel } from "./tunnel.js";
@@ -44,14 +45,14 @@ function endpointUrl(url) {
   try {
     parsed = new URL(String(url), globalThis.location?.href);
   } catch {
-    throw domError(`The URL '${url}' is invalid.`, "SyntaxError");
+    throw domError(d`The URL '${url}' is invalid.`, "SyntaxError");
   }
   if (parsed.protocol === "http:") parsed.protocol = "ws:";
   else if (parsed.protocol === "https:") parsed.protocol = "wss:";
   if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
-    throw domError(`The URL's scheme must be either 'ws' or 'wss'. '${parsed.protocol}' is not allowed.`, "SyntaxError");
+    throw domError(d`The URL's scheme must be either 'ws' or 'wss'. '${parsed.protocol}' is not allowed.`, "SyntaxError");
   }
-  if (parsed.hash) throw domError("The URL contains a fragment identifier. Fragment identifiers are not allowed in WebSocket URLs.", "SyntaxError");
+  if (parsed.hash) throw domError(d`The URL contains a fragment identifier. Fragment identifiers are not allowed in WebSocket URLs.`, "SyntaxError");
   return parsed;
 }
 
@@ -59,8 +60,8 @@ function subprotocolList(protocols) {
   const list = protocols === undefined ? [] : typeof protocols === "string" ? [protocols] : Array.from(protocols, String);
   const seen = new Set();
   for (const p of list) {
-    if (!TOKEN_RE.test(p)) throw domError(`The subprotocol '${p}' is invalid.`, "SyntaxError");
-    if (seen.has(p)) throw domError(`The subprotocol '${p}' is duplicated.`, "SyntaxError");
+    if (!TOKEN_RE.test(p)) throw domError(d`The subprotocol '${p}' is invalid.`, "SyntaxError");
+    if (seen.has(p)) throw domError(d`The subprotocol '${p}' is duplicated.`, "SyntaxError");
     seen.add(p);
   }
   return list;
@@ -72,7 +73,7 @@ function gatewayUrl(option, endpoint) {
   const url = new URL(String(text), globalThis.location?.href);
   if (url.protocol === "ws:") url.protocol = "http:";
   else if (url.protocol === "wss:") url.protocol = "https:";
-  if (url.protocol !== "http:" && url.protocol !== "https:") throw new TypeError(`gateway must be an http(s) URL, not ${text}`);
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new TypeError(d`gateway must be an http(s) URL, not ${text}`);
   return url;
 }
 
@@ -169,14 +170,14 @@ class HopSocket extends EventTarget {
    * @throws {DOMException} InvalidStateError while CONNECTING
    */
   send(data) {
-    if (this._readyState === CONNECTING) throw domError("Still in CONNECTING state.", "InvalidStateError");
+    if (this._readyState === CONNECTING) throw domError(d`Still in CONNECTING state.`, "InvalidStateError");
     const item = this._outgoing(data);
     if (this._readyState !== OPEN || this._closeRequest !== null) {
       this._discarded += item.size;
       return;
     }
     if (item.size > this._options.maxMessageSize || this.bufferedAmount + item.size > this._options.maxBufferedAmount) {
-      this._abort(1009, `message too big or too much buffered (${item.size} bytes)`);
+      this._abort(1009, d`message too big or too much buffered (${item.size} bytes)`);
       return;
     }
     this._outbox.push(item);
@@ -194,20 +195,20 @@ class HopSocket extends EventTarget {
     if (code !== undefined) {
       code = Math.min(Math.max(Math.round(Number(code)) || 0, 0), 65535); // WebIDL [Clamp] unsigned short
       if (code !== 1000 && !(code >= 3000 && code <= 4999)) {
-        throw domError(`The code must be either 1000, or between 3000 and 4999. ${code} is neither.`, "InvalidAccessError");
+        throw domError(d`The code must be either 1000, or between 3000 and 4999. ${code} is neither.`, "InvalidAccessError");
       }
     }
     reason = reason === undefined ? "" : String(reason);
-    if (utf8Length(reason) > MAX_REASON_BYTES) throw domError("The close reason must not be greater than 123 UTF-8 bytes.", "SyntaxError");
+    if (utf8Length(reason) > MAX_REASON_BYTES) throw domError(d`The close reason must not be greater than 123 UTF-8 bytes.`, "SyntaxError");
     if (this._readyState === CLOSING || this._readyState === CLOSED) return;
     if (this._readyState === CONNECTING) {
       this._readyState = CLOSING;
-      setTimeout(() => this._fail("WebSocket is closed before the connection is established."), 0);
+      setTimeout(() => this._fail(d`WebSocket is closed before the connection is established.`), 0);
       return;
     }
     this._readyState = CLOSING;
     this._closeRequest = { code: code ?? 1005, reason }; // 1005: "no code", as a browser's empty close frame
-    this._closeTimer = setTimeout(() => this._closed(1006, "the endpoint did not answer the close", false, true), this._options.closeTimeout);
+    this._closeTimer = setTimeout(() => this._closed(1006, d`the endpoint did not answer the close`, false, true), this._options.closeTimeout);
     this._schedulePump();
   }
 
@@ -221,7 +222,7 @@ class HopSocket extends EventTarget {
   _watchPageHide() {
     const page = globalThis.window;
     if (page === undefined || typeof page.addEventListener !== "function") return;
-    const onPageHide = () => this._link.abandon(CloseCode.GOING_AWAY, "page unloaded");
+    const onPageHide = () => this._link.abandon(CloseCode.GOING_AWAY, d`page unloaded`);
     page.addEventListener("pagehide", onPageHide);
     this._unwatchPageHide = () => page.removeEventListener("pagehide", onPageHide);
   }
@@ -234,7 +235,7 @@ class HopSocket extends EventTarget {
       return;
     }
     if (this._readyState !== CONNECTING) {
-      this._link.close(CloseCode.NORMAL, "closed before the connection was established");
+      this._link.close(CloseCode.NORMAL, d`closed before the connection was established`);
       return;
     }
     const headers = [["Host", host]];
@@ -243,7 +244,7 @@ class HopSocket extends EventTarget {
     try {
       this._sid = this._tunnel.openWebSocket(target, headers, this._offered);
     } catch (err) {
-      this._fail(`cannot open the stream: ${err.message}`);
+      this._fail(d`cannot open the stream: ${err.message}`);
       return;
     }
     this._schedulePump();
@@ -269,7 +270,7 @@ class HopSocket extends EventTarget {
           item.bytes = new Uint8Array(buffer);
           this._schedulePump();
         },
-        () => this._abort(1011, "could not read a Blob to send"),
+        () => this._abort(1011, d`could not read a Blob to send`),
       );
       return item;
     }
@@ -331,7 +332,7 @@ class HopSocket extends EventTarget {
   _onTunnelEvent(event) {
     switch (event.type) {
       case "accepted": return this._onAccepted(event);
-      case "refused": return this._fail(`the endpoint refused the WebSocket (${event.status})`);
+      case "refused": return this._fail(d`the endpoint refused the WebSocket (${event.status})`);
       case "data": return this._tunnel.consumed(event.sid, event.data.length); // a refusal's body
       case "message": return this._onMessage(event);
       case "closed": return this._onPeerClose(event);
@@ -344,8 +345,8 @@ class HopSocket extends EventTarget {
     if (this._readyState !== CONNECTING) return;
     const protocol = event.protocol ?? "";
     if (protocol && !this._offered.includes(protocol)) {
-      this._tunnel.reset(event.sid, ResetCode.PROTOCOL, "subprotocol not offered");
-      this._fail(`the endpoint chose the subprotocol '${protocol}', which was not offered`);
+      this._tunnel.reset(event.sid, ResetCode.PROTOCOL, d`subprotocol not offered`);
+      this._fail(d`the endpoint chose the subprotocol '${protocol}', which was not offered`);
       return;
     }
     this._protocol = protocol;
@@ -378,7 +379,7 @@ class HopSocket extends EventTarget {
 
   _onReset(event) {
     if (this._readyState === CONNECTING || this._readyState === CLOSED) {
-      this._fail(`the gateway could not open the WebSocket: ${event.reason}`);
+      this._fail(d`the gateway could not open the WebSocket: ${event.reason}`);
       return;
     }
     const code = event.code === ResetCode.SESSION_LOST ? 1006 : RESET_CLOSE_CODES[event.code] ?? 1011;
@@ -388,17 +389,17 @@ class HopSocket extends EventTarget {
   _onSessionClosed(code, reason) {
     this._unwatchPageHide();
     if (!this._tunnel.closed) {
-      this._tunnel.closeAll(`hop session closed (${code} ${reason})`);
+      this._tunnel.closeAll(d`hop session closed (${code} ${reason})`);
       for (const event of this._tunnel.eventsReceived()) this._onTunnelEvent(event);
     }
-    if (this._readyState !== CLOSED) this._fail(`hop session closed (${code} ${reason})`);
+    if (this._readyState !== CLOSED) this._fail(d`hop session closed (${code} ${reason})`);
   }
 
   // -- the end ------------------------------------------------------------------------
 
   /** Fail the connection (WebSocket spec): error, then close 1006. */
   _fail(reason) {
-    if (this._sid !== null) this._tunnel.reset(this._sid, ResetCode.CANCEL, "closed by the page");
+    if (this._sid !== null) this._tunnel.reset(this._sid, ResetCode.CANCEL, d`closed by the page`);
     this._closed(1006, reason, false, true);
   }
 

@@ -2,6 +2,8 @@
 // Learning a path's idle timeout from the WebSockets it kills
 // ---------------------------------------------------------------------------
 
+import { d } from "./debug.js";
+
 /*
  * The rule of gateway/core/idle.py, ported: a WebSocket that dies by itself
  * (not our close, not a demotion) after `idle` seconds without a byte either
@@ -21,7 +23,7 @@ const IDLE_SLACK = 1.5; // ...or within this many seconds
 
 class IdleLearner {
   constructor(start) {
-    if (!(start > 0)) throw new RangeError("the start heartbeat must be > 0");
+    if (!(start > 0)) throw new RangeError(d`the start heartbeat must be > 0`);
     this.heartbeat = start; // seconds of silence before a PING, now
     this.learned = null; // the idle limit learned, seconds
     this._last = null;

@@ -2,6 +2,7 @@
 // 4. I/O: the hop link (session transports)
 // ---------------------------------------------------------------------------
 
+import { d } from "./debug.js";
 import { concatBytes } from "./msgpack.js";
 import { learnerFor } from "./idle.js";
 import { RemoteProtocolError, CloseCode, PROTOCOL_VERSION, FrameType, sessionFrames, SessionState, clipReason, Session } from "./session.js";
@@ -78,10 +79,10 @@ function monotonicSeconds() {
 /** The whole body of a fetch Response, or an Error past `limit` bytes. */
 async function readLimited(response, limit) {
   const declared = Number(response.headers.get("Content-Length"));
-  if (declared > limit) throw new Error(`body of ${declared} bytes exceeds ${limit}`);
+  if (declared > limit) throw new Error(d`body of ${declared} bytes exceeds ${limit}`);
   if (!response.body || typeof response.body.getReader !== "function") {
     const whole = new Uint8Array(await response.arrayBuffer());
-    if (whole.length > limit) throw new Error(`body exceeds ${limit} bytes`);
+    if (whole.length > limit) throw new Error(d`body exceeds ${limit} bytes`);
     return whole;
   }
   const reader = response.body.getReader();
@@ -93,7 +94,7 @@ async function readLimited(response, limit) {
     total += value.length;
     if (total > limit) {
       reader.cancel().catch(() => {});
-      throw new Error(`body exceeds ${limit} bytes`);
+      throw new Error(d`body exceeds ${limit} bytes`);
     }
     chunks.push(value);
   }
@@ -134,51 +135,51 @@ class WebSocketTransport {
         return;
       }
       ws.binaryType = "arraybuffer";
-      arm(link.options.connectTimeout, "WebSocket handshake timed out");
+      arm(link.options.connectTimeout, d`WebSocket handshake timed out`);
       ws.onopen = () => {
-        if (ws.protocol !== SUBPROTOCOL) return fail(`the 101 did not select ${SUBPROTOCOL}`);
+        if (ws.protocol !== SUBPROTOCOL) return fail(d`the 101 did not select ${SUBPROTOCOL}`);
         let probe;
         try {
           probe = link.core.probeRequest(link.now());
         } catch (err) {
-          return fail(`cannot probe: ${err.message}`);
+          return fail(d`cannot probe: ${err.message}`);
         }
         nonce = probe.nonce;
         ws.send(probe.batch);
-        arm(link.options.probeTimeout, "no answer to the probe (a proxy may be holding WebSocket frames)");
+        arm(link.options.probeTimeout, d`no answer to the probe (a proxy may be holding WebSocket frames)`);
         return undefined;
       };
       ws.onmessage = (event) => {
-        if (nonce === null || !(event.data instanceof ArrayBuffer)) return fail("the gateway did not answer the probe with a HELLO");
+        if (nonce === null || !(event.data instanceof ArrayBuffer)) return fail(d`the gateway did not answer the probe with a HELLO`);
         let answered;
         try {
           answered = link.core.probeCheck(new Uint8Array(event.data), link.now());
         } catch (err) {
-          return fail(`bad probe reply: ${err.message}`);
+          return fail(d`bad probe reply: ${err.message}`);
         }
-        if (answered === null || answered.nonce !== nonce) return fail("the probe reply answered no probe of ours");
+        if (answered === null || answered.nonce !== nonce) return fail(d`the probe reply answered no probe of ours`);
         clearTimeout(timer);
         ws.onmessage = (e) => this._received(e);
         ws.onclose = (e) => {
           link.websocketDied(this);
-          link.transportFailed(this, `WebSocket closed (${e.code})`);
+          link.transportFailed(this, d`WebSocket closed (${e.code})`);
         };
         ws.onerror = null; // a close always follows
         resolve();
         return undefined;
       };
-      ws.onerror = () => fail("WebSocket connection failed");
-      ws.onclose = (e) => fail(`WebSocket closed during the handshake (${e.code})`);
+      ws.onerror = () => fail(d`WebSocket connection failed`);
+      ws.onclose = (e) => fail(d`WebSocket closed during the handshake (${e.code})`);
     });
   }
 
   _received(event) {
     if (!(event.data instanceof ArrayBuffer)) {
-      this.link.abandon(CloseCode.PROTOCOL_ERROR, "text message on a hop WebSocket");
+      this.link.abandon(CloseCode.PROTOCOL_ERROR, d`text message on a hop WebSocket`);
       return;
     }
     if (event.data.byteLength > this.link.options.maxBatchBytes) {
-      this.link.abandon(CloseCode.MESSAGE_TOO_BIG, "hop WebSocket message over maxBatchBytes");
+      this.link.abandon(CloseCode.MESSAGE_TOO_BIG, d`hop WebSocket message over maxBatchBytes`);
       return;
     }
     this.link.feed(new Uint8Array(event.data));
@@ -248,7 +249,7 @@ class LongPollTransport {
         if (body.length) link.feed(body);
       }
     } catch (err) {
-      link.transportFailed(this, `poll failed: ${err.message || err}`);
+      link.transportFailed(this, d`poll failed: ${err.message || err}`);
     }
   }
 
@@ -277,7 +278,7 @@ class LongPollTransport {
       if (body.length) link.feed(body);
     } catch (err) {
       // The POST may or may not have arrived: the next transport replays from the ack.
-      link.transportFailed(this, `post failed: ${err.message || err}`);
+      link.transportFailed(this, d`post failed: ${err.message || err}`);
     } finally {
       this.posting = false;
     }
@@ -315,7 +316,7 @@ class HopLink {
     this.fetch = this.options.fetch ?? globalThis.fetch?.bind(globalThis);
     this.WebSocket = this.options.WebSocket ?? globalThis.WebSocket;
     if (this.wsAllowed && typeof this.WebSocket !== "function") this.wsAllowed = false;
-    if (!this.wsAllowed && !this.lpAllowed) throw new TypeError("no usable transport (transports: ['websocket', 'long-poll'])");
+    if (!this.wsAllowed && !this.lpAllowed) throw new TypeError(d`no usable transport (transports: ['websocket', 'long-poll'])`);
     this.handlers = handlers;
     this.log = this.options.log ?? (() => {});
     this.core = null;
@@ -371,13 +372,13 @@ class HopLink {
     this._tokenText = base64urlEncode(token);
     const session = { ...(this.options.session ?? {}), heartbeatInterval: this.idle.heartbeat };
     this.core = new Session({ sessionId, token, isClient: true, now: this.now(), config: session });
-    this.log(`= session ${sessionId.slice(0, 6)} opened`);
+    this.log(d`= session ${sessionId.slice(0, 6)} opened`);
     this._rearm();
     try {
       await this._connectAny(true);
     } catch (err) {
-      this.abandon(CloseCode.GOING_AWAY, "no transport");
-      throw new SessionUnavailable(`no transport reaches the gateway: ${err.message}`);
+      this.abandon(CloseCode.GOING_AWAY, d`no transport`);
+      throw new SessionUnavailable(d`no transport reaches the gateway: ${err.message}`);
     }
   }
 
@@ -393,19 +394,20 @@ class HopLink {
       if (page && page !== "null" && page !== this.gateway.origin) {
         // A refusal without CORS headers is opaque: fetch fails as if the gateway were down.
         // Kept short, the fix first: a close reason holds 123 bytes.
+        // Full text in every build: the issue asks that the reason names the fix.
         throw new SessionUnavailable(`gateway refused this page's origin or is unreachable; `
           + `start it with --allowed-origin ${page}`);
       }
-      throw new SessionUnavailable(`cannot reach the gateway at ${this.gateway.origin}: ${err.message || err}`);
+      throw new SessionUnavailable(d`cannot reach the gateway at ${this.gateway.origin}: ${err.message || err}`);
     }
     if (status !== 200) {
       const text = new TextDecoder().decode(body).trim().slice(0, 200);
-      throw new SessionUnavailable(`the gateway refused a hop session (${status}${text ? `: ${text}` : ""})`);
+      throw new SessionUnavailable(d`the gateway refused a hop session (${status}): ${text}`);
     }
     const sessionId = headers.get(SESSION_HEADER);
     const token = base64urlDecode(headers.get(TOKEN_HEADER));
     if (!sessionId || token === null) {
-      throw new SessionUnavailable("not a hopgate gateway: no session headers (a cross-origin gateway needs CORS)");
+      throw new SessionUnavailable(d`not a hopgate gateway: no session headers (a cross-origin gateway needs CORS)`);
     }
     let frames;
     try {
@@ -416,7 +418,7 @@ class HopLink {
     const hello = frames[0];
     const valid = frames.length === 1 && hello.type === FrameType.HELLO && hello.version === PROTOCOL_VERSION
       && hello.sessionId === sessionId && hello.lastReceived === 0 && hello.token === null;
-    if (!valid) throw new SessionUnavailable("not a hopgate gateway: the answer is not a session HELLO");
+    if (!valid) throw new SessionUnavailable(d`not a hopgate gateway: the answer is not a session HELLO`);
     return { sessionId, token };
   }
 
@@ -499,7 +501,7 @@ class HopLink {
       this.core.receiveData(batch, this.now());
     } catch (err) {
       if (!(err instanceof RemoteProtocolError)) throw err;
-      this.log(`< protocol error, closing the session: ${err.reason} (${err.code})`);
+      this.log(d`< protocol error, closing the session: ${err.reason} (${err.code})`);
     }
     this.dispatch();
   }
@@ -517,7 +519,7 @@ class HopLink {
     const lesson = this.idle.websocketDied(this.now() - this._lastActivity);
     if (lesson !== null) {
       this._reprobeDelay = this.options.reprobeInitial; // what killed it is understood now
-      this.log(`= the path closes idle WebSockets after ~${Math.round(lesson.limit)} s; heartbeat now ${lesson.heartbeat} s`);
+      this.log(d`= the path closes idle WebSockets after ~${Math.round(lesson.limit)} s; heartbeat now ${lesson.heartbeat} s`);
     }
     // Another HopSocket to this gateway may have learned it first.
     if (this.idle.heartbeat < this.core.config.heartbeatInterval) this.core.setHeartbeat(this.idle.heartbeat);
@@ -551,7 +553,7 @@ class HopLink {
   transportFailed(transport, reason) {
     transport.abandon();
     if (transport !== this.current) return;
-    this.log(`= lost ${transport.kind}: ${reason}`);
+    this.log(d`= lost ${transport.kind}: ${reason}`);
     this.current = null;
     if (this.finished) return;
     this.core.transportLost(this.now());
@@ -563,11 +565,11 @@ class HopLink {
   /** A non-200 answer: the gateway forgot us, refused us, or broke. */
   refused(transport, status, body) {
     if (transport !== this.current) transport.abandon();
-    else if (status === 404) this.abandon(CloseCode.SESSION_EXPIRED, "expired: the gateway no longer knows this session");
-    else if (status === 403) this.abandon(CloseCode.AUTH_FAILED, "the gateway refused our resume token");
+    else if (status === 404) this.abandon(CloseCode.SESSION_EXPIRED, d`expired: the gateway no longer knows this session`);
+    else if (status === 403) this.abandon(CloseCode.AUTH_FAILED, d`the gateway refused our resume token`);
     else {
       if (status === 400 && body.length) this.feed(body); // an ABORT saying why
-      this.transportFailed(transport, `the gateway answered ${status}`);
+      this.transportFailed(transport, d`the gateway answered ${status}`);
     }
   }
 
@@ -580,7 +582,7 @@ class HopLink {
         await this._upgrade();
         return;
       } catch (err) {
-        this.log(`= WebSocket unusable: ${err.message}`);
+        this.log(d`= WebSocket unusable: ${err.message}`);
         this._wsFailed();
         if (!this.lpAllowed) throw err;
       }
@@ -597,19 +599,19 @@ class HopLink {
     } finally {
       this._probing = false;
     }
-    if (transport.abandoned) throw new Error("the WebSocket closed right after its probe");
+    if (transport.abandoned) throw new Error(d`the WebSocket closed right after its probe`);
     if (this.finished) {
       transport.abandon();
       return;
     }
     this._attach(transport);
-    this.log(`= WebSocket attached (epoch ${transport.epoch})`);
+    this.log(d`= WebSocket attached (epoch ${transport.epoch})`);
   }
 
   _startLongPoll() {
     const transport = new LongPollTransport(this, ++this._epoch);
     this._attach(transport);
-    this.log(`= long-poll attached (epoch ${transport.epoch})`);
+    this.log(d`= long-poll attached (epoch ${transport.epoch})`);
     transport.start();
     this._scheduleReprobe();
   }
@@ -645,7 +647,7 @@ class HopLink {
   _onStalled() {
     const transport = this.current;
     if (transport === null) return;
-    this.log(`= ${transport.kind} stalled: no progress for ${this.core.config.stallTimeout} s`);
+    this.log(d`= ${transport.kind} stalled: no progress for ${this.core.config.stallTimeout} s`);
     if (transport.kind === "websocket" && this.lpAllowed) {
       this._wsFailed();
       this._startLongPoll(); // nothing is lost: attaching replays everything unacked
@@ -685,7 +687,7 @@ class HopLink {
     try {
       await this._upgrade();
     } catch (err) {
-      this.log(`= WebSocket re-probe failed: ${err.message}`);
+      this.log(d`= WebSocket re-probe failed: ${err.message}`);
       this._wsFailed();
       if (this.current?.kind === "long-poll") this._scheduleReprobe();
       else if (this.current === null) this._scheduleReconnect();
@@ -719,7 +721,7 @@ class HopLink {
     clearTimeout(this._reprobeTimer);
     clearTimeout(this._reconnectTimer);
     this._timer = this._reprobeTimer = this._reconnectTimer = null;
-    this.log(`= session closed (${code} ${reason})`);
+    this.log(d`= session closed (${code} ${reason})`);
     // The current transport flushes the last ACK/ABORT, then closes itself.
     if (this.current !== null) this.kick();
     this.handlers.onClosed(code, reason, byPeer);

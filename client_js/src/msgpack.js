@@ -2,6 +2,8 @@
 // 1. msgpack subset
 // ---------------------------------------------------------------------------
 
+import { d } from "./debug.js";
+
 /** Bytes that are not a batch of whole, bounded msgpack objects of our subset. */
 class MsgpackError extends Error {}
 
@@ -68,7 +70,7 @@ function encodeInt(w, v) {
 }
 
 function encodeBig(w, v) {
-  if (v < -(2n ** 63n) || v >= 2n ** 64n) throw new TypeError("integer out of the msgpack range");
+  if (v < -(2n ** 63n) || v >= 2n ** 64n) throw new TypeError(d`integer out of the msgpack range`);
   w.reserve(9);
   w.buf[w.length] = v >= 0n ? 0xcf : 0xd3;
   w.view.setBigUint64(w.length + 1, BigInt.asUintN(64, v));
@@ -97,7 +99,7 @@ function encodeValue(w, v) {
   else if (v === true) w.u8(0xc3);
   else if (v === false) w.u8(0xc2);
   else if (typeof v === "number") {
-    if (!Number.isSafeInteger(v)) throw new TypeError(`not an integer we encode: ${v}`);
+    if (!Number.isSafeInteger(v)) throw new TypeError(d`not an integer we encode: ${v}`);
     encodeInt(w, v);
   } else if (typeof v === "bigint") encodeBig(w, v);
   else if (typeof v === "string") encodeStr(w, v);
@@ -110,7 +112,7 @@ function encodeValue(w, v) {
     else if (n < 0x10000) w.typed(0xdc, n, 2);
     else w.typed(0xdd, n, 4);
     for (const item of v) encodeValue(w, item);
-  } else throw new TypeError(`cannot encode ${Object.prototype.toString.call(v)}`);
+  } else throw new TypeError(d`cannot encode ${Object.prototype.toString.call(v)}`);
 }
 
 /**
@@ -150,7 +152,7 @@ class MsgpackReader {
   }
 
   need(n) {
-    if (this.pos + n > this.bytes.length) throw new MsgpackError("ends inside a frame");
+    if (this.pos + n > this.bytes.length) throw new MsgpackError(d`ends inside a frame`);
     const at = this.pos;
     this.pos += n;
     return at;
@@ -178,24 +180,24 @@ class MsgpackReader {
   }
 
   str(n) {
-    if (n > this.limits.maxStr) throw new MsgpackError(`str of ${n} bytes over ${this.limits.maxStr}`);
+    if (n > this.limits.maxStr) throw new MsgpackError(d`str of ${n} bytes over ${this.limits.maxStr}`);
     const at = this.need(n);
     try {
       return strictUtf8.decode(this.bytes.subarray(at, at + n));
     } catch {
-      throw new MsgpackError("str is not valid UTF-8");
+      throw new MsgpackError(d`str is not valid UTF-8`);
     }
   }
 
   bin(n) {
-    if (n > this.limits.maxBin) throw new MsgpackError(`bin of ${n} bytes over ${this.limits.maxBin}`);
+    if (n > this.limits.maxBin) throw new MsgpackError(d`bin of ${n} bytes over ${this.limits.maxBin}`);
     const at = this.need(n);
     return this.bytes.subarray(at, at + n); // a view: batches are never reused
   }
 
   array(n, depth) {
-    if (n > this.limits.maxArray) throw new MsgpackError(`array of ${n} over ${this.limits.maxArray}`);
-    if (depth >= this.limits.maxDepth) throw new MsgpackError("arrays nested too deep");
+    if (n > this.limits.maxArray) throw new MsgpackError(d`array of ${n} over ${this.limits.maxArray}`);
+    if (depth >= this.limits.maxDepth) throw new MsgpackError(d`arrays nested too deep`);
     const out = new Array(n);
     for (let i = 0; i < n; i++) out[i] = this.value(depth + 1);
     return out;
@@ -229,10 +231,10 @@ class MsgpackReader {
       case 0xdd: return this.array(this.uint(4), depth);
       default: break;
     }
-    if ((t >= 0x80 && t <= 0x8f) || t === 0xde || t === 0xdf) throw new MsgpackError("maps are not allowed");
-    if (t === 0xca || t === 0xcb) throw new MsgpackError("floats are not allowed");
-    if (t === 0xc1) throw new MsgpackError("0xc1 is never used");
-    throw new MsgpackError("ext types are not allowed");
+    if ((t >= 0x80 && t <= 0x8f) || t === 0xde || t === 0xdf) throw new MsgpackError(d`maps are not allowed`);
+    if (t === 0xca || t === 0xcb) throw new MsgpackError(d`floats are not allowed`);
+    if (t === 0xc1) throw new MsgpackError(d`0xc1 is never used`);
+    throw new MsgpackError(d`ext types are not allowed`);
   }
 }
 

@@ -2,6 +2,7 @@
 // 2. The hop session (docs/protocol.md; reference: gateway/core/session/machine.py)
 // ---------------------------------------------------------------------------
 
+import { d } from "./debug.js";
 import { MsgpackError, utf8Encoder, strictUtf8, encode, SESSION_LIMITS, MsgpackReader, concatBytes, utf8Length, Deque } from "./msgpack.js";
 
 /*
@@ -76,7 +77,7 @@ const sessionFrames = Object.freeze({
 });
 
 function malformed(what) {
-  return new RemoteProtocolError(`malformed frame: ${what}`, CloseCode.PROTOCOL_ERROR);
+  return new RemoteProtocolError(d`malformed frame: ${what}`, CloseCode.PROTOCOL_ERROR);
 }
 
 /** A uint64 (Number, or BigInt past 2^53); booleans are not numbers here. */
@@ -86,7 +87,7 @@ function isUint(v, low = 0) {
 }
 
 function uintField(v, what, low = 0) {
-  if (!isUint(v, low)) throw malformed(`${what} must be an integer in [${low}, 2**64-1]`);
+  if (!isUint(v, low)) throw malformed(d`${what} must be an integer in [${low}, 2**64-1]`);
   return v;
 }
 
@@ -99,7 +100,7 @@ function isReason(v) {
 }
 
 function arity(raw, n, name) {
-  if (raw.length !== n) throw malformed(`${name} has ${raw.length} fields, expected ${n}`);
+  if (raw.length !== n) throw malformed(d`${name} has ${raw.length} fields, expected ${n}`);
 }
 
 const SESSION_PARSERS = {
@@ -107,16 +108,16 @@ const SESSION_PARSERS = {
     arity(raw, 5, "HELLO");
     const [, version, sessionId, lastReceived, token] = raw;
     if (typeof sessionId !== "string" || sessionId.length < 1 || sessionId.length > MAX_SESSION_ID_LENGTH) {
-      throw malformed("HELLO session id must be a non-empty short string");
+      throw malformed(d`HELLO session id must be a non-empty short string`);
     }
     if (token !== null && !(token instanceof Uint8Array && token.length <= MAX_TOKEN_LENGTH)) {
-      throw malformed("HELLO token must be nil or a short bin");
+      throw malformed(d`HELLO token must be nil or a short bin`);
     }
     return {
       type: FrameType.HELLO,
-      version: uintField(version, "HELLO version"),
+      version: uintField(version, d`HELLO version`),
       sessionId,
-      lastReceived: uintField(lastReceived, "HELLO last_received"),
+      lastReceived: uintField(lastReceived, d`HELLO last_received`),
       token,
     };
   },
@@ -125,42 +126,42 @@ const SESSION_PARSERS = {
     const [, seq, flags, payload] = raw;
     uintField(seq, "DATA seq", 1);
     if (!Number.isInteger(flags) || flags < 0 || flags > (FLAG_FIN | FLAG_TEXT)) {
-      throw malformed("DATA flags must be an integer using only bits 0x03");
+      throw malformed(d`DATA flags must be an integer using only bits 0x03`);
     }
-    if (!(payload instanceof Uint8Array)) throw malformed("DATA payload must be bin");
+    if (!(payload instanceof Uint8Array)) throw malformed(d`DATA payload must be bin`);
     return { type: FrameType.DATA, seq, fin: Boolean(flags & FLAG_FIN), text: Boolean(flags & FLAG_TEXT), payload };
   },
   [FrameType.ACK](raw) {
     arity(raw, 2, "ACK");
-    return { type: FrameType.ACK, received: uintField(raw[1], "ACK received") };
+    return { type: FrameType.ACK, received: uintField(raw[1], d`ACK received`) };
   },
   [FrameType.PING](raw) {
     arity(raw, 2, "PING");
-    return { type: FrameType.PING, nonce: uintField(raw[1], "PING nonce") };
+    return { type: FrameType.PING, nonce: uintField(raw[1], d`PING nonce`) };
   },
   [FrameType.PONG](raw) {
     arity(raw, 2, "PONG");
-    return { type: FrameType.PONG, nonce: uintField(raw[1], "PONG nonce") };
+    return { type: FrameType.PONG, nonce: uintField(raw[1], d`PONG nonce`) };
   },
   [FrameType.CLOSE](raw) {
     arity(raw, 4, "CLOSE");
-    if (!isCloseCode(raw[2])) throw malformed("close code must be an integer in [1000, 4999]");
-    if (!isReason(raw[3])) throw malformed(`close reason must be a string of at most ${MAX_REASON_BYTES} bytes`);
+    if (!isCloseCode(raw[2])) throw malformed(d`close code must be an integer in [1000, 4999]`);
+    if (!isReason(raw[3])) throw malformed(d`close reason must be a string of at most ${MAX_REASON_BYTES} bytes`);
     return { type: FrameType.CLOSE, seq: uintField(raw[1], "CLOSE seq", 1), code: raw[2], reason: raw[3] };
   },
   [FrameType.ABORT](raw) {
     arity(raw, 3, "ABORT");
-    if (!isCloseCode(raw[1])) throw malformed("close code must be an integer in [1000, 4999]");
-    if (!isReason(raw[2])) throw malformed(`close reason must be a string of at most ${MAX_REASON_BYTES} bytes`);
+    if (!isCloseCode(raw[1])) throw malformed(d`close code must be an integer in [1000, 4999]`);
+    if (!isReason(raw[2])) throw malformed(d`close reason must be a string of at most ${MAX_REASON_BYTES} bytes`);
     return { type: FrameType.ABORT, code: raw[1], reason: raw[2] };
   },
 };
 
 /** Validate one decoded msgpack object as a session frame. */
 function parseSessionFrame(raw) {
-  if (!Array.isArray(raw) || raw.length === 0) throw malformed("a frame must be a non-empty array");
+  if (!Array.isArray(raw) || raw.length === 0) throw malformed(d`a frame must be a non-empty array`);
   const parser = typeof raw[0] === "number" ? SESSION_PARSERS[raw[0]] : undefined;
-  if (parser === undefined) throw malformed(`unknown frame type ${String(raw[0]).slice(0, 20)}`);
+  if (parser === undefined) throw malformed(d`unknown frame type ${String(raw[0]).slice(0, 20)}`);
   return parser(raw);
 }
 
@@ -193,11 +194,11 @@ const DEFAULT_SESSION_CONFIG = Object.freeze({
 
 function sessionConfig(overrides) {
   const c = { ...DEFAULT_SESSION_CONFIG, ...overrides };
-  if (!(c.fragmentSize >= 1 && c.fragmentSize <= MAX_FRAGMENT_SIZE)) throw new RangeError("fragmentSize out of range");
-  if (c.maxBufferBytes < c.fragmentSize + DATA_OVERHEAD) throw new RangeError("maxBufferBytes must hold a fragment");
-  if (c.maxBufferFrames < 1 || c.maxBatchBytes < 1) throw new RangeError("buffer and batch limits must be >= 1");
+  if (!(c.fragmentSize >= 1 && c.fragmentSize <= MAX_FRAGMENT_SIZE)) throw new RangeError(d`fragmentSize out of range`);
+  if (c.maxBufferBytes < c.fragmentSize + DATA_OVERHEAD) throw new RangeError(d`maxBufferBytes must hold a fragment`);
+  if (c.maxBufferFrames < 1 || c.maxBatchBytes < 1) throw new RangeError(d`buffer and batch limits must be >= 1`);
   for (const k of ["retransmitTimeout", "heartbeatInterval", "stallTimeout", "resumeGrace", "closeTimeout"]) {
-    if (!(c[k] > 0)) throw new RangeError(`${k} must be > 0`);
+    if (!(c[k] > 0)) throw new RangeError(d`${k} must be > 0`);
   }
   return Object.freeze(c);
 }
@@ -249,10 +250,10 @@ class Session {
    */
   constructor({ sessionId, token, isClient, now, config = {} }) {
     if (typeof sessionId !== "string" || !/^[\x00-\x7f]{1,128}$/.test(sessionId)) {
-      throw new LocalProtocolError("sessionId must be 1-128 ASCII characters");
+      throw new LocalProtocolError(d`sessionId must be 1-128 ASCII characters`);
     }
     if (!(token instanceof Uint8Array) || token.length < 1 || token.length > MAX_TOKEN_LENGTH) {
-      throw new LocalProtocolError(`token must be 1-${MAX_TOKEN_LENGTH} bytes`);
+      throw new LocalProtocolError(d`token must be 1-${MAX_TOKEN_LENGTH} bytes`);
     }
     this.config = sessionConfig(config);
     this.sessionId = sessionId;
@@ -420,15 +421,15 @@ class Session {
   _onData(frame) {
     this._ackPending = true;
     if (frame.seq !== this._received + 1) return; // duplicate or gap: go-back-N replays it
-    if (this._peerClosed) throw new RemoteProtocolError("DATA after CLOSE");
+    if (this._peerClosed) throw new RemoteProtocolError(d`DATA after CLOSE`);
     this._received = frame.seq;
     const parts = this._rxParts;
     if (parts.length) {
-      if (frame.text !== this._rxText) throw new RemoteProtocolError("fragments of one message mix text and binary");
+      if (frame.text !== this._rxText) throw new RemoteProtocolError(d`fragments of one message mix text and binary`);
     } else this._rxText = frame.text;
     const size = this._rxSize + frame.payload.length;
     if (size > this.config.maxMessageSize) {
-      throw new RemoteProtocolError(`message exceeds maxMessageSize (${this.config.maxMessageSize} bytes)`, CloseCode.MESSAGE_TOO_BIG);
+      throw new RemoteProtocolError(d`message exceeds maxMessageSize (${this.config.maxMessageSize} bytes)`, CloseCode.MESSAGE_TOO_BIG);
     }
     if (!frame.fin) {
       parts.push(frame.payload);
@@ -450,7 +451,7 @@ class Session {
     try {
       text = strictUtf8.decode(payload);
     } catch {
-      throw new RemoteProtocolError("text message is not valid UTF-8", CloseCode.INVALID_DATA);
+      throw new RemoteProtocolError(d`text message is not valid UTF-8`, CloseCode.INVALID_DATA);
     }
     this._emit({ type: "message", data: text });
   }
@@ -479,8 +480,8 @@ class Session {
   _onClose(frame, now) {
     this._ackPending = true;
     if (frame.seq !== this._received + 1) return;
-    if (this._peerClosed) throw new RemoteProtocolError("second CLOSE");
-    if (this._rxParts.length) throw new RemoteProtocolError("CLOSE in the middle of a fragmented message");
+    if (this._peerClosed) throw new RemoteProtocolError(d`second CLOSE`);
+    if (this._rxParts.length) throw new RemoteProtocolError(d`CLOSE in the middle of a fragmented message`);
     this._received = frame.seq;
     this._peerClosed = true;
     if (this._state === S_OPEN) {
@@ -494,19 +495,19 @@ class Session {
 
   _checkHello(frame) {
     if (frame.version !== PROTOCOL_VERSION) {
-      throw new RemoteProtocolError(`unsupported protocol version ${frame.version}`, CloseCode.UNSUPPORTED_VERSION);
+      throw new RemoteProtocolError(d`unsupported protocol version ${frame.version}`, CloseCode.UNSUPPORTED_VERSION);
     }
     if (!constantTimeEqual(utf8Encoder.encode(frame.sessionId), this._sidBytes)) {
-      throw new RemoteProtocolError("HELLO names another session", CloseCode.UNKNOWN_SESSION);
+      throw new RemoteProtocolError(d`HELLO names another session`, CloseCode.UNKNOWN_SESSION);
     }
     if (!this.isClient && (frame.token === null || !constantTimeEqual(frame.token, this._token))) {
-      throw new RemoteProtocolError("bad resume token", CloseCode.AUTH_FAILED);
+      throw new RemoteProtocolError(d`bad resume token`, CloseCode.AUTH_FAILED);
     }
   }
 
   _ack(upto, now) {
     if (upto <= this._acked) return; // stale
-    if (upto > this._highSent) throw new RemoteProtocolError(`ack of seq ${upto} but only ${this._highSent} were sent`);
+    if (upto > this._highSent) throw new RemoteProtocolError(d`ack of seq ${upto} but only ${this._highSent} were sent`);
     const wasWritable = this.writable;
     let freed = 0;
     for (let n = upto - this._acked; n > 0; n--) freed += this._buf.shift().length;
@@ -532,15 +533,15 @@ class Session {
    * binary. BufferFull (nothing queued) when not writable.
    */
   sendMessage(data) {
-    if (this._state !== S_OPEN) throw new LocalProtocolError(`cannot send a message in state ${this._state}`);
+    if (this._state !== S_OPEN) throw new LocalProtocolError(d`cannot send a message in state ${this._state}`);
     const text = typeof data === "string";
     const payload = text ? utf8Encoder.encode(data) : data;
-    if (!(payload instanceof Uint8Array)) throw new LocalProtocolError("a message is a string or a Uint8Array");
+    if (!(payload instanceof Uint8Array)) throw new LocalProtocolError(d`a message is a string or a Uint8Array`);
     const c = this.config;
     if (payload.length > c.maxMessageSize) {
-      throw new LocalProtocolError(`message of ${payload.length} bytes exceeds maxMessageSize (${c.maxMessageSize})`);
+      throw new LocalProtocolError(d`message of ${payload.length} bytes exceeds maxMessageSize (${c.maxMessageSize})`);
     }
-    if (!this.writable) throw new BufferFull(`replay buffer full (${this._buf.length} frames, ${this._bufBytes} bytes)`);
+    if (!this.writable) throw new BufferFull(d`replay buffer full (${this._buf.length} frames, ${this._bufBytes} bytes)`);
     if (payload.length <= c.fragmentSize && this._bufBytes + payload.length + DATA_OVERHEAD <= c.maxBufferBytes) {
       // Fast path: one frame, encoded (copied) once.
       this._append(sessionFrames.data(this._nextSeq, text ? FLAG_FIN | FLAG_TEXT : FLAG_FIN, payload));
@@ -660,7 +661,7 @@ class Session {
   rewind(now, peerReceived = null) {
     if (this._state === S_CLOSED) return;
     if (peerReceived !== null) {
-      if (!isUint(peerReceived)) throw new LocalProtocolError("peerReceived must be a non-negative integer");
+      if (!isUint(peerReceived)) throw new LocalProtocolError(d`peerReceived must be a non-negative integer`);
       try {
         this._ack(peerReceived, now);
       } catch (err) {
@@ -675,9 +676,9 @@ class Session {
 
   /** Start a graceful close: CLOSE goes after everything already queued. */
   close(code = CloseCode.NORMAL, reason = "", now) {
-    if (!isCloseCode(code)) throw new LocalProtocolError(`close code ${code} outside [1000, 4999]`);
+    if (!isCloseCode(code)) throw new LocalProtocolError(d`close code ${code} outside [1000, 4999]`);
     if (typeof reason !== "string" || utf8Length(reason) > MAX_REASON_BYTES) {
-      throw new LocalProtocolError(`close reason longer than ${MAX_REASON_BYTES} bytes`);
+      throw new LocalProtocolError(d`close reason longer than ${MAX_REASON_BYTES} bytes`);
     }
     if (this._state !== S_OPEN) return;
     this._transition("close");
@@ -720,7 +721,7 @@ class Session {
 
   _transition(event) {
     const next = SESSION_TRANSITIONS.get(`${this._state}:${event}`);
-    if (next === undefined) throw new LocalProtocolError(`'${event}' is not allowed in state ${this._state}`);
+    if (next === undefined) throw new LocalProtocolError(d`'${event}' is not allowed in state ${this._state}`);
     this._state = next;
   }
 
@@ -752,12 +753,12 @@ class Session {
     if (this._state === S_CLOSED) return;
     const c = this.config;
     if (!this._attached && now >= this._detachedSince + c.resumeGrace) {
-      this._terminate(CloseCode.SESSION_EXPIRED, `expired: no transport for ${c.resumeGrace} s`, false, true);
+      this._terminate(CloseCode.SESSION_EXPIRED, d`expired: no transport for ${c.resumeGrace} s`, false, true);
       return;
     }
     if (this._state === S_CLOSING && now >= this._closeDeadline) {
       const { code, reason } = this._closeInfo;
-      this._terminate(CloseCode.CLOSE_TIMEOUT, `close handshake timed out (${code} ${reason})`, false, false);
+      this._terminate(CloseCode.CLOSE_TIMEOUT, d`close handshake timed out (${code} ${reason})`, false, false);
       return;
     }
     if (!this._attached) return;
@@ -781,7 +782,7 @@ class Session {
 
   /** HELLO+PING to write on a candidate transport: {nonce, batch}. */
   probeRequest(now) {
-    if (this._state === S_CLOSED) throw new LocalProtocolError("cannot probe a CLOSED session");
+    if (this._state === S_CLOSED) throw new LocalProtocolError(d`cannot probe a CLOSED session`);
     const nonce = ++this._nonce;
     if (this._probes.size >= MAX_PROBES) this._probes.delete(this._probes.keys().next().value);
     this._probes.set(nonce, now);
@@ -790,16 +791,16 @@ class Session {
 
   /** Answer a probe (server side) with HELLO+PONG; a bad probe throws and leaves the session as it was. */
   probeReply(batch, now) {
-    if (this._state === S_CLOSED) throw new LocalProtocolError("cannot answer a probe on a CLOSED session");
+    if (this._state === S_CLOSED) throw new LocalProtocolError(d`cannot answer a probe on a CLOSED session`);
     const { hello, nonces } = this._parseProbe(batch, FrameType.PING);
-    if (hello === null || !nonces.length) throw new RemoteProtocolError("a probe needs a HELLO and a PING");
+    if (hello === null || !nonces.length) throw new RemoteProtocolError(d`a probe needs a HELLO and a PING`);
     return concatBytes([this._encodeHello(), ...nonces.map((n) => sessionFrames.pong(n))]);
   }
 
   /** Check the reply to probeRequest: {nonce, rtt}, or null if it answers no live probe. */
   probeCheck(batch, now) {
     const { hello, nonces } = this._parseProbe(batch, FrameType.PONG);
-    if (hello === null) throw new RemoteProtocolError("a probe reply needs a HELLO");
+    if (hello === null) throw new RemoteProtocolError(d`a probe reply needs a HELLO`);
     for (const nonce of nonces) {
       if (this._probes.has(nonce)) {
         const rtt = now - this._probes.get(nonce);
@@ -818,7 +819,7 @@ class Session {
         this._checkHello(frame);
         hello = frame;
       } else if (frame.type === kind) nonces.push(frame.nonce);
-      else throw new RemoteProtocolError(`unexpected frame type ${frame.type} in a probe`);
+      else throw new RemoteProtocolError(d`unexpected frame type ${frame.type} in a probe`);
     });
     return { hello, nonces };
   }

@@ -2,6 +2,7 @@
 // 3. The tunnel (docs/tunnel.md; reference: gateway/core/tunnel/streams.py)
 // ---------------------------------------------------------------------------
 
+import { DEBUG, d } from "./debug.js";
 import { MsgpackError, utf8Encoder, strictUtf8, binHeader, encode, MsgpackReader, decodeAll, concatBytes, Deque } from "./msgpack.js";
 import { LocalProtocolError, RemoteProtocolError, MAX_REASON_BYTES, DATA_OVERHEAD, FLAG_FIN, FLAG_TEXT, isCloseCode, isReason, clipReason } from "./session.js";
 
@@ -64,18 +65,18 @@ const TUNNEL_LAYOUTS = Object.freeze({
 });
 
 function tunnelMalformed(what) {
-  return new RemoteProtocolError(`malformed tunnel frame: ${what}`);
+  return new RemoteProtocolError(d`malformed tunnel frame: ${what}`);
 }
 
 /** Validate one decoded msgpack object against TUNNEL_LAYOUTS; returns it unchanged. */
 function checkTunnelFrame(raw) {
-  if (!Array.isArray(raw) || raw.length === 0) throw tunnelMalformed("a frame must be a non-empty array");
+  if (!Array.isArray(raw) || raw.length === 0) throw tunnelMalformed(d`a frame must be a non-empty array`);
   const layout = typeof raw[0] === "number" ? TUNNEL_LAYOUTS[raw[0]] : undefined;
-  if (layout === undefined) throw tunnelMalformed(`unknown frame type ${String(raw[0]).slice(0, 20)}`);
+  if (layout === undefined) throw tunnelMalformed(d`unknown frame type ${String(raw[0]).slice(0, 20)}`);
   const [name, fields] = layout;
-  if (raw.length !== fields.length + 1) throw tunnelMalformed(`${name} has ${raw.length} fields, expected ${fields.length + 1}`);
+  if (raw.length !== fields.length + 1) throw tunnelMalformed(d`${name} has ${raw.length} fields, expected ${fields.length + 1}`);
   fields.forEach(([field, valid], i) => {
-    if (!valid(raw[i + 1])) throw tunnelMalformed(`${name} ${field} is invalid`);
+    if (!valid(raw[i + 1])) throw tunnelMalformed(d`${name} ${field} is invalid`);
   });
   return raw;
 }
@@ -99,9 +100,9 @@ const tunnelFrames = Object.freeze({
 
 // Half-stream states and inputs; TUNNEL_TRANSITIONS is the only place they change.
 const HEAD = 0, BODY = 1, WS = 2, DONE = 3;
-const STATE_NAMES = ["HEAD", "BODY", "WS", "DONE"];
+const STATE_NAMES = DEBUG && ["HEAD", "BODY", "WS", "DONE"];
 const IN_HEAD_BODY = 0, IN_HEAD_EMPTY = 1, IN_ACCEPT = 2, IN_REFUSED = 3, IN_DATA = 4, IN_END = 5, IN_MESSAGE = 6, IN_CLOSE = 7;
-const INPUT_NAMES = ["a head with a body", "a head without a body", "an accept", "a refusal", "DATA", "END", "a MESSAGE", "CLOSE"];
+const INPUT_NAMES = DEBUG && ["a head with a body", "a head without a body", "an accept", "a refusal", "DATA", "END", "a MESSAGE", "CLOSE"];
 const TUNNEL_TRANSITIONS = new Map([
   [`${HEAD}:${IN_HEAD_BODY}`, BODY],
   [`${HEAD}:${IN_HEAD_EMPTY}`, DONE],
@@ -166,7 +167,7 @@ class Tunnel {
   constructor(config = {}) {
     this.config = Object.freeze({ ...DEFAULT_TUNNEL_CONFIG, ...config });
     if (this.config.initialWindow < BASE_WINDOW || this.config.initialWindow > MAX_WINDOW) {
-      throw new RangeError("initialWindow out of range");
+      throw new RangeError(d`initialWindow out of range`);
     }
     this._streams = new Map();
     this._nextId = 1;
@@ -189,7 +190,7 @@ class Tunnel {
 
   openSent(sid) {
     const s = this._streams.get(sid);
-    if (s === undefined) throw new LocalProtocolError(`stream ${sid} is not open`);
+    if (s === undefined) throw new LocalProtocolError(d`stream ${sid} is not open`);
     return s.openSent;
   }
 
@@ -219,9 +220,9 @@ class Tunnel {
   openWebSocket(target, headers = [], protocols = []) {
     this._checkUsable();
     if (typeof target !== "string" || !target.startsWith("/") || target.startsWith("//")) {
-      throw new LocalProtocolError(`target must be an origin-form path, not ${String(target).slice(0, 60)}`);
+      throw new LocalProtocolError(d`target must be an origin-form path, not ${String(target).slice(0, 60)}`);
     }
-    if (protocols.length > 32 || !protocols.every(isProtocol)) throw new LocalProtocolError("bad subprotocol list");
+    if (protocols.length > 32 || !protocols.every(isProtocol)) throw new LocalProtocolError(d`bad subprotocol list`);
     const flat = [];
     for (const [name, value] of headers) flat.push(utf8Encoder.encode(name), utf8Encoder.encode(value));
     const sid = this._nextId;
@@ -243,9 +244,9 @@ class Tunnel {
     this._sendStep(stream, IN_MESSAGE);
     const bytes = typeof data === "string" ? utf8Encoder.encode(data) : data;
     if (bytes.length > this.config.maxWsMessage) {
-      throw new LocalProtocolError(`WebSocket message of ${bytes.length} bytes over maxWsMessage`);
+      throw new LocalProtocolError(d`WebSocket message of ${bytes.length} bytes over maxWsMessage`);
     }
-    if (!stream.writable) throw new LocalProtocolError(`stream ${sid} is not writable: wait for "writable"`);
+    if (!stream.writable) throw new LocalProtocolError(d`stream ${sid} is not writable: wait for "writable"`);
     stream.queue.push({ bytes, text });
     stream.queued += bytes.length;
     this._schedule(stream);
@@ -257,8 +258,8 @@ class Tunnel {
   closeWebSocket(sid, code = 1000, reason = "") {
     const stream = this._live(sid);
     if (stream === null) return;
-    if (!isCloseCode(code)) throw new LocalProtocolError(`bad close code ${code}`);
-    if (!isReason(reason)) throw new LocalProtocolError(`reason must be a string of at most ${MAX_REASON_BYTES} bytes`);
+    if (!isCloseCode(code)) throw new LocalProtocolError(d`bad close code ${code}`);
+    if (!isReason(reason)) throw new LocalProtocolError(d`reason must be a string of at most ${MAX_REASON_BYTES} bytes`);
     this._sendStep(stream, IN_CLOSE);
     const frame = tunnelFrames.close(sid, code, reason);
     if (stream.queue.length || !stream.openSent) stream.trailer = frame;
@@ -272,7 +273,7 @@ class Tunnel {
   reset(sid, code = ResetCode.CANCEL, reason = "") {
     const stream = this._live(sid);
     if (stream === null) return;
-    if (!isResetCode(code)) throw new LocalProtocolError(`bad reset code ${code}`);
+    if (!isResetCode(code)) throw new LocalProtocolError(d`bad reset code ${code}`);
     if (stream.openSent) this._control.push(tunnelFrames.reset(sid, code, clipReason(reason)));
     this._forget(stream);
   }
@@ -282,7 +283,7 @@ class Tunnel {
     const stream = this._streams.get(sid);
     if (stream === undefined) return;
     if (!Number.isInteger(n) || n < 0 || n > stream.unconsumed) {
-      throw new LocalProtocolError(`consumed(${n}) on stream ${sid} with ${stream.unconsumed} unconsumed`);
+      throw new LocalProtocolError(d`consumed(${n}) on stream ${sid} with ${stream.unconsumed} unconsumed`);
     }
     stream.unconsumed -= n;
     this._credit(stream, n);
@@ -298,7 +299,7 @@ class Tunnel {
   }
 
   /** The session died: every live stream gets a local reset; the tunnel is closed. */
-  closeAll(reason = "session closed") {
+  closeAll(reason = d`session closed`) {
     for (const stream of this._streams.values()) {
       stream.dead = true;
       this._emit({ type: "reset", sid: stream.id, code: ResetCode.SESSION_LOST, reason, remote: false, retrySafe: !stream.openSent });
@@ -323,7 +324,7 @@ class Tunnel {
    * take it: a returned message counts as handed over.
    */
   nextMessage(maxBytes = this.config.maxMessage) {
-    if (maxBytes < MIN_MESSAGE) throw new LocalProtocolError(`maxBytes must be at least ${MIN_MESSAGE}`);
+    if (maxBytes < MIN_MESSAGE) throw new LocalProtocolError(d`maxBytes must be at least ${MIN_MESSAGE}`);
     const parts = [];
     let size = 0;
     while (this._opens.length) {
@@ -423,7 +424,7 @@ class Tunnel {
   receiveMessage(message) {
     this._checkUsable();
     try {
-      if (typeof message === "string") throw new RemoteProtocolError("tunnel messages are binary, got a text message");
+      if (typeof message === "string") throw new RemoteProtocolError(d`tunnel messages are binary, got a text message`);
       const reader = new MsgpackReader(message, TUNNEL_LIMITS);
       while (!reader.done) {
         let raw;
@@ -436,7 +437,7 @@ class Tunnel {
         this._handle(checkTunnelFrame(raw));
       }
     } catch (err) {
-      if (err instanceof RemoteProtocolError) this.closeAll(`tunnel protocol error: ${err.reason}`);
+      if (err instanceof RemoteProtocolError) this.closeAll(d`tunnel protocol error: ${err.reason}`);
       throw err;
     }
   }
@@ -458,10 +459,10 @@ class Tunnel {
   }
 
   _onOpen(sid) {
-    if (parity(sid) === 1) throw new RemoteProtocolError(`OPEN for stream ${sid}: that id is ours to allocate`);
-    if (sid <= this._highestPeerId) throw new RemoteProtocolError(`OPEN for stream ${sid}, not above ${this._highestPeerId}`);
+    if (parity(sid) === 1) throw new RemoteProtocolError(d`OPEN for stream ${sid}: that id is ours to allocate`);
+    if (sid <= this._highestPeerId) throw new RemoteProtocolError(d`OPEN for stream ${sid}, not above ${this._highestPeerId}`);
     this._highestPeerId = sid;
-    this._control.push(tunnelFrames.reset(sid, ResetCode.REFUSED, "a browser takes no streams"));
+    this._control.push(tunnelFrames.reset(sid, ResetCode.REFUSED, d`a browser takes no streams`));
   }
 
   _onResponse(raw) {
@@ -481,7 +482,7 @@ class Tunnel {
     const [, sid, window, protocol, headers] = raw;
     const stream = this._lookup(sid);
     if (stream === null) return;
-    if (!stream.ws) throw new RemoteProtocolError(`ACCEPT on a non-WebSocket stream ${sid}`);
+    if (!stream.ws) throw new RemoteProtocolError(d`ACCEPT on a non-WebSocket stream ${sid}`);
     this._recvStep(stream, IN_ACCEPT);
     stream.sendState = this._step(stream, stream.sendState, IN_ACCEPT, false);
     stream.sendCredit = window;
@@ -516,11 +517,11 @@ class Tunnel {
     this._takeCredit(stream, n);
     const text = Boolean(flags & FLAG_TEXT);
     if (stream.msgParts.length) {
-      if (text !== stream.msgText) throw new RemoteProtocolError(`MESSAGE on stream ${sid} changes type mid-message`);
+      if (text !== stream.msgText) throw new RemoteProtocolError(d`MESSAGE on stream ${sid} changes type mid-message`);
     } else stream.msgText = text;
     stream.msgSize += n;
     if (stream.msgSize > this.config.maxWsMessage) {
-      this._resetLocally(stream, ResetCode.TOO_LARGE, "WebSocket message too large");
+      this._resetLocally(stream, ResetCode.TOO_LARGE, d`WebSocket message too large`);
       return;
     }
     if (!(flags & FLAG_FIN)) {
@@ -536,7 +537,7 @@ class Tunnel {
       try {
         data = strictUtf8.decode(whole);
       } catch {
-        this._resetLocally(stream, ResetCode.PROTOCOL, "text message is not UTF-8");
+        this._resetLocally(stream, ResetCode.PROTOCOL, d`text message is not UTF-8`);
         return;
       }
     }
@@ -549,7 +550,7 @@ class Tunnel {
     const stream = this._lookup(sid);
     if (stream === null) return;
     this._recvStep(stream, IN_CLOSE);
-    if (stream.msgParts.length) throw new RemoteProtocolError(`CLOSE inside a fragmented message on stream ${sid}`);
+    if (stream.msgParts.length) throw new RemoteProtocolError(d`CLOSE inside a fragmented message on stream ${sid}`);
     this._emit({ type: "closed", sid, code, reason });
     this._maybeForget(stream);
   }
@@ -560,7 +561,7 @@ class Tunnel {
     if (stream === null) return;
     stream.sendCredit += increment;
     if (stream.sendCredit > MAX_WINDOW) {
-      throw new RemoteProtocolError(`WINDOW overflows the credit of stream ${sid}`, FLOW_CONTROL_ERROR);
+      throw new RemoteProtocolError(d`WINDOW overflows the credit of stream ${sid}`, FLOW_CONTROL_ERROR);
     }
     this._schedule(stream);
   }
@@ -576,7 +577,7 @@ class Tunnel {
 
   _takeCredit(stream, n) {
     if (n > stream.recvWindow) {
-      throw new RemoteProtocolError(`stream ${stream.id} sent ${n} bytes with a window of ${stream.recvWindow}`, FLOW_CONTROL_ERROR);
+      throw new RemoteProtocolError(d`stream ${stream.id} sent ${n} bytes with a window of ${stream.recvWindow}`, FLOW_CONTROL_ERROR);
     }
     stream.recvWindow -= n;
   }
@@ -593,10 +594,10 @@ class Tunnel {
   _step(stream, state, input, local) {
     const next = TUNNEL_TRANSITIONS.get(`${state}:${input}`);
     if (next !== undefined) return next;
-    const half = local ? "send" : "receive";
-    const message = `${INPUT_NAMES[input]} on stream ${stream.id} whose ${half} side is ${STATE_NAMES[state]}`;
-    if (local) throw new LocalProtocolError(`cannot send ${message}`);
-    throw new RemoteProtocolError(`received ${message}`);
+    const what = DEBUG ? INPUT_NAMES[input] : input;
+    const now = DEBUG ? STATE_NAMES[state] : state;
+    if (local) throw new LocalProtocolError(d`cannot send ${what} on stream ${stream.id} whose send side is ${now}`);
+    throw new RemoteProtocolError(d`received ${what} on stream ${stream.id} whose receive side is ${now}`);
   }
 
   _sendStep(stream, input) {
@@ -612,7 +613,7 @@ class Tunnel {
     const stream = this._streams.get(sid);
     if (stream !== undefined) return stream;
     if (!Number.isInteger(sid) || sid <= 0 || parity(sid) !== 1 || sid >= this._nextId) {
-      throw new LocalProtocolError(`stream ${sid} was never opened`);
+      throw new LocalProtocolError(d`stream ${sid} was never opened`);
     }
     return null;
   }
@@ -622,7 +623,7 @@ class Tunnel {
     const stream = this._streams.get(sid);
     if (stream !== undefined) return stream;
     const allocated = parity(sid) === 1 ? sid < this._nextId : sid <= this._highestPeerId;
-    if (!allocated) throw new RemoteProtocolError(`frame for stream ${sid}, which was never opened`);
+    if (!allocated) throw new RemoteProtocolError(d`frame for stream ${sid}, which was never opened`);
     return null;
   }
 
@@ -642,7 +643,7 @@ class Tunnel {
   }
 
   _checkUsable() {
-    if (this._closed) throw new LocalProtocolError("the tunnel is closed");
+    if (this._closed) throw new LocalProtocolError(d`the tunnel is closed`);
   }
 }
 

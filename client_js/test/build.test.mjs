@@ -12,8 +12,12 @@ import vm from "node:vm";
 import { FakeGateway } from "./fake_gateway.mjs";
 
 const TIMEOUT = { timeout: 15000 };
-/** Minified + gzipped ES module, bytes: 17.0 KiB at the split (issue 11's target is 12 KB). */
-const GZIP_BUDGET = 18 * 1024;
+/**
+ * Minified + gzipped ES module, bytes. 17,862 before diagnostics became codes and
+ * internal properties were shortened, 15,102 after; issue 11's target is 12 KB,
+ * which needs less code, not shorter words (README "Build and size").
+ */
+const GZIP_BUDGET = 15.5 * 1024;
 
 let outdir;
 let sizes;

@@ -57,7 +57,8 @@ test("the import graph has no cycle", () => {
     done.add(m);
   };
   for (const m of modules) visit(m, []);
-  assert.deepEqual(edges.get("msgpack.js"), [], "msgpack.js is the bottom layer");
+  assert.deepEqual(edges.get("debug.js"), [], "debug.js is the bottom layer");
+  assert.deepEqual(edges.get("msgpack.js"), ["debug.js"], "msgpack.js is the lowest protocol layer");
 });
 
 /** The member names declared in the body of `header { ... }` of hopgate.d.ts (one level deep). */
