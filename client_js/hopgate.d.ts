@@ -68,6 +68,19 @@ export interface HopSocketOptions {
   headers?: ReadonlyArray<readonly [string, string]>;
   /** Hop session timers (seconds) and limits. */
   session?: HopSessionOptions;
+  /**
+   * A bearer token for the gateway, or a function giving one (it may return a
+   * Promise; it is asked again for each request, so a refreshed token is
+   * used). Sent as `Authorization: Bearer <token>` on the gateway's HTTP
+   * requests and, since a browser cannot set headers on a WebSocket, as
+   * `access_token=<token>` in the hop WebSocket's query. For a proxy in front
+   * of the gateway that checks it; the endpoint's own auth goes in `headers`.
+   */
+  auth?: string | null | (() => string | null | Promise<string | null>);
+  /** More headers for the gateway's HTTP requests (not its WebSocket). Across origins only `Authorization` passes its CORS. */
+  sessionHeaders?: Record<string, string>;
+  /** Send cookies to a gateway on another origin (it needs `--allow-credentials`). Default false. */
+  withCredentials?: boolean;
   /** One line per transport change (`=`) and protocol error (`<`), e.g. `console.debug`. */
   log?: (line: string) => void;
   /** For tests and non-browser hosts. Default: the global `fetch`. */
@@ -76,11 +89,49 @@ export interface HopSocketOptions {
   WebSocket?: typeof WebSocket;
 }
 
+/**
+ * Why the session moved to a transport: `session_opened`, `upgrade_failed`
+ * (opened on long-poll, the WebSocket did not work), `probe_succeeded`
+ * (long-poll -> websocket), `stalled` (websocket -> long-poll: no progress),
+ * `websocket_closed`, `transport_lost` (resumed after losing it).
+ */
+export type HopTransportReason =
+  | "session_opened" | "upgrade_failed" | "probe_succeeded" | "stalled" | "websocket_closed" | "transport_lost";
+
+/** `transport`: the session is now carried by `transport` (fired before `open` for the first one). */
+export interface HopTransportEvent extends Event {
+  readonly transport: "websocket" | "long-poll";
+  /** The transport before, or "none" for the first. */
+  readonly previous: HopTransport;
+  readonly reason: HopTransportReason;
+  /** A sentence for people (a code in the minified builds), or "". */
+  readonly detail: string;
+}
+
+/** `reconnecting`: the transport was lost; messages wait (nothing is lost) until `resumed`. */
+export interface HopReconnectingEvent extends Event {
+  readonly reason: "websocket_closed" | "transport_lost";
+  readonly detail: string;
+}
+
+/** `resumed`: a transport carries the session again after `reconnecting`. */
+export interface HopResumedEvent extends Event {
+  readonly transport: "websocket" | "long-poll";
+  /** Milliseconds since `reconnecting`. */
+  readonly downtime: number;
+}
+
 export interface HopSocketEventMap {
   open: Event;
   message: MessageEvent;
   error: Event;
   close: CloseEvent;
+  /** Beyond WebSocket: what carries the session changed. */
+  transport: HopTransportEvent;
+  /** Beyond WebSocket: the transport was lost, the session is resuming. */
+  reconnecting: HopReconnectingEvent;
+  /** Beyond WebSocket: the session resumed. */
+  resumed: HopResumedEvent;
 }
 
 /**
@@ -102,6 +153,8 @@ export declare class HopSocket extends EventTarget {
    */
   constructor(url: string | URL, protocols?: string | string[], options?: HopSocketOptions);
 
+  /** Whether this platform has what HopSocket needs (fetch, AbortController, TextEncoder, BigInt in DataView, EventTarget). */
+  static readonly supported: boolean;
   static readonly CONNECTING: 0;
   static readonly OPEN: 1;
   static readonly CLOSING: 2;

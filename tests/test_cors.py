@@ -32,6 +32,7 @@ async def test_allowed_origin_gets_preflight_and_readable_answers() -> None:
             assert resp.headers["Access-Control-Allow-Methods"] == "GET, POST"
             allowed = resp.headers["Access-Control-Allow-Headers"].lower()
             assert "x-hopgate-token" in allowed and "content-type" in allowed
+            assert "authorization" in allowed  # the shim's auth option
             assert int(resp.headers["Access-Control-Max-Age"]) > 0
             assert "Origin" in resp.headers["Vary"]
             assert "Access-Control-Allow-Credentials" not in resp.headers  # off by default

@@ -32,6 +32,13 @@ function messageEvent(data, origin) {
   return event;
 }
 
+/** An event beyond the WebSocket API (transport, reconnecting, resumed), its fields as read-only properties. */
+function extraEvent(type, fields) {
+  const event = new Event(type);
+  for (const [name, value] of Object.entries(fields)) Object.defineProperty(event, name, { value, enumerable: true });
+  return event;
+}
+
 function closeEvent(code, reason, wasClean) {
   if (typeof CloseEvent === "function") return new CloseEvent("close", { code, reason, wasClean });
   const event = new Event("close");
@@ -134,10 +141,24 @@ class HopSocket extends EventTarget {
       onMessage: (message) => this._onSessionMessage(message),
       onWritable: () => this._schedulePump(),
       onClosed: (code, reason) => this._onSessionClosed(code, reason),
+      onTransport: (transport, previous, reason, detail) => this._extra("transport", { transport, previous, reason, detail }),
+      onReconnecting: (reason, detail) => this._extra("reconnecting", { reason, detail }),
+      onResumed: (transport, downtime) => this._extra("resumed", { transport, downtime }),
     });
     this._unwatchPageHide = () => {};
     this._watchPageHide();
     this._start(`${endpoint.pathname}${endpoint.search}`, endpoint.host);
+  }
+
+  /**
+   * Can HopSocket work here? The platform features it needs (fetch with
+   * AbortController, TextEncoder/TextDecoder, BigInt in DataView, EventTarget).
+   */
+  static get supported() {
+    const g = globalThis;
+    return typeof g.fetch === "function" && typeof g.AbortController === "function" && typeof g.TextEncoder === "function"
+      && typeof g.TextDecoder === "function" && typeof g.EventTarget === "function" && typeof g.queueMicrotask === "function"
+      && typeof g.DataView?.prototype.getBigUint64 === "function";
   }
 
   get url() { return this._url; }
@@ -393,6 +414,11 @@ class HopSocket extends EventTarget {
       for (const event of this._tunnel.eventsReceived()) this._onTunnelEvent(event);
     }
     if (this._readyState !== CLOSED) this._fail(d`hop session closed (${code} ${reason})`);
+  }
+
+  /** The events beyond the WebSocket API; none once the page saw `close`. */
+  _extra(type, fields) {
+    if (this._readyState !== CLOSED) this.dispatchEvent(extraEvent(type, fields));
   }
 
   // -- the end ------------------------------------------------------------------------

@@ -50,7 +50,18 @@ const DEFAULT_LINK_OPTIONS = Object.freeze({
   reconnectMax: 5000,
   maxBatchBytes: 8 * 1024 * 1024, // largest batch we accept
   heartbeat: 20000, // a PING after this much silence at first; lowered if the path kills idle WebSockets sooner
+  auth: null, // a bearer token (or a function giving one, maybe async) for the gateway's requests
+  sessionHeaders: {}, // more headers for the gateway's HTTP requests (not the WebSocket: browsers cannot)
+  withCredentials: false, // send cookies to a gateway on another origin (it needs --allow-credentials)
 });
+
+/*
+ * Why the session moved to a transport: the reason tokens of
+ * gateway/core/ladder.py (the hop's own), plus transport_lost for a
+ * long-poll that failed. The `transport` event of HopSocket carries one.
+ */
+const OPENED = "session_opened", UPGRADE_FAILED = "upgrade_failed", PROBE_SUCCEEDED = "probe_succeeded";
+const STALLED = "stalled", WEBSOCKET_CLOSED = "websocket_closed", TRANSPORT_LOST = "transport_lost";
 
 /** No hop session could be opened: the gateway is unreachable, refuses, or is not a gateway. */
 class SessionUnavailable extends Error {}
@@ -129,7 +140,9 @@ class WebSocketTransport {
       };
       let ws;
       try {
-        ws = this.ws = new link.WebSocket(link.url(`/${encodeURIComponent(link.sessionId)}?epoch=${this.epoch}`, true), [SUBPROTOCOL]);
+        // A browser cannot set headers on a WebSocket: a token goes in the query, as SignalR's does.
+        const auth = link.wsToken === null ? "" : `&access_token=${encodeURIComponent(link.wsToken)}`;
+        ws = this.ws = new link.WebSocket(link.url(`/${encodeURIComponent(link.sessionId)}?epoch=${this.epoch}${auth}`, true), [SUBPROTOCOL]);
       } catch (err) {
         reject(err);
         return;
@@ -337,6 +350,10 @@ class HopLink {
     this._reconnectTimer = null;
     this._reconnectDelay = this.options.reconnectInitial;
     this._attachedAt = 0;
+    this.wsToken = null; // options.auth's token, for the next hop WebSocket's URL
+    this._lastKind = "none"; // the transport attached last, for the `transport` event's `previous`
+    this._problem = null; // {reason, detail}: the last thing that went wrong (the next move's reason)
+    this._outage = null; // {since, reason, detail} from losing the current transport until the next attaches
   }
 
   now() {
@@ -385,7 +402,7 @@ class HopLink {
   async _create() {
     let status, body, headers;
     try {
-      const res = await this._fetchWithin(this.url(""), { method: "POST" }, this.options.connectTimeout);
+      const res = await this._fetchWithin(this.url(""), { method: "POST", headers: await this._authHeaders() }, this.options.connectTimeout);
       status = res.status;
       headers = res.headers;
       body = await readLimited(res, 4096);
@@ -428,7 +445,7 @@ class HopLink {
     signal?.addEventListener("abort", abort);
     const timer = setTimeout(abort, timeoutMs);
     try {
-      return await this.fetch(url, { cache: "no-store", credentials: "same-origin", redirect: "error", ...init, signal: controller.signal });
+      return await this.fetch(url, { cache: "no-store", credentials: this._credentials, redirect: "error", ...init, signal: controller.signal });
     } finally {
       clearTimeout(timer);
       signal?.removeEventListener("abort", abort);
@@ -445,16 +462,34 @@ class HopLink {
     signal?.addEventListener("abort", abort);
     const timer = setTimeout(abort, timeoutMs); // covers the body too
     try {
-      const headers = { [TOKEN_HEADER]: this._tokenText };
+      const headers = { ...(await this._authHeaders()), [TOKEN_HEADER]: this._tokenText };
       if (body !== null) headers["Content-Type"] = "application/octet-stream";
       const res = await this.fetch(this.url(`/${encodeURIComponent(this.sessionId)}${query}`), {
-        method, headers, body, cache: "no-store", credentials: "same-origin", redirect: "error", signal: controller.signal, keepalive,
+        method, headers, body, cache: "no-store", credentials: this._credentials, redirect: "error", signal: controller.signal, keepalive,
       });
       return { status: res.status, body: await readLimited(res, this.options.maxBatchBytes) };
     } finally {
       clearTimeout(timer);
       signal?.removeEventListener("abort", abort);
     }
+  }
+
+  get _credentials() {
+    return this.options.withCredentials ? "include" : "same-origin";
+  }
+
+  /** options.sessionHeaders, and options.auth as a bearer token (asked again for each request: it may be refreshed). */
+  async _authHeaders() {
+    const headers = { ...this.options.sessionHeaders };
+    const token = await this._bearer();
+    if (token !== null) headers.Authorization = `Bearer ${token}`;
+    return headers;
+  }
+
+  async _bearer() {
+    const auth = this.options.auth;
+    const token = typeof auth === "function" ? await auth() : auth;
+    return token ? String(token) : null;
   }
 
   // -- the session's pipe, for the tunnel ----------------------------------------
@@ -556,6 +591,10 @@ class HopLink {
     this.log(d`= lost ${transport.kind}: ${reason}`);
     this.current = null;
     if (this.finished) return;
+    if (this._outage === null) {
+      this._outage = { since: this.now(), reason: transport.kind === "websocket" ? WEBSOCKET_CLOSED : TRANSPORT_LOST, detail: reason };
+      this.handlers.onReconnecting?.(this._outage.reason, reason);
+    }
     this.core.transportLost(this.now());
     if (transport.kind === "websocket") this._wsLost(this.now() - this._attachedAt);
     this.dispatch();
@@ -583,6 +622,7 @@ class HopLink {
         return;
       } catch (err) {
         this.log(d`= WebSocket unusable: ${err.message}`);
+        this._problem = { reason: UPGRADE_FAILED, detail: err.message };
         this._wsFailed();
         if (!this.lpAllowed) throw err;
       }
@@ -595,6 +635,7 @@ class HopLink {
     this._probing = true;
     const transport = new WebSocketTransport(this, ++this._epoch);
     try {
+      this.wsToken = await this._bearer();
       await transport.connect();
     } finally {
       this._probing = false;
@@ -625,6 +666,22 @@ class HopLink {
     this._attachedAt = this.now();
     this.core.transportAttached(this.now()); // HELLO + go-back-N replay on the new one
     this.dispatch();
+    this._announce(transport);
+  }
+
+  /** Tell the page what carries the session now and why; after an outage, that it resumed. */
+  _announce(transport) {
+    const outage = this._outage;
+    const previous = this._lastKind;
+    let why = this._problem;
+    if (previous === "none") why = transport.kind === "long-poll" && why !== null ? why : { reason: OPENED, detail: "" };
+    else if (outage !== null) why = outage;
+    else if (transport.kind === "websocket") why = { reason: PROBE_SUCCEEDED, detail: "" };
+    why ??= { reason: STALLED, detail: "" }; // a long-poll replacing a live WebSocket: a demotion
+    this._lastKind = transport.kind;
+    this._problem = this._outage = null;
+    this.handlers.onTransport?.(transport.kind, previous, why.reason, why.detail ?? "");
+    if (outage !== null && !this.finished) this.handlers.onResumed?.(transport.kind, Math.round((this.now() - outage.since) * 1000));
   }
 
   /**
@@ -649,6 +706,7 @@ class HopLink {
     if (transport === null) return;
     this.log(d`= ${transport.kind} stalled: no progress for ${this.core.config.stallTimeout} s`);
     if (transport.kind === "websocket" && this.lpAllowed) {
+      this._problem = { reason: STALLED, detail: d`no progress for ${this.core.config.stallTimeout} s` };
       this._wsFailed();
       this._startLongPoll(); // nothing is lost: attaching replays everything unacked
     } else this.transportFailed(transport, "stalled");

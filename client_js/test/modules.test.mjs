@@ -75,6 +75,8 @@ test("hopgate.d.ts declares the HopSocket members the runtime has, and no others
   const runtime = new Set(["constructor"]);
   for (const n of Object.getOwnPropertyNames(HopSocket.prototype)) if (!n.startsWith("_")) runtime.add(n);
   for (const n of ["CONNECTING", "OPEN", "CLOSING", "CLOSED"]) assert.ok(Object.hasOwn(HopSocket, n), n);
+  assert.equal(typeof HopSocket.supported, "boolean");
+  runtime.add("supported"); // static only
   for (const n of ["addEventListener", "removeEventListener"]) runtime.add(n); // from EventTarget
   assert.deepEqual([...members].sort(), [...runtime].sort());
 });
