@@ -51,6 +51,7 @@ from gateway.glue.heads import short
 from gateway.glue.mailbox import Mailbox, Sink
 from gateway.glue.origin import OriginClient
 from gateway.transports.errors import SessionClosedError
+from gateway.transports.handshake import TUNNEL_PACKED_HEADS
 from gateway.transports.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -138,6 +139,8 @@ class TunnelDriver:
         self.config = config or TunnelConfig(max_ws_message=hop.settings.max_message_size)
         self.peer_ip = peer_ip
         self.tunnel = Tunnel(self.config, opener=opener)
+        if TUNNEL_PACKED_HEADS in hop.peer_tunnel:
+            self.tunnel.peer_reads_packed_heads()  # else: only once the peer packs its own
         self.stats = forwarder.stats
         self.name = str(upstream) if upstream is not None and opener else hop.session_id[:6]
         self.log = _LinkLog(log, {"session": hop.session_id[:6] + "…"})

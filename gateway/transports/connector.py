@@ -66,6 +66,7 @@ from gateway.transports.handshake import (
     SESSION_HEADER,
     SESSION_PATH,
     TOKEN_HEADER,
+    TUNNEL_HEADER,
     SessionRoute,
     auth_header_value,
     encode_token,
@@ -170,6 +171,8 @@ class SessionConnector:
         #: Since when no transport has worked (the client's own resume_grace clock:
         #: a transport being tried does not count as one).
         self._down_since: float | None = None
+        #: The server's tunnel features (``TUNNEL_HEADER``) from its last session-creating 200.
+        self._peer_tunnel = ""
 
     # -- public ----------------------------------------------------------------------
 
@@ -188,6 +191,7 @@ class SessionConnector:
             now=loop.time(),
         )
         hop = HopSession(core, self.settings)
+        hop.peer_tunnel = frozenset(self._peer_tunnel.split())
         headers = {TOKEN_HEADER: encode_token(token)}
         self.route = SessionRoute(self._http, self._url(session_id), headers, self.settings)
         if not hop.feed(hello):
@@ -306,6 +310,7 @@ class SessionConnector:
             token = read_created(session_id, answer.get(TOKEN_HEADER, ""), body)
         except ValueError as exc:
             raise self._not_a_gateway(str(exc)) from None
+        self._peer_tunnel = answer.get(TUNNEL_HEADER, "")
         return session_id, token, body
 
     def _dial(self) -> SessionRoute:

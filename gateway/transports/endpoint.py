@@ -77,6 +77,8 @@ from gateway.transports.handshake import (
     SESSION_HEADER,
     SESSION_PATH,
     TOKEN_HEADER,
+    TUNNEL_HEADER,
+    TUNNEL_PACKED_HEADS,
     decode_token,
     encode_token,
     parse_decimal,
@@ -240,7 +242,12 @@ class SessionServer:
             return text_error(500, "internal error opening the session")
         hello = encode_hello(_PACKER, PROTOCOL_VERSION, session_id, 0, None)
         return _octets(
-            hello, headers={SESSION_HEADER: session_id, TOKEN_HEADER: encode_token(token)}
+            hello,
+            headers={
+                SESSION_HEADER: session_id,
+                TOKEN_HEADER: encode_token(token),
+                TUNNEL_HEADER: TUNNEL_PACKED_HEADS,
+            },
         )
 
     def _forget(self, hop: HopSession) -> None:

@@ -62,6 +62,8 @@ __all__ = [
     "SESSION_HEADER",
     "SESSION_PATH",
     "TOKEN_HEADER",
+    "TUNNEL_HEADER",
+    "TUNNEL_PACKED_HEADS",
     "SessionRoute",
     "auth_header_value",
     "check_auth",
@@ -75,6 +77,11 @@ SESSION_PATH: Final = DEFAULT_SESSION_PATH
 SESSION_HEADER: Final = "X-Hopgate-Session"
 TOKEN_HEADER: Final = "X-Hopgate-Token"
 AUTH_HEADER: Final = "X-Hopgate-Auth"
+#: What the server's tunnel reads beyond the base frames, on its session-creating
+#: 200 (space-separated tokens): ``packed-heads`` = header compaction
+#: (docs/tunnel.md). A client packs its heads only when the server said so.
+TUNNEL_HEADER: Final = "X-Hopgate-Tunnel"
+TUNNEL_PACKED_HEADS: Final = "packed-heads"
 #: Seconds a hop-secret proof stays valid either side of the server's clock.
 AUTH_WINDOW: Final = 60
 #: Nonces of accepted proofs remembered at once (for 2 * AUTH_WINDOW each).

@@ -129,6 +129,7 @@ class HopSession:
         "on_transport_change",
         "on_transport_lost",
         "peer_address",
+        "peer_tunnel",
         "session_id",
         "settings",
     )
@@ -166,6 +167,8 @@ class HopSession:
         self.on_transport_lost: Callable[[Transport, str], None] | None = None
         self.on_transport_change: list[Callable[[str, str], None]] = []
         self.on_finished: list[Callable[[HopSession], None]] = []
+        #: Client: the tunnel features the server announced (``handshake.TUNNEL_HEADER``).
+        self.peer_tunnel: frozenset[str] = frozenset()
         # The core's timers run from one loop timer (no task per session),
         # scheduled for the core's next deadline; see _rearm.
         self._timer: asyncio.TimerHandle | None = None

@@ -23,7 +23,6 @@ that reason are *starved* and get StreamWritable when the session has room.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Final
 
 import msgpack
@@ -32,6 +31,7 @@ from gateway.core.tunnel.config import TunnelConfig
 from gateway.core.tunnel.errors import FlowControlError
 from gateway.core.tunnel.events import Event, StreamWritable
 from gateway.core.tunnel.frames import BASE_WINDOW, MAX_WINDOW, encode_window
+from gateway.core.tunnel.packing import ControlQueue
 from gateway.core.tunnel.stream_state import DONE, Stream
 
 __all__ = ["FlowControl"]
@@ -61,7 +61,7 @@ class FlowControl:
         self,
         config: TunnelConfig,
         packer: msgpack.Packer,
-        control: deque[bytes],
+        control: ControlQueue,
         events: list[Event],
     ) -> None:
         self._config = config

@@ -55,9 +55,11 @@ __all__ = [
     "encode_end",
     "encode_message",
     "encode_open_http",
+    "encode_open_http_packed",
     "encode_open_ws",
     "encode_reset",
     "encode_response",
+    "encode_response_packed",
     "encode_window",
     "message_prefix",
     "new_packer",
@@ -95,6 +97,10 @@ class FrameType(IntEnum):
     CLOSE = 8
     WINDOW = 9
     RESET = 10
+    # Heads with a compacted header block (``packing.py``); sent only to a
+    # peer known to read them (docs/tunnel.md "Header compaction").
+    OPEN_HTTP_PACKED = 16
+    RESPONSE_PACKED = 17
 
 
 # -- encoding ---------------------------------------------------------------
@@ -115,6 +121,29 @@ def encode_open_http(
     has_body: bool,
 ) -> bytes:
     return packer.pack((1, sid, window, method, target, headers, has_body))
+
+
+def encode_open_http_packed(
+    packer: msgpack.Packer,
+    sid: int,
+    window: int,
+    method: str,
+    target: bytes,
+    block: list[int | bytes | None],
+    has_body: bool,
+) -> bytes:
+    return packer.pack((16, sid, window, method, target, block, has_body))
+
+
+def encode_response_packed(
+    packer: msgpack.Packer,
+    sid: int,
+    status: int,
+    reason: bytes,
+    block: list[int | bytes | None],
+    has_body: bool,
+) -> bytes:
+    return packer.pack((17, sid, status, reason, block, has_body))
 
 
 def encode_open_ws(
@@ -232,6 +261,15 @@ def _is_headers(v: object) -> bool:
     )
 
 
+def _is_block(v: object) -> bool:
+    """A packed header block's shape; ``packing.decode_block`` checks its meaning."""
+    return (
+        type(v) is list
+        and len(v) <= 2 * MAX_HEADER_FIELDS
+        and all(x is None or type(x) is bytes or type(x) is int for x in v)
+    )
+
+
 def _is_protocol(v: object) -> bool:
     return type(v) is str and 0 < len(v) <= MAX_PROTOCOL_LENGTH
 
@@ -300,6 +338,27 @@ LAYOUTS: Final[dict[int, tuple[str, tuple[_Field, ...]]]] = {
     FrameType.CLOSE: ("CLOSE", (_SID, ("code", _is_close_code), ("reason", _is_reason))),
     FrameType.WINDOW: ("WINDOW", (_SID, ("increment", _is_increment))),
     FrameType.RESET: ("RESET", (_SID, ("code", _is_reset_code), ("reason", _is_reason))),
+    FrameType.OPEN_HTTP_PACKED: (
+        "OPEN_HTTP_PACKED",
+        (
+            _SID,
+            ("window", _is_window),
+            ("method", _is_method),
+            ("target", _is_bin),
+            ("header block", _is_block),
+            ("has_body", _is_bool),
+        ),
+    ),
+    FrameType.RESPONSE_PACKED: (
+        "RESPONSE_PACKED",
+        (
+            _SID,
+            ("status", _is_status),
+            ("reason", _is_bin),
+            ("header block", _is_block),
+            ("has_body", _is_bool),
+        ),
+    ),
 }
 
 

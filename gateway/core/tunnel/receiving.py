@@ -37,6 +37,7 @@ from gateway.core.tunnel.frames import (
     encode_window,
 )
 from gateway.core.tunnel.heads import header_pairs
+from gateway.core.tunnel.packing import BadReference, HeadTooLarge, decode_block
 from gateway.core.tunnel.stream_state import (
     ACCEPT,
     BODY,
@@ -116,14 +117,18 @@ def _admit(
     *,
     ws: bool,
     recv_state: int,
+    refusal: tuple[ResetCode, str] | None = None,
 ) -> Stream | None:
-    """A new peer stream, or None after refusing it with a RESET (policy limits)."""
+    """A new peer stream, or None after refusing it with a RESET (policy limits, ``refusal``)."""
     if (sid & 1) == table.opener:
         raise RemoteProtocolError(f"OPEN for stream {sid}: that id is ours to allocate")
     if sid <= table.highest_peer_id:
         raise RemoteProtocolError(f"OPEN for stream {sid}, not above {table.highest_peer_id}")
     table.highest_peer_id = sid
     config = table.config
+    if refusal is not None:
+        table.answer(encode_reset(table.packer, sid, *refusal))
+        return None
     if table.peer_streams >= config.max_streams:
         table.answer(encode_reset(table.packer, sid, ResetCode.REFUSED, "too many streams"))
         return None
@@ -136,6 +141,53 @@ def _admit(
     table.streams[sid] = stream
     table.peer_streams += 1
     return stream
+
+
+# -- packed heads -------------------------------------------------------------------
+
+
+def _unpack(table: StreamTable, block: list[object], first: bytes) -> list[bytes] | ResetCode:
+    """The flat headers of a packed block; the reset code if it breaks only its stream.
+
+    Decoded before anything else looks at the frame, even for a stream that is
+    gone: the peer's table changed as it sent the block, ours must too.
+    """
+    recv = table.receive_table()
+    try:
+        return decode_block(recv, block, table.config.max_header_bytes - len(first))
+    except BadReference:
+        return ResetCode.PROTOCOL
+    except HeadTooLarge:
+        return ResetCode.TOO_LARGE
+    except ValueError as exc:
+        raise RemoteProtocolError(f"malformed tunnel frame: {exc}") from exc
+
+
+_UNPACK_REASONS: Final = {
+    ResetCode.PROTOCOL: "header block refers to an entry the header table does not hold",
+    ResetCode.TOO_LARGE: "head too large",
+}
+
+
+def _on_open_http_packed(table: StreamTable, raw: list[Any]) -> None:
+    _, sid, window, method, target, block, has_body = raw
+    flat = _unpack(table, block, target)
+    if isinstance(flat, ResetCode):
+        refusal = (flat, _UNPACK_REASONS[flat])
+        _admit(table, sid, window, target, [], ws=False, recv_state=DONE, refusal=refusal)
+        return
+    _on_open_http(table, [1, sid, window, method, target, flat, has_body])
+
+
+def _on_response_packed(table: StreamTable, raw: list[Any]) -> None:
+    _, sid, status, reason, block, has_body = raw
+    flat = _unpack(table, block, reason)
+    if isinstance(flat, ResetCode):
+        stream = _target(table, sid, "RESPONSE")
+        if stream is not None:
+            table.reset_locally(stream, flat, _UNPACK_REASONS[flat])
+        return
+    _on_response(table, [3, sid, status, reason, flat, has_body])
 
 
 # -- answers to our streams -------------------------------------------------------
@@ -299,4 +351,6 @@ _HANDLERS: Final[dict[int, Callable[[StreamTable, list[Any]], None]]] = {
     FrameType.CLOSE: _on_close,
     FrameType.WINDOW: _on_window,
     FrameType.RESET: _on_reset,
+    FrameType.OPEN_HTTP_PACKED: _on_open_http_packed,
+    FrameType.RESPONSE_PACKED: _on_response_packed,
 }

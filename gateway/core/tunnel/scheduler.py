@@ -13,7 +13,9 @@ cannot starve. END/CLOSE queued behind data follow the stream's last chunk.
 A stream blocked on credit leaves the ring and comes back with WINDOW.
 
 An OPEN frame is encoded when the stream is opened but only *handed over*
-here: ``Stream.open_sent`` turns True as it goes into a message.
+here: ``Stream.open_sent`` turns True as it goes into a message. A packed head
+(``packing.py``) is encoded here, as it goes, so header tables change in wire
+order.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Final
 from gateway.core.tunnel.config import MAX_QUEUED_ITEMS, TunnelConfig
 from gateway.core.tunnel.flow import FlowControl
 from gateway.core.tunnel.frames import FLAG_FIN, FLAG_TEXT, FRAME_OVERHEAD, bin_header
+from gateway.core.tunnel.packing import ControlQueue, PendingHead
 from gateway.core.tunnel.stream_state import Stream
 
 __all__ = ["Scheduler"]
@@ -37,11 +40,17 @@ _FLAG_BYTES: Final = tuple(bytes((flags,)) for flags in range(4))
 _Parts = list[bytes | memoryview]
 
 
+def _bound(frame: bytes | PendingHead) -> int:
+    """The most bytes the frame takes in a batch."""
+    return frame.bound if isinstance(frame, PendingHead) else len(frame)
+
+
 class Scheduler:
     """The out-queues of one tunnel, and the order in which they share session messages."""
 
     __slots__ = (
         "_config",
+        "_encode_head",
         "_express",
         "_express_streak",
         "_flow",
@@ -55,10 +64,12 @@ class Scheduler:
         self,
         config: TunnelConfig,
         flow: FlowControl,
-        control: deque[bytes],
+        control: ControlQueue,
         on_trailer_sent: Callable[[Stream], None],
+        encode_head: Callable[[PendingHead], bytes],
     ) -> None:
         self._config = config
+        self._encode_head = encode_head  # a packed head's bytes, as it goes on the wire
         self._flow = flow
         self._on_trailer_sent = on_trailer_sent  # the stream may be finished now
         self.opens: deque[Stream] = deque()
@@ -112,11 +123,13 @@ class Scheduler:
             if stream.dead or frame is None:
                 opens.popleft()
                 continue
-            if parts and size + len(frame) > limit:
+            if parts and size + _bound(frame) > limit:
                 return None
             opens.popleft()
             stream.open_frame = None
             stream.open_sent = True
+            if isinstance(frame, PendingHead):
+                frame = self._encode_head(frame)
             parts.append(frame)
             size += len(frame)
             if stream.trailer is not None and not stream.queue:
@@ -129,9 +142,11 @@ class Scheduler:
         control = self.control
         while control:
             frame = control[0]
-            if parts and size + len(frame) > limit:
+            if parts and size + _bound(frame) > limit:
                 return None
             control.popleft()
+            if isinstance(frame, PendingHead):
+                frame = self._encode_head(frame)
             parts.append(frame)
             size += len(frame)
         return size

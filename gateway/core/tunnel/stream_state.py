@@ -26,6 +26,7 @@ from typing import Final
 
 from gateway.core.tunnel.errors import RemoteProtocolError, TunnelUsageError
 from gateway.core.tunnel.frames import BASE_WINDOW
+from gateway.core.tunnel.packing import PendingHead
 
 __all__ = [
     "ACCEPT",
@@ -148,7 +149,7 @@ class Stream:
         self.writable = True
         self.scheduled = False
         self.dead = False
-        self.open_frame: bytes | None = None
+        self.open_frame: bytes | PendingHead | None = None
         self.open_sent = not local
         self.msg_parts: list[bytes] = []
         self.msg_size = 0  # bytes of the message being reassembled

@@ -64,6 +64,7 @@ from gateway.core.tunnel.errors import RemoteProtocolError, ResetCode, TunnelUsa
 from gateway.core.tunnel.events import Event
 from gateway.core.tunnel.frames import (
     FrameDecoder,
+    FrameType,
     encode_accept,
     encode_close,
     encode_end,
@@ -83,6 +84,7 @@ from gateway.core.tunnel.heads import (
     checked_reason,
     encode_head,
 )
+from gateway.core.tunnel.packing import PendingHead, packable
 from gateway.core.tunnel.receiving import receive_frames
 from gateway.core.tunnel.stream_state import (
     ACCEPT,
@@ -148,6 +150,20 @@ class Tunnel:
         flow = self._table.flow
         return flow.queued_total + flow.unacked_total
 
+    @property
+    def packs_heads(self) -> bool:
+        """Heads go out packed (header compaction, ``packing.py``)."""
+        return self._table.pack_heads
+
+    def peer_reads_packed_heads(self) -> None:
+        """The peer said it reads packed heads (the session's set-up did): pack ours.
+
+        Without this call a tunnel packs only after the peer sent a packed head,
+        so a peer that never heard of them (the browser shim, an older
+        gateway) gets plain heads.
+        """
+        self._table.pack_heads = True
+
     def is_writable(self, stream_id: int) -> bool:
         """The stream takes more data now; if False, StreamWritable follows when it does."""
         stream = self._table.streams.get(stream_id)
@@ -185,9 +201,13 @@ class Tunnel:
         raw_target, flat = encode_head(target, headers, self._config.max_header_bytes)
         table = self._table
         stream = table.new_local(ws=False, send_state=BODY if has_body else DONE)
-        stream.open_frame = encode_open_http(
-            table.packer, stream.id, stream.recv_window, method, raw_target, flat, has_body
-        )
+        if table.pack_heads and packable(flat):
+            fields = (FrameType.OPEN_HTTP_PACKED, stream.id, stream.recv_window, method, raw_target)
+            stream.open_frame = PendingHead(fields, flat, has_body)
+        else:
+            stream.open_frame = encode_open_http(
+                table.packer, stream.id, stream.recv_window, method, raw_target, flat, has_body
+            )
         return stream.id
 
     def open_websocket(
@@ -227,9 +247,13 @@ class Tunnel:
         if stream.ws:
             stream.recv_state = step(stream_id, stream.recv_state, REFUSED, local=True)
             table.as_http(stream)
-        table.control.append(
-            encode_response(table.packer, stream_id, status, raw_reason, flat, has_body)
-        )
+        if table.pack_heads and packable(flat):
+            fields = (FrameType.RESPONSE_PACKED, stream_id, status, raw_reason)
+            table.control.append(PendingHead(fields, flat, has_body))
+        else:
+            table.control.append(
+                encode_response(table.packer, stream_id, status, raw_reason, flat, has_body)
+            )
         table.maybe_forget(stream)
 
     def accept_websocket(

@@ -29,6 +29,7 @@ from gateway.core.tunnel.frames import (
     message_prefix,
     new_packer,
 )
+from gateway.core.tunnel.packing import ControlQueue, HeaderTable, PendingHead
 from gateway.core.tunnel.reassembly import Reassembly
 from gateway.core.tunnel.scheduler import Scheduler
 from gateway.core.tunnel.stream_state import DONE, HEAD, Stream, step
@@ -55,10 +56,13 @@ class StreamTable:
         "highest_peer_id",
         "next_id",
         "opener",
+        "pack_heads",
         "packer",
         "peer_streams",
         "reassembly",
+        "recv_heads",
         "scheduler",
+        "send_heads",
         "streams",
     )
 
@@ -71,10 +75,17 @@ class StreamTable:
         self.highest_peer_id = 0
         self.peer_streams = 0
         self.events: list[Event] = []
-        self.control: deque[bytes] = deque()
+        self.control: ControlQueue = deque()
         self.flow = FlowControl(config, self.packer, self.control, self.events)
         self.reassembly = Reassembly(config.session_reassembly, self.flow)
-        self.scheduler = Scheduler(config, self.flow, self.control, self.maybe_forget)
+        self.scheduler = Scheduler(
+            config, self.flow, self.control, self.maybe_forget, self.encode_head
+        )
+        #: Send heads packed (``packing.py``): the peer reads them.
+        self.pack_heads = False
+        # Header tables, made on first use: most idle sessions never carry a head.
+        self.send_heads: HeaderTable | None = None
+        self.recv_heads: HeaderTable | None = None
         self.closed = False
 
     # -- finding streams ----------------------------------------------------
@@ -145,6 +156,21 @@ class StreamTable:
         """A refused WebSocket stream carries its refusal body as a plain HTTP body."""
         stream.ws = False
         stream.prefix = data_prefix(self.packer, stream.id)
+
+    # -- packed heads -------------------------------------------------------------
+
+    def encode_head(self, head: PendingHead) -> bytes:
+        """``head`` as it goes on the wire now (the scheduler's call: wire order)."""
+        if self.send_heads is None:
+            self.send_heads = HeaderTable(indexed=True)
+        return head.encode(self.packer, self.send_heads)
+
+    def receive_table(self) -> HeaderTable:
+        """The table of the heads the peer packs; the peer reads packed heads too."""
+        self.pack_heads = True
+        if self.recv_heads is None:
+            self.recv_heads = HeaderTable(indexed=False)
+        return self.recv_heads
 
     # -- resets -------------------------------------------------------------------
 
