@@ -54,7 +54,7 @@ const FLAG_TEXT = 0x02;
 const MAX_QUEUED_PONGS = 16;
 const MAX_PROBES = 8;
 
-const FrameType = Object.freeze({ HELLO: 1, DATA: 2, ACK: 3, PING: 4, PONG: 5, CLOSE: 6, ABORT: 7 });
+const FrameType = Object.freeze({ HELLO: 1, DATA: 2, ACK: 3, PING: 4, PONG: 5, CLOSE: 6, ABORT: 7, GOAWAY: 8 });
 
 const sessionFrames = Object.freeze({
   hello: (version, sessionId, lastReceived, token) =>
@@ -65,6 +65,7 @@ const sessionFrames = Object.freeze({
   pong: (nonce) => encode([FrameType.PONG, nonce]),
   close: (seq, code, reason) => encode([FrameType.CLOSE, seq, code, reason]),
   abort: (code, reason) => encode([FrameType.ABORT, code, reason]),
+  goaway: (lastStreamId, reason) => encode([FrameType.GOAWAY, lastStreamId, reason]),
   parse: parseSessionFrame,
   /** Every frame of a batch, checked; RemoteProtocolError if any is bad. */
   decode(batch) {
@@ -155,6 +156,11 @@ const SESSION_PARSERS = {
     if (!isReason(raw[2])) throw malformed(d`close reason must be a string of at most ${MAX_REASON_BYTES} bytes`);
     return { type: FrameType.ABORT, code: raw[1], reason: raw[2] };
   },
+  [FrameType.GOAWAY](raw) {
+    arity(raw, 3, "GOAWAY");
+    if (!isReason(raw[2])) throw malformed(d`close reason must be a string of at most ${MAX_REASON_BYTES} bytes`);
+    return { type: FrameType.GOAWAY, lastStreamId: uintField(raw[1], "GOAWAY last_stream_id"), reason: raw[2] };
+  },
 };
 
 /** Validate one decoded msgpack object as a session frame. */
@@ -238,6 +244,7 @@ function constantTimeEqual(a, b) {
  *   {type: "hello", lastReceived, first}     {type: "message", data}
  *   {type: "window-opened"}                   {type: "stalled", since}
  *   {type: "probe-answered", nonce, rtt}      {type: "closed", code, reason, byPeer}
+ *   {type: "goaway", lastStreamId, reason}    (docs/protocol.md §6a)
  */
 class Session {
   /**
@@ -292,6 +299,7 @@ class Session {
     this._rxText = false;
     this._helloSeen = false;
     this._peerClosed = false;
+    this._goAway = null; // the lowest last_stream_id of the peer's GOAWAYs
     // timers (timestamps from the caller's clock)
     this._lastSentAt = now;
     this._retxSince = now;
@@ -414,6 +422,7 @@ class Session {
       case FrameType.PONG: return this._onPong(frame, now);
       case FrameType.CLOSE: return this._onClose(frame, now);
       case FrameType.ABORT: return this._terminate(frame.code, frame.reason, true, false);
+      case FrameType.GOAWAY: return this._onGoAway(frame);
       default: throw new LocalProtocolError("unreachable");
     }
   }
@@ -491,6 +500,13 @@ class Session {
     }
     this._transition("peer_close");
     this._maybeFinishClose();
+  }
+
+  /** docs/protocol.md §6a: reported the first time and when the id goes down; repeats are ignored. */
+  _onGoAway(frame) {
+    if (this._goAway !== null && frame.lastStreamId >= this._goAway) return;
+    this._goAway = frame.lastStreamId;
+    this._emit({ type: "goaway", lastStreamId: frame.lastStreamId, reason: frame.reason });
   }
 
   _checkHello(frame) {

@@ -131,6 +131,7 @@ class TunnelStream {
     this.sendCredit = 0; // until ACCEPT carries the peer's window
     this.recvWindow = recvWindow;
     this.unconsumed = 0; // delivered, not yet consumed()
+    this.prepaid = 0; // of those, bytes already credited back (fragments of a message, on arrival)
     this.toGrant = 0; // consumed, not yet granted back in a WINDOW
     this.queue = new Deque(); // {bytes, text}: whole messages
     this.offset = 0; // bytes of queue.at(0) already sent
@@ -286,7 +287,9 @@ class Tunnel {
       throw new LocalProtocolError(d`consumed(${n}) on stream ${sid} with ${stream.unconsumed} unconsumed`);
     }
     stream.unconsumed -= n;
-    this._credit(stream, n);
+    const prepaid = Math.min(stream.prepaid, n);
+    stream.prepaid -= prepaid;
+    this._credit(stream, n - prepaid);
   }
 
   _credit(stream, n) {
@@ -541,8 +544,10 @@ class Tunnel {
         return;
       }
     }
-    stream.unconsumed += n;
-    this._emit({ type: "message", sid, data, size: n });
+    // `size` is the whole message, as in the Python core; its fragments were credited on arrival.
+    stream.unconsumed += whole.length;
+    stream.prepaid += whole.length - n;
+    this._emit({ type: "message", sid, data, size: whole.length });
   }
 
   _onClose(raw) {

@@ -17,7 +17,7 @@ const TIMEOUT = { timeout: 15000 };
  * internal properties were shortened, 15,102 after; issue 11's target is 12 KB,
  * which needs less code, not shorter words (README "Build and size").
  */
-const GZIP_BUDGET = 15.5 * 1024;
+const GZIP_BUDGET = 16 * 1024;
 
 let outdir;
 let sizes;
