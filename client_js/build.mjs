@@ -48,7 +48,7 @@ const INTERNAL_PROPS = `abandon abandoned array attached bin buf bufferedBytes b
   initialWindow int isClient isWritable items kick kind lastReceived learned limits link lpAllowed maxArray
   maxBin maxChunk maxDepth maxMessage maxPending maxStr maxWsMessage msgParts msgSize msgText need
   nextDeadline nextMessage nonce offset open openFrame openSent openWebSocket options payload polls pos
-  posting prefix probeCheck probeReply probeRequest queue queued queuedBytes ready receiveData
+  posting prefix prepaid retryAfter probeCheck probeReply probeRequest queue queued queuedBytes ready receiveData
   receiveMessage received recvState recvWindow refused remote request reserve reset retrySafe rewind rtt
   scheduled sendCredit sendMessage sendState sendWsMessage seq sessionId setHeartbeat sid since start state
   str streamCount take toGrant token trailer transportAttached transportFailed transportLost typed u8 uint

@@ -12,6 +12,8 @@ import { HopLink } from "./link.js";
 const TOKEN_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;
 const READY_STATES = { CONNECTING, OPEN, CLOSING, CLOSED };
+/** New sessions a GOAWAY may send one HopSocket to before it gives up (a gateway that keeps going away). */
+const MAX_MOVES = 3;
 
 /** Defaults of HopSocket options besides the transport ones (DEFAULT_LINK_OPTIONS). */
 const DEFAULT_SOCKET_OPTIONS = Object.freeze({
@@ -135,19 +137,32 @@ class HopSocket extends EventTarget {
     this._closeSent = false;
     this._closeTimer = null;
     this._pumpQueued = false;
-    this._sid = null;
-    this._tunnel = new Tunnel({ maxWsMessage: this._options.maxMessageSize });
-    this._link = new HopLink(gatewayUrl(this._options.gateway, endpoint), this._options, {
-      onMessage: (message) => this._onSessionMessage(message),
-      onWritable: () => this._schedulePump(),
-      onClosed: (code, reason) => this._onSessionClosed(code, reason),
-      onTransport: (transport, previous, reason, detail) => this._extra("transport", { transport, previous, reason, detail }),
-      onReconnecting: (reason, detail) => this._extra("reconnecting", { reason, detail }),
-      onResumed: (transport, downtime) => this._extra("resumed", { transport, downtime }),
-    });
+    this._gateway = gatewayUrl(this._options.gateway, endpoint);
+    this._target = `${endpoint.pathname}${endpoint.search}`;
+    this._host = endpoint.host;
+    this._goAway = null; // the reason of a GOAWAY that let our stream finish on its session
+    this._moves = 0; // sessions opened again because of a GOAWAY
     this._unwatchPageHide = () => {};
     this._watchPageHide();
-    this._start(`${endpoint.pathname}${endpoint.search}`, endpoint.host);
+    this._connect(null);
+  }
+
+  /** A new hop session (and tunnel) for the stream; `why` is the reason of its first `transport` event. */
+  _connect(why) {
+    this._sid = null;
+    this._tunnel = new Tunnel({ maxWsMessage: this._options.maxMessageSize });
+    const link = new HopLink(this._gateway, this._options, {
+      onMessage: (message) => link === this._link && this._onSessionMessage(message),
+      onWritable: () => link === this._link && this._schedulePump(),
+      onClosed: (code, reason) => link === this._link && this._onSessionClosed(code, reason),
+      onGoAway: (lastStreamId, reason) => link === this._link && this._onGoAway(lastStreamId, reason),
+      onTransport: (transport, previous, reason, detail) => link === this._link
+        && this._extra("transport", { transport, previous, reason: previous === "none" ? why ?? reason : reason, detail }),
+      onReconnecting: (reason, detail) => link === this._link && this._extra("reconnecting", { reason, detail }),
+      onResumed: (transport, downtime) => link === this._link && this._extra("resumed", { transport, downtime }),
+    });
+    this._link = link;
+    this._start(link);
   }
 
   /**
@@ -248,22 +263,23 @@ class HopSocket extends EventTarget {
     this._unwatchPageHide = () => page.removeEventListener("pagehide", onPageHide);
   }
 
-  async _start(target, host) {
+  async _start(link) {
     try {
-      await this._link.open();
+      await link.open();
     } catch (err) {
-      this._fail(err.message);
+      if (link === this._link) this._fail(err.message);
       return;
     }
+    if (link !== this._link) return; // moved on (a GOAWAY) while it opened
     if (this._readyState !== CONNECTING) {
       this._link.close(CloseCode.NORMAL, d`closed before the connection was established`);
       return;
     }
-    const headers = [["Host", host]];
+    const headers = [["Host", this._host]];
     if (globalThis.location?.origin && globalThis.location.origin !== "null") headers.push(["Origin", globalThis.location.origin]);
     headers.push(...this._options.headers);
     try {
-      this._sid = this._tunnel.openWebSocket(target, headers, this._offered);
+      this._sid = this._tunnel.openWebSocket(this._target, headers, this._offered);
     } catch (err) {
       this._fail(d`cannot open the stream: ${err.message}`);
       return;
@@ -399,6 +415,8 @@ class HopSocket extends EventTarget {
   }
 
   _onReset(event) {
+    // An OPEN that crossed the gateway's GOAWAY was not processed: open it again on a new session.
+    if (this._readyState === CONNECTING && event.remote && event.retrySafe && this._moveSession()) return;
     if (this._readyState === CONNECTING || this._readyState === CLOSED) {
       this._fail(d`the gateway could not open the WebSocket: ${event.reason}`);
       return;
@@ -407,8 +425,38 @@ class HopSocket extends EventTarget {
     this._closed(code, event.reason, false, true);
   }
 
+  /**
+   * The gateway is going away (docs/protocol.md §6a). A stream it got
+   * (id <= lastStreamId) finishes on this session; one it did not, or not
+   * yet opened, moves to a new session (through the load balancer,
+   * usually another instance).
+   */
+  _onGoAway(lastStreamId, reason) {
+    const sid = this._sid;
+    if (this._readyState === CONNECTING && (sid === null || !this._tunnel.openSent(sid) || sid > lastStreamId)) {
+      if (this._moveSession()) return;
+    }
+    this._goAway = reason;
+  }
+
+  /** Leave this session (closed normally once its frames are out) for a new one; false past MAX_MOVES. */
+  _moveSession() {
+    if (this._moves >= MAX_MOVES) return false;
+    this._moves += 1;
+    const old = this._link;
+    if (this._sid !== null) this._tunnel.reset(this._sid, ResetCode.CANCEL, d`moved to another session`);
+    for (let message; (message = this._tunnel.nextMessage()) !== null && old.writable;) old.send(message);
+    old.close(CloseCode.NORMAL, d`going away: moved to another session`);
+    this._connect("goaway");
+    return true;
+  }
+
   _onSessionClosed(code, reason) {
     this._unwatchPageHide();
+    if (this._readyState === OPEN && this._goAway !== null) {
+      // The gateway said GOAWAY and has now ended the session (its grace is over): like a server going away.
+      this._closed(CloseCode.GOING_AWAY, d`the gateway went away (${this._goAway}; ${code} ${reason})`, false, true);
+    }
     if (!this._tunnel.closed) {
       this._tunnel.closeAll(d`hop session closed (${code} ${reason})`);
       for (const event of this._tunnel.eventsReceived()) this._onTunnelEvent(event);

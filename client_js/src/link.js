@@ -37,6 +37,8 @@ const SESSION_HEADER = "X-Hopgate-Session";
 /** Don't queue more on the hop WebSocket while it holds this much unsent. */
 const WS_HIGH_WATER = 1024 * 1024;
 const WS_DRAIN_POLL_MS = 10;
+/** Session creation attempts when the gateway answers 503 (draining, full), Retry-After apart (at most 2 s). */
+const CREATE_ATTEMPTS = 3;
 
 /** Transport timings in milliseconds, sizes in bytes. */
 const DEFAULT_LINK_OPTIONS = Object.freeze({
@@ -383,7 +385,18 @@ class HopLink {
 
   /** Open the session and attach its first transport; rejects with SessionUnavailable. */
   async open() {
-    const { sessionId, token } = await this._create();
+    let created;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        created = await this._create();
+        break;
+      } catch (err) {
+        // A draining instance answers 503 + Retry-After: the next try usually reaches another one.
+        if (!(err.retryAfter >= 0) || attempt >= CREATE_ATTEMPTS) throw err;
+        await new Promise((resolve) => setTimeout(resolve, err.retryAfter));
+      }
+    }
+    const { sessionId, token } = created;
     this.sessionId = sessionId;
     this.token = token;
     this._tokenText = base64urlEncode(token);
@@ -419,7 +432,9 @@ class HopLink {
     }
     if (status !== 200) {
       const text = new TextDecoder().decode(body).trim().slice(0, 200);
-      throw new SessionUnavailable(d`the gateway refused a hop session (${status}): ${text}`);
+      const err = new SessionUnavailable(d`the gateway refused a hop session (${status}): ${text}`);
+      if (status === 503) err.retryAfter = Math.min(Number(headers.get("Retry-After")) || 1, 2) * 1000;
+      throw err;
     }
     const sessionId = headers.get(SESSION_HEADER);
     const token = base64urlDecode(headers.get(TOKEN_HEADER));
@@ -577,6 +592,10 @@ class HopLink {
         case "window-opened": this.handlers.onWritable(); break;
         case "stalled": this._onStalled(); break;
         case "closed": this._finish(event.code, event.reason, event.byPeer); break;
+        case "goaway":
+          this.log(d`= the gateway is going away (${event.reason}): streams after ${event.lastStreamId} go to a new session`);
+          this.handlers.onGoAway?.(event.lastStreamId, event.reason);
+          break;
         default: break;
       }
     }

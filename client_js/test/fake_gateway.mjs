@@ -21,6 +21,25 @@ class FakeSession {
     this.waiters = new Set();
     this.streams = new Map();
     this.closed = null;
+    this.goAway = null; // [8, last_stream_id, reason] once this session was told to go away
+  }
+
+  /** Say GOAWAY (docs/protocol.md §6a): streams above the highest opened so far are refused from now on. */
+  sayGoAway(reason = "instance draining") {
+    const last = Math.max(0, ...this.streams.keys());
+    this.goAway = [8, last, reason];
+    this.wake();
+  }
+
+  /** The GOAWAY goes once on each transport (here: each epoch), after the HELLO. */
+  goAwayDue() {
+    return this.goAway !== null && this.goAwaySentOn !== this.epoch;
+  }
+
+  withGoAway(batch) {
+    if (!this.goAwayDue()) return batch;
+    this.goAwaySentOn = this.epoch;
+    return new Uint8Array([...batch, ...encode(this.goAway)]);
   }
 
   wake() {
@@ -77,7 +96,9 @@ class FakeSession {
     for (const frame of tunnelFrames.decode(message)) {
       const [type, sid] = frame;
       this.gateway.frames.push(frame);
-      if (type === 2) {
+      if (type === 2 && this.goAway !== null && sid > this.goAway[1]) {
+        this.send([[10, sid, 1, "going away"]]); // not processed: the client may open it again elsewhere
+      } else if (type === 2) {
         const protocol = this.gateway.chooseProtocol(frame[5]);
         this.streams.set(sid, { credit: frame[2], parts: [], out: [], closed: false });
         this.send([[4, sid, 256 * 1024, protocol, []]]);
@@ -158,6 +179,8 @@ export class FakeGateway {
     this.messages = []; // every whole WebSocket message the client sent
     this.requests = [];
     this.refuseCreate = null; // status to answer session creation with
+    this.goAwayOnCreate = 0; // the next this many sessions say GOAWAY before any stream (a draining instance)
+    this.retryAfter = null; // with refuseCreate: its Retry-After
     this.loseGetResponses = 0; // GETs whose answer (with data taken) never arrives
     this.failPosts = 0; // POSTs that fail before reaching the gateway
     this.losePostResponses = 0; // POSTs that arrive but whose answer is lost
@@ -191,11 +214,19 @@ export class FakeGateway {
   }
 
   create() {
-    if (this.refuseCreate) return new Response("full\n", { status: this.refuseCreate });
+    if (this.refuseCreate) {
+      const headers = this.retryAfter === null ? {} : { "Retry-After": String(this.retryAfter) };
+      if (this.refuseCreateTimes !== undefined && --this.refuseCreateTimes <= 0) this.refuseCreate = null;
+      return new Response("full\n", { status: this.refuseCreate ?? 503, headers });
+    }
     const id = `fake${this.sessions.size + 1}-${Math.random().toString(36).slice(2)}`;
     const token = crypto.getRandomValues(new Uint8Array(32));
     const s = new FakeSession(id, token, this);
     this.sessions.set(id, s);
+    if (this.goAwayOnCreate > 0) {
+      s.goAway = [8, 0, "instance draining"];
+      this.goAwayOnCreate -= 1;
+    }
     return octets(sessionFrames.hello(1, id, 0, null), 200, { "X-Hopgate-Session": id, "X-Hopgate-Token": b64url(token) });
   }
 
@@ -207,11 +238,11 @@ export class FakeGateway {
       return octets(s.core.dataToSend(now()), 400);
     }
     const deadline = Date.now() + this.holdMs;
-    while (!s.core.hasPayloadToSend && !s.closed && Date.now() < deadline && this.sessions.has(s.id)) {
+    while (!s.core.hasPayloadToSend && !s.goAwayDue() && !s.closed && Date.now() < deadline && this.sessions.has(s.id)) {
       await s.changed(signal, deadline - Date.now());
     }
     if (!this.sessions.has(s.id)) return new Response("gone\n", { status: 404 });
-    const body = s.core.dataToSend(now());
+    const body = s.withGoAway(s.core.dataToSend(now()));
     if (this.loseGetResponses > 0 && body.length) {
       this.loseGetResponses -= 1;
       throw new TypeError("fake network: GET response lost");
