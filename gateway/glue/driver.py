@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKLOG_REASON",
     "MAX_SESSION_BACKLOG",
+    "LINK_CLOSED",
     "MAX_STREAM_BACKLOG",
     "StreamHandler",
     "TunnelDriver",
@@ -77,6 +78,9 @@ _BACKLOG_CHECK: Final = 256
 BACKLOG_REASON: Final = "too many undelivered messages: the receiver is not reading"
 
 #: Takes a stream the peer opened (checked by nothing yet).
+#: Why streams end when this gateway closes the link itself (its stop), not the session dying.
+LINK_CLOSED: Final = "tunnel link closed"
+
 StreamHandler = Callable[[RequestReceived | WebSocketRequested], None]
 
 
@@ -178,7 +182,7 @@ class TunnelDriver:
         if not self._closing:
             self._closing = True
             if not self.tunnel.closed:
-                self.tunnel.close_all("tunnel link closed")
+                self.tunnel.close_all(LINK_CLOSED)
                 self.dispatch()
         await self._tasks.cancel_all()
         if not self._hop.closed:

@@ -22,7 +22,12 @@ length cuts the client's connection rather than look complete.
 Exactly once. :meth:`Opener.forward` raises :class:`NotSent` only while the
 OPEN has provably not been handed to the session (``Tunnel.open_sent``);
 from then on every failure is an HTTP answer: session loss -> 502 "not
-retried", a peer RESET -> its code's status.
+retried", a peer RESET -> its code's status. Two exceptions raise
+:class:`Retry` instead, for the caller to send the request once more on the
+next session: a body-less request the peer REFUSED because it said GOAWAY
+(not processed at all), and a body-less request of an idempotent method
+whose session was lost before any answer came (RFC 9110 section 9.2.2 lets
+an intermediary retry it: its instance crashed, the outcome is unknown).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.core import headers as hdr
-from gateway.core.tunnel.errors import ResetCode
+from gateway.core.tunnel.errors import GOING_AWAY, ResetCode
 from gateway.core.tunnel.events import (
     DataReceived,
     ResponseReceived,
@@ -43,7 +48,7 @@ from gateway.core.tunnel.events import (
     WebSocketAccepted,
 )
 from gateway.core.tunnel.framing import BodyCounter, Framing, FramingError, response_framing
-from gateway.glue.driver import TunnelDriver
+from gateway.glue.driver import LINK_CLOSED, TunnelDriver
 from gateway.glue.heads import decode_headers, pairs, set_framing, text
 from gateway.glue.mailbox import Mailbox
 from gateway.glue.streamgate import QUEUE_FACTOR, RETRY_AFTER, GateFull, StreamGate
@@ -61,7 +66,7 @@ from gateway.transports.http import (
     text_error,
 )
 
-__all__ = ["NotSent", "Opener", "tunnel_target"]
+__all__ = ["IDEMPOTENT_METHODS", "NotSent", "Opener", "Retry", "tunnel_target"]
 
 _BAD_HANDSHAKE = (
     "invalid WebSocket handshake: needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13"
@@ -73,6 +78,14 @@ class NotSent(Exception):
 
 
 class _PeerFull(Exception):
+class Retry(NotSent):
+    """It left, but may be sent once more on a new session (see the module docstring)."""
+
+
+#: RFC 9110 section 9.2.2: an intermediary may retry these when the outcome is unknown.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
     """The peer refused the OPEN for its stream limit; nothing of the request was processed."""
 
     def __init__(self, sid: int) -> None:
@@ -98,6 +111,18 @@ def _refused_for_streams(reset: StreamReset) -> bool:
 
 
 def _check_own_target(target: str) -> None:
+def _retryable(request: web.BaseRequest, reset: StreamReset) -> str | None:
+    """Why this reset request may be sent again on a new session, or None (see ``Retry``)."""
+    if request.body_exists:
+        return None  # its body was (being) read: nothing left to send again
+    if reset.remote and reset.code == ResetCode.REFUSED and reset.reason == GOING_AWAY:
+        return "refused unprocessed after its GOAWAY"
+    lost = reset.code == ResetCode.SESSION_LOST and not reset.remote and reset.reason != LINK_CLOSED
+    if lost and request.method in IDEMPOTENT_METHODS:
+        return "session lost before the answer (idempotent, no body)"
+    return None
+
+
     if not target.startswith("/") or target.startswith("//"):
         raise ValueError(f"tunnel targets are origin-form paths, not {target[:60]!r}")
 
@@ -298,6 +323,9 @@ class Opener:
         set_framing(headers, framing.length)  # the peer's Transfer-Encoding never passes
         response.headers.extend(headers)
         await response.prepare(request)
+            why = _retryable(request, head)
+            if why is not None:
+                raise Retry(f"hop session to {link.name}: {why}")
         problem = await self._relay_body(sid, box, response, framing) if head.has_body else None
         if problem is not None:
             link.log.warning("= stream %d: response cut: %s", sid, problem)

@@ -124,6 +124,7 @@ class HopSession:
         "last_activity",
         "messages_received",
         "messages_sent",
+        "on_event",
         "on_finished",
         "on_stalled",
         "on_transport_change",
@@ -169,6 +170,7 @@ class HopSession:
         self.on_finished: list[Callable[[HopSession], None]] = []
         #: Client: the tunnel features the server announced (``handshake.TUNNEL_HEADER``).
         self.peer_tunnel: frozenset[str] = frozenset()
+        self.on_event: Callable[[object], None] | None = None  # the rest (GoAwayReceived)
         # The core's timers run from one loop timer (no task per session),
         # scheduled for the core's next deadline; see _rearm.
         self._timer: asyncio.TimerHandle | None = None
@@ -388,6 +390,8 @@ class HopSession:
                     self.on_stalled(current)
             elif type(event) is SessionClosed:
                 self._finish(event.code, event.reason)
+            elif self.on_event is not None:
+                self.on_event(event)
         self.wake()
         self._rearm()
 
@@ -455,7 +459,7 @@ class HopSession:
         # bound methods), so a finished session is freed by reference counting
         # at once rather than by the next full garbage collection.
         self._on_message = self._on_writable = self._on_closed = None
-        self.on_stalled = self.on_transport_lost = None
+        self.on_stalled = self.on_transport_lost = self.on_event = None
         self.on_transport_change = []
 
     def _rearm(self) -> None:

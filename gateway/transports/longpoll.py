@@ -56,6 +56,7 @@ CONTENT_TYPE: Final = "application/octet-stream"
 class LongPollServer:
     """The server end of a long-poll transport: held GETs and POSTs of one epoch."""
 
+from gateway.transports.errors import PEER_FORGOT
     __slots__ = ("_abandoned", "_held", "_hop", "_idle", "_settings", "epoch")
 
     kind: Literal["long-poll"] = "long-poll"
@@ -200,7 +201,7 @@ class LongPollClient:
         """A non-200 answer: the peer forgot us, refused us, or broke."""
         hop = self._hop
         if status == 404:
-            hop.abandon(CloseCode.SESSION_EXPIRED, "expired: the peer no longer knows this session")
+            hop.abandon(CloseCode.SESSION_EXPIRED, PEER_FORGOT)
         elif status == 403:
             hop.abandon(CloseCode.AUTH_FAILED, "the peer refused our resume token")
         elif status == 400 and body:

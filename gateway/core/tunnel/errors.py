@@ -27,12 +27,16 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
+    "GOING_AWAY",
     "FlowControlError",
     "RemoteProtocolError",
     "ResetCode",
     "TunnelError",
     "TunnelUsageError",
 ]
+
+#: The reason of a REFUSED for a stream opened after the GOAWAY (``Tunnel.go_away``).
+GOING_AWAY = "going away"
 
 #: Hop-session close codes (RFC 6455 meanings) carried by RemoteProtocolError.
 PROTOCOL_ERROR = 1002

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from gateway.core.tunnel.config import MAX_MESSAGE_FRAMES
-from gateway.core.tunnel.errors import RemoteProtocolError, ResetCode
+from gateway.core.tunnel.errors import GOING_AWAY, RemoteProtocolError, ResetCode
 from gateway.core.tunnel.events import (
     DataReceived,
     RequestReceived,
@@ -130,6 +130,9 @@ def _admit(
         table.answer(encode_reset(table.packer, sid, *refusal))
         return None
     if table.peer_streams >= config.max_streams:
+    if table.refuse_above is not None and sid > table.refuse_above:
+        table.answer(encode_reset(table.packer, sid, ResetCode.REFUSED, GOING_AWAY))
+        return None
         table.answer(encode_reset(table.packer, sid, ResetCode.REFUSED, "too many streams"))
         return None
     if len(target) + sum(map(len, flat)) > config.max_header_bytes:

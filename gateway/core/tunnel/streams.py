@@ -400,6 +400,17 @@ class Tunnel:
         """The next session message to send (a batch of frames), or None if idle.
 
         Call it only when the session can take a message. ``max_bytes`` (by
+    def go_away(self) -> int:
+        """Serve the peer's streams opened so far, refuse later ones; the id GOAWAY carries.
+
+        An OPEN that crossed the GOAWAY on the wire gets RESET(REFUSED, GOING_AWAY):
+        not processed, so the peer may send it again on another session.
+        """
+        table = self._table
+        if table.refuse_above is None:
+            table.refuse_above = table.highest_peer_id
+        return table.refuse_above
+
         default ``max_message``) bounds the batch, except that a single frame
         larger than it (a huge head) is sent alone.
         """

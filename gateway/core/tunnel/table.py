@@ -61,6 +61,7 @@ class StreamTable:
         "peer_streams",
         "reassembly",
         "recv_heads",
+        "refuse_above",
         "scheduler",
         "send_heads",
         "streams",
@@ -73,6 +74,8 @@ class StreamTable:
         self.streams: dict[int, Stream] = {}
         self.next_id = 1 if opener else 2
         self.highest_peer_id = 0
+        #: After a GOAWAY: peer streams above this id are refused unprocessed.
+        self.refuse_above: int | None = None
         self.peer_streams = 0
         self.events: list[Event] = []
         self.control: ControlQueue = deque()
