@@ -64,10 +64,10 @@ from gateway.core.ladder import (
     Peer,
     Rung,
     Transition,
-    close_reason,
 )
 from gateway.edges.forward import Forwarder
 from gateway.glue.link import TunnelLink
+from gateway.handover import Retiring, session_ended, until_closed_or_moved
 from gateway.status import GatewayStats, HopReport
 from gateway.transports.connector import SessionConnector
 from gateway.transports.errors import (
@@ -133,6 +133,8 @@ class UpstreamLink:
         self._hop: HopSession | None = None
         self._connector: SessionConnector | None = None
         self._wake = asyncio.Event()
+        #: Sessions the peer said GOAWAY on, finishing their streams.
+        self._retiring = Retiring()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._loop = asyncio.get_running_loop()
@@ -190,6 +192,7 @@ class UpstreamLink:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._retiring.close()
 
     # -- the background task ---------------------------------------------------
 
@@ -342,22 +345,28 @@ class UpstreamLink:
             f" ({detail})" if detail else "",
             extra={"upstream": self.key, "transport": transport, "reason": opened},
         )
-        token, reason = SHUTDOWN, "gateway stopping"
+        token, reason, now_again = SHUTDOWN, "gateway stopping", False
+        moved = asyncio.Event()
+        tunnel.on_goaway = lambda _tunnel: moved.set()
+        closed: tuple[int, str] | None = (0, "")
         try:
-            code, why = await hop.wait_closed()
-            token, reason = close_reason(code), f"session closed ({code} {why})".strip()
+            closed = await until_closed_or_moved(hop, moved)
+            token, reason, now_again = session_ended(closed, self._stats)
         finally:
             self._tunnel = None
             self._stats.active_sessions -= 1
-            with contextlib.suppress(Exception):
-                await tunnel.close()
-            with contextlib.suppress(Exception):
-                await connector.close()
+            if closed is None and not self._closing:
+                self._retiring.retire(tunnel, connector)  # its streams finish there
+            else:
+                with contextlib.suppress(Exception):
+                    await tunnel.close()
+                with contextlib.suppress(Exception):
+                    await connector.close()
             self._hop = None
             self._connector = None
             if self._closing:
-                token = SHUTDOWN
-            self.ladder.session_lost(self._loop.time(), token, reason)
+                token, now_again = SHUTDOWN, False
+            self.ladder.session_lost(self._loop.time(), token, reason, retry_now=now_again)
         if not self._closing:
             log.info(
                 "= hop to %s fell back to plain HTTP: %s; next attempt in %.1fs",

@@ -1,8 +1,10 @@
 """The ``hopgate server`` / ``hopgate client`` process: one gateway until a signal.
 
 ``serve`` is what the CLI runs: it starts a ``Gateway``, waits for SIGINT or
-SIGTERM, then stops it gracefully (held requests get ``--shutdown-grace``);
-a second signal exits at once.  The signal handlers it installs are removed
+SIGTERM, then drains and stops it (``Gateway.drain``: ready says 503 at once,
+hop peers are told GOAWAY and move their new streams to another instance,
+the listener stays open for what is in flight; held requests get
+``--shutdown-grace``); a second signal exits at once.  The signal handlers it installs are removed
 again on the way out.  ``event_loop_factory`` is the loop ``--event-loop``
 picks for it.
 """
@@ -35,12 +37,12 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         signals_seen += 1
         if signals_seen == 1:
             log.info(
-                "= %s received: closing the listener, held requests get %gs to finish "
-                "(signal again to stop now)",
+                "= %s received: draining (ready 503, hop peers told GOAWAY); held requests "
+                "get %gs to finish (signal again to stop now)",
                 signal.Signals(signum).name,
                 config.shutdown_grace,
             )
-            gateway.drain()  # /.hopgate/ready says 503 from now on
+            gateway.drain()  # /.hopgate/ready says 503 from now on, peers told GOAWAY
             stop.set()
         else:
             log.warning("= second signal: exiting now")

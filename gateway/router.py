@@ -45,7 +45,7 @@ from gateway.edges import cors
 from gateway.edges.forward import Forwarder
 from gateway.edges.websocket import pass_through
 from gateway.glue.link import TunnelLink
-from gateway.glue.opener import NotSent
+from gateway.glue.opener import NotSent, Retry
 from gateway.logs import ROUTE_KEY
 from gateway.settings import RouteSettings, normal_origin
 from gateway.status import GatewayStats
@@ -67,7 +67,10 @@ class Relay:
 
     ``tunnel_for(origin_key)`` names the live tunnel towards that origin, if
     any; ``on_not_sent(reason)`` hears of each request a tunnel gave back.
-    A WebSocket handshake is passed as a WebSocket either way.
+    ``retry_tunnel(origin_key, old)`` waits for the next session's tunnel
+    for a request the old one says may be sent once more (``Retry``); with
+    none in time the retry goes plain. A WebSocket handshake is passed as a
+    WebSocket either way.
     """
 
     def __init__(
@@ -76,10 +79,12 @@ class Relay:
         tunnel_for: Callable[[str], TunnelLink | None],
         *,
         on_not_sent: Callable[[str], None] | None = None,
+        retry_tunnel: Callable[[str, TunnelLink], Awaitable[TunnelLink | None]] | None = None,
     ) -> None:
         self.forwarder = forwarder
         self._tunnel_for = tunnel_for
         self._on_not_sent = on_not_sent
+        self._retry_tunnel = retry_tunnel
 
     async def __call__(
         self, request: web.BaseRequest, target: URL, *, origin_key: str
@@ -92,9 +97,11 @@ class Relay:
             # The access log and the metrics tell tunnelled requests from plain ones.
             request[ROUTE_KEY] = "tunnel"
             try:
-                if is_websocket_upgrade(request):
-                    return await tunnel.forward_websocket(request, path, origin_key=origin_key)
-                return await tunnel.forward(request, path, origin_key=origin_key)
+                return await self._over(tunnel, request, path, origin_key)
+            except Retry as exc:
+                answer = await self._again(tunnel, request, path, origin_key, exc)
+                if answer is not None:
+                    return answer
             except NotSent as exc:
                 # Nothing of the request left this gateway: plain HTTP is its
                 # first and only delivery.
@@ -113,6 +120,34 @@ class Relay:
                 request, target, forwarder=self.forwarder, origin_key=origin_key
             )
         return await self.forwarder.forward(request, target, origin_key=origin_key)
+
+    async def _over(
+        self, tunnel: TunnelLink, request: web.BaseRequest, path: str, origin_key: str
+    ) -> web.StreamResponse:
+        if is_websocket_upgrade(request):
+            return await tunnel.forward_websocket(request, path, origin_key=origin_key)
+        return await tunnel.forward(request, path, origin_key=origin_key)
+
+    async def _again(
+        self, old: TunnelLink, request: web.BaseRequest, path: str, origin_key: str, why: Retry
+    ) -> web.StreamResponse | None:
+        """Send a ``Retry`` once more: on the next session, else (None) plain."""
+        log.info(
+            "= %s %s sent again (%s)",
+            request.method,
+            path,
+            why,
+            extra={"upstream": origin_key, "reason": str(why)},
+        )
+        tunnel = await self._retry_tunnel(origin_key, old) if self._retry_tunnel else None
+        if tunnel is None:
+            return None
+        try:
+            return await self._over(tunnel, request, path, origin_key)
+        except Retry as exc:  # once is all RFC 9110 allows an intermediary
+            return text_error(502, f"{exc}; it was sent again once already, not retried")
+        except NotSent:
+            return None
 
 
 class Router:

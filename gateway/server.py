@@ -55,6 +55,7 @@ from gateway.edges.inbound import (
     derive_max_clients,
 )
 from gateway.glue.link import TunnelLink
+from gateway.handover import next_tunnel
 from gateway.link import LinkTable, UpstreamLink
 from gateway.logs import ACCESS_LOG, access_log_class, log_request
 from gateway.metrics import Metrics
@@ -66,7 +67,7 @@ from gateway.transports.connector import session_client
 from gateway.transports.endpoint import SessionServer
 from gateway.transports.handshake import SESSION_PATH
 from gateway.transports.hopsession import HopSession
-from gateway.transports.http import describe
+from gateway.transports.http import describe, text_error
 from gateway.transports.registry import client_key
 
 log = logging.getLogger("hopgate")
@@ -162,7 +163,7 @@ class Gateway:
             self._start_hop_layer(self._forwarder)
         self.router = Router(
             self.settings.routes,
-            relay=Relay(self._forwarder, self._tunnel_for),
+            relay=Relay(self._forwarder, self._tunnel_for, retry_tunnel=self._retry_tunnel),
             stats=self.stats,
             sessions=self.sessions,
             connect=functools.partial(
@@ -234,27 +235,56 @@ class Gateway:
             raise
 
     def drain(self) -> None:
-        """Stop saying ready (``/.hopgate/ready`` 503): a stop is coming."""
+        """A stop is coming: ``/.hopgate/ready`` says 503, every peer is told GOAWAY.
+
+        The listener stays open: the peers' streams in flight finish on their
+        old sessions (held polls, POSTs, resumes, internal forwards), new
+        streams go to a new session (on another instance, through the load
+        balancer); a new session asked of this instance gets 503.
+        """
+        if self.health.draining:
+            return
         self.health.drain()
 
+        for tunnel in list(self._accepted):
+            tunnel.go_away("instance draining")
+            self.stats.goaways_sent += 1
     async def stop(self) -> None:
-        """Close the listener; held requests get ``shutdown_grace`` to finish, then end.
+        """Drain, close the listener; held requests get ``shutdown_grace`` to finish, then end.
 
-        Sessions other gateways opened to this one are closed at once (with
-        1001), so they fall back to plain HTTP instead of holding their own
-        shutdown up; this gateway's own sessions to its upstreams close only
-        after its held requests, which may be riding them, are done.  The
-        admin listener closes last, so ``ready`` says 503 all along.
+        Sessions other gateways opened to this one are told GOAWAY (``drain``)
+        and kept until their peers closed them, their streams done, or
+        ``shutdown_grace`` passed; then the rest are closed (1001). This
+        gateway's own sessions to its upstreams close only after its held
+        requests, which may be riding them, are done.  The admin listener
+        closes last, so ``ready`` says 503 all along.
         """
         self.drain()
         try:
             await self._stop_serving()
+            await self._wait_drained()
         finally:
             admin, self.admin = self.admin, None
             if admin is not None:
                 await admin.stop()
 
     async def _stop_serving(self) -> None:
+    async def _wait_drained(self) -> None:
+        """Keep serving until every peer closed its session here, at most ``shutdown_grace``.
+
+        Checked every 0.1 s while stopping only: nothing per message.
+        """
+        grace = self.settings.listener.shutdown_grace
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._accepted and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        if self._accepted:
+            log.info(
+                "= %d hop session(s) still open after the %gs shutdown grace: closing them",
+                len(self._accepted),
+                grace,
+            )
+
         accepted = asyncio.create_task(self._close_accepted())
         try:
             if self._runner is not None:
@@ -306,6 +336,11 @@ class Gateway:
         assert self.router is not None
         self.stats.requests_total += 1
         inbound = self.inbound
+        if self.health.draining and request.method == "POST" and request.path == SESSION_PATH:
+            # A new session belongs on an instance that stays: the peer retries elsewhere.
+            return text_error(
+                503, "this instance is draining: open the session again", **{"Retry-After": "1"}
+            )
         if inbound is not None:
             # The head has arrived: no --header-timeout while it is handled.
             inbound.request_started(request.protocol)
@@ -337,6 +372,14 @@ class Gateway:
         return link.tunnel() if link is not None else None
 
     def _start_hop_layer(self, forwarder: Forwarder) -> None:
+    async def _retry_tunnel(self, origin_key: str, old: TunnelLink) -> TunnelLink | None:
+        """The next session's tunnel for a request sent again (failover, GOAWAY); None: plain."""
+        self.stats.retried_requests += 1
+        link = self._links.get(origin_key) if self._links is not None else None
+        if link is None:
+            return None
+        return await next_tunnel(link.tunnel, old, self.settings.forward.connect_timeout)
+
         self.sessions = SessionServer(
             self.settings.session,
             on_session=self._on_session,

@@ -205,6 +205,13 @@ class GatewayStats:
     active_websockets: int = 0
     active_tunnels: int = 0
     requests_total: int = 0
+    #: GOAWAYs this gateway sent (draining) and received (its upstream drained).
+    goaways_sent: int = 0
+    goaways_received: int = 0
+    #: New sessions opened at once because the upstream lost ours (its instance crashed).
+    failovers: int = 0
+    #: Tunnelled requests sent again on a new session (RFC 9110 9.2.2, or refused by GOAWAY).
+    retried_requests: int = 0
     #: Inbound connection figures (held, cap, refused...), set by the listening gateway.
     clients: Callable[[], dict[str, int]] | None = None
     #: The hop sessions this gateway serves (server side), read when asked.
@@ -235,6 +242,11 @@ class GatewayStats:
             "websockets": {"active": self.active_websockets},
             "tunnels": {"active": self.active_tunnels},
             "requests_total": self.requests_total,
+            "hop": {
+                "goaways": {"sent": self.goaways_sent, "received": self.goaways_received},
+                "failovers": self.failovers,
+                "retried": self.retried_requests,
+            },
             "clients": self.clients() if self.clients is not None else {},
         }
 

@@ -79,6 +79,8 @@ PEER_CLOSED: Final = "peer_closed"
 SESSION_EXPIRED: Final = "session_expired"
 SESSION_LOST: Final = "session_lost"
 SHUTDOWN: Final = "shutdown"
+#: The peer said GOAWAY (it is draining): a new session is opened at once.
+GOAWAY: Final = "goaway"
 REASONS: Final = frozenset(
     {
         SESSION_OPENED,
@@ -92,6 +94,7 @@ REASONS: Final = frozenset(
         SESSION_EXPIRED,
         SESSION_LOST,
         SHUTDOWN,
+        GOAWAY,
     }
 )
 #: Reasons that mean "the WebSocket did not work": the hop fell back from what it tried.
@@ -207,14 +210,23 @@ class Ladder:
             self.last_error = detail
         self._move(now, transport, reason, detail)
 
-    def session_lost(self, now: float, reason: str, detail: str = "") -> None:
-        """The session ended: forward plain until a new one opens."""
+    def session_lost(
+        self, now: float, reason: str, detail: str = "", *, retry_now: bool = False
+    ) -> None:
+        """The session ended: forward plain until a new one opens.
+
+        ``retry_now``: the peer moved us on (GOAWAY) or lost the session (a crashed
+        instance behind a load balancer); the path works, so no back-off for this one.
+        """
         self.last_error = detail or reason
         lived = 0.0 if self._session_since is None else now - self._session_since
         self._session_since = None
         if lived >= self.settings.stable_after:
             self._retry = self._retry.reset()
-        self._back_off(now)
+        if retry_now:
+            self._not_before = now
+        else:
+            self._back_off(now)
         self._move(now, "plain", reason, detail)
 
     # -- what the I/O layer asks ---------------------------------------------

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from yarl import URL
 
+from gateway.core.session.events import GoAwayReceived
 from gateway.core.tunnel import Tunnel, TunnelConfig
 from gateway.glue.answerer import Answerer
 from gateway.glue.driver import TunnelDriver
@@ -56,7 +57,7 @@ class TunnelLink:
     """A Tunnel core driven over one HopSession, with the role of this side of it."""
 
     # One per hop session, thousands idle at once: no per-instance dict.
-    __slots__ = ("_opening", "driver")
+    __slots__ = ("_opening", "driver", "goaway", "on_goaway")
 
     def __init__(
         self,
@@ -86,7 +87,13 @@ class TunnelLink:
             peer_ip=peer_ip,
         )
         self._opening = Opener(self.driver)
-        if not opener:
+        #: Opening side: the last stream id the peer's GOAWAY promised to serve, once it sent one.
+        self.goaway: int | None = None
+        #: Told once the peer said GOAWAY (the UpstreamLink opens the next session).
+        self.on_goaway: Callable[[TunnelLink], None] | None = None
+        if opener:
+            hop.on_event = self._session_event
+        else:
             answerer = Answerer(
                 self.driver,
                 next_hop=_drivers_of(next_hop) if next_hop is not None else None,
@@ -134,6 +141,34 @@ class TunnelLink:
     ) -> web.StreamResponse:
         """See :meth:`~gateway.glue.opener.Opener.forward_websocket` (raises ``NotSent``)."""
         return await self._opening.forward_websocket(request, target, origin_key=origin_key)
+
+    @property
+    def idle(self) -> bool:
+        """No stream in flight: a session that was told GOAWAY may close now."""
+        return self.tunnel.stream_count == 0
+
+    def go_away(self, reason: str) -> int:
+        """Answering side: tell the peer to open new streams elsewhere (draining).
+
+        Its streams opened so far are served to the end, later OPENs are refused
+        unprocessed (``Tunnel.go_away``); returns the last stream id served.
+        """
+        last = self.tunnel.go_away()
+        self.hop.core.go_away(last, reason)
+        self.hop.wake()
+        return last
+
+    def _session_event(self, event: object) -> None:
+        if isinstance(event, GoAwayReceived):
+            first = self.goaway is None
+            self.goaway = event.last_stream_id
+            self.driver.log.info(
+                "= hop session to %s: the peer said GOAWAY (%s); new requests go elsewhere",
+                self.name,
+                event.reason or "no reason",
+            )
+            if first and self.on_goaway is not None:
+                self.on_goaway(self)
 
     async def close(self) -> None:
         """Stop every stream (downstream: 502 / 1001; upstream: origin requests cancelled), then

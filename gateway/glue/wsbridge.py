@@ -20,7 +20,7 @@ from aiohttp import WSMsgType, web
 
 from gateway.core.tunnel.errors import ResetCode
 from gateway.core.tunnel.events import StreamReset, WebSocketClosed, WebSocketMessage
-from gateway.glue.driver import TunnelDriver
+from gateway.glue.driver import LINK_CLOSED, TunnelDriver
 from gateway.glue.heads import short
 from gateway.glue.mailbox import EndpointDone, Mailbox
 from gateway.transports.http import CLOSE_TIMEOUT, Peer, close_peer, sendable
@@ -105,8 +105,18 @@ async def _ws_writer(
             return True
         else:
             assert isinstance(event, StreamReset), event
-            await close_peer(peer, ResetCode.of(event.code).ws_close_code, event.reason)
+            await close_peer(peer, _reset_close_code(event), event.reason)
             return True
+
+
+def _reset_close_code(reset: StreamReset) -> int:
+    """The endpoint's close code; 1012 (service restart) when the session died under the stream.
+
+    Our own stop says 1001 (``LINK_CLOSED``); a session lost otherwise (its
+    instance crashed) tells the endpoint to reconnect, which goes to a new session.
+    """
+    lost = reset.code == ResetCode.SESSION_LOST and not reset.remote
+    return 1012 if lost and reset.reason != LINK_CLOSED else ResetCode.of(reset.code).ws_close_code
 
 
 async def _send(peer: Peer, data: bytes | str) -> None:

@@ -44,6 +44,7 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._gateway()
+        yield from _handover_families(self._stats)
         yield from _request_families(self._requests)
         yield from self._upstreams()
         yield from self._sessions()
@@ -174,6 +175,29 @@ class GatewayCollector(Collector):
             "their handshake or probe",
             value=totals.probe_failures,
         )
+
+
+def _handover_families(stats: GatewayStats) -> Iterator[Metric]:
+    """Drains and crashes seen over the hop (status: ``hop``)."""
+    goaways = CounterMetricFamily(
+        "hopgate_goaways",
+        "GOAWAY frames: sent (this instance drained) and received (the upstream drained)",
+        labels=["direction"],
+    )
+    goaways.add_metric(["sent"], stats.goaways_sent)
+    goaways.add_metric(["received"], stats.goaways_received)
+    yield goaways
+    yield CounterMetricFamily(
+        "hopgate_failovers",
+        "new sessions opened at once because the upstream lost ours (its instance crashed)",
+        value=stats.failovers,
+    )
+    yield CounterMetricFamily(
+        "hopgate_retried_requests",
+        "tunnelled requests sent again on a new session (idempotent, no body; or refused by "
+        "a GOAWAY)",
+        value=stats.retried_requests,
+    )
 
 
 def _request_families(tally: RequestTally) -> Iterator[Metric]:

@@ -21,6 +21,7 @@ the days these were plain strings: logs and ``/.hopgate/status`` show it.
 from __future__ import annotations
 
 __all__ = [
+    "PEER_FORGOT",
     "HandshakeRefused",
     "HopIOError",
     "NotAGateway",
@@ -30,6 +31,11 @@ __all__ = [
     "SessionUnavailable",
     "TransportFailed",
 ]
+
+
+#: The close reason of a session the peer answered 404 for (it expired it, or its
+#: instance is gone and another one answered): a new session may be opened at once.
+PEER_FORGOT = "expired: the peer no longer knows this session"
 
 
 class SessionClosedError(ConnectionError):

@@ -143,7 +143,7 @@ def test_an_unknown_reason_is_a_bug_caught_at_once() -> None:
 
 def test_reason_tokens_are_label_safe() -> None:
     """A Prometheus label value from a fixed set: lowercase words, no numbers or addresses."""
-    assert len(REASONS) == 11
+    assert len(REASONS) == 12
     for token in REASONS:
         assert token.replace("_", "").isalpha() and token.islower(), token
 
@@ -161,3 +161,15 @@ def test_reason_tokens_are_label_safe() -> None:
 )
 def test_close_codes_map_to_reasons(code: int, token: str) -> None:
     assert close_reason(code) == token
+
+
+def test_a_session_lost_with_retry_now_opens_the_next_one_without_back_off() -> None:
+    """GOAWAY or a crashed instance behind a load balancer: the path works, try again now."""
+    ladder = Ladder(LadderSettings(retry_initial=5.0))
+    ladder.peer_is_gateway()
+    ladder.session_up(1.0, "websocket")
+    ladder.session_lost(2.0, "goaway", "the peer said GOAWAY", retry_now=True)
+    assert ladder.rung == "plain" and ladder.should_connect(2.0)
+    ladder.session_up(2.1, "websocket")
+    ladder.session_lost(3.0, "session_lost", "closed")  # anything else backs off as before
+    assert not ladder.should_connect(3.0) and ladder.should_connect(8.0)
