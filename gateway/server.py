@@ -245,10 +245,10 @@ class Gateway:
         if self.health.draining:
             return
         self.health.drain()
-
         for tunnel in list(self._accepted):
             tunnel.go_away("instance draining")
             self.stats.goaways_sent += 1
+
     async def stop(self) -> None:
         """Drain, close the listener; held requests get ``shutdown_grace`` to finish, then end.
 
@@ -261,14 +261,13 @@ class Gateway:
         """
         self.drain()
         try:
-            await self._stop_serving()
             await self._wait_drained()
+            await self._stop_serving()
         finally:
             admin, self.admin = self.admin, None
             if admin is not None:
                 await admin.stop()
 
-    async def _stop_serving(self) -> None:
     async def _wait_drained(self) -> None:
         """Keep serving until every peer closed its session here, at most ``shutdown_grace``.
 
@@ -285,6 +284,7 @@ class Gateway:
                 grace,
             )
 
+    async def _stop_serving(self) -> None:
         accepted = asyncio.create_task(self._close_accepted())
         try:
             if self._runner is not None:
@@ -335,12 +335,12 @@ class Gateway:
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         assert self.router is not None
         self.stats.requests_total += 1
-        inbound = self.inbound
         if self.health.draining and request.method == "POST" and request.path == SESSION_PATH:
             # A new session belongs on an instance that stays: the peer retries elsewhere.
             return text_error(
                 503, "this instance is draining: open the session again", **{"Retry-After": "1"}
             )
+        inbound = self.inbound
         if inbound is not None:
             # The head has arrived: no --header-timeout while it is handled.
             inbound.request_started(request.protocol)
@@ -371,7 +371,6 @@ class Gateway:
         link = self._links.get(origin_key) if self._links is not None else None
         return link.tunnel() if link is not None else None
 
-    def _start_hop_layer(self, forwarder: Forwarder) -> None:
     async def _retry_tunnel(self, origin_key: str, old: TunnelLink) -> TunnelLink | None:
         """The next session's tunnel for a request sent again (failover, GOAWAY); None: plain."""
         self.stats.retried_requests += 1
@@ -380,6 +379,7 @@ class Gateway:
             return None
         return await next_tunnel(link.tunnel, old, self.settings.forward.connect_timeout)
 
+    def _start_hop_layer(self, forwarder: Forwarder) -> None:
         self.sessions = SessionServer(
             self.settings.session,
             on_session=self._on_session,
