@@ -59,8 +59,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKLOG_REASON",
-    "MAX_SESSION_BACKLOG",
     "LINK_CLOSED",
+    "MAX_SESSION_BACKLOG",
     "MAX_STREAM_BACKLOG",
     "StreamHandler",
     "TunnelDriver",
@@ -77,10 +77,10 @@ MAX_SESSION_BACKLOG: Final = 32768
 _BACKLOG_CHECK: Final = 256
 BACKLOG_REASON: Final = "too many undelivered messages: the receiver is not reading"
 
-#: Takes a stream the peer opened (checked by nothing yet).
 #: Why streams end when this gateway closes the link itself (its stop), not the session dying.
 LINK_CLOSED: Final = "tunnel link closed"
 
+#: Takes a stream the peer opened (checked by nothing yet).
 StreamHandler = Callable[[RequestReceived | WebSocketRequested], None]
 
 

@@ -77,7 +77,6 @@ class NotSent(Exception):
     """The request never left: the caller may send it another way (plain HTTP)."""
 
 
-class _PeerFull(Exception):
 class Retry(NotSent):
     """It left, but may be sent once more on a new session (see the module docstring)."""
 
@@ -86,6 +85,7 @@ class Retry(NotSent):
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
+class _PeerFull(Exception):
     """The peer refused the OPEN for its stream limit; nothing of the request was processed."""
 
     def __init__(self, sid: int) -> None:
@@ -110,7 +110,6 @@ def _refused_for_streams(reset: StreamReset) -> bool:
     return reset.remote and reset.code == ResetCode.REFUSED and reset.reason == _TOO_MANY_STREAMS
 
 
-def _check_own_target(target: str) -> None:
 def _retryable(request: web.BaseRequest, reset: StreamReset) -> str | None:
     """Why this reset request may be sent again on a new session, or None (see ``Retry``)."""
     if request.body_exists:
@@ -123,6 +122,7 @@ def _retryable(request: web.BaseRequest, reset: StreamReset) -> str | None:
     return None
 
 
+def _check_own_target(target: str) -> None:
     if not target.startswith("/") or target.startswith("//"):
         raise ValueError(f"tunnel targets are origin-form paths, not {target[:60]!r}")
 
@@ -305,6 +305,9 @@ class Opener:
                 if not request.body_exists:
                     raise _PeerFull(sid)  # no body read yet: the gate may send it again
                 self._peer_full(sid)
+            why = _retryable(request, head)
+            if why is not None:
+                raise Retry(f"hop session to {link.name}: {why}")
             return self._reset_answer(head)
         try:
             framing = response_framing(
@@ -323,9 +326,6 @@ class Opener:
         set_framing(headers, framing.length)  # the peer's Transfer-Encoding never passes
         response.headers.extend(headers)
         await response.prepare(request)
-            why = _retryable(request, head)
-            if why is not None:
-                raise Retry(f"hop session to {link.name}: {why}")
         problem = await self._relay_body(sid, box, response, framing) if head.has_body else None
         if problem is not None:
             link.log.warning("= stream %d: response cut: %s", sid, problem)

@@ -168,9 +168,9 @@ class HopSession:
         self.on_transport_lost: Callable[[Transport, str], None] | None = None
         self.on_transport_change: list[Callable[[str, str], None]] = []
         self.on_finished: list[Callable[[HopSession], None]] = []
+        self.on_event: Callable[[object], None] | None = None  # the rest (GoAwayReceived)
         #: Client: the tunnel features the server announced (``handshake.TUNNEL_HEADER``).
         self.peer_tunnel: frozenset[str] = frozenset()
-        self.on_event: Callable[[object], None] | None = None  # the rest (GoAwayReceived)
         # The core's timers run from one loop timer (no task per session),
         # scheduled for the core's next deadline; see _rearm.
         self._timer: asyncio.TimerHandle | None = None

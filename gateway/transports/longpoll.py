@@ -43,6 +43,7 @@ from typing import Final, Literal
 import aiohttp
 
 from gateway.core.session.errors import CloseCode, RemoteProtocolError, SessionUsageError
+from gateway.transports.errors import PEER_FORGOT
 from gateway.transports.handshake import SessionRoute
 from gateway.transports.hopsession import HopSession
 from gateway.transports.http import describe, read_bounded
@@ -56,7 +57,6 @@ CONTENT_TYPE: Final = "application/octet-stream"
 class LongPollServer:
     """The server end of a long-poll transport: held GETs and POSTs of one epoch."""
 
-from gateway.transports.errors import PEER_FORGOT
     __slots__ = ("_abandoned", "_held", "_hop", "_idle", "_settings", "epoch")
 
     kind: Literal["long-poll"] = "long-poll"

@@ -126,13 +126,13 @@ def _admit(
         raise RemoteProtocolError(f"OPEN for stream {sid}, not above {table.highest_peer_id}")
     table.highest_peer_id = sid
     config = table.config
+    if table.refuse_above is not None and sid > table.refuse_above:
+        table.answer(encode_reset(table.packer, sid, ResetCode.REFUSED, GOING_AWAY))
+        return None
     if refusal is not None:
         table.answer(encode_reset(table.packer, sid, *refusal))
         return None
     if table.peer_streams >= config.max_streams:
-    if table.refuse_above is not None and sid > table.refuse_above:
-        table.answer(encode_reset(table.packer, sid, ResetCode.REFUSED, GOING_AWAY))
-        return None
         table.answer(encode_reset(table.packer, sid, ResetCode.REFUSED, "too many streams"))
         return None
     if len(target) + sum(map(len, flat)) > config.max_header_bytes:

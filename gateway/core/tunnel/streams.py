@@ -390,16 +390,6 @@ class Tunnel:
             n = table.reassembly.consumed(stream, n)
         table.flow.credit(stream, n)
 
-    def close_all(self, reason: str = "session closed") -> None:
-        """The session died: every live stream gets a local StreamReset; the tunnel is closed."""
-        self._table.close_all(reason)
-
-    # -- the session's side -------------------------------------------------------
-
-    def next_message(self, max_bytes: int | None = None) -> bytes | None:
-        """The next session message to send (a batch of frames), or None if idle.
-
-        Call it only when the session can take a message. ``max_bytes`` (by
     def go_away(self) -> int:
         """Serve the peer's streams opened so far, refuse later ones; the id GOAWAY carries.
 
@@ -411,6 +401,16 @@ class Tunnel:
             table.refuse_above = table.highest_peer_id
         return table.refuse_above
 
+    def close_all(self, reason: str = "session closed") -> None:
+        """The session died: every live stream gets a local StreamReset; the tunnel is closed."""
+        self._table.close_all(reason)
+
+    # -- the session's side -------------------------------------------------------
+
+    def next_message(self, max_bytes: int | None = None) -> bytes | None:
+        """The next session message to send (a batch of frames), or None if idle.
+
+        Call it only when the session can take a message. ``max_bytes`` (by
         default ``max_message``) bounds the batch, except that a single frame
         larger than it (a huge head) is sent alone.
         """
