@@ -39,6 +39,7 @@ from typing import TextIO
 import aiohttp
 
 from gateway.config import UpgradeMode
+from gateway.demo import browser as demo_browser
 from gateway.demo.ledger import Ledger, Totals
 from gateway.demo.legacy_client import ChatError, ChatMessage, LegacyChatClient, MessageCallback
 from gateway.demo.report import LiveScreen, LogLines, View, summary
@@ -255,6 +256,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print log lines instead of a live screen (the default when stdout is not a terminal)",
     )
+    parser.add_argument(
+        "--browser",
+        action="store_true",
+        help="instead: serve a page using the browser shim (HopSocket) through a gateway, "
+        "showing its transport live, with a switch to block WebSocket on its path "
+        "(needs client_js/dist: make js)",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="with --browser: where the page is served (default 127.0.0.1:8480; port 0 picks one)",
+    )
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
@@ -298,6 +311,8 @@ async def _main(args: argparse.Namespace) -> DemoResult:
 
 def main(args: argparse.Namespace) -> int:
     """Run the demo; exit status 0 when nothing was lost, duplicated or reordered."""
+    if args.browser:
+        return demo_browser.main(args)
     problem = _check_args(args)
     if problem is not None:
         print(f"hopgate demo: error: {problem}", file=sys.stderr)

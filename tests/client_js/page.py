@@ -55,6 +55,30 @@ const checksum = (u8) => {
 };
 
 window.hop = {
+  /** Every event of `ws` in order: "transport:<transport>:<reason>", else the type. */
+  record(ws) {
+    const log = [];
+    const name = (e) => (e.type === "transport" ? `transport:${e.transport}:${e.reason}` : e.type);
+    for (const type of ["transport", "reconnecting", "resumed", "open", "error", "close"]) {
+      ws.addEventListener(type, (e) => log.push(name(e)));
+    }
+    return log;
+  },
+
+  async eventsEcho(opts) {
+    const ws = new HopSocket("/ws", [SUBPROTOCOL], opts);
+    const log = this.record(ws);
+    await within(opened(ws), 20000, "open");
+    ws.send("x");
+    await within(nextMessage(ws), 10000, "echo");
+    log.push("message");
+    const done = closed(ws);
+    ws.close(1000);
+    const close = await within(done, 15000, "close");
+    await new Promise((r) => setTimeout(r, 200)); // nothing may follow the close
+    return { log, close, supported: HopSocket.supported };
+  },
+
   async echoAll(opts, bigSize) {
     const ws = new HopSocket("/ws", [SUBPROTOCOL], opts);
     await within(opened(ws), 20000, "open");
@@ -121,6 +145,7 @@ window.hop = {
 
   async numbered(opts, n, intervalMs, endTransport) {
     const ws = new HopSocket("/ws", [], opts);
+    const events = this.record(ws);
     await within(opened(ws), 20000, "open");
     window.progress = 0;
     const got = [];
@@ -166,6 +191,8 @@ window.hop = {
     const end = closed(ws);
     ws.close(1000);
     out.close = await within(end, 15000, "close");
+    await new Promise((r) => setTimeout(r, 200)); // nothing may follow the close
+    out.events = events;
     return out;
   },
 
