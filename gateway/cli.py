@@ -129,6 +129,8 @@ GROUP_HELP = {
     "hop sessions": "the session between two gateways (or a page and a gateway)",
     "limits": "what one peer can make this gateway hold; the defaults are safe on a small "
     "machine (worst cases: docs/topics/security.md)",
+    "cluster": "several instances behind a load balancer without affinity "
+    "(docs/howto/cluster.md, docs/topics/security.md)",
 }
 
 _FLAG_TYPES: dict[str, type] = {

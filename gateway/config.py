@@ -26,6 +26,7 @@ from gateway.config_values import (
     Kind,
     Role,
     Setting,
+    check_cluster,
     invalid,
     parse_listen,
     parse_upstream,
@@ -88,6 +89,12 @@ class Config:
     hop_secret: str | None = None
     #: File the hop secret was read from (``--hop-secret-file``); ``hop_secret`` holds it.
     hop_secret_file: Path | None = None
+    #: Secret the instances of one cluster share (issue 9); ``None`` = not clustered.
+    cluster_secret: str | None = None
+    #: File the cluster secret was read from; ``cluster_secret`` holds it.
+    cluster_secret_file: Path | None = None
+    #: ``scheme://host:port`` the other instances of the cluster reach this one on.
+    advertise: str | None = None
     #: Origins allowed to open browser sessions (JS shim); empty = same-origin only.
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     #: CORS answers to allowed origins say ``Access-Control-Allow-Credentials: true``.
@@ -179,6 +186,7 @@ def build_config(role: Role, settings: dict[str, Any]) -> Config:
         if values.get("hop_secret") is not None:
             raise ConfigError("give --hop-secret or --hop-secret-file, not both")
         values["hop_secret"] = read_secret_file(values["hop_secret_file"])
+    check_cluster(values)
     config = Config(**values)
     _check(config)
     return config
@@ -186,6 +194,7 @@ def build_config(role: Role, settings: dict[str, Any]) -> Config:
 
 _HOP = "hop sessions"
 _LIMITS = "limits"
+_CLUSTER = "cluster"
 
 #: Every setting except ``listen`` and ``upstream`` (whose help depends on the role).
 SETTINGS: tuple[Setting, ...] = (
@@ -254,6 +263,30 @@ SETTINGS: tuple[Setting, ...] = (
         "read the hop secret from FILE (keeps it out of the command line and "
         "of a world-readable config; surrounding whitespace is ignored)",
         "FILE",
+    ),
+    Setting(
+        "cluster_secret",
+        "text",
+        "make this instance one of a cluster behind a load balancer without affinity: "
+        "instances sharing SECRET pass each other's hop-session requests on (needs "
+        "--advertise; prefer --cluster-secret-file, the command line shows in ps)",
+        "SECRET",
+        group=_CLUSTER,
+    ),
+    Setting(
+        "cluster_secret_file",
+        "path",
+        "read the cluster secret from FILE (surrounding whitespace is ignored)",
+        "FILE",
+        group=_CLUSTER,
+    ),
+    Setting(
+        "advertise",
+        "text",
+        "with a cluster secret: the scheme://host:port the other instances reach this one "
+        "on; the ids of its sessions name it",
+        "URL",
+        group=_CLUSTER,
     ),
     Setting(
         "allowed_origins",

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from yarl import URL
 
+from gateway.core.cluster import MIN_SECRET_BYTES, ClusterIds, normal_owner
+
 Role = Literal["server", "client"]
 
 DEFAULT_PORTS: dict[str, int] = {"server": 8080, "client": 8000}
@@ -126,8 +128,8 @@ def parse_upstream(value: str) -> URL:
     return url
 
 
-def read_secret_file(path: Path) -> str:
-    """The hop secret in ``path``: its text without surrounding whitespace.
+def read_secret_file(path: Path, name: str = "hop_secret_file") -> str:
+    """The secret in ``path`` (setting ``name``): its text without surrounding whitespace.
 
     Lets a systemd unit keep the secret out of the command line (visible in
     ``ps``) and out of a world-readable config file (``LoadCredential=``, or a
@@ -144,10 +146,55 @@ def read_secret_file(path: Path) -> str:
         if not secret:
             reason = "the file is empty"
     if reason:
-        raise ConfigError(
-            f"--hop-secret-file {path}: {reason}", name="hop_secret_file", reason=reason
-        )
+        flag = "--" + name.replace("_", "-")
+        raise ConfigError(f"{flag} {path}: {reason}", name=name, reason=reason)
     return secret
+
+
+#: How to make a good cluster secret, for the error refusing a short one.
+MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def check_cluster(values: dict[str, Any]) -> None:
+    """The cluster settings in ``values`` (by field name) belong together; reads the file.
+
+    A short secret is refused: the session ids' MACs are only as strong as it.
+    """
+    if values.get("cluster_secret_file") is not None:
+        if values.get("cluster_secret") is not None:
+            raise ConfigError("give --cluster-secret or --cluster-secret-file, not both")
+        values["cluster_secret"] = read_secret_file(
+            values["cluster_secret_file"], "cluster_secret_file"
+        )
+    secret, advertise = values.get("cluster_secret"), values.get("advertise")
+    if secret is None:
+        if advertise is not None:
+            raise ConfigError(
+                "--advertise only means something in a cluster: give --cluster-secret-file "
+                "too (or drop --advertise)",
+                name="advertise",
+            )
+        return
+    if len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"--cluster-secret is shorter than {MIN_SECRET_BYTES} bytes; make one with: "
+            f"{MAKE_SECRET}",
+            name="cluster_secret",
+            reason=f"shorter than {MIN_SECRET_BYTES} bytes; make one with: {MAKE_SECRET}",
+        )
+    if advertise is None:
+        raise ConfigError(
+            "--cluster-secret needs --advertise URL: the scheme://host:port the other "
+            "instances reach this one on, e.g. --advertise http://10.0.0.5:8080",
+            name="advertise",
+        )
+    try:
+        values["advertise"] = normal_owner(advertise)
+        ClusterIds(secret, advertise)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--advertise {advertise!r}: {exc}", name="advertise", reason=str(exc)
+        ) from None
 
 
 def typed(setting: Setting, value: Any) -> Any:

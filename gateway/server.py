@@ -62,7 +62,8 @@ from gateway.metrics import Metrics
 from gateway.router import Relay, Router
 from gateway.settings import ListenerSettings, Settings, derive
 from gateway.startup_checks import listen_error, server_tls_context
-from gateway.status import GatewayStats
+from gateway.status import ClusterStats, GatewayStats
+from gateway.transports.cluster import ClusterForwarder
 from gateway.transports.connector import session_client
 from gateway.transports.endpoint import SessionServer
 from gateway.transports.handshake import SESSION_PATH
@@ -380,11 +381,19 @@ class Gateway:
         return await next_tunnel(link.tunnel, old, self.settings.forward.connect_timeout)
 
     def _start_hop_layer(self, forwarder: Forwarder) -> None:
+        cluster = self.settings.hop.cluster
+        if cluster is not None:
+            self.stats.cluster = ClusterStats(advertise=cluster.advertise)
         self.sessions = SessionServer(
             self.settings.session,
             on_session=self._on_session,
             hop_secret=self.settings.hop.secret,
             stats=self.stats,
+            cluster=(
+                ClusterForwarder(cluster, self.stats.cluster)
+                if cluster is not None and self.stats.cluster is not None
+                else None
+            ),
         )
         self._links = LinkTable(self._new_link)
         forwarder.mark_requests = True

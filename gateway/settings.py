@@ -34,6 +34,7 @@ from gateway.config import Config, Role, parse_listen
 from gateway.core.ladder import LadderSettings
 from gateway.core.tunnel import TunnelConfig
 from gateway.glue.origin import ForwardSettings
+from gateway.transports.cluster import ClusterSettings
 from gateway.transports.session_settings import TUNNEL_SESSION_MESSAGE, SessionSettings
 
 __all__ = [
@@ -115,6 +116,8 @@ class HopSettings:
     address_connections: int
     #: Connect and read timeout of the discovery hello.
     hello_timeout: float
+    #: ``--cluster-secret`` and ``--advertise``: this instance is one of a cluster.
+    cluster: ClusterSettings | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,6 +206,7 @@ def derive(config: Config) -> Settings:
             # One address's sessions cannot take every origin connection.
             address_connections=config.max_connections // 4,
             hello_timeout=config.connect_timeout,
+            cluster=_cluster_settings(config),
         ),
         session=_session_settings(config),
         tunnel=_answering_tunnel(config),
@@ -235,6 +239,22 @@ def _session_settings(config: Config) -> SessionSettings:
         connect_timeout=config.connect_timeout,
         # A stopping gateway waits for the close handshake within its grace.
         close_timeout=min(MAX_SESSION_CLOSE, config.shutdown_grace),
+    )
+
+
+def _cluster_settings(config: Config) -> ClusterSettings | None:
+    """An instance of a cluster forwards its held GETs: it waits a hold time and more."""
+    if config.cluster_secret is None or config.advertise is None:
+        return None
+    return ClusterSettings(
+        secret=config.cluster_secret,
+        advertise=config.advertise,
+        # A held GET and a POST per session, at most.
+        max_forwards=2 * config.max_sessions,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.hold_time + config.connect_timeout,
+        max_message=_session_settings(config).max_batch_bytes,
+        ca_file=config.ca_file,
     )
 
 

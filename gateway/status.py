@@ -193,6 +193,36 @@ def sessions_json(active: int, sessions: Iterable[SessionReport]) -> dict[str, A
 
 
 @dataclass
+class ClusterStats:
+    """Requests for sessions of other instances of a cluster (``--cluster-secret``).
+
+    Plain integers bumped where each outcome happens, read when status or
+    metrics are served.
+    """
+
+    #: The ``scheme://host:port`` this instance advertises (the owner its ids name).
+    advertise: str
+    #: Passed to the owner and answered by it (whatever its status).
+    forwarded: int = 0
+    #: The owner could not be reached: answered 404 "owner is gone".
+    gone: int = 0
+    #: The owner took too long: answered 504.
+    timeouts: int = 0
+    #: Too many forwards in flight on this instance: answered 503.
+    busy: int = 0
+    #: Ids whose MAC or owner did not verify: answered 404, sent nowhere.
+    forged: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "advertise": self.advertise,
+            "forwarded": self.forwarded,
+            "forward_errors": self.gone + self.timeouts + self.busy,
+            "forged": self.forged,
+        }
+
+
+@dataclass
 class GatewayStats:
     """Counters shared by every handler of one gateway."""
 
@@ -218,6 +248,8 @@ class GatewayStats:
     sessions: Callable[[], Iterable[SessionReport]] = lambda: ()
     #: Called with every finished legacy request (access log, metrics).
     observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
+    #: Set when this gateway is one instance of a cluster.
+    cluster: ClusterStats | None = None
 
     def record(self, request: RequestRecord) -> None:
         """A legacy request finished: tell the access log and the metrics."""
@@ -248,6 +280,7 @@ class GatewayStats:
                 "retried": self.retried_requests,
             },
             "clients": self.clients() if self.clients is not None else {},
+            **({"cluster": self.cluster.as_json()} if self.cluster is not None else {}),
         }
 
 

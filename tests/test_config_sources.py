@@ -90,6 +90,11 @@ def programmatic(setting: Setting, tls_files: TLSFiles, tmp_path: Path) -> dict[
     values = {"upstream": UPSTREAM, setting.name: sample(setting, default, tls_files, tmp_path)}
     if setting.name in ("tls_cert", "tls_key"):
         values.update(tls_cert=str(tls_files.cert), tls_key=str(tls_files.key))
+    if setting.name in ("cluster_secret", "cluster_secret_file", "advertise"):
+        # They go together: a secret of 16 bytes or more, and this instance's URL.
+        values["advertise"] = "http://10.0.0.5:8080"
+        if setting.name != "cluster_secret_file":
+            values["cluster_secret"] = "a cluster secret of 32 bytes...."
     return values
 
 

@@ -48,6 +48,12 @@ def with_setting(setting: Setting, tmp_path: Path) -> Config:
         values["tls_cert"] = values["tls_key"] = values[setting.name]
     if setting.name == "admin_listen":  # HOST:PORT
         values["admin_listen"] = "127.0.0.1:9090"
+    if setting.name in ("cluster_secret", "cluster_secret_file", "advertise"):
+        # They go together: a secret of 16 bytes or more and an http(s) URL.
+        values.update(cluster_secret="a cluster secret of 32 bytes....", advertise="http://h:1")
+        if setting.name == "cluster_secret_file":
+            del values["cluster_secret"]
+            Path(values[setting.name]).write_text("a cluster secret from a file....\n")
     return build_config("server", values)
 
 

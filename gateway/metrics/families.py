@@ -48,6 +48,7 @@ class GatewayCollector(Collector):
         yield from _request_families(self._requests)
         yield from self._upstreams()
         yield from self._sessions()
+        yield from self._cluster()
 
     def _gateway(self) -> Iterator[Metric]:
         stats = self._stats
@@ -175,6 +176,27 @@ class GatewayCollector(Collector):
             "their handshake or probe",
             value=totals.probe_failures,
         )
+
+    def _cluster(self) -> Iterator[Metric]:
+        cluster = self._stats.cluster
+        if cluster is None:
+            return
+        forwards = CounterMetricFamily(
+            "hopgate_cluster_forwards",
+            "hop-session requests for sessions owned by another instance of the cluster, by "
+            "result: ok (the owner answered), gone (unreachable, 404), timeout (504), busy "
+            "(too many in flight, 503), forged (id did not verify, 404, sent nowhere)",
+            labels=["result"],
+        )
+        for result, count in (
+            ("ok", cluster.forwarded),
+            ("gone", cluster.gone),
+            ("timeout", cluster.timeouts),
+            ("busy", cluster.busy),
+            ("forged", cluster.forged),
+        ):
+            forwards.add_metric([result], count)
+        yield forwards
 
 
 def _handover_families(stats: GatewayStats) -> Iterator[Metric]:

@@ -72,6 +72,7 @@ from gateway.transports.admission import (
     Refused,
     SessionHolds,
 )
+from gateway.transports.cluster import ClusterForwarder
 from gateway.transports.handshake import (
     AUTH_HEADER,
     SESSION_HEADER,
@@ -143,6 +144,7 @@ class SessionServer:
         on_session: Callable[[HopSession], None],
         hop_secret: str | None = None,
         stats: GatewayStats | None = None,
+        cluster: ClusterForwarder | None = None,
     ) -> None:
         self.settings = settings
         self.registry = SessionRegistry(settings.max_sessions)
@@ -154,6 +156,8 @@ class SessionServer:
         self.admission = Admission(settings, self.registry, hop_secret)
         self.holds = SessionHolds(settings)
         self._trim = MemoryTrim()
+        #: Set on an instance of a cluster: ids name their owner, others' requests go there.
+        self.cluster = cluster
 
     def handles(self, request: web.BaseRequest) -> bool:
         path = request.path
@@ -166,6 +170,10 @@ class SessionServer:
                 return text_error(405, f"open a session with POST {SESSION_PATH}", Allow="POST")
             return self._create(request)
         session_id = tail[1:]
+        if self.cluster is not None and "/" not in session_id:
+            elsewhere = await self.cluster.route(request, session_id)
+            if elsewhere is not None:
+                return elsewhere
         hop = self.registry.get(session_id) if "/" not in session_id else None
         if hop is None or hop.closed:
             return text_error(404, "no such hop session (unknown or expired)")
@@ -209,6 +217,8 @@ class SessionServer:
         for hop in sessions:
             hop.abandon(CloseCode.GOING_AWAY, "gateway shutting down")
             await hop.aclose_tasks()
+        if self.cluster is not None:
+            await self.cluster.close()
 
     # -- handlers ------------------------------------------------------------------
 
@@ -219,6 +229,8 @@ class SessionServer:
             return refused.response()
         loop = asyncio.get_running_loop()
         session_id, token = new_session_id(), new_token()
+        if self.cluster is not None:
+            session_id = self.cluster.new_id(session_id)
         core = Session(
             self._config, session_id=session_id, token=token, is_client=False, now=loop.time()
         )

@@ -37,7 +37,16 @@ from typing import Any
 import aiohttp
 
 from tests.processes import ChildProcess, GatewayProcess, free_port
-from tests.proxies import DEPLOY_DIR, ProxyProcess, _start, _workdir, changed, find_binary, render
+from tests.proxies import (
+    DEPLOY_DIR,
+    NGINX_MAIN,
+    ProxyProcess,
+    _start,
+    _workdir,
+    changed,
+    find_binary,
+    render,
+)
 from tests.soak.chain import gateway, kill_hard, start_origin
 
 RECIPE = DEPLOY_DIR / "haproxy" / "hopgate-cluster.cfg"
@@ -89,6 +98,37 @@ def running_cluster_haproxy(
             return [binary, "-db", "-f", str(workdir / "haproxy.cfg")]
 
         proxy = _start("haproxy-cluster", workdir, prepare, ())
+        try:
+            yield proxy
+        finally:
+            proxy.stop(5.0)
+
+
+NGINX_RECIPE = DEPLOY_DIR / "nginx" / "hopgate-cluster.conf"
+#: How a test makes nginx drop WebSocket upgrades (as its default does): long-poll hop.
+NGINX_NO_UPGRADE = (
+    ("        proxy_set_header Upgrade $http_upgrade;\n", ""),
+    ("proxy_set_header Connection $hopgate_cluster_connection;", 'proxy_set_header Connection "";'),
+)
+
+
+@contextlib.contextmanager
+def running_cluster_nginx(
+    servers: Sequence[str], changes: Sequence[tuple[str, str]] = ()
+) -> Iterator[ProxyProcess]:
+    """nginx with ``hopgate-cluster.conf`` in front of ``servers`` (``http://host:port``)."""
+    binary = find_binary("nginx")
+    values = {f"SERVER_{n}": url.split("://", 1)[1] for n, url in zip("ABC", servers, strict=True)}
+    with _workdir("nginx-cluster") as workdir:
+
+        def prepare(port: int) -> list[str]:
+            text = render(NGINX_RECIPE, LISTEN=f"127.0.0.1:{port}", **values)
+            (workdir / NGINX_RECIPE.name).write_text(changed(text, changes, NGINX_RECIPE.name))
+            main = NGINX_MAIN.format(dir=workdir, recipe=NGINX_RECIPE.name)
+            (workdir / "nginx.conf").write_text(main)
+            return [binary, "-p", f"{workdir}/", "-c", str(workdir / "nginx.conf"), "-e", "stderr"]
+
+        proxy = _start("nginx-cluster", workdir, prepare, ("error.log", "access.log"))
         try:
             yield proxy
         finally:
@@ -189,8 +229,12 @@ async def running_cluster(
     hold: float = 2.0,
     extra_server_args: tuple[str, ...] = (),
     client_args: tuple[str, ...] = (),
+    balancer: str = "haproxy",
 ) -> AsyncIterator[Cluster]:
-    """origin, three instances, HAProxy and (unless ``direct``) a client gateway; all stopped."""
+    """origin, three instances, HAProxy (or nginx) and unless ``direct`` a client gateway.
+
+    All are stopped at the end.
+    """
     with tempfile.TemporaryDirectory(prefix="hopgate-cluster-") as tmp:
         secret = Path(tmp) / "cluster.secret"
         secret.write_text(secrets.token_urlsafe(32) + "\n")
@@ -209,16 +253,19 @@ async def running_cluster(
             await asyncio.gather(
                 *(asyncio.to_thread(cluster.start_instance, i) for i in cluster.instances)
             )
-            with running_cluster_haproxy([i.url for i in cluster.instances], changes) as proxy:
-                cluster.haproxy = proxy
-                await asyncio.sleep(HAPROXY_RISE)  # the first checks pass
+            start = running_cluster_nginx if balancer == "nginx" else running_cluster_haproxy
+            with start([i.url for i in cluster.instances], changes) as proxy:
+                cluster.haproxy = proxy  # servers start up; the first checks confirm it
                 if not direct:
                     cluster.client = gateway("client", proxy.url, *client_args, tree=tree)
                 yield cluster
         finally:
-            await asyncio.gather(
-                *(asyncio.to_thread(child.stop, 5.0) for child in cluster.children())
-            )
+            cluster.note("stopping")
+            # SIGKILL: a draining instance would give its held requests
+            # --shutdown-grace, which a test has no more use for.
+            for child in cluster.children():
+                if child.alive():
+                    kill_hard(child)
             if cluster.haproxy is not None:
                 print(cluster.haproxy.logs()[-4000:])
 

@@ -65,9 +65,15 @@ def summary(traffic: Traffic) -> dict[str, Any]:
 
 
 async def longpoll(
-    tree: Path | None = None, clustered: bool = True, changes: Changes = FORCE_LONG_POLL
+    tree: Path | None = None,
+    clustered: bool = True,
+    changes: Changes = FORCE_LONG_POLL,
+    balancer: str = "haproxy",
+    count: int = 150,
 ) -> dict[str, Any]:
-    async with running_cluster(clustered=clustered, changes=changes, tree=tree) as cluster:
+    async with running_cluster(
+        clustered=clustered, changes=changes, tree=tree, balancer=balancer
+    ) as cluster:
         first = await wait_hop(cluster)
         samples: Counter[str] = Counter()
 
@@ -77,10 +83,10 @@ async def longpoll(
                 await asyncio.sleep(0.25)
 
         traffic, _ = await run_traffic(
-            cluster.entry, cluster.origin_url, sample, count=150, per_round=15, pause=0.4
+            cluster.entry, cluster.origin_url, sample, count=count, per_round=15, pause=0.4
         )
         last = await hop(cluster)
-        routes = session_routes(cluster)
+        routes = session_routes(cluster) if balancer == "haproxy" else Counter()
         return {
             "first_transport": first.get("transport"),
             "transports_sampled": dict(samples),

@@ -32,6 +32,7 @@ from gateway.core.cluster import ClusterIds
 from tests.cluster import scenarios
 from tests.cluster.harness import (
     FORCE_LONG_POLL,
+    NGINX_NO_UPGRADE,
     NO_OWNER_ROUTING,
     owner_prefix,
     running_cluster,
@@ -68,8 +69,19 @@ async def test_long_poll_through_round_robin_stays_a_session(owner_routing: bool
         assert got["forwarded"] > 0, got
 
 
-async def test_rolling_restart_loses_nothing() -> None:
-    got = await scenarios.rolling(count=1000)
+async def test_long_poll_through_nginx_round_robin() -> None:
+    """deploy/nginx/hopgate-cluster.conf with upgrades dropped: instances pass requests on."""
+    got = await scenarios.longpoll(changes=NGINX_NO_UPGRADE, balancer="nginx", count=60)
+    show("longpoll nginx", got)
+    assert set(got["transports_sampled"]) == {"long-poll"}, got
+    assert not [t for t in got["transitions"] if "->plain" in t], got["transitions"]
+    assert got["failed"] == NOTHING_FAILED and got["problems"] == [], got
+    assert got["forwarded"] > 0, got
+
+
+@pytest.mark.parametrize("hop", ["websocket", "long-poll"])
+async def test_rolling_restart_loses_nothing(hop: str) -> None:
+    got = await scenarios.rolling(count=1000, changes=FORCE_LONG_POLL if hop == "long-poll" else ())
     show("rolling", got)
     assert set(got["restarts"]) == {1, 2, 3}, got
     assert got["sent_when_restarts_done"] < 1000, "the restarts must happen while messages flow"
@@ -77,7 +89,7 @@ async def test_rolling_restart_loses_nothing() -> None:
     assert got["problems"] == [], got["problems"]
     assert got["messages_seen"] == [1000]
     assert got["send_answers"] == {200: 1000}, got
-    assert got["last_transport"] in ("websocket", "long-poll"), got
+    assert got["first_transport"] == got["last_transport"] == hop, got
 
 
 async def test_kill_of_the_owner_beside_a_direct_connection() -> None:
