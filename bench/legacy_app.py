@@ -72,6 +72,8 @@ class Origin:
         self.events: list[dict[str, object]] = []
         self.changed = asyncio.Event()
         self.ticker: asyncio.Task[None] | None = None
+        #: Polls being held right now (``GET /held``: the memory row waits on it).
+        self.held = 0
 
     def publish(self, data: object = EVENT_DATA) -> None:
         self.events.append({"id": len(self.events), "t": time.time(), "data": data})
@@ -87,8 +89,12 @@ class Origin:
         if since < 0 or since > len(self.events):
             return _json({"events": [], "next": len(self.events)})
         if since == len(self.events):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), self.hold)
+            self.held += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), self.hold)
+            finally:
+                self.held -= 1
         limit = int(query.get("max", "1000"))
         batch = self.events[since : since + limit]
         return _json({"events": batch, "next": since + len(batch)})
@@ -110,6 +116,9 @@ class Origin:
             self.ticker = asyncio.create_task(self._tick(rate))
         return _json({"rate": rate})
 
+    async def held_handler(self, request: web.Request) -> web.Response:
+        return web.Response(text=str(self.held))
+
     async def _tick(self, rate: float) -> None:
         """Publishes on an absolute schedule, so a late tick does not slow the rate."""
         loop = asyncio.get_running_loop()
@@ -125,6 +134,7 @@ class Origin:
         app.router.add_get("/poll", self.poll)
         app.router.add_post("/publish", self.publish_handler)
         app.router.add_post("/ticker", self.ticker_handler)
+        app.router.add_get("/held", self.held_handler)
         return app
 
 

@@ -38,7 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.processes import LISTENING, ChildProcess, GatewayProcess, start_gateway  # noqa: E402
+from tests.processes import (  # noqa: E402
+    LISTENING,
+    ChildProcess,
+    GatewayProcess,
+    free_port,
+    start_gateway,
+)
 
 BENCH = ROOT / "bench"
 #: Flags every gateway of the suite gets: quiet, and no per-address limits in the way.
@@ -87,16 +93,30 @@ class NetPath:
             time.sleep(0.01)
         for line in reversed(self.child.lines):
             if line.startswith("bytes up="):
-                up, down = line.split()
+                _, up, down = line.split()
                 return int(up.split("=")[1]), int(down.split("=")[1])
         raise RuntimeError(f"the path process gave no byte counts:\n{self.child.output()}")
 
+    def switch_delay(self) -> None:
+        """Delay on if it was off, off if it was on (waits until the child says so)."""
+        before = self.child.count("rtt now")
+        self.child.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 5
+        while self.child.count("rtt now") == before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the path process did not switch:\n{self.child.output()}")
+            time.sleep(0.01)
+
 
 @contextlib.contextmanager
-def net_path(target: str, rtt: float = 0.0, refuse_upgrades: bool = False) -> Iterator[NetPath]:
+def net_path(
+    target: str, rtt: float = 0.0, refuse_upgrades: bool = False, start_fast: bool = False
+) -> Iterator[NetPath]:
     args = ["--target", target, "--rtt-ms", str(rtt * 1000)]
     if refuse_upgrades:
         args.append("--refuse-upgrades")
+    if start_fast:
+        args.append("--start-fast")
     with running(python_child("suite_net.py", *args)) as child:
         yield NetPath(child, child.announced)
 
@@ -132,39 +152,78 @@ class Route:
 
 @contextlib.contextmanager
 def hop_path(
-    kind: str, origin_url: str, tree: Path, rtt: float = 0.0, count: bool = False
+    kind: str,
+    origin_url: str,
+    tree: Path,
+    rtt: float = 0.0,
+    count: bool = False,
+    start_fast: bool = False,
 ) -> Iterator[Route]:
-    """``kind``: direct, websocket or long-poll; ``count`` puts a path process on the link."""
+    """``kind``: direct, plain (``--upgrade never``), websocket or long-poll.
+
+    ``count`` (or an ``rtt``) puts a path process on the link; ``start_fast``:
+    its delay is off until ``route.net.switch_delay()``.
+    """
     origin = origin_url.removeprefix("http://")
     with contextlib.ExitStack() as stack:
         if kind == "direct":
             if not (rtt or count):
                 yield Route(origin_url, None)
                 return
-            net = stack.enter_context(net_path(origin, rtt))
+            net = stack.enter_context(net_path(origin, rtt, start_fast=start_fast))
             yield Route(net.url, net)
             return
         server = stack.enter_context(
-            _gateway("server", "--upstream", origin_url, *GATEWAY_FLAGS, tree=tree)
+            gateway("server", "--upstream", origin_url, *GATEWAY_FLAGS, tree=tree)
         )
         net = None
         upstream = server.url
         if rtt or count or kind == "long-poll":
             hop = server.url.removeprefix("http://")
-            net = stack.enter_context(net_path(hop, rtt, refuse_upgrades=kind == "long-poll"))
+            refuse = kind == "long-poll"
+            net = stack.enter_context(net_path(hop, rtt, refuse, start_fast=start_fast))
             upstream = net.url
-        client = stack.enter_context(_gateway("client", "--upstream", upstream, tree=tree))
+        never = ("--upgrade", "never") if kind == "plain" else ()
+        client = stack.enter_context(gateway("client", "--upstream", upstream, *never, tree=tree))
         wait_for_hop(client.url, kind)
         yield Route(client.url, net, (client, server))
 
 
+#: Set by ``python -m bench --profile``: gateways then run under cProfile, writing here.
+PROFILE_DIR: Path | None = None
+
+
 @contextlib.contextmanager
-def _gateway(role: str, *args: str, tree: Path) -> Iterator[GatewayProcess]:
-    gw = start_gateway(role, *args, log_level="warning", tree=tree, keep_lines=500)
+def gateway(role: str, *args: str, tree: Path) -> Iterator[GatewayProcess]:
+    """A ``hopgate ROLE`` process of ``tree`` for the body of the ``with``."""
+    if PROFILE_DIR is None:
+        gw = start_gateway(role, *args, log_level="warning", tree=tree, keep_lines=500)
+    else:
+        gw = _profiled(role, args, tree, PROFILE_DIR)
     try:
         yield gw
     finally:
+        if PROFILE_DIR is not None and gw.alive():
+            gw.send_signal(signal.SIGUSR2)
+            deadline = time.monotonic() + 10
+            while not gw.count("profile written") and time.monotonic() < deadline:
+                time.sleep(0.05)
         gw.stop(5)
+
+
+def _profiled(role: str, args: tuple[str, ...], tree: Path, out: Path) -> GatewayProcess:
+    """``start_gateway`` through ``bench/suite_profiled.py`` (cProfile, stats on SIGUSR2)."""
+    port = free_port()
+    stats = out / f"{role}-{port}.prof"
+    argv = [sys.executable, str(BENCH / "suite_profiled.py"), str(stats), role]
+    argv += ["--listen", f"127.0.0.1:{port}", "--log-level", "warning", *args]
+    gw = GatewayProcess.start(
+        argv, name=f"hopgate {role} (profiled)", env={"PYTHONPATH": str(tree)}, cwd=tree,
+        keep_lines=500,
+    )  # fmt: skip
+    gw.wait_accepting(port, 30)
+    gw.url = f"http://127.0.0.1:{port}"
+    return gw
 
 
 def cpu_seconds(pid: int) -> float:

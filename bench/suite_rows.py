@@ -1,0 +1,383 @@
+"""The rows of ``python -m bench``: what each figure runs, in which processes.
+
+Three sections, each a function returning plain JSON-able dicts:
+
+* ``messages``: issue 13's first table: raw aiohttp WebSocket, python-engineio
+  WebSocket and polling, hop session over WebSocket and over long-poll; every
+  client is a ``bench/suite_msgload.py`` process, every server its own process
+  (``suite_anchor_server.py``; ``hopgate server`` from ``--tree`` in front of
+  it for the hop kinds), plus the 50 ms RTT one-way latency through the relay;
+* ``legacy``: the second table: ``bench/legacy_app.py`` direct, through a
+  WebSocket hop and through a long-poll hop (and the plain hop, ``--upgrade
+  never``, for the CPU-per-request comparison);
+* ``memory``: idle RSS per hop session, per raw aiohttp WebSocket, and per
+  held legacy long-poll through both gateways.
+
+A figure that fails is ``{"failed": "why"}``; the section goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.legacy_app import Deliveries, client_session, percentile, run_clients
+from bench.suite_procs import (
+    BENCH,
+    GATEWAY_FLAGS,
+    ChildProcess,
+    Route,
+    cpu_seconds,
+    gateway,
+    hop_path,
+    net_path,
+    python_child,
+    running,
+)
+from tests.processes import proc_status_kib
+
+MSG_KINDS = ("raw", "eio-ws", "eio-poll", "hop-ws", "hop-lp")
+LEGACY_PATHS = ("direct", "websocket", "long-poll")
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each figure is: ``full`` (the issue's sizes), ``quick``, ``tiny`` (the test)."""
+
+    burst: int
+    turns: int
+    rtt: int
+    size_bytes: int
+    ticks: int
+    figure_timeout: float
+    duration: float
+    many: int
+    rate: float
+    rtt_s: float
+    idle_sessions: int
+    raw_sockets: int
+    held_polls: int
+    keep_samples: int = 4000
+
+
+SCALES = {
+    "full": Scale(
+        20_000, 10_000, 2_000, 16 << 20, 500, 30, 8, 100, 100, 0.05, 10_000, 10_000, 2_000
+    ),
+    "quick": Scale(5_000, 3_000, 500, 2 << 20, 200, 12, 3, 100, 100, 0.05, 1_000, 1_000, 300),
+    "tiny": Scale(300, 200, 50, 128 << 10, 30, 2, 0.5, 10, 50, 0.05, 100, 100, 30),
+}
+
+
+def failed(exc: BaseException) -> Result:
+    why = "did not finish in time" if isinstance(exc, TimeoutError) else str(exc).strip()
+    return {"failed": f"{type(exc).__name__}: {why.splitlines()[0][:300] if why else ''}"}
+
+
+async def figure(name: str, make: Callable[[], Awaitable[Result]], timeout: float) -> Result:
+    """One row, bounded in time; a failure is reported and returned, never raised."""
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout):
+            result = await make()
+    except Exception as exc:  # the suite goes on whatever one row did
+        result = failed(exc)
+        print(f"  {name}: failed: {result['failed']}", flush=True)
+        if not isinstance(exc, TimeoutError):
+            traceback.print_exc(limit=3)
+    else:
+        print(f"  {name}: {summary(result)} ({time.monotonic() - started:.0f} s)", flush=True)
+    return result
+
+
+def summary(result: Result) -> str:
+    shown = {k: v for k, v in result.items() if not k.startswith("samples") and k != "latencies"}
+    text = json.dumps(shown, default=str)
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+# ------------------------------------------------------------------ messages
+
+
+def msgload(
+    kind: str, url: str, tree: Path, scale: Scale, figures: list[str], cpu: list[int]
+) -> Result:
+    """Runs ``suite_msgload.py`` (with ``tree`` first on its path) and reads its JSON."""
+    args = [
+        sys.executable, str(BENCH / "suite_msgload.py"), "--kind", kind, "--url", url,
+        "--figures", *figures, "--burst", str(scale.burst), "--turns", str(scale.turns),
+        "--rtt", str(scale.rtt), "--bytes", str(scale.size_bytes), "--ticks", str(scale.ticks),
+        "--tick-rate", str(scale.rate), "--timeout", str(scale.figure_timeout),
+    ]  # fmt: skip
+    for pid in cpu:
+        args += ["--cpu-pid", str(pid)]
+    limit = scale.figure_timeout * (len(figures) + 1) + 30
+    env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=limit, env=env, cwd=tree)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = done.stderr.strip().splitlines()[-3:]
+        raise RuntimeError(f"suite_msgload {kind} exited {done.returncode}: {' | '.join(tail)}")
+    result: Result = json.loads(lines[-1])
+    return result
+
+
+async def messages(tree: Path, scale: Scale) -> dict[str, Result]:
+    """The five columns of the message table, then the 50 ms RTT one-way latencies."""
+    out: dict[str, Result] = {}
+    figures = ["burst", "turns", "rtt", "sizes"]
+    limit = scale.figure_timeout * 6 + 60
+    with contextlib.ExitStack() as stack:
+        anchor = stack.enter_context(running(python_child("suite_anchor_server.py")))
+        server = stack.enter_context(gateway("server", "--upstream", anchor.announced, tree=tree))
+        refusing = stack.enter_context(net_path(server.url.removeprefix("http://"), 0, True))
+        urls = {"hop-ws": server.url, "hop-lp": refusing.url}
+        for kind in MSG_KINDS:
+            url = urls.get(kind, anchor.announced)
+            cpu = [server.pid] if kind.startswith("hop") else [anchor.pid]
+            out[kind] = await figure(
+                f"messages {kind}",
+                lambda k=kind, u=url, c=cpu: asyncio.to_thread(
+                    msgload, k, u, tree, scale, figures, c
+                ),
+                limit,
+            )
+    out["rtt"] = await figure(
+        f"messages at {scale.rtt_s * 1e3:.0f} ms RTT", lambda: rtt_rows(tree, scale), limit * 2
+    )
+    return out
+
+
+async def rtt_rows(tree: Path, scale: Scale) -> Result:
+    """One-way (server -> client) latency of stamped messages at ``rate``/s over a delayed path."""
+    out: Result = {}
+    with contextlib.ExitStack() as stack:
+        anchor = stack.enter_context(running(python_child("suite_anchor_server.py")))
+        server = stack.enter_context(gateway("server", "--upstream", anchor.announced, tree=tree))
+        hop = server.url.removeprefix("http://")
+        delayed = stack.enter_context(
+            net_path(anchor.announced.removeprefix("http://"), scale.rtt_s)
+        )
+        ws_path = stack.enter_context(net_path(hop, scale.rtt_s))
+        lp_path = stack.enter_context(net_path(hop, scale.rtt_s, True))
+        urls = {"hop-ws": ws_path.url, "hop-lp": lp_path.url}
+
+        async def one(kind: str) -> None:
+            # At 100 messages/s each, the five clients run side by side without loading the CPU.
+            try:
+                url = urls.get(kind, delayed.url)
+                got = await asyncio.to_thread(msgload, kind, url, tree, scale, ["ticks"], [])
+                out[kind] = got.get("ticks", got)
+            except Exception as exc:  # one kind failing leaves the others
+                out[kind] = failed(exc)
+
+        await asyncio.gather(*(one(kind) for kind in MSG_KINDS))
+    return out
+
+
+# ------------------------------------------------------------------- legacy
+
+
+def _gateway_cpu(route: Route) -> float:
+    return sum(cpu_seconds(gw.pid) for gw in route.gateways)
+
+
+async def _fast(route: Route, clients: int, scale: Scale) -> Result:
+    cpu = _gateway_cpu(route)
+    seen = await run_clients(route.url, clients, scale.duration)
+    used = _gateway_cpu(route) - cpu
+    result: Result = {"per_s": seen.events / scale.duration, "errors": seen.errors}
+    if route.gateways and seen.events:
+        result["gateway_cpu_us"] = used / seen.events * 1e6
+    return result
+
+
+def _latency(seen: Deliveries, keep: int) -> Result:
+    lat = seen.latencies
+    if not lat:
+        raise RuntimeError(f"no event delivered ({seen.errors} failed polls: {seen.first_error})")
+    step = max(1, len(lat) // keep)
+    return {
+        "p50_ms": percentile(lat, 0.5) * 1e3,
+        "p99_ms": percentile(lat, 0.99) * 1e3,
+        "events": len(lat),
+        "samples_ms": [round(v * 1e3, 2) for v in sorted(lat)[::step]],
+    }
+
+
+async def _paced(route: Route, origin: str, clients: int, scale: Scale) -> Result:
+    seen = await run_clients(route.url, clients, scale.duration, rate=scale.rate, origin_url=origin)
+    return _latency(seen, scale.keep_samples)
+
+
+async def _bytes(route: Route, origin: str, scale: Scale) -> Result:
+    assert route.net is not None
+    await asyncio.sleep(0.3)
+    up0, down0 = await asyncio.to_thread(route.net.counts)
+    seen = await run_clients(route.url, 1, scale.duration, rate=scale.rate, origin_url=origin)
+    up1, down1 = await asyncio.to_thread(route.net.counts)
+    if not seen.latencies:
+        raise RuntimeError("no event delivered")
+    total = (up1 - up0) + (down1 - down0)
+    return {"bytes_per_event": total / len(seen.latencies), "up": up1 - up0, "down": down1 - down0}
+
+
+async def legacy(tree: Path, scale: Scale) -> dict[str, Result]:
+    out: dict[str, Result] = {}
+    limit = scale.duration * 3 + 90
+    with running(python_child("legacy_app.py", "origin")) as origin_proc:
+        origin = origin_proc.announced
+        for kind in (*LEGACY_PATHS, "plain"):
+            row: Result = {}
+            out[kind] = row
+            try:
+                with hop_path(kind, origin, tree) as route:
+                    row["one"] = await figure(
+                        f"legacy {kind} 1 client", lambda: _fast(route, 1, scale), limit
+                    )
+                    if kind == "plain":
+                        continue
+                    row["many"] = await figure(
+                        f"legacy {kind} {scale.many} clients",
+                        lambda: _fast(route, scale.many, scale),
+                        limit,
+                    )
+                    row["paced"] = await figure(
+                        f"legacy {kind} {scale.many} x {scale.rate:.0f}/s",
+                        lambda: _paced(route, origin, scale.many, scale),
+                        limit,
+                    )
+                # One path process on the link for both: bytes without delay, then the RTT.
+                with hop_path(kind, origin, tree, scale.rtt_s, start_fast=True) as route:
+                    row["bytes"] = await figure(
+                        f"legacy {kind} bytes", lambda: _bytes(route, origin, scale), limit
+                    )
+                    assert route.net is not None
+                    await asyncio.to_thread(route.net.switch_delay)
+                    row["rtt"] = await figure(
+                        f"legacy {kind} {scale.rtt_s * 1e3:.0f} ms RTT",
+                        lambda: _paced(route, origin, 1, scale),
+                        limit,
+                    )
+            except Exception as exc:  # the path itself did not come up
+                row["failed"] = failed(exc)["failed"]
+                print(f"  legacy {kind}: failed: {row['failed']}", flush=True)
+    return out
+
+
+# ------------------------------------------------------------------- memory
+
+
+def _rss(*procs: ChildProcess) -> int:
+    return sum(proc_status_kib(p.pid, "VmRSS") for p in procs)
+
+
+async def idle_sessions(tree: Path, scale: Scale) -> Result:
+    from bench.idle_sessions import open_sessions
+
+    n = scale.idle_sessions
+    flags = ("--upstream", "http://127.0.0.1:9", "--resume-grace", "600", *GATEWAY_FLAGS)
+    with gateway("server", *flags, tree=tree) as server:
+        url = f"{server.url}/.hopgate/session"
+        await open_sessions(url, 20, 4, 1)
+        await asyncio.sleep(0.5)
+        base = _rss(server)
+        statuses = await open_sessions(url, n, 32, 1)
+        await asyncio.sleep(0.5)
+        opened = statuses.get(200, 0)
+        if not opened:
+            raise RuntimeError(f"no session opened: {statuses}")
+        return {"kb_per": (_rss(server) - base) / opened, "opened": opened}
+
+
+async def raw_sockets(scale: Scale) -> Result:
+    n = scale.raw_sockets
+    with running(python_child("suite_anchor_server.py")) as anchor:
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn) as http:
+            first = [await http.ws_connect(anchor.announced + "/ws") for _ in range(20)]
+            await asyncio.sleep(0.5)
+            base = _rss(anchor)
+            sockets = []
+            for start in range(0, n, 200):
+                batch = range(start, min(n, start + 200))
+                sockets += await asyncio.gather(
+                    *(http.ws_connect(anchor.announced + "/ws") for _ in batch)
+                )
+            await asyncio.sleep(0.5)
+            per = (_rss(anchor) - base) / len(sockets)
+            for ws in [*first, *sockets]:
+                ws._response.connection and ws._response.connection.transport.abort()  # type: ignore[union-attr]
+    return {"kb_per": per, "opened": len(sockets)}
+
+
+async def held_polls(tree: Path, scale: Scale, kind: str) -> Result:
+    """RSS of both gateways per held legacy long-poll (the origin holds them for 120 s)."""
+    n = scale.held_polls
+    with (
+        running(python_child("legacy_app.py", "origin", "--hold", "120")) as origin,
+        hop_path(kind, origin.announced, tree) as route,
+    ):
+        await asyncio.sleep(0.5)
+        base = _rss(*route.gateways)
+        async with client_session(timeout=150) as http:
+            async with http.get(f"{route.url}/poll?since=-1") as resp:
+                since = json.loads(await resp.read())["next"]
+            tasks = [asyncio.create_task(_hold(http, route.url, since)) for _ in range(n)]
+            try:
+                await _until_held(origin.announced, n, 60)
+                await asyncio.sleep(0.5)
+                per = (_rss(*route.gateways) - base) / n
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    return {"kb_per": per, "held": n}
+
+
+async def _hold(http: aiohttp.ClientSession, url: str, since: int) -> None:
+    async with http.get(f"{url}/poll?since={since}") as resp:
+        await resp.read()
+
+
+async def _until_held(origin: str, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    held = 0
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            async with http.get(f"{origin}/held") as resp:
+                held = int(await resp.text())
+            if held >= n:
+                return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"only {held} of {n} polls reached the origin in {timeout:.0f} s")
+
+
+async def memory(tree: Path, scale: Scale) -> dict[str, Result]:
+    limit = 240.0
+    return {
+        "idle_session": await figure(
+            "memory idle hop sessions", lambda: idle_sessions(tree, scale), limit
+        ),
+        "raw_socket": await figure(
+            "memory raw aiohttp WebSockets", lambda: raw_sockets(scale), limit
+        ),
+        "held_websocket": await figure(
+            "memory held polls, WebSocket hop", lambda: held_polls(tree, scale, "websocket"), limit
+        ),
+        "held_long-poll": await figure(
+            "memory held polls, long-poll hop", lambda: held_polls(tree, scale, "long-poll"), limit
+        ),
+    }
