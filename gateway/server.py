@@ -337,10 +337,13 @@ class Gateway:
         assert self.router is not None
         self.stats.requests_total += 1
         if self.health.draining and request.method == "POST" and request.path == SESSION_PATH:
-            # A new session belongs on an instance that stays: the peer retries elsewhere.
-            return text_error(
+            # A new session belongs on an instance that stays: the peer retries elsewhere,
+            # on a new connection (a load balancer picks the backend per connection).
+            refusal = text_error(
                 503, "this instance is draining: open the session again", **{"Retry-After": "1"}
             )
+            refusal.force_close()
+            return refusal
         inbound = self.inbound
         if inbound is not None:
             # The head has arrived: no --header-timeout while it is handled.

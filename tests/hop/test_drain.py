@@ -1,0 +1,95 @@
+"""SIGTERM drains an instance: held requests finish on it, new ones move to another instance.
+
+Real ``hopgate server`` processes (the signal matters) behind a round-robin
+balancer with no affinity (tests/hop/balancer.py); the origin holds a poll
+for ``HOLD`` s. Before this, SIGTERM answered such a poll 502 at the end of
+the grace and closed the listener at once (``/.hopgate/ready`` refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+from tests.conftest import MakeOrigin
+from tests.helpers import until
+from tests.hop.cluster_rig import HOLD, cluster
+from tests.processes import SpawnGateway
+
+GRACE = 8.0
+
+
+async def test_sigterm_lets_a_held_poll_finish_and_moves_new_requests_to_another_instance(
+    make_origin: MakeOrigin, spawn_gateway: SpawnGateway
+) -> None:
+    async with cluster(make_origin, spawn_gateway, grace=GRACE) as rig:
+        first = await rig.upgraded()
+        draining, staying = await rig.owner()
+        held = asyncio.ensure_future(rig.http.get(rig.client.url + "/hold/poll"))
+        async with asyncio.timeout(5):
+            await rig.origin.arrived.wait()
+        draining.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+
+        # Ready says 503 at once, on the main listener, which stays open.
+        async def not_ready() -> bool:
+            async with rig.http.get(draining.url + "/.hopgate/ready") as resp:
+                return resp.status == 503
+
+        await until(not_ready, "ready 503 on the draining instance", timeout=2.0)
+
+        # A new request during the drain is answered; once the peer moved, over
+        # a new session on the other instance.
+        async with rig.http.get(rig.client.url + "/during") as resp:
+            assert resp.status == 200
+        second = await rig.upgraded(other_than=first)
+        assert (await rig.status(staying))["sessions"]["active"] == 1
+        async with rig.http.get(rig.client.url + "/after-move") as resp:
+            assert resp.status == 200
+            assert await resp.text() == "answered /after-move (0 bytes)"
+        moved = 'hop "GET /after-move" 200'
+        await until(lambda: staying.count(moved) == 1, "the request on the new session")
+
+        # The held poll was answered by the origin within the grace, never 502.
+        resp = await held
+        assert resp.status == 200, await resp.text()
+        assert await resp.text() == "answered /hold/poll (0 bytes)"
+        assert time.monotonic() - signalled < GRACE
+        assert rig.origin.count("GET /hold/poll") == 1  # nothing sent twice
+
+        # The instance stops once its peer closed the old session, within the grace.
+        code = await asyncio.to_thread(draining.wait, GRACE + 5)
+        assert code == 0
+        assert time.monotonic() - signalled < GRACE
+        hop = await rig.hop()
+        assert hop["goaways"] == {"sent": 0, "received": 1}
+        assert hop["session"] == second and hop["transport"] == "websocket"
+        assert [t["reason"] for t in hop["transitions"]].count("goaway") == 1
+        assert draining.count("peer said GOAWAY") == 0  # the client logs it, not the server
+        assert rig.client.count("the peer said GOAWAY") >= 1
+
+
+async def test_every_held_poll_is_answered_and_the_goaway_counted(
+    make_origin: MakeOrigin, spawn_gateway: SpawnGateway
+) -> None:
+    """The README's promise: held requests get the grace; status and metrics count the GOAWAY."""
+    async with cluster(make_origin, spawn_gateway, grace=GRACE) as rig:
+        await rig.upgraded()
+        draining, _ = await rig.owner()
+        held = [
+            asyncio.ensure_future(rig.http.get(f"{rig.client.url}/hold/{n}")) for n in range(3)
+        ]
+        await until(lambda: len(rig.origin.seen) == 3, "three held polls at the origin")
+        draining.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        await until(lambda: draining.count("SIGTERM received") == 1, "the signal seen")
+        status = await rig.status(draining)  # still serving: the polls are held
+        assert status["hop"]["goaways"]["sent"] == 1
+        async with rig.http.get(draining.url + "/.hopgate/metrics") as resp:
+            metrics = await resp.text()
+        assert 'hopgate_goaways_total{direction="sent"} 1.0' in metrics
+        assert "hopgate_ready 0.0" in metrics
+        answers = [await poll for poll in held]
+        assert [a.status for a in answers] == [200, 200, 200]
+        assert time.monotonic() - signalled < HOLD + 1.5
