@@ -131,6 +131,15 @@ def _query_int(request: web.BaseRequest, name: str) -> int | None:
     return number if number is not None and number < 2**64 else None
 
 
+def _optional_ints(request: web.BaseRequest, *names: str) -> list[int | None]:
+    """Numbers a newer client adds (absent: None); ValueError if one is malformed."""
+    numbers = [_query_int(request, name) for name in names]
+    for name, number in zip(names, numbers, strict=True):
+        if number is None and name in request.query:
+            raise ValueError(f"malformed {name}=")
+    return numbers
+
+
 # -- the server ----------------------------------------------------------------------------
 
 
@@ -299,7 +308,8 @@ class SessionServer:
         if transport is None:
             return _octets(b"")  # a stale poll: answered at once, takes nothing
         try:
-            body = await transport.get(last)
+            poll, seen = _optional_ints(request, "poll", "seen")
+            body = await transport.get(last, poll, seen)
         except ValueError as exc:
             return text_error(400, f"bad poll: {exc}")
         return _octets(body)
@@ -313,5 +323,9 @@ class SessionServer:
         if transport is None:
             hop.feed(body)  # stale: its frames still count, it writes nothing
             return _octets(b"")
-        ok, reply = transport.post(body)
+        try:
+            (number,) = _optional_ints(request, "post")
+            ok, reply = await transport.post(body, number)
+        except ValueError as exc:
+            return text_error(400, f"bad post: {exc}")
         return _octets(reply, status=200 if ok else 400)

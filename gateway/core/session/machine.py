@@ -155,6 +155,11 @@ class Session:
         return self._recv.received
 
     @property
+    def sent_upto(self) -> int:
+        """Highest seq written since the last rewind (what a long-poll answer carried up to)."""
+        return self._send.next_send - 1
+
+    @property
     def buffered_frames(self) -> int:
         return len(self._send.buf)
 
@@ -338,12 +343,10 @@ class Session:
         self._live.last_sent_at = now
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def rewind(self, now: float, peer_received: int | None = None) -> None:
-        """Resend from ``peer_received + 1`` (default: from the last ack).
+    def rewind(self, now: float, peer_received: int | None = None, *, replay: bool = True) -> None:
+        """Ack ``peer_received`` and (``replay``) resend from the ack: a long-poll GET's ``last=``.
 
-        The long-poll server calls it with each held GET's last-received seq (the answer to
-        the previous GET may be lost); one above all we sent is a RemoteProtocolError.
-        """
+        The answer to an earlier GET may be lost. Above all we sent: RemoteProtocolError."""
         if self._state is _CLOSED:
             return
         if peer_received is not None:
@@ -354,7 +357,8 @@ class Session:
             except RemoteProtocolError as exc:
                 self._terminate(exc.code, exc.reason, by_peer=False, abort=True)
                 raise
-        self._send.rewind()
+        if replay:
+            self._send.rewind()
 
     # -- closing ----------------------------------------------------------------
 
