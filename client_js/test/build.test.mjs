@@ -14,8 +14,9 @@ import { FakeGateway } from "./fake_gateway.mjs";
 const TIMEOUT = { timeout: 15000 };
 /**
  * Minified + gzipped ES module, bytes. 17,862 before diagnostics became codes and
- * internal properties were shortened, 15,102 after; issue 11's target is 12 KB,
- * which needs less code, not shorter words (README "Build and size").
+ * internal properties were shortened, 15,102 after, 16,212 with the events, auth
+ * and GOAWAY; issue 11's target is 12 KB, which needs less code, not shorter
+ * words (README "Build and size").
  */
 const GZIP_BUDGET = 16 * 1024;
 
