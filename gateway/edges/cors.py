@@ -24,7 +24,9 @@ __all__ = ["ALLOW_HEADERS", "EXPOSE_HEADERS", "MAX_AGE", "allow", "is_preflight"
 ALLOW_METHODS: Final = "GET, POST"
 #: Request headers a page's shim sends beyond the CORS-safelisted ones
 #: (Authorization: its ``auth`` option, for a proxy in front that checks it).
-ALLOW_HEADERS: Final = f"Authorization, Content-Type, {TOKEN_HEADER}, {AUTH_HEADER}, {SESSION_HEADER}"
+ALLOW_HEADERS: Final = (
+    f"Authorization, Content-Type, {TOKEN_HEADER}, {AUTH_HEADER}, {SESSION_HEADER}"
+)
 #: Response headers the shim must read (a browser hides others from a foreign page).
 EXPOSE_HEADERS: Final = f"{SESSION_HEADER}, {TOKEN_HEADER}, X-Hopgate-Error"
 #: Seconds a browser may cache a preflight: one per page load, not one per poll.
