@@ -56,6 +56,7 @@ from yarl import URL
 
 from gateway.core import discovery
 from gateway.core.backoff import Backoff
+from gateway.core.cluster import short_id
 from gateway.core.idle import IdleLearner
 from gateway.core.ladder import (
     SHUTDOWN,
@@ -340,7 +341,7 @@ class UpstreamLink:
         log.info(
             "= hop to %s: session %s… %s%s",
             self.key,
-            hop.session_id[:6],
+            short_id(hop.session_id),
             "upgraded to a WebSocket" if transport == "websocket" else "settled on long-poll",
             f" ({detail})" if detail else "",
             extra={"upstream": self.key, "transport": transport, "reason": opened},
@@ -437,7 +438,7 @@ class UpstreamLink:
             fallbacks=ladder.fallbacks,
             peer=ladder.peer.value,
             last_error=ladder.last_error,
-            session=hop.session_id[:6] if hop is not None else None,
+            session=short_id(hop.session_id) if hop is not None else None,
             transitions=tuple(
                 Transition(t.at + offset, t.from_rung, t.to_rung, t.reason, t.detail)
                 for t in ladder.transitions

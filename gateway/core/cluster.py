@@ -55,6 +55,7 @@ __all__ = [
     "Verdict",
     "encode_owner",
     "normal_owner",
+    "short_id",
 ]
 
 #: Marks a request one instance passed to another (its value: ``internal_proof``).
@@ -113,6 +114,17 @@ def normal_owner(url: str) -> str:
 def encode_owner(owner: str) -> str:
     """The owner part of a session id: base64url of the normalised URL, no padding."""
     return base64.urlsafe_b64encode(owner.encode("utf-8")).rstrip(b"=").decode("ascii")
+
+
+def short_id(session_id: str) -> str:
+    """The first characters of what tells ``session_id`` apart, for status and logs.
+
+    Every id of a cluster starts with the same owner part (``aHR0cD`` is
+    base64 of ``http:/``): its nonce is what differs. Never the whole id,
+    which is a credential.
+    """
+    parts = session_id.split(".")
+    return (parts[1] if len(parts) == 3 else session_id)[:6]
 
 
 def _b64(raw: bytes) -> str:

@@ -53,6 +53,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, Protocol
 
+from gateway.core.cluster import short_id
 from gateway.core.session.errors import CloseCode, RemoteProtocolError
 from gateway.core.session.events import (
     MessageReceived,
@@ -181,13 +182,12 @@ class HopSession:
     @property
     def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
         """Lines prefixed with the session id's first characters (made on use: logs are rare)."""
-        return _SessionLog(log, {"session": self.session_id[:6] + "…"})
+        return _SessionLog(log, {"session": short_id(self.session_id) + "…"})
 
     def __repr__(self) -> str:
         side = "client" if self.is_client else "server"
-        return (
-            f"<HopSession {self.session_id[:6]}… {side} {self.transport} {self._core.state.name}>"
-        )
+        state = self._core.state.name
+        return f"<HopSession {short_id(self.session_id)}… {side} {self.transport} {state}>"
 
     # -- public API ---------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterator
 from typing import Final
 
+from gateway.core.cluster import short_id
 from gateway.status import SessionReport
 from gateway.transports.hopsession import HopSession
 
@@ -71,7 +72,7 @@ class SessionRegistry:
                 continue
             peer, since = self._opened.get(hop.session_id, ("", 0.0))
             yield SessionReport(
-                session=hop.session_id[:6],
+                session=short_id(hop.session_id),
                 transport=hop.transport,
                 peer=peer,
                 since=since,

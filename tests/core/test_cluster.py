@@ -15,6 +15,7 @@ from gateway.core.cluster import (
     ClusterIds,
     encode_owner,
     normal_owner,
+    short_id,
 )
 from gateway.core.session.frames import MAX_SESSION_ID_LENGTH
 from gateway.core.session.tokens import new_session_id
@@ -171,3 +172,12 @@ def test_a_foreign_proof_is_refused() -> None:
 @given(st.text(max_size=200))
 def test_garbage_proofs_never_raise(garbage: str) -> None:
     assert ONE.check_proof(garbage, 1000.0, "GET", "/p") is None
+
+
+def test_short_ids_tell_cluster_sessions_apart() -> None:
+    """Status and logs show an id's first characters: of a cluster id, its nonce's."""
+    first, second = ONE.session_id("a" * 22), ONE.session_id("b" * 22)
+    assert first[:6] == second[:6]  # every id of an instance starts alike
+    assert (short_id(first), short_id(second)) == ("aaaaaa", "bbbbbb")
+    plain = new_session_id()
+    assert short_id(plain) == plain[:6]

@@ -167,6 +167,10 @@ async def test_a_session_keeps_working_through_the_instance_that_does_not_own_it
         owner, other = await status_of(cluster.one), await status_of(cluster.two)
         assert owner["sessions"]["by_transport"][transport] == 1, owner  # type: ignore[index]
         assert other["sessions"]["active"] == 0, other  # type: ignore[index]
+        # Status tells sessions apart by their nonce: every id starts with the owner's URL.
+        [peer] = owner["sessions"]["peers"]  # type: ignore[index]
+        hop = (await status_of(client))["upstreams"][0]  # type: ignore[index]
+        assert peer["session"] == hop["session"] != "aHR0cD", (peer, hop)
         forwarded = other["cluster"]  # the non-owner passed the session's requests on
         assert forwarded["advertise"] == f"http://127.0.0.1:{cluster.two.port}"  # type: ignore[index]
         expected_least = 1 if transport == "websocket" else 10  # one attach vs many polls

@@ -1,0 +1,177 @@
+"""Tunnelled requests/s through a cluster instance that forwards internally vs one reached directly.
+
+Two ``hopgate server`` processes of one cluster (``--cluster-secret-file``,
+``--advertise``) before one origin, a real HAProxy in front of them, and a
+``hopgate client`` process whose hop goes through that HAProxy::
+
+    direct     client gw -> HAProxy -> instance 1 (owner)              -> origin
+    forwarded  client gw -> HAProxy -> instance 2 -> instance 1 (owner) -> origin
+               (session creation still goes to instance 1; every request
+               of the session, /.hopgate/session/{id}..., goes to instance 2,
+               which passes it to the owner named in the id)
+
+Both paths go through the same HAProxy, so the only difference is the
+internal extra hop. Each runs with the hop on a WebSocket (instance 2
+splices frames) and on long-poll (HAProxy refuses upgrades; instance 2
+passes every held GET and POST on). Small GETs, 1 and ``--concurrency`` at
+a time, all numbers from one run on one machine.
+
+Usage:  .venv/bin/python bench/cluster_forward.py [--requests N] [--concurrency C]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import secrets
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.hop_requests import measure, origin
+from tests.processes import GatewayProcess, free_port, start_gateway
+from tests.proxies import ProxyProcess, _start, _workdir, find_binary
+
+HAPROXY = """\
+global
+    maxconn 1024
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 60s
+frontend hop
+    bind 127.0.0.1:{port}
+{deny}    use_backend {sessions} if {{ path_beg /.hopgate/session/ }}
+    default_backend first
+backend first
+    server one 127.0.0.1:{one}
+backend second
+    server two 127.0.0.1:{two}
+"""
+DENY_UPGRADES = "    http-request deny deny_status 403 if { req.hdr(upgrade) -m found }\n"
+
+
+@contextlib.contextmanager
+def haproxy(one: int, two: int, *, forwarded: bool, long_poll: bool) -> Iterator[ProxyProcess]:
+    binary = find_binary("haproxy")
+    with _workdir("haproxy-bench") as workdir:
+
+        def prepare(port: int) -> list[str]:
+            config = HAPROXY.format(
+                port=port,
+                one=one,
+                two=two,
+                deny=DENY_UPGRADES if long_poll else "",
+                sessions="second" if forwarded else "first",
+            )
+            (workdir / "haproxy.cfg").write_text(config)
+            return [binary, "-db", "-f", str(workdir / "haproxy.cfg")]
+
+        proxy = _start("haproxy-bench", workdir, prepare, ())
+        try:
+            yield proxy
+        finally:
+            proxy.stop(10.0)
+
+
+@contextlib.contextmanager
+def instances(origin_url: str) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    """Two server processes sharing a cluster secret (read from a 0600 file)."""
+    with tempfile.TemporaryDirectory() as folder:
+        secret = Path(folder) / "cluster.secret"
+        secret.write_text(secrets.token_urlsafe(32))
+        secret.chmod(0o600)
+        started: list[GatewayProcess] = []
+        try:
+            for _ in range(2):
+                port = free_port()
+                flags = (
+                    "--upstream", origin_url,
+                    "--cluster-secret-file", str(secret),
+                    "--advertise", f"http://127.0.0.1:{port}",
+                )  # fmt: skip
+                started.append(
+                    start_gateway("server", *flags, listen=f"127.0.0.1:{port}", log_level="warning")
+                )
+            yield started[0], started[1]
+        finally:
+            for gw in started:
+                gw.stop()
+
+
+def status(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url + "/.hopgate/status", timeout=5) as answer:
+        document: dict[str, object] = json.loads(answer.read())
+        return document
+
+
+def wait_for_hop(client: GatewayProcess, transport: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    seen = "none"
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(client.url + "/poll", timeout=5).read()
+        upstreams = status(client.url)["upstreams"]
+        seen = str(upstreams[0]["transport"]) if upstreams else "none"  # type: ignore[index]
+        if seen == transport:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the hop stayed on {seen!r}, not {transport!r}")
+
+
+async def run_path(
+    origin_url: str, forwarded: bool, transport: str, requests: int, concurrency: int
+) -> tuple[dict[int, float], int]:
+    """Requests/s at 1 and ``concurrency``, and how many requests instance 2 passed on."""
+    with (
+        instances(origin_url) as (one, two),
+        haproxy(
+            one.port, two.port, forwarded=forwarded, long_poll=transport == "long-poll"
+        ) as router,
+    ):
+        client = start_gateway("client", "--upstream", router.url, log_level="info")
+        try:
+            await asyncio.to_thread(wait_for_hop, client, transport)
+            rates = {c: await measure(client.url, requests, c) for c in (1, concurrency)}
+        finally:
+            client.stop()
+        cluster = status(two.url)["cluster"]
+        return rates, int(cluster["forwarded"])  # type: ignore[index]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=20)
+    args = parser.parse_args()
+    runner, origin_url = await origin()
+    c = args.concurrency
+    print(f"{'hop':<10} {'path':<10} {'1 at a time':>14} {f'{c} at a time':>14} {'x direct':>9}"
+          f" {'passed on':>10}")  # fmt: skip
+    try:
+        for transport in ("websocket", "long-poll"):
+            base: dict[int, float] = {}
+            for forwarded in (False, True):
+                rates, passed = await run_path(origin_url, forwarded, transport, args.requests, c)
+                base = base or rates
+                name = "forwarded" if forwarded else "direct"
+                print(
+                    f"{transport:<10} {name:<10} {rates[1]:>10.0f} r/s {rates[c]:>10.0f} r/s "
+                    f"{rates[c] / base[c]:>9.2f} {passed:>10}",
+                    flush=True,
+                )
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
