@@ -16,12 +16,14 @@ import json
 from pathlib import Path
 
 from tests.cluster import scenarios
-from tests.cluster.harness import AFFINITY
+from tests.cluster.harness import AFFINITY, FORCE_LONG_POLL, NO_OWNER_ROUTING
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster.measure")
-    parser.add_argument("scenario", choices=["longpoll", "rolling", "kill", "kill-direct"])
+    parser.add_argument(
+        "scenario", choices=["longpoll", "rolling", "kill", "kill-direct", "throughput"]
+    )
     parser.add_argument("--tree", type=Path)
     parser.add_argument("--plain", action="store_true", help="no cluster flags")
     parser.add_argument(
@@ -33,7 +35,13 @@ def main() -> None:
     if args.count:
         options["count"] = args.count
     changes = AFFINITY if args.affinity else ()
-    if args.scenario == "longpoll":
+    if args.scenario == "throughput":
+        result = {}
+        for hop, forced in (("websocket", ()), ("long-poll", FORCE_LONG_POLL)):
+            for routing, extra in (("owner-routing", ()), ("round-robin", NO_OWNER_ROUTING)):
+                got = asyncio.run(scenarios.throughput(changes=(*forced, *extra)))
+                result[f"{hop} {routing}"] = got
+    elif args.scenario == "longpoll":
         options.pop("count", None)
         result = asyncio.run(scenarios.longpoll(**options))
     elif args.scenario == "rolling":

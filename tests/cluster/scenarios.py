@@ -24,6 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from tests.cluster.harness import (
     FORCE_LONG_POLL,
     HAPROXY_RISE,
@@ -217,3 +219,40 @@ async def new_session_after(cluster: Cluster, since: float, timeout: float = 10.
                 return round(at - since, 3)
         await asyncio.sleep(0.05)
     return None
+
+
+async def throughput(
+    changes: Changes = (), requests: int = 1000, concurrency: int = 10
+) -> dict[str, Any]:
+    """Small requests through the client gateway and the cluster: requests per second.
+
+    With the recipe's owner routing every session request reaches the owner
+    directly; without it (``NO_OWNER_ROUTING``) two thirds of them are
+    passed on by another instance (and a WebSocket attach lands on one
+    instance that pumps every frame to the owner).
+    """
+    async with running_cluster(changes=changes) as cluster:
+        first = await wait_hop(cluster)
+        url = f"{cluster.entry}/soak/hold?s=0"
+        statuses: Counter[int] = Counter()
+        pending = iter(range(requests))
+
+        async def worker(http: aiohttp.ClientSession) -> None:
+            for _ in pending:
+                async with http.get(url) as resp:
+                    await resp.read()
+                    statuses[resp.status] += 1
+
+        async with aiohttp.ClientSession() as http:
+            for _ in range(50):  # warm up
+                async with http.get(url) as resp:
+                    await resp.read()
+            started = time.monotonic()
+            await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+            took = time.monotonic() - started
+        return {
+            "transport": first.get("transport"),
+            "requests_per_s": round(requests / took),
+            "answers": dict(statuses),
+            "forwarded": await forwarded(cluster),
+        }

@@ -63,7 +63,28 @@ def container(name: str) -> dict[str, Any]:
 
 
 def env(name: str) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container(name).get("env", [])}
+    """A container's variables with a ``value`` (``$(VAR)`` references left as written)."""
+    return {
+        item["name"]: item["value"] for item in container(name).get("env", []) if "value" in item
+    }
+
+
+def downward(name: str) -> dict[str, str]:
+    """A container's variables from the downward API: name -> field path."""
+    return {
+        item["name"]: item["valueFrom"]["fieldRef"]["fieldPath"]
+        for item in container(name).get("env", [])
+        if "fieldRef" in item.get("valueFrom", {})
+    }
+
+
+def expanded(variables: dict[str, str], given: dict[str, str]) -> dict[str, str]:
+    """``$(VAR)`` references replaced as the kubelet does, from ``given`` then ``variables``."""
+    known = {**variables, **given}
+    return {
+        name: re.sub(r"\$\((\w+)\)", lambda m: known.get(m.group(1), m.group(0)), value)
+        for name, value in variables.items()
+    }
 
 
 def port_number(spec: dict[str, Any], port: int | str) -> int:
@@ -107,6 +128,8 @@ def test_the_sidecar_is_configured_by_variables_that_are_settings() -> None:
     assert sidecar["args"] == ["server"]
     variables = env("hopgate")
     assert set(variables) <= setting_variables(), set(variables) - setting_variables()
+    # The one variable that is not a setting: the Pod IP, for HOPGATE_ADVERTISE.
+    assert downward("hopgate") == {"POD_IP": "status.podIP"}
     assert variables["HOPGATE_UPSTREAM"] == "http://127.0.0.1:9000"
     assert variables["HOPGATE_LISTEN"] == "0.0.0.0:8080"
     assert "HOPGATE_HOP_SECRET" not in variables  # the secret comes from a file
@@ -120,6 +143,23 @@ def test_the_hop_secret_is_a_mounted_secret_file() -> None:
     (volume,) = [v for v in pod()["volumes"] if v["name"] == "hop-secret"]
     assert [item["path"] for item in volume["secret"]["items"]] == [secret_file.name]
     assert volume["secret"]["defaultMode"] & 0o007 == 0, "the secret is world-readable"
+
+
+def test_the_sidecars_form_one_cluster_advertising_their_pod_ip() -> None:
+    """Every replica has the cluster secret from a Secret and advertises its Pod IP."""
+    variables = env("hopgate")
+    assert "HOPGATE_CLUSTER_SECRET" not in variables  # the secret comes from a file
+    secret_file = Path(variables["HOPGATE_CLUSTER_SECRET_FILE"])
+    (mount,) = [m for m in container("hopgate")["volumeMounts"] if m["name"] == "cluster-secret"]
+    assert mount["readOnly"] is True and secret_file.parent == Path(mount["mountPath"])
+    (volume,) = [v for v in pod()["volumes"] if v["name"] == "cluster-secret"]
+    assert [item["path"] for item in volume["secret"]["items"]] == [secret_file.name]
+    assert volume["secret"]["defaultMode"] & 0o007 == 0, "the secret is world-readable"
+    listen_port = variables["HOPGATE_LISTEN"].rpartition(":")[2]
+    assert variables["HOPGATE_ADVERTISE"] == f"http://$(POD_IP):{listen_port}"
+    # $(POD_IP) expands only if POD_IP is defined before it in the list.
+    names = [item["name"] for item in container("hopgate")["env"]]
+    assert names.index("POD_IP") < names.index("HOPGATE_ADVERTISE")
 
 
 def test_probes_ask_ready_and_live_on_the_admin_listener() -> None:
@@ -157,7 +197,7 @@ def test_containers_run_non_root_read_only_with_bounded_resources() -> None:
         assert "memory" in spec["resources"]["limits"], spec["name"]
 
 
-def test_the_service_sends_to_the_sidecar_and_keeps_a_client_on_one_pod() -> None:
+def test_the_service_sends_to_the_sidecar_without_affinity() -> None:
     service = resource("Service")["spec"]
     labels = resource("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["selector"].items() <= labels.items()
@@ -165,7 +205,8 @@ def test_the_service_sends_to_the_sidecar_and_keeps_a_client_on_one_pod() -> Non
     sidecar = container("hopgate")
     listen_port = int(env("hopgate")["HOPGATE_LISTEN"].rpartition(":")[2])
     assert port_number(sidecar, port["targetPort"]) == listen_port
-    assert service["sessionAffinity"] == "ClientIP"  # hop sessions live in one sidecar
+    # The sidecars pass a session's requests to its owner: no affinity needed.
+    assert service.get("sessionAffinity", "None") == "None"
 
 
 # ------------------------------------------------------------ run its env
@@ -181,15 +222,20 @@ async def test_a_gateway_with_the_sidecars_environment_answers_its_probes(
     origin = await make_origin(legacy)
     secret = tmp_path / "hop-secret"
     secret.write_text("s3cret-from-a-kubernetes-secret\n")
+    cluster_secret = tmp_path / "cluster-secret"
+    cluster_secret.write_text("another-s3cret-from-a-kubernetes-secret\n")
     os.chmod(secret, 0o440)
+    os.chmod(cluster_secret, 0o440)
     port, admin = free_port(), free_port()
     variables = {
-        **env("hopgate"),
+        **expanded(env("hopgate"), {"POD_IP": "127.0.0.1"}),
         "HOPGATE_UPSTREAM": origin,
         "HOPGATE_LISTEN": f"127.0.0.1:{port}",
         "HOPGATE_ADMIN_LISTEN": f"127.0.0.1:{admin}",
         "HOPGATE_HOP_SECRET_FILE": str(secret),
+        "HOPGATE_CLUSTER_SECRET_FILE": str(cluster_secret),
     }
+    assert variables["HOPGATE_ADVERTISE"] == "http://127.0.0.1:8080"
     argv = [sys.executable, "-m", "gateway", *container("hopgate")["args"]]
     gw = ChildProcess.start(argv, name="sidecar", env={**clean_env(), **variables}, cwd=ROOT)
     try:
@@ -203,6 +249,10 @@ async def test_a_gateway_with_the_sidecars_environment_answers_its_probes(
                     assert resp.status == 200, (probe, await resp.text(), gw.output())
             async with session.get(f"http://127.0.0.1:{port}/") as resp:
                 assert (resp.status, await resp.text()) == (200, "legacy")
+            # It runs as a cluster member that names the advertised address.
+            async with session.get(f"http://127.0.0.1:{admin}/.hopgate/status") as resp:
+                cluster = (await resp.json())["cluster"]
+            assert cluster["advertise"] == variables["HOPGATE_ADVERTISE"], cluster
     finally:
         status = await asyncio.to_thread(gw.stop)
     assert status == 0, gw.output()
