@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Final
 
@@ -43,17 +44,42 @@ __all__ = [
     "peer_forgot",
     "session_ended",
     "until_closed_or_moved",
+    "wait_drained",
 ]
 
 #: Longest a session told GOAWAY is kept for its streams; the peer ends it at
 #: the end of its own --shutdown-grace anyway.
 RETIRE_LIMIT: Final = 600.0
 _RETIRE_POLL: Final = 0.1
+#: Draining: how long an idle hop session told GOAWAY is left for its peer to close.
+DRAIN_SETTLE: Final = 1.0
+
+log = logging.getLogger("hopgate")
 
 
 def peer_forgot(code: int, reason: str) -> bool:
     """The session ended because the peer side answered 404 for it: its instance is gone."""
     return code == CloseCode.SESSION_EXPIRED and reason == PEER_FORGOT
+
+
+async def wait_drained(accepted: set[TunnelLink], grace: float) -> None:
+    """A draining instance: serve until the peers closed their sessions, at most ``grace`` s.
+
+    A peer that honours GOAWAY closes its session once its streams are done;
+    one that does not (an older gateway or shim) keeps an idle one open, left
+    ``DRAIN_SETTLE`` s before the caller closes it. Checked every 0.1 s while
+    stopping only: nothing per message.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    settled = loop.time() + min(DRAIN_SETTLE, grace)
+    while accepted and loop.time() < deadline:
+        if all(tunnel.idle for tunnel in accepted) and loop.time() >= settled:
+            return
+        await asyncio.sleep(0.1)
+    busy = sum(not tunnel.idle for tunnel in accepted)
+    if busy:
+        log.info("= %d hop session(s) still carry streams after %gs: closing them", busy, grace)
 
 
 async def next_tunnel(

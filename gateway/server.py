@@ -55,7 +55,7 @@ from gateway.edges.inbound import (
     derive_max_clients,
 )
 from gateway.glue.link import TunnelLink
-from gateway.handover import next_tunnel
+from gateway.handover import next_tunnel, wait_drained
 from gateway.link import LinkTable, UpstreamLink
 from gateway.logs import ACCESS_LOG, access_log_class, log_request
 from gateway.metrics import Metrics
@@ -262,28 +262,12 @@ class Gateway:
         """
         self.drain()
         try:
-            await self._wait_drained()
+            await wait_drained(self._accepted, self.settings.listener.shutdown_grace)
             await self._stop_serving()
         finally:
             admin, self.admin = self.admin, None
             if admin is not None:
                 await admin.stop()
-
-    async def _wait_drained(self) -> None:
-        """Keep serving until every peer closed its session here, at most ``shutdown_grace``.
-
-        Checked every 0.1 s while stopping only: nothing per message.
-        """
-        grace = self.settings.listener.shutdown_grace
-        deadline = asyncio.get_running_loop().time() + grace
-        while self._accepted and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.1)
-        if self._accepted:
-            log.info(
-                "= %d hop session(s) still open after the %gs shutdown grace: closing them",
-                len(self._accepted),
-                grace,
-            )
 
     async def _stop_serving(self) -> None:
         accepted = asyncio.create_task(self._close_accepted())

@@ -64,7 +64,9 @@ async def test_sigterm_lets_a_held_poll_finish_and_moves_new_requests_to_another
         assert time.monotonic() - signalled < GRACE
         hop = await rig.hop()
         assert hop["goaways"] == {"sent": 0, "received": 1}
-        assert hop["session"] == second and hop["transport"] == "websocket"
+        # Still the new session; its WebSocket may have been spliced through the
+        # instance that stopped (round robin), in which case it resumed on long-poll.
+        assert hop["session"] == second and hop["transport"] != "plain"
         assert [t["reason"] for t in hop["transitions"]].count("goaway") == 1
         assert draining.count("peer said GOAWAY") == 0  # the client logs it, not the server
         assert rig.client.count("the peer said GOAWAY") >= 1
@@ -77,10 +79,8 @@ async def test_every_held_poll_is_answered_and_the_goaway_counted(
     async with cluster(make_origin, spawn_gateway, grace=GRACE) as rig:
         await rig.upgraded()
         draining, _ = await rig.owner()
-        held = [
-            asyncio.ensure_future(rig.http.get(f"{rig.client.url}/hold/{n}")) for n in range(3)
-        ]
-        await until(lambda: len(rig.origin.seen) == 3, "three held polls at the origin")
+        held = [asyncio.ensure_future(rig.http.get(f"{rig.client.url}/hold/{n}")) for n in range(3)]
+        await until(lambda: len(rig.origin.seen) >= 3, "three held polls at the origin")
         draining.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         await until(lambda: draining.count("SIGTERM received") == 1, "the signal seen")
@@ -92,4 +92,5 @@ async def test_every_held_poll_is_answered_and_the_goaway_counted(
         assert "hopgate_ready 0.0" in metrics
         answers = [await poll for poll in held]
         assert [a.status for a in answers] == [200, 200, 200]
+        assert sorted(rig.origin.seen) == [f"GET /hold/{n}" for n in range(3)]  # once each
         assert time.monotonic() - signalled < HOLD + 1.5
