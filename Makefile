@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 SYSTEM_PACKAGES ?= nginx haproxy squid chromium
 
-.PHONY: demo test check lint typecheck pytest js system-deps clean
+.PHONY: demo test check lint typecheck pytest js system-deps clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,18 @@ PYTEST_JOBS ?= 3
 
 pytest: $(STAMP) js
 	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+
+# Issue 13's benchmark tables beside their anchors (raw aiohttp, python-engineio,
+# the direct connection); rewrites docs/benchmarks.md and docs/benchmarks/*.png.
+# Under 15 minutes on 2 cores; `make bench-quick` is a ~2-minute smoke run.
+# BENCH_ARGS="--tree /work/before --out /tmp/before" measures another checkout.
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 # The browser shim: client_js/dist/ from client_js/src/ (esbuild); tests/client_js loads it.
 js:

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import suite_procs, suite_report  # noqa: E402
+from bench import suite_plots, suite_procs, suite_report  # noqa: E402
 from bench.legacy_app import run_clients  # noqa: E402
 from bench.suite_procs import hop_path, python_child, running  # noqa: E402
 from bench.suite_rows import SCALES, Scale, figure, legacy, memory, messages  # noqa: E402
@@ -98,9 +98,10 @@ async def poll_ahead(tree: Path, scale_name: str) -> Any:
     offered = {"tree": tree, "quick": scale_name != "full", "scale": scale_name}
     params = inspect.signature(run).parameters
     kwargs = {k: v for k, v in offered.items() if k in params}
-    result = run(**kwargs)
-    if inspect.isawaitable(result):
-        result = await result
+    if inspect.iscoroutinefunction(run):
+        result = await run(**kwargs)
+    else:  # it may call asyncio.run itself: give it a thread of its own
+        result = await asyncio.to_thread(run, **kwargs)
     if result is None:
         return {"failed": "bench/poll_ahead.py run() returned nothing"}
     return result if isinstance(result, dict) else {"result": result}
@@ -163,7 +164,7 @@ def write_outputs(res: dict[str, Any], args: argparse.Namespace) -> None:
     out = Path(args.out)
     plots: list[str] = []
     try:
-        plots = suite_report.write_plots(res, out / "benchmarks")
+        plots = suite_plots.write_plots(res, out / "benchmarks")
     except ImportError:
         print("no plots: matplotlib is missing (pip install -e '.[bench]')")
     page = out / "benchmarks.md"
@@ -188,6 +189,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     parser.add_argument("--profile", choices=PROFILE_ROWS, help="run one row under cProfile")
     parser.add_argument("--top", type=int, default=25, help="functions shown per profile")
+    parser.set_defaults(scale="full")
     args = parser.parse_args()
     args.tree = args.tree.resolve()
     scale = SCALES[args.scale]
@@ -197,8 +199,8 @@ def main() -> None:
     res = asyncio.run(run_suite(args, scale))
     print(f"took {res['took_s']:.0f} s")
     for item, text, measured, met in suite_report.targets(res):
-        mark = "not measured" if met is None else ("met" if met else "MISSED")
-        print(f"  [{item}] {text}: {measured} {mark}")
+        mark = "" if met is None else (" met" if met else " MISSED")
+        print(f"  [{item}] {text}: {measured}{mark}")
     write_outputs(res, args)
 
 

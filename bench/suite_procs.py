@@ -158,11 +158,12 @@ def hop_path(
     rtt: float = 0.0,
     count: bool = False,
     start_fast: bool = False,
+    flags: tuple[str, ...] = (),
 ) -> Iterator[Route]:
     """``kind``: direct, plain (``--upgrade never``), websocket or long-poll.
 
     ``count`` (or an ``rtt``) puts a path process on the link; ``start_fast``:
-    its delay is off until ``route.net.switch_delay()``.
+    its delay is off until ``route.net.switch_delay()``. ``flags`` go to both gateways.
     """
     origin = origin_url.removeprefix("http://")
     with contextlib.ExitStack() as stack:
@@ -174,7 +175,7 @@ def hop_path(
             yield Route(net.url, net)
             return
         server = stack.enter_context(
-            gateway("server", "--upstream", origin_url, *GATEWAY_FLAGS, tree=tree)
+            gateway("server", "--upstream", origin_url, *GATEWAY_FLAGS, *flags, tree=tree)
         )
         net = None
         upstream = server.url
@@ -184,7 +185,9 @@ def hop_path(
             net = stack.enter_context(net_path(hop, rtt, refuse, start_fast=start_fast))
             upstream = net.url
         never = ("--upgrade", "never") if kind == "plain" else ()
-        client = stack.enter_context(gateway("client", "--upstream", upstream, *never, tree=tree))
+        client = stack.enter_context(
+            gateway("client", "--upstream", upstream, *never, *flags, tree=tree)
+        )
         wait_for_hop(client.url, kind)
         yield Route(client.url, net, (client, server))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 Result = dict[str, Any]
@@ -160,146 +159,83 @@ def legacy_table(leg: Result, scale: Any) -> list[str]:
     return rows
 
 
-def targets(res: Result) -> list[tuple[str, str, str, bool | None]]:
+Target = tuple[str, str, str, bool | None]
+
+
+def _ratio(res: Result, top: tuple[str, ...], bottom: tuple[str, ...]) -> float | None:
+    a, b = get(res, *top), get(res, *bottom)
+    return a / b if isinstance(a, int | float) and isinstance(b, int | float) and b else None
+
+
+def _mark(item: str, text: str, value: float | None, ok: bool, unit: str = "x") -> Target:
+    if value is None:
+        return (item, text, "not measured", None)
+    shown = f"x{value:.2f}" if unit == "x" else f"{value:.1f} {unit}"
+    return (item, text, shown, ok)
+
+
+def targets(res: Result) -> list[Target]:
     """(item, target, measured, met) for every target of issue 13."""
-    m, leg, mem = res.get("messages", {}), res.get("legacy", {}), res.get("memory", {})
-    rtt_ms = res["scale"]["rtt_s"] * 1e3
-    out: list[tuple[str, str, str, bool | None]] = []
-
-    def ratio(a: Any, b: Any) -> float | None:
-        return a / b if isinstance(a, int | float) and isinstance(b, int | float) and b else None
-
-    def add(
-        item: str, text: str, value: float | None, ok: Callable[[float], bool], shown: str
-    ) -> None:
-        out.append(
-            (
-                item,
-                text,
-                shown if value is not None else "not measured",
-                None if value is None else ok(value),
-            )
-        )
-
+    rtt = res["scale"]["rtt_s"] * 1e3
+    out: list[Target] = []
     for q in ("p50_ms", "p99_ms"):
-        r = ratio(get(leg, "long-poll", "rtt", q), get(leg, "direct", "rtt", q))
-        add(
-            "1",
-            f"legacy app, long-poll hop at {rtt_ms:.0f} ms RTT, {q[:3]} within 10% of direct",
-            r,
-            lambda v: v <= 1.10,
-            f"x{r or 0:.2f}",
-        )
-    lp99 = get(m, "rtt", "hop-lp", "p99_ms")
-    add(
-        "1",
-        f"hop session over long-poll, {rtt_ms:.0f} ms RTT, 100 msg/s: p99 <= RTT + 10 ms",
-        lp99,
-        lambda v: v <= rtt_ms + 10,
-        f"{lp99 or 0:.1f} ms",
+        r = _ratio(res, ("legacy", "long-poll", "rtt", q), ("legacy", "direct", "rtt", q))
+        text = f"legacy app, long-poll hop at {rtt:.0f} ms RTT, {q[:3]} within 10% of direct"
+        out.append(_mark("1", text, r, r is not None and r <= 1.10))
+    v = get(res, "messages", "rtt", "hop-lp", "p99_ms")
+    text = f"hop session over long-poll, {rtt:.0f} ms RTT, 100 msg/s: p99 <= RTT + 10 ms"
+    out.append(_mark("1", text, v, v is not None and v <= rtt + 10, "ms"))
+    v = get(res, "messages", "rtt", "hop-ws", "p99_ms")
+    text = "hop session over WebSocket, same: p99 <= RTT/2 + 5 ms"
+    out.append(_mark("1", text, v, v is not None and v <= rtt / 2 + 5, "ms"))
+    r = _ratio(
+        res, ("messages", "hop-ws", "turns", "msg_s"), ("messages", "eio-ws", "turns", "msg_s")
     )
-    ws99 = get(m, "rtt", "hop-ws", "p99_ms")
-    add(
-        "1",
-        "hop session over WebSocket, same: p99 <= RTT/2 + 5 ms",
-        ws99,
-        lambda v: v <= rtt_ms / 2 + 5,
-        f"{ws99 or 0:.1f} ms",
+    text = "one message per loop turn, WebSocket hop >= 2x python-engineio WebSocket"
+    out.append(_mark("2", text, r, r is not None and r >= 2))
+    v = get(res, "messages", "hop-ws", "turns", "cpu_us")
+    text = "about <= 10 us CPU per message (server gateway)"
+    out.append(_mark("2", text, v, v is not None and v <= 10, "us"))
+    r = _ratio(res, ("messages", "hop-ws", "burst", "msg_s"), ("messages", "raw", "burst", "msg_s"))
+    out.append(
+        _mark("2", "bursts over a WebSocket hop >= 0.9x raw aiohttp", r, r is not None and r >= 0.9)
     )
-    r = ratio(get(m, "hop-ws", "turns", "msg_s"), get(m, "eio-ws", "turns", "msg_s"))
-    add(
-        "2",
-        "one message per loop turn, WebSocket hop >= 2x python-engineio WebSocket",
-        r,
-        lambda v: v >= 2,
-        f"x{r or 0:.2f}",
-    )
-    cpu = get(m, "hop-ws", "turns", "cpu_us")
-    add(
-        "2",
-        "about <= 10 us CPU per message (server gateway)",
-        cpu,
-        lambda v: v <= 10,
-        f"{cpu or 0:.0f} us",
-    )
-    r = ratio(get(m, "hop-ws", "burst", "msg_s"), get(m, "raw", "burst", "msg_s"))
-    add(
-        "2",
-        "bursts over a WebSocket hop >= 0.9x raw aiohttp",
-        r,
-        lambda v: v >= 0.9,
-        f"x{r or 0:.2f}",
-    )
+    big = ("sizes", "mb_s", "65536")
     for kind, name in (("hop-ws", "WebSocket"), ("hop-lp", "long-poll")):
-        big = get(m, kind, "sizes", "mb_s", "65536")
-        r = ratio(big, get(m, "eio-ws", "sizes", "mb_s", "65536"))
-        add(
-            "3",
-            f"64 KiB over a {name} hop >= 1.0x python-engineio WebSocket",
-            r,
-            lambda v: v >= 1.0,
-            f"x{r or 0:.2f}",
-        )
-        r = ratio(big, get(m, "raw", "sizes", "mb_s", "65536"))
-        add(
-            "3",
-            f"64 KiB over a {name} hop >= 0.6x raw aiohttp",
-            r,
-            lambda v: v >= 0.6,
-            f"x{r or 0:.2f}",
-        )
-    direct = leg.get("direct", {})
+        for anchor, aname, floor in (
+            ("eio-ws", "python-engineio WebSocket", 1.0),
+            ("raw", "raw aiohttp", 0.6),
+        ):
+            r = _ratio(res, ("messages", kind, *big), ("messages", anchor, *big))
+            text = f"64 KiB over a {name} hop >= {floor:.1f}x {aname}"
+            out.append(_mark("3", text, r, r is not None and r >= floor))
+    out += _legacy_targets(res)
+    v = get(res, "memory", "idle_session", "kb_per")
+    text = f"RSS per idle hop session at {res['scale']['idle_sessions']:,} sessions <= 16 KB"
+    out.append(_mark("6", text, v, v is not None and v <= 16, "KB"))
+    return out
+
+
+def _legacy_targets(res: Result) -> list[Target]:
+    out: list[Target] = []
+    many = res["scale"]["many"]
     for kind in ("websocket", "long-poll"):
-        d = leg.get(kind, {})
-        r = ratio(get(d, "bytes", "bytes_per_event"), get(direct, "bytes", "bytes_per_event"))
-        add(
-            "4",
-            f"{kind} hop bytes per delivered event <= 0.3x direct",
-            r,
-            lambda v: v <= 0.3,
-            f"x{r or 0:.2f}",
-        )
-        r = ratio(get(d, "one", "per_s"), get(direct, "one", "per_s"))
-        add(
-            "5",
-            f"legacy app through a {kind} hop, 1 client >= 0.35x direct",
-            r,
-            lambda v: v >= 0.35,
-            f"x{r or 0:.2f}",
-        )
-        r = ratio(get(d, "many", "per_s"), get(direct, "many", "per_s"))
-        add(
-            "5",
-            f"legacy app through a {kind} hop, {res['scale']['many']} clients >= 0.6x direct",
-            r,
-            lambda v: v >= 0.6,
-            f"x{r or 0:.2f}",
-        )
-        r = ratio(get(d, "paced", "p50_ms"), get(direct, "paced", "p50_ms"))
-        add(
-            "5",
-            f"legacy app through a {kind} hop, paced p50 <= 2x direct",
-            r,
-            lambda v: v <= 2,
-            f"x{r or 0:.2f}",
-        )
-        r = ratio(get(d, "one", "gateway_cpu_us"), get(leg, "plain", "one", "gateway_cpu_us"))
-        add(
-            "5",
-            f"gateway CPU per request through a {kind} hop <= plain forwarding",
-            r,
-            lambda v: v <= 1.0,
-            f"x{r or 0:.2f}",
-        )
-    kb = get(mem, "idle_session", "kb_per")
-    n = res["scale"]["idle_sessions"]
-    add(
-        "6",
-        f"RSS per idle hop session at {n:,} sessions <= 16 KB",
-        kb,
-        lambda v: v <= 16,
-        f"{kb or 0:.1f} KB",
-    )
+        checks = (
+            ("4", f"{kind} hop bytes per delivered event <= 0.3x direct",
+             ("bytes", "bytes_per_event"), ("direct", "bytes", "bytes_per_event"),
+             lambda r: r <= 0.3),
+            ("5", f"legacy app through a {kind} hop, 1 client >= 0.35x direct",
+             ("one", "per_s"), ("direct", "one", "per_s"), lambda r: r >= 0.35),
+            ("5", f"legacy app through a {kind} hop, {many} clients >= 0.6x direct",
+             ("many", "per_s"), ("direct", "many", "per_s"), lambda r: r >= 0.6),
+            ("5", f"legacy app through a {kind} hop, paced p50 <= 2x direct",
+             ("paced", "p50_ms"), ("direct", "paced", "p50_ms"), lambda r: r <= 2),
+            ("5", f"gateway CPU per request through a {kind} hop <= plain forwarding",
+             ("one", "gateway_cpu_us"), ("plain", "one", "gateway_cpu_us"), lambda r: r <= 1.0),
+        )  # fmt: skip
+        for item, text, top, bottom, ok in checks:
+            r = _ratio(res, ("legacy", kind, *top), ("legacy", *bottom))
+            out.append(_mark(item, text, r, r is not None and ok(r)))
     return out
 
 
@@ -323,14 +259,20 @@ def memory_lines(mem: Result, scale: Any) -> list[str]:
 
 def render(res: Result, plots: list[str]) -> str:
     """The whole page."""
-    scale = res["scale"]
+    rtt_ms = res["scale"]["rtt_s"] * 1e3
+    lines = [*_head(res), *_tables(res, rtt_ms)]
+    lines += poll_ahead_lines(res.get("poll_ahead"))
+    lines += _target_lines(res)
+    if res.get("profile"):
+        lines += ["### Profile", "", "```", *res["profile"], "```", ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}](benchmarks/{p})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def _head(res: Result) -> list[str]:
     env = res["environment"]
-    rtt_ms = scale["rtt_s"] * 1e3
-
-    class S:  # attribute access for the table helpers
-        many, rate, rtt_s = scale["many"], scale["rate"], scale["rtt_s"]
-
-    lines = [
+    return [
         "# Benchmarks",
         "",
         "Written by `python -m bench` (`make bench`); do not edit by hand, rerun it. "
@@ -347,6 +289,16 @@ def render(res: Result, plots: list[str]) -> str:
         f"Machine: {env['cpu']}, {env['cores']} cores, Linux {env['kernel']}. "
         f"Python {env['python']}, aiohttp {env['aiohttp']}, python-engineio {env['engineio']}.",
         "",
+    ]
+
+
+def _tables(res: Result, rtt_ms: float) -> list[str]:
+    scale = res["scale"]
+
+    class S:  # attribute access for the table helpers
+        many, rate, rtt_s = scale["many"], scale["rate"], scale["rtt_s"]
+
+    return [
         "## Messages: hop sessions beside the anchors",
         "",
         "Two processes (client, server) on loopback, 100-byte messages unless "
@@ -371,8 +323,10 @@ def render(res: Result, plots: list[str]) -> str:
         *memory_lines(res.get("memory", {}), scale),
         "",
     ]
-    lines += poll_ahead_lines(res.get("poll_ahead"))
-    lines += ["## Targets (issue 13)", "", "| item | target | measured | |", "|---|---|---|---|"]
+
+
+def _target_lines(res: Result) -> list[str]:
+    lines = ["## Targets (issue 13)", "", "| item | target | measured | |", "|---|---|---|---|"]
     missed = []
     for item, text, measured, met in targets(res):
         mark = "not measured" if met is None else ("met" if met else "**missed**")
@@ -388,11 +342,7 @@ def render(res: Result, plots: list[str]) -> str:
                 f"* {text}: {cause or 'not profiled yet: run `python -m bench --profile ROW`.'}"
             )
         lines.append("")
-    if res.get("profile"):
-        lines += ["### Profile", "", "```", *res["profile"], "```", ""]
-    if plots:
-        lines += ["## Plots", ""] + [f"![{p}](benchmarks/{p})" for p in plots] + [""]
-    return "\n".join(lines)
+    return lines
 
 
 def poll_ahead_lines(section: Any) -> list[str]:
@@ -403,67 +353,27 @@ def poll_ahead_lines(section: Any) -> list[str]:
         return [*lines, f"failed: {section['failed']}", ""]
     if isinstance(section, dict) and isinstance(section.get("markdown"), str):
         return [*lines, section["markdown"], ""]
+    rows = section.get("rows") if isinstance(section, dict) else None
+    if isinstance(rows, dict) and all(isinstance(r, dict) for r in rows.values()):
+        rtt = section.get("rtt_ms")
+        lines += [
+            "From `bench/poll_ahead.py`" + (f", {rtt:.0f} ms RTT" if rtt else "") + ":",
+            "",
+            "| path | p50 ms | p99 ms | events |",
+            "|---|---|---|---|",
+        ]
+        for name, r in rows.items():
+            lines.append(
+                f"| {name} | {cell(r.get('p50_ms'), '{:.1f}')} | {cell(r.get('p99_ms'), '{:.1f}')} "
+                f"| {cell(r.get('events'))} |"
+            )
+        extra = {
+            k: v for k, v in section.items() if k not in ("rows", "rtt_ms") and "samples" not in k
+        }
+        return [*lines, "", f"Other figures: `{extra}`" if extra else "", ""]
     shown = (
         {k: v for k, v in section.items() if "samples" not in k}
         if isinstance(section, dict)
         else section
     )
     return [*lines, "```", str(shown)[:3000], "```", ""]
-
-
-def write_plots(res: Result, outdir: Path) -> list[str]:
-    """PNG files in ``outdir`` (created); returns their names. Needs matplotlib."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    outdir.mkdir(parents=True, exist_ok=True)
-    names = []
-    leg = res.get("legacy", {})
-    series: list[tuple[str, list[float]]] = []
-    for kind, label in LEGACY_COLUMNS.items():
-        for key, what in (("paced", "paced"), ("rtt", f"{res['scale']['rtt_s'] * 1e3:.0f} ms RTT")):
-            samples = get(leg, kind, key, "samples_ms")
-            if samples:
-                series.append((f"{label}, {what}", samples))
-    pa = res.get("poll_ahead")
-    if isinstance(pa, dict):
-        for label, samples in (pa.get("samples_ms") or {}).items():
-            series.append((f"poll-ahead: {label}", list(samples)))
-    if series:
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for label, samples in series:
-            ordered = sorted(samples)
-            ax.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("event delivery latency, ms (log)")
-        ax.set_ylabel("fraction of events")
-        ax.set_title("Legacy app: latency CDF, direct vs hops")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(outdir / "latency-cdf.png", dpi=100)
-        plt.close(fig)
-        names.append("latency-cdf.png")
-    msgs = res.get("messages", {})
-    fig, ax = plt.subplots(figsize=(8, 5))
-    drawn = False
-    for kind, label in MSG_COLUMNS.items():
-        rates = get(msgs, kind, "sizes", "mb_s")
-        if rates:
-            sizes = sorted(int(s) for s in rates)
-            ax.plot(sizes, [rates[str(s)] for s in sizes], marker="o", label=label)
-            drawn = True
-    if drawn:
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("message size, bytes (log)")
-        ax.set_ylabel("MB/s, client -> server burst")
-        ax.set_title("Throughput vs message size")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(outdir / "throughput-by-size.png", dpi=100)
-        names.append("throughput-by-size.png")
-    plt.close(fig)
-    return names

@@ -328,7 +328,8 @@ async def held_polls(tree: Path, scale: Scale, kind: str) -> Result:
     n = scale.held_polls
     with (
         running(python_child("legacy_app.py", "origin", "--hold", "120")) as origin,
-        hop_path(kind, origin.announced, tree) as route,
+        # Past --max-streams (256) polls would queue at the client gateway, then go plain.
+        hop_path(kind, origin.announced, tree, flags=("--max-streams", str(n + 100))) as route,
     ):
         await asyncio.sleep(0.5)
         base = _rss(*route.gateways)

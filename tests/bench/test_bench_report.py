@@ -1,0 +1,47 @@
+"""bench/suite_report.py: a failed row reads as failed, targets are marked from the figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.suite_report import render, targets
+
+SCALE = {"many": 100, "rate": 100.0, "rtt_s": 0.05, "idle_sessions": 10_000, "raw_sockets": 10_000,
+         "held_polls": 2_000}  # fmt: skip
+ENV = {"cpu": "cpu", "cores": "2", "kernel": "6", "python": "3.11", "aiohttp": "3", "engineio": "4",
+       "tree": "/t", "commit": "abc"}  # fmt: skip
+
+
+def results() -> dict[str, Any]:
+    return {
+        "scale_name": "full", "scale": SCALE, "environment": ENV, "started": "now", "took_s": 1.0,
+        "messages": {
+            "raw": {"burst": {"msg_s": 100_000.0}, "sizes": {"mb_s": {"65536": 1000.0}}},
+            "eio-ws": {"turns": {"msg_s": 10_000.0}, "sizes": {"mb_s": {"65536": 500.0}}},
+            "eio-poll": {"burst": {"failed": "TimeoutError: did not finish"}},
+            "hop-ws": {"burst": {"msg_s": 95_000.0}, "turns": {"msg_s": 15_000.0, "cpu_us": 8.0},
+                       "sizes": {"mb_s": {"65536": 700.0}}},
+            "hop-lp": {"failed": "RuntimeError: boom"},
+        },
+        "legacy": {"direct": {"one": {"per_s": 1000.0}}, "websocket": {"one": {"per_s": 400.0}}},
+        "memory": {"idle_session": {"kb_per": 20.0}},
+    }  # fmt: skip
+
+
+def test_targets_are_marked_from_the_figures() -> None:
+    marks = {text: met for _item, text, _shown, met in targets(results())}
+    assert marks["bursts over a WebSocket hop >= 0.9x raw aiohttp"] is True
+    turns = "one message per loop turn, WebSocket hop >= 2x python-engineio WebSocket"
+    assert marks[turns] is False
+    assert marks["about <= 10 us CPU per message (server gateway)"] is True
+    assert marks["legacy app through a websocket hop, 1 client >= 0.35x direct"] is True
+    assert marks["RSS per idle hop session at 10,000 sessions <= 16 KB"] is False
+    assert marks["64 KiB over a long-poll hop >= 0.6x raw aiohttp"] is None  # not measured
+
+
+def test_page_says_what_failed_and_what_was_missed() -> None:
+    page = render(results(), [])
+    assert "did not finish" in page  # python-engineio polling's burst
+    assert "failed (RuntimeError: boom)" in page
+    assert "**missed**" in page and "| met |" in page
+    assert "### Why the missed targets are missed" in page
