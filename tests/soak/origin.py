@@ -43,7 +43,8 @@ async def sends(request: web.Request) -> web.Response:
 
 
 async def held(request: web.Request) -> web.Response:
-    """``GET /soak/hold?s=N``: answer after N seconds (a request surely in flight at a fault)."""
+    """``GET/POST /soak/hold?s=N``: answered after N s (a request surely in flight at a fault)."""
+    await request.read()
     await asyncio.sleep(float(request.query.get("s", "30")))
     return web.Response(text="held and answered")
 
@@ -61,6 +62,7 @@ def soak_app(hold: float, history: int) -> web.Application:
     room.add = counted_add  # type: ignore[method-assign]
     app.router.add_get("/soak/sends", sends)
     app.router.add_get("/soak/hold", held)
+    app.router.add_post("/soak/hold", held)
     return app
 
 

@@ -102,14 +102,20 @@ class SendStream:
         return [s for s in self.sent if start <= s.at < end]
 
 
-async def held_request(base_url: str, seconds: float) -> Sent:
-    """``GET /soak/hold?s=seconds`` through ``base_url``: in flight for that long."""
+async def held_request(base_url: str, seconds: float, *, body: bytes | None = None) -> Sent:
+    """``GET /soak/hold?s=seconds`` through ``base_url``: in flight for that long.
+
+    With ``body``, a POST: a request no gateway may send again when its
+    session dies (a body-less GET is, once: RFC 9110 section 9.2.2).
+    """
     started = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=ANSWER_TIMEOUT + seconds)
+    method = "GET" if body is None else "POST"
+    url, params = f"{base_url}/soak/hold", {"s": str(seconds)}
     try:
         async with (
             aiohttp.ClientSession() as http,
-            http.get(f"{base_url}/soak/hold", params={"s": str(seconds)}, timeout=timeout) as resp,
+            http.request(method, url, params=params, data=body, timeout=timeout) as resp,
         ):
             why = (await resp.text())[:200]
             status = resp.status
