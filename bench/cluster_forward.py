@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import sys
 import tempfile
@@ -128,10 +129,21 @@ def wait_for_hop(client: GatewayProcess, transport: str, timeout: float = 30.0) 
     raise RuntimeError(f"the hop stayed on {seen!r}, not {transport!r}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_path(
     origin_url: str, forwarded: bool, transport: str, requests: int, concurrency: int
-) -> tuple[dict[int, float], int]:
-    """Requests/s at 1 and ``concurrency``, and how many requests instance 2 passed on."""
+) -> tuple[dict[int, float], float, int]:
+    """Requests/s at 1 and ``concurrency``, the instances' CPU ms per request, and how
+    many requests instance 2 passed on.
+
+    CPU time is the steadier figure on a shared machine: requests/s moves with
+    whatever else runs, the CPU an instance spends per request much less.
+    """
     with (
         instances(origin_url) as (one, two),
         haproxy(
@@ -141,11 +153,14 @@ async def run_path(
         client = start_gateway("client", "--upstream", router.url, log_level="info")
         try:
             await asyncio.to_thread(wait_for_hop, client, transport)
+            before = cpu_seconds(one.pid) + cpu_seconds(two.pid)
             rates = {c: await measure(client.url, requests, c) for c in (1, concurrency)}
+            # ``measure`` sends every request twice (warm-up, then timed), at both levels.
+            cpu_ms = (cpu_seconds(one.pid) + cpu_seconds(two.pid) - before) * 1000 / (4 * requests)
         finally:
             client.stop()
         cluster = status(two.url)["cluster"]
-        return rates, int(cluster["forwarded"])  # type: ignore[index]
+        return rates, cpu_ms, int(cluster["forwarded"])  # type: ignore[index]
 
 
 async def main() -> None:
@@ -156,17 +171,19 @@ async def main() -> None:
     runner, origin_url = await origin()
     c = args.concurrency
     print(f"{'hop':<10} {'path':<10} {'1 at a time':>14} {f'{c} at a time':>14} {'x direct':>9}"
-          f" {'passed on':>10}")  # fmt: skip
+          f" {'cpu ms/req':>11} {'passed on':>10}")  # fmt: skip
     try:
         for transport in ("websocket", "long-poll"):
             base: dict[int, float] = {}
             for forwarded in (False, True):
-                rates, passed = await run_path(origin_url, forwarded, transport, args.requests, c)
+                rates, cpu_ms, passed = await run_path(
+                    origin_url, forwarded, transport, args.requests, c
+                )
                 base = base or rates
                 name = "forwarded" if forwarded else "direct"
                 print(
                     f"{transport:<10} {name:<10} {rates[1]:>10.0f} r/s {rates[c]:>10.0f} r/s "
-                    f"{rates[c] / base[c]:>9.2f} {passed:>10}",
+                    f"{rates[c] / base[c]:>9.2f} {cpu_ms:>11.2f} {passed:>10}",
                     flush=True,
                 )
     finally:

@@ -98,6 +98,11 @@ class ClusterForwarder:
         self._http: aiohttp.ClientSession | None = None
         self._active = 0
         self._closed = False
+        log.info(
+            "= cluster instance %s: its session ids start with %s.",
+            self.ids.advertise,
+            self.ids.owner_part,
+        )
 
     @property
     def active(self) -> int:
@@ -116,19 +121,24 @@ class ClusterForwarder:
         verdict = self.ids.judge(session_id)
         if verdict.kind == "forged":
             self.stats.forged += 1
-            log.info("= refused session id %.12s…: %s", session_id, verdict.reason)
+            log.debug("= refused session id %r…: %s", session_id[:12], verdict.reason)
             return text_error(404, "no such hop session (unknown or expired)")
-        if verdict.kind != "remote":
+        if verdict.kind == "plain":
             return None
-        proof = request.headers.get(CLUSTER_HEADER)
-        if proof is not None:
-            peer = self.ids.check_proof(proof, time.time(), request.method, request.path)
-            if peer is not None:
-                log.debug(
-                    "< %s for a session of %s passed on for %s", request.method, verdict.owner, peer
-                )
-                return None
+        if CLUSTER_HEADER in request.headers and self._passed_here(request):
+            return None
+        if verdict.kind == "local":
+            return None
         return await self.forward(request, verdict)
+
+    def _passed_here(self, request: web.BaseRequest) -> bool:
+        """The request carries a valid proof: another instance passed it here."""
+        proof = request.headers.get(CLUSTER_HEADER, "")
+        peer = self.ids.check_proof(proof, time.time(), request.method, request.path)
+        if peer is not None:
+            log.debug("< %s %s passed on by an instance for %s", request.method,
+                      request.path[:60], peer)  # fmt: skip
+        return peer is not None
 
     async def forward(self, request: web.BaseRequest, verdict: Verdict) -> web.StreamResponse:
         """Pass ``request`` to ``verdict.owner``, within the cap on forwards in flight."""

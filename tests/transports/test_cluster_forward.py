@@ -176,6 +176,13 @@ async def test_a_session_keeps_working_through_the_instance_that_does_not_own_it
         expected_least = 1 if transport == "websocket" else 10  # one attach vs many polls
         assert forwarded["forwarded"] >= expected_least, forwarded  # type: ignore[index]
         assert forwarded["forged"] == forwarded["forward_errors"] == 0, forwarded  # type: ignore[index]
+    # The client closed its session: the close crossed instance 2 (the WebSocket's close
+    # frames both ways, the long-poll's last requests), the owner ended the session and
+    # nothing stays open in between.
+    forwarder = cluster.two.sessions.cluster  # type: ignore[union-attr]
+    assert forwarder is not None
+    await until(lambda: forwarder.active == 0, "instance 2's forwards to end", timeout=10)
+    await until(lambda: cluster.one.stats.active_sessions == 0, "the owner to end it", 10)
 
 
 # -- ids that must go nowhere ----------------------------------------------------------
