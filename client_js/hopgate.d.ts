@@ -73,7 +73,8 @@ export interface HopSocketOptions {
    * Promise; it is asked again for each request, so a refreshed token is
    * used). Sent as `Authorization: Bearer <token>` on the gateway's HTTP
    * requests and, since a browser cannot set headers on a WebSocket, as
-   * `access_token=<token>` in the hop WebSocket's query. For a proxy in front
+   * `access_token=<token>` in the hop WebSocket's query (which access logs may
+   * keep: prefer short-lived tokens). For a proxy in front
    * of the gateway that checks it; the endpoint's own auth goes in `headers`.
    */
   auth?: string | null | (() => string | null | Promise<string | null>);
