@@ -7,8 +7,9 @@ request for another instance's session passes it on over an internal
 connection and streams the answer back, so the peer cannot tell:
 
 * long-poll GET and POST: same method, path, query and end-to-end headers,
-  the body streamed to the owner, the owner's status, headers and body
-  streamed back (a held GET stays held on the owner);
+  the body passed to the owner, the owner's status, headers and body passed
+  back (a held GET stays held on the owner); bodies over ``WHOLE_BODY`` are
+  streamed, smaller announced ones go in one write;
 * WebSocket attach: the owner's handshake first; the peer's upgrade is
   accepted only once the owner answered ``101`` (a refusal reaches the peer
   with the owner's status, headers and body), then frames are pumped both
@@ -66,6 +67,8 @@ __all__ = ["ClusterForwarder", "ClusterSettings"]
 
 log = logging.getLogger("hopgate.cluster")
 
+#: Bodies announced at most this large are passed on whole (one write); larger are streamed.
+WHOLE_BODY: Final = 256 * 1024
 #: Headers aiohttp would add to a request on its own; a forward adds nothing.
 _AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
@@ -201,25 +204,33 @@ class ClusterForwarder:
 
     async def _exchange(self, request: web.BaseRequest, owner: str) -> web.StreamResponse:
         url = URL(owner + request.raw_path, encoded=True)
-        body: AsyncIterator[bytes] | None = request_body(request) if request.body_exists else None
         response: web.StreamResponse | None = None
         try:
             async with self._client().request(
                 request.method,
                 url,
                 headers=self._outgoing(request),
-                data=body,
+                data=await _body(request),
                 allow_redirects=False,
                 skip_auto_headers=_AUTO_HEADERS,
             ) as answer:
                 headers = hdr.strip_hop_by_hop(answer.headers)
-                response = web.StreamResponse(
-                    status=answer.status, reason=answer.reason, headers=headers
-                )
-                await response.prepare(request)
-                async for chunk in answer.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
+                size = answer.content_length
+                if size is not None and size <= WHOLE_BODY:
+                    # A session answer is a batch, most of them small: one write back.
+                    headers.popall("Content-Length", None)
+                    body = await answer.read()
+                    response = web.Response(
+                        status=answer.status, reason=answer.reason, headers=headers, body=body
+                    )
+                else:
+                    response = web.StreamResponse(
+                        status=answer.status, reason=answer.reason, headers=headers
+                    )
+                    await response.prepare(request)
+                    async for chunk in answer.content.iter_any():
+                        await response.write(chunk)
+                    await response.write_eof()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return self._failed(request, owner, exc, response)
         self.stats.forwarded += 1
@@ -281,6 +292,16 @@ class ClusterForwarder:
         finally:
             await close_peer(upstream, WSCloseCode.GOING_AWAY, "forward ended")
         return downstream
+
+
+async def _body(request: web.BaseRequest) -> bytes | AsyncIterator[bytes] | None:
+    """The body to pass on: read whole when it is small and announced, else streamed."""
+    if not request.body_exists:
+        return None
+    size = request.content_length
+    if size is not None and size <= WHOLE_BODY and "Expect" not in request.headers:
+        return await request.read()
+    return request_body(request)
 
 
 def _refusal(refused: OriginRefused) -> web.Response:

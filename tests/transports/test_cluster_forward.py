@@ -137,6 +137,9 @@ async def legacy_traffic(client: Gateway, count: int) -> None:
                 assert (answer.status, await answer.text()) == (200, f"GET /echo?n={i} ")
             async with http.post(f"{client.url}/post", data=f"body {i}") as answer:
                 assert (answer.status, await answer.text()) == (200, f"POST /post body {i}")
+        big = "x" * (1024 * 1024)  # batches larger than WHOLE_BODY stream through instance 2
+        async with http.post(f"{client.url}/big", data=big) as answer:
+            assert (answer.status, await answer.text()) == (200, f"POST /big {big}")
 
 
 async def status_of(gw: Gateway) -> dict[str, object]:
