@@ -31,6 +31,7 @@ __all__ = [
     "limit_reads",
     "never_resend",
     "take_over_reading",
+    "write_frame_now",
 ]
 
 
@@ -70,6 +71,35 @@ def never_resend(client: aiohttp.ClientSession) -> None:
     matches ``ServerDisconnectedError``/``ClientOSError`` by class.
     """
     client._retry_connection = False
+
+
+#: Bytes waiting in a socket's buffer beyond which ``write_frame_now`` declines:
+#: the caller awaits ``send_bytes``, which waits for the socket to drain.
+SYNC_WRITE_LIMIT = 64 * 1024
+
+
+def write_frame_now(
+    ws: aiohttp.ClientWebSocketResponse | web.WebSocketResponse, data: bytes
+) -> bool:
+    """Write one binary frame without awaiting; False (nothing written) when that is not safe.
+
+    A hop session flushes once per loop turn from a callback, not a task per
+    message, and ``send_bytes`` is a coroutine even when it never suspends.
+    Declines when the socket's buffer holds more than SYNC_WRITE_LIMIT, when
+    compression is on, or once closing: ``send_bytes`` then does the job.
+
+    Internal: ``_writer`` and ``WebSocketWriter._write_websocket_frame`` (the
+    synchronous part of ``send_frame``; it also counts ``_output_size``, so the
+    next ``send_bytes`` still drains when it should) and ``_closing``.
+    """
+    writer = ws._writer
+    if writer is None or writer.compress or writer._closing:
+        return False
+    transport = writer.transport
+    if transport.is_closing() or transport.get_write_buffer_size() > SYNC_WRITE_LIMIT:
+        return False
+    writer._write_websocket_frame(data, aiohttp.WSMsgType.BINARY, 0)
+    return True
 
 
 class _ByteFeed:

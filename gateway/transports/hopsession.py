@@ -8,41 +8,40 @@ A :class:`HopSession` wraps one sans-I/O :class:`~gateway.core.session.machine.S
 
 * **one loop timer** (``loop.call_at``, no task) set for the core's
   ``next_deadline`` runs its timers (heartbeat, retransmit, stall watchdog,
-  expiry, close handshake), so a session expires even when no transport is
-  attached. Whatever may move the deadline asks for one recomputation at the
-  end of the loop turn; the timer is moved only when the deadline comes
-  earlier (a timer that fires early just re-arms). An idle session is
-  therefore a few small objects and one heap entry of the event loop: no
-  task, no event, no future until something waits on it;
+  delayed ACK, expiry, close handshake), so a session expires even with no
+  transport. What may bring the deadline earlier (events, data going out with
+  none outstanding; never a plain ``send``) asks for one recomputation at the
+  end of the loop turn; the timer moves only when the deadline comes earlier
+  (one that fires early re-arms). An idle session is a few small objects and
+  one heap entry of the event loop: no task, event or future until used;
 * **at most one current transport** (``ws.WebSocketTransport``,
   ``longpoll.LongPollClient`` or ``longpoll.LongPollServer``) writes the
-  core's batches. A transport that is not current may still *feed* what it
-  receives (a late batch is harmless: the core discards duplicates), but it
-  never writes;
-* **one writer per live transport** waits on :meth:`wait_changed`, which
-  :meth:`send`, :meth:`feed` and the pump wake up whenever the core may have
-  something new to write.
+  core's batches. One that is not current may still *feed* what it receives
+  (the core discards duplicates), but never writes;
+* :meth:`wake` (from :meth:`send`, :meth:`feed`, the timer) tells writers the
+  core may have something new: long-poll writers wait on :meth:`wait_changed`;
+  the current WebSocket's *flusher* schedules one synchronous flush per loop
+  turn (no task wake-up per message).
 
 Messages are delivered by calling ``on_message`` synchronously from
-:meth:`feed` (i.e. from the transport's receive loop): no task per message.
-Writers take whatever accumulated since their last write as one batch
-(``Session.data_to_send``), so a burst of ``send`` calls costs one write.
+:meth:`feed` (the transport's receive loop): no task per message. Writers take
+whatever accumulated since their last write as one batch, so a burst of
+``send`` calls costs one write.
 
-Transports call :meth:`attach` when they become usable (for WebSocket: after
-the probe), :meth:`detach` when they die, and :meth:`feed`/:meth:`take` in
-between. Attaching a new transport abandons the old one (its held GET is
-answered, its socket closed in the background); the core replays everything
-unacknowledged on the new one, so a switch loses nothing.
+Transports call :meth:`attach` when usable (WebSocket: after the probe),
+:meth:`detach` when they die, :meth:`feed`/:meth:`take` in between. Attaching
+a new transport abandons the old one (its held GET is answered, its socket
+closed in the background); the core replays everything unacknowledged on the
+new one, so a switch loses nothing.
 
 When the core reports ``SessionClosed``, the session is *finished*:
 ``on_closed`` runs once, :meth:`wait_closed` returns, the current transport
 flushes what is left (the last ACK, an ABORT) and closes itself, and the timer
-stops. :meth:`abandon` finishes a session without the core's handshake (a
-peer that forgot the session, a gateway that must stop now).
+stops. :meth:`abandon` finishes a session without the core's handshake.
 
 Raises ``SessionClosedError`` from :meth:`send`/:meth:`drain` on a finished
-session (the transport errors are drawn in ``gateway.transports.errors``, the
-core's in ``gateway.core.session.errors``); its timers and limits are a
+session (transport errors: ``gateway.transports.errors``; the core's:
+``gateway.core.session.errors``); timers and limits: a
 :class:`~gateway.transports.session_settings.SessionSettings`.
 """
 
@@ -121,6 +120,7 @@ class HopSession:
         "bytes_received",
         "bytes_sent",
         "epoch",
+        "flusher",
         "is_client",
         "last_activity",
         "messages_received",
@@ -154,6 +154,8 @@ class HopSession:
         self._on_writable: Callable[[], None] | None = None
         self._on_closed: Callable[[int, str], None] | None = None
         self._early: list[bytes | str] | None = None
+        #: The current WebSocket's flush (once per loop turn), told whenever the core may write.
+        self.flusher: Callable[[], None] | None = None
         self._background = TaskSet()
         # What metrics read (summed at scrape time, gateway.metrics): plain
         # counters, one ``+=`` per message or batch.
@@ -222,11 +224,8 @@ class HopSession:
         return self._close_info is None and self._core.writable
 
     def send(self, data: bytes | str) -> bool:
-        """Queue one whole message. False (nothing queued) when the replay buffer is full.
-
-        ``on_writable`` fires once space frees. Raises SessionClosedError once
-        the session is closing or closed.
-        """
+        """Queue one whole message; False (nothing queued) when the replay buffer is full
+        (``on_writable`` fires once space frees). SessionClosedError once closing or closed."""
         core = self._core
         if self._close_info is not None or core.state is not SessionState.OPEN:
             raise SessionClosedError(*self._close_info_or_closing())
@@ -234,8 +233,7 @@ class HopSession:
             return False
         core.send_message(data)
         self.messages_sent += 1
-        self.wake()
-        self._rearm()
+        self.wake()  # no timer moves until take(): nothing is outstanding yet
         return True
 
     async def drain(self) -> None:
@@ -339,12 +337,14 @@ class HopSession:
 
     def take(self, *, include_data: bool = True) -> bytes:
         """The next batch to write on the current transport (may be b"")."""
-        now = self.now()
-        batch = self._core.data_to_send(now, include_data=include_data)
+        core, now = self._core, self.now()
+        was_outstanding = core.outstanding
+        batch = core.data_to_send(now, include_data=include_data)
         if batch:
             self.bytes_sent += len(batch)
             self.last_activity = now
-        self._rearm()
+        if not was_outstanding:  # retransmit/stall timers start; once running they only move later
+            self._rearm()
         return batch
 
     def set_heartbeat(self, seconds: float) -> None:
@@ -363,6 +363,8 @@ class HopSession:
     def wake(self) -> None:
         if self._changed is not None:
             self._changed.set()
+        if self.flusher is not None:
+            self.flusher()
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """A background task the session keeps a reference to (closing sockets)."""
@@ -399,8 +401,7 @@ class HopSession:
         """Finish without the core's handshake (the peer forgot us, or we must stop now)."""
         if self._close_info is not None:
             return
-        current = self._current
-        self._current = None
+        current, self._current = self._current, None
         if current is not None:
             current.abandon()
         self._finish(code, reason)
@@ -414,8 +415,7 @@ class HopSession:
         self.messages_received += 1
         handler = self._on_message
         if handler is None:
-            if self._early is None:
-                self._early = []
+            self._early = self._early or []
             self._early.append(data)
             return
         try:
@@ -427,9 +427,7 @@ class HopSession:
 
     def _transport_changed(self, old: str) -> None:
         new = self.transport
-        if old == new:
-            return
-        for callback in self.on_transport_change:
+        for callback in self.on_transport_change if old != new else ():
             try:
                 callback(old, new)
             except Exception:
@@ -455,9 +453,8 @@ class HopSession:
         finished, self.on_finished = self.on_finished, []
         for callback in finished:
             callback(self)
-        # Break the cycles with the application (a tunnel holds us, we hold its
-        # bound methods), so a finished session is freed by reference counting
-        # at once rather than by the next full garbage collection.
+        # Break the cycles with the application (a tunnel holds us, we hold its bound
+        # methods): reference counting frees a finished session, not the next full GC.
         self._on_message = self._on_writable = self._on_closed = None
         self.on_stalled = self.on_transport_lost = self.on_event = None
         self.on_transport_change = []
@@ -475,11 +472,10 @@ class HopSession:
         deadline = self._core.next_deadline()
         if deadline is None:
             return  # a timer still armed fires harmlessly and is not renewed
-        timer = self._timer
-        if timer is not None:
+        if self._timer is not None:
             if self._timer_at <= deadline:
                 return  # fires first; _on_timer schedules the rest
-            timer.cancel()
+            self._timer.cancel()
         self._timer_at = deadline
         self._timer = self._loop.call_at(deadline, self._on_timer)
 

@@ -32,7 +32,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from gateway.core.session.errors import CloseCode, RemoteProtocolError, SessionUsageError
-from gateway.core.session.machine import SessionState
+from gateway.transports.aiohttp_internals import write_frame_now
 from gateway.transports.errors import HandshakeRefused, TransportFailed
 from gateway.transports.handshake import SessionRoute
 from gateway.transports.hopsession import HopSession
@@ -42,6 +42,8 @@ from gateway.transports.session_settings import SessionSettings
 __all__ = ["SUBPROTOCOL", "WebSocketTransport", "accept_websocket", "open_websocket"]
 
 SUBPROTOCOL: Final = "hopgate.v1"
+#: Writes closer together than this (seconds) are gathered into one (``_coalescing``).
+COALESCE: Final = 0.0002
 #: Close handshake of an abandoned socket: it may be black-holed, do not wait long.
 _CLOSE_TIMEOUT: Final = 2.0
 
@@ -49,7 +51,15 @@ AnyWebSocket = aiohttp.ClientWebSocketResponse | web.WebSocketResponse
 
 
 class WebSocketTransport:
-    """A probed WebSocket carrying a hop session."""
+    """A probed WebSocket carrying a hop session.
+
+    Writing costs no task wake-up per message: while the socket is current,
+    the session's ``wake`` calls ``_flush_soon``, which schedules one
+    ``_flush`` per loop turn (``call_soon``) when the core wants to write
+    now; ``_flush`` writes each batch synchronously (``write_frame_now``).
+    The writer task sleeps until the socket's buffer is full (it awaits
+    ``send_bytes``, which drains) or the session is over (it closes).
+    """
 
     kind: Literal["websocket"] = "websocket"
 
@@ -58,12 +68,20 @@ class WebSocketTransport:
         self._ws = ws
         self.epoch = epoch
         self._abandoned = False
+        self._flush_due = False
+        self._blocked = False  # the writer task is draining the socket
+        self._kick = asyncio.Event()  # the writer task has work: drain or close
+        self._unsent: bytes | None = None  # taken, not written: the socket was full
+        self._last_write = 0.0  # loop time of the last flush that wrote
+        self._held_since: float | None = None  # a flush waits for more since then
 
     async def run(self, first_batch: bytes | None = None) -> None:
         """Attach (unless already), then carry the session until the socket or the session ends."""
         hop = self._hop
         hop.attach(self)
         writer = asyncio.create_task(self._write_loop())
+        hop.flusher = self._flush_soon
+        self._flush_soon()
         reason = "closed by peer"
         try:
             if first_batch is not None:
@@ -84,6 +102,7 @@ class WebSocketTransport:
                 # peer): the read loop's reason says why; retrieved, or asyncio logs a
                 # "Task exception was never retrieved" traceback per session.
                 writer.exception()
+            self._unhook()
             hop.detach(self, reason)
             await self._close(CloseCode.GOING_AWAY, b"")
 
@@ -91,7 +110,64 @@ class WebSocketTransport:
         if self._abandoned:
             return
         self._abandoned = True
+        self._unhook()
         self._hop.spawn(self._close(CloseCode.GOING_AWAY, b"transport switched"))
+
+    def _unhook(self) -> None:
+        if self._hop.flusher == self._flush_soon:
+            self._hop.flusher = None
+
+    def _writing(self) -> bool:
+        hop = self._hop
+        return hop.is_current(self) or (hop.closed and not self._abandoned)
+
+    def _flush_soon(self) -> None:
+        if not self._flush_due and (self._hop.core.wants_write_now or self._hop.closed):
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write what the core has now, synchronously; hand over to the writer task if it can't."""
+        self._flush_due = False
+        hop, ws = self._hop, self._ws
+        if self._blocked or not self._writing():
+            return
+        if self._coalescing():
+            return
+        core = hop.core
+        try:
+            while core.wants_write_now:
+                batch = hop.take()
+                if not write_frame_now(ws, batch):
+                    self._unsent = batch  # the writer task sends it, waiting for room
+                    self._blocked = True
+                    break
+        except ConnectionError:
+            pass  # the socket is closing: the read loop ends and says why
+        if self._blocked or hop.closed:
+            self._kick.set()
+
+    def _coalescing(self) -> bool:
+        """Wait another loop turn (True) while small writes stream: one syscall for several.
+
+        A message that comes alone (the last write was more than COALESCE ago)
+        goes at once; one per loop turn waits COALESCE at most.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - self._last_write >= COALESCE or self._hop.closed:
+            self._last_write = now
+            self._held_since = None
+            return False
+        if self._held_since is None:
+            self._held_since = now
+        elif now - self._held_since >= COALESCE:
+            self._last_write = now
+            self._held_since = None
+            return False
+        self._flush_due = True
+        loop.call_soon(self._flush)
+        return True
 
     async def _read_loop(self) -> str:
         ws, hop = self._ws, self._hop
@@ -111,17 +187,23 @@ class WebSocketTransport:
                 return f"closed ({ws.close_code})"
 
     async def _write_loop(self) -> None:
+        """Drain a full socket (``send_bytes`` waits), and close once the session is over."""
         hop, ws = self._hop, self._ws
         core = hop.core
-        while hop.is_current(self) or (hop.closed and not self._abandoned):
-            if core.wants_write:
+        while self._writing():
+            await self._kick.wait()
+            self._kick.clear()
+            batch, self._unsent = self._unsent, None
+            if batch is not None:
+                await ws.send_bytes(batch)
+            while self._writing() and core.wants_write_now:
                 await ws.send_bytes(hop.take())
-            elif core.state is SessionState.CLOSED or hop.closed:
+            self._blocked = False
+            if hop.closed and not self._abandoned:
                 code, reason = hop.close_info or (CloseCode.NORMAL, "")
                 await self._close(code, reason.encode("utf-8"))
                 return
-            else:
-                await hop.wait_changed()
+            self._flush_soon()
 
     async def _close(self, code: int, message: bytes) -> None:
         if self._ws.closed:

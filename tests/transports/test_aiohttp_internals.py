@@ -22,6 +22,7 @@ from gateway.transports.aiohttp_internals import (
     limit_reads,
     never_resend,
     take_over_reading,
+    write_frame_now,
 )
 from tests.transports.conftest import StartLowLevel
 
@@ -268,3 +269,47 @@ async def test_limit_reads_bounds_what_a_stalled_response_holds(
     assert await _buffered_after_stall(low_level_server, 1024) <= 8192 + 1024
     # The control: one asyncio read takes whatever the kernel holds, up to 256 KiB.
     assert await _buffered_after_stall(low_level_server, None) > 8192 + 1024
+
+
+def test_websocket_writer_still_has_a_synchronous_frame_write() -> None:
+    from aiohttp._websocket.writer import WebSocketWriter
+
+    method = getattr(WebSocketWriter, "_write_websocket_frame", None)
+    _internal(
+        method is not None and not inspect.iscoroutinefunction(method),
+        "WebSocketWriter._write_websocket_frame",
+        "no longer a plain (synchronous) method",
+    )
+    params = list(inspect.signature(method).parameters)
+    _internal(params[:4] == ["self", "message", "opcode", "rsv"], "_write_websocket_frame", "args")
+
+
+async def test_write_frame_now_reaches_the_peer_and_declines_once_closing() -> None:
+    received: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            received.append(msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            assert write_frame_now(ws, b"one") and write_frame_now(ws, b"two")
+            await ws.send_bytes(b"three")  # the async path after sync writes: same stream
+            async with asyncio.timeout(5):
+                while len(received) < 3:
+                    await asyncio.sleep(0.01)
+            await ws.close()
+            assert not write_frame_now(ws, b"late")
+        assert received == [b"one", b"two", b"three"]
+    finally:
+        await runner.cleanup()

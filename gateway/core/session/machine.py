@@ -178,6 +178,16 @@ class Session:
         return self._attached and (self._outbox.ack_pending or self.has_payload_to_send)
 
     @property
+    def wants_write_now(self) -> bool:
+        """``wants_write``, but a bare ACK may wait a moment for data to ride on (``outbox``)."""
+        return self._attached and (self._outbox.ack_now or self.has_payload_to_send)
+
+    @property
+    def outstanding(self) -> bool:
+        """Data sent and not acked yet (its retransmit and stall timers run)."""
+        return self._send.outstanding
+
+    @property
     def has_payload_to_send(self) -> bool:
         """``wants_write`` without bare ACKs (long-poll: acks ride on GETs and POSTs)."""
         if not self._attached:
@@ -222,17 +232,13 @@ class Session:
     # -- receiving ------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
-        """Feed one transport batch (a WebSocket message or an HTTP body).
-
-        RemoteProtocolError if the peer broke the protocol: the session is then CLOSED,
-        SessionClosed queued, an ABORT ready in ``data_to_send``. A closed session ignores
-        data (re-acking a graceful close, re-sending the ABORT of a failed one).
-        """
+        """Feed one transport batch. RemoteProtocolError if the peer broke the protocol (then
+        CLOSED, SessionClosed queued, an ABORT ready); once CLOSED: re-ack a close, re-ABORT."""
         if self._state is _CLOSED:
             if self._outbox.abort_frame is not None:
                 self._outbox.abort_due = self._attached
             elif data:
-                self._outbox.ack_pending = True
+                self._outbox.ack_at_once()
             return
         try:
             handlers = _HANDLERS
@@ -250,7 +256,7 @@ class Session:
         return events
 
     def _on_data(self, frame: Data, now: float) -> None:
-        self._outbox.ack_pending = True
+        self._outbox.data_received(frame.seq, self._recv.received, len(frame.payload), now)
         message = self._recv.accept(frame, self._config.max_message_size)
         if message is not None:
             self._events.append(MessageReceived(data=message))
@@ -277,7 +283,7 @@ class Session:
             self._events.append(answered)
 
     def _on_close(self, frame: Close, now: float) -> None:
-        self._outbox.ack_pending = True
+        self._outbox.ack_at_once()
         if not self._recv.accept_close(frame):
             return
         if self._state is _OPEN:
@@ -307,10 +313,8 @@ class Session:
     # -- sending ----------------------------------------------------------------
 
     def send_message(self, data: bytes | bytearray | memoryview | str) -> None:
-        """Queue one whole message; ``str`` travels as text, anything else as binary.
-
-        BufferFull (nothing queued) when not ``writable``; SessionUsageError when closing,
-        closed or over ``max_message_size``."""
+        """Queue one whole message (``str``: text). BufferFull (nothing queued) when not
+        ``writable``; SessionUsageError when closing, closed or over ``max_message_size``."""
         if self._state is not _OPEN:
             raise SessionUsageError(f"cannot send a message in state {self._state.name}")
         payload, text = message_payload(data)
@@ -325,13 +329,9 @@ class Session:
     def data_to_send(
         self, now: float, max_bytes: int | None = None, *, include_data: bool = True
     ) -> bytes:
-        """The next batch for the current transport, or b"" if there is nothing.
-
-        Control frames (HELLO, PONG, PING, cumulative ACK) come first, then DATA/CLOSE from
-        the send pointer up to ``max_bytes`` (default ``max_batch_bytes``; at least one frame
-        always fits), then a due GOAWAY. ``include_data=False``: control frames only (a
-        long-poll POST response carrying the ack).
-        """
+        """The next batch, or b"": control frames (HELLO, PONG, PING, ACK), then DATA/CLOSE
+        from the send pointer up to ``max_bytes`` (default ``max_batch_bytes``; one frame always
+        fits), then a due GOAWAY. ``include_data=False``: control frames only (a POST answer)."""
         if not self._attached:
             return b""
         closed = self._state is _CLOSED
@@ -368,10 +368,8 @@ class Session:
             self.goaway.send(_PACKER, last_stream_id, reason)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, now: float) -> None:
-        """Start a graceful close: CLOSE goes after everything already queued.
-
-        Idempotent once closing. SessionClosed when the peer confirmed, or after
-        ``close_timeout`` (code CLOSE_TIMEOUT)."""
+        """Graceful close: CLOSE after everything queued; idempotent. SessionClosed when the
+        peer confirmed, or after ``close_timeout`` (code CLOSE_TIMEOUT)."""
         check_close_args(code, reason)
         if self._state is not _OPEN:
             return
@@ -425,8 +423,8 @@ class Session:
             deadlines.append(live.detached_since + self._config.resume_grace)
             return min(deadlines)
         due = live.attached_deadline(self._config, self._send.outstanding)
-        if due is not None:
-            deadlines.append(due)
+        ack = self._outbox.ack_deadline()  # a bare ACK waiting for data to ride on
+        deadlines += [d for d in (due, ack) if d is not None]
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -454,6 +452,7 @@ class Session:
     def _transport_timers(self, now: float) -> None:
         """Retransmit, stall watch and heartbeat of the attached transport."""
         live = self._live
+        self._outbox.ack_timer(now)
         retransmit, stalled = live.run_transport_timers(now, self._config, self._send.outstanding)
         if retransmit:
             self._send.rewind()

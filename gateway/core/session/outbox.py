@@ -5,6 +5,14 @@ every transport, PONGs for the peer's PINGs, our heartbeat PING, the
 cumulative ACK, and after a failure the ABORT telling the peer why. Then
 come DATA/CLOSE frames from the replay buffer's send pointer, up to the
 batch budget (at least one frame always fits).
+
+Delayed acks. The ACK rides on whatever batch goes out next; a *bare* ACK
+is urgent (``ack_now``, ``Session.wants_write_now``) only after ACK_EVERY
+frames or ACK_BYTES of payload since the last one, for a duplicate (the
+peer is replaying) or a CLOSE, or ACK_DELAY after the first frame it
+covers (``ack_deadline``, one session timer per ack, not per frame). A
+message that arrives alone thus costs its receiver no frame back: the ack
+of a stream of them is one frame per ACK_EVERY.
 """
 
 from __future__ import annotations
@@ -23,6 +31,11 @@ from gateway.core.session.replay import ReplayBuffer
 __all__ = ["Outbox"]
 
 _MAX_QUEUED_PONGS: Final = 16
+#: A bare ACK waits at most this long (seconds) for a batch to ride on.
+ACK_DELAY: Final = 0.01
+#: ... and goes at once after this many DATA frames or payload bytes.
+ACK_EVERY: Final = 64
+ACK_BYTES: Final = 256 * 1024
 
 
 class Outbox:
@@ -32,11 +45,15 @@ class Outbox:
         "_config",
         "_credentials",
         "_live",
+        "_owed_bytes",
+        "_owed_frames",
         "_packer",
         "_recv",
         "_send",
         "abort_due",
         "abort_frame",
+        "ack_due_at",
+        "ack_now",
         "ack_pending",
         "hello_due",
         "pongs",
@@ -58,7 +75,10 @@ class Outbox:
         self._recv = recv
         self._live = live
         self.hello_due = False
-        self.ack_pending = False
+        self.ack_pending = False  # an ACK is owed
+        self.ack_now = False  # ... and may not wait for data to ride on
+        self.ack_due_at: float | None = None  # when a waiting bare ACK becomes urgent
+        self._owed_frames = self._owed_bytes = 0
         self.pongs: list[int] = []
         self.abort_frame: bytes | None = None  # once we gave up: tells the peer why
         self.abort_due = False
@@ -66,6 +86,28 @@ class Outbox:
     def has_payload(self) -> bool:
         """Something besides a bare ACK or ABORT waits to go out."""
         return bool(self.hello_due or self.pongs or self._live.ping_due or self._send.unsent)
+
+    def data_received(self, seq: int, received: int, size: int, now: float) -> None:
+        """A DATA frame (``seq``) arrived, ``received`` the last in order before it: owe an ACK."""
+        self.ack_pending = True
+        if self.ack_due_at is None:
+            self.ack_due_at = now + ACK_DELAY
+        self._owed_frames += 1
+        self._owed_bytes += size
+        if seq <= received or self._owed_frames >= ACK_EVERY or self._owed_bytes >= ACK_BYTES:
+            self.ack_now = True
+
+    def ack_at_once(self) -> None:
+        """A CLOSE (or data after the end): the peer waits for this ACK."""
+        self.ack_pending = self.ack_now = True
+
+    def ack_deadline(self) -> float | None:
+        """When a waiting bare ACK must go (None: none waits)."""
+        return self.ack_due_at if self.ack_pending and not self.ack_now else None
+
+    def ack_timer(self, now: float) -> None:
+        if self.ack_pending and self.ack_due_at is not None and now >= self.ack_due_at:
+            self.ack_now = True
 
     def queue_pong(self, nonce: int) -> None:
         if len(self.pongs) < _MAX_QUEUED_PONGS:
@@ -93,7 +135,9 @@ class Outbox:
             self._control_frames(parts, now)
         if self.ack_pending:
             parts.append(encode_ack(self._packer, self._recv.received))
-            self.ack_pending = False
+            self.ack_pending = self.ack_now = False
+            self.ack_due_at = None
+            self._owed_frames = self._owed_bytes = 0
         if include_data and not closed and self._send.unsent:
             self._take_frames(parts, max_bytes or self._config.max_batch_bytes, now)
         return parts
