@@ -306,6 +306,20 @@ async def open_session(gw: Gateway) -> tuple[str, str]:
         return answer.headers[SESSION_HEADER], answer.headers[TOKEN_HEADER]
 
 
+async def test_the_owners_refusal_reaches_the_peer_with_its_status(cluster: Cluster) -> None:
+    """A WebSocket is accepted only once the owner answered 101: a 403 there is a 403 here."""
+    session_id, _ = await open_session(cluster.one)
+    wrong = {TOKEN_HEADER: b64(b"w" * 32)}
+    for websocket in (False, True):
+        status, _ = await session_request(
+            cluster.two, session_id, websocket=websocket, headers=wrong
+        )
+        assert status == 403
+    stats = cluster.two.stats.cluster
+    assert stats is not None
+    assert (stats.forwarded, stats.gone, stats.forged) == (2, 0, 0)
+
+
 async def test_an_owner_that_is_gone_answers_404(cluster: Cluster) -> None:
     session_id, token = await open_session(cluster.one)
     headers = {TOKEN_HEADER: token}
