@@ -61,6 +61,7 @@ def summary(traffic: Traffic) -> dict[str, Any]:
     assert traffic.score is not None
     return {
         "failed": traffic.failed(),
+        "errors": [*traffic.sender.errors, *traffic.poller.errors][:6],
         "problems": traffic.score.problems(),
         **traffic.score.figures(),
     }
@@ -157,6 +158,16 @@ async def busy_instance(cluster: Cluster) -> Instance | None:
     return cluster.instances[number - 1] if busy[number] >= 2 else None
 
 
+async def find_victim(cluster: Cluster, direct: bool) -> Instance | None:
+    """The session's owner, or with ``direct`` the instance holding the poll (2 s at most)."""
+    for _ in range(20):  # the poll may take a moment to be held again
+        victim = await (busy_instance(cluster) if direct else session_owner(cluster))
+        if victim is not None:
+            return victim
+        await asyncio.sleep(0.1)
+    return None
+
+
 async def kill(
     tree: Path | None = None,
     clustered: bool = True,
@@ -173,7 +184,7 @@ async def kill(
             while traffic.sender.sent < count // 3:
                 await traffic.held_pause()
             await traffic.next_pause(10.0)
-            victim = await (busy_instance(cluster) if direct else session_owner(cluster))
+            victim = await find_victim(cluster, direct)
             if victim is None:
                 return {"victim": None}
             cluster.kill_instance(victim)
