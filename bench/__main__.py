@@ -12,6 +12,7 @@ both hops, idle memory, and ``bench/poll_ahead.py``'s section when it has a
     python -m bench --tree /work/before --out /tmp/before   # another checkout's gateways
     python -m bench --json run.json   # every figure (and latency samples) as JSON
     python -m bench --profile legacy-websocket   # one row, gateways under cProfile
+    python -m bench --render run.json  # rewrite the page from a saved run
 
 Every party runs in its own process, started on free ports and stopped by
 the suite; every row has a timeout; a row that fails prints ``failed: <why>``
@@ -29,6 +30,7 @@ import json
 import os
 import platform
 import pstats
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,11 +46,13 @@ if str(ROOT) not in sys.path:
 from bench import suite_plots, suite_procs, suite_report  # noqa: E402
 from bench.legacy_app import run_clients  # noqa: E402
 from bench.suite_procs import hop_path, python_child, running  # noqa: E402
-from bench.suite_rows import SCALES, Scale, figure, legacy, memory, messages  # noqa: E402
+from bench.suite_rows import SCALES, Scale, figure, legacy, memory, messages, msgload  # noqa: E402
 
 SECTIONS = ("messages", "legacy", "memory", "poll_ahead")
 #: ``--profile`` rows: a short run of one legacy path (fast clients) with gateways under cProfile.
 PROFILE_ROWS = (
+    "messages-hop-ws",
+    "messages-hop-lp",
     "legacy-websocket",
     "legacy-long-poll",
     "legacy-plain",
@@ -131,28 +135,50 @@ async def run_suite(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
 
 
 async def profile_row(args: argparse.Namespace, scale: Scale) -> list[str]:
-    """One legacy row with both gateways under cProfile; the top functions of each."""
-    kind = args.profile.removeprefix("legacy-").removesuffix("-100")
-    clients = scale.many if args.profile.endswith("-100") else 1
+    """One row with its gateways under cProfile; the top functions of each."""
     with tempfile.TemporaryDirectory() as out:
         suite_procs.PROFILE_DIR = Path(out)
         try:
-            with (
-                running(python_child("legacy_app.py", "origin")) as origin,
-                hop_path(kind, origin.announced, args.tree) as route,
-            ):
-                seen = await run_clients(route.url, clients, max(scale.duration, 3))
+            if args.profile.startswith("messages-"):
+                said = await _profiled_messages(args, scale)
+            else:
+                said = await _profiled_legacy(args, scale)
         finally:
             suite_procs.PROFILE_DIR = None
-        lines = [f"{args.profile}: {seen.events} events, {seen.errors} errors, {clients} client(s)"]
+        lines = [f"{args.profile}: {said}"]
         for path in sorted(Path(out).glob("*.prof")):
             buf = io.StringIO()
             stats = pstats.Stats(str(path), stream=buf)
-            stats.strip_dirs().sort_stats("tottime").print_stats(args.top)
-            body = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
+            stats.sort_stats(args.sort).print_stats(args.top)
+            body = [ln.replace(str(args.tree) + "/", "") for ln in buf.getvalue().splitlines()]
+            body = [ln for ln in body if ln.strip()]
             start = next((i for i, ln in enumerate(body) if "ncalls" in ln), 0)
-            lines += [f"--- {path.stem.split('-')[0]} gateway (by own time)", *body[start:]]
+            lines += [f"--- {path.stem.split('-')[0]} gateway (by {args.sort})", *body[start:]]
     return lines
+
+
+async def _profiled_legacy(args: argparse.Namespace, scale: Scale) -> str:
+    kind = args.profile.removeprefix("legacy-").removesuffix("-100")
+    clients = scale.many if args.profile.endswith("-100") else 1
+    with (
+        running(python_child("legacy_app.py", "origin")) as origin,
+        hop_path(kind, origin.announced, args.tree) as route,
+    ):
+        seen = await run_clients(route.url, clients, max(scale.duration, 3))
+    return f"{seen.events} events, {seen.errors} errors, {clients} client(s)"
+
+
+async def _profiled_messages(args: argparse.Namespace, scale: Scale) -> str:
+    kind = args.profile.removeprefix("messages-")
+    figures = ["turns", "burst", "sizes"]
+    with (
+        running(python_child("suite_anchor_server.py")) as anchor,
+        suite_procs.gateway("server", "--upstream", anchor.announced, tree=args.tree) as server,
+        suite_procs.net_path(server.url.removeprefix("http://"), 0, kind == "hop-lp") as net,
+    ):
+        url = net.url if kind == "hop-lp" else server.url
+        got = await asyncio.to_thread(msgload, kind, url, args.tree, scale, figures, [server.pid])
+    return json.dumps(got)[:400]
 
 
 def write_outputs(res: dict[str, Any], args: argparse.Namespace) -> None:
@@ -172,7 +198,13 @@ def write_outputs(res: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"wrote {page}" + (f" and {len(plots)} plots in {out / 'benchmarks'}" if plots else ""))
 
 
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every ``with`` stops the processes it started."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop)
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--quick", action="store_const", dest="scale", const="quick", help="~2 minute smoke run"
@@ -188,7 +220,9 @@ def main() -> None:
     )
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     parser.add_argument("--profile", choices=PROFILE_ROWS, help="run one row under cProfile")
+    parser.add_argument("--render", help="no run: rewrite the page from this --json file")
     parser.add_argument("--top", type=int, default=25, help="functions shown per profile")
+    parser.add_argument("--sort", default="tottime", help="pstats order (tottime, cumulative)")
     parser.set_defaults(scale="full")
     args = parser.parse_args()
     args.tree = args.tree.resolve()
@@ -196,7 +230,11 @@ def main() -> None:
     if args.profile:
         print("\n".join(asyncio.run(profile_row(args, scale))))
         return
-    res = asyncio.run(run_suite(args, scale))
+    if args.render:
+        res = json.loads(Path(args.render).read_text())
+        args.json = None
+    else:
+        res = asyncio.run(run_suite(args, scale))
     print(f"took {res['took_s']:.0f} s")
     for item, text, measured, met in suite_report.targets(res):
         mark = "" if met is None else (" met" if met else " MISSED")

@@ -284,7 +284,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.figures:
         conn: Conn | None = None
         try:
-            async with asyncio.timeout(args.timeout):
+            budget = args.timeout + (args.ticks / args.tick_rate if name == "ticks" else 0)
+            async with asyncio.timeout(budget):
                 conn = await connect(args.kind, args.url)
                 results[name] = await FIGURES[name](conn, args)
         except Exception as exc:  # a row reports why it failed and the suite goes on

@@ -244,16 +244,20 @@ def memory_lines(mem: Result, scale: Any) -> list[str]:
         why = failure(mem, key)
         return f"failed ({why[:80]})" if why else f"{cell(get(mem, key, 'kb_per'), '{:.1f}')} KB"
 
+    def count(key: str, field: str, planned: int) -> str:
+        return f"{get(mem, key, field) or planned:,}"
+
     return [
         "| idle cost | RSS each |",
         "|---|---|",
-        f"| hop session in `hopgate server`, {scale['idle_sessions']:,} idle "
-        f"| {kb('idle_session')} |",
-        f"| raw aiohttp WebSocket, {scale['raw_sockets']:,} idle | {kb('raw_socket')} |",
-        f"| held legacy long-poll through both gateways, WebSocket hop, "
-        f"{scale['held_polls']:,} held | {kb('held_websocket')} |",
-        f"| held legacy long-poll through both gateways, long-poll hop, "
-        f"{scale['held_polls']:,} held | {kb('held_long-poll')} |",
+        "| hop session in `hopgate server`, "
+        f"{count('idle_session', 'opened', scale['idle_sessions'])} idle | {kb('idle_session')} |",
+        f"| raw aiohttp WebSocket, {count('raw_socket', 'opened', scale['raw_sockets'])} idle "
+        f"| {kb('raw_socket')} |",
+        "| held legacy long-poll through both gateways, WebSocket hop, "
+        f"{count('held_websocket', 'held', scale['held_polls'])} held | {kb('held_websocket')} |",
+        "| held legacy long-poll through both gateways, long-poll hop, "
+        f"{count('held_long-poll', 'held', scale['held_polls'])} held | {kb('held_long-poll')} |",
     ]
 
 

@@ -1,0 +1,69 @@
+"""``python -m bench`` at its tiny scale, so the suite cannot rot unnoticed.
+
+Each test runs one section in a child process, as ``make bench`` would, with
+real servers, gateways and relays on loopback, and checks the figures are
+there and plausible (not their size: the machine is shared). Each stays
+under a minute on 2 busy cores.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bench(tmp_path: Path, *args: str, timeout: float = 150) -> dict[str, Any]:
+    out = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--scale", "tiny", "--json", str(out), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    doc: dict[str, Any] = json.loads(out.read_text())
+    return doc
+
+
+def test_message_rows_beside_their_anchors(tmp_path: Path) -> None:
+    doc = run_bench(tmp_path, "--only", "messages", "--no-write")
+    msgs = doc["messages"]
+    for kind in ("raw", "eio-ws", "hop-ws", "hop-lp"):
+        assert msgs[kind]["burst"]["msg_s"] > 0, msgs[kind]
+        assert msgs[kind]["rtt"]["p50_us"] > 0, msgs[kind]
+        assert msgs[kind]["sizes"]["mb_s"]["65536"] > 0, msgs[kind]
+    # Polling may not finish a burst in the tiny timeout: then it says so.
+    assert "msg_s" in msgs["eio-poll"]["burst"] or "failed" in msgs["eio-poll"]["burst"]
+    for kind in ("raw", "hop-ws", "hop-lp"):
+        # The relay adds 25 ms each way: a one-way delivery cannot beat it.
+        assert msgs["rtt"][kind]["p50_ms"] >= 24, msgs["rtt"][kind]
+
+
+def test_legacy_app_rows_and_the_page(tmp_path: Path) -> None:
+    doc = run_bench(tmp_path, "--only", "legacy", "--out", str(tmp_path))
+    legacy = doc["legacy"]
+    for kind in ("direct", "websocket", "long-poll"):
+        row = legacy[kind]
+        assert row["one"]["per_s"] > 0, row
+        assert row["paced"]["p50_ms"] > 0, row
+        assert row["bytes"]["bytes_per_event"] > 100, row  # a poll's headers at least
+        assert row["rtt"]["p50_ms"] >= 24, row  # at least the one-way delay of the relay
+    assert legacy["plain"]["one"]["per_s"] > 0
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert "## A legacy long-poll app end to end" in page
+    assert "## Targets (issue 13)" in page
+    assert "long-poll hop" in page
+
+
+def test_memory_rows(tmp_path: Path) -> None:
+    doc = run_bench(tmp_path, "--only", "memory", "--no-write")
+    mem = doc["memory"]
+    for key in ("idle_session", "raw_socket", "held_websocket", "held_long-poll"):
+        assert "kb_per" in mem[key], mem[key]
+    assert mem["idle_session"]["opened"] == 100
