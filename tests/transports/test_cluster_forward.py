@@ -351,3 +351,30 @@ async def test_a_silent_owner_answers_504(make_origin: object, listener: Listene
     assert status == 504, text
     assert 1.0 <= waited < 6.0
     assert listener.connects == 1
+
+
+async def test_forwards_in_flight_are_capped(make_origin: object, listener: Listener) -> None:
+    """2 x --max-sessions forwards at once; one more gets 503 at once, counted as busy."""
+    origin = await make_origin(echo)  # type: ignore[operator]
+    port = await listener.start()
+    silent_owner = ClusterIds(SECRET, f"http://127.0.0.1:{port}")
+    settings = {"max_sessions": 1, "hold_time": 1.0, "connect_timeout": 1.0}
+    async with instance(origin, free_port(), **settings) as gw:
+        held = [
+            asyncio.ensure_future(session_request(gw, silent_owner.session_id(new_session_id())))
+            for _ in range(2)
+        ]
+        await until(lambda: listener.connects == 2, "two forwards held by the silent owner")
+        status, text = await session_request(gw, silent_owner.session_id(new_session_id()))
+        assert status == 503, text
+        assert [status for status, _ in await asyncio.gather(*held)] == [504, 504]
+        stats = gw.stats.cluster
+        assert stats is not None
+        assert (stats.busy, stats.timeouts, stats.forwarded) == (1, 2, 0)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{gw.url}/.hopgate/metrics") as answer,
+        ):
+            metrics = await answer.text()
+        for result, count in (("busy", 1), ("timeout", 2), ("ok", 0), ("gone", 0)):
+            assert f'hopgate_cluster_forwards_total{{result="{result}"}} {count}.0' in metrics
