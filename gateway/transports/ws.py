@@ -43,7 +43,7 @@ __all__ = ["SUBPROTOCOL", "WebSocketTransport", "accept_websocket", "open_websoc
 
 SUBPROTOCOL: Final = "hopgate.v1"
 #: Writes closer together than this (seconds) are gathered into one (``_coalescing``).
-COALESCE: Final = 0.0002
+COALESCE: Final = 0.0005
 #: Close handshake of an abandoned socket: it may be black-holed, do not wait long.
 _CLOSE_TIMEOUT: Final = 2.0
 
@@ -151,7 +151,7 @@ class WebSocketTransport:
         """Wait another loop turn (True) while small writes stream: one syscall for several.
 
         A message that comes alone (the last write was more than COALESCE ago)
-        goes at once; one per loop turn waits COALESCE at most.
+        goes at once; a stream of them is written every COALESCE (one timer per write).
         """
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -165,8 +165,8 @@ class WebSocketTransport:
             self._last_write = now
             self._held_since = None
             return False
-        self._flush_due = True
-        loop.call_soon(self._flush)
+        self._flush_due = True  # later sends find the flush scheduled: one timer per write
+        loop.call_at(self._held_since + COALESCE, self._flush)
         return True
 
     async def _read_loop(self) -> str:
