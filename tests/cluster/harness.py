@@ -268,6 +268,9 @@ async def running_cluster(
                     kill_hard(child)
             if cluster.haproxy is not None:
                 print(cluster.haproxy.logs()[-4000:])
+            if cluster.client is not None:  # its warnings say why a request failed
+                warned = [line for line in cluster.client.lines if "WARNING" in line]
+                print("--- client gateway warnings\n" + "".join(warned[-40:]))
 
 
 async def status(url: str) -> dict[str, Any]:
