@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -70,6 +69,9 @@ MAC_CHARS: Final = 22
 MAX_OWNER_CHARS: Final = 128 - NONCE_CHARS - MAC_CHARS - 2
 _MAC_BYTES: Final = 16
 _B64URL: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_ID_CHARS: Final = _B64URL | {"."}
+#: Owners decoded once remembered (MAC-verified only, so only the secret can add one).
+_MAX_KNOWN_OWNERS: Final = 256
 
 Kind = Literal["plain", "local", "remote", "forged"]
 
@@ -145,7 +147,7 @@ def _decode_owner(text: str) -> str | None:
 class ClusterIds:
     """Mints and judges the session ids of one instance of a cluster."""
 
-    __slots__ = ("_key", "advertise", "owner_part")
+    __slots__ = ("_key", "_owners", "advertise", "owner_part")
 
     def __init__(self, secret: str, advertise: str) -> None:
         key = secret.encode("utf-8")
@@ -154,6 +156,7 @@ class ClusterIds:
         self._key = key
         self.advertise = normal_owner(advertise)
         self.owner_part = encode_owner(self.advertise)
+        self._owners: dict[str, str] = {}
         if len(self.owner_part) > MAX_OWNER_CHARS:
             raise ValueError(
                 f"{self.advertise} is too long to fit in a session id: at most "
@@ -163,7 +166,7 @@ class ClusterIds:
 
     def _mac(self, owner_part: str, nonce: str) -> str:
         message = f"{owner_part}.{nonce}".encode("ascii")
-        return _b64(hmac.new(self._key, message, hashlib.sha256).digest()[:_MAC_BYTES])
+        return _b64(hmac.digest(self._key, message, "sha256")[:_MAC_BYTES])
 
     def session_id(self, nonce: str) -> str:
         """The id of a new session of this instance; ``nonce`` is 22 base64url characters."""
@@ -183,23 +186,25 @@ class ClusterIds:
             0 < len(owner_part) <= MAX_OWNER_CHARS
             and len(nonce) == NONCE_CHARS
             and len(mac) == MAC_CHARS
-            and set(session_id) <= _B64URL | {"."}
+            and set(session_id) <= _ID_CHARS
         ):
             return Verdict("forged", reason="malformed cluster session id")
         if not hmac.compare_digest(mac.encode("ascii"), self._mac(owner_part, nonce).encode()):
             return Verdict("forged", reason="its MAC does not verify (forged or another cluster's)")
         if owner_part == self.owner_part:
             return Verdict("local", owner=self.advertise)
-        owner = _decode_owner(owner_part)
+        owner = self._owners.get(owner_part) or _decode_owner(owner_part)
         if owner is None:
             return Verdict("forged", reason="its owner is not an http(s) URL in normal form")
+        if len(self._owners) < _MAX_KNOWN_OWNERS:
+            self._owners[owner_part] = owner
         return Verdict("remote", owner=owner)
 
     # -- the internal proof ----------------------------------------------------------
 
     def _proof_mac(self, stamp: int, peer: str, method: str, path: str) -> str:
         message = f"hopgate.cluster v1 {stamp} {peer} {method} {path}".encode("utf-8", "replace")
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+        return hmac.digest(self._key, message, "sha256").hex()
 
     def internal_proof(self, now: float, peer: str, method: str, path: str) -> str:
         """``X-Hopgate-Cluster`` for a request passed on: ``v1 <time> <peer> <hex mac>``.
