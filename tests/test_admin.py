@@ -192,6 +192,8 @@ async def test_sigterm_makes_a_real_server_unready_while_live_during_the_grace(
         status, body, _ = await get(http, admin + READY_PATH)
         assert status == 503 and "draining" in body
         assert (await get(http, admin + LIVE_PATH))[0] == 200
+        # The main listener stays open while it drains, and says the same.
+        assert (await get(http, gw.url + READY_PATH))[0] == 503
         assert gw.alive()  # still in its grace, for the held request
         origin.release.set()
         assert (await asyncio.wait_for(held, 10))[:2] == (200, "origin /hold")
