@@ -62,9 +62,12 @@ def peer_forgot(code: int, reason: str) -> bool:
     return code == CloseCode.SESSION_EXPIRED and reason == PEER_FORGOT
 
 
-async def wait_drained(accepted: set[TunnelLink], grace: float) -> None:
-    """A draining instance: serve until the peers closed their sessions, at most ``grace`` s.
+async def wait_drained(
+    accepted: set[TunnelLink], in_flight: Callable[[], int], grace: float
+) -> None:
+    """A draining instance: serve until nothing is in flight, at most ``grace`` s.
 
+    ``in_flight()``: legacy exchanges still running (plain or over a hop).
     A peer that honours GOAWAY closes its session once its streams are done;
     one that does not (an older gateway or shim) keeps an idle one open, left
     ``DRAIN_SETTLE`` s before the caller closes it. Checked every 0.1 s while
@@ -73,8 +76,11 @@ async def wait_drained(accepted: set[TunnelLink], grace: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     settled = loop.time() + min(DRAIN_SETTLE, grace)
-    while accepted and loop.time() < deadline:
-        if all(tunnel.idle for tunnel in accepted) and loop.time() >= settled:
+    while loop.time() < deadline:
+        sessions_done = not accepted or (
+            all(tunnel.idle for tunnel in accepted) and loop.time() >= settled
+        )
+        if sessions_done and not in_flight():
             return
         await asyncio.sleep(0.1)
     busy = sum(not tunnel.idle for tunnel in accepted)

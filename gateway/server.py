@@ -262,12 +262,18 @@ class Gateway:
         """
         self.drain()
         try:
-            await wait_drained(self._accepted, self.settings.listener.shutdown_grace)
+            await wait_drained(
+                self._accepted, self._in_flight, self.settings.listener.shutdown_grace
+            )
             await self._stop_serving()
         finally:
             admin, self.admin = self.admin, None
             if admin is not None:
                 await admin.stop()
+
+    def _in_flight(self) -> int:
+        stats = self.stats
+        return stats.active_streams + stats.active_websockets + stats.active_tunnels
 
     async def _stop_serving(self) -> None:
         accepted = asyncio.create_task(self._close_accepted())
