@@ -33,6 +33,7 @@ from gateway.config_values import (
     read_secret_file,
     typed,
 )
+from gateway.core.pollahead.rules import RuleError, parse_rule
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -99,6 +100,8 @@ class Config:
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     #: CORS answers to allowed origins say ``Access-Control-Allow-Credentials: true``.
     allow_credentials: bool = False
+    #: Server: poll endpoints whose next request it issues itself (docs/howto/poll-ahead.md).
+    poll_ahead: tuple[str, ...] = field(default_factory=tuple)
     #: Hop sessions: longest a long-poll GET is held (RFC 6202: under 30 s).
     hold_time: float = 25.0
     #: Hop sessions: how long a session waits for its peer to come back.
@@ -302,6 +305,14 @@ SETTINGS: tuple[Setting, ...] = (
         "(CORS Access-Control-Allow-Credentials; default off)",
     ),
     Setting(
+        "poll_ahead",
+        "rules",
+        "server: a poll endpoint whose next request this gateway issues itself and pushes the "
+        "answer down the hop (repeatable): 'METHOD PATH PARAM=json:FIELD', "
+        "'METHOD PATH PARAM=header:NAME' or 'engineio [PATH]'; see docs/howto/poll-ahead.md",
+        "RULE",
+    ),
+    Setting(
         "hold_time",
         "seconds",
         "longest a long-poll GET is held (default 25; keep under 30)",
@@ -460,6 +471,7 @@ def _check(config: Config) -> None:
             "hopgate server needs --upstream URL (or HOPGATE_UPSTREAM, or upstream = "
             "in the --config file): the legacy server it sits in front of"
         )
+    _check_poll_ahead(config)
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
     for name in ("tls_cert", "tls_key", "ca_file"):
@@ -481,6 +493,17 @@ def _check(config: Config) -> None:
         for name in names:
             if getattr(config, name) < least:
                 raise invalid(name, reason)
+
+
+def _check_poll_ahead(config: Config) -> None:
+    """Every ``--poll-ahead`` rule reads (a bad one stops start-up, saying what a rule is)."""
+    if config.poll_ahead and config.role != "server":
+        raise invalid("poll_ahead", "is a hopgate server setting (the gateway beside the origin)")
+    for text in config.poll_ahead:
+        try:
+            parse_rule(text)
+        except RuleError as exc:
+            raise ConfigError(str(exc), name="poll_ahead", reason=str(exc)) from None
 
 
 def _check_admin_listen(value: str, role: Role) -> None:

@@ -211,6 +211,8 @@ def _from_text(setting: Setting, raw: str, where: str) -> Any:
             reason = "not a boolean: use 1/0, true/false, yes/no or on/off"
             raise ConfigError(f"{where}: {reason}", name=setting.name, reason=reason)
         return BOOLEANS[text.lower()]
+    if setting.kind == "rules":  # a rule has spaces: rules are separated by ; or newlines
+        return [part.strip() for part in re.split(r"[;\n]+", text) if part.strip()]
     if setting.repeatable:
         return [part for part in re.split(r"[\s,]+", text) if part]
     try:

@@ -42,7 +42,9 @@ def invalid(name: str, reason: str) -> ConfigError:
     return ConfigError(f"--{name.replace('_', '-')} {reason}", name=name, reason=reason)
 
 
-Kind = Literal["seconds", "rate", "count", "bytes", "flag", "path", "text", "choice", "origins"]
+Kind = Literal[
+    "seconds", "rate", "count", "bytes", "flag", "path", "text", "choice", "origins", "rules"
+]
 
 KIND_TEXT: dict[str, str] = {
     "seconds": "a number of seconds",
@@ -54,10 +56,11 @@ KIND_TEXT: dict[str, str] = {
     "text": "a string",
     "choice": "a string",
     "origins": 'a list of origins such as ["https://app.example"]',
+    "rules": 'a list of rules such as ["GET /poll since=json:next"]',
 }
 
 #: Kinds whose flag may be given more than once (a list in a file).
-REPEATABLE: frozenset[str] = frozenset({"origins"})
+REPEATABLE: frozenset[str] = frozenset({"origins", "rules"})
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from yarl import URL
 
 from gateway.config import Config, Role, parse_listen
 from gateway.core.ladder import LadderSettings
+from gateway.core.pollahead.rules import parse_rules
 from gateway.core.tunnel import TunnelConfig
 from gateway.glue.origin import ForwardSettings
 from gateway.transports.cluster import ClusterSettings
@@ -200,6 +201,7 @@ def derive(config: Config) -> Settings:
             connect_timeout=config.connect_timeout,
             upstream_timeout=config.upstream_timeout,
             session_connections=config.session_connections,
+            poll_ahead=parse_rules(config.poll_ahead),
         ),
         hop=HopSettings(
             secret=config.hop_secret,

@@ -223,6 +223,33 @@ class ClusterStats:
 
 
 @dataclass
+class PollAheadStats:
+    """Poll-ahead predictions (``--poll-ahead``), plain integers bumped where each happens.
+
+    A server gateway counts ``made`` (predicted polls it issued) and ``used``
+    (their answers reached a client); a client gateway counts what became of
+    the answers it held: ``used``, ``dropped`` (a poll of the endpoint did not
+    match), ``expired`` (no poll came in the hold time). ``chains`` and
+    ``held_bytes`` are the gateway-wide caps' current figures (not in the JSON).
+    """
+
+    made: int = 0
+    used: int = 0
+    dropped: int = 0
+    expired: int = 0
+    chains: int = 0
+    held_bytes: int = 0
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "made": self.made,
+            "used": self.used,
+            "dropped": self.dropped,
+            "expired": self.expired,
+        }
+
+
+@dataclass
 class GatewayStats:
     """Counters shared by every handler of one gateway."""
 
@@ -248,6 +275,7 @@ class GatewayStats:
     sessions: Callable[[], Iterable[SessionReport]] = lambda: ()
     #: Called with every finished legacy request (access log, metrics).
     observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
+    poll_ahead: PollAheadStats = field(default_factory=PollAheadStats)
     #: Set when this gateway is one instance of a cluster.
     cluster: ClusterStats | None = None
 
@@ -274,6 +302,7 @@ class GatewayStats:
             "websockets": {"active": self.active_websockets},
             "tunnels": {"active": self.active_tunnels},
             "requests_total": self.requests_total,
+            "poll_ahead": self.poll_ahead.as_json(),
             "hop": {
                 "goaways": {"sent": self.goaways_sent, "received": self.goaways_received},
                 "failovers": self.failovers,

@@ -63,6 +63,8 @@ def sample(setting: Setting, default: Any, tls_files: TLSFiles, tmp_path: Path) 
         return str(path)
     if kind == "choice":
         return next(choice for choice in setting.choices if choice != default)
+    if kind == "rules":
+        return ["GET /poll since=json:next", "engineio /socket.io/"]
     if setting.repeatable:
         return ["https://a.example", "https://b.example"]
     if setting.metavar and "PORT" in setting.metavar:
@@ -74,6 +76,8 @@ def as_text(setting: Setting, value: Any) -> str:
     """``value`` as an environment variable spells it."""
     if setting.kind == "flag":
         return "yes" if value else "off"
+    if setting.kind == "rules":
+        return "; ".join(value)
     if setting.repeatable:
         return ", ".join(value)
     return str(value)

@@ -37,6 +37,8 @@ def changed_value(setting: Setting, default: Any, tmp_path: Path) -> Any:
         return next(choice for choice in setting.choices if choice != default)
     if kind == "origins":
         return ["https://app.example"]
+    if kind == "rules":
+        return ["GET /poll since=json:next"]
     assert kind == "text", kind
     return "changed"
 

@@ -65,6 +65,7 @@ from gateway.core.tunnel.framing import Framing, FramingError, request_framing
 from gateway.glue.driver import TunnelDriver
 from gateway.glue.heads import decode_headers, pairs, set_framing, under_upstream
 from gateway.glue.mailbox import Mailbox
+from gateway.glue.pollahead import AheadServer, Watch
 from gateway.glue.relay import relay_stream
 from gateway.glue.wsbridge import bridge_websocket
 from gateway.status import RequestRecord
@@ -118,18 +119,20 @@ def _response_has_body(method: str, status: int) -> bool:
 class _Answer:
     """What a tunnelled request got, for its access record: status (0: none yet), body bytes."""
 
-    __slots__ = ("size", "status")
+    __slots__ = ("size", "status", "watch")
 
     def __init__(self) -> None:
         self.status = 0
         self.size = 0
+        #: A poll a --poll-ahead rule names: its body is kept to predict the next one.
+        self.watch: Watch | None = None
 
 
 class Answerer:
     """Answers the streams the peer of ``link`` opens: to the origin, or on to the next hop."""
 
     # One per hop session, thousands idle at once: no per-instance dict.
-    __slots__ = ("_address_slots", "_link", "_next_hop", "_origin_slots")
+    __slots__ = ("_address_slots", "_ahead", "_link", "_next_hop", "_origin_slots")
 
     def __init__(
         self,
@@ -149,6 +152,8 @@ class Answerer:
         slots = session_connections or link.forwarder.config.session_connections
         self._origin_slots = asyncio.Semaphore(slots)
         self._address_slots = address_slots
+        rules = link.forwarder.config.poll_ahead
+        self._ahead = AheadServer(link, rules) if rules and link.upstream is not None else None
 
     def accept(self, event: RequestReceived | WebSocketRequested) -> None:
         """Check a stream the peer opened, then relay it or start its exchange with the origin."""
@@ -194,6 +199,8 @@ class Answerer:
             decode_headers(event.headers), target, client_ip=link.peer_ip
         )
         set_framing(headers, framing.length)
+        if self._ahead is not None:
+            answer.watch = self._ahead.watch(event, headers)
         body = self._tunnel_body(sid, box) if event.has_body else None
         link.stats.upstream(origin_key).requests += 1
         link.stats.active_streams += 1
@@ -333,6 +340,8 @@ class Answerer:
                     return
                 tunnel.send_data(sid, chunk)
                 answer.size += len(chunk)
+                if answer.watch is not None:
+                    answer.watch.feed(chunk)
                 link.schedule_flush()
         except (aiohttp.ClientError, TimeoutError) as exc:
             timed_out = isinstance(exc, TimeoutError)
@@ -346,6 +355,8 @@ class Answerer:
             code = ResetCode.TIMEOUT if timed_out else ResetCode.CANCEL
             link.reset(sid, code, f"upstream failed mid-response: {type(exc).__name__}")
             return
+        if answer.watch is not None and self._ahead is not None:
+            self._ahead.answered(sid, answer.watch, upstream.status, headers)
         tunnel.end(sid)
         link.schedule_flush()
 

@@ -40,6 +40,7 @@ from gateway.core.tunnel.errors import RemoteProtocolError, ResetCode
 from gateway.core.tunnel.events import (
     DataReceived,
     Event,
+    PushReceived,
     RequestReceived,
     StreamEnded,
     StreamReset,
@@ -112,6 +113,8 @@ class TunnelDriver:
         "log",
         "loop",
         "name",
+        "on_lost",
+        "on_push",
         "on_stream",
         "opener",
         "peer_ip",
@@ -151,6 +154,10 @@ class TunnelDriver:
         self.loop = asyncio.get_running_loop()
         #: Takes the streams the peer opens; None: every one is refused.
         self.on_stream: StreamHandler | None = None
+        #: Poll-ahead (glue/pollahead.py): takes PUSH frames; None: they are ignored.
+        self.on_push: Callable[[PushReceived], None] | None = None
+        #: Poll-ahead: told once when the session or the tunnel ends.
+        self.on_lost: Callable[[], None] | None = None
         self._sinks: dict[int, Sink] = {}
         #: Streams whose incoming body must add up to a declared Content-Length.
         self._counters: dict[int, BodyCounter] = {}
@@ -181,6 +188,7 @@ class TunnelDriver:
         close the hop session gracefully."""
         if not self._closing:
             self._closing = True
+            self._lost()
             if not self.tunnel.closed:
                 self.tunnel.close_all(LINK_CLOSED)
                 self.dispatch()
@@ -210,9 +218,15 @@ class TunnelDriver:
 
     def _on_closed(self, code: int, reason: str) -> None:
         self._writable.set()
+        self._lost()
         if not self.tunnel.closed:
             self.tunnel.close_all(short(f"hop session closed ({code} {reason})".strip()))
         self.dispatch()
+
+    def _lost(self) -> None:
+        lost, self.on_lost = self.on_lost, None
+        if lost is not None:
+            lost()
 
     async def session_writable(self) -> None:
         """Return when the session next reports room (or closes); the caller flushes."""
@@ -256,6 +270,10 @@ class TunnelDriver:
     def _route(self, event: Event) -> None:
         if isinstance(event, RequestReceived | WebSocketRequested):
             self._opened(event)
+            return
+        if type(event) is PushReceived:
+            if self.on_push is not None:
+                self.on_push(event)
             return
         sid = event.stream_id
         sink = self._sinks.get(sid)

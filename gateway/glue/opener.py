@@ -51,6 +51,7 @@ from gateway.core.tunnel.framing import BodyCounter, Framing, FramingError, resp
 from gateway.glue.driver import LINK_CLOSED, TunnelDriver
 from gateway.glue.heads import decode_headers, pairs, set_framing, text
 from gateway.glue.mailbox import Mailbox
+from gateway.glue.pollahead import AheadClient, mark
 from gateway.glue.streamgate import QUEUE_FACTOR, RETRY_AFTER, GateFull, StreamGate
 from gateway.glue.wsbridge import bridge_websocket
 from gateway.transports.aiohttp_internals import RelayedResponse
@@ -131,10 +132,12 @@ class Opener:
     """Carries this gateway's client requests as streams of ``link``."""
 
     # One per hop session, thousands idle at once: no per-instance dict.
-    __slots__ = ("_gate", "_link", "_sids")
+    __slots__ = ("_ahead", "_gate", "_link", "_sids")
 
     def __init__(self, link: TunnelDriver) -> None:
         self._link = link
+        #: Poll-ahead answers the next gateway pushed (glue/pollahead.py).
+        self._ahead = AheadClient(link) if link.opener else None
         self._gate: StreamGate | None = None  # made by the first request
         self._sids: set[int] | None = None  # our streams not yet unregistered (idem)
 
@@ -184,6 +187,11 @@ class Opener:
         _check_own_target(target)
         if not self._link.alive:
             raise NotSent(f"hop session to {self._link.name} is closed")
+        ahead = self._ahead
+        if ahead is not None and ahead.holding:
+            predicted = await ahead.answer(request, target)
+            if predicted is not None:
+                return predicted
         for _ in range(_REFUSED_RETRIES):
             refused = await self._admit()
             if refused is not None:
@@ -228,9 +236,14 @@ class Opener:
         link = self._link
         headers = link.forwarder.outgoing_headers(request, link.upstream)
         has_body = request.body_exists
+        ahead = self._ahead
+        if ahead is not None:
+            mark(headers)
         box = Mailbox()
         sid = link.tunnel.open_http(request.method, target, pairs(headers), has_body=has_body)
         self._register(sid, box)
+        if ahead is not None:
+            ahead.track(sid, request, target)
         await self._hand_over(sid, box)
         link.stats.upstream(origin_key).requests += 1
         link.stats.active_streams += 1
@@ -252,6 +265,8 @@ class Opener:
                     # would cancel this handler, and aiohttp logs no cancelled request.
                     upload.exception()
             self._unregister(sid, box)
+            if ahead is not None:
+                ahead.untrack(sid)
             link.stats.active_streams -= 1
 
     async def _hand_over(self, sid: int, box: Mailbox) -> None:

@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.core import headers as hdr
+from gateway.core.pollahead.rules import Rule
 from gateway.status import GatewayStats
 
 __all__ = ["ForwardSettings", "OriginClient"]
@@ -41,6 +42,8 @@ class ForwardSettings:
     upstream_timeout: float
     #: Origin connections one answered hop session may hold at once.
     session_connections: int
+    #: ``--poll-ahead`` rules (server gateway): polls whose next request it issues itself.
+    poll_ahead: tuple[Rule, ...] = ()
 
     def replace(self, **changes: Any) -> ForwardSettings:
         return dataclasses.replace(self, **changes)

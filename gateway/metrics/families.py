@@ -46,6 +46,7 @@ class GatewayCollector(Collector):
         yield from self._gateway()
         yield from _handover_families(self._stats)
         yield from _request_families(self._requests)
+        yield _poll_ahead_family(self._stats)
         yield from self._upstreams()
         yield from self._sessions()
         yield from self._cluster()
@@ -220,6 +221,20 @@ def _handover_families(stats: GatewayStats) -> Iterator[Metric]:
         "a GOAWAY)",
         value=stats.retried_requests,
     )
+
+
+def _poll_ahead_family(stats: GatewayStats) -> Metric:
+    """Poll-ahead predictions by outcome (status: ``poll_ahead``)."""
+    family = CounterMetricFamily(
+        "hopgate_poll_ahead",
+        "poll-ahead predictions (--poll-ahead): made (server: predicted polls issued; client: "
+        "announced to it), used (answered a client's poll), dropped (the client's poll did "
+        "not match), expired (no poll came within the hold time)",
+        labels=["outcome"],
+    )
+    for outcome, count in stats.poll_ahead.as_json().items():
+        family.add_metric([outcome], count)
+    return family
 
 
 def _request_families(tally: RequestTally) -> Iterator[Metric]:

@@ -69,10 +69,10 @@ CONTENT_TYPE: Final = "application/octet-stream"
 
 #: GETs a client keeps in flight (BOSH's ``requests=2``): one is always held at the
 #: server while the answer to the other travels back. While answers carry data, up to
-#: POLLS_BUSY: a GET takes one round trip to come back, and at 100 messages/s and
-#: 50 ms RTT two would make every other message wait for one.
+#: POLLS_BUSY: a GET takes a round trip to come back, and at 100 messages/s and
+#: 50 ms RTT two would make most messages wait for one (an idle session holds POLLS).
 POLLS: Final = 2
-POLLS_BUSY: Final = 4
+POLLS_BUSY: Final = 6
 #: POSTs a client keeps in flight, so upstream data does not wait for a round trip
 #: (100 messages/s at 50 ms RTT keep five busy). The server's ``max_session_posts``
 #: counts bodies being read, which for a small batch takes one read.

@@ -12,6 +12,7 @@ __all__ = [
     "DataReceived",
     "Event",
     "Headers",
+    "PushReceived",
     "RequestReceived",
     "ResponseReceived",
     "StreamEnded",
@@ -142,6 +143,18 @@ class WebSocketClosed:
     reason: str
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PushReceived:
+    """A PUSH frame (poll-ahead): ``stream_id`` is a stream's or a push's id, per ``op``.
+
+    No stream state is involved; ``gateway/core/pollahead/codec.py`` reads ``data``.
+    """
+
+    stream_id: int
+    op: int
+    data: bytes
+
+
 Event = (
     RequestReceived
     | ResponseReceived
@@ -153,4 +166,5 @@ Event = (
     | WebSocketAccepted
     | WebSocketMessage
     | WebSocketClosed
+    | PushReceived
 )

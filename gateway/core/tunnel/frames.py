@@ -57,6 +57,7 @@ __all__ = [
     "encode_open_http",
     "encode_open_http_packed",
     "encode_open_ws",
+    "encode_push",
     "encode_reset",
     "encode_response",
     "encode_response_packed",
@@ -97,6 +98,9 @@ class FrameType(IntEnum):
     CLOSE = 8
     WINDOW = 9
     RESET = 10
+    # Poll-ahead (core/pollahead/codec.py owns the payload); sent only to a
+    # peer that asked for it (the Hopgate-Poll-Ahead hop header of an OPEN).
+    PUSH = 11
     # Heads with a compacted header block (``packing.py``); sent only to a
     # peer known to read them (docs/tunnel.md "Header compaction").
     OPEN_HTTP_PACKED = 16
@@ -202,6 +206,10 @@ def encode_reset(packer: msgpack.Packer, sid: int, code: int, reason: str) -> by
     return packer.pack((10, sid, code, reason))
 
 
+def encode_push(packer: msgpack.Packer, ident: int, op: int, payload: bytes) -> bytes:
+    return packer.pack((11, ident, op, payload))
+
+
 def data_prefix(packer: msgpack.Packer, sid: int) -> bytes:
     """``[5, sid, `` of a DATA frame: prefix + bin_header(n) + payload is the frame."""
     return b"\x93\x05" + packer.pack(sid)
@@ -290,6 +298,10 @@ def _is_flags(v: object) -> bool:
     return type(v) is int and 0 <= v <= (FLAG_FIN | FLAG_TEXT)
 
 
+def _is_op(v: object) -> bool:
+    return type(v) is int and 0 < v < 64
+
+
 def _is_close_code(v: object) -> bool:
     return type(v) is int and 1000 <= v <= 4999
 
@@ -338,6 +350,7 @@ LAYOUTS: Final[dict[int, tuple[str, tuple[_Field, ...]]]] = {
     FrameType.CLOSE: ("CLOSE", (_SID, ("code", _is_close_code), ("reason", _is_reason))),
     FrameType.WINDOW: ("WINDOW", (_SID, ("increment", _is_increment))),
     FrameType.RESET: ("RESET", (_SID, ("code", _is_reset_code), ("reason", _is_reason))),
+    FrameType.PUSH: ("PUSH", (("id", _is_sid), ("op", _is_op), ("payload", _is_bin))),
     FrameType.OPEN_HTTP_PACKED: (
         "OPEN_HTTP_PACKED",
         (

@@ -17,6 +17,7 @@ from gateway.core.tunnel.config import MAX_MESSAGE_FRAMES
 from gateway.core.tunnel.errors import GOING_AWAY, RemoteProtocolError, ResetCode
 from gateway.core.tunnel.events import (
     DataReceived,
+    PushReceived,
     RequestReceived,
     ResponseReceived,
     StreamEnded,
@@ -343,6 +344,11 @@ def _on_reset(table: StreamTable, raw: list[Any]) -> None:
     )
 
 
+def _on_push(table: StreamTable, raw: list[Any]) -> None:
+    """Poll-ahead: no stream state; the glue checks whom it concerns."""
+    table.events.append(PushReceived(stream_id=raw[1], op=raw[2], data=raw[3]))
+
+
 _HANDLERS: Final[dict[int, Callable[[StreamTable, list[Any]], None]]] = {
     FrameType.OPEN_HTTP: _on_open_http,
     FrameType.OPEN_WS: _on_open_ws,
@@ -354,6 +360,7 @@ _HANDLERS: Final[dict[int, Callable[[StreamTable, list[Any]], None]]] = {
     FrameType.CLOSE: _on_close,
     FrameType.WINDOW: _on_window,
     FrameType.RESET: _on_reset,
+    FrameType.PUSH: _on_push,
     FrameType.OPEN_HTTP_PACKED: _on_open_http_packed,
     FrameType.RESPONSE_PACKED: _on_response_packed,
 }

@@ -63,6 +63,7 @@ from gateway.core.tunnel.config import MAX_QUEUED_ITEMS, MIN_MESSAGE, TunnelConf
 from gateway.core.tunnel.errors import RemoteProtocolError, ResetCode, TunnelUsageError
 from gateway.core.tunnel.events import Event
 from gateway.core.tunnel.frames import (
+    MAX_PAYLOAD,
     FrameDecoder,
     FrameType,
     encode_accept,
@@ -70,6 +71,7 @@ from gateway.core.tunnel.frames import (
     encode_end,
     encode_open_http,
     encode_open_ws,
+    encode_push,
     encode_reset,
     encode_response,
 )
@@ -373,6 +375,14 @@ class Tunnel:
         if stream.open_sent:
             table.control.append(encode_reset(table.packer, stream_id, int(code), reason))
         table.forget(stream)
+
+    def push(self, ident: int, op: int, payload: bytes) -> None:
+        """Queue a PUSH frame (poll-ahead, ``core/pollahead/codec.py``); it goes with the
+        control frames, ahead of queued body data."""
+        self._check_usable()
+        if not 0 < op < 64 or len(payload) > MAX_PAYLOAD:
+            raise TunnelUsageError(f"PUSH op {op!r:.20} or a {len(payload)}-byte payload")
+        self._table.control.append(encode_push(self._table.packer, ident, op, payload))
 
     def consumed(self, stream_id: int, n: int) -> None:
         """The consumer took ``n`` received bytes: grant them back to the sender (batched)."""
