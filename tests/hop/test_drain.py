@@ -12,9 +12,13 @@ import asyncio
 import signal
 import time
 
+import aiohttp
+from aiohttp import web
+
 from tests.conftest import MakeOrigin
 from tests.helpers import until
 from tests.hop.cluster_rig import HOLD, cluster
+from tests.hop.conftest import StartGateway
 from tests.processes import SpawnGateway
 
 GRACE = 8.0
@@ -94,3 +98,32 @@ async def test_every_held_poll_is_answered_and_the_goaway_counted(
         assert [a.status for a in answers] == [200, 200, 200]
         assert sorted(rig.origin.seen) == [f"GET /hold/{n}" for n in range(3)]  # once each
         assert time.monotonic() - signalled < HOLD + 1.5
+
+
+async def test_a_request_that_crosses_the_goaway_is_refused_unprocessed_and_sent_again(
+    make_origin: MakeOrigin, start_gateway: StartGateway
+) -> None:
+    """The race GOAWAY's last stream id exists for, made certain: the answering side refuses
+    every new OPEN before the peer has heard GOAWAY (``Tunnel.go_away`` alone, no frame)."""
+    seen: list[str] = []
+
+    async def origin(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        return web.Response(text="ok")
+
+    server = await start_gateway("server", {"upstream": await make_origin(origin)})
+    # No new session will come: the request sent again goes plain after this wait.
+    client = await start_gateway("client", {"upstream": server.url, "connect_timeout": 1.0})
+    await until(lambda: server.sessions is not None and len(server._accepted) == 1, "a session")
+    (accepted,) = server._accepted
+    promised = accepted.tunnel.go_away()
+    async with aiohttp.ClientSession() as http:
+        for path in ("/crossed", "/crossed-too"):
+            async with http.get(client.url + path) as resp:
+                assert resp.status == 200 and await resp.text() == "ok"
+        async with http.post(client.url + "/with-body", data=b"x") as resp:
+            assert resp.status == 503  # refused unprocessed; its body cannot be sent again
+            assert resp.headers["Retry-After"] == "1"
+    assert promised == 0
+    assert seen == ["GET /crossed", "GET /crossed-too"]  # each once, plain, after the refusal
+    assert client.stats.retried_requests == 2
