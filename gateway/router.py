@@ -45,7 +45,7 @@ from gateway.edges import cors
 from gateway.edges.forward import Forwarder
 from gateway.edges.websocket import pass_through
 from gateway.glue.link import TunnelLink
-from gateway.glue.opener import NotSent, Retry
+from gateway.glue.retry import NotSent, Retry
 from gateway.logs import ROUTE_KEY
 from gateway.settings import RouteSettings, normal_origin
 from gateway.status import GatewayStats

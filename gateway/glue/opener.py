@@ -22,12 +22,8 @@ length cuts the client's connection rather than look complete.
 Exactly once. :meth:`Opener.forward` raises :class:`NotSent` only while the
 OPEN has provably not been handed to the session (``Tunnel.open_sent``);
 from then on every failure is an HTTP answer: session loss -> 502 "not
-retried", a peer RESET -> its code's status. Two exceptions raise
-:class:`Retry` instead, for the caller to send the request once more on the
-next session: a body-less request the peer REFUSED because it said GOAWAY
-(not processed at all), and a body-less request of an idempotent method
-whose session was lost before any answer came (RFC 9110 section 9.2.2 lets
-an intermediary retry it: its instance crashed, the outcome is unknown).
+retried", a peer RESET -> its code's status; except the body-less requests
+``retry.py`` lets send once more on the next session (:class:`Retry`).
 """
 
 from __future__ import annotations
@@ -39,7 +35,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.core import headers as hdr
-from gateway.core.tunnel.errors import GOING_AWAY, ResetCode
+from gateway.core.tunnel.errors import ResetCode
 from gateway.core.tunnel.events import (
     DataReceived,
     ResponseReceived,
@@ -48,10 +44,11 @@ from gateway.core.tunnel.events import (
     WebSocketAccepted,
 )
 from gateway.core.tunnel.framing import BodyCounter, Framing, FramingError, response_framing
-from gateway.glue.driver import LINK_CLOSED, TunnelDriver
+from gateway.glue.driver import TunnelDriver
 from gateway.glue.heads import decode_headers, pairs, set_framing, text
 from gateway.glue.mailbox import Mailbox
 from gateway.glue.pollahead import AheadClient, mark
+from gateway.glue.retry import IDEMPOTENT_METHODS, NotSent, Retry, retryable
 from gateway.glue.streamgate import QUEUE_FACTOR, RETRY_AFTER, GateFull, StreamGate
 from gateway.glue.wsbridge import bridge_websocket
 from gateway.transports.aiohttp_internals import RelayedResponse
@@ -72,18 +69,6 @@ __all__ = ["IDEMPOTENT_METHODS", "NotSent", "Opener", "Retry", "tunnel_target"]
 _BAD_HANDSHAKE = (
     "invalid WebSocket handshake: needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13"
 )
-
-
-class NotSent(Exception):
-    """The request never left: the caller may send it another way (plain HTTP)."""
-
-
-class Retry(NotSent):
-    """It left, but may be sent once more on a new session (see the module docstring)."""
-
-
-#: RFC 9110 section 9.2.2: an intermediary may retry these when the outcome is unknown.
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class _PeerFull(Exception):
@@ -109,18 +94,6 @@ def tunnel_target(upstream: URL | None, request: web.BaseRequest) -> str:
 
 def _refused_for_streams(reset: StreamReset) -> bool:
     return reset.remote and reset.code == ResetCode.REFUSED and reset.reason == _TOO_MANY_STREAMS
-
-
-def _retryable(request: web.BaseRequest, reset: StreamReset) -> str | None:
-    """Why this reset request may be sent again on a new session, or None (see ``Retry``)."""
-    if request.body_exists:
-        return None  # its body was (being) read: nothing left to send again
-    if reset.remote and reset.code == ResetCode.REFUSED and reset.reason == GOING_AWAY:
-        return "refused unprocessed after its GOAWAY"
-    lost = reset.code == ResetCode.SESSION_LOST and not reset.remote and reset.reason != LINK_CLOSED
-    if lost and request.method in IDEMPOTENT_METHODS:
-        return "session lost before the answer (idempotent, no body)"
-    return None
 
 
 def _check_own_target(target: str) -> None:
@@ -320,7 +293,7 @@ class Opener:
                 if not request.body_exists:
                     raise _PeerFull(sid)  # no body read yet: the gate may send it again
                 self._peer_full(sid)
-            why = _retryable(request, head)
+            why = retryable(request, head)
             if why is not None:
                 raise Retry(f"hop session to {link.name}: {why}")
             return self._reset_answer(head)
