@@ -16,6 +16,11 @@ splices frames) and on long-poll (HAProxy refuses upgrades; instance 2
 passes every held GET and POST on). Small GETs, 1 and ``--concurrency`` at
 a time, all numbers from one run on one machine.
 
+A second table is steadier on a shared machine: the two instances and a
+client in this one process, one session POST (an empty batch) after another
+straight to the owner and through instance 2; the CPU time of the process per
+request is the cost of the internal hop, whatever else the machine runs.
+
 Usage:  .venv/bin/python bench/cluster_forward.py [--requests N] [--concurrency C]
 """
 
@@ -36,7 +41,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import aiohttp
+
 from bench.hop_requests import measure, origin
+from gateway.config import build_config
+from gateway.server import Gateway
+from gateway.transports.handshake import SESSION_HEADER, SESSION_PATH, TOKEN_HEADER
 from tests.processes import GatewayProcess, free_port, start_gateway
 from tests.proxies import ProxyProcess, _start, _workdir, find_binary
 
@@ -129,6 +139,45 @@ def wait_for_hop(client: GatewayProcess, transport: str, timeout: float = 30.0) 
     raise RuntimeError(f"the hop stayed on {seen!r}, not {transport!r}")
 
 
+async def cpu_per_session_post(requests: int) -> dict[str, float]:
+    """Microseconds of this process's CPU per session POST: direct vs through instance 2."""
+    gateways: list[Gateway] = []
+    secret = secrets.token_urlsafe(32)
+    for _ in range(2):
+        port = free_port()
+        config = build_config(
+            "server",
+            {
+                "upstream": "http://127.0.0.1:9",
+                "listen": f"127.0.0.1:{port}",
+                "cluster_secret": secret,
+                "advertise": f"http://127.0.0.1:{port}",
+            },
+        )
+        gateways.append(Gateway(config))
+        await gateways[-1].start()
+    one, two = gateways
+    costs: dict[str, float] = {}
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{one.url}{SESSION_PATH}") as answer:
+                session_id, token = answer.headers[SESSION_HEADER], answer.headers[TOKEN_HEADER]
+            headers = {TOKEN_HEADER: token, "Content-Type": "application/octet-stream"}
+            for name, gw in (("direct", one), ("forwarded", two)) * 2:
+                url = f"{gw.url}{SESSION_PATH}/{session_id}?epoch=1"
+                start = time.process_time()
+                for _ in range(requests):
+                    async with http.post(url, data=b"", headers=headers) as answer:
+                        assert answer.status == 200, answer.status
+                        await answer.read()
+                cost = (time.process_time() - start) / requests * 1e6
+                costs[name] = min(costs.get(name, cost), cost)
+    finally:
+        for gw in gateways:
+            await gw.stop()
+    return costs
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -188,6 +237,12 @@ async def main() -> None:
                 )
     finally:
         await runner.cleanup()
+    costs = await cpu_per_session_post(args.requests)
+    print(
+        f"\none process, session POSTs one after another: direct {costs['direct']:.0f} us CPU, "
+        f"through instance 2 {costs['forwarded']:.0f} us CPU per request "
+        f"(+{costs['forwarded'] - costs['direct']:.0f} us for the internal hop)"
+    )
 
 
 if __name__ == "__main__":
