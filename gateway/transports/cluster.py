@@ -263,6 +263,9 @@ class ClusterForwarder:
 
     async def _splice(self, request: web.BaseRequest, owner: str) -> web.StreamResponse:
         """The owner's 101 first, then the peer's; frames pumped until one side closes."""
+        if request.method != "GET" or not web.WebSocketResponse().can_prepare(request).ok:
+            # Nothing to pass on: the owner would accept a handshake we then cannot.
+            return text_error(400, "not a valid WebSocket handshake (RFC 6455 4.1)")
         url = URL(owner + request.raw_path, encoded=True)
         headers = self._outgoing(request)
         strip_handshake(headers)

@@ -378,3 +378,23 @@ async def test_forwards_in_flight_are_capped(make_origin: object, listener: List
             metrics = await answer.text()
         for result, count in (("busy", 1), ("timeout", 2), ("ok", 0), ("gone", 0)):
             assert f'hopgate_cluster_forwards_total{{result="{result}"}} {count}.0' in metrics
+
+
+async def test_a_broken_handshake_is_refused_before_the_owner_is_asked(
+    cluster: Cluster, listener: Listener
+) -> None:
+    """A WebSocket request the non-owner could not accept is 400 there; nothing is dialled."""
+    port = await listener.start()
+    owned_elsewhere = ClusterIds(SECRET, f"http://127.0.0.1:{port}").session_id(new_session_id())
+    reader, writer = await asyncio.open_connection("127.0.0.1", cluster.two.port)
+    writer.write(
+        f"GET {SESSION_PATH}/{owned_elsewhere}?epoch=1 HTTP/1.1\r\nHost: x\r\n"
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Protocol: hopgate.v1\r\n\r\n".encode()  # no Sec-WebSocket-Key
+    )
+    async with asyncio.timeout(10):
+        status_line = await reader.readline()
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 400 "), status_line
+    await asyncio.sleep(0.2)
+    assert listener.connects == 0
