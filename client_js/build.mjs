@@ -53,7 +53,7 @@ const INTERNAL_PROPS = `abandon abandoned array attached bin buf bufferedBytes b
   scheduled sendCredit sendMessage sendState sendWsMessage seq sessionId setHeartbeat sid since start state
   str streamCount take toGrant token trailer transportAttached transportFailed transportLost typed u8 uint
   unconsumed verifyToken version wantsWrite websocketDied writable write wsAllowed wsToken lastStreamId
-  onMessage onWritable onClosed onGoAway onTransport onReconnecting onResumed
+  takeChunk onMessage onWritable onClosed onGoAway onTransport onReconnecting onResumed
   NORMAL GOING_AWAY PROTOCOL_ERROR INVALID_DATA MESSAGE_TOO_BIG INTERNAL_ERROR SESSION_EXPIRED AUTH_FAILED
   UNKNOWN_SESSION UNSUPPORTED_VERSION CLOSE_TIMEOUT HELLO DATA ACK PING PONG CLOSE ABORT OPEN_HTTP OPEN_WS
   RESPONSE ACCEPT END MESSAGE WINDOW RESET CANCEL REFUSED CONNECT_FAILED TIMEOUT TOO_LARGE PROTOCOL GOAWAY

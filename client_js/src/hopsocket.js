@@ -4,12 +4,11 @@
 
 import { d } from "./debug.js";
 import { utf8Encoder, utf8Length, Deque } from "./msgpack.js";
-import { RemoteProtocolError, CloseCode, MAX_REASON_BYTES, clipReason } from "./session.js";
+import { RemoteProtocolError, CloseCode, MAX_REASON_BYTES, clipReason } from "./session_frames.js";
 import { ResetCode, RESET_CLOSE_CODES, Tunnel } from "./tunnel.js";
 import { HopLink } from "./link.js";
+import { domError, messageEvent, extraEvent, closeEvent, endpointUrl, subprotocolList, gatewayUrl } from "./websocket_api.js";
 
-/** RFC 7230 token: what a subprotocol name may be. */
-const TOKEN_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;
 const READY_STATES = { CONNECTING, OPEN, CLOSING, CLOSED };
 /** New sessions a GOAWAY may send one HopSocket to before it gives up (a gateway that keeps going away). */
@@ -22,69 +21,6 @@ const DEFAULT_SOCKET_OPTIONS = Object.freeze({
   closeTimeout: 10000, // our close() gets the endpoint's answer within this, or closes 1006
   headers: [], // extra handshake headers for the endpoint, e.g. [["Authorization", "..."]]
 });
-
-function domError(message, name) {
-  return typeof DOMException === "function" ? new DOMException(message, name) : Object.assign(new Error(message), { name });
-}
-
-function messageEvent(data, origin) {
-  if (typeof MessageEvent === "function") return new MessageEvent("message", { data, origin });
-  const event = new Event("message");
-  Object.defineProperties(event, { data: { value: data }, origin: { value: origin }, lastEventId: { value: "" } });
-  return event;
-}
-
-/** An event beyond the WebSocket API (transport, reconnecting, resumed), its fields as read-only properties. */
-function extraEvent(type, fields) {
-  const event = new Event(type);
-  for (const [name, value] of Object.entries(fields)) Object.defineProperty(event, name, { value, enumerable: true });
-  return event;
-}
-
-function closeEvent(code, reason, wasClean) {
-  if (typeof CloseEvent === "function") return new CloseEvent("close", { code, reason, wasClean });
-  const event = new Event("close");
-  Object.defineProperties(event, { code: { value: code }, reason: { value: reason }, wasClean: { value: wasClean } });
-  return event;
-}
-
-/** Parse and check the URL the way the WebSocket constructor does; returns a ws:/wss: URL. */
-function endpointUrl(url) {
-  let parsed;
-  try {
-    parsed = new URL(String(url), globalThis.location?.href);
-  } catch {
-    throw domError(d`The URL '${url}' is invalid.`, "SyntaxError");
-  }
-  if (parsed.protocol === "http:") parsed.protocol = "ws:";
-  else if (parsed.protocol === "https:") parsed.protocol = "wss:";
-  if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
-    throw domError(d`The URL's scheme must be either 'ws' or 'wss'. '${parsed.protocol}' is not allowed.`, "SyntaxError");
-  }
-  if (parsed.hash) throw domError(d`The URL contains a fragment identifier. Fragment identifiers are not allowed in WebSocket URLs.`, "SyntaxError");
-  return parsed;
-}
-
-function subprotocolList(protocols) {
-  const list = protocols === undefined ? [] : typeof protocols === "string" ? [protocols] : Array.from(protocols, String);
-  const seen = new Set();
-  for (const p of list) {
-    if (!TOKEN_RE.test(p)) throw domError(d`The subprotocol '${p}' is invalid.`, "SyntaxError");
-    if (seen.has(p)) throw domError(d`The subprotocol '${p}' is duplicated.`, "SyntaxError");
-    seen.add(p);
-  }
-  return list;
-}
-
-/** Where the hop session opens: `options.gateway`, else the endpoint's own origin (a drop-in goes where `url` says). */
-function gatewayUrl(option, endpoint) {
-  const text = option ?? endpoint.origin;
-  const url = new URL(String(text), globalThis.location?.href);
-  if (url.protocol === "ws:") url.protocol = "http:";
-  else if (url.protocol === "wss:") url.protocol = "https:";
-  if (url.protocol !== "http:" && url.protocol !== "https:") throw new TypeError(d`gateway must be an http(s) URL, not ${text}`);
-  return url;
-}
 
 /**
  * A WebSocket-compatible object whose connection goes through a hopgate

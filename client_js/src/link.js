@@ -1,42 +1,16 @@
 // ---------------------------------------------------------------------------
-// 4. I/O: the hop link (session transports)
+// 4. I/O: the hop link (one session, its transports, moving between them);
+//    the HTTP requests are in gateway_http.js, the transports in transports.js
 // ---------------------------------------------------------------------------
 
 import { d } from "./debug.js";
-import { concatBytes } from "./msgpack.js";
 import { learnerFor } from "./idle.js";
-import { RemoteProtocolError, CloseCode, PROTOCOL_VERSION, FrameType, sessionFrames, SessionState, clipReason, Session } from "./session.js";
+import { RemoteProtocolError, CloseCode, sessionFrames, clipReason } from "./session_frames.js";
+import { SessionState } from "./session_config.js";
+import { LiveSession } from "./session_liveness.js";
+import { SessionUnavailable, base64urlEncode, GatewayClient } from "./gateway_http.js";
+import { WebSocketTransport, LongPollTransport } from "./transports.js";
 
-/*
- * Wire format (gateway/transports/endpoint.py):
- *
- *   POST {gateway}/.hopgate/session            -> 200, X-Hopgate-Session: id,
- *                                                 X-Hopgate-Token: base64url token,
- *                                                 body = the server's HELLO
- *   GET  .../session/{id}?epoch=E  (WebSocket, subprotocol hopgate.v1; a browser
- *                                   cannot set headers, so the token travels in
- *                                   the probe HELLO)
- *   GET  .../session/{id}?last=N&epoch=E       held poll, body = batch
- *   POST .../session/{id}?epoch=E              body = batch, answer = ACK/PONG/HELLO
- *
- * Long-poll requests carry the token in X-Hopgate-Token (never in the URL).
- * Every transport gets a new, larger epoch, so the gateway can tell a late
- * request of an abandoned transport from a new one.
- *
- * HopLink owns one Session and at most one current transport. A transport
- * that is not current may still feed what it receives (the sequence rules
- * make a late batch harmless) but never writes. Writes are coalesced: any
- * change schedules one microtask that writes whatever accumulated as one
- * batch. One timer follows the core's nextDeadline.
- */
-
-const SESSION_PATH = "/.hopgate/session";
-const SUBPROTOCOL = "hopgate.v1";
-const TOKEN_HEADER = "X-Hopgate-Token";
-const SESSION_HEADER = "X-Hopgate-Session";
-/** Don't queue more on the hop WebSocket while it holds this much unsent. */
-const WS_HIGH_WATER = 1024 * 1024;
-const WS_DRAIN_POLL_MS = 10;
 /** Session creation attempts when the gateway answers 503 (draining, full), Retry-After apart (at most 2 s). */
 const CREATE_ATTEMPTS = 3;
 
@@ -65,253 +39,15 @@ const DEFAULT_LINK_OPTIONS = Object.freeze({
 const OPENED = "session_opened", UPGRADE_FAILED = "upgrade_failed", PROBE_SUCCEEDED = "probe_succeeded";
 const STALLED = "stalled", WEBSOCKET_CLOSED = "websocket_closed", TRANSPORT_LOST = "transport_lost";
 
-/** No hop session could be opened: the gateway is unreachable, refuses, or is not a gateway. */
-class SessionUnavailable extends Error {}
-
-function base64urlDecode(text) {
-  if (typeof text !== "string" || !/^[A-Za-z0-9_-]{1,128}$/.test(text.trim())) return null;
-  const b64 = text.trim().replace(/-/g, "+").replace(/_/g, "/");
-  try {
-    const bin = atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4));
-    return Uint8Array.from(bin, (c) => c.charCodeAt(0));
-  } catch {
-    return null;
-  }
-}
-
-function base64urlEncode(bytes) {
-  let bin = "";
-  for (const b of bytes) bin += String.fromCharCode(b);
-  return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
-
 function monotonicSeconds() {
   return performance.now() / 1000;
-}
-
-/** The whole body of a fetch Response, or an Error past `limit` bytes. */
-async function readLimited(response, limit) {
-  const declared = Number(response.headers.get("Content-Length"));
-  if (declared > limit) throw new Error(d`body of ${declared} bytes exceeds ${limit}`);
-  if (!response.body || typeof response.body.getReader !== "function") {
-    const whole = new Uint8Array(await response.arrayBuffer());
-    if (whole.length > limit) throw new Error(d`body exceeds ${limit} bytes`);
-    return whole;
-  }
-  const reader = response.body.getReader();
-  const chunks = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.length;
-    if (total > limit) {
-      reader.cancel().catch(() => {});
-      throw new Error(d`body exceeds ${limit} bytes`);
-    }
-    chunks.push(value);
-  }
-  return chunks.length ? concatBytes(chunks) : new Uint8Array(0);
-}
-
-/** A WebSocket carrying the session, used only once a probe came back over it. */
-class WebSocketTransport {
-  constructor(link, epoch) {
-    this.kind = "websocket";
-    this.link = link;
-    this.epoch = epoch;
-    this.ws = null;
-    this.abandoned = false;
-    this._drainTimer = null;
-  }
-
-  /** Handshake and probe; resolves when the probe came back, rejects with the reason. */
-  connect() {
-    const link = this.link;
-    return new Promise((resolve, reject) => {
-      let timer = null;
-      let nonce = null;
-      const fail = (reason) => {
-        clearTimeout(timer);
-        this.abandon();
-        reject(new Error(reason));
-      };
-      const arm = (ms, what) => {
-        clearTimeout(timer);
-        timer = setTimeout(() => fail(what), ms);
-      };
-      let ws;
-      try {
-        // A browser cannot set headers on a WebSocket: a token goes in the query, as SignalR's does.
-        const auth = link.wsToken === null ? "" : `&access_token=${encodeURIComponent(link.wsToken)}`;
-        ws = this.ws = new link.WebSocket(link.url(`/${encodeURIComponent(link.sessionId)}?epoch=${this.epoch}${auth}`, true), [SUBPROTOCOL]);
-      } catch (err) {
-        reject(err);
-        return;
-      }
-      ws.binaryType = "arraybuffer";
-      arm(link.options.connectTimeout, d`WebSocket handshake timed out`);
-      ws.onopen = () => {
-        if (ws.protocol !== SUBPROTOCOL) return fail(d`the 101 did not select ${SUBPROTOCOL}`);
-        let probe;
-        try {
-          probe = link.core.probeRequest(link.now());
-        } catch (err) {
-          return fail(d`cannot probe: ${err.message}`);
-        }
-        nonce = probe.nonce;
-        ws.send(probe.batch);
-        arm(link.options.probeTimeout, d`no answer to the probe (a proxy may be holding WebSocket frames)`);
-        return undefined;
-      };
-      ws.onmessage = (event) => {
-        if (nonce === null || !(event.data instanceof ArrayBuffer)) return fail(d`the gateway did not answer the probe with a HELLO`);
-        let answered;
-        try {
-          answered = link.core.probeCheck(new Uint8Array(event.data), link.now());
-        } catch (err) {
-          return fail(d`bad probe reply: ${err.message}`);
-        }
-        if (answered === null || answered.nonce !== nonce) return fail(d`the probe reply answered no probe of ours`);
-        clearTimeout(timer);
-        ws.onmessage = (e) => this._received(e);
-        ws.onclose = (e) => {
-          link.websocketDied(this);
-          link.transportFailed(this, d`WebSocket closed (${e.code})`);
-        };
-        ws.onerror = null; // a close always follows
-        resolve();
-        return undefined;
-      };
-      ws.onerror = () => fail(d`WebSocket connection failed`);
-      ws.onclose = (e) => fail(d`WebSocket closed during the handshake (${e.code})`);
-    });
-  }
-
-  _received(event) {
-    if (!(event.data instanceof ArrayBuffer)) {
-      this.link.abandon(CloseCode.PROTOCOL_ERROR, d`text message on a hop WebSocket`);
-      return;
-    }
-    if (event.data.byteLength > this.link.options.maxBatchBytes) {
-      this.link.abandon(CloseCode.MESSAGE_TOO_BIG, d`hop WebSocket message over maxBatchBytes`);
-      return;
-    }
-    this.link.feed(new Uint8Array(event.data));
-  }
-
-  /** Write what the session has, one batch per WebSocket message. */
-  write() {
-    const { link, ws } = this;
-    if (this.abandoned || ws.readyState !== 1) return;
-    while (link.core.wantsWrite) {
-      if (ws.bufferedAmount > WS_HIGH_WATER) {
-        // Browsers have no drain event: look again shortly; the core keeps the data.
-        if (this._drainTimer === null) {
-          this._drainTimer = setTimeout(() => {
-            this._drainTimer = null;
-            link.kick();
-          }, WS_DRAIN_POLL_MS);
-        }
-        return;
-      }
-      ws.send(link.take());
-    }
-    if (link.finished) this.abandon(link.closeCode);
-  }
-
-  abandon(code = 1000) {
-    if (this.abandoned) return;
-    this.abandoned = true;
-    clearTimeout(this._drainTimer);
-    const ws = this.ws;
-    if (ws === null) return;
-    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
-    try {
-      ws.close(code === 1000 || (code >= 3000 && code <= 4999) ? code : 1000);
-    } catch {
-      // already closed
-    }
-  }
-}
-
-/** HTTP long-poll: one held GET at a time to receive, one POST at a time to send. */
-class LongPollTransport {
-  constructor(link, epoch) {
-    this.kind = "long-poll";
-    this.link = link;
-    this.epoch = epoch;
-    this.abandoned = false;
-    this.posting = false;
-    this.polls = new AbortController(); // aborts the held GET when we move on
-  }
-
-  start() {
-    this._pollLoop();
-  }
-
-  async _pollLoop() {
-    const link = this.link;
-    try {
-      while (!this.abandoned && !link.finished) {
-        const query = `?last=${link.core.lastReceived}&epoch=${this.epoch}`;
-        const { status, body } = await link.request("GET", query, null, link.options.pollTimeout, this.polls.signal);
-        if (this.abandoned) return;
-        if (status !== 200) {
-          link.refused(this, status, body);
-          return;
-        }
-        if (body.length) link.feed(body);
-      }
-    } catch (err) {
-      link.transportFailed(this, d`poll failed: ${err.message || err}`);
-    }
-  }
-
-  /** POST what the session has (a bare ACK waits: the next GET's `last` carries it). */
-  write() {
-    const link = this.link;
-    if (this.posting || this.abandoned) return;
-    const core = link.core;
-    if (core.hasPayloadToSend || (link.finished && core.wantsWrite)) {
-      this.posting = true;
-      this._post(link.take());
-    } else if (link.finished) this.abandon();
-  }
-
-  async _post(batch) {
-    const link = this.link;
-    try {
-      // Not aborted when we move on: its answer may carry acks, and an aborted
-      // POST could have arrived anyway (the sequence rules make that harmless).
-      const query = `?epoch=${this.epoch}`;
-      const { status, body } = await link.request("POST", query, batch, link.options.connectTimeout, null);
-      if (status !== 200) {
-        link.refused(this, status, body);
-        return;
-      }
-      if (body.length) link.feed(body);
-    } catch (err) {
-      // The POST may or may not have arrived: the next transport replays from the ack.
-      link.transportFailed(this, d`post failed: ${err.message || err}`);
-    } finally {
-      this.posting = false;
-    }
-    link.kick();
-  }
-
-  abandon() {
-    if (this.abandoned) return;
-    this.abandoned = true;
-    this.polls.abort();
-  }
 }
 
 /**
  * One hop session to a gateway, kept alive over whatever transport works.
  * A reliable, ordered pipe of whole binary messages for the tunnel above.
  */
-class HopLink {
+class HopLink extends GatewayClient {
   /**
    * @param {URL} gateway  base URL of the gateway (http: or https:)
    * @param {object} options  DEFAULT_LINK_OPTIONS overrides, plus `session`
@@ -319,6 +55,7 @@ class HopLink {
    * @param {{onMessage: Function, onWritable: Function, onClosed: Function}} handlers
    */
   constructor(gateway, options, handlers) {
+    super();
     this.gateway = gateway;
     this.options = { ...DEFAULT_LINK_OPTIONS, ...options };
     // The heartbeat option, else session.heartbeatInterval, starts the gateway's learner (idle.js).
@@ -375,14 +112,6 @@ class HopLink {
     return this.core === null || this.finished ? 0 : this.core.bufferedBytes;
   }
 
-  url(tail, websocket = false) {
-    const base = new URL(this.gateway.href);
-    base.pathname = base.pathname.replace(/\/+$/, "") + SESSION_PATH;
-    let href = base.href.replace(/[?#].*$/, "") + tail;
-    if (websocket) href = href.replace(/^http/, "ws");
-    return href;
-  }
-
   /** Open the session and attach its first transport; rejects with SessionUnavailable. */
   async open() {
     let created;
@@ -401,7 +130,7 @@ class HopLink {
     this.token = token;
     this._tokenText = base64urlEncode(token);
     const session = { ...(this.options.session ?? {}), heartbeatInterval: this.idle.heartbeat };
-    this.core = new Session({ sessionId, token, isClient: true, now: this.now(), config: session });
+    this.core = new LiveSession({ sessionId, token, isClient: true, now: this.now(), config: session });
     this.log(d`= session ${sessionId.slice(0, 6)} opened`);
     this._rearm();
     try {
@@ -410,101 +139,6 @@ class HopLink {
       this.abandon(CloseCode.GOING_AWAY, d`no transport`);
       throw new SessionUnavailable(d`no transport reaches the gateway: ${err.message}`);
     }
-  }
-
-  async _create() {
-    let status, body, headers;
-    try {
-      const res = await this._fetchWithin(this.url(""), { method: "POST", headers: await this._authHeaders() }, this.options.connectTimeout);
-      status = res.status;
-      headers = res.headers;
-      body = await readLimited(res, 4096);
-    } catch (err) {
-      const page = globalThis.location?.origin;
-      if (page && page !== "null" && page !== this.gateway.origin) {
-        // A refusal without CORS headers is opaque: fetch fails as if the gateway were down.
-        // Kept short, the fix first: a close reason holds 123 bytes.
-        // Full text in every build: the issue asks that the reason names the fix.
-        throw new SessionUnavailable(`gateway refused this page's origin or is unreachable; `
-          + `start it with --allowed-origin ${page}`);
-      }
-      throw new SessionUnavailable(d`cannot reach the gateway at ${this.gateway.origin}: ${err.message || err}`);
-    }
-    if (status !== 200) {
-      const text = new TextDecoder().decode(body).trim().slice(0, 200);
-      const err = new SessionUnavailable(d`the gateway refused a hop session (${status}): ${text}`);
-      if (status === 503) err.retryAfter = Math.min(Number(headers.get("Retry-After")) || 1, 2) * 1000;
-      throw err;
-    }
-    const sessionId = headers.get(SESSION_HEADER);
-    const token = base64urlDecode(headers.get(TOKEN_HEADER));
-    if (!sessionId || token === null) {
-      throw new SessionUnavailable(d`not a hopgate gateway: no session headers (a cross-origin gateway needs CORS)`);
-    }
-    let frames;
-    try {
-      frames = sessionFrames.decode(body);
-    } catch {
-      frames = [];
-    }
-    const hello = frames[0];
-    const valid = frames.length === 1 && hello.type === FrameType.HELLO && hello.version === PROTOCOL_VERSION
-      && hello.sessionId === sessionId && hello.lastReceived === 0 && hello.token === null;
-    if (!valid) throw new SessionUnavailable(d`not a hopgate gateway: the answer is not a session HELLO`);
-    return { sessionId, token };
-  }
-
-  async _fetchWithin(url, init, timeoutMs, signal = null) {
-    const controller = new AbortController();
-    const abort = () => controller.abort();
-    signal?.addEventListener("abort", abort);
-    const timer = setTimeout(abort, timeoutMs);
-    try {
-      return await this.fetch(url, { cache: "no-store", credentials: this._credentials, redirect: "error", ...init, signal: controller.signal });
-    } finally {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", abort);
-    }
-  }
-
-  /**
-   * One long-poll request: {status, body}; throws on network failure or timeout.
-   * `keepalive` lets it outlive the page (the ABORT sent on pagehide).
-   */
-  async request(method, query, body, timeoutMs, signal, keepalive = false) {
-    const controller = new AbortController();
-    const abort = () => controller.abort();
-    signal?.addEventListener("abort", abort);
-    const timer = setTimeout(abort, timeoutMs); // covers the body too
-    try {
-      const headers = { ...(await this._authHeaders()), [TOKEN_HEADER]: this._tokenText };
-      if (body !== null) headers["Content-Type"] = "application/octet-stream";
-      const res = await this.fetch(this.url(`/${encodeURIComponent(this.sessionId)}${query}`), {
-        method, headers, body, cache: "no-store", credentials: this._credentials, redirect: "error", signal: controller.signal, keepalive,
-      });
-      return { status: res.status, body: await readLimited(res, this.options.maxBatchBytes) };
-    } finally {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", abort);
-    }
-  }
-
-  get _credentials() {
-    return this.options.withCredentials ? "include" : "same-origin";
-  }
-
-  /** options.sessionHeaders, and options.auth as a bearer token (asked again for each request: it may be refreshed). */
-  async _authHeaders() {
-    const headers = { ...this.options.sessionHeaders };
-    const token = await this._bearer();
-    if (token !== null) headers.Authorization = `Bearer ${token}`;
-    return headers;
-  }
-
-  async _bearer() {
-    const auth = this.options.auth;
-    const token = typeof auth === "function" ? await auth() : auth;
-    return token ? String(token) : null;
   }
 
   // -- the session's pipe, for the tunnel ----------------------------------------
@@ -805,4 +439,5 @@ class HopLink {
   }
 }
 
-export { DEFAULT_LINK_OPTIONS, SessionUnavailable, HopLink };
+export { DEFAULT_LINK_OPTIONS, HopLink };
+export { SessionUnavailable } from "./gateway_http.js";

@@ -91,7 +91,8 @@ for (const file of ["hopgate.min.mjs", "hopgate.iife.min.js"]) {
     const code = readFileSync(join(outdir, file), "utf8");
     assert.match(code, new RegExp(`//# sourceMappingURL=${file.replaceAll(".", "\\.")}\\.map\\s*$`));
     const map = JSON.parse(readFileSync(join(outdir, `${file}.map`), "utf8"));
-    const modules = ["msgpack", "session", "tunnel", "link", "hopsocket"];
+    const modules = ["msgpack", "session_frames", "session_core", "session_liveness", "tunnel_frames", "tunnel_stream", "tunnel", "gateway_http", "transports", "link", "hopsocket"];
+    assert.ok(!map.sources.some((s) => s.endsWith("src/session.js")), "the gateway side of the session (session.js) stays out of the browser builds");
     for (const name of modules) assert.ok(map.sources.some((s) => s.endsWith(`src/${name}.js`)), `${name}.js in ${map.sources}`);
     assert.equal(map.sourcesContent.length, map.sources.length);
   });

@@ -116,13 +116,39 @@ def request_headers_for_upstream(
     """
     original_host = incoming.get("Host")
     out = strip_hop_by_hop(incoming)
+    rewrite_for_upstream(
+        out,
+        original_host=original_host,
+        http_version=http_version,
+        via_name=via_name,
+        client_ip=client_ip,
+        proto=proto,
+        upstream_host=upstream_host,
+    )
+    return out
+
+
+def rewrite_for_upstream(
+    out: CIMultiDict[str],
+    *,
+    original_host: str | None,
+    http_version: tuple[int, int],
+    via_name: str,
+    client_ip: str | None,
+    proto: str,
+    upstream_host: str | None,
+) -> None:
+    """The rest of :func:`request_headers_for_upstream`, in place, on a copy already stripped.
+
+    ``original_host`` is the first ``Host`` the request came with (read
+    before stripping). For a caller that decoded and stripped in one pass.
+    """
     out.popall("Expect", None)
     if upstream_host is not None:
         out.popall("Host", None)
         out["Host"] = upstream_host
     add_forwarded_for(out, client_ip=client_ip, proto=proto, host=original_host)
     append_via(out, http_version, via_name)
-    return out
 
 
 def response_headers_for_downstream(

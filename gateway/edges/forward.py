@@ -145,6 +145,31 @@ class Forwarder:
             upstream_host=upstream_host,
         )
 
+    def replay_stripped(
+        self,
+        stripped: CIMultiDict[str],
+        original_host: str | None,
+        target: URL | None,
+        *,
+        client_ip: str | None,
+    ) -> CIMultiDict[str]:
+        """:meth:`replay_headers` for a head decoded and stripped in one pass (in place).
+
+        ``glue.heads.decode_stripped`` gives both arguments: the tunnel's
+        answering side builds the outgoing head once instead of twice.
+        """
+        upstream_host = None if self.config.preserve_host or target is None else host_header(target)
+        hdr.rewrite_for_upstream(
+            stripped,
+            original_host=original_host,
+            http_version=(1, 1),
+            via_name=self.config.via_name,
+            client_ip=client_ip,
+            proto="http",
+            upstream_host=upstream_host,
+        )
+        return stripped
+
     def downstream_headers(self, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
         """The upstream response's headers as this hop passes them back."""
         version = upstream.version

@@ -63,7 +63,7 @@ from gateway.core.tunnel.events import (
 )
 from gateway.core.tunnel.framing import Framing, FramingError, request_framing
 from gateway.glue.driver import TunnelDriver
-from gateway.glue.heads import decode_headers, pairs, set_framing, under_upstream
+from gateway.glue.heads import decode_stripped, pairs, set_framing, under_upstream
 from gateway.glue.mailbox import Mailbox
 from gateway.glue.pollahead import AheadServer, Watch
 from gateway.glue.relay import relay_stream
@@ -195,8 +195,8 @@ class Answerer:
         link, sid = self._link, event.stream_id
         opened, answer = link.loop.time(), _Answer()
         origin_key = str(link.upstream)
-        headers = link.forwarder.replay_headers(
-            decode_headers(event.headers), target, client_ip=link.peer_ip
+        headers = link.forwarder.replay_stripped(
+            *decode_stripped(event.headers), target, client_ip=link.peer_ip
         )
         set_framing(headers, framing.length)
         if self._ahead is not None:
@@ -365,8 +365,8 @@ class Answerer:
     async def _serve_websocket(self, event: WebSocketRequested, target: URL, box: Mailbox) -> None:
         link, sid = self._link, event.stream_id
         opened, answer = link.loop.time(), _Answer()
-        headers = link.forwarder.replay_headers(
-            decode_headers(event.headers), target, client_ip=link.peer_ip
+        headers = link.forwarder.replay_stripped(
+            *decode_stripped(event.headers), target, client_ip=link.peer_ip
         )
         set_framing(headers, None)  # a handshake has no body (a declared one was refused)
         link.stats.upstream(str(link.upstream)).requests += 1

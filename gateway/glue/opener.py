@@ -45,7 +45,7 @@ from gateway.core.tunnel.events import (
 )
 from gateway.core.tunnel.framing import BodyCounter, Framing, FramingError, response_framing
 from gateway.glue.driver import TunnelDriver
-from gateway.glue.heads import decode_headers, pairs, set_framing, text
+from gateway.glue.heads import decode_headers, decode_stripped, pairs, set_framing, text
 from gateway.glue.mailbox import Mailbox
 from gateway.glue.pollahead import AheadClient, mark
 from gateway.glue.retry import IDEMPOTENT_METHODS, NotSent, Retry, retryable
@@ -246,9 +246,17 @@ class Opener:
         """Return once the OPEN of ``sid`` is in the session; else reset it and raise NotSent."""
         link = self._link
         tunnel = link.tunnel
-        link.flush()
+        if tunnel.stream_count > 1:
+            # Busy: the flush at the end of this loop turn, not one now, so the
+            # OPENs of every request that came in this turn share one session
+            # message (and one ack). Alone: at once, no extra loop turn.
+            link.schedule_flush()
+        else:
+            link.flush()
         try:
             async with asyncio.timeout(link.forwarder.config.connect_timeout):
+                if not tunnel.open_sent(sid):
+                    await asyncio.sleep(0)  # resumes after that flush
                 while box.reset is None and not tunnel.open_sent(sid):
                     await link.session_writable()
                     link.flush()
@@ -306,11 +314,8 @@ class Opener:
             link.reset(sid, ResetCode.PROTOCOL, exc.reason)
             return text_error(502, f"hop session {link.name} sent a bad response: {exc.reason}")
         response = RelayedResponse(status=head.status, reason=text(head.reason) or None)
-        headers = hdr.response_headers_for_downstream(
-            decode_headers(head.headers),
-            http_version=(1, 1),
-            via_name=link.forwarder.config.via_name,
-        )
+        headers, _ = decode_stripped(head.headers)  # one copy: response_headers_for_downstream
+        hdr.append_via(headers, (1, 1), link.forwarder.config.via_name)
         set_framing(headers, framing.length)  # the peer's Transfer-Encoding never passes
         response.headers.extend(headers)
         await response.prepare(request)

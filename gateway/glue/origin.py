@@ -76,6 +76,17 @@ class OriginClient(Protocol):
         """Headers this hop sends for a request it received over a tunnel stream."""
         ...
 
+    def replay_stripped(
+        self,
+        stripped: CIMultiDict[str],
+        original_host: str | None,
+        target: URL | None,
+        *,
+        client_ip: str | None,
+    ) -> CIMultiDict[str]:
+        """``replay_headers`` of a head ``heads.decode_stripped`` gave (in place)."""
+        ...
+
     def downstream_headers(self, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
         """The upstream response's headers as this hop passes them back."""
         ...

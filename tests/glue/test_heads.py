@@ -1,0 +1,68 @@
+"""decode_stripped: a replayed head built in one pass is the head the two-pass rules build."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict
+
+from gateway.core import headers as hdr
+from gateway.glue.heads import decode_headers, decode_stripped
+
+NAMES = st.sampled_from(
+    [
+        b"Host",
+        b"host",
+        b"Connection",
+        b"connection",
+        b"Keep-Alive",
+        b"Upgrade",
+        b"X-Custom",
+        b"x-custom",
+        b"Cookie",
+        b"Expect",
+        b"Via",
+        b"X-Forwarded-For",
+        b"Transfer-Encoding",
+        b"TE",
+    ]
+)
+VALUES = st.sampled_from(
+    [b"", b"a", b"close", b"x-custom, cookie", b" Keep-Alive ,TE", b"1.1 up", b"\xff\xfe", b"h:1"]
+)
+
+
+@given(st.lists(st.tuples(NAMES, VALUES), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_one_pass_equals_decode_then_strip(raw: list[tuple[bytes, bytes]]) -> None:
+    stripped, host = decode_stripped(tuple(raw))
+    two_pass = decode_headers(tuple(raw))
+    assert list(stripped.items()) == list(hdr.strip_hop_by_hop(two_pass).items())
+    assert host == two_pass.get("Host")
+
+
+@given(st.lists(st.tuples(NAMES, VALUES), max_size=12), st.sampled_from([None, "origin:8080"]))
+@settings(max_examples=200, deadline=None)
+def test_replay_rules_equal_request_headers_for_upstream(
+    raw: list[tuple[bytes, bytes]], upstream_host: str | None
+) -> None:
+    expected = hdr.request_headers_for_upstream(
+        decode_headers(tuple(raw)),
+        http_version=(1, 1),
+        via_name="hopgate",
+        client_ip="10.0.0.1",
+        proto="http",
+        upstream_host=upstream_host,
+    )
+    out, host = decode_stripped(tuple(raw))
+    hdr.rewrite_for_upstream(
+        out,
+        original_host=host,
+        http_version=(1, 1),
+        via_name="hopgate",
+        client_ip="10.0.0.1",
+        proto="http",
+        upstream_host=upstream_host,
+    )
+    assert list(out.items()) == list(expected.items())
+    assert isinstance(out, CIMultiDict)
