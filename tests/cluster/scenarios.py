@@ -139,6 +139,7 @@ async def rolling(
             "first_transport": first.get("transport"),
             "last_transport": last.get("transport"),
             "restarts": outcome["restarts"],
+            "hop_counters": {k: last.get(k) for k in ("requests", "errors", "upgrades")},
             "sent_when_restarts_done": outcome["sent_when_done"],
             **summary(traffic),
         }
