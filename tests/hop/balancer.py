@@ -3,7 +3,9 @@
 Each new connection goes to the next backend in turn; a backend that refuses
 the connection is skipped (as a load balancer's health check would, only
 faster), so a killed instance's share goes to the survivors. Bytes are
-spliced both ways until either side closes.
+spliced both ways until either side closes. ``refuse_websocket`` answers a
+WebSocket upgrade ``400`` (a path that carries only plain HTTP: the hop
+runs on long-poll).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from collections.abc import AsyncIterator, Sequence
 class RoundRobin:
     """Listens on 127.0.0.1:``port``; ``picks`` counts the connections each backend got."""
 
-    def __init__(self, backends: Sequence[int]) -> None:
+    def __init__(self, backends: Sequence[int], *, refuse_websocket: bool = False) -> None:
         self.backends = list(backends)
+        self.refuse_websocket = refuse_websocket
         self.picks = dict.fromkeys(self.backends, 0)
         self._turn = itertools.cycle(range(len(self.backends)))
         self._server: asyncio.Server | None = None
@@ -58,8 +61,9 @@ class RoundRobin:
             if upstream is None:
                 return
             up_reader, up_writer = upstream
+            refusal = writer if self.refuse_websocket else None
             await asyncio.gather(
-                _pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True
+                _pipe(reader, up_writer, refusal), _pipe(up_reader, writer), return_exceptions=True
             )
             up_writer.close()
         finally:
@@ -67,9 +71,18 @@ class RoundRobin:
             self._tasks.discard(task)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    refuse_upgrades_to: asyncio.StreamWriter | None = None,
+) -> None:
+    """Copy until EOF; with ``refuse_upgrades_to`` (the client), answer an upgrade 400 and stop."""
     try:
         while data := await reader.read(65536):
+            if refuse_upgrades_to is not None and b"upgrade: websocket" in data.lower():
+                refuse_upgrades_to.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                refuse_upgrades_to.close()
+                return
             writer.write(data)
             await writer.drain()
     finally:
@@ -78,8 +91,10 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 @contextlib.asynccontextmanager
-async def round_robin(backends: Sequence[int]) -> AsyncIterator[RoundRobin]:
-    balancer = RoundRobin(backends)
+async def round_robin(
+    backends: Sequence[int], *, refuse_websocket: bool = False
+) -> AsyncIterator[RoundRobin]:
+    balancer = RoundRobin(backends, refuse_websocket=refuse_websocket)
     await balancer.start()
     try:
         yield balancer

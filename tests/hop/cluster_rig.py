@@ -58,6 +58,8 @@ class Rig:
     balancer: RoundRobin
     client: GatewayProcess
     http: aiohttp.ClientSession
+    #: What the hop runs on: "long-poll" when the balancer refuses WebSockets.
+    transport: str = "websocket"
 
     async def status(self, gw: GatewayProcess) -> dict[str, Any]:
         async with self.http.get(gw.url + "/.hopgate/status") as resp:
@@ -77,20 +79,24 @@ class Rig:
         return owner, self.servers[1 - active.index(1)]
 
     async def upgraded(self, other_than: str | None = None) -> str:
-        """Wait for a WebSocket session (another than ``other_than``); its id prefix."""
+        """Wait for a session on the rig's transport (another than ``other_than``); its id."""
 
         async def ready() -> bool:
             hop = await self.hop()
-            return hop["transport"] == "websocket" and hop["session"] not in (None, other_than)
+            return hop["transport"] == self.transport and hop["session"] not in (None, other_than)
 
-        await until(ready, "a hop session on a WebSocket", timeout=20.0)
+        await until(ready, f"a hop session on {self.transport}", timeout=20.0)
         session: str = (await self.hop())["session"]
         return session
 
 
 @contextlib.asynccontextmanager
 async def cluster(
-    make_origin: MakeOrigin, spawn_gateway: SpawnGateway, *, grace: float = 8.0
+    make_origin: MakeOrigin,
+    spawn_gateway: SpawnGateway,
+    *,
+    grace: float = 8.0,
+    transport: str = "websocket",
 ) -> AsyncIterator[Rig]:
     origin = Origin(seen=[], arrived=asyncio.Event())
     url = await make_origin(origin.handle)
@@ -109,9 +115,10 @@ async def cluster(
             for port in ports
         )
     )
-    async with round_robin([s.port for s in servers]) as balancer:
+    refuse = transport == "long-poll"
+    async with round_robin([s.port for s in servers], refuse_websocket=refuse) as balancer:
         client = await asyncio.to_thread(
             spawn_gateway, "client", "--upstream", balancer.url, "--shutdown-grace", "2"
         )
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-            yield Rig(origin, list(servers), balancer, client, http)
+            yield Rig(origin, list(servers), balancer, client, http, transport)

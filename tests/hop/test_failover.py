@@ -16,6 +16,7 @@ import signal
 import time
 
 import aiohttp
+import pytest
 
 from tests.conftest import MakeOrigin
 from tests.helpers import until
@@ -26,10 +27,11 @@ from tests.processes import SpawnGateway
 NEW_SESSION_WITHIN = 1.5
 
 
+@pytest.mark.parametrize("transport", ["websocket", "long-poll"])
 async def test_kill_9_of_the_owner_fails_over_retries_the_get_and_says_502_for_the_post(
-    make_origin: MakeOrigin, spawn_gateway: SpawnGateway
+    make_origin: MakeOrigin, spawn_gateway: SpawnGateway, transport: str
 ) -> None:
-    async with cluster(make_origin, spawn_gateway) as rig:
+    async with cluster(make_origin, spawn_gateway, transport=transport) as rig:
         first = await rig.upgraded()
         owner, survivor = await rig.owner()
         ws = await rig.http.ws_connect(rig.client.url.replace("http", "ws") + "/ws")
@@ -71,4 +73,4 @@ async def test_kill_9_of_the_owner_fails_over_retries_the_get_and_says_502_for_t
             metrics = await resp.text()
         assert "hopgate_failovers_total 1.0" in metrics
         assert "hopgate_retried_requests_total 1.0" in metrics
-        print(f"kill -9 -> new session on the survivor: {recovery:.2f} s")
+        print(f"kill -9 ({transport} hop) -> new session on the survivor: {recovery:.2f} s")
