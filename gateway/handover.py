@@ -70,13 +70,19 @@ async def wait_drained(
     ``in_flight()``: legacy exchanges still running (plain or over a hop).
     A peer that honours GOAWAY closes its session once its streams are done;
     one that does not (an older gateway or shim) keeps an idle one open, left
-    ``DRAIN_SETTLE`` s before the caller closes it. Checked every 0.1 s while
-    stopping only: nothing per message.
+    ``DRAIN_SETTLE`` s before the caller closes it. After that time (a round
+    trip on any sane path) the final GOAWAY names the last stream served.
+    Checked every 0.1 s while stopping only: nothing per message.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     settled = loop.time() + min(DRAIN_SETTLE, grace)
+    final = False
     while loop.time() < deadline:
+        if not final and loop.time() >= settled:
+            final = True
+            for tunnel in list(accepted):
+                tunnel.go_away("instance draining", final=True)
         sessions_done = not accepted or (
             all(tunnel.idle for tunnel in accepted) and loop.time() >= settled
         )

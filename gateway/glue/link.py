@@ -41,6 +41,7 @@ from yarl import URL
 
 from gateway.core.session.events import GoAwayReceived
 from gateway.core.tunnel import Tunnel, TunnelConfig
+from gateway.core.tunnel.frames import MAX_STREAM_ID
 from gateway.glue.answerer import Answerer
 from gateway.glue.driver import TunnelDriver
 from gateway.glue.opener import Opener
@@ -147,13 +148,16 @@ class TunnelLink:
         """No stream in flight: a session that was told GOAWAY may close now."""
         return self.tunnel.stream_count == 0
 
-    def go_away(self, reason: str) -> int:
-        """Answering side: tell the peer to open new streams elsewhere (draining).
+    def go_away(self, reason: str, *, final: bool = False) -> int:
+        """Answering side (draining): tell the peer to open new streams elsewhere.
 
-        Its streams opened so far are served to the end, later OPENs are refused
-        unprocessed (``Tunnel.go_away``); returns the last stream id served.
+        As RFC 9113 section 6.8 advises: first a GOAWAY promising every stream
+        (``MAX_STREAM_ID``), so one that crosses it on the wire is still served;
+        then, at least a round trip later, ``final``: the streams opened so far
+        are served, later OPENs refused unprocessed (``Tunnel.go_away``), which
+        only a peer that ignores GOAWAY still sends. Returns the id sent.
         """
-        last = self.tunnel.go_away()
+        last = self.tunnel.go_away() if final else MAX_STREAM_ID
         self.hop.core.go_away(last, reason)
         self.hop.wake()
         return last
