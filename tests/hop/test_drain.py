@@ -103,8 +103,8 @@ async def test_every_held_poll_is_answered_and_the_goaway_counted(
 async def test_a_request_that_crosses_the_goaway_is_refused_unprocessed_and_sent_again(
     make_origin: MakeOrigin, start_gateway: StartGateway
 ) -> None:
-    """The race GOAWAY's last stream id exists for, made certain: the answering side refuses
-    every new OPEN before the peer has heard GOAWAY (``Tunnel.go_away`` alone, no frame)."""
+    """A stream above the final GOAWAY's last stream id (a peer that has not heard it, made
+    certain: ``Tunnel.go_away`` alone, no frame) is refused unprocessed and sent again."""
     seen: list[str] = []
 
     async def origin(request: web.Request) -> web.Response:
