@@ -433,6 +433,7 @@ class LongPollClient:
         exc = None if task.cancelled() else task.exception()
         if exc is not None:
             self._fail(f"post failed: {describe(exc)}")
+        self._hop.wake()  # a slot is free (the post loop counts slots here, not in _post)
 
     async def _post(self, number: int, batch: bytes) -> None:
         hop = self._hop
@@ -446,8 +447,6 @@ class LongPollClient:
             else:
                 # The POST may or may not have arrived: the next transport replays from the ack.
                 self._fail(f"post failed: {describe(exc)}")
-        finally:
-            hop.wake()  # a slot is free
 
 
 def _cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
