@@ -84,6 +84,7 @@ def environment(tree: Path) -> dict[str, str]:
         "python": platform.python_version(),
         "aiohttp": version("aiohttp"),
         "engineio": version("python-engineio"),
+        "load": "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()),
         "tree": str(tree),
         "commit": commit,
     }
@@ -131,6 +132,7 @@ async def run_suite(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
         print("poll-ahead", flush=True)
         res["poll_ahead"] = await figure("poll-ahead", lambda: poll_ahead(tree, args.scale), 300)
     res["took_s"] = time.monotonic() - started
+    res["environment"]["load_end"] = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
     return res
 
 

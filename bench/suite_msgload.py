@@ -246,10 +246,17 @@ async def rtt(conn: Conn, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def sizes(conn: Conn, args: argparse.Namespace) -> dict[str, Any]:
-    rates = {}
+    """MB/s by message size; a size that does not finish in ``--timeout`` ends the figure."""
+    rates: dict[str, float] = {}
     for size in args.sizes:
         n = max(20, min(args.burst, args.bytes // size))
-        took = await counted(conn, n, b"L" * size, per_turn=False)
+        try:
+            async with asyncio.timeout(args.timeout):
+                took = await counted(conn, n, b"L" * size, per_turn=False)
+        except TimeoutError:
+            if not rates:
+                raise
+            return {"mb_s": rates, "failed_sizes": f"{size} B: did not finish"}
         rates[str(size)] = n * size / took / 1e6
     return {"mb_s": rates}
 
@@ -285,6 +292,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         conn: Conn | None = None
         try:
             budget = args.timeout + (args.ticks / args.tick_rate if name == "ticks" else 0)
+            if name == "sizes":
+                budget = args.timeout * len(args.sizes)
             async with asyncio.timeout(budget):
                 conn = await connect(args.kind, args.url)
                 results[name] = await FIGURES[name](conn, args)

@@ -125,7 +125,7 @@ def msgload(
     ]  # fmt: skip
     for pid in cpu:
         args += ["--cpu-pid", str(pid)]
-    limit = scale.figure_timeout * (len(figures) + 1) + 30
+    limit = scale.figure_timeout * (len(figures) + 4) + 30
     env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}
     done = subprocess.run(args, capture_output=True, text=True, timeout=limit, env=env, cwd=tree)
     lines = done.stdout.strip().splitlines()
@@ -140,7 +140,7 @@ async def messages(tree: Path, scale: Scale) -> dict[str, Result]:
     """The five columns of the message table, then the 50 ms RTT one-way latencies."""
     out: dict[str, Result] = {}
     figures = ["burst", "turns", "rtt", "sizes"]
-    limit = scale.figure_timeout * 6 + 60
+    limit = scale.figure_timeout * 9 + 60
     with contextlib.ExitStack() as stack:
         anchor = stack.enter_context(running(python_child("suite_anchor_server.py")))
         server = stack.enter_context(gateway("server", "--upstream", anchor.announced, tree=tree))
@@ -351,12 +351,13 @@ async def held_polls(tree: Path, scale: Scale, kind: str) -> Result:
             try:
                 held = await _until_held(origin.announced, n, 90)
                 await asyncio.sleep(0.5)
-                per = (_rss(*route.gateways) - base) / held
+                # Per poll sent: the ones that did not reach the origin are held in a gateway.
+                per = (_rss(*route.gateways) - base) / n
             finally:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-    return {"kb_per": per, "held": held}
+    return {"kb_per": per, "sent": n, "held": held}
 
 
 def _unqueued(n: int) -> tuple[str, ...]:
@@ -372,7 +373,7 @@ async def _until_held(origin: str, n: int, timeout: float) -> int:
     """How many polls the origin holds once all ``n`` arrived or it stopped growing (10 s).
 
     A gateway may hold some back (its stream gate, its connection limit): the
-    figure is per poll that got through, and the row says how many did.
+    row says how many got through.
     """
     deadline = time.monotonic() + timeout
     held, last, still = 0, -1, 0
