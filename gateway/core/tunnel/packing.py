@@ -41,7 +41,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 from collections import deque
-from typing import Final
+from typing import Any, Final
 
 import msgpack
 
@@ -85,9 +85,14 @@ class HeaderTable:
     Entries get a serial number as they are inserted; the relative index the
     wire carries is ``inserted - 1 - serial``, so nothing is renumbered on
     insert or eviction.
+
+    ``repeat`` remembers the last head that inserted nothing (a poll's head
+    is usually the previous poll's), with ``inserted`` at the time: while no
+    insert happened since, the same head has the same block and the same
+    block the same head, so either side skips the per-field work.
     """
 
-    __slots__ = ("_by_field", "_by_name", "_entries", "inserted", "size")
+    __slots__ = ("_by_field", "_by_name", "_entries", "inserted", "repeat", "size")
 
     def __init__(self, *, indexed: bool) -> None:
         self._entries: deque[tuple[bytes, bytes]] = deque()
@@ -95,6 +100,8 @@ class HeaderTable:
         self.size = 0
         self._by_field: dict[tuple[bytes, bytes], int] | None = {} if indexed else None
         self._by_name: dict[bytes, int] | None = {} if indexed else None
+        #: (inserted, flat, block, expanded size) of the last head that inserted nothing.
+        self.repeat: tuple[int, list[bytes], list[Any], int] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -151,6 +158,17 @@ def packable(flat: list[bytes]) -> bool:
 
 def encode_block(table: HeaderTable, flat: list[bytes]) -> Block:
     """The block for a flat header list, updating ``table`` (call only as it goes out)."""
+    inserted = table.inserted
+    repeat = table.repeat
+    if repeat is not None and repeat[0] == inserted and repeat[1] == flat:
+        return repeat[2]
+    block = _encode_fields(table, flat)
+    if table.inserted == inserted:
+        table.repeat = (inserted, flat, block, 0)
+    return block
+
+
+def _encode_fields(table: HeaderTable, flat: list[bytes]) -> Block:
     block: Block = []
     add = block.append
     for i in range(0, len(flat), 2):
@@ -176,6 +194,19 @@ def decode_block(table: HeaderTable, block: list[object], max_bytes: int) -> lis
     ``max_bytes`` bounds the expanded names and values. Raises BadReference,
     HeadTooLarge (the stream's errors) or ValueError (a malformed block).
     """
+    inserted = table.inserted
+    repeat = table.repeat
+    if repeat is not None and repeat[0] == inserted and repeat[2] == block:
+        if repeat[3] > max_bytes:
+            raise HeadTooLarge(f"head over {max_bytes} bytes")
+        return repeat[1]
+    flat = _decode_fields(table, block, max_bytes)
+    if table.inserted == inserted:
+        table.repeat = (inserted, flat, block, sum(map(len, flat)))
+    return flat
+
+
+def _decode_fields(table: HeaderTable, block: list[object], max_bytes: int) -> list[bytes]:
     flat: list[bytes] = []
     size = i = 0
     n = len(block)

@@ -271,3 +271,25 @@ def test_a_malformed_block_is_a_protocol_error() -> None:
     frame = encode_open_http_packed(new_packer(), 1, 65536, "GET", b"/", [b"name-only"], False)
     with pytest.raises(RemoteProtocolError, match="missing"):
         up.receive_message(frame)
+
+
+def test_a_repeated_head_reuses_its_block_until_the_table_changes() -> None:
+    a, b = flat(BROWSER), flat(BROWSER[:2])
+    heads = [a, a, a, b, a, [b"Date", b"1"], a, a, [b"Date", b"2"], b, b, a]
+    sender, receiver, out = roundtrip(heads)
+    assert out == heads
+    assert [sender.get(i) for i in range(len(sender))] == [
+        receiver.get(i) for i in range(len(receiver))
+    ]
+    first = encode_block(sender, a)
+    assert encode_block(sender, list(a)) is first  # nothing inserted since: the same block
+    encode_block(sender, [b"Date", b"3"])
+    assert encode_block(sender, a) is not first
+
+
+def test_a_repeated_block_is_held_to_the_head_limit_too() -> None:
+    table = HeaderTable(indexed=False)
+    decode_block(table, [b"Cookie", b"c" * 1000], 1 << 20)
+    assert decode_block(table, [0, 0], 1 << 20) == [b"Cookie", b"c" * 1000] * 2
+    with pytest.raises(HeadTooLarge):
+        decode_block(table, [0, 0], 1500)
