@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway.core import headers as hdr
 from gateway.glue.heads import decode_headers, decode_stripped
+from tests.glue.chain import TRANSPORTS, BuildChain, Origin, headers_of
 
 NAMES = st.sampled_from(
     [
@@ -66,3 +68,25 @@ def test_replay_rules_equal_request_headers_for_upstream(
     )
     assert list(out.items()) == list(expected.items())
     assert isinstance(out, CIMultiDict)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_gateways_pack_heads_and_the_origin_sees_every_head_whole(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    """The server's session-creating 200 offers packed heads; both tunnels then use them."""
+    _, url = origin
+    chain = await build_chain(url, transport)
+    assert chain.down.hop.peer_tunnel == {"packed-heads"}
+    views = []
+    for i in range(4):
+        sent = {"Cookie": "session=" + "c" * 400, "User-Agent": f"agent {i % 2}", "X-N": str(i)}
+        async with chain.client.get(chain.url + "/h", headers=sent) as resp:
+            assert resp.status == 200
+            views.append(headers_of(await resp.json()))
+            assert resp.headers.getall("Via") == ["1.1 hopgate, 1.1 hopgate"]
+    assert chain.down.tunnel.packs_heads and chain.up.tunnel.packs_heads
+    for i, view in enumerate(views):
+        assert view["cookie"] == ["session=" + "c" * 400]
+        assert view["user-agent"] == [f"agent {i % 2}"]
+        assert view["x-n"] == [str(i)]
