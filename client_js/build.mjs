@@ -6,7 +6,8 @@
 // properties named _like_this are shortened.
 //
 //   node build.mjs             build into dist/ and print the sizes
-//   node build.mjs --analyze   also print what takes the bytes of the minified module
+//   node build.mjs --analyze   also print what takes the bytes of the minified module, per source module
+//   node build.mjs --no-terser without the second minifying pass (to compare)
 //   node build.mjs --messages  write the table of codes, docs/howto/browser-errors.md
 //
 // test/build.test.mjs calls build() into a temporary directory.
@@ -175,8 +176,34 @@ export const productionPlugin = {
   },
 };
 
+/**
+ * The second pass over esbuild's minified output (esbuild stays the bundler):
+ * terser's compressor, run three times, finds what one pass of esbuild's
+ * leaves (inlined single-use functions, folded branches, arrows). Measured on
+ * hopgate.min.mjs it saves about 3 % gzipped; `node build.mjs --no-terser`
+ * builds without it, to compare.
+ */
+const TERSER = {
+  compress: { passes: 3, unsafe_arrows: true, toplevel: true },
+  mangle: { toplevel: true },
+  format: { comments: /^!/ },
+};
+
+async function terserPass(outdir, file, format) {
+  const { minify } = await import("terser");
+  const path = join(outdir, file);
+  const code = readFileSync(path, "utf8").replace(/\n\/\/# sourceMappingURL=.*\s*$/, "\n");
+  const result = await minify(code, {
+    ...TERSER,
+    module: format === "esm",
+    sourceMap: { content: readFileSync(`${path}.map`, "utf8"), url: `${file}.map`, includeSources: true },
+  });
+  writeFileSync(path, result.code);
+  writeFileSync(`${path}.map`, result.map);
+}
+
 /** Build every output into `outdir`; returns [{file, bytes, gzip}] and, minified, the esbuild metafile. */
-export async function build(outdir = join(HERE, "dist")) {
+export async function build(outdir = join(HERE, "dist"), { terser = true } = {}) {
   const sizes = [];
   let metafile = null;
   for (const [file, entry, format, minify] of OUTPUTS) {
@@ -196,18 +223,71 @@ export async function build(outdir = join(HERE, "dist")) {
       logLevel: "warning",
     });
     if (result.metafile) metafile = result.metafile;
+    if (minify && terser) await terserPass(outdir, file, format);
     const bytes = readFileSync(join(outdir, file));
     sizes.push({ file, bytes: bytes.length, gzip: gzipSync(bytes, { level: 9 }).length });
   }
   return { sizes, metafile };
 }
 
+const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/** The fields of one source map segment (base64 VLQ). */
+function vlqDecode(segment) {
+  const out = [];
+  let value = 0;
+  let shift = 0;
+  for (const ch of segment) {
+    const digit = B64.indexOf(ch);
+    value += (digit & 31) << shift;
+    if (digit & 32) shift += 5;
+    else {
+      out.push(value & 1 ? -(value >> 1) : value >> 1);
+      value = shift = 0;
+    }
+  }
+  return out;
+}
+
+/**
+ * What each source module takes of a built file, by its source map: the
+ * minified bytes mapped to it, and those bytes gzipped on their own (a
+ * module's share of the whole compresses a little better than that).
+ */
+export function moduleSizes(code, map) {
+  const text = new Map();
+  let source = 0;
+  code.split("\n").forEach((line, row) => {
+    const segments = (map.mappings.split(";")[row] ?? "").split(",").filter(Boolean);
+    let column = 0;
+    const starts = [];
+    for (const s of segments) {
+      const [dc, ds] = vlqDecode(s);
+      column += dc;
+      if (ds !== undefined) source += ds;
+      starts.push([column, source]);
+    }
+    starts.forEach(([at, src], i) => {
+      const name = map.sources[src];
+      text.set(name, (text.get(name) ?? "") + line.slice(at, i + 1 < starts.length ? starts[i + 1][0] : undefined));
+    });
+  });
+  return [...text].map(([name, t]) => ({ module: name.replace(/^.*src\//, ""), bytes: t.length, gzip: gzipSync(t, { level: 9 }).length }))
+    .sort((a, b) => b.bytes - a.bytes);
+}
+
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const { sizes, metafile } = await build();
+  const { sizes, metafile } = await build(undefined, { terser: !process.argv.includes("--no-terser") });
   for (const { file, bytes, gzip } of sizes) {
     console.log(`dist/${file.padEnd(20)} ${String(bytes).padStart(7)} B   gzip ${String(gzip).padStart(6)} B`);
   }
-  if (process.argv.includes("--analyze")) console.log(await esbuild.analyzeMetafile(metafile));
+  if (process.argv.includes("--analyze")) {
+    console.log(await esbuild.analyzeMetafile(metafile));
+    const path = join(HERE, "dist", "hopgate.min.mjs");
+    const rows = moduleSizes(readFileSync(path, "utf8"), JSON.parse(readFileSync(`${path}.map`, "utf8")));
+    console.log("dist/hopgate.min.mjs by module (as shipped):   bytes   gzip alone");
+    for (const { module, bytes, gzip } of rows) console.log(`  ${module.padEnd(24)} ${String(bytes).padStart(15)} ${String(gzip).padStart(12)}`);
+  }
   if (process.argv.includes("--messages")) {
     writeFileSync(MESSAGES_PAGE, messagesPage());
     console.log(`wrote ${MESSAGES_PAGE}`);
