@@ -88,11 +88,6 @@ function isUint(v, low = 0) {
   return typeof v === "bigint" && v >= BigInt(low) && v <= MAX_UINT64;
 }
 
-function uintField(v, what, low = 0) {
-  if (!isUint(v, low)) throw malformed(d`${what} must be an integer in [${low}, 2**64-1]`);
-  return v;
-}
-
 function isCloseCode(v) {
   return Number.isInteger(v) && v >= 1000 && v <= 4999;
 }
@@ -101,75 +96,54 @@ function isReason(v) {
   return typeof v === "string" && v.length <= MAX_REASON_BYTES * 3 && utf8Length(v) <= MAX_REASON_BYTES;
 }
 
-function arity(raw, n, name) {
-  if (raw.length !== n) throw malformed(d`${name} has ${raw.length} fields, expected ${n}`);
+/**
+ * The one frame validator, of the session's frames and of the tunnel's:
+ * `raw` (a decoded msgpack object) against a table of frame type ->
+ * [name, [[field, valid], ...], ...]. Returns the frame type's entry;
+ * `fail(what)` makes the error to throw.
+ */
+function checkFrame(raw, layouts, fail) {
+  if (!Array.isArray(raw) || raw.length === 0) throw fail(d`a frame must be a non-empty array`);
+  const layout = typeof raw[0] === "number" ? layouts[raw[0]] : undefined;
+  if (layout === undefined) throw fail(d`unknown frame type ${String(raw[0]).slice(0, 20)}`);
+  const [name, fields] = layout;
+  if (raw.length !== fields.length + 1) throw fail(d`${name} has ${raw.length} fields, expected ${fields.length + 1}`);
+  fields.forEach(([field, valid], i) => {
+    if (!valid(raw[i + 1])) throw fail(d`${name} ${field} is invalid`);
+  });
+  return layout;
 }
 
-const SESSION_PARSERS = {
-  [FrameType.HELLO](raw) {
-    arity(raw, 5, "HELLO");
-    const [, version, sessionId, lastReceived, token] = raw;
-    if (typeof sessionId !== "string" || sessionId.length < 1 || sessionId.length > MAX_SESSION_ID_LENGTH) {
-      throw malformed(d`HELLO session id must be a non-empty short string`);
-    }
-    if (token !== null && !(token instanceof Uint8Array && token.length <= MAX_TOKEN_LENGTH)) {
-      throw malformed(d`HELLO token must be nil or a short bin`);
-    }
-    return {
-      type: FrameType.HELLO,
-      version: uintField(version, d`HELLO version`),
-      sessionId,
-      lastReceived: uintField(lastReceived, d`HELLO last_received`),
-      token,
-    };
-  },
-  [FrameType.DATA](raw) {
-    arity(raw, 4, "DATA");
-    const [, seq, flags, payload] = raw;
-    uintField(seq, "DATA seq", 1);
-    if (!Number.isInteger(flags) || flags < 0 || flags > (FLAG_FIN | FLAG_TEXT)) {
-      throw malformed(d`DATA flags must be an integer using only bits 0x03`);
-    }
-    if (!(payload instanceof Uint8Array)) throw malformed(d`DATA payload must be bin`);
-    return { type: FrameType.DATA, seq, fin: Boolean(flags & FLAG_FIN), text: Boolean(flags & FLAG_TEXT), payload };
-  },
-  [FrameType.ACK](raw) {
-    arity(raw, 2, "ACK");
-    return { type: FrameType.ACK, received: uintField(raw[1], d`ACK received`) };
-  },
-  [FrameType.PING](raw) {
-    arity(raw, 2, "PING");
-    return { type: FrameType.PING, nonce: uintField(raw[1], d`PING nonce`) };
-  },
-  [FrameType.PONG](raw) {
-    arity(raw, 2, "PONG");
-    return { type: FrameType.PONG, nonce: uintField(raw[1], d`PONG nonce`) };
-  },
-  [FrameType.CLOSE](raw) {
-    arity(raw, 4, "CLOSE");
-    if (!isCloseCode(raw[2])) throw malformed(d`close code must be an integer in [1000, 4999]`);
-    if (!isReason(raw[3])) throw malformed(d`close reason must be a string of at most ${MAX_REASON_BYTES} bytes`);
-    return { type: FrameType.CLOSE, seq: uintField(raw[1], "CLOSE seq", 1), code: raw[2], reason: raw[3] };
-  },
-  [FrameType.ABORT](raw) {
-    arity(raw, 3, "ABORT");
-    if (!isCloseCode(raw[1])) throw malformed(d`close code must be an integer in [1000, 4999]`);
-    if (!isReason(raw[2])) throw malformed(d`close reason must be a string of at most ${MAX_REASON_BYTES} bytes`);
-    return { type: FrameType.ABORT, code: raw[1], reason: raw[2] };
-  },
-  [FrameType.GOAWAY](raw) {
-    arity(raw, 3, "GOAWAY");
-    if (!isReason(raw[2])) throw malformed(d`close reason must be a string of at most ${MAX_REASON_BYTES} bytes`);
-    return { type: FrameType.GOAWAY, lastStreamId: uintField(raw[1], "GOAWAY last_stream_id"), reason: raw[2] };
-  },
+const SEQ = ["seq", (v) => isUint(v, 1)];
+const CODE = ["close code", isCloseCode];
+const REASON = ["reason", isReason];
+const NONCE = ["nonce", isUint];
+const nonceFrame = ([type, nonce]) => ({ type, nonce });
+
+/** Frame type -> [name, fields after the type, the frame object of a valid one]. */
+const SESSION_LAYOUTS = {
+  [FrameType.HELLO]: ["HELLO", [
+    ["version", isUint],
+    ["session id", (v) => typeof v === "string" && v.length > 0 && v.length <= MAX_SESSION_ID_LENGTH],
+    ["last_received", isUint],
+    ["token", (v) => v === null || (v instanceof Uint8Array && v.length <= MAX_TOKEN_LENGTH)],
+  ], ([type, version, sessionId, lastReceived, token]) => ({ type, version, sessionId, lastReceived, token })],
+  [FrameType.DATA]: ["DATA", [
+    SEQ,
+    ["flags", (v) => Number.isInteger(v) && v >= 0 && v <= (FLAG_FIN | FLAG_TEXT)],
+    ["payload", (v) => v instanceof Uint8Array],
+  ], ([type, seq, flags, payload]) => ({ type, seq, fin: Boolean(flags & FLAG_FIN), text: Boolean(flags & FLAG_TEXT), payload })],
+  [FrameType.ACK]: ["ACK", [["received", isUint]], ([type, received]) => ({ type, received })],
+  [FrameType.PING]: ["PING", [NONCE], nonceFrame],
+  [FrameType.PONG]: ["PONG", [NONCE], nonceFrame],
+  [FrameType.CLOSE]: ["CLOSE", [SEQ, CODE, REASON], ([type, seq, code, reason]) => ({ type, seq, code, reason })],
+  [FrameType.ABORT]: ["ABORT", [CODE, REASON], ([type, code, reason]) => ({ type, code, reason })],
+  [FrameType.GOAWAY]: ["GOAWAY", [["last_stream_id", isUint], REASON], ([type, lastStreamId, reason]) => ({ type, lastStreamId, reason })],
 };
 
-/** Validate one decoded msgpack object as a session frame. */
+/** Validate one decoded msgpack object as a session frame; returns the frame object. */
 function parseSessionFrame(raw) {
-  if (!Array.isArray(raw) || raw.length === 0) throw malformed(d`a frame must be a non-empty array`);
-  const parser = typeof raw[0] === "number" ? SESSION_PARSERS[raw[0]] : undefined;
-  if (parser === undefined) throw malformed(d`unknown frame type ${String(raw[0]).slice(0, 20)}`);
-  return parser(raw);
+  return checkFrame(raw, SESSION_LAYOUTS, malformed)[2](raw);
 }
 
 /** Calls `handle(frame)` for each frame of `batch`, in order; frames before a bad one count. */
@@ -198,4 +172,4 @@ function constantTimeEqual(a, b) {
   return diff === 0;
 }
 
-export { LocalProtocolError, BufferFull, RemoteProtocolError, CloseCode, PROTOCOL_VERSION, MAX_FRAGMENT_SIZE, MAX_TOKEN_LENGTH, MAX_REASON_BYTES, DATA_OVERHEAD, FLAG_FIN, FLAG_TEXT, MAX_QUEUED_PONGS, MAX_PROBES, FrameType, sessionFrames, isUint, isCloseCode, isReason, eachSessionFrame, clipReason, constantTimeEqual };
+export { LocalProtocolError, BufferFull, RemoteProtocolError, CloseCode, PROTOCOL_VERSION, MAX_FRAGMENT_SIZE, MAX_TOKEN_LENGTH, MAX_REASON_BYTES, DATA_OVERHEAD, FLAG_FIN, FLAG_TEXT, MAX_QUEUED_PONGS, MAX_PROBES, FrameType, sessionFrames, isUint, isCloseCode, isReason, checkFrame, eachSessionFrame, clipReason, constantTimeEqual };

@@ -5,7 +5,7 @@
 
 import { d } from "./debug.js";
 import { MsgpackError, encode, decodeAll } from "./msgpack.js";
-import { RemoteProtocolError, FLAG_FIN, FLAG_TEXT, isCloseCode, isReason } from "./session_frames.js";
+import { RemoteProtocolError, FLAG_FIN, FLAG_TEXT, isCloseCode, isReason, checkFrame } from "./session_frames.js";
 
 /*
  * The shim is always the side that opened the hop session (odd stream ids)
@@ -71,14 +71,7 @@ function tunnelMalformed(what) {
 
 /** Validate one decoded msgpack object against TUNNEL_LAYOUTS; returns it unchanged. */
 function checkTunnelFrame(raw) {
-  if (!Array.isArray(raw) || raw.length === 0) throw tunnelMalformed(d`a frame must be a non-empty array`);
-  const layout = typeof raw[0] === "number" ? TUNNEL_LAYOUTS[raw[0]] : undefined;
-  if (layout === undefined) throw tunnelMalformed(d`unknown frame type ${String(raw[0]).slice(0, 20)}`);
-  const [name, fields] = layout;
-  if (raw.length !== fields.length + 1) throw tunnelMalformed(d`${name} has ${raw.length} fields, expected ${fields.length + 1}`);
-  fields.forEach(([field, valid], i) => {
-    if (!valid(raw[i + 1])) throw tunnelMalformed(d`${name} ${field} is invalid`);
-  });
+  checkFrame(raw, TUNNEL_LAYOUTS, tunnelMalformed);
   return raw;
 }
 

@@ -15,10 +15,11 @@ const TIMEOUT = { timeout: 15000 };
 /**
  * Minified + gzipped ES module, bytes. 17,862 before diagnostics became codes and
  * internal properties were shortened, 15,102 after, 16,212 with the events, auth
- * and GOAWAY; issue 11's target is 12 KB, which needs less code, not shorter
- * words (README "Build and size").
+ * and GOAWAY, 15,562 with the terser pass and one frame validator; issue 11's
+ * target is 12 KB, which needs less code, not shorter words (README "Build and
+ * size"). The budget keeps what was won.
  */
-const GZIP_BUDGET = 16 * 1024;
+const GZIP_BUDGET = 15.5 * 1024;
 
 let outdir;
 let sizes;

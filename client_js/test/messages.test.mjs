@@ -29,7 +29,7 @@ test("a diagnostic becomes its code and values; nested templates and braces are 
 test("the sources speak in sentences", () => {
   assert.throws(() => sessionFrames.decode(encode([2, 0, 1, new Uint8Array(0)])), (err) => {
     assert.ok(err instanceof RemoteProtocolError);
-    assert.equal(err.message, "malformed frame: DATA seq must be an integer in [1, 2**64-1]");
+    assert.equal(err.message, "malformed frame: DATA seq is invalid");
     return true;
   });
 });
@@ -44,10 +44,10 @@ test("the production transform leaves codes, not sentences", async () => {
     plugins: [productionPlugin],
   });
   const code = result.outputFiles[0].text.replace(/\/\*[\s\S]*?\*\//g, "");
-  assert.doesNotMatch(code, /must be an integer in/);
-  assert.match(code, new RegExp(messageCode("${what} must be an integer in [${low}, 2**64-1]")));
+  assert.doesNotMatch(code, /malformed frame|is invalid/);
+  assert.match(code, new RegExp(messageCode("${name} ${field} is invalid")));
   const { sessionFrames: prodFrames } = await import(`data:text/javascript,${encodeURIComponent(result.outputFiles[0].text)}`);
-  // malformed(uintField's message("DATA seq", 1)): two codes and the values.
-  const codes = ["malformed frame: ${what}", "${what} must be an integer in [${low}, 2**64-1]"].map(messageCode);
-  assert.throws(() => prodFrames.decode(encode([2, 0, 1, new Uint8Array(0)])), { message: `${codes[0]} ${codes[1]} DATA seq 1` });
+  // malformed(checkFrame's message("DATA", "seq")): two codes and the values.
+  const codes = ["malformed frame: ${what}", "${name} ${field} is invalid"].map(messageCode);
+  assert.throws(() => prodFrames.decode(encode([2, 0, 1, new Uint8Array(0)])), { message: `${codes[0]} ${codes[1]} DATA seq` });
 });
