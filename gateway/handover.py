@@ -69,24 +69,29 @@ async def wait_drained(
 
     ``in_flight()``: legacy exchanges still running (plain or over a hop).
     A peer that honours GOAWAY closes its session once its streams are done;
-    one that does not (an older gateway or shim) keeps an idle one open, left
-    ``DRAIN_SETTLE`` s before the caller closes it. After that time (a round
-    trip on any sane path) the final GOAWAY names the last stream served.
-    Checked every 0.1 s while stopping only: nothing per message.
+    one that does not (an older gateway or shim) keeps an idle one open: a
+    session idle for ``DRAIN_SETTLE`` s is left to the caller to close. After
+    that time from the start (a round trip on any sane path) the final
+    GOAWAY names the last stream served. Checked every 0.1 s while stopping
+    only: nothing per message.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     settled = loop.time() + min(DRAIN_SETTLE, grace)
     final = False
-    while loop.time() < deadline:
-        if not final and loop.time() >= settled:
+    idle_since: dict[TunnelLink, float] = {}
+    while (now := loop.time()) < deadline:
+        if not final and now >= settled:
             final = True
             for tunnel in list(accepted):
                 tunnel.go_away("instance draining", final=True)
-        sessions_done = not accepted or (
-            all(tunnel.idle for tunnel in accepted) and loop.time() >= settled
-        )
-        if sessions_done and not in_flight():
+        for tunnel in list(accepted):
+            if tunnel.idle:
+                idle_since.setdefault(tunnel, now)
+            else:
+                idle_since.pop(tunnel, None)
+        quiet = all(now - idle_since.get(t, now) >= DRAIN_SETTLE for t in accepted)
+        if quiet and not in_flight():
             return
         await asyncio.sleep(0.1)
     busy = sum(not tunnel.idle for tunnel in accepted)

@@ -166,12 +166,14 @@ class TunnelLink:
         if isinstance(event, GoAwayReceived):
             first = self.goaway is None
             self.goaway = event.last_stream_id
+            if not first:
+                return  # the final one (``go_away``): it only names the last stream
             self.driver.log.info(
                 "= hop session to %s: the peer said GOAWAY (%s); new requests go elsewhere",
                 self.name,
                 event.reason or "no reason",
             )
-            if first and self.on_goaway is not None:
+            if self.on_goaway is not None:
                 self.on_goaway(self)
 
     async def close(self) -> None:
