@@ -161,8 +161,10 @@ class UpstreamLink:
         at once or fails at once, instead of waiting for a resume.
         """
         tunnel = self._tunnel
-        if tunnel is None or not tunnel.alive or tunnel.hop.transport == "none":
+        if tunnel is None or not tunnel.alive:
             return None
+        if tunnel.hop.transport == "none" and not tunnel.predicting:
+            return None  # (a poll-ahead answer is awaited: its poll must not go plain)
         return tunnel
 
     def note_seen(self, note: discovery.Note | None = None) -> None:

@@ -338,10 +338,12 @@ class Answerer:
             async for chunk in upstream.content.iter_any():
                 if not await box.wait_writable(tunnel, sid):
                     return
-                tunnel.send_data(sid, chunk)
                 answer.size += len(chunk)
                 if answer.watch is not None:
-                    answer.watch.feed(chunk)
+                    chunk = answer.watch.hold(chunk)  # held until the next poll is announced
+                    if not chunk:
+                        continue
+                tunnel.send_data(sid, chunk)
                 link.schedule_flush()
         except (aiohttp.ClientError, TimeoutError) as exc:
             timed_out = isinstance(exc, TimeoutError)
@@ -356,7 +358,9 @@ class Answerer:
             link.reset(sid, code, f"upstream failed mid-response: {type(exc).__name__}")
             return
         if answer.watch is not None and self._ahead is not None:
-            self._ahead.answered(sid, answer.watch, upstream.status, headers)
+            held = self._ahead.answered(sid, answer.watch, upstream.status, headers)
+            if held and await box.wait_writable(tunnel, sid):
+                tunnel.send_data(sid, held)
         tunnel.end(sid)
         link.schedule_flush()
 

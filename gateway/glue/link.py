@@ -131,6 +131,12 @@ class TunnelLink:
     def upstream(self) -> URL | None:
         return self.driver.upstream
 
+    @property
+    def predicting(self) -> bool:
+        """Poll-ahead answers are held or awaited here: a poll must wait for them, even
+        between transports, rather than reach the origin beside the predicted one."""
+        return self._opening.predicting
+
     async def forward(
         self, request: web.BaseRequest, target: str, *, origin_key: str
     ) -> web.StreamResponse:

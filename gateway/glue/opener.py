@@ -114,6 +114,11 @@ class Opener:
         self._gate: StreamGate | None = None  # made by the first request
         self._sids: set[int] | None = None  # our streams not yet unregistered (idem)
 
+    @property
+    def predicting(self) -> bool:
+        """Poll-ahead predictions are held or awaited (glue/pollahead.py)."""
+        return self._ahead is not None and self._ahead.holding
+
     def _register(self, sid: int, box: Mailbox) -> None:
         self._link.register(sid, box)
         if self._sids is None:

@@ -79,7 +79,12 @@ def mark(headers: CIMultiDict[str]) -> None:
 
 
 class Watch:
-    """A watched poll: its request as sent to the origin, its answer body as it streams."""
+    """A watched poll: its request as sent to the origin, its answer body held back.
+
+    The body goes down only once the prediction is announced (``AheadServer.answered``):
+    the ANNOUNCE then reaches the client gateway before the last byte of the answer,
+    so the client's next poll, sent the moment it has that byte, always finds it.
+    """
 
     __slots__ = ("body", "headers", "method", "rule", "target")
 
@@ -88,12 +93,16 @@ class Watch:
         self.headers = headers.copy()
         self.body: bytearray | None = bytearray()
 
-    def feed(self, chunk: bytes) -> None:
+    def hold(self, chunk: bytes) -> bytes:
+        """What of the answer may go down now: nothing while it is held (and readable)."""
         body = self.body
-        if body is not None:
-            body += chunk
-            if len(body) > MAX_PARSED_BODY:
-                self.body = None  # too big to read a cursor from: no prediction
+        if body is None:
+            return chunk
+        body += chunk
+        if len(body) <= MAX_PARSED_BODY:
+            return b""
+        self.body = None  # too big to read a cursor from: no prediction, let it all go
+        return bytes(body)
 
 
 @dataclass(eq=False)
@@ -130,20 +139,23 @@ class AheadServer:
         rule = rule_for(self._rules, event.method, event.target)
         return Watch(rule, event.method, event.target, headers) if rule is not None else None
 
-    def answered(self, sid: int, watch: Watch, status: int, headers: CIMultiDict[str]) -> None:
-        """All of ``sid``'s answer is in the tunnel (its END not yet): announce the next poll."""
+    def answered(self, sid: int, watch: Watch, status: int, headers: CIMultiDict[str]) -> bytes:
+        """The origin's whole answer on ``sid`` is read: announce the next poll, if any, ahead
+        of the part of the body still held back (returned: the caller sends it, then END)."""
         link, stats = self._link, self._link.stats.poll_ahead
-        if watch.body is None or stats.chains >= MAX_SERVER_CHAINS or not link.alive:
-            return
-        answer = Answer(status, tuple(headers.items()), bytes(watch.body))
-        target = next_target(watch.rule, watch.target, answer)
+        if watch.body is None:
+            return b""
+        body, watch.body = bytes(watch.body), None
+        if stats.chains >= MAX_SERVER_CHAINS or not link.alive:
+            return body
+        target = next_target(watch.rule, watch.target, Answer(status, tuple(headers.items()), body))
         if target is None:
-            return
-        watch.body = None
+            return body
         chain = _ServerChain(watch, self._new_id(), target)
         self._announced[chain.push_id] = chain
         stats.chains += 1
         link.tunnel.push(sid, Op.ANNOUNCE, encode_descriptor(self._descriptor(chain)))
+        return body
 
     def _new_id(self) -> int:
         self._next_id += 1

@@ -20,7 +20,9 @@ import json
 from typing import Any
 
 import aiohttp
+import engineio
 import pytest
+from aiohttp import web
 
 from gateway.demo.comet import ROOM, make_app
 from gateway.demo.legacy_client import LegacyChatClient
@@ -271,3 +273,45 @@ async def test_socketio_client_closing_ends_the_chain(
     await until(lambda: server.chains == 0, "the server's chains to end")
     await until(lambda: client.chains == 0 and client.held_bytes == 0, "nothing held")
     assert client.used > 0
+
+
+async def test_python_engineio_polling_both_ends(
+    make_origin: MakeOrigin, gateways: Gateways
+) -> None:
+    """Unmodified python-engineio (no socket.io on top): messages both ways, once, in order."""
+    server = engineio.AsyncServer(async_mode="aiohttp", ping_interval=1, ping_timeout=2)
+    app = web.Application()
+    server.attach(app)
+    got_up: list[int] = []
+    peers: list[str] = []
+
+    @server.on("connect")
+    async def connect(sid: str, environ: dict[str, Any]) -> None:
+        peers.append(sid)
+
+    @server.on("message")
+    async def up(sid: str, data: str) -> None:
+        got_up.append(int(data))
+
+    path = await ahead_path("websocket", gateways, await make_origin(app), "engineio")
+    client = engineio.AsyncClient()
+    got_down: list[int] = []
+
+    @client.on("message")
+    def down(data: str) -> None:
+        got_down.append(int(data))
+
+    await client.connect(path.client.url, transports=["polling"])
+    try:
+        await until(lambda: len(peers) == 1, "the connection")
+        for n in range(1, 41):
+            await server.send(peers[0], str(n))
+            await client.send(str(n))
+            await asyncio.sleep(0.02 if n % 5 else 0.3)  # bursts, and held polls between
+        await until(lambda: len(got_down) >= 40 and len(got_up) >= 40, "every message")
+        await asyncio.sleep(0.5)
+    finally:
+        await client.disconnect()
+    assert got_down == list(range(1, 41))
+    assert got_up == list(range(1, 41))
+    assert path.client.stats.poll_ahead.used > 5
