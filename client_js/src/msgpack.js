@@ -209,28 +209,14 @@ class MsgpackReader {
     if (t >= 0xe0) return t - 0x100;
     if (t >= 0xa0 && t <= 0xbf) return this.str(t & 0x1f);
     if (t >= 0x90 && t <= 0x9f) return this.array(t & 0x0f, depth);
-    switch (t) {
-      case 0xc0: return null;
-      case 0xc2: return false;
-      case 0xc3: return true;
-      case 0xc4: return this.bin(this.uint(1));
-      case 0xc5: return this.bin(this.uint(2));
-      case 0xc6: return this.bin(this.uint(4));
-      case 0xcc: return this.uint(1);
-      case 0xcd: return this.uint(2);
-      case 0xce: return this.uint(4);
-      case 0xcf: return this.uint(8);
-      case 0xd0: return this.int(1);
-      case 0xd1: return this.int(2);
-      case 0xd2: return this.int(4);
-      case 0xd3: return this.int(8);
-      case 0xd9: return this.str(this.uint(1));
-      case 0xda: return this.str(this.uint(2));
-      case 0xdb: return this.str(this.uint(4));
-      case 0xdc: return this.array(this.uint(2), depth);
-      case 0xdd: return this.array(this.uint(4), depth);
-      default: break;
-    }
+    if (t === 0xc0) return null;
+    if (t === 0xc2 || t === 0xc3) return t === 0xc3;
+    // bin 8/16/32, uint 8..64, int 8..64, str 8/16/32: the width is 1 << (t - the kind's first tag)
+    if (t >= 0xc4 && t <= 0xc6) return this.bin(this.uint(1 << (t - 0xc4)));
+    if (t >= 0xcc && t <= 0xcf) return this.uint(1 << (t - 0xcc));
+    if (t >= 0xd0 && t <= 0xd3) return this.int(1 << (t - 0xd0));
+    if (t >= 0xd9 && t <= 0xdb) return this.str(this.uint(1 << (t - 0xd9)));
+    if (t === 0xdc || t === 0xdd) return this.array(this.uint(t === 0xdc ? 2 : 4), depth);
     if ((t >= 0x80 && t <= 0x8f) || t === 0xde || t === 0xdf) throw new MsgpackError(d`maps are not allowed`);
     if (t === 0xca || t === 0xcb) throw new MsgpackError(d`floats are not allowed`);
     if (t === 0xc1) throw new MsgpackError(d`0xc1 is never used`);
