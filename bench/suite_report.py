@@ -44,13 +44,15 @@ _PER_REQUEST = (
 )
 _RTT_NOISE = (
     "not profiled: on this shared machine the p99 of the 50 ms RTT rows moves 2-3x between "
-    "runs (direct p99 110 ms in one run, 160 ms in another); the scheduling delay at load "
-    "10 is as large as the effect measured. Rerun on a quiet machine before reading it."
+    "runs (direct p99 92, 110 and 160 ms in three runs of 2026-12-03); the scheduling "
+    "delay at load 6-10 is as large as the effect measured. Rerun on a quiet machine "
+    "before reading it."
 )
 #: Why a target is missed, as the profiles of ``--profile ROW`` showed it (see the module
 #: doc); keys are words of the target's text. Written from the runs of 2026-12-03.
 CAUSES: dict[str, str] = {
     "CPU per message": _PER_MESSAGE,
+    "one message per loop turn": _PER_MESSAGE,
     "bursts over a WebSocket hop": _PER_MESSAGE,
     "64 KiB over a WebSocket hop": (
         "profiled (server gateway, 64 KiB bursts): `socket.send` per message to the origin "
@@ -59,22 +61,25 @@ CAUSES: dict[str, str] = {
         "origin, so the client waits for WINDOW frames instead of streaming."
     ),
     "64 KiB over a long-poll hop": (
-        "not profiled: the 64 KiB burst over the long-poll hop did not finish within the "
-        "row's 30 s in this run."
+        "not profiled: the figure swings between runs here (the 15:13 run did not finish the "
+        "burst within 30 s, the 15:33 one ran it at 29 MB/s); run `python -m bench --profile "
+        "messages-hop-lp` on a quiet machine."
     ),
     "1 client >= 0.35x": _PER_REQUEST,
     "clients >= 0.6x": _PER_REQUEST,
     "paced p50": _PER_REQUEST,
     "<= plain forwarding": _PER_REQUEST,
     "long-poll hop bytes": (
-        "from the relay's counts, not a profile: the long-poll transport's own HTTP requests "
-        "(each GET and POST of the hop carries a full HTTP head) are about 280 bytes per "
-        "event upstream; header compaction inside the tunnel does not reach them."
+        "from the relay's counts, not a profile: the same events cost 210 bytes each over the "
+        "WebSocket hop and 868 over the long-poll hop (15:33 run), so about 650 bytes per event "
+        "are the long-poll transport's own HTTP requests (each GET and POST of the hop carries a "
+        "full HTTP head), which header compaction inside the tunnel does not reach."
     ),
     "long-poll hop at": _RTT_NOISE,
     "hop session over WebSocket, same": (
-        "not profiled: raw aiohttp on the same delayed path in the same run had p99 65.8 ms, "
-        "so the miss is within this machine's scheduling noise at load 10."
+        "not profiled: compare raw aiohttp's p99 on the same delayed path in the RTT row of "
+        "the message table; at load 6-10 on 2 shared cores that p99 moved by tens of ms "
+        "between runs (31.6 and 65.8 ms on 2026-12-03), more than the miss."
     ),
 }
 
