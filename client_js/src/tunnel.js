@@ -289,17 +289,19 @@ class Tunnel {
   }
 
   _handle(raw) {
-    switch (raw[0]) {
-      case TunnelFrame.OPEN_HTTP:
-      case TunnelFrame.OPEN_WS: return this._onOpen(raw[1]);
-      case TunnelFrame.RESPONSE: return this._onResponse(raw);
-      case TunnelFrame.ACCEPT: return this._onAccept(raw);
-      case TunnelFrame.DATA: return this._onData(raw);
-      case TunnelFrame.END: return this._onEnd(raw);
-      case TunnelFrame.MESSAGE: return this._onMessage(raw);
-      case TunnelFrame.CLOSE: return this._onClose(raw);
-      case TunnelFrame.WINDOW: return this._onWindow(raw);
-      case TunnelFrame.RESET: return this._onReset(raw);
+    const type = raw[0];
+    if (type === TunnelFrame.OPEN_HTTP || type === TunnelFrame.OPEN_WS) return this._onOpen(raw[1]);
+    const stream = this._lookup(raw[1]);
+    if (stream === null) return undefined; // a late frame of a stream we forgot
+    switch (type) {
+      case TunnelFrame.RESPONSE: return this._onResponse(stream, raw);
+      case TunnelFrame.ACCEPT: return this._onAccept(stream, raw);
+      case TunnelFrame.DATA: return this._onData(stream, raw);
+      case TunnelFrame.END: return this._onEnd(stream);
+      case TunnelFrame.MESSAGE: return this._onMessage(stream, raw);
+      case TunnelFrame.CLOSE: return this._onClose(stream, raw);
+      case TunnelFrame.WINDOW: return this._onWindow(stream, raw);
+      case TunnelFrame.RESET: return this._onReset(stream, raw);
       default: throw new LocalProtocolError("unreachable");
     }
   }
@@ -311,10 +313,8 @@ class Tunnel {
     this._control.push(tunnelFrames.reset(sid, ResetCode.REFUSED, d`a browser takes no streams`));
   }
 
-  _onResponse(raw) {
+  _onResponse(stream, raw) {
     const [, sid, status, reason, headers, hasBody] = raw;
-    const stream = this._lookup(sid);
-    if (stream === null) return;
     this._recvStep(stream, hasBody ? IN_HEAD_BODY : IN_HEAD_EMPTY);
     if (stream.ws) {
       stream.sendState = this._step(stream, stream.sendState, IN_REFUSED, false);
@@ -324,10 +324,8 @@ class Tunnel {
     this._maybeForget(stream);
   }
 
-  _onAccept(raw) {
+  _onAccept(stream, raw) {
     const [, sid, window, protocol, headers] = raw;
-    const stream = this._lookup(sid);
-    if (stream === null) return;
     if (!stream.ws) throw new RemoteProtocolError(d`ACCEPT on a non-WebSocket stream ${sid}`);
     this._recvStep(stream, IN_ACCEPT);
     stream.sendState = this._step(stream, stream.sendState, IN_ACCEPT, false);
@@ -336,28 +334,22 @@ class Tunnel {
     this._schedule(stream);
   }
 
-  _onData(raw) {
+  _onData(stream, raw) {
     const [, sid, payload] = raw;
-    const stream = this._lookup(sid);
-    if (stream === null) return;
     this._recvStep(stream, IN_DATA);
     this._takeCredit(stream, payload.length);
     stream.unconsumed += payload.length;
     this._emit({ type: "data", sid, data: payload });
   }
 
-  _onEnd(raw) {
-    const stream = this._lookup(raw[1]);
-    if (stream === null) return;
+  _onEnd(stream) {
     this._recvStep(stream, IN_END);
     this._emit({ type: "ended", sid: stream.id });
     this._maybeForget(stream);
   }
 
-  _onMessage(raw) {
+  _onMessage(stream, raw) {
     const [, sid, flags, payload] = raw;
-    const stream = this._lookup(sid);
-    if (stream === null) return;
     this._recvStep(stream, IN_MESSAGE);
     const n = payload.length;
     this._takeCredit(stream, n);
@@ -393,20 +385,16 @@ class Tunnel {
     this._emit({ type: "message", sid, data, size: whole.length });
   }
 
-  _onClose(raw) {
+  _onClose(stream, raw) {
     const [, sid, code, reason] = raw;
-    const stream = this._lookup(sid);
-    if (stream === null) return;
     this._recvStep(stream, IN_CLOSE);
     if (stream.msgParts.length) throw new RemoteProtocolError(d`CLOSE inside a fragmented message on stream ${sid}`);
     this._emit({ type: "closed", sid, code, reason });
     this._maybeForget(stream);
   }
 
-  _onWindow(raw) {
+  _onWindow(stream, raw) {
     const [, sid, increment] = raw;
-    const stream = this._lookup(sid);
-    if (stream === null) return;
     stream.sendCredit += increment;
     if (stream.sendCredit > MAX_WINDOW) {
       throw new RemoteProtocolError(d`WINDOW overflows the credit of stream ${sid}`, FLOW_CONTROL_ERROR);
@@ -414,10 +402,8 @@ class Tunnel {
     this._schedule(stream);
   }
 
-  _onReset(raw) {
+  _onReset(stream, raw) {
     const [, sid, code, reason] = raw;
-    const stream = this._lookup(sid);
-    if (stream === null) return;
     const known = code <= ResetCode.SESSION_LOST ? code : ResetCode.INTERNAL;
     this._forget(stream);
     this._emit({ type: "reset", sid, code: known, reason, remote: true, retrySafe: known === ResetCode.REFUSED });
