@@ -65,7 +65,7 @@ from gateway.core.tunnel.framing import Framing, FramingError, request_framing
 from gateway.glue.driver import TunnelDriver
 from gateway.glue.heads import decode_stripped, pairs, set_framing, under_upstream
 from gateway.glue.mailbox import Mailbox
-from gateway.glue.pollahead import AheadServer, Watch
+from gateway.glue.pollahead_server import AheadServer, Watch
 from gateway.glue.relay import relay_stream
 from gateway.glue.wsbridge import bridge_websocket
 from gateway.status import RequestRecord
