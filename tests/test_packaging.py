@@ -42,7 +42,10 @@ from tests.processes import LISTENING, ChildProcess
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 #: Extras for the people running hopgate (not the ``test`` extra).
-RUNTIME_EXTRAS = {k: v for k, v in PROJECT["optional-dependencies"].items() if k != "test"}
+#: Extras a user installs to run the gateway; `test` and `bench` serve tests/ and bench/.
+RUNTIME_EXTRAS = {
+    k: v for k, v in PROJECT["optional-dependencies"].items() if k not in ("test", "bench")
+}
 _GUARDS = {"ImportError", "ModuleNotFoundError"}
 
 
