@@ -241,7 +241,8 @@ class AheadClient:
         identity = identity_of(request.remote, list(request.headers.items()))
         for _ in range(WINDOW + 2):  # each round takes or waits for one held prediction
             found = self._book.lookup(identity, request.method, target)
-            self._link.log.debug("= poll-ahead lookup %s: %s", target[-40:], found)
+            if isinstance(found, Hit):
+                self._link.log.debug("= poll-ahead: %s is push %d", target, found.held.push_id)
             if found is None:
                 return None
             if isinstance(found, Chain):
