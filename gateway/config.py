@@ -26,14 +26,15 @@ from gateway.config_values import (
     Kind,
     Role,
     Setting,
+    check_admin_listen,
     check_cluster,
+    check_poll_ahead,
     invalid,
     parse_listen,
     parse_upstream,
     read_secret_file,
     typed,
 )
-from gateway.core.pollahead.rules import RuleError, parse_rule
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -471,7 +472,7 @@ def _check(config: Config) -> None:
             "hopgate server needs --upstream URL (or HOPGATE_UPSTREAM, or upstream = "
             "in the --config file): the legacy server it sits in front of"
         )
-    _check_poll_ahead(config)
+    check_poll_ahead(config.poll_ahead, config.role)
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
     for name in ("tls_cert", "tls_key", "ca_file"):
@@ -488,29 +489,8 @@ def _check(config: Config) -> None:
             unit = " of seconds" if setting.kind == "seconds" else ""
             raise invalid(setting.name, f"must be a positive number{unit}")
     if config.admin_listen is not None:
-        _check_admin_listen(config.admin_listen, config.role)
+        check_admin_listen(config.admin_listen, config.role)
     for names, least, reason in _AT_LEAST:
         for name in names:
             if getattr(config, name) < least:
                 raise invalid(name, reason)
-
-
-def _check_poll_ahead(config: Config) -> None:
-    """Every ``--poll-ahead`` rule reads (a bad one stops start-up, saying what a rule is)."""
-    if config.poll_ahead and config.role != "server":
-        raise invalid("poll_ahead", "is a hopgate server setting (the gateway beside the origin)")
-    for text in config.poll_ahead:
-        try:
-            parse_rule(text)
-        except RuleError as exc:
-            raise ConfigError(str(exc), name="poll_ahead", reason=str(exc)) from None
-
-
-def _check_admin_listen(value: str, role: Role) -> None:
-    """``--admin-listen`` is ``HOST:PORT`` with the port spelled out (no default is safe)."""
-    if not value.strip()[-1:].isdigit():
-        raise invalid("admin_listen", f"{value!r}: give HOST:PORT, e.g. 127.0.0.1:9090")
-    try:
-        parse_listen(value, role)
-    except ConfigError as exc:
-        raise invalid("admin_listen", f"{value!r}: {exc.reason}") from None

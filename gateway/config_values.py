@@ -16,6 +16,7 @@ from typing import Any, Literal
 from yarl import URL
 
 from gateway.core.cluster import MIN_SECRET_BYTES, ClusterIds, normal_owner
+from gateway.core.pollahead.rules import RuleError, parse_rule
 
 Role = Literal["server", "client"]
 
@@ -198,6 +199,27 @@ def check_cluster(values: dict[str, Any]) -> None:
         raise ConfigError(
             f"--advertise {advertise!r}: {exc}", name="advertise", reason=str(exc)
         ) from None
+
+
+def check_poll_ahead(rules: tuple[str, ...], role: Role) -> None:
+    """Every ``--poll-ahead`` rule reads (a bad one stops start-up, saying what a rule is)."""
+    if rules and role != "server":
+        raise invalid("poll_ahead", "is a hopgate server setting (the gateway beside the origin)")
+    for text in rules:
+        try:
+            parse_rule(text)
+        except RuleError as exc:
+            raise ConfigError(str(exc), name="poll_ahead", reason=str(exc)) from None
+
+
+def check_admin_listen(value: str, role: Role) -> None:
+    """``--admin-listen`` is ``HOST:PORT`` with the port spelled out (no default is safe)."""
+    if not value.strip()[-1:].isdigit():
+        raise invalid("admin_listen", f"{value!r}: give HOST:PORT, e.g. 127.0.0.1:9090")
+    try:
+        parse_listen(value, role)
+    except ConfigError as exc:
+        raise invalid("admin_listen", f"{value!r}: {exc.reason}") from None
 
 
 def typed(setting: Setting, value: Any) -> Any:
