@@ -2,7 +2,7 @@
 
 One pool for the whole gateway (``--max-connections``), verified against the
 system CAs plus ``--ca-file``.  Hop sessions dial through the same pool with
-a client of their own (``gateway.transports.connector.session_client``),
+a client of their own (``gateway.transports.http.session_client``),
 without this one's refusal-capturing middleware.
 
 A ``hopgate client`` sends all of it through the proxy ``http_proxy`` /

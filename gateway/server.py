@@ -64,11 +64,10 @@ from gateway.settings import ListenerSettings, Settings, derive
 from gateway.startup_checks import listen_error, server_tls_context
 from gateway.status import ClusterStats, GatewayStats
 from gateway.transports.cluster import ClusterForwarder
-from gateway.transports.connector import session_client
 from gateway.transports.endpoint import SessionServer
 from gateway.transports.handshake import SESSION_PATH
 from gateway.transports.hopsession import HopSession
-from gateway.transports.http import describe, text_error
+from gateway.transports.http import describe, session_client, text_error
 from gateway.transports.registry import client_key
 
 log = logging.getLogger("hopgate")

@@ -52,7 +52,6 @@ from gateway.core.backoff import Backoff
 from gateway.core.idle import IdleLearner
 from gateway.core.session.errors import CloseCode
 from gateway.core.session.machine import Session
-from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.errors import (
     HandshakeRefused,
     NotAGateway,
@@ -78,39 +77,13 @@ from gateway.transports.longpoll import LongPollClient
 from gateway.transports.session_settings import SessionSettings
 from gateway.transports.ws import WebSocketTransport, open_websocket
 
-__all__ = ["SessionConnector", "session_client"]
+__all__ = ["SessionConnector"]
 
 log = logging.getLogger("hopgate.session")
 
 _MAX_CREATE_BODY: Final = 64 * 1024
-#: Headers aiohttp would add on its own: a hop request carries only what we set.
-_NO_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 Signal = Literal["lost", "stalled", "closed", "wake"]
-
-
-def session_client(plain: aiohttp.ClientSession) -> aiohttp.ClientSession:
-    """The HTTP client hop sessions dial with: ``plain``'s pool, none of its middleware.
-
-    The gateway's plain client turns a refused origin WebSocket handshake
-    into its own exception (to hand the origin's answer back whole); a hop
-    session wants aiohttp's own errors, which ``ws`` matches by class. This
-    client shares ``plain``'s connection pool and timeouts (closing it leaves
-    the pool open), sends no cookies and no automatic headers, and like the
-    plain one never resends a request (a held poll).
-    """
-    connector = plain.connector
-    assert connector is not None, "a closed ClientSession"
-    client = aiohttp.ClientSession(
-        connector=connector,
-        connector_owner=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        skip_auto_headers=_NO_AUTO_HEADERS,
-        timeout=plain.timeout,
-    )
-    never_resend(client)
-    return client
 
 
 class SessionConnector:

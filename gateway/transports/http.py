@@ -21,6 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.core import headers as hdr
+from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.tasks import TaskSet
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "request_body",
     "run_shielded",
     "sendable",
+    "session_client",
     "strip_handshake",
     "text_error",
 ]
@@ -318,3 +320,31 @@ async def run_shielded(relay: Coroutine[None, None, None]) -> None:
     close code on to the origin, so it runs in its own task.
     """
     await asyncio.shield(_DETACHED.spawn(relay))
+
+
+#: Headers aiohttp would add on its own: a hop request carries only what we set.
+_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+def session_client(plain: aiohttp.ClientSession) -> aiohttp.ClientSession:
+    """The HTTP client hop sessions dial with: ``plain``'s pool, none of its middleware.
+
+    The gateway's plain client turns a refused origin WebSocket handshake
+    into its own exception (to hand the origin's answer back whole); a hop
+    session wants aiohttp's own errors, which ``ws`` matches by class. This
+    client shares ``plain``'s connection pool and timeouts (closing it leaves
+    the pool open), sends no cookies and no automatic headers, and like the
+    plain one never resends a request (a held poll).
+    """
+    connector = plain.connector
+    assert connector is not None, "a closed ClientSession"
+    client = aiohttp.ClientSession(
+        connector=connector,
+        connector_owner=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=_NO_AUTO_HEADERS,
+        timeout=plain.timeout,
+    )
+    never_resend(client)
+    return client

@@ -8,11 +8,11 @@ from dataclasses import replace
 import aiohttp
 from yarl import URL
 
-from gateway.transports.connector import SessionConnector, session_client
+from gateway.transports.connector import SessionConnector
 from gateway.transports.errors import HandshakeRefused
 from gateway.transports.handshake import SESSION_PATH, TOKEN_HEADER
 from gateway.transports.hopsession import HopSession
-from gateway.transports.http import capture_refusal
+from gateway.transports.http import capture_refusal, session_client
 from tests.faultproxy import FaultProxy
 from tests.transports.conftest import (
     FAST,
