@@ -308,12 +308,15 @@ class HopPath:
         return status
 
 
-async def hop_path(variant: Variant, gateways: Gateways, origin_url: str) -> HopPath:
+async def hop_path(
+    variant: Variant, gateways: Gateways, origin_url: str, **server_options: Any
+) -> HopPath:
     """Server gw before ``origin_url``, a recording proxy, a client gw; the hop settled.
 
-    Stop it with ``await path.check()``.
+    ``server_options`` are more settings of the server gateway. Stop it with
+    ``await path.check()``.
     """
-    server = await gateways("server", {"upstream": origin_url})
+    server = await gateways("server", {"upstream": origin_url, **server_options})
     proxy = await gateways.proxy(server)
     proxy.refuse_upgrades = variant != "websocket"
     client = await gateways("client", {"upstream": proxy.url})

@@ -37,11 +37,10 @@ from .harness import (
     Gateways,
     HopPath,
     Participant,
-    TransportWatch,
     Variant,
     count_sends,
     gateways_fixture,  # noqa: F401  (the ``gateways`` fixture)
-    transport,
+    hop_path,
     until,
 )
 from .sio_scenario import Scenario, make_origin_app, run_scenario
@@ -53,18 +52,7 @@ COMET_RULE = "GET /poll since=json:next"
 
 async def ahead_path(variant: Variant, gateways: Gateways, origin_url: str, rule: str) -> HopPath:
     """``harness.hop_path`` with the server gateway predicting ``rule``'s polls."""
-    server = await gateways("server", {"upstream": origin_url, "poll_ahead": (rule,)})
-    proxy = await gateways.proxy(server)
-    proxy.refuse_upgrades = variant != "websocket"
-    client = await gateways("client", {"upstream": proxy.url})
-    first = "websocket" if variant == "websocket" else "long-poll"
-    await until(lambda: transport(client) == first, f"a {first} hop")
-    watch = TransportWatch(client)
-    watch.start()
-    gateways.watches.append(watch)
-    path = HopPath(variant, client, server, proxy, watch)
-    path.lines_at_start = len(proxy.request_lines())
-    return path
+    return await hop_path(variant, gateways, origin_url, poll_ahead=(rule,))
 
 
 async def status(gw: Gateway) -> dict[str, Any]:
