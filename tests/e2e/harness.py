@@ -409,13 +409,24 @@ def count_sends(app: web.Application) -> list[int]:
     return sends
 
 
-async def run_chat(base_url: str, chat: Chat, *, timeout: float = 30.0) -> ChatRun:
+async def run_chat(
+    base_url: str,
+    chat: Chat,
+    *,
+    timeout: float = 30.0,
+    sessions: list[aiohttp.ClientSession] | None = None,
+) -> ChatRun:
     """Every client polls and sends its numbered messages; returns once all saw all.
 
     Never raises for a slow or broken path: ``ChatRun.problems`` reports a
-    time-out along with what went missing.
+    time-out along with what went missing. ``sessions`` (one per client,
+    closed here) give the clients their own HTTP clients.
     """
-    people = [Participant(LegacyChatClient(base_url, f"p{i}")) for i in range(chat.clients)]
+    sessions = sessions or []
+    people = [
+        Participant(LegacyChatClient(base_url, f"p{i}", session=sessions[i] if sessions else None))
+        for i in range(chat.clients)
+    ]
     run = ChatRun(chat, people)
     for p in people:
         p.client.on_message = p.seen.append
@@ -443,4 +454,5 @@ async def run_chat(base_url: str, chat: Chat, *, timeout: float = 30.0) -> ChatR
     finally:
         async with asyncio.timeout(10):
             await asyncio.gather(*(p.client.close() for p in people))
+            await asyncio.gather(*(s.close() for s in sessions))
     return run

@@ -25,7 +25,6 @@ import pytest
 from aiohttp import web
 
 from gateway.demo.comet import ROOM, make_app
-from gateway.demo.legacy_client import LegacyChatClient
 from gateway.server import Gateway
 from tests.conftest import MakeOrigin
 
@@ -36,11 +35,11 @@ from .harness import (
     ChatRun,
     Gateways,
     HopPath,
-    Participant,
     Variant,
     count_sends,
     gateways_fixture,  # noqa: F401  (the ``gateways`` fixture)
     hop_path,
+    run_chat,
     until,
 )
 from .sio_scenario import Scenario, make_origin_app, run_scenario
@@ -73,34 +72,7 @@ def bound_session(n: int) -> aiohttp.ClientSession:
 async def run_chat_apart(base_url: str, chat: Chat, timeout: float = 40.0) -> ChatRun:
     """``harness.run_chat`` with each client on its own address (see ``bound_session``)."""
     sessions = [bound_session(i + 2) for i in range(chat.clients)]
-    people = [
-        Participant(LegacyChatClient(base_url, f"p{i}", session=s)) for i, s in enumerate(sessions)
-    ]
-    run = ChatRun(chat, people)
-    for p in people:
-        p.client.on_message = p.seen.append
-
-    async def talk(p: Participant) -> None:
-        for i in range(chat.messages):
-            receipt = await p.client.send(f"{p.client.name} {i}")
-            p.sent += 1
-            p.duplicates_reported += receipt.duplicate
-            await asyncio.sleep(chat.interval)
-
-    try:
-        for p in people:
-            p.client.start()
-        async with asyncio.timeout(timeout):
-            await asyncio.gather(*(talk(p) for p in people))
-            await until(lambda: all(len(p.seen) >= chat.total for p in people), "all messages")
-        await asyncio.sleep(HOLD)  # room for a late duplicate to show up
-    except TimeoutError:
-        run.timed_out = True
-    finally:
-        async with asyncio.timeout(10):
-            await asyncio.gather(*(p.client.close() for p in people))
-            await asyncio.gather(*(s.close() for s in sessions))
-    return run
+    return await run_chat(base_url, chat, timeout=timeout, sessions=sessions)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
