@@ -34,7 +34,6 @@ from gateway.config import Config, Role, parse_listen
 from gateway.core.ladder import LadderSettings
 from gateway.core.pollahead.rules import parse_rules
 from gateway.core.tunnel import TunnelConfig
-from gateway.glue.driver import GATEWAY_WINDOW
 from gateway.glue.origin import ForwardSettings
 from gateway.transports.cluster import ClusterSettings
 from gateway.transports.session_settings import TUNNEL_SESSION_MESSAGE, SessionSettings
@@ -270,7 +269,6 @@ def _answering_tunnel(config: Config) -> TunnelConfig:
         session_reassembly=config.session_reassembly,
         max_unread=config.max_unread_bytes,
         session_window=SESSION_WINDOW,
-        initial_window=GATEWAY_WINDOW,  # both ends of a gateway hop (glue/driver.py)
     )
 
 

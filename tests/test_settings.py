@@ -152,7 +152,6 @@ def test_a_changed_value_lands_in_its_piece(tmp_path: Path) -> None:
         session_reassembly=131072,
         max_unread=70000,
         session_window=8 * 1024 * 1024,
-        initial_window=1024 * 1024,
     )
     assert (s.forward.session_connections, s.hop.address_connections) == (5, 25)
     assert (s.hop.secret, s.hop.hello_timeout) == ("s3cret", 4.0)

@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKLOG_REASON",
-    "GATEWAY_WINDOW",
     "LINK_CLOSED",
     "MAX_SESSION_BACKLOG",
     "MAX_STREAM_BACKLOG",
@@ -81,15 +80,6 @@ BACKLOG_REASON: Final = "too many undelivered messages: the receiver is not read
 
 #: Why streams end when this gateway closes the link itself (its stop), not the session dying.
 LINK_CLOSED: Final = "tunnel link closed"
-
-#: Receive window per stream a gateway announces (the core's default is 256 KiB).
-#: Credit goes back at half a window, and between two gateways a credit round
-#: trip is a few loop turns each way (milliseconds on a busy host): with 128 KiB
-#: per round trip, 64 KiB WebSocket messages ran at 65-116 MB/s, with 512 KiB at
-#: 92-222 MB/s (same host, alternating runs). The memory bound is unchanged:
-#: windows beyond 64 KiB share the session's ``session_window`` (8 MiB), so 8
-#: streams get 1 MiB and the rest 64 KiB (was 42 at 256 KiB).
-GATEWAY_WINDOW: Final = 1024 * 1024
 
 #: Takes a stream the peer opened (checked by nothing yet).
 StreamHandler = Callable[[RequestReceived | WebSocketRequested], None]
@@ -153,9 +143,7 @@ class TunnelDriver:
         self.upstream = upstream
         # An endpoint WebSocket message may be as large as a session message
         # (``--max-message-size``), not just the tunnel core's default.
-        self.config = config or TunnelConfig(
-            max_ws_message=hop.settings.max_message_size, initial_window=GATEWAY_WINDOW
-        )
+        self.config = config or TunnelConfig(max_ws_message=hop.settings.max_message_size)
         self.peer_ip = peer_ip
         self.tunnel = Tunnel(self.config, opener=opener)
         if TUNNEL_PACKED_HEADS in hop.peer_tunnel:
