@@ -48,50 +48,7 @@ from gateway.config import build_config
 from gateway.server import Gateway
 from gateway.transports.handshake import SESSION_HEADER, SESSION_PATH, TOKEN_HEADER
 from tests.processes import GatewayProcess, free_port, start_gateway
-from tests.proxies import ProxyProcess, _start, _workdir, find_binary
-
-HAPROXY = """\
-global
-    maxconn 1024
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout tunnel 60s
-frontend hop
-    bind 127.0.0.1:{port}
-{deny}    use_backend {sessions} if {{ path_beg /.hopgate/session/ }}
-    default_backend first
-backend first
-    server one 127.0.0.1:{one}
-backend second
-    server two 127.0.0.1:{two}
-"""
-DENY_UPGRADES = "    http-request deny deny_status 403 if { req.hdr(upgrade) -m found }\n"
-
-
-@contextlib.contextmanager
-def haproxy(one: int, two: int, *, forwarded: bool, long_poll: bool) -> Iterator[ProxyProcess]:
-    binary = find_binary("haproxy")
-    with _workdir("haproxy-bench") as workdir:
-
-        def prepare(port: int) -> list[str]:
-            config = HAPROXY.format(
-                port=port,
-                one=one,
-                two=two,
-                deny=DENY_UPGRADES if long_poll else "",
-                sessions="second" if forwarded else "first",
-            )
-            (workdir / "haproxy.cfg").write_text(config)
-            return [binary, "-db", "-f", str(workdir / "haproxy.cfg")]
-
-        proxy = _start("haproxy-bench", workdir, prepare, ())
-        try:
-            yield proxy
-        finally:
-            proxy.stop(10.0)
+from tests.proxies import running_splitter
 
 
 @contextlib.contextmanager
@@ -195,8 +152,8 @@ async def run_path(
     """
     with (
         instances(origin_url) as (one, two),
-        haproxy(
-            one.port, two.port, forwarded=forwarded, long_poll=transport == "long-poll"
+        running_splitter(
+            one.port, two.port, to_second=forwarded, long_poll=transport == "long-poll"
         ) as router,
     ):
         client = start_gateway("client", "--upstream", router.url, log_level="info")

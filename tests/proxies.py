@@ -271,6 +271,57 @@ def running_haproxy(
             proxy.stop(STOP_TIMEOUT)
 
 
+#: HAProxy in front of two instances of one cluster: everything to ``one``
+#: (session creation too), hop-session requests (``/.hopgate/session/ID``) to
+#: ``{sessions}``: "second" makes instance two pass them on to their owner.
+SPLIT_HAPROXY = """\
+global
+    maxconn 1024
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 60s
+frontend hop
+    bind 127.0.0.1:{port}
+{deny}    use_backend {sessions} if {{ path_beg /.hopgate/session/ }}
+    default_backend first
+backend first
+    server one 127.0.0.1:{one}
+backend second
+    server two 127.0.0.1:{two}
+"""
+#: HAProxy refuses WebSocket upgrades: the hop must run on long-poll.
+DENY_UPGRADES = "    http-request deny deny_status 403 if { req.hdr(upgrade) -m found }\n"
+
+
+@contextlib.contextmanager
+def running_splitter(
+    one: int, two: int, *, to_second: bool = True, long_poll: bool = False
+) -> Iterator[ProxyProcess]:
+    """HAProxy splitting a hop between the instances on ports ``one`` and ``two``."""
+    binary = find_binary("haproxy")
+    with _workdir("haproxy-split") as workdir:
+
+        def prepare(port: int) -> list[str]:
+            config = SPLIT_HAPROXY.format(
+                port=port,
+                one=one,
+                two=two,
+                deny=DENY_UPGRADES if long_poll else "",
+                sessions="second" if to_second else "first",
+            )
+            (workdir / "haproxy.cfg").write_text(config)
+            return [binary, "-db", "-f", str(workdir / "haproxy.cfg")]
+
+        proxy = _start("haproxy-split", workdir, prepare, ())
+        try:
+            yield proxy
+        finally:
+            proxy.stop(10.0)
+
+
 #: The recipe's CONNECT port list, which ``connect_ports`` extends as its comment says.
 SQUID_SSL_PORTS = "acl SSL_ports port 443\n"
 

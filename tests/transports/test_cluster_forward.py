@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -29,31 +30,10 @@ from gateway.server import Gateway
 from gateway.transports.handshake import SESSION_HEADER, SESSION_PATH, TOKEN_HEADER
 from tests.helpers import FAST_LADDER, FAST_SESSION, NO_REPROBE, loopback_gateway, until
 from tests.processes import free_port
-from tests.proxies import ProxyProcess, _start, _workdir, find_binary
+from tests.proxies import ProxyProcess, running_splitter
 
 SECRET = "test-cluster-secret-of-32-bytes!"
 FOREIGN = "another-cluster-secret-32-bytes!"
-
-HAPROXY = """\
-global
-    maxconn 256
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout tunnel 60s
-frontend hop
-    bind 127.0.0.1:{port}
-{deny}    use_backend second if {{ path_beg /.hopgate/session/ }}
-    default_backend first
-backend first
-    server one 127.0.0.1:{one}
-backend second
-    server two 127.0.0.1:{two}
-"""
-#: HAProxy refuses WebSocket upgrades: the hop must run on long-poll.
-DENY_UPGRADES = "    http-request deny deny_status 403 if { req.hdr(upgrade) -m found }\n"
 
 
 @dataclass
@@ -97,31 +77,13 @@ async def cluster(make_origin: object) -> AsyncIterator[Cluster]:
 @pytest.fixture
 def splitting_router() -> Iterator[object]:
     """Starts HAProxy splitting requests between the two instances (see the module doc)."""
-    binary = find_binary("haproxy")
-    started: list[tuple[ProxyProcess, object]] = []
+    with contextlib.ExitStack() as stack:
 
-    def start(cluster: Cluster, *, long_poll: bool) -> ProxyProcess:
-        workdir_cm = _workdir("haproxy-split")
-        workdir = workdir_cm.__enter__()
+        def start(cluster: Cluster, *, long_poll: bool) -> ProxyProcess:
+            router = running_splitter(cluster.one.port, cluster.two.port, long_poll=long_poll)
+            return stack.enter_context(router)
 
-        def prepare(port: int) -> list[str]:
-            config = HAPROXY.format(
-                port=port,
-                one=cluster.one.port,
-                two=cluster.two.port,
-                deny=DENY_UPGRADES if long_poll else "",
-            )
-            (workdir / "haproxy.cfg").write_text(config)
-            return [binary, "-db", "-f", str(workdir / "haproxy.cfg")]
-
-        proxy = _start("haproxy-split", workdir, prepare, ())
-        started.append((proxy, workdir_cm))
-        return proxy
-
-    yield start
-    for proxy, workdir_cm in reversed(started):
-        proxy.stop(10.0)
-        workdir_cm.__exit__(None, None, None)  # type: ignore[attr-defined]
+        yield start
 
 
 def upstream_transport(client: Gateway) -> str:
