@@ -3,17 +3,25 @@
 The opening side bridges its client's WebSocket, the answering side the one
 it opened to the origin; both run :func:`bridge_websocket`. One reader task
 moves endpoint messages into the stream while the stream takes them
-(``wait_writable``: a message is credited back only once the far endpoint's
-send returned, so a slow endpoint stalls its own stream only); the caller's
-task writes the stream's messages to the endpoint and runs the close
-handshake across the tunnel: the first side to close gets the far side's
-answering code back. A reset or a vanished endpoint ends the other side with
-``1001`` (or the reset code's close code).
+(``wait_writable``); the caller's task writes the stream's messages to the
+endpoint and runs the close handshake across the tunnel: the first side to
+close gets the far side's answering code back. A reset or a vanished endpoint
+ends the other side with ``1001`` (or the reset code's close code).
+
+Writing gathers: the messages waiting in the mailbox (up to GATHER_BYTES)
+leave in one socket write (``send_frames``), where one ``send_bytes`` each
+cost a syscall each. They are credited back to the sender as soon as they
+are in the transport, not after it drained: ``send_frames`` first waits
+while the transport is above its high-water mark, so a slow endpoint leaves
+its messages uncredited in the mailbox and stalls its own stream only, and
+the bridge holds at most the stream's window there plus the high-water mark
+and one write in the transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -23,9 +31,14 @@ from gateway.core.tunnel.events import StreamReset, WebSocketClosed, WebSocketMe
 from gateway.glue.driver import LINK_CLOSED, TunnelDriver
 from gateway.glue.heads import short
 from gateway.glue.mailbox import EndpointDone, Mailbox
+from gateway.transports.aiohttp_internals import send_frames
 from gateway.transports.http import CLOSE_TIMEOUT, Peer, close_peer, sendable
 
-__all__ = ["bridge_websocket"]
+__all__ = ["GATHER_BYTES", "bridge_websocket"]
+
+#: Payload bytes of waiting messages written to the endpoint in one go (one
+#: message at least, however large).
+GATHER_BYTES: Final = 256 * 1024
 
 
 async def bridge_websocket(link: TunnelDriver, sid: int, box: Mailbox, peer: Peer) -> None:
@@ -62,14 +75,14 @@ async def _ws_reader(link: TunnelDriver, sid: int, box: Mailbox, peer: Peer) -> 
         elif kind is WSMsgType.CLOSING:
             return  # our own close() interrupted this receive
         elif kind is WSMsgType.CLOSE:
-            tunnel.close_websocket(sid, sendable(msg.data), short(msg.extra or ""))
+            tunnel.close_websocket(sid, int(sendable(msg.data)), short(msg.extra or ""))
             link.schedule_flush()
             box.post(EndpointDone(closed=True))
             return
         else:
             code = 1001
             if isinstance(msg.data, aiohttp.WebSocketError):
-                code = sendable(msg.data.code)
+                code = int(sendable(msg.data.code))
             tunnel.close_websocket(sid, code, "endpoint connection lost")
             link.schedule_flush()
             box.post(EndpointDone(closed=False))
@@ -91,9 +104,10 @@ async def _ws_writer(
         else:
             event = await box.next_event()
         if isinstance(event, WebSocketMessage):
+            batch, size = _gather(box, event)
             if not endpoint_done:
-                await _send(peer, event.data)
-            link.tunnel.consumed(sid, event.size)
+                await _send(peer, batch)
+            link.tunnel.consumed(sid, size)
             link.schedule_flush()
         elif isinstance(event, EndpointDone):
             endpoint_done = True
@@ -119,12 +133,29 @@ def _reset_close_code(reset: StreamReset) -> int:
     return 1012 if lost and reset.reason != LINK_CLOSED else ResetCode.of(reset.code).ws_close_code
 
 
-async def _send(peer: Peer, data: bytes | str) -> None:
+def _gather(box: Mailbox, first: WebSocketMessage) -> tuple[list[bytes | str], int]:
+    """``first`` and the messages right behind it in ``box``, up to GATHER_BYTES; their size."""
+    batch, size = [first.data], first.size
+    events = box.events
+    while events and size < GATHER_BYTES:
+        event = events[0]
+        if not isinstance(event, WebSocketMessage):
+            break  # a close or a reset waits for the messages before it
+        events.popleft()
+        batch.append(event.data)
+        size += event.size
+    return batch, size
+
+
+async def _send(peer: Peer, batch: list[bytes | str]) -> None:
     try:
-        if isinstance(data, str):
-            await peer.send_str(data)
-        else:
-            await peer.send_bytes(data)
+        if await send_frames(peer, batch):
+            return
+        for data in batch:  # compressed, or closing: aiohttp frames each (and drains)
+            if isinstance(data, str):
+                await peer.send_str(data)
+            else:
+                await peer.send_bytes(data)
     except (ConnectionError, aiohttp.ClientError):
         pass  # the reader reports the endpoint's end
 
@@ -141,6 +172,6 @@ async def _close_first(
         reader.cancel()  # aiohttp's server side reads the answer only then
         await asyncio.gather(reader, return_exceptions=True)
     await close_peer(peer, sendable(event.code), event.reason)
-    answer = sendable(peer.close_code) if peer.close_code else event.code
+    answer = int(sendable(peer.close_code)) if peer.close_code else event.code
     link.tunnel.close_websocket(sid, answer, "")
     link.schedule_flush()

@@ -12,8 +12,10 @@ through ``request.writer`` and then resetting its ``output_size``.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
-from collections.abc import Awaitable, Callable
+import struct
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
@@ -25,11 +27,18 @@ if TYPE_CHECKING:
     from aiohttp.connector import Connection
     from aiohttp.tracing import Trace
 
+_websocket_mask: Callable[[bytes, bytearray], None] | None
+try:  # aiohttp's C masking helper (a pure-Python one where the extension is missing)
+    from aiohttp._websocket.helpers import websocket_mask as _websocket_mask
+except ImportError:  # pragma: no cover - an aiohttp without it: send_frames declines
+    _websocket_mask = None
+
 __all__ = [
     "RelayedResponse",
     "RoutingConnector",
     "limit_reads",
     "never_resend",
+    "send_frames",
     "take_over_reading",
     "write_frame_now",
 ]
@@ -48,7 +57,21 @@ class RelayedResponse(web.StreamResponse):
     hook at that moment, ``Application.on_response_prepare``, runs only for
     requests routed through a ``web.Application``; the gateway serves from
     the low-level ``web.Server``, whose requests call no such hook.
+
+    ``hold_head``: ``prepare`` keeps the head until the first body write (or
+    the end), so a response whose body is already here leaves in one
+    ``send`` instead of two (one more wake-up of the client per request).
+    Only for a body the caller writes at once: a held poll's head must not
+    wait for its first event (``prepare`` returns the writer; its
+    ``send_headers()`` sends a held head now). Internal: the class attribute
+    ``StreamResponse._send_headers_immediately`` (``web.Response`` sets it
+    False for the same reason).
     """
+
+    def __init__(self, *, hold_head: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if hold_head:
+            self._send_headers_immediately = False
 
     async def _prepare_headers(self) -> None:
         sent = {name for name in ("Content-Type", "Server") if name in self.headers}
@@ -100,6 +123,69 @@ def write_frame_now(
         return False
     writer._write_websocket_frame(data, aiohttp.WSMsgType.BINARY, 0)
     return True
+
+
+_LEN1 = struct.Struct("!BB").pack
+_LEN2 = struct.Struct("!BBH").pack
+_LEN3 = struct.Struct("!BBQ").pack
+
+
+async def send_frames(
+    ws: aiohttp.ClientWebSocketResponse | web.WebSocketResponse, messages: Sequence[bytes | str]
+) -> bool:
+    """Send every message of ``messages``, in order, with one ``transport.write``.
+
+    One frame per message, one syscall for them all: a burst through a bridge
+    wrote each message on its own and spent half its time in ``socket.send``.
+    Waits first while the transport is paused (its buffer is above the
+    high-water mark), so what we hold is bounded by that mark plus one call's
+    messages; once this returns they are in the transport, not merely queued
+    here. False (nothing written) when aiohttp must frame them itself:
+    compression negotiated, a close under way, or no masking helper.
+
+    Internal: ``_writer`` (``transport``, ``protocol``, ``use_mask``,
+    ``compress``, ``_closing`` and ``_output_size``, which this counts so the
+    next ``send_bytes`` still drains when it should), ``BaseProtocol._drain_helper``
+    (what ``send_frame`` awaits; ``writing_paused`` is public) and
+    ``aiohttp._websocket.helpers.websocket_mask``.  aiohttp frames one
+    message per call and has no vectored send.
+    """
+    writer = ws._writer
+    if writer is None or writer.compress or _websocket_mask is None:
+        return False
+    protocol = writer.protocol
+    if protocol.writing_paused:
+        await protocol._drain_helper()
+    transport = writer.transport
+    if writer._closing or transport.is_closing():
+        return False
+    parts: list[bytes | bytearray] = []
+    masks = os.urandom(4 * len(messages)) if writer.use_mask else b""
+    for i, message in enumerate(messages):
+        if isinstance(message, str):
+            parts.append(_frame_header(0x81, len(payload := message.encode()), masks))
+        else:
+            parts.append(_frame_header(0x82, len(payload := message), masks))
+        if masks:
+            mask = masks[4 * i : 4 * i + 4]
+            masked = bytearray(payload)
+            _websocket_mask(mask, masked)
+            parts += (mask, masked)
+        else:
+            parts.append(payload)
+    data = b"".join(parts)
+    transport.write(data)
+    writer._output_size += len(data)
+    return True
+
+
+def _frame_header(first: int, n: int, masked: bytes) -> bytes:
+    bit = 0x80 if masked else 0
+    if n < 126:
+        return _LEN1(first, n | bit)
+    if n < 65536:
+        return _LEN2(first, 126 | bit, n)
+    return _LEN3(first, 127 | bit, n)
 
 
 class _ByteFeed:

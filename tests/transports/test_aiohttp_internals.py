@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 from asyncio import selector_events
+from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web, web_protocol
+from aiohttp import WSMsgType, web, web_protocol
 
 from gateway.transports.aiohttp_internals import (
     RelayedResponse,
     limit_reads,
     never_resend,
+    send_frames,
     take_over_reading,
     write_frame_now,
 )
@@ -311,5 +313,143 @@ async def test_write_frame_now_reaches_the_peer_and_declines_once_closing() -> N
             await ws.close()
             assert not write_frame_now(ws, b"late")
         assert received == [b"one", b"two", b"three"]
+    finally:
+        await runner.cleanup()
+
+
+# -- send_frames: the writer's parts, BaseProtocol._drain_helper, websocket_mask ----------------
+
+
+def test_websocket_writer_still_has_the_parts_send_frames_uses() -> None:
+    from aiohttp._websocket import helpers
+    from aiohttp._websocket.writer import WebSocketWriter
+    from aiohttp.base_protocol import BaseProtocol
+
+    loop = asyncio.new_event_loop()
+    try:
+        writer = WebSocketWriter(BaseProtocol(loop), asyncio.Transport(), use_mask=True)
+    finally:
+        loop.close()
+    for name in ("protocol", "transport", "use_mask", "compress", "_closing", "_output_size"):
+        _internal(hasattr(writer, name), f"WebSocketWriter.{name}", "attribute gone")
+    helper = getattr(BaseProtocol, "_drain_helper", None)
+    _internal(
+        helper is not None and inspect.iscoroutinefunction(helper),
+        "BaseProtocol._drain_helper",
+        "no longer a coroutine method",
+    )
+    mask = getattr(helpers, "websocket_mask", None)
+    _internal(mask is not None, "aiohttp._websocket.helpers.websocket_mask", "gone")
+    data = bytearray(b"\x00\x01\x02\x03\x04")
+    mask(b"\x0f\x0f\xf0\xf0", data)
+    _internal(data == b"\x0f\x0e\xf2\xf3\x0b", "websocket_mask", "masks differently")
+
+
+async def _ws_site(handler: Any) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/"
+
+
+def _count_writes(ws: aiohttp.ClientWebSocketResponse | web.WebSocketResponse) -> list[int]:
+    """Record the size of every ``transport.write`` under ``ws`` (the real write still runs)."""
+    assert ws._writer is not None
+    transport = ws._writer.transport
+    real, sizes = transport.write, []
+
+    def write(data: Any) -> None:
+        sizes.append(len(data))
+        real(data)
+
+    transport.write = write  # type: ignore[method-assign]
+    return sizes
+
+
+async def test_send_frames_writes_masked_and_plain_frames_in_one_write_each() -> None:
+    from_client: list[tuple[WSMsgType, Any]] = []
+    from_server = ["s1", b"s2" * 40_000, b"", "s\u00e9"]  # short, 64-bit length, empty, UTF-8
+    server_writes: list[int] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        sizes = _count_writes(ws)
+        async for msg in ws:
+            from_client.append((msg.type, msg.data))
+            if len(from_client) == 5:
+                assert await send_frames(ws, from_server)
+                server_writes.append(len(sizes))
+        return ws
+
+    runner, url = await _ws_site(handler)
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            sizes = _count_writes(ws)
+            assert await send_frames(ws, ["a", b"b" * 300, b"c" * 70_000])
+            assert len(sizes) == 1  # masked frames (we are the client), one write
+            await ws.send_bytes(b"d")  # aiohttp's own path after ours: same stream
+            assert await send_frames(ws, ["e"])
+            got = [await ws.receive(timeout=5) for _ in from_server]
+            await ws.close()
+            assert not await send_frames(ws, [b"late"])
+        assert from_client == [
+            (WSMsgType.TEXT, "a"),
+            (WSMsgType.BINARY, b"b" * 300),
+            (WSMsgType.BINARY, b"c" * 70_000),
+            (WSMsgType.BINARY, b"d"),
+            (WSMsgType.TEXT, "e"),
+        ]
+        assert [(m.type, m.data) for m in got] == [
+            (WSMsgType.TEXT, "s1"),
+            (WSMsgType.BINARY, b"s2" * 40_000),
+            (WSMsgType.BINARY, b""),
+            (WSMsgType.TEXT, "s\u00e9"),
+        ]
+        assert server_writes == [1]  # plain frames (we are the server), one write
+    finally:
+        await runner.cleanup()
+
+
+async def test_send_frames_waits_while_the_transport_is_above_its_high_water_mark() -> None:
+    go = asyncio.Event()
+    seen: list[int] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        await go.wait()  # reads nothing until then: the client's socket fills
+        async for msg in ws:
+            seen.append(msg.data[0])
+        return ws
+
+    runner, url = await _ws_site(handler)
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            assert ws._writer is not None
+            transport = ws._writer.transport
+            _, high = transport.get_write_buffer_limits()
+            batch = [bytes([i % 256]) + bytes(65535) for i in range(4)]
+            calls = 0
+            while True:
+                calls += 1
+                assert calls < 400, "send_frames never waited"  # loopback fills far earlier
+                sending = asyncio.ensure_future(send_frames(ws, batch))
+                done, _ = await asyncio.wait({sending}, timeout=0.5)
+                if not done:
+                    break
+                assert sending.result()
+                # Written only below the mark: at most the mark plus one call's frames.
+                assert transport.get_write_buffer_size() <= high + 4 * (65536 + 14)
+            assert transport.get_write_buffer_size() > high  # it waits for room, not for nothing
+            go.set()
+            async with asyncio.timeout(20):
+                assert await sending
+                while len(seen) < 4 * calls:
+                    await asyncio.sleep(0.01)
+            assert seen == [i % 256 for i in range(4)] * calls
     finally:
         await runner.cleanup()
