@@ -12,8 +12,9 @@ Pure: imports msgpack only, like the cores that use it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 import msgpack
 
@@ -24,6 +25,10 @@ FEED_CHUNK: Final = 256 * 1024
 MAX_STR: Final = 1024
 #: Initial Unpacker buffer (msgpack's default is 1 MiB).
 READ_SIZE: Final = 16 * 1024
+#: Batches up to this size are tried as one object (``BatchReader.one``).
+SINGLE_MAX: Final = 64 * 1024
+#: ``BatchReader.one``: the batch is not one object.
+NOT_ONE: Final = object()
 
 
 class WireError(Exception):
@@ -46,10 +51,28 @@ class BatchReader:
     never fed allocates nothing.
     """
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_single")
 
     def __init__(self, *, max_bin: int, max_array: int, slack: int = 64) -> None:
         self._key = (max_bin, max_array, slack)
+        # Shared by every reader with these limits: an idle session holds two readers.
+        self._single = _limits(max_bin, max_array)
+
+    def one(self, batch: bytes | bytearray | memoryview) -> object:
+        """The batch's only object, or ``NOT_ONE`` (several objects, or bad: use ``objects``).
+
+        For readers whose batches mostly hold one object (a tunnel message
+        with one frame, the common case at one message per loop turn): a small
+        batch decoded whole by ``unpackb`` under the same limits costs a fifth
+        of the pooled streaming Unpacker. What it cannot take, ``objects``
+        decides, so errors and their laziness stay the same.
+        """
+        if len(batch) <= SINGLE_MAX:
+            try:
+                return msgpack.unpackb(batch, **self._single)
+            except Exception:  # ExtraData (several objects), or bad: objects() decides
+                pass
+        return NOT_ONE
 
     def objects(self, batch: bytes | bytearray | memoryview) -> Iterator[object]:
         """Each object of ``batch`` in order; ``WireError`` once it goes wrong.
@@ -93,23 +116,34 @@ _POOL_SIZE: Final = 2
 _pool: dict[tuple[int, int, int], list[msgpack.Unpacker]] = {}
 
 
+@functools.cache
+def _limits(max_bin: int, max_array: int) -> dict[str, Any]:
+    """The Unpacker's decoding limits, for ``unpackb`` too (the buffer limit does not apply).
+
+    One dict per set of limits (cached), never changed: the readers share it.
+    """
+    return {
+        "raw": False,
+        "use_list": True,
+        "strict_map_key": True,
+        "max_bin_len": max_bin,
+        "max_str_len": MAX_STR,
+        "max_array_len": max_array,
+        "max_map_len": 0,
+        "max_ext_len": 0,
+    }
+
+
 def _borrow(key: tuple[int, int, int]) -> msgpack.Unpacker:
     free = _pool.get(key)
     if free:
         return free.pop()
     max_bin, max_array, slack = key
     return msgpack.Unpacker(
-        raw=False,
-        use_list=True,
-        strict_map_key=True,
         # Grows on demand up to max_buffer_size; most batches are small.
         read_size=READ_SIZE,
         max_buffer_size=max_bin + FEED_CHUNK + slack,
-        max_bin_len=max_bin,
-        max_str_len=MAX_STR,
-        max_array_len=max_array,
-        max_map_len=0,
-        max_ext_len=0,
+        **_limits(max_bin, max_array),
     )
 
 

@@ -42,8 +42,12 @@ from gateway.core.tunnel.events import (
     Event,
     PushReceived,
     RequestReceived,
+    ResponseReceived,
     StreamEnded,
     StreamReset,
+    StreamWritable,
+    WebSocketAccepted,
+    WebSocketClosed,
     WebSocketMessage,
     WebSocketRequested,
 )
@@ -77,6 +81,20 @@ MAX_STREAM_BACKLOG: Final = 4096
 MAX_SESSION_BACKLOG: Final = 32768
 _BACKLOG_CHECK: Final = 256
 BACKLOG_REASON: Final = "too many undelivered messages: the receiver is not reading"
+
+#: The events of a stream that exists: routed to its sink (the rest open streams, or PUSH).
+_STREAM_EVENTS: Final = frozenset(
+    {
+        DataReceived,
+        ResponseReceived,
+        StreamEnded,
+        StreamReset,
+        StreamWritable,
+        WebSocketAccepted,
+        WebSocketClosed,
+        WebSocketMessage,
+    }
+)
 
 #: Why streams end when this gateway closes the link itself (its stop), not the session dying.
 LINK_CLOSED: Final = "tunnel link closed"
@@ -268,12 +286,13 @@ class TunnelDriver:
             self._dispatching = False
 
     def _route(self, event: Event) -> None:
-        if isinstance(event, RequestReceived | WebSocketRequested):
-            self._opened(event)
-            return
-        if type(event) is PushReceived:
-            if self.on_push is not None:
-                self.on_push(event)
+        kind = type(event)
+        if kind not in _STREAM_EVENTS:  # one set lookup for the events of live streams
+            if isinstance(event, PushReceived):
+                if self.on_push is not None:
+                    self.on_push(event)
+            elif isinstance(event, RequestReceived | WebSocketRequested):
+                self._opened(event)
             return
         sid = event.stream_id
         sink = self._sinks.get(sid)
@@ -287,7 +306,6 @@ class TunnelDriver:
             elif isinstance(event, WebSocketMessage):
                 self.tunnel.consumed(sid, event.size)
             return
-        kind = type(event)
         if kind is StreamReset:
             del self._sinks[sid]
             self._counters.pop(sid, None)

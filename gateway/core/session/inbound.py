@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.core.session.errors import CloseCode, MessageTooBig, RemoteProtocolError
-from gateway.core.session.frames import Close, Data
+from gateway.core.session.frames import FLAG_FIN, FLAG_TEXT, Close, Data
 
 __all__ = ["Inbound"]
 
@@ -32,23 +32,30 @@ class Inbound:
 
     def accept(self, frame: Data, max_message_size: int) -> bytes | str | None:
         """The message this DATA completes; None if it was discarded or is a fragment."""
-        seq = frame.seq
+        flags = (FLAG_FIN if frame.fin else 0) | (FLAG_TEXT if frame.text else 0)
+        return self.accept_fields(frame.seq, flags, frame.payload, max_message_size)
+
+    def accept_fields(
+        self, seq: int, flags: int, payload: bytes, max_message_size: int
+    ) -> bytes | str | None:
+        """``accept`` for a DATA frame's checked fields (the receive path builds no ``Data``)."""
         if seq != self.received + 1:
             return None  # duplicate or gap: discarded, go-back-N replays it
         if self.peer_closed:
             raise RemoteProtocolError("DATA after CLOSE")
         self.received = seq
-        payload = frame.payload
+        text = bool(flags & FLAG_TEXT)
         parts = self.parts
         if parts:
-            if frame.text is not self.text:
+            if text is not self.text:
                 raise RemoteProtocolError("fragments of one message mix text and binary")
+            size = self.size + len(payload)
         else:
-            self.text = frame.text
-        size = self.size + len(payload)
+            self.text = text
+            size = len(payload)
         if size > max_message_size:
             raise MessageTooBig(f"message exceeds max_message_size ({max_message_size} bytes)")
-        if not frame.fin:
+        if not flags & FLAG_FIN:
             parts.append(payload)
             self.size = size
             return None
@@ -57,7 +64,7 @@ class Inbound:
             payload = b"".join(parts)
             parts.clear()
             self.size = 0
-        if not frame.text:
+        if not text:
             return payload
         try:
             return payload.decode("utf-8")

@@ -63,7 +63,6 @@ from gateway.core.session.frames import (
     Abort,
     Ack,
     Close,
-    Data,
     FrameDecoder,
     GoAway,
     Hello,
@@ -241,9 +240,11 @@ class Session:
                 self._outbox.ack_at_once()
             return
         try:
-            handlers = _HANDLERS
-            for frame in self._decoder.decode(data):
-                handlers[type(frame)](self, frame, now)
+            for frame in self._decoder.decode_hot(data):
+                if type(frame) is list:  # a checked DATA, [2, seq, flags, payload]: no Data built
+                    self._on_data(frame[1], frame[2], frame[3], now)
+                else:
+                    _HANDLERS[type(frame)](self, frame, now)
                 if self._state is _CLOSED:
                     break
         except RemoteProtocolError as exc:
@@ -255,9 +256,9 @@ class Session:
         events, self._events = self._events, []
         return events
 
-    def _on_data(self, frame: Data, now: float) -> None:
-        self._outbox.data_received(frame.seq, self._recv.received, len(frame.payload), now)
-        message = self._recv.accept(frame, self._config.max_message_size)
+    def _on_data(self, seq: int, flags: int, payload: bytes, now: float) -> None:
+        self._outbox.data_received(seq, self._recv.received, len(payload), now)
+        message = self._recv.accept_fields(seq, flags, payload, self._config.max_message_size)
         if message is not None:
             self._events.append(MessageReceived(data=message))
 
@@ -317,12 +318,12 @@ class Session:
         ``writable``; SessionUsageError when closing, closed or over ``max_message_size``."""
         if self._state is not _OPEN:
             raise SessionUsageError(f"cannot send a message in state {self._state.name}")
-        payload, text = message_payload(data)
+        payload, text = (data, False) if type(data) is bytes else message_payload(data)
         size = len(payload)
         limit = self._config.max_message_size
         if size > limit:
             raise SessionUsageError(f"message of {size} bytes exceeds max_message_size ({limit})")
-        if not self.writable:
+        if not self._send.has_room:  # not writable: the state is OPEN
             raise BufferFull(self._send.describe_full())
         self._send.add_message(payload, text)
 
@@ -487,7 +488,6 @@ class Session:
 
 #: Frame type -> handler; one table for all sessions rather than bound methods in each.
 _HANDLERS: Final[dict[type, Callable[[Session, Any, float], None]]] = {
-    Data: Session._on_data,
     Ack: Session._on_ack,
     Hello: Session._on_hello,
     Ping: Session._on_ping,

@@ -21,14 +21,14 @@ turn a bad peer into a crashed task).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import IntEnum
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import msgpack
 
 from gateway.core.tunnel.errors import RemoteProtocolError
-from gateway.core.wire import BatchReader, WireError
+from gateway.core.wire import NOT_ONE, BatchReader, WireError
 
 __all__ = [
     "BASE_WINDOW",
@@ -391,9 +391,8 @@ def check_frame(raw: object) -> list[Any]:
 class FrameDecoder:
     """Turns session messages (batches of concatenated frames) into validated frames.
 
-    One per tunnel: the streaming Unpacker and its buffer are reused. A batch
-    must hold whole frames only; a frame cut at the end of a message is an
-    error, because the session delivers whole messages.
+    One per tunnel. A batch must hold whole frames only; a frame cut at the
+    end of a message is an error, because the session delivers whole messages.
     """
 
     __slots__ = ("_reader",)
@@ -401,24 +400,42 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._reader = BatchReader(max_bin=MAX_PAYLOAD, max_array=2 * MAX_HEADER_FIELDS, slack=4096)
 
-    def decode(self, message: bytes | bytearray | memoryview) -> Iterator[list[Any]]:
-        """Yield each frame of one message, validated; only RemoteProtocolError escapes.
+    def decode(self, message: bytes | bytearray | memoryview) -> Iterable[list[Any]]:
+        """Each frame of one message, validated; only RemoteProtocolError escapes.
 
         Lazy on purpose: the frames before a bad one take effect, exactly as
-        if they had come in an earlier message.
+        if they had come in an earlier message. A message of one frame (most
+        of them, one message per loop turn) skips the streaming decoder.
         """
+        raw = self._reader.one(message)
+        if raw is NOT_ONE:
+            return self._frames(message)
+        return (raw if _is_hot(raw) else check_frame(raw),)
+
+    def _frames(self, message: bytes | bytearray | memoryview) -> Iterator[list[Any]]:
         try:
             for raw in self._reader.objects(message):
-                if (  # DATA, the hot frame: the same checks as LAYOUTS, inline
-                    type(raw) is list
-                    and len(raw) == 3
-                    and raw[0] == 5
-                    and type(raw[1]) is int
-                    and 0 < raw[1] <= MAX_STREAM_ID
-                    and type(raw[2]) is bytes
-                ):
-                    yield raw
-                else:
-                    yield check_frame(raw)
+                yield raw if _is_hot(raw) else check_frame(raw)
         except WireError as exc:
             raise _fail(str(exc)) from exc
+
+
+def _is_hot(raw: object) -> TypeGuard[list[Any]]:
+    """A well-formed DATA or MESSAGE frame: the checks of LAYOUTS, inline (they are most frames)."""
+    if type(raw) is not list:
+        return False
+    n = len(raw)
+    if n == 4:  # MESSAGE: [7, sid, flags, payload]
+        flags = raw[2]
+        ok = raw[0] == 7 and type(flags) is int and 0 <= flags <= (FLAG_FIN | FLAG_TEXT)
+    else:  # DATA: [5, sid, payload]
+        ok = n == 3 and raw[0] == 5
+    if not ok:
+        return False
+    sid = raw[1]
+    return (
+        type(raw[0]) is int
+        and type(sid) is int
+        and 0 < sid <= MAX_STREAM_ID
+        and type(raw[-1]) is bytes
+    )

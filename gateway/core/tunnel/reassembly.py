@@ -39,13 +39,17 @@ class Reassembly:
     def add(self, stream: Stream, payload: bytes, *, fin: bool) -> bytes | None:
         """Take one MESSAGE chunk (already within the size limit); the whole message at FIN."""
         n = len(payload)
-        stream.msg_size += n
         self.held += n
+        parts = stream.msg_parts
+        if fin and not parts:  # a whole message in one frame (most are): nothing held before
+            stream.unconsumed += n
+            self.delivered += n
+            return payload
+        stream.msg_size += n
         if not fin:
             self._hold_fragment(stream, payload)
             return None
-        parts = stream.msg_parts
-        whole = b"".join((*parts, payload)) if parts else payload
+        whole = b"".join((*parts, payload))
         size = stream.msg_size
         stream.prepaid += size - n - stream.msg_owed
         stream.unconsumed += size

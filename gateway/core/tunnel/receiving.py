@@ -51,6 +51,7 @@ from gateway.core.tunnel.stream_state import (
     HEAD_EMPTY,
     MESSAGE,
     REFUSED,
+    WS,
     Stream,
     step,
 )
@@ -276,7 +277,8 @@ def _on_message(table: StreamTable, raw: list[Any]) -> None:
     stream = table.lookup(sid)
     if stream is None:
         return
-    table.recv_step(stream, MESSAGE)
+    if stream.recv_state != WS:  # WS --MESSAGE--> WS needs no table lookup
+        table.recv_step(stream, MESSAGE)
     n = len(payload)
     FlowControl.take_credit(stream, n)
     text = bool(flags & FLAG_TEXT)

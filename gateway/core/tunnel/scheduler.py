@@ -103,6 +103,8 @@ class Scheduler:
 
     def next_message(self, limit: int) -> bytes | None:
         """The next batch of frames within ``limit`` bytes (a lone huge frame may exceed it)."""
+        if not (self.opens or self.control or self._express or self._ring):
+            return None  # the flush after each send asks once more: nothing is queued
         parts: _Parts = []
         size = self._take_opens(parts, limit)
         if size is not None:

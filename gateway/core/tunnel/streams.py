@@ -100,6 +100,7 @@ from gateway.core.tunnel.stream_state import (
     HEAD_EMPTY,
     MESSAGE,
     REFUSED,
+    WS,
     Stream,
     step,
 )
@@ -305,14 +306,16 @@ class Tunnel:
         stream = self._table.live(stream_id)
         if stream is None:
             return False
-        self._table.send_step(stream, MESSAGE)
-        text = isinstance(data, str)
+        if stream.send_state != WS:  # WS --MESSAGE--> WS needs no table lookup
+            self._table.send_step(stream, MESSAGE)
         if isinstance(data, str):
+            text = True
             try:
                 payload: bytes | memoryview = data.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise TunnelUsageError("text message is not encodable as UTF-8") from exc
         else:
+            text = False
             payload = bytes(data) if isinstance(data, bytearray) else data
         if len(payload) > self._config.max_ws_message:
             raise TunnelUsageError(f"WebSocket message of {len(payload)} bytes over max_ws_message")
@@ -331,7 +334,8 @@ class Tunnel:
             self._table.scheduler.schedule(stream)
         if stream.queued >= self._config.max_pending or len(stream.queue) >= MAX_QUEUED_ITEMS:
             stream.writable = False
-        return self.is_writable(stream.id)
+            return False
+        return self._table.flow.is_writable(stream)
 
     def end(self, stream_id: int) -> None:
         """Finish our body (request or response); END follows the queued data."""

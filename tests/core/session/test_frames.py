@@ -167,3 +167,22 @@ def test_data_repr_does_not_dump_payload() -> None:
     assert "secret" not in repr(frame)
     assert str(frame) == "DATA #3 bin 6000B fin"
     assert "k" * 8 not in repr(ALL_FRAMES[0])  # token hidden
+
+
+@pytest.mark.parametrize("batch", MALFORMED.values(), ids=MALFORMED.keys())
+def test_the_receive_path_rejects_the_same_input(batch: bytes) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        FrameDecoder().decode_hot(batch)
+    assert "malformed frame" in info.value.reason
+
+
+def test_the_receive_path_keeps_data_as_its_checked_list() -> None:
+    frames, packer = list(ALL_FRAMES), new_packer()
+    batch = b"".join(f.encode(packer) for f in frames)
+    hot = FrameDecoder().decode_hot(batch)
+    for frame, got in zip(frames, hot, strict=True):
+        if isinstance(frame, Data):
+            flags = (1 if frame.fin else 0) | (2 if frame.text else 0)
+            assert got == [2, frame.seq, flags, frame.payload]
+        else:
+            assert got == frame

@@ -145,3 +145,31 @@ def packed(obj: object) -> bytes:
 def test_malformed_input_is_a_remote_protocol_error(message: bytes, match: str) -> None:
     with pytest.raises(RemoteProtocolError, match=match):
         decode(message)
+
+
+@pytest.mark.parametrize(
+    ("frame", "match"),
+    [
+        ([5.0, 1, b"x"], "unknown frame type"),  # a float is not a type number, even 5.0
+        ([7.0, 1, 1, b"x"], "unknown frame type"),
+        ([7, 1, 1.0, b"x"], "MESSAGE flags"),
+        ([7, 0, 1, b"x"], "MESSAGE stream id"),
+        ([7, 1, 1, "x"], "MESSAGE payload"),
+        ([5, MAX_STREAM_ID + 1, b"x"], "DATA stream id"),
+        ([5, 1, b"x", 0], "4 fields"),
+    ],
+)
+def test_hot_frames_get_every_check_alone_or_in_a_batch(frame: list[Any], match: str) -> None:
+    """DATA and MESSAGE skip the layout table and a one-frame message the streaming decoder."""
+    for message in (packed(frame), encode_end(P, 3) + packed(frame)):
+        with pytest.raises(RemoteProtocolError, match=match):
+            decode(message)
+
+
+def test_a_one_frame_message_decodes_like_a_batch_of_one() -> None:
+    for frame in (
+        encode_message(P, 3, FLAG_FIN, b"m" * 100),
+        encode_data(P, 5, b"d"),
+        encode_end(P, 7),
+    ):
+        assert decode(frame) == decode(frame + frame)[:1]

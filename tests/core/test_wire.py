@@ -1,0 +1,52 @@
+"""BatchReader: one object the cheap way, anything else by the streaming reader."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from gateway.core.wire import NOT_ONE, SINGLE_MAX, BatchReader, WireError
+
+
+def reader() -> BatchReader:
+    return BatchReader(max_bin=1024, max_array=8)
+
+
+def pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def test_one_returns_the_only_object() -> None:
+    assert reader().one(pack([7, 1, 1, b"x"])) == [7, 1, 1, b"x"]
+    assert reader().one(memoryview(pack([3, 5]))) == [3, 5]
+    assert reader().one(pack(None)) is None  # nil is an object, not "not one"
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        b"",  # no object
+        pack([1]) + pack([2]),  # several
+        pack([3, 5])[:-1],  # cut
+        b"\xc1",  # reserved byte
+        pack([b"x" * 1025]),  # over max_bin
+        pack(list(range(9))),  # over max_array
+        pack({"a": 1}),  # maps are never allowed
+        b"\x91" * 5000 + b"\x01",  # nesting bomb
+    ],
+)
+def test_one_leaves_everything_else_to_objects(batch: bytes) -> None:
+    r = reader()
+    assert r.one(batch) is NOT_ONE
+    try:
+        objects = list(r.objects(batch))
+    except WireError:
+        return
+    assert len(objects) != 1  # it was not one object after all
+
+
+def test_a_large_batch_is_never_decoded_whole() -> None:
+    big = BatchReader(max_bin=2 * SINGLE_MAX, max_array=8)
+    batch = pack([5, 1, b"x" * SINGLE_MAX])
+    assert big.one(batch) is NOT_ONE
+    assert list(big.objects(batch)) == [[5, 1, b"x" * SINGLE_MAX]]
