@@ -62,6 +62,9 @@ from gateway.transports.errors import (
 )
 from gateway.transports.handshake import (
     AUTH_HEADER,
+    LONG_POLL_HEADER,
+    LONG_POLL_LEAN,
+    LONG_POLL_POLL_POST,
     SESSION_HEADER,
     SESSION_PATH,
     TOKEN_HEADER,
@@ -73,7 +76,7 @@ from gateway.transports.handshake import (
 )
 from gateway.transports.hopsession import HopSession, Transport
 from gateway.transports.http import describe, read_bounded
-from gateway.transports.longpoll import LongPollClient
+from gateway.transports.longpoll_client import LongPollClient
 from gateway.transports.session_settings import SessionSettings
 from gateway.transports.ws import WebSocketTransport, open_websocket
 
@@ -146,6 +149,8 @@ class SessionConnector:
         self._down_since: float | None = None
         #: The server's tunnel features (``TUNNEL_HEADER``) from its last session-creating 200.
         self._peer_tunnel = ""
+        #: Its long-poll features (``LONG_POLL_HEADER``), from the same answer.
+        self._peer_long_poll = ""
 
     # -- public ----------------------------------------------------------------------
 
@@ -166,7 +171,13 @@ class SessionConnector:
         hop = HopSession(core, self.settings)
         hop.peer_tunnel = frozenset(self._peer_tunnel.split())
         headers = {TOKEN_HEADER: encode_token(token)}
-        self.route = SessionRoute(self._http, self._url(session_id), headers, self.settings)
+        self.route = SessionRoute(
+            self._http,
+            self._url(session_id),
+            headers,
+            self.settings,
+            poll_posts=LONG_POLL_POLL_POST in self._peer_long_poll.split(),
+        )
         if not hop.feed(hello):
             raise SessionUnavailable(f"{self.base_url} sent a HELLO for another session")
         hop.on_stalled = self._stalled
@@ -234,7 +245,11 @@ class SessionConnector:
     async def _create(self) -> tuple[str, bytes, bytes]:
         """POST for a new session: (id, token, the server's HELLO), or SessionUnavailable."""
         url = self._url()
-        headers = {"Accept": "application/octet-stream", "Cache-Control": "no-store"}
+        headers = {
+            "Accept": "application/octet-stream",
+            "Cache-Control": "no-store",
+            LONG_POLL_HEADER: LONG_POLL_LEAN,  # we are a gateway: no browser headers
+        }
         if self._hop_secret is not None:
             headers[AUTH_HEADER] = auth_header_value(self._hop_secret)
         timeout = aiohttp.ClientTimeout(
@@ -284,6 +299,7 @@ class SessionConnector:
         except ValueError as exc:
             raise self._not_a_gateway(str(exc)) from None
         self._peer_tunnel = answer.get(TUNNEL_HEADER, "")
+        self._peer_long_poll = answer.get(LONG_POLL_HEADER, "")
         return session_id, token, body
 
     def _dial(self) -> SessionRoute:

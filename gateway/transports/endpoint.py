@@ -72,9 +72,13 @@ from gateway.transports.admission import (
     Refused,
     SessionHolds,
 )
+from gateway.transports.aiohttp_internals import RelayedResponse
 from gateway.transports.cluster import ClusterForwarder
 from gateway.transports.handshake import (
     AUTH_HEADER,
+    LONG_POLL_HEADER,
+    LONG_POLL_LEAN,
+    LONG_POLL_POLL_POST,
     SESSION_HEADER,
     SESSION_PATH,
     TOKEN_HEADER,
@@ -101,6 +105,9 @@ log = logging.getLogger("hopgate.session")
 #: One Packer for every HELLO we answer with (autoreset: each pack stands alone).
 _PACKER: Final = new_packer()
 _NO_STORE: Final = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+_LEAN: Final = {"Cache-Control": "no-store"}
+#: What this server's long-poll end does (``handshake.LONG_POLL_HEADER``).
+_LONG_POLL_FEATURES: Final = f"{LONG_POLL_POLL_POST} {LONG_POLL_LEAN}"
 
 
 # -- responses ---------------------------------------------------------------------------
@@ -113,6 +120,22 @@ def _octets(body: bytes, status: int = 200, headers: dict[str, str] | None = Non
         content_type=CONTENT_TYPE,
         headers={**_NO_STORE, **(headers or {})},
     )
+
+
+class _LeanAnswer(RelayedResponse, web.Response):
+    """A whole answer without aiohttp's ``Content-Type`` and ``Server`` (``RelayedResponse``)."""
+
+
+def _answer(body: bytes, lean: bool, status: int = 200) -> web.Response:
+    """A long-poll answer; ``lean`` for a gateway that asked: no headers a browser needs.
+
+    ``no-store`` stays (for whatever cache sits on the hop); the content type,
+    ``nosniff`` and ``Server`` are for browsers and people, and a browser never
+    asks for lean answers (issue 13 item 4: they were most of a hop's bytes).
+    """
+    if lean:
+        return _LeanAnswer(status=status, body=body, headers=_LEAN)
+    return _octets(body, status)
 
 
 def _peer_label(request: web.BaseRequest) -> str:
@@ -167,6 +190,8 @@ class SessionServer:
         self._trim = MemoryTrim()
         #: Set on an instance of a cluster: ids name their owner, others' requests go there.
         self.cluster = cluster
+        #: Sessions whose client asked for lean long-poll answers (a gateway, not a browser).
+        self._lean: set[str] = set()
 
     def handles(self, request: web.BaseRequest) -> bool:
         path = request.path
@@ -261,6 +286,8 @@ class SessionServer:
             log.exception("on_session failed")
             hop.abandon(CloseCode.INTERNAL_ERROR, "internal error")
             return text_error(500, "internal error opening the session")
+        if LONG_POLL_LEAN in request.headers.get(LONG_POLL_HEADER, "").split():
+            self._lean.add(session_id)
         hello = encode_hello(_PACKER, PROTOCOL_VERSION, session_id, 0, None)
         return _octets(
             hello,
@@ -268,11 +295,13 @@ class SessionServer:
                 SESSION_HEADER: session_id,
                 TOKEN_HEADER: encode_token(token),
                 TUNNEL_HEADER: TUNNEL_PACKED_HEADS,
+                LONG_POLL_HEADER: _LONG_POLL_FEATURES,
             },
         )
 
     def _forget(self, hop: HopSession) -> None:
         self.registry.remove(hop)
+        self._lean.discard(hop.session_id)
         self.admission.release(client_key(hop.peer_address))
         if self._stats is not None:
             self._stats.active_sessions -= 1
@@ -301,20 +330,30 @@ class SessionServer:
             return refused.response()
 
     async def _get(self, request: web.BaseRequest, hop: HopSession, epoch: int) -> web.Response:
+        lean = hop.session_id in self._lean
         last = _query_int(request, "last")
         if last is None:
             return text_error(400, "missing or malformed last=")
         transport = self._long_poll(hop, epoch)
         if transport is None:
-            return _octets(b"")  # a stale poll: answered at once, takes nothing
+            return _answer(b"", lean)  # a stale poll: answered at once, takes nothing
         try:
             poll, seen = _optional_ints(request, "poll", "seen")
             body = await transport.get(last, poll, seen)
         except ValueError as exc:
             return text_error(400, f"bad poll: {exc}")
-        return _octets(body)
+        return _answer(body, lean)
 
     async def _post(self, request: web.BaseRequest, hop: HopSession, epoch: int) -> web.Response:
+        """Feed a batch; a POST carrying ``poll=`` is then held and answered as that GET."""
+        lean = hop.session_id in self._lean
+        deadline = hop.now() + self.settings.hold_time
+        try:
+            number, poll, last, seen = _optional_ints(request, "post", "poll", "last", "seen")
+        except ValueError as exc:
+            return text_error(400, f"bad post: {exc}")
+        if poll is not None and last is None:
+            return text_error(400, "a POST with poll= needs last=")
         try:
             body = await self.holds.read_post(request, hop.session_id)
         except Refused as refused:
@@ -322,10 +361,12 @@ class SessionServer:
         transport = self._long_poll(hop, epoch)
         if transport is None:
             hop.feed(body)  # stale: its frames still count, it writes nothing
-            return _octets(b"")
+            return _answer(b"", lean)
         try:
-            (number,) = _optional_ints(request, "post")
-            ok, reply = await transport.post(body, number)
+            if not await transport.feed(body, number):
+                return _answer(hop.take(include_data=False), lean, status=400)
+            if poll is None or last is None:
+                return _answer(hop.take(include_data=False), lean)
+            return _answer(await transport.get(last, poll, seen, deadline=deadline), lean)
         except ValueError as exc:
             return text_error(400, f"bad post: {exc}")
-        return _octets(reply, status=200 if ok else 400)

@@ -58,6 +58,9 @@ __all__ = [
     "AUTH_HEADER",
     "AUTH_NONCES",
     "AUTH_WINDOW",
+    "LONG_POLL_HEADER",
+    "LONG_POLL_LEAN",
+    "LONG_POLL_POLL_POST",
     "MAX_DIGITS",
     "SESSION_HEADER",
     "SESSION_PATH",
@@ -82,6 +85,15 @@ AUTH_HEADER: Final = "X-Hopgate-Auth"
 #: (docs/tunnel.md). A client packs its heads only when the server said so.
 TUNNEL_HEADER: Final = "X-Hopgate-Tunnel"
 TUNNEL_PACKED_HEADS: Final = "packed-heads"
+#: Long-poll features, space-separated tokens. On the session-creating POST, what
+#: the client asks for: ``lean`` = answer this session's GETs and POSTs without
+#: the headers a browser needs (the client is a gateway). On its 200, what the
+#: server does: ``lean`` as asked, ``poll-post`` = a POST carrying ``poll=`` is held
+#: and answered like a GET of that number (one request carries data up and waits
+#: for data down). Unknown tokens are ignored both ways.
+LONG_POLL_HEADER: Final = "X-Hopgate-Long-Poll"
+LONG_POLL_LEAN: Final = "lean"
+LONG_POLL_POLL_POST: Final = "poll-post"
 #: Seconds a hop-secret proof stays valid either side of the server's clock.
 AUTH_WINDOW: Final = 60
 #: Nonces of accepted proofs remembered at once (for 2 * AUTH_WINDOW each).
@@ -96,13 +108,15 @@ class SessionRoute:
     """How the client end reaches one open session: every transport it starts dials this.
 
     ``url`` is the session's own (``.../session/{id}``, no query); ``headers``
-    carry the resume token.
+    carry the resume token; ``poll_posts``: the server holds POSTs that poll
+    (``LONG_POLL_POLL_POST``).
     """
 
     http: aiohttp.ClientSession
     url: URL
     headers: Mapping[str, str]
     settings: SessionSettings
+    poll_posts: bool = False
 
 
 def encode_token(token: bytes) -> str:

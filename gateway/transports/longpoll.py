@@ -1,17 +1,22 @@
-"""The HTTP long-poll transport of a hop session (both ends).
+"""The HTTP long-poll transport of a hop session: the server end, and the wire rules.
 
-Wire format (see ``endpoint`` for the full table)::
+Wire format (see ``endpoint`` for the full table; the client end is
+``longpoll_client``)::
 
     GET  /.hopgate/session/{id}?last=N&epoch=E&poll=P&seen=S
                                    held until the server has frames, or hold_time
     POST /.hopgate/session/{id}?epoch=E&post=K
                                    body = one batch from the client; the answer
                                    carries control frames (ACK, PONG, HELLO) only
+    POST /.hopgate/session/{id}?epoch=E&post=K&poll=P&last=N&seen=S
+                                   a POST that polls: its batch is fed, then it is
+                                   held and answered as the GET numbered P
 
 Every request carries the resume token in ``X-Hopgate-Token`` (never in the
 URL, which gets logged). Bodies are batches of whole msgpack frames,
 ``application/octet-stream``, ``Cache-Control: no-store``,
-``X-Content-Type-Options: nosniff``.
+``X-Content-Type-Options: nosniff``; a session whose client asked for lean
+answers (a gateway, ``handshake.LONG_POLL_HEADER``) gets only ``no-store``.
 
 A held GET is always waiting (issue 13, as BOSH does with ``requests=2``).
 The client keeps POLLS GETs in flight (POLLS_BUSY while answers carry data),
@@ -21,14 +26,21 @@ holds several and gives data only to the lowest number not yet answered, so
 the order answers are read in is the order frames were written. POSTs leave
 as soon as there is data (up to POSTS in flight), numbered ``post=1, 2, ...``;
 the server feeds them in number order, a POST that overtook an earlier one
-waiting for it (bounded by hold_time and ``max_session_posts`` waiting).
+waiting for it (bounded by hold_time and ``max_session_posts`` waiting). A
+POST that polls takes a number of both sequences: one request carries a
+batch up and waits for frames down.
+
+Only the first poll in line watches the session; it answers when there are
+frames to send or an ACK that may not wait longer (``Session.wants_write_now``:
+a POST that polls does not answer with the ACK at once, and with nothing
+coming down the sender must still hear it within the ack delay).
 
 Acks. ``last`` is the client's cumulative ack. ``seen`` is the number of the
 last answer the client had read when it sent the GET: if ``last`` lacks what
 the server had written up to that answer, an answer was lost and the server
 resends from ``last + 1`` (``Session.rewind``); what later answers carry may
 still be on its way and is not resent. The server's acks ride on POST
-answers and on GET bodies.
+answers and on poll answers.
 
 Epochs. Each transport the client starts (WebSocket candidate or long-poll)
 gets a new, larger epoch. The server attaches a long-poll transport when it
@@ -49,36 +61,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
-import aiohttp
-
-from gateway.core.session.errors import CloseCode, RemoteProtocolError, SessionUsageError
-from gateway.transports.errors import PEER_FORGOT
-from gateway.transports.handshake import SessionRoute
+from gateway.core.session.errors import RemoteProtocolError, SessionUsageError
 from gateway.transports.hopsession import HopSession
-from gateway.transports.http import describe, read_bounded
 from gateway.transports.session_settings import SessionSettings
 
-__all__ = ["CONTENT_TYPE", "POLLS", "POLLS_BUSY", "POSTS", "LongPollClient", "LongPollServer"]
+__all__ = ["CONTENT_TYPE", "LongPollServer"]
 
 CONTENT_TYPE: Final = "application/octet-stream"
 
 
-#: GETs a client keeps in flight (BOSH's ``requests=2``): one is always held at the
-#: server while the answer to the other travels back. While answers carry data, up to
-#: POLLS_BUSY: a GET takes a round trip to come back, and at 100 messages/s and
-#: 50 ms RTT two would make most messages wait for one (an idle session holds POLLS).
-POLLS: Final = 2
-POLLS_BUSY: Final = 6
-#: POSTs a client keeps in flight, so upstream data does not wait for a round trip
-#: (100 messages/s at 50 ms RTT keep five busy). The server's ``max_session_posts``
-#: counts bodies being read, which for a small batch takes one read.
-POSTS: Final = 6
-#: Bytes of POST bodies in flight beyond which the next POST waits for a slot.
-_PIPELINED_BYTES: Final = 64 * 1024
 #: Numbered GETs the server holds for one session; a further one releases the oldest.
 _MAX_HELD: Final = 8
 #: How far ahead of the next expected POST number one may be (400 beyond).
@@ -129,12 +122,21 @@ class LongPollServer:
             self._idle.cancel()
             self._idle = None
 
-    async def get(self, last: int, poll: int | None = None, seen: int | None = None) -> bytes:
+    async def get(
+        self,
+        last: int,
+        poll: int | None = None,
+        seen: int | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> bytes:
         """Hold until there is something to send, or hold_time; ValueError on a bad ``last``.
 
-        ``poll`` numbers the client's GETs of this transport, ``seen`` is the
-        last one whose answer it had read when it sent this one. Without them
-        (one GET at a time) this GET releases any other.
+        ``poll`` numbers the client's GETs (and POSTs that poll) of this
+        transport, ``seen`` is the last one whose answer it had read when it
+        sent this one. Without them (one GET at a time) this GET releases any
+        other. ``deadline`` (loop time): when an empty answer goes at the latest
+        (default: hold_time from now).
         """
         if poll is None:
             self._release(all_held=True)
@@ -143,7 +145,7 @@ class LongPollServer:
         elif len(self._held) >= _MAX_HELD:
             self._release(all_held=False)
         key = 0 if poll is None else poll
-        release = self._held[key] = asyncio.Event()
+        turn = self._held[key] = asyncio.Event()
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -151,9 +153,11 @@ class LongPollServer:
             early = self._ack(last, poll, seen)
             if early is not None:
                 return early
-            return await self._hold(key, release)
+            if deadline is None:
+                deadline = self._hop.now() + self._settings.hold_time
+            return await self._hold(key, turn, deadline)
         finally:
-            if self._held.get(key) is release:
+            if self._held.get(key) is turn:
                 del self._held[key]
             if key:
                 self._done(key)
@@ -180,24 +184,30 @@ class LongPollServer:
         hop.dispatch()
         return None
 
-    async def _hold(self, key: int, release: asyncio.Event) -> bytes:
+    async def _hold(self, key: int, turn: asyncio.Event, deadline: float) -> bytes:
+        """Wait for data (or an ACK that may not wait longer) while first in line.
+
+        Only the first in line (the lowest number not answered) watches the
+        session; the others sleep on ``turn``, set when they are released or
+        become first, so a change wakes one held poll, not all of them.
+        """
         hop = self._hop
         core = hop.core
-        deadline = hop.now() + self._settings.hold_time
-        while True:
-            if release.is_set() or not hop.is_current(self):
-                return b""
-            first = key in (0, self._next_answer)
-            if first and (core.has_payload_to_send or hop.closed):
-                return self._answer(key, hop.take())
-            remaining = deadline - hop.now()
-            if remaining <= 0:  # maybe a bare ACK; the client polls again
-                return self._answer(key, hop.take(include_data=first))
-            try:
-                async with asyncio.timeout(remaining):
-                    await hop.wait_changed()
-            except TimeoutError:
-                pass
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                while self._held.get(key) is turn and hop.is_current(self):
+                    if key not in (0, self._next_answer):
+                        turn.clear()
+                        await turn.wait()
+                    elif core.wants_write_now or hop.closed:
+                        return self._answer(key, hop.take())
+                    else:
+                        await hop.wait_changed()
+                return b""  # released (a newer poll took its place) or detached
+        if self._held.get(key) is not turn or not hop.is_current(self):
+            return b""
+        # Hold time passed: maybe a bare ACK; the client polls again.
+        return self._answer(key, hop.take(include_data=key in (0, self._next_answer)))
 
     def _answer(self, key: int, body: bytes) -> bytes:
         if key:
@@ -215,16 +225,17 @@ class LongPollServer:
         while self._next_answer in self._answered:
             self._answered.discard(self._next_answer)
             self._next_answer += 1
-        self._hop.wake()
+        turn = self._held.get(self._next_answer)
+        if turn is not None:
+            turn.set()  # first in line now: it watches the session
 
-    async def post(self, body: bytes, number: int | None = None) -> tuple[bool, bytes]:
-        """Feed one client batch in POST-number order; (protocol ok?, control frames to answer).
+    async def feed(self, body: bytes, number: int | None = None) -> bool:
+        """Feed one client batch in POST-number order; False if it broke the protocol.
 
         A client with several POSTs in flight numbers them (``post=``); one
         that overtook an earlier one waits for it (bounded by hold_time), so
         the session sees the batches in the order they were written.
         """
-        hop = self._hop
         if number is not None:
             if number > self._next_post + _POST_WINDOW:
                 raise ValueError(
@@ -240,8 +251,7 @@ class LongPollServer:
                 finally:
                     self._waiting -= 1
             self._next_post = max(self._next_post, number + 1)
-        ok = hop.feed(body)  # wakes the POSTs waiting for their turn
-        return ok, hop.take(include_data=False)
+        return self._hop.feed(body)  # wakes the POSTs waiting for their turn
 
     async def _post_turn(self, number: int) -> None:
         """Until every POST numbered below ``number`` was fed (hold_time at most)."""
@@ -270,189 +280,3 @@ class LongPollServer:
         self._idle = None
         if not self._abandoned and not self._held:
             self._hop.detach(self, f"no poll for {2 * self._settings.hold_time:g} s")
-
-
-class LongPollClient:
-    """The client end of a long-poll transport: one poller (held GET) and one poster."""
-
-    kind: Literal["long-poll"] = "long-poll"
-
-    def __init__(self, hop: HopSession, route: SessionRoute, *, epoch: int) -> None:
-        settings = route.settings
-        self._hop = hop
-        self._route = route
-        self._headers = {**route.headers, "Cache-Control": "no-store"}
-        self._post_headers = {**self._headers, "Content-Type": CONTENT_TYPE}
-        self._settings = settings
-        self.epoch = epoch
-        self.alive = False  # a request of this transport succeeded
-        self.on_alive: Callable[[], None] | None = None
-        self.started_at = 0.0
-        self._abandoned = False
-        self._tasks: list[asyncio.Task[None]] = []
-        self._get_timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=settings.connect_timeout,
-            sock_read=settings.hold_time + settings.connect_timeout,
-        )
-        self._post_timeout = aiohttp.ClientTimeout(
-            total=None, connect=settings.connect_timeout, sock_read=settings.connect_timeout
-        )
-
-    def start(self) -> None:
-        hop = self._hop
-        self.started_at = hop.now()
-        hop.attach(self)
-        sid = hop.session_id[:6]
-        self._tasks = [
-            asyncio.create_task(self._poll_loop(), name=f"hop-poll-{sid}"),
-            asyncio.create_task(self._post_loop(), name=f"hop-post-{sid}"),
-        ]
-
-    def abandon(self) -> None:
-        if self._abandoned:
-            return
-        self._abandoned = True
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
-
-    def _mark_alive(self) -> None:
-        if not self.alive:
-            self.alive = True
-            if self.on_alive is not None:
-                self.on_alive()
-
-    def _fail(self, reason: str) -> None:
-        if not self._abandoned:
-            self._hop.detach(self, reason)
-            self.abandon()
-
-    def _refused(self, status: int, body: bytes) -> None:
-        """A non-200 answer: the peer forgot us, refused us, or broke."""
-        hop = self._hop
-        if status == 404:
-            hop.abandon(CloseCode.SESSION_EXPIRED, PEER_FORGOT)
-        elif status == 403:
-            hop.abandon(CloseCode.AUTH_FAILED, "the peer refused our resume token")
-        elif status == 400 and body:
-            hop.feed(body)  # an ABORT saying why
-            if not hop.closed:
-                self._fail(f"the peer answered 400 ({body[:80]!r})")
-        else:
-            self._fail(f"the peer answered {status}")
-
-    async def _exchange(
-        self,
-        method: str,
-        params: dict[str, str],
-        data: bytes | None,
-        timeout: aiohttp.ClientTimeout,
-    ) -> tuple[int, bytes]:
-        """One request of this transport: (status, body), the body bounded by max_batch_bytes."""
-        headers = self._headers if data is None else self._post_headers
-        async with self._route.http.request(
-            method, self._route.url, params=params, data=data, headers=headers, timeout=timeout
-        ) as resp:
-            limit = self._settings.max_batch_bytes
-            return resp.status, await read_bounded(
-                resp.content, limit, declared=resp.content_length
-            )
-
-    def _answered(self, status: int, body: bytes) -> bool:
-        """Take an answer in: its frames fed to the session; False if the peer refused."""
-        if status != 200:
-            self._refused(status, body)
-            return False
-        self._mark_alive()
-        if body:
-            self._hop.feed(body)
-        return True
-
-    async def _poll_loop(self) -> None:
-        """Keep POLLS (busy: POLLS_BUSY) GETs in flight; read answers in the order sent."""
-        hop = self._hop
-        core = hop.core
-        pending: deque[asyncio.Task[tuple[int, bytes]]] = deque()
-        number = seen = 0
-        polls = POLLS
-        try:
-            while not self._abandoned and not hop.closed:
-                while len(pending) < polls:
-                    number += 1
-                    params = {
-                        "last": str(core.last_received),
-                        "epoch": str(self.epoch),
-                        "poll": str(number),
-                        "seen": str(seen),
-                    }
-                    request = self._exchange("GET", params, None, self._get_timeout)
-                    pending.append(asyncio.ensure_future(request))
-                status, body = await pending[0]
-                pending.popleft()
-                seen += 1
-                polls = POLLS_BUSY if body else POLLS  # an idle session holds POLLS
-                if self._abandoned or not self._answered(status, body):
-                    return
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            self._fail(f"poll failed: {describe(exc)}")
-        finally:
-            _cancel_all(pending)
-
-    async def _post_loop(self) -> None:
-        """POST each batch as it comes, up to POSTS in flight, numbered so the peer keeps order."""
-        hop = self._hop
-        core = hop.core
-        inflight: dict[asyncio.Task[None], int] = {}
-        number = 0
-        try:
-            while not self._abandoned:
-                # Small batches go at once; a large one goes alone (the peer reads
-                # max_session_posts bodies at a time, one batch's worth of bytes).
-                room = not inflight or (
-                    len(inflight) < POSTS and sum(inflight.values()) < _PIPELINED_BYTES
-                )
-                if room and (core.has_payload_to_send or (hop.closed and core.wants_write)):
-                    number += 1
-                    batch = hop.take()
-                    task = asyncio.ensure_future(self._post(number, batch))
-                    inflight[task] = len(batch)
-                    task.add_done_callback(lambda done: self._posted(inflight, done))
-                elif hop.closed and not inflight:
-                    self.abandon()  # everything flushed: stop polling too
-                    return
-                else:
-                    await hop.wait_changed()
-        finally:
-            _cancel_all(inflight)
-
-    def _posted(self, inflight: dict[asyncio.Task[None], int], task: asyncio.Task[None]) -> None:
-        """A POST ended: its slot is free; one that broke (a closed client) fails the transport."""
-        inflight.pop(task, None)
-        exc = None if task.cancelled() else task.exception()
-        if exc is not None:
-            self._fail(f"post failed: {describe(exc)}")
-        self._hop.wake()  # a slot is free (the post loop counts slots here, not in _post)
-
-    async def _post(self, number: int, batch: bytes) -> None:
-        hop = self._hop
-        params = {"epoch": str(self.epoch), "post": str(number)}
-        try:
-            status, body = await self._exchange("POST", params, batch, self._post_timeout)
-            self._answered(status, body)
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            if hop.closed:
-                self.abandon()
-            else:
-                # The POST may or may not have arrived: the next transport replays from the ack.
-                self._fail(f"post failed: {describe(exc)}")
-
-
-def _cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
-    """Stop requests still in flight; retrieve how finished ones ended (no asyncio warning)."""
-    for task in list(tasks):
-        if not task.done():
-            task.cancel()
-        elif not task.cancelled():
-            task.exception()
