@@ -17,6 +17,7 @@ never passed off as complete.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterable, Callable
 
@@ -182,12 +183,23 @@ class Forwarder:
     async def _stream_back(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
-        response = RelayedResponse(status=upstream.status, reason=upstream.reason)
+        # What of the body came with the head (all of a small answer) leaves
+        # with it: one send to the client, not two.
+        first = b""
+        if upstream.content.is_eof():
+            with contextlib.suppress(aiohttp.ClientError):  # raised again by iter_any below
+                first = upstream.content.read_nowait()
+        response = RelayedResponse(
+            status=upstream.status, reason=upstream.reason, hold_head=bool(first)
+        )
         response.headers.extend(self.downstream_headers(upstream))
         if self.advertise_path is not None and discovery.has_mark(request.headers):
             discovery.add_note(response.headers, self.advertise_path)
         await response.prepare(request)
         try:
+            if first:  # the whole body: head, body (and a chunked end) in one send
+                await response.write_eof(first)
+                return response
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:

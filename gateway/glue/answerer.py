@@ -43,7 +43,6 @@ the connection: it always goes to ``upstream``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Final
@@ -206,8 +205,11 @@ class Answerer:
         link.stats.active_streams += 1
         link.log.debug("< %d %s %s", sid, event.method, target.raw_path_qs)
         try:
-            async with self._origin_slot(sid):
+            await self._take_slot(sid)
+            try:
                 await self._exchange(sid, box, event.method, target, headers, body, answer)
+            finally:
+                self._give_slot()
         except asyncio.CancelledError:
             if box.reset is None:
                 link.reset(sid, ResetCode.CANCEL, "gateway stopping")
@@ -232,24 +234,34 @@ class Answerer:
             RequestRecord.over_hop(method, target, answer.status, duration, answer.size)
         )
 
-    @contextlib.asynccontextmanager
-    async def _origin_slot(self, sid: int) -> AsyncIterator[None]:
+    async def _take_slot(self, sid: int) -> None:
         """One of this session's origin slots, and one of its address's; waiters queue in order.
 
         Always the session's first, then the address's, so no two streams wait
-        on each other's. A stream reset while it waits is cancelled out of the queue.
+        on each other's. A stream reset while it waits is cancelled out of the
+        queue. Held until :meth:`_give_slot` (no context manager: one fewer
+        generator per request).
         """
         log = self._link.log
-        if self._origin_slots.locked():
+        session = self._origin_slots
+        if session.locked():
             log.debug("= stream %d waits for one of the session's origin connections", sid)
-        async with self._origin_slots:
-            if self._address_slots is None:
-                yield
-                return
-            if self._address_slots.locked():
-                log.debug("= stream %d waits for one of its address's origin connections", sid)
-            async with self._address_slots:
-                yield
+        await session.acquire()
+        address = self._address_slots
+        if address is None:
+            return
+        if address.locked():
+            log.debug("= stream %d waits for one of its address's origin connections", sid)
+        try:
+            await address.acquire()
+        except BaseException:
+            session.release()
+            raise
+
+    def _give_slot(self) -> None:
+        if self._address_slots is not None:
+            self._address_slots.release()
+        self._origin_slots.release()
 
     async def _exchange(
         self,
@@ -362,7 +374,10 @@ class Answerer:
             if held and await box.wait_writable(tunnel, sid):
                 tunnel.send_data(sid, held)
         tunnel.end(sid)
-        link.schedule_flush()
+        if tunnel.stream_count > 1:
+            link.schedule_flush()  # busy: the answers ending this turn share one message
+        else:
+            link.flush()  # alone: now, not one loop turn later
 
     # -- an endpoint WebSocket -----------------------------------------------------------------
 
@@ -375,8 +390,11 @@ class Answerer:
         set_framing(headers, None)  # a handshake has no body (a declared one was refused)
         link.stats.upstream(str(link.upstream)).requests += 1
         try:
-            async with self._origin_slot(sid):
+            await self._take_slot(sid)
+            try:
                 await self._websocket_exchange(sid, box, target, headers, event.protocols, answer)
+            finally:
+                self._give_slot()
         except asyncio.CancelledError:
             if box.reset is None:
                 link.reset(sid, ResetCode.CANCEL, "gateway stopping")

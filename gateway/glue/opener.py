@@ -96,6 +96,12 @@ def _refused_for_streams(reset: StreamReset) -> bool:
     return reset.remote and reset.code == ResetCode.REFUSED and reset.reason == _TOO_MANY_STREAMS
 
 
+def _ends_next(box: Mailbox, counter: BodyCounter | None) -> bool:
+    """The END is already here and the body is whole: the last chunk goes as the end."""
+    ended = bool(box.events) and type(box.events[0]) is StreamEnded
+    return ended and (counter is None or counter.ended() is None)
+
+
 def _check_own_target(target: str) -> None:
     if not target.startswith("/") or target.startswith("//"):
         raise ValueError(f"tunnel targets are origin-form paths, not {target[:60]!r}")
@@ -258,6 +264,8 @@ class Opener:
             link.schedule_flush()
         else:
             link.flush()
+            if box.reset is None and tunnel.open_sent(sid):
+                return  # the usual case, and no timer armed for it
         try:
             async with asyncio.timeout(link.forwarder.config.connect_timeout):
                 if not tunnel.open_sent(sid):
@@ -318,15 +326,20 @@ class Opener:
             link.log.warning("< stream %d: response head refused: %s", sid, exc.reason)
             link.reset(sid, ResetCode.PROTOCOL, exc.reason)
             return text_error(502, f"hop session {link.name} sent a bad response: {exc.reason}")
-        response = RelayedResponse(status=head.status, reason=text(head.reason) or None)
+        # The body came with the head (a small answer does): one send to the client, not two.
+        hold = head.has_body and framing.counted and box.backlog > 0
+        reason = text(head.reason) or None
+        response = RelayedResponse(status=head.status, reason=reason, hold_head=hold)
         headers, _ = decode_stripped(head.headers)  # one copy: response_headers_for_downstream
         hdr.append_via(headers, (1, 1), link.forwarder.config.via_name)
         set_framing(headers, framing.length)  # the peer's Transfer-Encoding never passes
         response.headers.extend(headers)
-        await response.prepare(request)
+        writer = await response.prepare(request)
         problem = await self._relay_body(sid, box, response, framing) if head.has_body else None
         if problem is not None:
             link.log.warning("= stream %d: response cut: %s", sid, problem)
+            if writer is not None:
+                writer.send_headers()  # a held head goes before the cut, as it always did
             if request.transport is not None:
                 request.transport.close()  # a truncated or overlong body must not look complete
             return response
@@ -354,7 +367,8 @@ class Opener:
                         link.reset(sid, ResetCode.PROTOCOL, problem)
                         return problem
                 if framing.counted:  # else a body a HEAD/304 answer cannot carry: dropped
-                    await response.write(event.data)
+                    last = _ends_next(box, counter)  # a chunked end goes in the same send
+                    await (response.write_eof if last else response.write)(event.data)
                 link.tunnel.consumed(sid, size)
                 link.schedule_flush()
             elif isinstance(event, StreamEnded):

@@ -25,6 +25,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.server import Gateway
+from tests.helpers import until
 from tests.processes import free_port
 
 if TYPE_CHECKING:
@@ -792,3 +793,59 @@ async def test_client_abort_during_upload_ends_the_upstream_request(
             break
         await asyncio.sleep(0.02)
     assert ended and ended[0] != "complete"
+
+
+# ------------------------------------------------------------------- writes
+
+
+@pytest.mark.parametrize("upgrade", ["never", "auto"], ids=["plain", "websocket-hop"])
+async def test_a_small_answer_leaves_in_one_write_to_the_client(
+    make_origin: MakeOrigin,
+    make_gateway: MakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    upgrade: str,
+) -> None:
+    """Head and body of an answer that came whole leave in one send: the client
+    is woken once per answer, not twice (issue 13, per-request cost). Chunked
+    (no length from the origin) the final empty chunk goes in that send too."""
+
+    async def small(request: web.Request) -> web.StreamResponse:
+        response = web.Response(body=b"hello", content_type="text/plain")  # one write
+        if request.path == "/chunked":
+            response.enable_chunked_encoding()  # no length: chunked on every hop
+        return response
+
+    client_gw, _server = await two_gateways(make_gateway, await make_origin(small), upgrade=upgrade)
+    if upgrade == "auto":
+        [state] = client_gw.stats.upstreams.values()
+        await until(lambda: state.as_json()["transport"] == "websocket", "the websocket hop")
+    url = URL(client_gw.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    port = writer.get_extra_info("sockname")[1]
+    sent: list[bytes] = []
+    transport_class = type(writer.transport)  # the gateway's side is the same class
+    original = transport_class.write
+
+    def counting(self: asyncio.Transport, data: Any) -> None:
+        peer = self.get_extra_info("peername")
+        if peer is not None and peer[1] == port:
+            sent.append(bytes(data))
+        original(self, data)
+
+    def counting_lines(self: asyncio.Transport, data: Any) -> None:
+        counting(self, b"".join(data))
+
+    monkeypatch.setattr(transport_class, "write", counting)
+    monkeypatch.setattr(transport_class, "writelines", counting_lines)
+    try:
+        for path in ("/sized", "/chunked"):
+            sent.clear()
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            async with asyncio.timeout(10):
+                while not data.endswith((b"hello", b"0\r\n\r\n")):
+                    data += await reader.read(65536)
+            assert len(sent) == 1, (path, sent)
+            assert sent[0].startswith(b"HTTP/1.1 200") and b"hello" in sent[0], (path, sent)
+    finally:
+        writer.close()

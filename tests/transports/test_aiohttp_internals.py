@@ -10,6 +10,7 @@ can go.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from asyncio import selector_events
 from typing import Any
@@ -110,6 +111,48 @@ async def test_relayed_response_keeps_the_upstreams_own_values(
     raw = await _raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert b"Content-Type: text/event-stream\r\n" in raw
     assert b"Server: legacy-comet/1.0\r\n" in raw
+
+
+def test_send_headers_immediately_still_decides_when_the_head_goes() -> None:
+    name = "web.StreamResponse._send_headers_immediately"
+    _internal(web.StreamResponse._send_headers_immediately is True, name, "not True by default")
+    source = inspect.getsource(web.StreamResponse._write_headers)
+    _internal("_send_headers_immediately" in source, name, "_write_headers no longer reads it")
+
+
+@pytest.mark.parametrize("hold", [True, False])
+async def test_a_held_head_leaves_with_the_first_body_bytes(
+    low_level_server: StartLowLevel, hold: bool
+) -> None:
+    prepared = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        response = RelayedResponse(hold_head=hold)
+        writer = await response.prepare(request)
+        assert writer is not None
+        prepared.set()
+        await go_on.wait()
+        await response.write(b"body")
+        await response.write_eof()
+        return response
+
+    port = await low_level_server(handler)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await asyncio.wait_for(prepared.wait(), 5)
+        early = b""
+        with contextlib.suppress(TimeoutError):
+            early = await asyncio.wait_for(reader.read(65536), 0.3)
+        go_on.set()
+        rest = await asyncio.wait_for(reader.read(-1), 5)
+    finally:
+        writer.close()
+    if hold:
+        assert early == b"" and rest.startswith(b"HTTP/1.1 200") and b"body" in rest
+    else:
+        assert early.startswith(b"HTTP/1.1 200") and b"body" not in early  # the head first
 
 
 # -- never_resend: ClientSession._retry_connection ------------------------------------------
