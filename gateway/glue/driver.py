@@ -317,7 +317,7 @@ class TunnelDriver:
             return
         sink.deliver(event)
         if (kind is WebSocketMessage or kind is DataReceived) and type(sink) is Mailbox:
-            self._check_backlog(sid, sink)
+            self.check_backlog(sid, sink)
 
     def _opened(self, event: RequestReceived | WebSocketRequested) -> None:
         """A stream the peer opened: to the stream handler, if this side takes any."""
@@ -330,13 +330,18 @@ class TunnelDriver:
         else:
             self.on_stream(event)
 
-    def _check_backlog(self, sid: int, box: Mailbox) -> None:
-        """Reset a stream whose receiver lets events pile up (see MAX_STREAM_BACKLOG)."""
+    def check_backlog(self, sid: int, box: Mailbox) -> None:
+        """Reset a stream whose receiver lets events pile up (see MAX_STREAM_BACKLOG).
+
+        Run here for every Mailbox sink; a sink of its own (the WebSocket
+        bridge's) runs it for the mailbox it keeps, and says how many events it
+        holds in ``backlog`` for the session's total.
+        """
         held = box.backlog
         if held < _BACKLOG_CHECK or held % _BACKLOG_CHECK:
             return
         if held < MAX_STREAM_BACKLOG:
-            total = sum(b.backlog for b in self._sinks.values() if type(b) is Mailbox)
+            total = sum(getattr(b, "backlog", 0) for b in self._sinks.values())
             if total < MAX_SESSION_BACKLOG:
                 return
         self.log.warning("< stream %d reset: %d events undelivered", sid, held)

@@ -8,14 +8,19 @@ endpoint and runs the close handshake across the tunnel: the first side to
 close gets the far side's answering code back. A reset or a vanished endpoint
 ends the other side with ``1001`` (or the reset code's close code).
 
-Writing gathers: the messages waiting in the mailbox (up to GATHER_BYTES)
-leave in one socket write (``send_frames``), where one ``send_bytes`` each
-cost a syscall each. They are credited back to the sender as soon as they
-are in the transport, not after it drained: ``send_frames`` first waits
-while the transport is above its high-water mark, so a slow endpoint leaves
-its messages uncredited in the mailbox and stalls its own stream only, and
-the bridge holds at most the stream's window there plus the high-water mark
-and one write in the transport.
+Writing. The bridge is the stream's sink while it runs (``_Sink``): a message
+that arrives while nothing waits before it is written to the endpoint at the
+end of the loop turn, with every other message that came in that turn, in one
+socket write (``write_frames_now``), and credited back at once: the receiving
+task is not woken per message, and a burst never piles up as undelivered
+events. While the endpoint's transport is above its high-water mark (or
+aiohttp must frame messages itself, or the writer task still holds earlier
+ones) messages wait in the mailbox instead, uncredited, for the writer task:
+it waits for the transport to drain, then writes what waited (up to
+GATHER_BYTES at a time) the same way. A slow endpoint thus stalls its own
+stream only, and the bridge holds the stream's window in the mailbox plus the
+high-water mark and one write in the transport; the mailbox's event count is
+bounded as the driver bounds every mailbox (``MAX_STREAM_BACKLOG``).
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from gateway.core.tunnel.errors import ResetCode
-from gateway.core.tunnel.events import StreamReset, WebSocketClosed, WebSocketMessage
+from gateway.core.tunnel.events import Event, StreamReset, WebSocketClosed, WebSocketMessage
 from gateway.glue.driver import LINK_CLOSED, TunnelDriver
 from gateway.glue.heads import short
 from gateway.glue.mailbox import EndpointDone, Mailbox
-from gateway.transports.aiohttp_internals import send_frames
+from gateway.transports.aiohttp_internals import send_frames, write_frames_now
 from gateway.transports.http import CLOSE_TIMEOUT, Peer, close_peer, sendable
 
 __all__ = ["GATHER_BYTES", "bridge_websocket"]
@@ -42,19 +47,83 @@ GATHER_BYTES: Final = 256 * 1024
 
 
 async def bridge_websocket(link: TunnelDriver, sid: int, box: Mailbox, peer: Peer) -> None:
-    """Relay ``peer`` (the endpoint beside us) and stream ``sid`` until both sides closed."""
+    """Relay ``peer`` (the endpoint beside us) and stream ``sid`` until both sides closed.
+
+    ``box`` is the stream's sink until then (and again after, unless the stream was reset).
+    """
     link.stats.active_websockets += 1
+    sink = _Sink(link, sid, box, peer)
+    if box.reset is None:  # else the stream is gone: the writer finds the reset in the box
+        link.register(sid, sink)
     reader = link.loop.create_task(_ws_reader(link, sid, box, peer))
     clean = False
     try:
-        clean = await _ws_writer(link, sid, box, peer, reader)
+        clean = await _ws_writer(link, sink, peer, reader)
     finally:
         if not clean:
             link.reset(sid, ResetCode.CANCEL, "endpoint WebSocket gone")
             await close_peer(peer, 1001, "hop stream lost")
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
+        sink.write_pending()
+        link.unregister(sid, sink)
+        if box.reset is None:
+            link.register(sid, box)
         link.stats.active_websockets -= 1
+
+
+class _Sink:
+    """Where the link routes the stream's events while the bridge runs (see the module doc)."""
+
+    __slots__ = ("_due", "_link", "_pending", "box", "busy", "done", "peer", "sid")
+
+    def __init__(self, link: TunnelDriver, sid: int, box: Mailbox, peer: Peer) -> None:
+        self._link = link
+        self.sid = sid
+        self.box = box
+        self.peer = peer
+        self._pending: list[WebSocketMessage] = []  # to write at the end of this loop turn
+        self._due = False
+        self.busy = False  # the writer task holds messages it took from the mailbox
+        self.done = False  # the endpoint closed: nothing more is written to it
+
+    @property
+    def backlog(self) -> int:
+        """Events waiting for the writer task (what the driver bounds per session)."""
+        return self.box.backlog
+
+    def deliver(self, event: Event) -> None:
+        box = self.box
+        if type(event) is WebSocketMessage and not (box.events or self.busy or self.done):
+            self._pending.append(event)
+            if not self._due:
+                self._due = True
+                self._link.loop.call_soon(self.write_pending)
+            return
+        self.write_pending()  # what came before goes first
+        box.deliver(event)
+        if type(event) is WebSocketMessage:
+            self._link.check_backlog(self.sid, box)  # as the driver checks every mailbox
+
+    def write_pending(self) -> None:
+        """Write this turn's messages to the endpoint and credit them, else queue them."""
+        self._due = False
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        link, sid, box = self._link, self.sid, self.box
+        try:
+            written = write_frames_now(self.peer, [event.data for event in pending])
+        except ConnectionError:
+            written = False
+        if not written:  # the writer task takes them, in order: nothing waited before them
+            for event in pending:
+                box.deliver(event)
+                link.check_backlog(sid, box)
+            return
+        link.tunnel.consumed(sid, sum(event.size for event in pending))
+        link.schedule_flush()
 
 
 async def _ws_reader(link: TunnelDriver, sid: int, box: Mailbox, peer: Peer) -> None:
@@ -90,12 +159,12 @@ async def _ws_reader(link: TunnelDriver, sid: int, box: Mailbox, peer: Peer) -> 
 
 
 async def _ws_writer(
-    link: TunnelDriver, sid: int, box: Mailbox, peer: Peer, reader: asyncio.Task[None]
+    link: TunnelDriver, sink: _Sink, peer: Peer, reader: asyncio.Task[None]
 ) -> bool:
-    """Stream -> endpoint; True when the close handshake completed on both sides."""
-    endpoint_done = False
+    """Stream -> endpoint, what the sink left; True when the close handshake completed."""
+    box, sid = sink.box, sink.sid
     while True:
-        if endpoint_done:
+        if sink.done:
             try:
                 async with asyncio.timeout(2 * CLOSE_TIMEOUT):
                     event = await box.next_event()
@@ -105,14 +174,18 @@ async def _ws_writer(
             event = await box.next_event()
         if isinstance(event, WebSocketMessage):
             batch, size = _gather(box, event)
-            if not endpoint_done:
-                await _send(peer, batch)
+            sink.busy = True
+            try:
+                if not sink.done:
+                    await _send(peer, batch)
+            finally:
+                sink.busy = False
             link.tunnel.consumed(sid, size)
             link.schedule_flush()
         elif isinstance(event, EndpointDone):
-            endpoint_done = True
+            sink.done = True
         elif isinstance(event, WebSocketClosed):
-            if endpoint_done:  # the far side's answer to our close
+            if sink.done:  # the far side's answer to our close
                 await close_peer(peer, sendable(event.code), event.reason)
                 return True
             await _close_first(link, sid, peer, reader, event)

@@ -41,6 +41,7 @@ __all__ = [
     "send_frames",
     "take_over_reading",
     "write_frame_now",
+    "write_frames_now",
 ]
 
 
@@ -135,20 +136,12 @@ async def send_frames(
 ) -> bool:
     """Send every message of ``messages``, in order, with one ``transport.write``.
 
-    One frame per message, one syscall for them all: a burst through a bridge
-    wrote each message on its own and spent half its time in ``socket.send``.
     Waits first while the transport is paused (its buffer is above the
-    high-water mark), so what we hold is bounded by that mark plus one call's
-    messages; once this returns they are in the transport, not merely queued
-    here. False (nothing written) when aiohttp must frame them itself:
-    compression negotiated, a close under way, or no masking helper.
+    high-water mark), then as ``write_frames_now``: False (nothing written)
+    when aiohttp must frame them itself.
 
-    Internal: ``_writer`` (``transport``, ``protocol``, ``use_mask``,
-    ``compress``, ``_closing`` and ``_output_size``, which this counts so the
-    next ``send_bytes`` still drains when it should), ``BaseProtocol._drain_helper``
-    (what ``send_frame`` awaits; ``writing_paused`` is public) and
-    ``aiohttp._websocket.helpers.websocket_mask``.  aiohttp frames one
-    message per call and has no vectored send.
+    Internal: as ``write_frames_now``, and ``BaseProtocol._drain_helper``
+    (what ``send_frame`` awaits; ``writing_paused`` is public).
     """
     writer = ws._writer
     if writer is None or writer.compress or _websocket_mask is None:
@@ -156,8 +149,32 @@ async def send_frames(
     protocol = writer.protocol
     if protocol.writing_paused:
         await protocol._drain_helper()
+    return write_frames_now(ws, messages)
+
+
+def write_frames_now(
+    ws: aiohttp.ClientWebSocketResponse | web.WebSocketResponse, messages: Sequence[bytes | str]
+) -> bool:
+    """Write every message of ``messages``, in order, with one ``transport.write``; no waiting.
+
+    One frame per message, one syscall for them all: a burst through a bridge
+    wrote each message on its own and spent half its time in ``socket.send``.
+    Declines (False, nothing written) while the transport is paused (above its
+    high-water mark), so what it holds is bounded by that mark plus one call's
+    messages, and when aiohttp must frame them itself: compression
+    negotiated, a close under way, or no masking helper.
+
+    Internal: ``_writer`` (``transport``, ``protocol``, ``use_mask``,
+    ``compress``, ``_closing`` and ``_output_size``, which this counts so the
+    next ``send_bytes`` still drains when it should) and
+    ``aiohttp._websocket.helpers.websocket_mask``.  aiohttp frames one
+    message per call and has no vectored send.
+    """
+    writer = ws._writer
+    if writer is None or writer.compress or writer._closing or _websocket_mask is None:
+        return False
     transport = writer.transport
-    if writer._closing or transport.is_closing():
+    if transport.is_closing() or writer.protocol.writing_paused:
         return False
     parts: list[bytes | bytearray] = []
     masks = os.urandom(4 * len(messages)) if writer.use_mask else b""

@@ -34,14 +34,21 @@ async def test_a_burst_leaves_in_gathered_writes_in_order(
     transport: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    batches: list[int] = []
-    real = wsbridge.send_frames
+    batches: list[int] = []  # messages per write that went out
+    send, write = wsbridge.send_frames, wsbridge.write_frames_now
 
-    async def recording(ws: wsbridge.Peer, messages: Sequence[bytes | str]) -> bool:
-        batches.append(len(messages))
-        return await real(ws, messages)
+    async def sending(ws: wsbridge.Peer, messages: Sequence[bytes | str]) -> bool:
+        sent = await send(ws, messages)
+        batches.extend([len(messages)] if sent else [])
+        return sent
 
-    monkeypatch.setattr(wsbridge, "send_frames", recording)
+    def writing(ws: wsbridge.Peer, messages: Sequence[bytes | str]) -> bool:
+        written = write(ws, messages)
+        batches.extend([len(messages)] if written else [])
+        return written
+
+    monkeypatch.setattr(wsbridge, "send_frames", sending)
+    monkeypatch.setattr(wsbridge, "write_frames_now", writing)
     chain = await build_chain(origin[1], transport)
     n = 3000
     async with chain.client.ws_connect(chain.url + "/ws") as ws:
@@ -166,3 +173,24 @@ async def test_a_close_without_a_code_reaches_the_client_as_1000(
             assert msg.type is WSMsgType.CLOSE and msg.data == 1000, msg
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_burst_of_tiny_messages_is_not_taken_for_a_receiver_that_does_not_read(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    # 30,000 messages of a few bytes fit one window many times over: they arrive
+    # by thousands per session message, more than MAX_STREAM_BACKLOG events if
+    # they waited in the mailbox for the bridge's task.
+    chain = await build_chain(origin[1], transport)
+    n = 30_000
+    async with chain.client.ws_connect(chain.url + "/ws") as ws:
+        for i in range(n):
+            await ws.send_bytes(b"%d" % i)
+        got = []
+        async with asyncio.timeout(60):
+            while len(got) < n:
+                msg = await ws.receive()
+                assert msg.type is WSMsgType.BINARY, msg
+                got.append(msg.data)
+    assert got == [b"echo %d" % i for i in range(n)]

@@ -26,6 +26,7 @@ from gateway.transports.aiohttp_internals import (
     send_frames,
     take_over_reading,
     write_frame_now,
+    write_frames_now,
 )
 from tests.transports.conftest import StartLowLevel
 
@@ -488,6 +489,9 @@ async def test_send_frames_waits_while_the_transport_is_above_its_high_water_mar
                 # Written only below the mark: at most the mark plus one call's frames.
                 assert transport.get_write_buffer_size() <= high + 4 * (65536 + 14)
             assert transport.get_write_buffer_size() > high  # it waits for room, not for nothing
+            before = transport.get_write_buffer_size()
+            assert not write_frames_now(ws, [b"\xff"])  # the one that does not wait declines
+            assert transport.get_write_buffer_size() == before
             go.set()
             async with asyncio.timeout(20):
                 assert await sending
