@@ -13,6 +13,7 @@ __all__ = [
     "SendWindowOpened",
     "SessionClosed",
     "TransportStalled",
+    "message_received",
 ]
 
 
@@ -90,3 +91,15 @@ Event = (
     | ProbeAnswered
     | SessionClosed
 )
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def message_received(data: bytes | str) -> MessageReceived:
+    """``MessageReceived(data=...)`` for the receive path: the same frozen object without the
+    keyword ``__init__`` (``object.__setattr__`` looked up per field), once per message."""
+    event = _new(MessageReceived)
+    _set(event, "data", data)
+    return event

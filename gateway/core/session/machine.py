@@ -52,11 +52,11 @@ from gateway.core.session.errors import (
 from gateway.core.session.events import (
     Event,
     HelloReceived,
-    MessageReceived,
     ProbeAnswered,
     SendWindowOpened,
     SessionClosed,
     TransportStalled,
+    message_received,
 )
 from gateway.core.session.frames import (
     MAX_UINT64,
@@ -260,7 +260,7 @@ class Session:
         self._outbox.data_received(seq, self._recv.received, len(payload), now)
         message = self._recv.accept_fields(seq, flags, payload, self._config.max_message_size)
         if message is not None:
-            self._events.append(MessageReceived(data=message))
+            self._events.append(message_received(message))
 
     def _on_ack(self, frame: Ack, now: float) -> None:
         self._ack(frame.received, now)

@@ -16,7 +16,6 @@ from typing import Any, Final
 from gateway.core.tunnel.config import MAX_MESSAGE_FRAMES
 from gateway.core.tunnel.errors import GOING_AWAY, RemoteProtocolError, ResetCode
 from gateway.core.tunnel.events import (
-    DataReceived,
     PushReceived,
     RequestReceived,
     ResponseReceived,
@@ -24,8 +23,9 @@ from gateway.core.tunnel.events import (
     StreamReset,
     WebSocketAccepted,
     WebSocketClosed,
-    WebSocketMessage,
     WebSocketRequested,
+    data_received,
+    websocket_message,
 )
 from gateway.core.tunnel.flow import FlowControl
 from gateway.core.tunnel.frames import (
@@ -259,7 +259,7 @@ def _on_data(table: StreamTable, raw: list[Any]) -> None:
         table.recv_step(stream, DATA)
     FlowControl.take_credit(stream, len(payload))
     stream.unconsumed += len(payload)
-    table.events.append(DataReceived(stream_id=sid, data=payload))
+    table.events.append(data_received(sid, payload))
 
 
 def _on_end(table: StreamTable, raw: list[Any]) -> None:
@@ -300,7 +300,7 @@ def _on_message(table: StreamTable, raw: list[Any]) -> None:
         except UnicodeDecodeError:
             table.reset_locally(stream, ResetCode.PROTOCOL, "text message is not UTF-8")
             return
-    table.events.append(WebSocketMessage(stream_id=sid, data=data, size=len(whole)))
+    table.events.append(websocket_message(sid, data, len(whole)))
 
 
 def _on_close(table: StreamTable, raw: list[Any]) -> None:

@@ -106,8 +106,8 @@ class Scheduler:
         if not (self.opens or self.control or self._express or self._ring):
             return None  # the flush after each send asks once more: nothing is queued
         parts: _Parts = []
-        size = self._take_opens(parts, limit)
-        if size is not None:
+        size: int | None = self._take_opens(parts, limit) if self.opens else 0
+        if size is not None and self.control:
             size = self._take_control(parts, size, limit)
         if size is None:
             return b"".join(parts)
