@@ -9,6 +9,7 @@ receiving side set from what it checked (``framing.py``), never the peer's.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 from multidict import CIMultiDict
 from yarl import URL
@@ -41,20 +42,35 @@ def decode_stripped(raw: Headers) -> tuple[CIMultiDict[str], str | None]:
     """``raw`` decoded without its hop-by-hop fields, and the first ``Host`` it had.
 
     The fields of ``strip_hop_by_hop(decode_headers(raw))`` in the same order,
-    built in one pass: a replayed head is rebuilt once per gateway, not twice.
+    built in one pass over the bytes (names compared as bytes where they are
+    ASCII): a replayed head is rebuilt once per gateway, not twice.
     """
-    drop = HOP_BY_HOP
-    connection = [text(value) for name, value in raw if name.lower() == b"connection"]
-    if connection:
-        drop = drop | {t.strip().lower() for v in connection for t in v.split(",") if t.strip()}
-    host = next((text(value) for name, value in raw if name.lower() == b"host"), None)
     out: CIMultiDict[str] = CIMultiDict()
     add = out.add
+    host: str | None = None
+    listed: list[str] = []
     for name, value in raw:
-        decoded = text(name)
-        if decoded.lower() not in drop:
-            add(decoded, text(value))
+        lower = name.lower() if name.isascii() else _unicode_lower(name)
+        if lower in _HOP_BY_HOP:
+            if lower == b"connection":
+                listed.append(value.decode("utf-8", "surrogateescape"))
+            continue
+        decoded = value.decode("utf-8", "surrogateescape")
+        if host is None and lower == b"host":
+            host = decoded
+        add(name.decode("utf-8", "surrogateescape"), decoded)
+    if listed:  # rare (a gateway strips them): the fields these name go too
+        drop = {t.strip().lower() for v in listed for t in v.split(",")}
+        out = CIMultiDict((k, v) for k, v in out.items() if k.lower() not in drop)
     return out, host
+
+
+def _unicode_lower(name: bytes) -> bytes:
+    return text(name).lower().encode("utf-8", "surrogateescape")
+
+
+#: ``HOP_BY_HOP`` as the bytes a tunnelled head carries.
+_HOP_BY_HOP: Final = frozenset(name.encode() for name in HOP_BY_HOP)
 
 
 def pairs(headers: CIMultiDict[str]) -> Iterable[tuple[str, str]]:

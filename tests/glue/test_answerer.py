@@ -7,7 +7,11 @@ the connection off the configured upstream.
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.core.tunnel import ResetCode, ResponseReceived, StreamReset
 from gateway.glue.answerer import check_request
@@ -40,6 +44,23 @@ def test_check_request_refuses_header_injection() -> None:
     assert check_request("GET", b"/", ((b"X-A", b"1\r\nHost: evil"),)) is not None
     assert check_request("GET", b"/", ((b"Bad Name", b"1"),)) is not None
     assert check_request("GET", b"/ok?q=%20", ((b"X-A", b"1"),)) is None
+    # A line break inside a name must not pass as the joined check's separator.
+    assert check_request("GET", b"/", ((b"X-A\nHost", b"1"),)) is not None
+    assert check_request("GET", b"/", ((b"X-A", b"1"), (b"", b"2"))) is not None
+
+
+_PIECES = st.sampled_from([b"a", b"X-Y", b" ", b"\n", b"\r", b"\x00", b":", b"\xff"])
+_PART = st.lists(_PIECES, max_size=3).map(b"".join)
+
+
+@given(st.lists(st.tuples(_PART, _PART), max_size=6))
+@settings(max_examples=400, deadline=None)
+def test_check_request_takes_a_head_exactly_when_every_field_passes(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    token = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+    each_ok = all(token.fullmatch(n) and not re.search(rb"[\x00\r\n]", v) for n, v in fields)
+    assert (check_request("GET", b"/", tuple(fields)) is None) == each_ok
 
 
 @pytest.mark.parametrize("transport", ["websocket"])

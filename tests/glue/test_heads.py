@@ -27,10 +27,22 @@ NAMES = st.sampled_from(
         b"X-Forwarded-For",
         b"Transfer-Encoding",
         b"TE",
+        b"\xe2\x84\xaaeep-Alive",  # a KELVIN SIGN: hop-by-hop once lower-cased as text
+        b"X-\xc3\xa9t\xc3\xa9",
     ]
 )
 VALUES = st.sampled_from(
-    [b"", b"a", b"close", b"x-custom, cookie", b" Keep-Alive ,TE", b"1.1 up", b"\xff\xfe", b"h:1"]
+    [
+        b"",
+        b"a",
+        b"close",
+        b"x-custom, cookie",
+        b" Keep-Alive ,TE",
+        b"1.1 up",
+        b"\xff\xfe",
+        b"h:1",
+        b"x-\xc3\xa9t\xc3\xa9, host",
+    ]
 )
 
 

@@ -47,8 +47,14 @@ def encode_head(
     size = len(raw)
     try:
         for name, value in headers:
-            flat.append(_octets(name, "header name"))
-            flat.append(_octets(value, "header value"))
+            # str (what aiohttp hands us) encoded inline: two calls fewer per field
+            if type(name) is str and type(value) is str:
+                flat += (
+                    name.encode("utf-8", "surrogateescape"),
+                    value.encode("utf-8", "surrogateescape"),
+                )
+            else:
+                flat += (_octets(name, "header name"), _octets(value, "header value"))
     except (TypeError, ValueError) as exc:
         raise TunnelUsageError("headers must be (name, value) pairs") from exc
     size += sum(map(len, flat))
