@@ -53,7 +53,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Literal, Protocol
 
 from gateway.core.cluster import short_id
-from gateway.core.session.errors import CloseCode, RemoteProtocolError
+from gateway.core.session.errors import BufferFull, CloseCode, RemoteProtocolError
 from gateway.core.session.events import (
     MessageReceived,
     SendWindowOpened,
@@ -229,9 +229,10 @@ class HopSession:
         core = self._core
         if self._close_info is not None or core.state is not SessionState.OPEN:
             raise SessionClosedError(*self._close_info_or_closing())
-        if not core.writable:
+        try:
+            core.send_message(data)  # checks room once: not ``writable`` and then again
+        except BufferFull:
             return False
-        core.send_message(data)
         self.messages_sent += 1
         self.wake()  # no timer moves until take(): nothing is outstanding yet
         return True

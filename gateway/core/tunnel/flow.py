@@ -149,9 +149,12 @@ class FlowControl:
         """``n`` queued bytes of the stream left in a DATA/MESSAGE frame."""
         stream.send_credit -= n
         stream.queued -= n
-        stream.unacked += n
+        unacked = stream.unacked = stream.unacked + n
         self.queued_total -= n
-        self.count_unacked(stream)
+        # count_unacked, inline: once per chunk sent
+        counted = unacked - stream.leeway if unacked > stream.leeway else 0
+        self.unacked_total += counted - stream.unacked_counted
+        stream.unacked_counted = counted
 
     def full(self) -> bool:
         """The session's unread bytes reached ``max_unread``: no stream is writable."""

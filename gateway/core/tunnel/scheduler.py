@@ -36,6 +36,8 @@ __all__ = ["Scheduler"]
 _MIN_SPLIT: Final = 512
 _EXPRESS_BURST: Final = 8
 _FLAG_BYTES: Final = tuple(bytes((flags,)) for flags in range(4))
+#: ``bin_header(n)`` for n < 256, the most common chunk sizes (small messages).
+_BIN8: Final = tuple(bin_header(n) for n in range(0x100))
 
 _Parts = list[bytes | memoryview]
 
@@ -112,7 +114,8 @@ class Scheduler:
         if size is None:
             return b"".join(parts)
         self._take_chunks(parts, size, limit)
-        self._flow.feed_starved()  # sent bytes within the peer's leeway no longer count
+        if self._flow.starved:
+            self._flow.feed_starved()  # sent bytes within the peer's leeway no longer count
         return b"".join(parts) if parts else None
 
     def _take_opens(self, parts: _Parts, limit: int) -> int | None:
@@ -174,7 +177,8 @@ class Scheduler:
             else:
                 self._express_streak = 0
             size += self._emit_chunk(stream, n, parts, limit - size)
-            self.schedule(stream, bulk=True)
+            if stream.queue:  # else not ready: nothing to schedule
+                self.schedule(stream, bulk=True)
 
     def _pick(self) -> tuple[deque[Stream], Stream] | None:
         express, ring = self._express, self._ring
@@ -228,10 +232,11 @@ class Scheduler:
 
     @staticmethod
     def _chunk_header(stream: Stream, n: int, last: bool) -> bytes:
+        header = _BIN8[n] if n < 0x100 else bin_header(n)
         if stream.ws:
             flags = FLAG_TEXT if stream.text_flags[0] else 0
             if last:
                 flags |= FLAG_FIN
                 stream.text_flags.popleft()
-            return stream.prefix + _FLAG_BYTES[flags] + bin_header(n)
-        return stream.prefix + bin_header(n)
+            return stream.prefix + _FLAG_BYTES[flags] + header
+        return stream.prefix + header
