@@ -20,6 +20,9 @@ is configured)                                     token); body = the server's H
 ``GET /.hopgate/session/{id}?last=N&epoch=E``      held poll: ``200``, body = batch (may be
                                                    empty when hold_time passed or a newer
                                                    poll released this one)
+``POST /.hopgate/session/{id}?epoch=E&post=K``     a POST that polls (``poll-post``): its
+``&poll=P&last=N&seen=S``                          batch is fed, then it is held and answered
+                                                   as the GET numbered P
 ``POST /.hopgate/session/{id}?epoch=E``            ``200``, body = control frames (ACK,
 (body = one batch, ``Content-Type:                 PONG, HELLO); ``400`` + ABORT batch when
 application/octet-stream``)                        the batch broke the protocol (the session
@@ -36,8 +39,12 @@ unknown and expired are the same answer, so probing ids learns nothing;
 malformed request (``last``/``epoch`` missing or not a number, WebSocket
 without ``hopgate.v1``). Session answers are ``application/octet-stream``
 with ``Cache-Control: no-store`` and ``X-Content-Type-Options: nosniff``;
-errors are ``text/plain`` with the same two headers. The header names, the
-token's encoding and the hop secret's proof are drawn in ``handshake``.
+errors are ``text/plain`` with the same two headers. A session whose
+creating POST said ``X-Hopgate-Long-Poll: lean`` (a gateway) gets lean
+answers: ``no-store`` and the framing only. The create answer's
+``X-Hopgate-Long-Poll: poll-post lean`` says this server does both. The
+header names, the token's encoding and the hop secret's proof are drawn in
+``handshake``.
 
 Per client address
 ==================
