@@ -195,3 +195,38 @@ async def test_upstream_only_traffic_is_acked_without_a_stall(make_pair: MakePai
             await asyncio.sleep(0.01)
     assert pair.server_inbox.messages == [f"up {i}".encode() for i in range(30)]
     assert pair.client.epoch == epoch, "the long-poll transport was restarted (stalled)"
+
+
+async def test_a_server_that_does_not_announce_poll_post_gets_plain_posts(
+    start_raw: StartRaw, http: aiohttp.ClientSession
+) -> None:
+    """An older server (no ``poll-post`` in its create answer): POSTs carry no ``poll=``."""
+    polling_posts = plain_posts = 0
+    settings = settings_for("long-poll", hold_time=5.0)
+    inbox = Inbox()
+    server = SessionServer(settings, on_session=inbox.attach)
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        nonlocal polling_posts, plain_posts
+        if request.method == "POST" and "post" in request.query:
+            if "poll" in request.query:
+                polling_posts += 1
+            else:
+                plain_posts += 1
+        response = await server.handle(request)
+        response.headers.popall(LONG_POLL_HEADER, None)  # as a server before it
+        return response
+
+    url = await start_raw(handler)
+    connector = SessionConnector(URL(url), http, settings, prefer="long-poll")
+    try:
+        client = await asyncio.wait_for(connector.connect(), timeout=10)
+        async with asyncio.timeout(10):
+            for i in range(10):
+                client.send(f"up {i}".encode())
+                await inbox.wait_for(i + 1)
+    finally:
+        await connector.close()
+        await server.close()
+    assert inbox.messages == [f"up {i}".encode() for i in range(10)]
+    assert polling_posts == 0 and plain_posts >= 10
