@@ -59,9 +59,10 @@ def decode_stripped(raw: Headers) -> tuple[CIMultiDict[str], str | None]:
         if host is None and lower == b"host":
             host = decoded
         add(name.decode("utf-8", "surrogateescape"), decoded)
-    if listed:  # rare (a gateway strips them): the fields these name go too
-        drop = {t.strip().lower() for v in listed for t in v.split(",")}
-        out = CIMultiDict((k, v) for k, v in out.items() if k.lower() not in drop)
+    for names in listed:  # the fields a Connection header names (a poll-ahead mark) go too
+        for token in names.split(","):
+            if token := token.strip():
+                out.popall(token, None)  # case-insensitive as str.lower(), like the rule
     return out, host
 
 

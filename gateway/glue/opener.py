@@ -264,12 +264,12 @@ class Opener:
             link.schedule_flush()
         else:
             link.flush()
+        try:
+            if not tunnel.open_sent(sid):
+                await asyncio.sleep(0)  # resumes after that flush
             if box.reset is None and tunnel.open_sent(sid):
                 return  # the usual case, and no timer armed for it
-        try:
             async with asyncio.timeout(link.forwarder.config.connect_timeout):
-                if not tunnel.open_sent(sid):
-                    await asyncio.sleep(0)  # resumes after that flush
                 while box.reset is None and not tunnel.open_sent(sid):
                     await link.session_writable()
                     link.flush()

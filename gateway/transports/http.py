@@ -177,7 +177,10 @@ def offers_websocket(headers: hdr.HeadersIn) -> bool:
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
     """``GET`` with ``Connection: upgrade`` and ``Upgrade: websocket``."""
-    if request.method != "GET" or "upgrade" not in hdr.connection_tokens(request.headers):
+    headers = request.headers
+    if request.method != "GET" or "Upgrade" not in headers:  # every plain request: no more work
+        return False
+    if "upgrade" not in hdr.connection_tokens(headers):
         return False
     return offers_websocket(request.headers)
 
