@@ -49,11 +49,24 @@ class Forwarder:
         self.mark_requests = False
         #: Answer marked requests with a note naming this session path.
         self.advertise_path: str | None = None
+        self._last_host: tuple[URL | None, str] = (None, "")
+
+    def _upstream_host(self, target: URL | None) -> str | None:
+        """``Host`` for ``target`` (None: keep the client's).
+
+        A tunnel asks for its upstream's on every request and yarl's parts
+        cost, so the last answer is kept (by identity: a plain request's URL is new).
+        """
+        if self.config.preserve_host or target is None:
+            return None
+        if target is not self._last_host[0]:
+            self._last_host = (target, host_header(target))
+        return self._last_host[1]
 
     def outgoing_headers(self, request: web.BaseRequest, target: URL | None) -> CIMultiDict[str]:
         """Headers to send to ``target`` for ``request`` (``None``: keep the client's Host)."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        upstream_host = None if self.config.preserve_host or target is None else host_header(target)
+        upstream_host = self._upstream_host(target)
         return hdr.request_headers_for_upstream(
             request.headers,
             http_version=(request.version.major, request.version.minor),
@@ -136,7 +149,7 @@ class Forwarder:
         gateway, so the rules are exactly those of ``outgoing_headers``
         (``target`` ``None``: keep the incoming Host).
         """
-        upstream_host = None if self.config.preserve_host or target is None else host_header(target)
+        upstream_host = self._upstream_host(target)
         return hdr.request_headers_for_upstream(
             incoming,
             http_version=(1, 1),
@@ -159,7 +172,7 @@ class Forwarder:
         ``glue.heads.decode_stripped`` gives both arguments: the tunnel's
         answering side builds the outgoing head once instead of twice.
         """
-        upstream_host = None if self.config.preserve_host or target is None else host_header(target)
+        upstream_host = self._upstream_host(target)
         hdr.rewrite_for_upstream(
             stripped,
             original_host=original_host,

@@ -45,25 +45,39 @@ def decode_stripped(raw: Headers) -> tuple[CIMultiDict[str], str | None]:
     built in one pass over the bytes (names compared as bytes where they are
     ASCII): a replayed head is rebuilt once per gateway, not twice.
     """
+    drop = _HOP_BY_HOP
+    for name, value in raw:  # every tunnelled request has one: the poll-ahead mark's
+        if name.lower() == b"connection":
+            drop = drop | _listed(value)
     out: CIMultiDict[str] = CIMultiDict()
     add = out.add
     host: str | None = None
-    listed: list[str] = []
     for name, value in raw:
         lower = name.lower() if name.isascii() else _unicode_lower(name)
-        if lower in _HOP_BY_HOP:
-            if lower == b"connection":
-                listed.append(value.decode("utf-8", "surrogateescape"))
+        if lower in drop:
+            if host is None and lower == b"host":  # a Connection header named it
+                host = text(value)
             continue
         decoded = value.decode("utf-8", "surrogateescape")
         if host is None and lower == b"host":
             host = decoded
         add(name.decode("utf-8", "surrogateescape"), decoded)
-    for names in listed:  # the fields a Connection header names (a poll-ahead mark) go too
-        for token in names.split(","):
-            if token := token.strip():
-                out.popall(token, None)  # case-insensitive as str.lower(), like the rule
     return out, host
+
+
+#: What ``str.strip()`` strips of an ASCII string (``bytes.strip()`` stops at six of them).
+_ASCII_SPACE: Final = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
+
+
+def _listed(value: bytes) -> frozenset[bytes]:
+    """The field names a ``Connection`` value lists, lower-cased as the text rule does."""
+    if value.isascii():
+        tokens = {t.strip(_ASCII_SPACE).lower() for t in value.split(b",")}
+    else:
+        tokens = {
+            t.strip().lower().encode("utf-8", "surrogateescape") for t in text(value).split(",")
+        }
+    return frozenset(tokens - {b""})
 
 
 def _unicode_lower(name: bytes) -> bytes:

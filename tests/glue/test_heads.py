@@ -42,6 +42,8 @@ VALUES = st.sampled_from(
         b"\xff\xfe",
         b"h:1",
         b"x-\xc3\xa9t\xc3\xa9, host",
+        b"Cookie\x1f, \xc2\xa0via\xc2\xa0",  # spaces str.strip() takes and bytes.strip() not
+        b"\xe2\x84\xaaEEP-ALIVE,,x-custom",
     ]
 )
 
