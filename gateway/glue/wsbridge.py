@@ -120,7 +120,8 @@ class _Sink:
         if not written:  # the writer task takes them, in order: nothing waited before them
             for event in pending:
                 box.deliver(event)
-                link.check_backlog(sid, box)
+                if box.reset is None:  # a reset already ends the stream
+                    link.check_backlog(sid, box)
             return
         link.tunnel.consumed(sid, sum(event.size for event in pending))
         link.schedule_flush()
