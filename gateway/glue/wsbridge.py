@@ -18,9 +18,11 @@ aiohttp must frame messages itself, or the writer task still holds earlier
 ones) messages wait in the mailbox instead, uncredited, for the writer task:
 it waits for the transport to drain, then writes what waited (up to
 GATHER_BYTES at a time) the same way. A slow endpoint thus stalls its own
-stream only, and the bridge holds the stream's window in the mailbox plus the
-high-water mark and one write in the transport; the mailbox's event count is
-bounded as the driver bounds every mailbox (``MAX_STREAM_BACKLOG``).
+stream only: the mailbox holds what the tunnel let the peer send uncredited
+(the window, and chunks of unfinished messages within ``session_reassembly``),
+its event count bounded as the driver bounds every mailbox
+(``MAX_STREAM_BACKLOG``), and the transport its high-water mark plus one write
+(one loop turn's messages, or GATHER_BYTES).
 """
 
 from __future__ import annotations
