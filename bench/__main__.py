@@ -176,9 +176,9 @@ async def _profiled_messages(args: argparse.Namespace, scale: Scale) -> str:
     with (
         running(python_child("suite_anchor_server.py")) as anchor,
         suite_procs.gateway("server", "--upstream", anchor.announced, tree=args.tree) as server,
-        suite_procs.net_path(server.url.removeprefix("http://"), 0, kind == "hop-lp") as net,
+        suite_procs.refusing_path(server.url.removeprefix("http://")) as refusing,
     ):
-        url = net.url if kind == "hop-lp" else server.url
+        url = refusing if kind == "hop-lp" else server.url
         got = await asyncio.to_thread(msgload, kind, url, args.tree, scale, figures, [server.pid])
     return json.dumps(got)[:400]
 

@@ -45,6 +45,7 @@ from tests.processes import (  # noqa: E402
     free_port,
     start_gateway,
 )
+from tests.proxies import running_splitter  # noqa: E402
 
 BENCH = ROOT / "bench"
 #: Flags every gateway of the suite gets: quiet, and no per-address limits in the way.
@@ -121,6 +122,14 @@ def net_path(
         yield NetPath(child, child.announced)
 
 
+@contextlib.contextmanager
+def refusing_path(target: str) -> Iterator[str]:
+    """The URL of HAProxy relaying to ``target`` (``host:port``) and refusing WebSocket upgrades."""
+    port = int(target.rsplit(":", 1)[1])
+    with running_splitter(port, port, to_second=False, long_poll=True) as proxy:
+        yield proxy.url
+
+
 def upstream_transport(client_url: str) -> str:
     with urllib.request.urlopen(client_url + "/.hopgate/status", timeout=5) as resp:
         doc = json.loads(resp.read())
@@ -179,11 +188,13 @@ def hop_path(
         )
         net = None
         upstream = server.url
-        if rtt or count or kind == "long-poll":
-            hop = server.url.removeprefix("http://")
+        hop = server.url.removeprefix("http://")
+        if rtt or count:
             refuse = kind == "long-poll"
             net = stack.enter_context(net_path(hop, rtt, refuse, start_fast=start_fast))
             upstream = net.url
+        elif kind == "long-poll":
+            upstream = stack.enter_context(refusing_path(hop))
         never = ("--upgrade", "never") if kind == "plain" else ()
         client = stack.enter_context(
             gateway("client", "--upstream", upstream, *never, *flags, tree=tree)

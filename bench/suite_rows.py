@@ -43,6 +43,7 @@ from bench.suite_procs import (
     hop_path,
     net_path,
     python_child,
+    refusing_path,
     running,
 )
 from tests.processes import proc_status_kib
@@ -144,8 +145,8 @@ async def messages(tree: Path, scale: Scale) -> dict[str, Result]:
     with contextlib.ExitStack() as stack:
         anchor = stack.enter_context(running(python_child("suite_anchor_server.py")))
         server = stack.enter_context(gateway("server", "--upstream", anchor.announced, tree=tree))
-        refusing = stack.enter_context(net_path(server.url.removeprefix("http://"), 0, True))
-        urls = {"hop-ws": server.url, "hop-lp": refusing.url}
+        refusing = stack.enter_context(refusing_path(server.url.removeprefix("http://")))
+        urls = {"hop-ws": server.url, "hop-lp": refusing}
 
         async def one(kind: str) -> None:
             url = urls.get(kind, anchor.announced)
