@@ -134,6 +134,7 @@ class HopSession:
         "peer_tunnel",
         "session_id",
         "settings",
+        "unsent_bytes",
     )
 
     def __init__(self, core: Session, settings: SessionSettings) -> None:
@@ -160,6 +161,9 @@ class HopSession:
         # What metrics read (summed at scrape time, gateway.metrics): plain
         # counters, one ``+=`` per message or batch.
         self.messages_sent = self.messages_received = 0
+        #: Message bytes given to ``send`` since the last ``take``: how much a flush would
+        #: write (a hint for the WebSocket's flusher; ``take`` resets it).
+        self.unsent_bytes = 0
         #: Batch bytes written and read on this session's transports.
         self.bytes_sent = self.bytes_received = 0
         #: Transports attached while none was current (the first one included).
@@ -234,6 +238,7 @@ class HopSession:
         except BufferFull:
             return False
         self.messages_sent += 1
+        self.unsent_bytes += len(data)
         self.wake()  # no timer moves until take(): nothing is outstanding yet
         return True
 
@@ -341,6 +346,8 @@ class HopSession:
         core, now = self._core, self.now()
         was_outstanding = core.outstanding
         batch = core.data_to_send(now, include_data=include_data)
+        if include_data:
+            self.unsent_bytes = 0
         if batch:
             self.bytes_sent += len(batch)
             self.last_activity = now

@@ -48,6 +48,11 @@ COALESCE: Final = 0.0005
 #: amortised, and holding each large message for the timer (epoll rounds it
 #: up to 1 ms) halved 64 KiB throughput (stream credit waits on every write).
 COALESCE_BYTES: Final = 16 * 1024
+#: Queued bytes written at once, in the turn that queued them, not at its end: a
+#: sender that queues a burst without yielding (the client gateway relaying a
+#: legacy client's burst) keeps the peer busy meanwhile instead of handing it
+#: everything when the burst's credit runs out.
+WRITE_NOW_BYTES: Final = 64 * 1024
 #: Close handshake of an abandoned socket: it may be black-holed, do not wait long.
 _CLOSE_TIMEOUT: Final = 2.0
 
@@ -61,6 +66,8 @@ class WebSocketTransport:
     the session's ``wake`` calls ``_flush_soon``, which schedules one
     ``_flush`` per loop turn (``call_soon``) when the core wants to write
     now; ``_flush`` writes each batch synchronously (``write_frame_now``).
+    Once ``WRITE_NOW_BYTES`` are queued the write happens in ``wake`` itself:
+    a sender queueing a burst without yielding feeds the peer as it goes.
     The writer task sleeps until the socket's buffer is full (it awaits
     ``send_bytes``, which drains) or the session is over (it closes).
     """
@@ -128,6 +135,9 @@ class WebSocketTransport:
         return hop.is_current(self) or (hop.closed and not self._abandoned)
 
     def _flush_soon(self) -> None:
+        if self._hop.unsent_bytes >= WRITE_NOW_BYTES:
+            self._write_now()
+            return
         if not self._flush_due and (self._hop.core.wants_write_now or self._hop.closed):
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -135,11 +145,21 @@ class WebSocketTransport:
     def _flush(self) -> None:
         """Write what the core has now, synchronously; hand over to the writer task if it can't."""
         self._flush_due = False
-        hop, ws = self._hop, self._ws
         if self._blocked or not self._writing():
             return
         if self._coalescing():
             return
+        self._write()
+
+    def _write_now(self) -> None:
+        """Write a full batch at once, within the turn that queued it (see WRITE_NOW_BYTES)."""
+        if not self._blocked and self._writing():
+            self._last_write = self._hop.now()
+            self._held_since = None
+            self._write()
+
+    def _write(self) -> None:
+        hop, ws = self._hop, self._ws
         core = hop.core
         try:
             while core.wants_write_now:

@@ -67,3 +67,19 @@ async def test_an_answer_to_the_peer_goes_at_once(
     await pair.client_inbox.wait_for(2, timeout=5)
     assert time.monotonic() - started < HOLD / 2
     assert pair.client_inbox.messages == [b"x", b"r"]
+
+
+async def test_a_burst_queued_without_yielding_is_written_as_it_grows(
+    make_pair: MakePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pair = await _quiet_pair(make_pair, monkeypatch)
+    before = pair.client.bytes_sent
+    burst = [os.urandom(1024) for _ in range(200)]
+    for blob in burst[:63]:
+        assert pair.client.send(blob)
+    assert pair.client.bytes_sent == before  # below WRITE_NOW_BYTES: the end of the turn writes
+    for blob in burst[63:]:
+        assert pair.client.send(blob)  # no yield: the peer gets each 64 KiB as it is queued
+    assert pair.client.bytes_sent - before >= 3 * ws.WRITE_NOW_BYTES
+    await pair.server_inbox.wait_for(len(burst), timeout=5)
+    assert pair.server_inbox.messages == burst

@@ -176,7 +176,10 @@ class Scheduler:
                 self._express_streak += 1
             else:
                 self._express_streak = 0
-            size += self._emit_chunk(stream, n, parts, limit - size)
+            if n == remaining and stream.ws and not stream.offset:
+                size += self._emit_messages(stream, parts, limit - size)
+            else:
+                size += self._emit_chunk(stream, n, parts, limit - size)
             if stream.queue:  # else not ready: nothing to schedule
                 self.schedule(stream, bulk=True)
 
@@ -212,7 +215,45 @@ class Scheduler:
         header = self._chunk_header(stream, n, last)
         parts.append(header)
         parts.append(payload)
-        added = len(header) + n
+        return self._sent(stream, parts, room, len(header) + n)
+
+    def _emit_messages(self, stream: Stream, parts: _Parts, room: int) -> int:
+        """Append whole WebSocket messages from the head of the stream's queue; bytes added.
+
+        One pick's worth: messages while they fit the credit, ``max_chunk``
+        bytes in all (the unit of fairness, as one chunk) and the room left.
+        A burst of small messages then costs a header and two appends each,
+        not a pick, a reschedule and a flow update each (the first always
+        fits: the caller checked it).
+        """
+        queue, text_flags = stream.queue, stream.text_flags
+        budget = min(stream.send_credit, self._config.max_chunk)
+        room -= FRAME_OVERHEAD  # each frame must leave room for the largest header
+        binary = stream.prefix + _FLAG_BYTES[FLAG_FIN]
+        text = stream.prefix + _FLAG_BYTES[FLAG_FIN | FLAG_TEXT]
+        sent = added = 0
+        last_n = last_text = -1  # the previous frame's size and kind: its header is reused
+        framing = b""
+        while queue:
+            item = queue[0]
+            n = len(item)
+            if sent + n > budget or added + n > room:
+                break
+            queue.popleft()
+            is_text = text_flags.popleft()
+            if n != last_n or is_text != last_text:
+                last_n, last_text = n, is_text
+                framing = (text if is_text else binary) + (_BIN8[n] if n < 0x100 else bin_header(n))
+            parts.append(framing)
+            parts.append(item)
+            sent += n
+            added += len(framing) + n
+        self._flow.chunk_sent(stream, sent)
+        return self._sent(stream, parts, room + FRAME_OVERHEAD, added)
+
+    def _sent(self, stream: Stream, parts: _Parts, room: int, added: int) -> int:
+        """After a stream's frames of ``added`` bytes: writable again? its trailer? Bytes added."""
+        queue = stream.queue
         if (
             not stream.writable
             and stream.queued < self._config.max_pending

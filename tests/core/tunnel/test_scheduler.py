@@ -1,0 +1,114 @@
+"""Scheduler: a run of small WebSocket messages of one stream goes out as one pick.
+
+The wire is what frame-by-frame encoding gives (one MESSAGE frame per
+message, FIN set, TEXT as sent); what changes is the work per message, and
+the unit of fairness between streams stays ``max_chunk`` bytes.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.core.tunnel import TunnelConfig, WebSocketMessage
+from gateway.core.tunnel.flow import FlowControl
+from gateway.core.tunnel.frames import (
+    FLAG_FIN,
+    FLAG_TEXT,
+    FrameDecoder,
+    encode_message,
+    new_packer,
+)
+from tests.core.tunnel.test_streams import Pipe, consume_all, open_ws
+
+CONFIG = TunnelConfig(max_chunk=4096, max_message=16 * 1024)
+
+
+def _frames(message: bytes) -> list[tuple[int, int, int, bytes]]:
+    return [(raw[0], raw[1], raw[2], bytes(raw[3])) for raw in FrameDecoder().decode(message)]
+
+
+def test_a_burst_of_small_messages_costs_one_flow_update_per_max_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pipe = Pipe(CONFIG)
+    sid = open_ws(pipe)
+    calls: list[int] = []
+    chunk_sent = FlowControl.chunk_sent
+
+    def counting(self: FlowControl, stream: object, n: int) -> None:
+        calls.append(n)
+        chunk_sent(self, stream, n)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FlowControl, "chunk_sent", counting)
+    sent = [bytes([i % 251]) * 100 for i in range(140)]  # 14,000 bytes: fits one message
+    for data in sent:
+        pipe.down.send_ws_message(sid, data)
+    message = pipe.down.next_message()
+    assert message is not None
+    packer = new_packer()
+    assert message == b"".join(encode_message(packer, sid, FLAG_FIN, d) for d in sent)
+    assert len(calls) == 4  # 4096-byte runs of 40, 40, 40 and the last 20: not one per message
+    assert sum(calls) == 14_000
+    assert pipe.down.next_message() is None
+
+
+def test_runs_keep_text_flags_and_empty_messages_in_order() -> None:
+    pipe = Pipe(CONFIG)
+    sid = open_ws(pipe)
+    sent: list[bytes | str] = ["a", b"", b"b" * 300, "", "\u00e9" * 200, b"c"]
+    for data in sent:
+        pipe.down.send_ws_message(sid, data)
+    message = pipe.down.next_message()
+    assert message is not None
+    flags = [f for (_, _, f, _) in _frames(message)]
+    text, binary = FLAG_FIN | FLAG_TEXT, FLAG_FIN
+    assert flags == [text, binary, binary, text, text, binary]
+
+
+def test_two_bursting_streams_share_each_message_within_max_chunk() -> None:
+    pipe = Pipe(CONFIG)
+    first, second = open_ws(pipe), open_ws(pipe)
+    for _ in range(150):
+        pipe.down.send_ws_message(first, b"x" * 100)
+        pipe.down.send_ws_message(second, b"y" * 100)
+    message = pipe.down.next_message()
+    assert message is not None
+    per_stream = {first: 0, second: 0}
+    for _, sid, _, payload in _frames(message):
+        per_stream[sid] += len(payload)
+    assert abs(per_stream[first] - per_stream[second]) <= CONFIG.max_chunk
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=300),
+            st.text(max_size=100),
+            st.binary(min_size=3000, max_size=9000),
+        ),
+        max_size=120,
+    ),
+    st.integers(min_value=1024, max_value=20_000),
+)
+def test_any_burst_arrives_whole_and_in_order_within_the_budget(
+    sent: list[bytes | str], max_bytes: int
+) -> None:
+    pipe = Pipe(TunnelConfig(max_chunk=4096, initial_window=64 * 1024), max_bytes=max_bytes)
+    sid = open_ws(pipe)
+    got: list[bytes | str] = []
+    outbox = list(sent)
+    for _ in range(10_000):
+        while outbox and pipe.down.is_writable(sid):
+            pipe.down.send_ws_message(sid, outbox.pop(0))
+        pipe.pump()
+        events = pipe.up.events_received()
+        consume_all(pipe.up, events)
+        got += [e.data for e in events if isinstance(e, WebSocketMessage)]
+        pipe.down.events_received()
+        if len(got) == len(sent):
+            break
+    assert got == sent
+    assert max(pipe.sizes, default=0) <= max_bytes
