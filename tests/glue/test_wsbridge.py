@@ -132,14 +132,15 @@ async def test_an_origin_that_stops_reading_stalls_its_stream_with_bounded_holdi
                 # The bridge's own holding: credited, in the transport towards
                 # the origin, which it fills only to its high-water mark and one
                 # gathered write; the rest waits uncredited in the tunnel, within
-                # the core's bound (the window, and unfinished messages' chunks
-                # credited ahead within session_reassembly).
+                # the core's bound (the window, grown up to max_stream_window while
+                # large messages flowed, and unfinished messages' chunks credited
+                # ahead within session_reassembly).
                 origin_ws = _towards_origin(int(url.rsplit(":", 1)[1]))
                 buffered = origin_ws._writer.transport.get_write_buffer_size()
                 assert buffered <= 64 * 1024 + wsbridge.GATHER_BYTES + MESSAGE, buffered
                 config = TunnelConfig()
                 unconsumed = chain.up.tunnel.reassembly_bytes
-                assert unconsumed <= config.session_reassembly + config.initial_window
+                assert unconsumed <= config.session_reassembly + config.max_stream_window
                 go.set()
                 async with asyncio.timeout(60):
                     await sender

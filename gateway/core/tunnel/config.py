@@ -33,6 +33,10 @@ class TunnelConfig:
 
     #: Receive window per stream and direction, granted to the peer.
     initial_window: int = 256 * 1024
+    #: Largest receive window a stream grows to, doubling at each WINDOW, while
+    #: the pieces its consumer takes are large (flow.py ``_grow``); within
+    #: ``session_window`` like ``initial_window``'s excess.
+    max_stream_window: int = 1024 * 1024
     #: Largest DATA/MESSAGE payload we send: the unit of fairness.
     max_chunk: int = 16 * 1024
     #: Queued outgoing bytes at which a stream stops being writable.
@@ -61,6 +65,7 @@ class TunnelConfig:
     def __post_init__(self) -> None:
         checks = (
             ("initial_window", BASE_WINDOW <= self.initial_window <= MAX_WINDOW),
+            ("max_stream_window", BASE_WINDOW <= self.max_stream_window <= MAX_WINDOW),
             ("max_chunk", 1 <= self.max_chunk <= MAX_PAYLOAD),
             ("max_pending", self.max_pending >= 1),
             ("max_message", self.max_message >= max(MIN_MESSAGE, self.max_chunk)),

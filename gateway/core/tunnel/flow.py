@@ -11,7 +11,9 @@ streams get ``BASE_WINDOW``, so a session's windows total ``session_window +
 max_streams * BASE_WINDOW`` at most (the receiver's choice alone, invisible
 to the protocol). The receiver hands credit back as its consumer reports
 bytes consumed (``consumed()``), in WINDOW frames of at least half the
-stream's window, so WINDOW traffic stays small. A peer that sends past the
+stream's window, so WINDOW traffic stays small; a WINDOW also doubles the
+stream's window, up to ``max_stream_window`` and within ``session_window``,
+while the stream carries large pieces (``_grow``). A peer that sends past the
 window broke the protocol (FlowControlError).
 
 On the way out, a stream stops being writable once it holds ``max_pending``
@@ -41,6 +43,9 @@ __all__ = ["FlowControl"]
 # (else 32 streams each with a batch pending would deadlock the session);
 # for windows up to this size, beyond which a window buys no more leeway.
 _LEEWAY_WINDOW: Final = 2 * 1024 * 1024
+# A stream's window doubles only while a full doubled window would hold at
+# most this many pieces of the size it is consumed in (see _grow).
+_GROW_PIECES: Final = 1024
 
 
 class FlowControl:
@@ -109,10 +114,36 @@ class FlowControl:
     def credit(self, stream: Stream, n: int) -> None:
         """Owe the peer ``n`` bytes of credit; a WINDOW goes once half the window is owed."""
         stream.to_grant += n
+        stream.to_grant_n += 1
         if stream.to_grant >= stream.grant_at and stream.recv_state != DONE:
-            self._control.append(encode_window(self._packer, stream.id, stream.to_grant))
-            stream.recv_window += stream.to_grant
-            stream.to_grant = 0
+            grant = stream.to_grant + self._grow(stream)
+            self._control.append(encode_window(self._packer, stream.id, grant))
+            stream.recv_window += grant
+            stream.to_grant = stream.to_grant_n = 0
+
+    def _grow(self, stream: Stream) -> int:
+        """Bytes by which to widen the stream's window: doubled while it carries large pieces.
+
+        A window buys one window of bytes per credit round trip, and between two
+        gateways that trip takes milliseconds, so 64 KiB messages waited for
+        credit at 256 KiB. Grown only while the pieces consumed since the last
+        WINDOW average ``2 * window / _GROW_PIECES`` bytes or more: a full grown
+        window then holds at most ``_GROW_PIECES`` such pieces, far below the
+        I/O layer's bound on undelivered events, so a burst of tiny messages
+        keeps the window it started with. The growth is taken from
+        ``session_window`` as announce() takes its share, and released with it.
+        """
+        window = BASE_WINDOW + stream.extra
+        limit = self._config.max_stream_window
+        if window >= limit or stream.to_grant * _GROW_PIECES < 2 * window * stream.to_grant_n:
+            return 0
+        delta = min(window, limit - window)
+        if self.window_extra + delta > self._config.session_window:
+            return 0
+        self.window_extra += delta
+        stream.extra += delta
+        stream.grant_at = (window + delta) // 2
+        return delta
 
     # -- the send side: what the peer lets us send ------------------------------
 

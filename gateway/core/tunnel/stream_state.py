@@ -117,6 +117,7 @@ class Stream:
         "send_state",
         "text_flags",
         "to_grant",
+        "to_grant_n",
         "trailer",
         "unacked",
         "unacked_counted",
@@ -141,6 +142,7 @@ class Stream:
         self.grant_at = BASE_WINDOW // 2  # credit owed before a WINDOW goes out: half the window
         self.unconsumed = 0  # delivered to the I/O layer, not yet consumed()
         self.to_grant = 0  # consumed, not yet granted back in a WINDOW
+        self.to_grant_n = 0  # consumed() calls that to_grant sums (window growth)
         self.queue: deque[bytes | memoryview] = deque()
         self.text_flags: deque[bool] = deque()  # WS only: one per queued message
         self.offset = 0  # bytes of queue[0] already sent
