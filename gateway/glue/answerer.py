@@ -12,11 +12,11 @@ downstream gateway, so its head is treated exactly like a request received
 over one (``replay_headers``): hop-by-hop fields stripped again, this
 gateway's ``Via``, the downstream gateway's address (``peer_ip``) added to
 ``X-Forwarded-For``, ``Host`` rewritten to the upstream's unless
-``preserve_host``. The origin's response head passes through
-``downstream_headers`` (this gateway's ``Via``). So the origin sees what it
-would see on a plain path through the same gateways (``X-Forwarded-For``
-lacks the downstream gateway's address only if the link was built without
-``peer_ip``).
+``preserve_host``. The origin's response head passes through the rule of
+``downstream_headers`` applied to its bytes (``heads.response_pairs``; this
+gateway's ``Via``). So the origin sees what it would see on a plain path
+through the same gateways (``X-Forwarded-For`` lacks the downstream
+gateway's address only if the link was built without ``peer_ip``).
 
 Framing is ours, never the peer's (``framing.py``). A stream delimits its
 body itself, so a head's ``Content-Length``/``Transfer-Encoding`` are claims:
@@ -62,7 +62,13 @@ from gateway.core.tunnel.events import (
 )
 from gateway.core.tunnel.framing import Framing, FramingError, request_framing
 from gateway.glue.driver import TunnelDriver
-from gateway.glue.heads import decode_stripped, pairs, set_framing, under_upstream
+from gateway.glue.heads import (
+    decode_stripped,
+    pairs,
+    response_pairs,
+    set_framing,
+    under_upstream,
+)
 from gateway.glue.mailbox import Mailbox
 from gateway.glue.pollahead_server import AheadServer, Watch
 from gateway.glue.relay import relay_stream
@@ -350,10 +356,9 @@ class Answerer:
         tunnel = link.tunnel
         answer.status = upstream.status
         has_body = _response_has_body(method, upstream.status)
-        headers = link.forwarder.downstream_headers(upstream)
-        tunnel.respond(
-            sid, upstream.status, upstream.reason or "", pairs(headers), has_body=has_body
-        )
+        version = (upstream.version.major, upstream.version.minor) if upstream.version else (1, 1)
+        head = response_pairs(upstream.raw_headers, version, link.forwarder.config.via_name)
+        tunnel.respond(sid, upstream.status, upstream.reason or "", head, has_body=has_body)
         link.schedule_flush()
         if not has_body:
             return
@@ -382,6 +387,7 @@ class Answerer:
             link.reset(sid, code, f"upstream failed mid-response: {type(exc).__name__}")
             return
         if answer.watch is not None and self._ahead is not None:
+            headers = link.forwarder.downstream_headers(upstream)
             held = self._ahead.answered(sid, answer.watch, upstream.status, headers)
             if held and await box.wait_writable(tunnel, sid):
                 tunnel.send_data(sid, held)

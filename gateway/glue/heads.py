@@ -14,7 +14,7 @@ from typing import Final
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.core.headers import HOP_BY_HOP
+from gateway.core.headers import HOP_BY_HOP, via_entry
 from gateway.core.targets import BadTarget, join_upstream
 from gateway.core.tunnel.events import Headers
 from gateway.core.tunnel.frames import MAX_REASON_BYTES
@@ -23,6 +23,7 @@ __all__ = [
     "decode_headers",
     "decode_stripped",
     "pairs",
+    "response_pairs",
     "set_framing",
     "short",
     "text",
@@ -63,6 +64,37 @@ def decode_stripped(raw: Headers) -> tuple[CIMultiDict[str], str | None]:
             host = decoded
         add(name.decode("utf-8", "surrogateescape"), decoded)
     return out, host
+
+
+def response_pairs(
+    raw: Iterable[tuple[bytes, bytes]], http_version: tuple[int, int], via_name: str
+) -> list[tuple[bytes, bytes]]:
+    """An origin's raw response head as this hop passes it on, without decoding it.
+
+    ``response_headers_for_downstream`` on the bytes aiohttp read (hop-by-hop
+    fields and those ``Connection`` names dropped, every ``Via`` merged into
+    one at the end with ours): the answering side sends the head into the
+    tunnel as bytes, so decoding it to text and encoding it back was waste.
+    Names keep the origin's own case (aiohttp's text head spells known ones
+    its way).
+    """
+    drop = _HOP_BY_HOP
+    for name, value in raw:
+        if name.lower() == b"connection":
+            drop = drop | _listed(value)
+    out: list[tuple[bytes, bytes]] = []
+    via: list[bytes] = []
+    for name, value in raw:
+        lower = name.lower() if name.isascii() else _unicode_lower(name)
+        if lower in drop:
+            continue
+        if lower == b"via":
+            via.append(value)
+        else:
+            out.append((name, value))
+    via.append(via_entry(http_version, via_name).encode("utf-8", "surrogateescape"))
+    out.append((b"Via", b", ".join(via)))
+    return out
 
 
 #: What ``str.strip()`` strips of an ASCII string (``bytes.strip()`` stops at six of them).

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway.core import headers as hdr
-from gateway.glue.heads import decode_headers, decode_stripped
+from gateway.glue.heads import decode_headers, decode_stripped, response_pairs
 from tests.glue.chain import TRANSPORTS, BuildChain, Origin, headers_of
 
 NAMES = st.sampled_from(
@@ -104,3 +104,20 @@ async def test_gateways_pack_heads_and_the_origin_sees_every_head_whole(
         assert view["cookie"] == ["session=" + "c" * 400]
         assert view["user-agent"] == [f"agent {i % 2}"]
         assert view["x-n"] == [str(i)]
+
+
+@given(st.lists(st.tuples(NAMES, VALUES), max_size=12), st.sampled_from([(1, 1), (1, 0)]))
+@settings(max_examples=300, deadline=None)
+def test_response_pairs_follow_the_text_rule(
+    raw: list[tuple[bytes, bytes]], version: tuple[int, int]
+) -> None:
+    expected = hdr.response_headers_for_downstream(
+        decode_headers(tuple(raw)), http_version=version, via_name="hopgate"
+    )
+    got = response_pairs(raw, version, "hopgate")
+    assert [(n.lower(), v) for n, v in got] == [
+        (n.encode("utf-8", "surrogateescape").lower(), v.encode("utf-8", "surrogateescape"))
+        for n, v in expected.items()
+    ]
+    kept = {n for n, _ in raw}
+    assert all(n in kept or n == b"Via" for n, _ in got)  # the origin's own spelling
