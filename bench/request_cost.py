@@ -113,10 +113,17 @@ async def _until_up(url: str, timeout: float = 20.0) -> None:
 
 
 async def _until_transport(gw_url: str, transport: str, timeout: float = 30.0) -> None:
+    """Sends a poll through the gateway until its hop is on ``transport``.
+
+    A hop comes up on its first request (the client gateway opens the session
+    then), so waiting on the status alone never sees it.
+    """
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             with contextlib.suppress(aiohttp.ClientError, OSError, ValueError):
+                async with http.get(f"{gw_url}/poll?since=-1") as resp:
+                    await resp.read()
                 async with http.get(f"{gw_url}/.hopgate/status") as resp:
                     body = await resp.json()
                     if [u["transport"] for u in body.get("upstreams", [])] == [transport]:
