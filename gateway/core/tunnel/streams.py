@@ -302,25 +302,46 @@ class Tunnel:
         return self._enqueue(stream, bytes(data) if isinstance(data, bytearray) else data)
 
     def send_ws_message(self, stream_id: int, data: bytes | bytearray | memoryview | str) -> bool:
-        """Queue one whole WebSocket message (str: text); same contract as send_data."""
-        stream = self._table.live(stream_id)
+        """Queue one whole WebSocket message (str: text); same contract as send_data.
+
+        ``_enqueue`` inline: a burst calls this once per message, and the
+        stream is already scheduled for all but the first of them.
+        """
+        table = self._table
+        stream = table.streams.get(stream_id)
         if stream is None:
+            table.check_known(stream_id)
             return False
         if stream.send_state != WS:  # WS --MESSAGE--> WS needs no table lookup
-            self._table.send_step(stream, MESSAGE)
-        if isinstance(data, str):
+            table.send_step(stream, MESSAGE)
+        text = False
+        if type(data) is bytes:
+            payload: bytes | memoryview = data
+        elif isinstance(data, str):
             text = True
             try:
-                payload: bytes | memoryview = data.encode("utf-8")
+                payload = data.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise TunnelUsageError("text message is not encodable as UTF-8") from exc
         else:
-            text = False
             payload = bytes(data) if isinstance(data, bytearray) else data
-        if len(payload) > self._config.max_ws_message:
-            raise TunnelUsageError(f"WebSocket message of {len(payload)} bytes over max_ws_message")
+        n = len(payload)
+        config = self._config
+        if n > config.max_ws_message:
+            raise TunnelUsageError(f"WebSocket message of {n} bytes over max_ws_message")
+        if not stream.writable:
+            raise TunnelUsageError(f"stream {stream.id} is not writable: wait for StreamWritable")
         stream.text_flags.append(text)
-        return self._enqueue(stream, payload, allow_empty=True)
+        queue = stream.queue
+        queue.append(payload)
+        flow = table.flow
+        flow.chunk_queued(stream, n)
+        if not stream.scheduled:
+            table.scheduler.schedule(stream)
+        if stream.queued >= config.max_pending or len(queue) >= MAX_QUEUED_ITEMS:
+            stream.writable = False
+            return False
+        return flow.is_writable(stream)
 
     def _enqueue(
         self, stream: Stream, data: bytes | memoryview, *, allow_empty: bool = False

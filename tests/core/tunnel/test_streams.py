@@ -757,3 +757,25 @@ def test_relay_forwards_payloads_as_the_same_bytes() -> None:
             break
     assert relayed_same_object
     assert body(received, route[sid]) == upload
+
+
+def test_a_message_refused_as_not_writable_leaves_no_trace() -> None:
+    pipe = Pipe(SMALL)
+    sid = open_ws(pipe)
+    while pipe.down.send_ws_message(sid, b"b" * 1000):
+        pass
+    with pytest.raises(TunnelUsageError, match="not writable"):
+        pipe.down.send_ws_message(sid, "refused")  # a text message: its flag must not stay
+    got: list[bytes | str] = []
+    for _ in range(100):
+        pipe.pump()
+        events = pipe.up.events_received()
+        consume_all(pipe.up, events)
+        got += [e.data for e in events if isinstance(e, WebSocketMessage)]
+        if pipe.down.is_writable(sid):
+            break
+    pipe.down.send_ws_message(sid, b"after")
+    pipe.pump()
+    got += [e.data for e in pipe.up.events_received() if isinstance(e, WebSocketMessage)]
+    assert got[-1] == b"after"
+    assert all(data == b"b" * 1000 for data in got[:-1])
