@@ -6,43 +6,39 @@ Theory of operation
 A :class:`HopSession` wraps one sans-I/O :class:`~gateway.core.session.machine.Session`
 (the *core*) and is the only object that calls it. Around it:
 
-* **one loop timer** (``loop.call_at``, no task) set for the core's
-  ``next_deadline`` runs its timers (heartbeat, retransmit, stall watchdog,
-  delayed ACK, expiry, close handshake), so a session expires even with no
-  transport. What may bring the deadline earlier (events, data going out with
-  none outstanding; never a plain ``send``) asks for one recomputation at the
-  end of the loop turn; the timer moves only when the deadline comes earlier
-  (one that fires early re-arms). An idle session is a few small objects and
-  one heap entry of the event loop: no task, event or future until used;
+* **one loop timer** (``loop.call_at``, no task) set for the core's ``next_deadline``
+  runs its timers (heartbeat, retransmit, stall watchdog, delayed ACK, expiry, close
+  handshake), so a session expires even with no transport. What may bring the deadline
+  earlier (events, data going out with none outstanding; never a plain ``send``) asks
+  for one recomputation at the end of the loop turn; the timer moves only when the
+  deadline comes earlier (one that fires early re-arms). An idle session is a few small
+  objects and one heap entry of the event loop: no task, event or future until used;
 * **at most one current transport** (``ws.WebSocketTransport``,
   ``longpoll.LongPollClient`` or ``longpoll.LongPollServer``) writes the
   core's batches. One that is not current may still *feed* what it receives
   (the core discards duplicates), but never writes;
 * :meth:`wake` (from :meth:`send`, :meth:`feed`, the timer) tells writers the
   core may have something new: long-poll writers wait on :meth:`wait_changed`;
-  the current WebSocket's *flusher* schedules one synchronous flush per loop
-  turn (no task wake-up per message).
+  the current WebSocket's *flusher* flushes synchronously once per loop turn,
+  or at once when ``unsent_bytes`` reach 64 KiB (no task wake-up per message).
 
-Messages are delivered by calling ``on_message`` synchronously from
-:meth:`feed` (the transport's receive loop): no task per message. Writers take
-whatever accumulated since their last write as one batch, so a burst of
-``send`` calls costs one write.
+Messages are delivered by calling ``on_message`` synchronously from :meth:`feed`
+(the transport's receive loop): no task per message. Writers take whatever
+accumulated since their last write as one batch: a burst of ``send`` calls costs one write.
 
-Transports call :meth:`attach` when usable (WebSocket: after the probe),
-:meth:`detach` when they die, :meth:`feed`/:meth:`take` in between. Attaching
-a new transport abandons the old one (its held GET is answered, its socket
-closed in the background); the core replays everything unacknowledged on the
-new one, so a switch loses nothing.
+Transports call :meth:`attach` when usable (WebSocket: after the probe), :meth:`detach`
+when they die, :meth:`feed`/:meth:`take` in between. Attaching a new transport abandons
+the old one (its held GET is answered, its socket closed in the background); the core
+replays everything unacknowledged on the new one, so a switch loses nothing.
 
-When the core reports ``SessionClosed``, the session is *finished*:
-``on_closed`` runs once, :meth:`wait_closed` returns, the current transport
-flushes what is left (the last ACK, an ABORT) and closes itself, and the timer
-stops. :meth:`abandon` finishes a session without the core's handshake.
+When the core reports ``SessionClosed``, the session is *finished*: ``on_closed``
+runs once, :meth:`wait_closed` returns, the current transport flushes what is left
+(the last ACK, an ABORT) and closes itself, and the timer stops. :meth:`abandon`
+finishes a session without the core's handshake.
 
-Raises ``SessionClosedError`` from :meth:`send`/:meth:`drain` on a finished
-session (transport errors: ``gateway.transports.errors``; the core's:
-``gateway.core.session.errors``); timers and limits: a
-:class:`~gateway.transports.session_settings.SessionSettings`.
+Raises ``SessionClosedError`` from :meth:`send`/:meth:`drain` on a finished session
+(transport errors: ``gateway.transports.errors``; the core's: ``gateway.core.session.errors``);
+timers and limits: a :class:`~gateway.transports.session_settings.SessionSettings`.
 """
 
 from __future__ import annotations
@@ -161,9 +157,7 @@ class HopSession:
         # What metrics read (summed at scrape time, gateway.metrics): plain
         # counters, one ``+=`` per message or batch.
         self.messages_sent = self.messages_received = 0
-        #: Message bytes given to ``send`` since the last ``take``: how much a flush would
-        #: write (a hint for the WebSocket's flusher; ``take`` resets it).
-        self.unsent_bytes = 0
+        self.unsent_bytes = 0  #: given to ``send`` since the last ``take``: the flusher's hint
         #: Batch bytes written and read on this session's transports.
         self.bytes_sent = self.bytes_received = 0
         #: Transports attached while none was current (the first one included).
@@ -346,8 +340,7 @@ class HopSession:
         core, now = self._core, self.now()
         was_outstanding = core.outstanding
         batch = core.data_to_send(now, include_data=include_data)
-        if include_data:
-            self.unsent_bytes = 0
+        self.unsent_bytes = 0
         if batch:
             self.bytes_sent += len(batch)
             self.last_activity = now
