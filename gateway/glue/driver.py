@@ -76,8 +76,11 @@ log = logging.getLogger("hopgate.tunnel")
 # Undelivered events one stream's Mailbox may hold, and all of a link's
 # Mailboxes together; beyond either bound the stream is reset TOO_LARGE. The
 # session total is summed every _BACKLOG_CHECK events of a stream's backlog
-# (cheap, and exact: only live Mailboxes are registered).
-MAX_STREAM_BACKLOG: Final = 4096
+# (cheap, and exact: only live Mailboxes are registered). Per stream: a window
+# grown to max_stream_window (1 MiB) whose sender turns to 64-byte messages
+# just as its endpoint stops reading stays within it (a compliant sender is
+# never reset); the session bound keeps the memory where it was.
+MAX_STREAM_BACKLOG: Final = 16384
 MAX_SESSION_BACKLOG: Final = 32768
 _BACKLOG_CHECK: Final = 256
 BACKLOG_REASON: Final = "too many undelivered messages: the receiver is not reading"
