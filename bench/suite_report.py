@@ -26,21 +26,24 @@ LEGACY_COLUMNS = {"direct": "direct", "websocket": "WebSocket hop", "long-poll":
 
 #: Why a target is missed, as the profiles of ``--profile ROW`` showed it (see the module doc).
 _PER_MESSAGE = (
-    "`python -m bench --profile messages-hop-ws`: about half of the server gateway's busy time is "
-    "`socket.send`, one per message: every tunnelled message is written to the origin's "
-    "WebSocket as its own frame and syscall (aiohttp `send_bytes` -> `transport.write`; "
-    "15,305 sends for 15,000 messages), nothing coalesces writes towards the endpoint; "
-    "the tunnel core per message (`receiving._on_message`, `check_frame`, reassembly, "
-    "`consumed`) is most of the rest."
+    "`python -m bench --profile messages-hop-ws` and py-spy (2026-12-03, after the receive-path "
+    "and write-gathering work): the server gateway spends 7-11 us per message, with no timer, "
+    "task or wake-up per message left; its busy time is the tunnel's per-message receive path "
+    "(`receiving._on_message`, frame checks, routing) and the gathered writes to the origin. "
+    "The msg/s of this row is bound by the client process: one event-loop turn and one hop "
+    "WebSocket write per message in the Python hop client (~11-14 us a message), where "
+    "python-engineio's client sends one frame per message from the same kind of loop; "
+    "python-engineio's own rate moved 11k-44k between runs on this machine."
 )
 _PER_REQUEST = (
-    "`python -m bench --profile legacy-websocket`: both gateways sit in `epoll` most of the time "
-    "and their busy time is mostly `socket.send` (about 0.7 ms a call on this machine at load "
-    "10: a loopback send runs the receiver's TCP path and wakes it). A request through the "
-    "hop costs 4 more socket writes and 2 more process wake-ups than direct, and with 8 "
-    "helpers on 2 cores every wake-up waits for a CPU; the Python work per request "
-    "(`answerer._serve_http`, `opener._forward`, aiohttp's client `_request`) is about "
-    "0.5 ms over both gateways."
+    "`python -m bench --profile legacy-websocket(-100)`, py-spy and strace: a tunnelled request "
+    "costs ~1.0-1.1x a plain forwarded one in gateway CPU now (one write less per answer, heads "
+    "passed as the bytes read, one pass over them), but both are far above direct: two extra "
+    "processes each parse and write every request, and on 2 cores their wake-ups queue behind "
+    "each other. aiohttp's client request path (`ClientSession._request`, its per-request header "
+    "copies) is ~28% of the server gateway at 100 clients; a lean origin client on aiohttp's C "
+    "parser measured 100-109 us a request against 195-269 us, but needs aiohttp parser internals "
+    "and its own connection pool outside `--max-connections`: not built yet."
 )
 _RTT_NOISE = (
     "not profiled: on this shared machine the p99 of the 50 ms RTT rows moves 2-3x between "
@@ -55,15 +58,19 @@ CAUSES: dict[str, str] = {
     "one message per loop turn": _PER_MESSAGE,
     "bursts over a WebSocket hop": _PER_MESSAGE,
     "64 KiB over a WebSocket hop": (
-        "profiled (server gateway, 64 KiB bursts): `socket.send` per message to the origin "
-        "is 1.3 s of its 3.2 s busy time, and it waits in `epoll` 1.8 s: the stream window "
-        "(256 KiB, four messages) is credited back only after each message was written to the "
-        "origin, so the client waits for WINDOW frames instead of streaming."
+        "stream windows now grow to 1 MiB for large messages and the bridge credits a message "
+        "once it is in the origin's transport, so the credit round trip no longer stalls the "
+        "sender; in `--profile messages-hop-ws` the server gateway still waits in `epoll` about "
+        "a fifth of the run. Each 64 KiB message crosses two Python processes as 16 KiB chunks "
+        "(`max_chunk`) packed into session batches and copied at each layer, where raw aiohttp "
+        "and python-engineio write one frame per message with a C masker; 32 KiB and 64 KiB "
+        "chunks were tried and were no faster within noise."
     ),
     "64 KiB over a long-poll hop": (
-        "not profiled: the figure swings between runs here (the 15:13 run did not finish the "
-        "burst within 30 s, the 15:33 one ran it at 29 MB/s); run `python -m bench --profile "
-        "messages-hop-lp` on a quiet machine."
+        "the same chunking and copies, plus an HTTP request through HAProxy for each posted "
+        "batch; windows growing to 1 MiB doubled it (70 -> 138-195 MB/s in same-minute A/Bs), "
+        "more POST bytes in flight (256 KiB, 1 MiB) did not help; the client side is not "
+        "profiled yet."
     ),
     "1 client >= 0.35x": _PER_REQUEST,
     "clients >= 0.6x": _PER_REQUEST,
