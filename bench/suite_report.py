@@ -36,7 +36,8 @@ _PER_MESSAGE = (
     "python-engineio's own rate moved 11k-44k between runs on this machine."
 )
 _PER_REQUEST = (
-    "`python -m bench --profile legacy-websocket(-100)`, py-spy and strace: a tunnelled request "
+    "`python -m bench --profile legacy-websocket` and `legacy-websocket-100`, py-spy and strace: "
+    "a tunnelled request "
     "costs ~1.0-1.1x a plain forwarded one in gateway CPU now (one write less per answer, heads "
     "passed as the bytes read, one pass over them), but both are far above direct: two extra "
     "processes each parse and write every request, and on 2 cores their wake-ups queue behind "
@@ -60,7 +61,8 @@ CAUSES: dict[str, str] = {
     "64 KiB over a WebSocket hop": (
         "stream windows now grow to 1 MiB for large messages and the bridge credits a message "
         "once it is in the origin's transport, so the credit round trip no longer stalls the "
-        "sender; in `--profile messages-hop-ws` the server gateway still waits in `epoll` about "
+        "sender; in `python -m bench --profile messages-hop-ws` the server gateway still waits in "
+        "`epoll` about "
         "a fifth of the run. Each 64 KiB message crosses two Python processes as 16 KiB chunks "
         "(`max_chunk`) packed into session batches and copied at each layer, where raw aiohttp "
         "and python-engineio write one frame per message with a C masker; 32 KiB and 64 KiB "
