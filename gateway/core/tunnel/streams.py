@@ -302,15 +302,10 @@ class Tunnel:
         return self._enqueue(stream, bytes(data) if isinstance(data, bytearray) else data)
 
     def send_ws_message(self, stream_id: int, data: bytes | bytearray | memoryview | str) -> bool:
-        """Queue one whole WebSocket message (str: text); same contract as send_data.
-
-        ``_enqueue`` inline: a burst calls this once per message, and the
-        stream is already scheduled for all but the first of them.
-        """
+        """Queue one whole WebSocket message (str: text); same contract as send_data."""
         table = self._table
-        stream = table.streams.get(stream_id)
+        stream = table.live(stream_id)
         if stream is None:
-            table.check_known(stream_id)
             return False
         if stream.send_state != WS:  # WS --MESSAGE--> WS needs no table lookup
             table.send_step(stream, MESSAGE)
@@ -326,22 +321,11 @@ class Tunnel:
         else:
             payload = bytes(data) if isinstance(data, bytearray) else data
         n = len(payload)
-        config = self._config
-        if n > config.max_ws_message:
+        if n > self._config.max_ws_message:
             raise TunnelUsageError(f"WebSocket message of {n} bytes over max_ws_message")
-        if not stream.writable:
-            raise TunnelUsageError(f"stream {stream.id} is not writable: wait for StreamWritable")
-        stream.text_flags.append(text)
-        queue = stream.queue
-        queue.append(payload)
-        flow = table.flow
-        flow.chunk_queued(stream, n)
-        if not stream.scheduled:
-            table.scheduler.schedule(stream)
-        if stream.queued >= config.max_pending or len(queue) >= MAX_QUEUED_ITEMS:
-            stream.writable = False
-            return False
-        return flow.is_writable(stream)
+        if stream.writable:  # else _enqueue refuses it: its text flag must not stay behind
+            stream.text_flags.append(text)
+        return self._enqueue(stream, payload, allow_empty=True)
 
     def _enqueue(
         self, stream: Stream, data: bytes | memoryview, *, allow_empty: bool = False
@@ -352,7 +336,8 @@ class Tunnel:
         if n or allow_empty:
             stream.queue.append(data)
             self._table.flow.chunk_queued(stream, n)
-            self._table.scheduler.schedule(stream)
+            if not stream.scheduled:  # a burst: scheduled for all but its first
+                self._table.scheduler.schedule(stream)
         if stream.queued >= self._config.max_pending or len(stream.queue) >= MAX_QUEUED_ITEMS:
             stream.writable = False
             return False
