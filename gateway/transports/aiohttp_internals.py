@@ -23,6 +23,7 @@ from aiohttp import web
 from yarl import URL
 
 if TYPE_CHECKING:
+    from aiohttp._websocket.writer import WebSocketWriter
     from aiohttp.client_proto import ResponseHandler
     from aiohttp.connector import Connection
     from aiohttp.tracing import Trace
@@ -116,14 +117,25 @@ def write_frame_now(
     synchronous part of ``send_frame``; it also counts ``_output_size``, so the
     next ``send_bytes`` still drains when it should) and ``_closing``.
     """
-    writer = ws._writer
-    if writer is None or writer.compress or writer._closing:
-        return False
-    transport = writer.transport
-    if transport.is_closing() or transport.get_write_buffer_size() > SYNC_WRITE_LIMIT:
+    writer = _framing_writer(ws)
+    if writer is None or writer.transport.get_write_buffer_size() > SYNC_WRITE_LIMIT:
         return False
     writer._write_websocket_frame(data, aiohttp.WSMsgType.BINARY, 0)
     return True
+
+
+def _framing_writer(
+    ws: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
+) -> WebSocketWriter | None:
+    """``ws``'s writer when a frame may go straight to its transport, else None.
+
+    Not with compression (aiohttp keeps the compressor's state), nor once a
+    close is under way or the transport is closing.
+    """
+    writer = ws._writer
+    if writer is None or writer.compress or writer._closing or writer.transport.is_closing():
+        return None
+    return writer
 
 
 _LEN1 = struct.Struct("!BB").pack
@@ -170,11 +182,8 @@ def write_frames_now(
     ``aiohttp._websocket.helpers.websocket_mask``.  aiohttp frames one
     message per call and has no vectored send.
     """
-    writer = ws._writer
-    if writer is None or writer.compress or writer._closing or _websocket_mask is None:
-        return False
-    transport = writer.transport
-    if transport.is_closing() or writer.protocol.writing_paused:
+    writer = _framing_writer(ws)
+    if writer is None or writer.protocol.writing_paused or _websocket_mask is None:
         return False
     parts: list[bytes | bytearray] = []
     masks = os.urandom(4 * len(messages)) if writer.use_mask else b""
@@ -191,7 +200,7 @@ def write_frames_now(
         else:
             parts.append(payload)
     data = b"".join(parts)
-    transport.write(data)
+    writer.transport.write(data)
     writer._output_size += len(data)
     return True
 
