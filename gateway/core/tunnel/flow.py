@@ -180,12 +180,9 @@ class FlowControl:
         """``n`` queued bytes of the stream left in a DATA/MESSAGE frame."""
         stream.send_credit -= n
         stream.queued -= n
-        unacked = stream.unacked = stream.unacked + n
+        stream.unacked += n
         self.queued_total -= n
-        # count_unacked, inline: once per chunk sent
-        counted = unacked - stream.leeway if unacked > stream.leeway else 0
-        self.unacked_total += counted - stream.unacked_counted
-        stream.unacked_counted = counted
+        self.count_unacked(stream)
 
     def full(self) -> bool:
         """The session's unread bytes reached ``max_unread``: no stream is writable."""
