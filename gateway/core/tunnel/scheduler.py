@@ -39,6 +39,12 @@ _FLAG_BYTES: Final = tuple(bytes((flags,)) for flags in range(4))
 #: ``bin_header(n)`` for n < 256, the most common chunk sizes (small messages).
 _BIN8: Final = tuple(bin_header(n) for n in range(0x100))
 
+
+def _payload_header(n: int) -> bytes:
+    """``bin_header(n)``, from the table for the small sizes."""
+    return _BIN8[n] if n < 0x100 else bin_header(n)
+
+
 _Parts = list[bytes | memoryview]
 
 
@@ -243,7 +249,7 @@ class Scheduler:
             is_text = text_flags.popleft()
             if n != last_n or is_text != last_text:
                 last_n, last_text = n, is_text
-                framing = (text if is_text else binary) + (_BIN8[n] if n < 0x100 else bin_header(n))
+                framing = (text if is_text else binary) + _payload_header(n)
             parts.append(framing)
             parts.append(item)
             sent += n
@@ -273,7 +279,7 @@ class Scheduler:
 
     @staticmethod
     def _chunk_header(stream: Stream, n: int, last: bool) -> bytes:
-        header = _BIN8[n] if n < 0x100 else bin_header(n)
+        header = _payload_header(n)
         if stream.ws:
             flags = FLAG_TEXT if stream.text_flags[0] else 0
             if last:
