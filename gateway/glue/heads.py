@@ -46,15 +46,12 @@ def decode_stripped(raw: Headers) -> tuple[CIMultiDict[str], str | None]:
     built in one pass over the bytes (names compared as bytes where they are
     ASCII): a replayed head is rebuilt once per gateway, not twice.
     """
-    drop = _HOP_BY_HOP
-    for name, value in raw:  # every tunnelled request has one: the poll-ahead mark's
-        if name.lower() == b"connection":
-            drop = drop | _listed(value)
+    drop = _dropped(raw)
     out: CIMultiDict[str] = CIMultiDict()
     add = out.add
     host: str | None = None
     for name, value in raw:
-        lower = name.lower() if name.isascii() else _unicode_lower(name)
+        lower = _lower(name)
         if lower in drop:
             if host is None and lower == b"host":  # a Connection header named it
                 host = text(value)
@@ -78,14 +75,11 @@ def response_pairs(
     Names keep the origin's own case (aiohttp's text head spells known ones
     its way).
     """
-    drop = _HOP_BY_HOP
-    for name, value in raw:
-        if name.lower() == b"connection":
-            drop = drop | _listed(value)
+    drop = _dropped(raw)
     out: list[tuple[bytes, bytes]] = []
     via: list[bytes] = []
     for name, value in raw:
-        lower = name.lower() if name.isascii() else _unicode_lower(name)
+        lower = _lower(name)
         if lower in drop:
             continue
         if lower == b"via":
@@ -112,7 +106,19 @@ def _listed(value: bytes) -> frozenset[bytes]:
     return frozenset(tokens - {b""})
 
 
-def _unicode_lower(name: bytes) -> bytes:
+def _dropped(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The lower-cased names a head's hop drops: hop-by-hop ones and those its Connection lists."""
+    drop = _HOP_BY_HOP
+    for name, value in raw:  # every tunnelled request has one: the poll-ahead mark's
+        if name.lower() == b"connection":
+            drop = drop | _listed(value)
+    return drop
+
+
+def _lower(name: bytes) -> bytes:
+    """A field name lower-cased as the text rule does (``str.lower``), as bytes."""
+    if name.isascii():
+        return name.lower()
     return text(name).lower().encode("utf-8", "surrogateescape")
 
 
