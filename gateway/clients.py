@@ -20,9 +20,10 @@ from gateway.config import Role
 from gateway.settings import ClientSettings
 from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.http import capture_refusal
+from gateway.transports.origin_client import OriginPool
 from gateway.transports.proxy import ProxyTable, log_proxies, proxy_connector
 
-__all__ = ["client_ssl_context", "origin_client", "outgoing_proxies"]
+__all__ = ["client_ssl_context", "direct_client", "origin_client", "outgoing_proxies"]
 
 
 def client_ssl_context(client: ClientSettings) -> ssl.SSLContext:
@@ -44,6 +45,19 @@ def outgoing_proxies(role: Role) -> ProxyTable | None:
     proxies = ProxyTable.from_env()
     log_proxies(proxies)
     return proxies
+
+
+def direct_client(client: ClientSettings) -> OriginPool:
+    """The lean client for plain ``http://`` origins reached without a proxy.
+
+    Its own pool, bounded by ``--max-connections`` like ``origin_client``'s
+    (which keeps WebSockets and ``https``), with the same timeouts.
+    """
+    return OriginPool(
+        limit=client.max_connections,
+        connect_timeout=client.connect_timeout,
+        read_timeout=client.upstream_timeout,
+    )
 
 
 def origin_client(

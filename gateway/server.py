@@ -43,7 +43,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.admin import AdminServer, Health, OwnPaths
-from gateway.clients import origin_client, outgoing_proxies
+from gateway.clients import direct_client, origin_client, outgoing_proxies
 from gateway.config import Config
 from gateway.core import discovery
 from gateway.edges.connect import open_tunnel
@@ -158,7 +158,8 @@ class Gateway:
         proxies = outgoing_proxies(self.config.role)
         self._client = origin_client(self.settings.client, proxies=proxies)
         self._hop_client = session_client(self._client)
-        self._forwarder = Forwarder(self.settings.forward, self._client, self.stats)
+        direct = None if proxies else direct_client(self.settings.client)  # no proxy: lean client
+        self._forwarder = Forwarder(self.settings.forward, self._client, self.stats, direct=direct)
         if self.hop_upgrade:
             self._start_hop_layer(self._forwarder)
         self.router = Router(
@@ -286,6 +287,8 @@ class Gateway:
             if self._hop_client is not None:
                 await self._hop_client.close()
                 self._hop_client = None
+            if self._forwarder is not None:
+                self._forwarder.close()
             if self._client is not None:
                 await self._client.close()
                 self._client = None

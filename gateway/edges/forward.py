@@ -28,21 +28,35 @@ from yarl import URL
 
 from gateway.core import discovery
 from gateway.core import headers as hdr
-from gateway.glue.origin import ForwardSettings
+from gateway.glue.origin import ForwardSettings, Upstream
 from gateway.status import GatewayStats
 from gateway.transports.aiohttp_internals import RelayedResponse
 from gateway.transports.http import describe, request_body, text_error
+from gateway.transports.origin_client import OriginConnectError, OriginPool
 
 log = logging.getLogger("hopgate.forward")
 
 
 class Forwarder:
-    """Sends requests to upstreams through one shared ``ClientSession``."""
+    """Sends requests to upstreams through one shared ``ClientSession``.
 
-    def __init__(self, config: ForwardSettings, client: aiohttp.ClientSession, stats: GatewayStats):
+    ``direct``: the lean client (``origin_client``) for plain ``http://``
+    exchanges, where no proxy sits on the way; WebSockets and ``https`` go
+    through ``client``.
+    """
+
+    def __init__(
+        self,
+        config: ForwardSettings,
+        client: aiohttp.ClientSession,
+        stats: GatewayStats,
+        *,
+        direct: OriginPool | None = None,
+    ):
         self.config = config
         self.client = client
         self.stats = stats
+        self.direct = direct
         #: Called with the origin key when a plain response carries a discovery note.
         self.on_note: Callable[[str, discovery.Note], None] | None = None
         #: Mark plain requests as coming from a gateway (hop-by-hop ``Hopgate``).
@@ -96,7 +110,7 @@ class Forwarder:
             discovery.add_mark(out_headers)
         data = request_body(request) if request.body_exists else None
         try:
-            upstream = await self.open_upstream(request.method, target, out_headers, data)
+            upstream = await self.request_upstream(request.method, target, out_headers, data)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -113,6 +127,23 @@ class Forwarder:
         finally:
             upstream.release()
 
+    async def request_upstream(
+        self,
+        method: str,
+        target: URL,
+        headers: CIMultiDict[str],
+        body: AsyncIterable[bytes] | None,
+    ) -> Upstream:
+        """:meth:`open_upstream` through the lean client where it applies.
+
+        Plain forwarding and the tunnel's replay take this way: a plain
+        ``http://`` origin with no proxy between (``direct``) gets the head
+        as one write, and the same bytes ``open_upstream`` would send.
+        """
+        if self.direct is not None and target.scheme == "http":
+            return await self.direct.request(method, target, headers, body)
+        return await self.open_upstream(method, target, headers, body)
+
     async def open_upstream(
         self,
         method: str,
@@ -120,10 +151,8 @@ class Forwarder:
         headers: CIMultiDict[str],
         body: AsyncIterable[bytes] | None,
     ) -> aiohttp.ClientResponse:
-        """Send one request head (and stream ``body``); the response once its head arrived.
-
-        Shared by plain forwarding and the tunnel's replay, so both send the
-        same bytes: no redirects followed, nothing compressed or re-chunked.
+        """Send one request head (and stream ``body``) through aiohttp; the response once its
+        head arrived.  No redirects followed, nothing compressed or re-chunked.
         """
         return await self.client.request(
             method,
@@ -184,7 +213,12 @@ class Forwarder:
         )
         return stripped
 
-    def downstream_headers(self, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    def close(self) -> None:
+        """Close the lean client's idle connections (on stop, beside ``client.close()``)."""
+        if self.direct is not None:
+            self.direct.close()
+
+    def downstream_headers(self, upstream: Upstream) -> CIMultiDict[str]:
         """The upstream response's headers as this hop passes them back."""
         version = upstream.version
         return hdr.response_headers_for_downstream(
@@ -194,7 +228,7 @@ class Forwarder:
         )
 
     async def _stream_back(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+        self, request: web.BaseRequest, upstream: Upstream
     ) -> web.StreamResponse:
         # What of the body came with the head (all of a small answer) leaves
         # with it: one send to the client, not two.
@@ -258,7 +292,7 @@ class Forwarder:
             )
         elif isinstance(exc, aiohttp.ClientHttpProxyError):
             msg = f"proxy refused CONNECT to upstream {where}: {exc.status} {exc.message}"
-        elif isinstance(exc, aiohttp.ClientConnectorError):
+        elif isinstance(exc, aiohttp.ClientConnectorError | OriginConnectError):
             msg = f"could not connect to upstream {where}: {describe(exc.os_error)}"
         elif isinstance(exc, aiohttp.ServerDisconnectedError):
             msg = f"upstream {where} closed the connection without answering"

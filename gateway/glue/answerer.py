@@ -70,6 +70,7 @@ from gateway.glue.heads import (
     under_upstream,
 )
 from gateway.glue.mailbox import Mailbox
+from gateway.glue.origin import Upstream
 from gateway.glue.pollahead_server import AheadServer, Watch
 from gateway.glue.relay import relay_stream
 from gateway.glue.wsbridge import bridge_websocket
@@ -298,7 +299,7 @@ class Answerer:
         end is closed too: a connection whose framing is in doubt is never reused.
         """
         try:
-            upstream = await self._link.forwarder.open_upstream(method, target, headers, body)
+            upstream = await self._link.forwarder.request_upstream(method, target, headers, body)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -349,7 +350,7 @@ class Answerer:
         sid: int,
         box: Mailbox,
         method: str,
-        upstream: aiohttp.ClientResponse,
+        upstream: Upstream,
         answer: _Answer,
     ) -> None:
         link = self._link
@@ -362,7 +363,8 @@ class Answerer:
         link.schedule_flush()
         if not has_body:
             return
-        limit_reads(upstream, _ORIGIN_READ)  # (+25 MiB RSS for 64 stalled streams without)
+        if isinstance(upstream, aiohttp.ClientResponse):  # the lean client's read so already
+            limit_reads(upstream, _ORIGIN_READ)  # (+25 MiB RSS for 64 stalled streams without)
         try:
             async for chunk in upstream.content.iter_any():
                 if not await box.wait_writable(tunnel, sid):

@@ -15,14 +15,14 @@ from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.core import headers as hdr
 from gateway.core.pollahead.rules import Rule
 from gateway.status import GatewayStats
 
-__all__ = ["ForwardSettings", "OriginClient"]
+__all__ = ["ForwardSettings", "OriginClient", "Upstream"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +47,36 @@ class ForwardSettings:
 
     def replace(self, **changes: Any) -> ForwardSettings:
         return dataclasses.replace(self, **changes)
+
+
+class Upstream(Protocol):
+    """An origin's answer once its head arrived: an ``aiohttp.ClientResponse``, or the
+    lean client's ``OriginResponse`` (``gateway.transports.origin_client``)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def version(self) -> aiohttp.HttpVersion | None: ...
+
+    @property
+    def url(self) -> URL: ...
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]: ...
+
+    @property
+    def content(self) -> aiohttp.StreamReader: ...
+
+    def release(self) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 class OriginClient(Protocol):
@@ -87,7 +117,7 @@ class OriginClient(Protocol):
         """``replay_headers`` of a head ``heads.decode_stripped`` gave (in place)."""
         ...
 
-    def downstream_headers(self, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    def downstream_headers(self, upstream: Upstream) -> CIMultiDict[str]:
         """The upstream response's headers as this hop passes them back."""
         ...
 
@@ -98,7 +128,17 @@ class OriginClient(Protocol):
         headers: CIMultiDict[str],
         body: AsyncIterable[bytes] | None,
     ) -> aiohttp.ClientResponse:
-        """One request to the origin; the response once its head arrived."""
+        """One request to the origin through aiohttp; the response once its head arrived."""
+        ...
+
+    async def request_upstream(
+        self,
+        method: str,
+        target: URL,
+        headers: CIMultiDict[str],
+        body: AsyncIterable[bytes] | None,
+    ) -> Upstream:
+        """``open_upstream``, through the lean client where it applies (plain ``http://``)."""
         ...
 
     def describe_failure(self, exc: BaseException, target: URL) -> tuple[int, str]:

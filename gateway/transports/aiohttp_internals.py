@@ -37,8 +37,12 @@ except ImportError:  # pragma: no cover - an aiohttp without it: send_frames dec
 __all__ = [
     "RelayedResponse",
     "RoutingConnector",
+    "drain_writes",
+    "expect_response",
     "limit_reads",
+    "limit_transport_reads",
     "never_resend",
+    "origin_protocol",
     "send_frames",
     "take_over_reading",
     "write_frame_now",
@@ -271,9 +275,61 @@ def limit_reads(upstream: aiohttp.ClientResponse, size: int) -> None:
     left alone.
     """
     connection = upstream.connection
-    transport = connection.transport if connection is not None else None
+    limit_transport_reads(connection.transport if connection is not None else None, size)
+
+
+def limit_transport_reads(transport: asyncio.BaseTransport | None, size: int) -> None:
+    """``limit_reads`` for a transport at hand (the lean origin client's own connections)."""
     if transport is not None and isinstance(getattr(transport, "max_size", None), int):
         transport.max_size = size  # type: ignore[attr-defined]
+
+
+def origin_protocol(loop: asyncio.AbstractEventLoop) -> ResponseHandler:
+    """aiohttp's client protocol for one connection the lean origin client owns.
+
+    ``gateway.transports.origin_client`` writes each request head as the
+    bytes it built and lets this protocol parse the answer: aiohttp's C
+    parser, its body reader with flow control (reading pauses while a body
+    waits unread), its read timeout and its errors (``ServerDisconnectedError``
+    before the head, ``ClientPayloadError`` mid-body), without
+    ``ClientSession._request``'s per-request objects and header copies.
+
+    Internal: ``aiohttp.client_proto.ResponseHandler`` (what aiohttp's
+    connector makes for every connection) and its methods ``read``,
+    ``should_close``, ``is_connected``, ``close``, ``abort``,
+    ``writing_paused``; see ``expect_response`` and ``drain_writes``.
+    """
+    from aiohttp.client_proto import ResponseHandler
+
+    return ResponseHandler(loop)
+
+
+def expect_response(
+    protocol: ResponseHandler, *, head_only: bool, read_timeout: float | None, read_size: int
+) -> None:
+    """Make ``protocol`` parse the next answer (no body after a HEAD) and start its read timeout.
+
+    Internal: ``ResponseHandler.set_response_params`` and ``start_timeout``, the
+    two calls ``ClientSession._request`` makes on a connection before reading.
+    No decompression: a proxy passes the body as the origin sent it.
+    """
+    protocol.set_response_params(
+        skip_payload=head_only,
+        read_until_eof=True,
+        auto_decompress=False,
+        read_timeout=read_timeout,
+        read_bufsize=read_size,
+    )
+    protocol.start_timeout()
+
+
+async def drain_writes(protocol: ResponseHandler) -> None:
+    """Wait until the connection's transport is below its high-water mark again.
+
+    Internal: ``BaseProtocol._drain_helper`` (what aiohttp's ``StreamWriter.drain``
+    awaits); raises ``ClientConnectionResetError`` once the connection is gone.
+    """
+    await protocol._drain_helper()
 
 
 #: The proxy a request to ``url`` goes through and the headers for it

@@ -271,6 +271,7 @@ async def test_a_large_upload_does_not_delay_small_answers(
     async def body() -> AsyncIterator[bytes]:
         for _ in range(60):
             yield block
+            await asyncio.sleep(0.01)  # >= 0.6 s: a fast origin client takes 60 MiB in < 0.4 s
 
     upload = asyncio.create_task(chain.client.post(chain.url + "/upload", data=body()))
     await asyncio.sleep(0.3)

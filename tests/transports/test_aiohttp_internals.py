@@ -500,3 +500,45 @@ async def test_send_frames_waits_while_the_transport_is_above_its_high_water_mar
             assert seen == [i % 256 for i in range(4)] * calls
     finally:
         await runner.cleanup()
+
+
+# -- the lean origin client: ResponseHandler driven by hand ---------------------------------
+
+
+def test_response_handler_still_has_what_the_lean_origin_client_calls() -> None:
+    from aiohttp.client_proto import ResponseHandler
+
+    params = inspect.signature(ResponseHandler.set_response_params).parameters
+    wanted = {"skip_payload", "read_until_eof", "auto_decompress", "read_timeout", "read_bufsize"}
+    _internal(wanted <= set(params), "ResponseHandler.set_response_params", f"lost {wanted}")
+    for name in ("start_timeout", "read", "is_connected", "close", "abort", "_drain_helper"):
+        _internal(callable(getattr(ResponseHandler, name, None)), f"ResponseHandler.{name}", "gone")
+    for name in ("should_close", "writing_paused"):
+        _internal(hasattr(ResponseHandler, name), f"ResponseHandler.{name}", "gone")
+
+
+async def test_origin_protocol_reads_an_answer_written_by_hand(aiohttp_server: Any) -> None:
+    from gateway.transports.aiohttp_internals import (
+        drain_writes,
+        expect_response,
+        origin_protocol,
+    )
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=b"answer")
+
+    app = web.Application()
+    app.router.add_get("/", answer)
+    server = await aiohttp_server(app)
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(
+        lambda: origin_protocol(loop), "127.0.0.1", server.port
+    )
+    expect_response(protocol, head_only=False, read_timeout=5, read_size=16384)
+    assert protocol.transport is not None
+    protocol.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await drain_writes(protocol)
+    message, payload = await asyncio.wait_for(protocol.read(), 5)
+    assert message.code == 200 and await payload.read() == b"answer"
+    assert not protocol.should_close
+    protocol.close()
