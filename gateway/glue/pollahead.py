@@ -10,8 +10,10 @@ and an ``ANNOUNCE`` goes down ahead of the stream's END. Nothing is issued
 until the client gateway ``ACCEPT``s; then a task per *chain* sends the
 predicted poll to the origin, pushes its answer down at once (``ANSWER``,
 carrying the chain's next prediction, issued at once), and so on while the
-client keeps using them (at most ``WINDOW`` unconfirmed answers; ``STOP``
-ends it). A predicted request is never aborted: its answer always goes down.
+client keeps using them (at most ``WINDOW`` unconfirmed answers: a full
+window pauses the chain, its next prediction already announced, until the
+client takes an answer (``USED``); ``STOP`` ends it). A predicted request is
+never aborted: its answer always goes down.
 
 Client gateway (:class:`AheadClient`, one per opening link). It remembers
 which client request each live stream carries, so an ``ANNOUNCE`` names a

@@ -7,7 +7,8 @@ rules) and the :class:`Watch` the answerer keeps on a poll a rule names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Final
 
 import aiohttp
@@ -33,6 +34,10 @@ __all__ = ["MAX_SERVER_CHAINS", "AheadServer", "Watch"]
 
 #: Chains (each holding one origin connection) per server gateway.
 MAX_SERVER_CHAINS: Final = 256
+#: A chain whose window is full waits this much longer than the rule's hold time for a
+#: USED or STOP: by then the client gateway has expired the answers (and sent STOP) or is
+#: not following the protocol; the chain ends either way.
+PAUSE_SLACK: Final = 5.0
 _TOKEN: Final = MARK.lower().encode()
 
 
@@ -70,6 +75,8 @@ class _ServerChain:
     target: bytes
     unconfirmed: int = 0
     stopped: bool = False
+    #: Set by USED, STOP and the session's end: what a chain paused on a full window awaits.
+    moved: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class AheadServer:
@@ -86,9 +93,12 @@ class AheadServer:
         link.on_lost = self.lost
 
     def lost(self) -> None:
-        """The session ended: announcements never accepted hold no chain any more."""
+        """The session ended: announcements never accepted hold no chain any more; paused
+        chains wake up to end."""
         self._link.stats.poll_ahead.chains -= len(self._announced)
         self._announced.clear()
+        for chain in self._by_push.values():
+            chain.moved.set()
 
     def watch(self, event: RequestReceived, headers: CIMultiDict[str]) -> Watch | None:
         """A Watch if ``event`` is a poll a rule names, from a client gateway that asked."""
@@ -139,12 +149,14 @@ class AheadServer:
             chain = self._announced.pop(push_id, None) or self._by_push.get(push_id)
             if chain is not None:
                 chain.stopped = True
+                chain.moved.set()
                 if push_id not in self._by_push:
                     stats.chains -= 1  # never issued
         elif op == Op.USED:
             chain = self._by_push.pop(push_id, None)
             if chain is not None:
                 chain.unconfirmed -= 1
+                chain.moved.set()
                 stats.used += 1
 
     async def _run(self, chain: _ServerChain) -> None:
@@ -152,7 +164,8 @@ class AheadServer:
         link, stats = self._link, self._link.stats.poll_ahead
         try:
             while True:
-                fetched = None if chain.stopped else await self._fetch(chain)
+                await _room(chain, link)
+                fetched = None if chain.stopped or not link.alive else await self._fetch(chain)
                 if fetched is None:
                     if not link.tunnel.closed:
                         link.tunnel.push(chain.push_id, Op.VOID, b"")
@@ -173,7 +186,7 @@ class AheadServer:
         answer = Answer(status, tuple(headers.items()), body)
         target = next_target(chain.watch.rule, chain.target, answer)
         done = chain.push_id
-        if target is not None and not chain.stopped and chain.unconfirmed < WINDOW and link.alive:
+        if target is not None and not chain.stopped and link.alive:
             chain.push_id, chain.target = self._new_id(), target
             self._by_push[chain.push_id] = chain
             following = self._descriptor(chain)
@@ -216,6 +229,27 @@ class AheadServer:
             text = f"the predicted poll's answer is over {MAX_PUSH_BODY} bytes\n".encode()
             return 502, "Bad Gateway", CIMultiDict(), text
         return upstream.status, upstream.reason or "", headers, body
+
+
+async def _room(chain: _ServerChain, link: TunnelDriver) -> None:
+    """Return once the chain may issue its next poll: fewer than WINDOW answers unconfirmed.
+
+    A full window pauses the chain; it does not end it. Its next prediction is already
+    announced, so the first USED (the client took an answer) sends the next poll to the
+    origin at once. Ending the chain instead left the origin without a poll until the
+    client had drained every held answer and sent its own, and an Engine.IO origin then
+    answers everything it queued meanwhile in one payload (python-engineio's client
+    refuses more than 16 packets in one and drops the session).
+    """
+    limit = chain.watch.rule.hold + PAUSE_SLACK
+    while chain.unconfirmed >= WINDOW and not chain.stopped and link.alive:
+        chain.moved.clear()
+        try:
+            async with asyncio.timeout(limit):
+                await chain.moved.wait()
+        except TimeoutError:
+            link.log.info("= poll-ahead %d: no USED or STOP within %g s", chain.push_id, limit)
+            chain.stopped = True
 
 
 async def _read_body(upstream: aiohttp.ClientResponse) -> bytes | None:

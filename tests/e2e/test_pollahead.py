@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 
 from gateway.demo.comet import ROOM, make_app
+from gateway.glue.pollahead import WINDOW
 from gateway.server import Gateway
 from tests.conftest import MakeOrigin
 
@@ -196,6 +197,54 @@ async def test_a_client_that_leaves_finds_its_answer_when_it_returns(
     await until(lambda: client.stats.poll_ahead.expired >= 1, "the held answers to expire")
     await until(lambda: server.stats.poll_ahead.chains == 0, "the server's chain to end")
     assert client.stats.poll_ahead.chains == 0
+    await path.check()
+
+
+def eager_origin() -> tuple[web.Application, list[int]]:
+    """``GET /poll?since=N`` answered at once with event N and ``next`` N+1; the cursors
+    polled, in order. A chain on it fills its window as fast as the hop carries answers."""
+    polled: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        since = int(request.query["since"])
+        polled.append(since)
+        return web.json_response({"messages": [{"id": since}], "next": since + 1})
+
+    app = web.Application()
+    app.router.add_get("/poll", handle)
+    return app, polled
+
+
+async def test_a_full_window_pauses_the_chain_until_the_client_takes_an_answer(
+    make_origin: MakeOrigin, gateways: Gateways
+) -> None:
+    """A client that stops polling for a while (its hop stalled) finds WINDOW answers held;
+    the first one it takes sends the next poll to the origin at once. Ending the chain
+    instead left the origin unpolled until the client had drained them all: an Engine.IO
+    origin then answered everything queued meanwhile in one payload, over
+    python-engineio's 16 packets, and the client dropped its session."""
+    app, polled = eager_origin()
+    path = await ahead_path("websocket", gateways, await make_origin(app), COMET_RULE + " hold=3")
+    server, client = path.server.stats.poll_ahead, path.client.stats.poll_ahead
+    async with bound_session(5) as http:
+        assert (await poll(http, path.client.url, 0))["next"] == 1
+        await until(lambda: server.made >= WINDOW, "the window to fill")
+        await asyncio.sleep(0.3)  # the chain is paused: nothing more reaches the origin
+        assert (server.made, polled) == (WINDOW, list(range(WINDOW + 1)))
+        assert [m["id"] for m in (await poll(http, path.client.url, 1))["messages"]] == [1]
+        await until(lambda: server.made > WINDOW, "the chain to go on at the first USED")
+        assert len(polled) < WINDOW + 4  # at the client's pace, not drained ahead of it
+        for since in range(2, 3 * WINDOW):
+            doc = await poll(http, path.client.url, since)
+            assert ([m["id"] for m in doc["messages"]], doc["next"]) == ([since], since + 1)
+        # Each cursor reached the origin once, in order; every answer the client took was
+        # a held one (its polls after the first never went to the origin).
+        await until(lambda: server.used == 3 * WINDOW - 1, "the last USED")
+        assert polled == list(range(len(polled)))
+        assert client.used == server.used == 3 * WINDOW - 1
+    # The client left: its held answers expire (hold=3) and the paused chain ends.
+    await until(lambda: server.chains == 0 and client.chains == 0, "the chain to end")
+    assert client.expired >= 1
     await path.check()
 
 

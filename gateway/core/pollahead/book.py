@@ -15,7 +15,9 @@ A chain. An answered prediction may announce the next one (the server
 gateway re-polls at once), so each endpoint holds a short queue of
 predictions in push order: answered ones waiting for the client's poll, and
 at most the last one still pending at the origin. The server keeps at most
-``WINDOW`` answers unconfirmed per chain, so the queue is bounded; the
+``WINDOW`` answers unconfirmed per chain (a full window pauses its chain with
+the next prediction announced, and the first ``USED`` resumes it), so the
+queue holds at most ``WINDOW`` answers and that one pending prediction; the
 client gateway bounds the number of chains (``max_chains``).
 
 What happens to a prediction (the counters of the status document):
@@ -147,7 +149,7 @@ class Book:
             return None
         held.answer, held.size, held.answered_at = answer, size, now
         self.held_bytes += size
-        if following is None or len(chain.entries) >= WINDOW or following.push_id in self._by_push:
+        if following is None or len(chain.entries) > WINDOW or following.push_id in self._by_push:
             chain.last = True
         else:
             _, _, cursor = _endpoint(following.target, following.ignored, following.param)

@@ -106,6 +106,23 @@ def test_window_bounds_a_chain() -> None:
     assert len(chain.chain.entries) <= WINDOW + 1
 
 
+def test_a_full_window_keeps_the_next_prediction() -> None:
+    """WINDOW answers held and the prediction announced with the last of them (the server's
+    chain pauses there until a USED, it does not end); one answer more overruns the window."""
+    book = Book()
+    book.announce(ALICE, poll(1, 0))
+    for n in range(1, WINDOW + 1):
+        assert book.answered(n, n, 1, poll(n + 1, n), now=0.0) is not None
+    assert book.holds(WINDOW + 1)
+    book.answered(WINDOW + 1, WINDOW + 1, 1, poll(WINDOW + 2, WINDOW + 1), now=0.0)
+    assert not book.holds(WINDOW + 2)
+    for n in range(WINDOW + 1):
+        hit = book.lookup(ALICE, "GET", f"/poll?since={n}")
+        assert isinstance(hit, Hit) and hit.held.answer == n + 1
+        book.take(hit)
+    assert book.chains == 0 and book.held_bytes == 0
+
+
 @given(
     st.lists(
         st.tuples(st.sampled_from(["answer", "poll-alice", "poll-bob", "void"]), st.integers(0, 3)),
