@@ -20,10 +20,11 @@ _MiB: Final = 1024 * 1024
 #: Largest session message a gateway's hop sessions take (1009 beyond), not
 #: ``--max-message-size``: a session message is one tunnel batch, and
 #: legitimate peers (TunnelLink, the relay, the JS shim) send batches of at
-#: most 64 KiB, or one head frame alone (max_header_bytes, 64 KiB, plus
-#: framing). 2 MiB leaves room for peers with larger batches while a hostile
-#: peer's unfinished session message pins 2 MiB, not 16. Endpoint WebSocket
-#: messages up to ``--max-message-size`` travel chunked inside the tunnel.
+#: most 64 KiB and a frame head, or one head frame alone (max_header_bytes,
+#: 64 KiB, plus framing). 2 MiB leaves room for peers with larger batches
+#: while a hostile peer's unfinished session message pins 2 MiB, not 16.
+#: Endpoint WebSocket messages up to ``--max-message-size`` travel chunked
+#: inside the tunnel.
 TUNNEL_SESSION_MESSAGE: Final = 2 * _MiB
 #: The core's own defaults: the knobs passed through to it default to them.
 _CORE: Final = SessionConfig()

@@ -17,7 +17,9 @@ class SessionConfig:
     """Limits and timers of one session. Times are seconds, sizes bytes."""
 
     max_message_size: int = 16 * _MiB
-    fragment_size: int = 64 * 1024
+    #: 64 KiB and room for a tunnel frame's head: a tunnel batch
+    #: (``TunnelConfig.max_message``, 64 KiB + 17) is one fragment.
+    fragment_size: int = 64 * 1024 + 64
     max_buffer_bytes: int = 4 * _MiB
     max_buffer_frames: int = 4096
     max_batch_bytes: int = 1 * _MiB
