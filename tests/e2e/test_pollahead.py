@@ -100,7 +100,18 @@ async def test_comet_chat_with_poll_ahead(
 
 
 SIO = Scenario(clients=3, messages=25, broadcasts=25, interval=0.05)
-SWITCHED_SIO = Scenario(clients=3, messages=50, broadcasts=50, interval=0.1)
+#: Sized for the longest hop stall ``switched`` makes: the WebSocket black-holed until the
+#: client gateway's watchdog demotes it. With poll-ahead that gateway often has nothing
+#: unacked then (its clients' polls are answered from held answers, not sent), so only its
+#: unanswered heartbeat PING shows the stall: up to heartbeat + stall_timeout, 1 s + 1 s
+#: here (measured 1.0-1.8 s; 0.45-0.65 s without poll-ahead, whose polls are in flight).
+#: Unmodified python-engineio must stay inside its own limits across that: at most 16
+#: packets in one payload (the ups a client batches into one POST; what the origin queued)
+#: and a PONG within ping_timeout of the origin's PING. At 0.1 s and ping_timeout 2 it did
+#: not: a 1.6 s stall gave 16-packet POSTs and the origin dropped clients whose PONG was late.
+SWITCHED_SIO = Scenario(
+    clients=3, messages=50, broadcasts=50, interval=0.2, ping_interval=1, ping_timeout=4
+)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -224,7 +235,7 @@ async def test_a_full_window_pauses_the_chain_until_the_client_takes_an_answer(
     origin then answered everything queued meanwhile in one payload, over
     python-engineio's 16 packets, and the client dropped its session."""
     app, polled = eager_origin()
-    path = await ahead_path("websocket", gateways, await make_origin(app), COMET_RULE + " hold=3")
+    path = await ahead_path("websocket", gateways, await make_origin(app), COMET_RULE + " hold=5")
     server, client = path.server.stats.poll_ahead, path.client.stats.poll_ahead
     async with bound_session(5) as http:
         assert (await poll(http, path.client.url, 0))["next"] == 1
@@ -242,7 +253,7 @@ async def test_a_full_window_pauses_the_chain_until_the_client_takes_an_answer(
         await until(lambda: server.used == 3 * WINDOW - 1, "the last USED")
         assert polled == list(range(len(polled)))
         assert client.used == server.used == 3 * WINDOW - 1
-    # The client left: its held answers expire (hold=3) and the paused chain ends.
+    # The client left: its held answers expire (hold=5) and the paused chain ends.
     await until(lambda: server.chains == 0 and client.chains == 0, "the chain to end")
     assert client.expired >= 1
     await path.check()
