@@ -1,6 +1,9 @@
 """The gateway's HTTP client towards origins and next hops.
 
-One pool for the whole gateway (``--max-connections``), verified against the
+Two pools, each bounded by ``--max-connections``: the lean client of
+``gateway.transports.origin_client`` for plain ``http://`` requests with no
+proxy between (``direct_client``: half the CPU of aiohttp's request path),
+and aiohttp's for the rest (``origin_client``), verified against the
 system CAs plus ``--ca-file``.  Hop sessions dial through the same pool with
 a client of their own (``gateway.transports.http.session_client``),
 without this one's refusal-capturing middleware.

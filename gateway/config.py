@@ -85,7 +85,8 @@ class Config:
     preserve_host: bool = False
     #: Name this gateway gives itself in ``Via``.
     via_name: str = "hopgate"
-    #: Concurrent upstream (origin) connections of the whole gateway (0 = unlimited).
+    #: Concurrent upstream (origin) connections of each of the gateway's two pools
+    #: (the lean one for plain ``http://`` requests, aiohttp's for the rest; 0 = unlimited).
     max_connections: int = 1024
     #: Shared secret hop sessions must prove (issue 4); ``None`` = none required.
     hop_secret: str | None = None
@@ -252,7 +253,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_connections",
         "count",
-        "origin connections the whole gateway holds at once; requests beyond wait "
+        "origin connections each of the gateway's two pools holds at once (plain "
+        "http:// requests; WebSockets, https and hop sessions); requests beyond wait "
         "up to --connect-timeout (default 1024; 0 = unlimited)",
     ),
     Setting(

@@ -302,11 +302,12 @@ class Gateway:
         self.inbound = limits
         self.stats.clients = limits.figures
         log.info("= up to %d client connections at once (open-file limit %d)", cap, nofile)
+        # Two pools (plain http:// requests, and the rest) may each hold as many.
         max_connections = self.settings.client.max_connections
-        if max_connections and cap + max_connections > nofile:
+        if max_connections and cap + 2 * max_connections > nofile:
             log.warning(
-                "= --max-clients %d plus --max-connections %d exceed the open-file limit %d: "
-                "lower one or raise the limit (ulimit -n)",
+                "= --max-clients %d plus twice --max-connections %d (two origin pools) "
+                "exceed the open-file limit %d: lower one or raise the limit (ulimit -n)",
                 cap,
                 max_connections,
                 nofile,
