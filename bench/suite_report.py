@@ -36,15 +36,17 @@ _PER_MESSAGE = (
     "python-engineio's own rate moved 11k-44k between runs on this machine."
 )
 _PER_REQUEST = (
-    "`python -m bench --profile legacy-websocket` and `legacy-websocket-100`, py-spy and strace: "
-    "a tunnelled request "
-    "costs ~1.0-1.1x a plain forwarded one in gateway CPU now (one write less per answer, heads "
-    "passed as the bytes read, one pass over them), but both are far above direct: two extra "
-    "processes each parse and write every request, and on 2 cores their wake-ups queue behind "
-    "each other. aiohttp's client request path (`ClientSession._request`, its per-request header "
-    "copies) is ~28% of the server gateway at 100 clients; a lean origin client on aiohttp's C "
-    "parser measured 100-109 us a request against 195-269 us, but needs aiohttp parser internals "
-    "and its own connection pool outside `--max-connections`: not built yet."
+    "`python -m bench --profile legacy-websocket` and `legacy-websocket-100`, py-spy "
+    "(2026-12-03, after the lean origin client): the server gateway's origin requests now go "
+    "through `transports/origin_client.py` (one bytes write per head, aiohttp's C response "
+    "parser, its own keep-alive pool), about half the CPU of aiohttp's `ClientSession` path "
+    "(35-37 against 64-71 us a request at 50 concurrent). With 1 client the server gateway "
+    "is ~62% idle and the client gateway ~75% busy: 19% of that in socket sends (a hop frame "
+    "and a response per request), the rest aiohttp's web server per request. With 100 "
+    "clients the client gateway is the bottleneck: 52% in aiohttp's request handler, 15% "
+    "socket writes, ~4% each head encoding, outgoing headers and the access log. Two extra "
+    "processes each parse and write every request, and on 2 cores their wake-ups queue "
+    "behind each other."
 )
 _RTT_NOISE = (
     "not profiled: on this shared machine the p99 of the 50 ms RTT rows moves 2-3x between "
