@@ -210,12 +210,13 @@ class _Head:
 
 
 class _RequestParser:
-    """Splits a client byte stream into request heads and bodies (Content-Length only)."""
+    """Splits a client byte stream into request heads and bodies (Content-Length or chunked)."""
 
     def __init__(self) -> None:
         self.active = True
         self._buf = bytearray()
         self._body_left = 0
+        self._chunked = False  # between chunks of a chunked body: a size line comes next
 
     def feed(self, data: bytes) -> list[tuple[bytes, _Head | None]]:
         """Pieces of ``data`` in order, each a whole head (with its parse) or body bytes."""
@@ -227,6 +228,11 @@ class _RequestParser:
                 out.append((bytes(view[:n]), None))
                 self._body_left -= n
                 view = view[n:]
+                continue
+            if self._chunked:
+                view = self._chunk_size(view, out)
+                if view is None:
+                    break
                 continue
             self._buf += view
             view = memoryview(b"")
@@ -241,14 +247,26 @@ class _RequestParser:
             self._buf.clear()
             head = _parse_head(raw)
             out.append((raw, head))
-            if head.chunked:
-                self.active = False
-                if rest:
-                    out.append((rest, None))
-                break
-            self._body_left = head.body_length
+            self._chunked = head.chunked
+            self._body_left = 0 if head.chunked else head.body_length
             view = memoryview(rest)
         return out
+
+    def _chunk_size(
+        self, view: memoryview, out: list[tuple[bytes, _Head | None]]
+    ) -> memoryview | None:
+        """Pass a chunk-size line on and count its chunk (and CRLF) as body; None: need more."""
+        self._buf += view
+        end = self._buf.find(b"\r\n")
+        if end < 0:
+            return None
+        line, rest = bytes(self._buf[: end + 2]), bytes(self._buf[end + 2 :])
+        self._buf.clear()
+        out.append((line, None))
+        size = int(line.split(b";")[0].strip() or b"0", 16)
+        self._body_left = size + 2  # the data and its CRLF; the last chunk: the empty trailer
+        self._chunked = size > 0
+        return memoryview(rest)
 
 
 def _parse_head(raw: bytes) -> _Head:

@@ -214,6 +214,45 @@ class SessionHolds:
             else:
                 del self._sockets[session_id]
 
+    @contextlib.contextmanager
+    def stream(self, session_id: str) -> Iterator[Callable[[int], None]]:
+        """Hold one streamed POST of ``session_id`` while inside (``longpoll_stream``).
+
+        It counts as a POST in flight (429 beyond ``max_session_posts``). The
+        yielded ``hold(n)`` counts the record being read, ``n`` bytes (0: none
+        now), in the session's and the gateway's unfinished bytes, Refused
+        (413, 503) beyond them, as a POST body's bytes are.
+        """
+        settings = self._settings
+        inflight = self._posts.get(session_id)
+        if inflight is None:
+            inflight = self._posts[session_id] = [0, 0]
+        elif inflight[0] >= settings.max_session_posts:
+            raise Refused(
+                429,
+                f"{inflight[0]} POSTs already in flight on this session "
+                f"(--max-session-posts {settings.max_session_posts})",
+                retry_after="1",
+                close=True,
+            )
+        inflight[0] += 1
+        now = [0]
+
+        def hold(size: int) -> None:
+            inflight[1] += size - now[0]
+            self.post_bytes += size - now[0]
+            now[0] = size
+            if size:
+                self._check_held(inflight[1])
+
+        try:
+            yield hold
+        finally:
+            hold(0)
+            inflight[0] -= 1
+            if inflight[0] == 0:
+                del self._posts[session_id]
+
     async def read_post(self, request: web.BaseRequest, session_id: str) -> bytes:
         """The whole body of one POST of ``session_id``; Refused (the connection closes) if not.
 

@@ -65,6 +65,7 @@ from gateway.transports.handshake import (
     LONG_POLL_HEADER,
     LONG_POLL_LEAN,
     LONG_POLL_POLL_POST,
+    LONG_POLL_STREAM,
     SESSION_HEADER,
     SESSION_PATH,
     TOKEN_HEADER,
@@ -77,6 +78,7 @@ from gateway.transports.handshake import (
 from gateway.transports.hopsession import HopSession, Transport
 from gateway.transports.http import describe, read_bounded
 from gateway.transports.longpoll_client import LongPollClient
+from gateway.transports.longpoll_stream import StreamClient
 from gateway.transports.session_settings import SessionSettings
 from gateway.transports.ws import WebSocketTransport, open_websocket
 
@@ -107,8 +109,10 @@ class SessionConnector:
         on_transport_change: Callable[[str, str], None] | None = None,
         session_path: str = SESSION_PATH,
         idle: IdleLearner | None = None,
+        long_poll_streams: bool = True,
     ) -> None:
         self.base_url = base_url
+        self._allow_streams = long_poll_streams
         self._http = http
         #: Where the peer's sessions live (below ``base_url``'s path): its note's path.
         self.session_path = session_path
@@ -151,13 +155,14 @@ class SessionConnector:
         self._peer_tunnel = ""
         #: Its long-poll features (``LONG_POLL_HEADER``), from the same answer.
         self._peer_long_poll = ""
+        self.streams = False  #: long-poll streams (offered, and not held back on the path yet)
+        self._create_rtt = 0.0  # seconds the last session-creating POST took
 
     # -- public ----------------------------------------------------------------------
 
     async def connect(self) -> HopSession:
         """Open a session and attach its first transport; SessionUnavailable if impossible."""
         session_id, token, hello = await self._create()
-        loop = asyncio.get_running_loop()
         config = self.settings.core_config()
         if self.idle is not None:
             config = dataclasses.replace(config, heartbeat_interval=self.idle.heartbeat)
@@ -166,7 +171,7 @@ class SessionConnector:
             session_id=session_id,
             token=token,
             is_client=True,
-            now=loop.time(),
+            now=asyncio.get_running_loop().time(),
         )
         hop = HopSession(core, self.settings)
         hop.peer_tunnel = frozenset(self._peer_tunnel.split())
@@ -177,7 +182,9 @@ class SessionConnector:
             headers,
             self.settings,
             poll_posts=LONG_POLL_POLL_POST in self._peer_long_poll.split(),
+            rtt=self._create_rtt,
         )
+        self.streams = self._allow_streams and LONG_POLL_STREAM in self._peer_long_poll.split()
         if not hop.feed(hello):
             raise SessionUnavailable(f"{self.base_url} sent a HELLO for another session")
         hop.on_stalled = self._stalled
@@ -257,12 +264,14 @@ class SessionConnector:
             connect=self.settings.connect_timeout,
             sock_read=self.settings.connect_timeout,
         )
+        started = asyncio.get_running_loop().time()
         try:
             async with self._http.post(url, data=b"", headers=headers, timeout=timeout) as resp:
                 body = await read_bounded(
                     resp.content, _MAX_CREATE_BODY, declared=resp.content_length
                 )
                 status, answer = resp.status, resp.headers
+            self._create_rtt = asyncio.get_running_loop().time() - started
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise PeerUnreachable(f"cannot reach {url}: {describe(exc)}") from exc
         except ValueError as exc:
@@ -315,11 +324,8 @@ class SessionConnector:
         except TransportFailed as exc:
             self.last_websocket_failure = exc
             self.probe_failures += 1
-            hop.log.info(
-                "= WebSocket not usable: %s",
-                exc,
-                extra={"transport": "websocket", "reason": str(exc)},
-            )
+            why = {"transport": "websocket", "reason": str(exc)}
+            hop.log.info("= WebSocket not usable: %s", exc, extra=why)
             return False
         if hop.closed:
             transport.abandon()
@@ -346,20 +352,22 @@ class SessionConnector:
         if why is not None:
             self.last_switch = why
         hop.epoch += 1
-        transport = LongPollClient(hop, self._dial(), epoch=hop.epoch)
+        kind = StreamClient if self.streams else LongPollClient
+        transport = kind(hop, self._dial(), epoch=hop.epoch)
         transport.on_alive = self._transport_works
+        transport.on_buffered = self._streams_off  # plain long-polls from now on
         transport.start()
+
+    def _streams_off(self) -> None:
+        self.streams = False
 
     def _transport_works(self) -> None:
         self._down_since = None
         self._failures = 0
 
     def _demote(self, hop: HopSession, why: str) -> None:
-        hop.log.info(
-            "= demoting the WebSocket to long-poll (%s)",
-            why,
-            extra={"transport": "long-poll", "reason": why},
-        )
+        extra = {"transport": "long-poll", "reason": why}
+        hop.log.info("= demoting the WebSocket to long-poll (%s)", why, extra=extra)
         self.fallbacks += 1
         if hop.now() - self._ws_started >= self.settings.reprobe_max:
             self._reprobe = self._reprobe.reset()
@@ -448,6 +456,7 @@ class SessionConnector:
                     if transport.kind == "websocket":
                         self._demote(hop, "stalled")
                     else:
+                        self.streams &= not isinstance(transport, StreamClient)  # held back?
                         self._start_long_poll(hop)  # a fresh poll pair
                 elif hop.current is None:
                     await self._resume(hop)

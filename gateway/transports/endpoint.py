@@ -23,6 +23,9 @@ is configured)                                     token); body = the server's H
 ``POST /.hopgate/session/{id}?epoch=E&post=K``     a POST that polls (``poll-post``): its
 ``&poll=P&last=N&seen=S``                          batch is fed, then it is held and answered
                                                    as the GET numbered P
+``GET|POST .../{id}?...&stream=1``                 streamed poll / POST (``stream``):
+                                                   many batches per request
+                                                   (``longpoll_stream``)
 ``POST /.hopgate/session/{id}?epoch=E``            ``200``, body = control frames (ACK,
 (body = one batch, ``Content-Type:                 PONG, HELLO); ``400`` + ABORT batch when
 application/octet-stream``)                        the batch broke the protocol (the session
@@ -42,7 +45,8 @@ with ``Cache-Control: no-store`` and ``X-Content-Type-Options: nosniff``;
 errors are ``text/plain`` with the same two headers. A session whose
 creating POST said ``X-Hopgate-Long-Poll: lean`` (a gateway) gets lean
 answers: ``no-store`` and the framing only. The create answer's
-``X-Hopgate-Long-Poll: poll-post lean`` says this server does both. The
+``X-Hopgate-Long-Poll: poll-post lean stream`` says this server does those
+and streams. The
 header names, the token's encoding and the hop secret's proof are drawn in
 ``handshake``.
 
@@ -86,6 +90,7 @@ from gateway.transports.handshake import (
     LONG_POLL_HEADER,
     LONG_POLL_LEAN,
     LONG_POLL_POLL_POST,
+    LONG_POLL_STREAM,
     SESSION_HEADER,
     SESSION_PATH,
     TOKEN_HEADER,
@@ -98,6 +103,7 @@ from gateway.transports.handshake import (
 from gateway.transports.hopsession import HopSession
 from gateway.transports.http import offers_websocket, text_error
 from gateway.transports.longpoll import CONTENT_TYPE, LongPollServer
+from gateway.transports.longpoll_stream import RecordError, StreamServer, stream_answer
 from gateway.transports.registry import RegistryFull, SessionRegistry, client_key
 from gateway.transports.session_settings import SessionSettings
 from gateway.transports.ws import accept_websocket, offers_subprotocol
@@ -114,7 +120,7 @@ _PACKER: Final = new_packer()
 _NO_STORE: Final = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _LEAN: Final = {"Cache-Control": "no-store"}
 #: What this server's long-poll end does (``handshake.LONG_POLL_HEADER``).
-_LONG_POLL_FEATURES: Final = f"{LONG_POLL_POLL_POST} {LONG_POLL_LEAN}"
+_LONG_POLL_FEATURES: Final = f"{LONG_POLL_POLL_POST} {LONG_POLL_LEAN} {LONG_POLL_STREAM}"
 
 
 # -- responses ---------------------------------------------------------------------------
@@ -326,6 +332,54 @@ class SessionServer:
         hop.attach(transport)
         return transport
 
+    def _streamed(self, hop: HopSession, epoch: int) -> StreamServer | None:
+        """The streamed long-poll transport of ``epoch``, attaching it if newer; None if stale."""
+        current = hop.current
+        if isinstance(current, StreamServer) and current.epoch == epoch:
+            return current
+        if epoch < hop.epoch or (epoch == hop.epoch and current is not None):
+            return None
+        hop.epoch = epoch
+        transport = StreamServer(hop, self.settings, epoch=epoch)
+        hop.attach(transport)
+        return transport
+
+    async def _stream_get(
+        self, request: web.BaseRequest, hop: HopSession, epoch: int, last: int
+    ) -> web.StreamResponse:
+        transport = self._streamed(hop, epoch)
+        if transport is None:
+            return _answer(b"", True)  # stale: the client sees no mark and a clean end
+        try:
+            return await transport.down(request, last)
+        except ValueError as exc:
+            return text_error(400, f"bad poll: {exc}")
+
+    async def _stream_post(
+        self, request: web.BaseRequest, hop: HopSession, epoch: int
+    ) -> web.StreamResponse:
+        """Feed a streamed POST's records; its head leaves first (a sign of a clear path)."""
+        number = _query_int(request, "post")
+        if number is None:
+            return text_error(400, "a streamed POST needs post=")
+        transport = self._streamed(hop, epoch)
+        if transport is None:
+            return _answer(b"", True)
+        try:
+            with self.holds.stream(hop.session_id) as hold:
+                resp = await stream_answer(request)
+                try:
+                    if not await transport.up(request, number, hold):
+                        await resp.write(hop.take(include_data=False))  # the ABORT
+                    await resp.write_eof()
+                except (RecordError, Refused, TimeoutError) as exc:
+                    hop.log.info("< streamed post refused: %s", exc)
+                    if request.transport is not None:
+                        request.transport.close()  # the client sees a cut answer
+                return resp
+        except Refused as refused:
+            return refused.response()
+
     async def _websocket(
         self, request: web.BaseRequest, hop: HopSession, epoch: int
     ) -> web.StreamResponse:
@@ -336,11 +390,15 @@ class SessionServer:
         except Refused as refused:
             return refused.response()
 
-    async def _get(self, request: web.BaseRequest, hop: HopSession, epoch: int) -> web.Response:
+    async def _get(
+        self, request: web.BaseRequest, hop: HopSession, epoch: int
+    ) -> web.StreamResponse:
         lean = hop.session_id in self._lean
         last = _query_int(request, "last")
         if last is None:
             return text_error(400, "missing or malformed last=")
+        if "stream" in request.query:
+            return await self._stream_get(request, hop, epoch, last)
         transport = self._long_poll(hop, epoch)
         if transport is None:
             return _answer(b"", lean)  # a stale poll: answered at once, takes nothing
@@ -351,8 +409,12 @@ class SessionServer:
             return text_error(400, f"bad poll: {exc}")
         return _answer(body, lean)
 
-    async def _post(self, request: web.BaseRequest, hop: HopSession, epoch: int) -> web.Response:
+    async def _post(
+        self, request: web.BaseRequest, hop: HopSession, epoch: int
+    ) -> web.StreamResponse:
         """Feed a batch; a POST carrying ``poll=`` is then held and answered as that GET."""
+        if "stream" in request.query:
+            return await self._stream_post(request, hop, epoch)
         lean = hop.session_id in self._lean
         deadline = hop.now() + self.settings.hold_time
         try:

@@ -61,6 +61,7 @@ __all__ = [
     "LONG_POLL_HEADER",
     "LONG_POLL_LEAN",
     "LONG_POLL_POLL_POST",
+    "LONG_POLL_STREAM",
     "MAX_DIGITS",
     "SESSION_HEADER",
     "SESSION_PATH",
@@ -90,10 +91,13 @@ TUNNEL_PACKED_HEADS: Final = "packed-heads"
 #: the headers a browser needs (the client is a gateway). On its 200, what the
 #: server does: ``lean`` as asked, ``poll-post`` = a POST carrying ``poll=`` is held
 #: and answered like a GET of that number (one request carries data up and waits
-#: for data down). Unknown tokens are ignored both ways.
+#: for data down), ``stream`` = GETs and POSTs carrying ``stream=1`` stream many
+#: batches each (``longpoll_stream``; a client uses it only as a gateway, lean).
+#: Unknown tokens are ignored both ways.
 LONG_POLL_HEADER: Final = "X-Hopgate-Long-Poll"
 LONG_POLL_LEAN: Final = "lean"
 LONG_POLL_POLL_POST: Final = "poll-post"
+LONG_POLL_STREAM: Final = "stream"
 #: Seconds a hop-secret proof stays valid either side of the server's clock.
 AUTH_WINDOW: Final = 60
 #: Nonces of accepted proofs remembered at once (for 2 * AUTH_WINDOW each).
@@ -109,7 +113,8 @@ class SessionRoute:
 
     ``url`` is the session's own (``.../session/{id}``, no query); ``headers``
     carry the resume token; ``poll_posts``: the server holds POSTs that poll
-    (``LONG_POLL_POLL_POST``).
+    (``LONG_POLL_POLL_POST``); ``rtt``: seconds the session-creating POST took
+    (what a streamed request's answers are compared with, ``longpoll_stream``).
     """
 
     http: aiohttp.ClientSession
@@ -117,6 +122,7 @@ class SessionRoute:
     headers: Mapping[str, str]
     settings: SessionSettings
     poll_posts: bool = False
+    rtt: float = 0.0
 
 
 def encode_token(token: bytes) -> str:

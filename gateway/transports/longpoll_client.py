@@ -64,6 +64,8 @@ class LongPollClient:
         self.epoch = epoch
         self.alive = False  # a request of this transport succeeded
         self.on_alive: Callable[[], None] | None = None
+        #: Told when streamed requests are held back on the path (``longpoll_stream``).
+        self.on_buffered: Callable[[], None] | None = None
         self.started_at = 0.0
         self._abandoned = False
         self._tasks: list[asyncio.Task[None]] = []

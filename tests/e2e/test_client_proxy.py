@@ -109,6 +109,7 @@ async def test_shipped_recipe_carries_requests_and_the_hop_on_long_poll(
         server, client = start_pair(spawn_gateway, origin)
         hop = await settled_on(client, "long-poll")
         await send_requests(client)
+        client.stop()  # the hop streams (a GET and a POST each carrying many batches)
         await asyncio.sleep(0.2)  # squid logs a transaction once it ends
         where = re.escape(host_port(server.url))
         assert squid_lines(squid, rf"TCP_\w+/200 .* GET http://{where}/\.hopgate/hello")
