@@ -55,14 +55,16 @@ from gateway.transports.hopsession import HopSession
 from gateway.transports.http import describe, read_bounded
 from gateway.transports.longpoll_client import LongPollClient
 from gateway.transports.session_settings import SessionSettings
+from gateway.transports.stream_records import MARK as _MARK
+from gateway.transports.stream_records import RecordError, RecordReader, record
 
 __all__ = [
     "STREAM_BYTES",
     "STREAM_PROMPT",
     "RecordError",
+    "RecordReader",
     "StreamClient",
     "StreamServer",
-    "read_record",
     "record",
     "stream_answer",
 ]
@@ -75,49 +77,8 @@ STREAM_PROMPT: Final = 2.0
 #: How much longer than the POST's head may a mark's round trip over both streams
 #: take (HAProxy without ``option http-no-delay`` holds each streamed chunk ~200 ms).
 STREAM_SLACK: Final = 0.1
-#: The length prefix of a record.
-_HEAD: Final = 4
-_MARK: Final = bytes(_HEAD)
 #: Answers to streamed requests: not stored, and not held back by nginx.
 _STREAM_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-
-
-def record(batch: bytes) -> bytes:
-    """One batch as a record: its length, then the batch."""
-    return len(batch).to_bytes(_HEAD, "big") + batch
-
-
-class RecordError(ValueError):
-    """A stream broke off inside a record, or announced one larger than allowed."""
-
-
-async def read_record(
-    content: aiohttp.StreamReader, limit: int, hold: Callable[[int], None] | None = None
-) -> bytes | None:
-    """The next record's batch (b"" for a mark), or None at a clean end between records.
-
-    ``hold(n)`` is told the size of a record before it is read, ``hold(0)`` after.
-    """
-    try:
-        head = await content.readexactly(_HEAD)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise RecordError("the stream ended inside a record's length") from None
-        return None
-    size = int.from_bytes(head, "big")
-    if size > limit:
-        raise RecordError(f"a record of {size} bytes is larger than {limit}")
-    if not size:
-        return b""
-    if hold is not None:
-        hold(size)
-    try:
-        return await content.readexactly(size)
-    except asyncio.IncompleteReadError:
-        raise RecordError("the stream ended inside a record") from None
-    finally:
-        if hold is not None:
-            hold(0)
 
 
 class _LeanStream(RelayedResponse, web.StreamResponse):
@@ -257,10 +218,9 @@ class StreamServer:
         settings = self._settings
         try:
             await self._turn(number)
+            reader = RecordReader(request.content, settings.max_batch_bytes, hold)
             async with asyncio.timeout(settings.hold_time + settings.connect_timeout):
-                while (
-                    batch := await read_record(request.content, settings.max_batch_bytes, hold)
-                ) is not None:
+                while (batch := await reader.next()) is not None:
                     if not batch:  # a mark: echoed on the GET (the client times the round trip)
                         self._echoes = min(self._echoes + 1, 4)
                         hop.wake()
@@ -355,17 +315,17 @@ class StreamClient(LongPollClient):
                 limit = self._settings.max_batch_bytes
                 self._refused(resp.status, await read_bounded(resp.content, limit))
                 return False
-            limit = self._settings.max_batch_bytes
+            reader = RecordReader(resp.content, self._settings.max_batch_bytes)
             try:
                 async with asyncio.timeout(self._prompt):
-                    mark = await read_record(resp.content, limit)
+                    mark = await reader.next()
             except TimeoutError:
                 self._buffered(f"no streamed answer within {self._prompt:g} s")
                 return False
             if mark is None:
                 return self._live()  # answered empty at once (a stale epoch)
             self._mark_alive()
-            while (batch := await read_record(resp.content, limit)) is not None:
+            while (batch := await reader.next()) is not None:
                 if batch and self._live():
                     hop.feed(batch)
                 elif not batch and self._mark_sent is not None and self._echo_rtt is None:

@@ -23,7 +23,8 @@ from gateway.transports import longpoll_stream
 from gateway.transports.connector import SessionConnector
 from gateway.transports.handshake import LONG_POLL_HEADER, SESSION_PATH
 from gateway.transports.longpoll_client import LongPollClient
-from gateway.transports.longpoll_stream import RecordError, StreamClient, read_record, record
+from gateway.transports.longpoll_stream import StreamClient
+from gateway.transports.stream_records import RecordError, RecordReader, record
 from tests.transports.conftest import (
     Inbox,
     MakePair,
@@ -50,7 +51,7 @@ async def exchange(pair: Pair, count: int, *, gap_every: int = 25) -> None:
     assert pair.client_inbox.messages == [f"down {i}".encode() for i in range(count)]
 
 
-def _reader(data: bytes) -> aiohttp.StreamReader:
+def _reader(*pieces: bytes) -> aiohttp.StreamReader:
     class _Protocol:
         _reading_paused = False
 
@@ -59,22 +60,36 @@ def _reader(data: bytes) -> aiohttp.StreamReader:
         def resume_reading(self, **_: object) -> None: ...
 
     stream = aiohttp.StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
-    stream.feed_data(data)
+    for piece in pieces:
+        stream.feed_data(piece)
     stream.feed_eof()
     return stream
 
 
 async def test_records_end_cleanly_only_between_records() -> None:
     whole = record(b"one") + record(b"") + record(b"three")
-    stream = _reader(whole)
-    assert [await read_record(stream, 100) for _ in range(4)] == [b"one", b"", b"three", None]
+    reader = RecordReader(_reader(whole), 100)
+    assert [await reader.next() for _ in range(4)] == [b"one", b"", b"three", None]
     for cut in (2, len(record(b"one")) + 2):  # inside a length, inside a batch
-        stream = _reader(whole[:cut])
+        reader = RecordReader(_reader(whole[:cut]), 100)
         with pytest.raises(RecordError):
-            while await read_record(stream, 100) is not None:
+            while await reader.next() is not None:
                 pass
     with pytest.raises(RecordError, match="larger"):
-        await read_record(_reader(record(b"x" * 101)), 100)
+        await RecordReader(_reader(record(b"x" * 101)), 100).next()
+
+
+async def test_records_split_anywhere_arrive_whole_and_hold_only_a_partial_one() -> None:
+    """Records cut anywhere, or many in one piece, read the same; ``hold`` sees partial ones."""
+    batches = [b"a", b"", b"b" * 300, b"c" * 7, b""]
+    whole = b"".join(record(batch) for batch in batches)
+    for step in (1, 3, 5, 64, len(whole)):
+        stream = _reader(*(whole[at : at + step] for at in range(0, len(whole), step)))
+        holds: list[int] = []
+        reader = RecordReader(stream, 300, holds.append)
+        got = [await reader.next() for _ in range(len(batches) + 1)]
+        assert got == [*batches, None], step
+        assert set(holds) <= {0, 300}, holds
 
 
 async def test_the_server_offers_streams(
