@@ -279,6 +279,8 @@ global
     maxconn 1024
 defaults
     mode http
+    # As deploy/haproxy/hopgate.cfg: streamed long-poll chunks pass at once, not ~200 ms later.
+    option http-no-delay
     timeout connect 5s
     timeout client 60s
     timeout server 60s
