@@ -28,6 +28,7 @@ from yarl import URL
 
 from gateway.core import discovery
 from gateway.core import headers as hdr
+from gateway.glue.heads import request_pairs
 from gateway.glue.origin import ForwardSettings, Upstream
 from gateway.status import GatewayStats
 from gateway.transports.aiohttp_internals import RelayedResponse
@@ -88,6 +89,24 @@ class Forwarder:
             client_ip=peer[0] if peer else None,
             proto=request.scheme,
             upstream_host=upstream_host,
+        )
+
+    def outgoing_pairs(
+        self, request: web.BaseRequest, target: URL | None
+    ) -> list[tuple[bytes, bytes]]:
+        """:meth:`outgoing_headers` as byte pairs, built from the head as it was read.
+
+        For a stream's OPEN, which carries bytes: one pass over aiohttp's
+        ``raw_headers``, no ``CIMultiDict`` built and encoded back per request.
+        """
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        return request_pairs(
+            request.raw_headers,
+            http_version=(request.version.major, request.version.minor),
+            via_name=self.config.via_name,
+            client_ip=peer[0] if peer else None,
+            proto=request.scheme,
+            upstream_host=self._upstream_host(target),
         )
 
     async def forward(

@@ -56,6 +56,9 @@ State = Literal["HEAD", "BUSY", "IDLE"]
 IDLE_GRACE = 1.0
 #: Seconds between two WARNINGs of the same kind.
 LOG_INTERVAL = 10.0
+#: How early a head timer may fire and still count as the deadline (asyncio runs
+#: timers up to its clock resolution early).
+_EARLY = 0.005
 
 
 def _canned(status: str, text: str) -> bytes:
@@ -149,6 +152,9 @@ class ConnectionGuard(asyncio.Protocol):
         self.admitted = False
         self.got_bytes = False
         self.busy = 0
+        #: Loop time by which the awaited head must be complete (state ``HEAD``).
+        self._due = 0.0
+        #: At most one timer per connection, re-armed lazily (see ``_expect_head``).
         self._deadline: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol, passed through to aiohttp --------------------------
@@ -195,8 +201,7 @@ class ConnectionGuard(asyncio.Protocol):
 
     def request_started(self) -> None:
         self.busy += 1
-        self._cancel_deadline()
-        self.limits.moved(self, "BUSY")
+        self.limits.moved(self, "BUSY")  # a pending head timer finds BUSY and lapses
 
     def request_finished(self) -> None:
         self.busy = max(0, self.busy - 1)
@@ -214,17 +219,30 @@ class ConnectionGuard(asyncio.Protocol):
         self.transport.close()
 
     def _expect_head(self) -> None:
+        """Start the head deadline: a due time, and a timer only if none is pending.
+
+        A kept-alive connection expects a head per request; a timer made and
+        cancelled for each was a measurable part of a request's cost. The
+        pending timer, when it fires, re-arms itself for the latest due time
+        or, the connection no longer awaiting a head, lapses.
+        """
         self.limits.moved(self, "HEAD")
         self.got_bytes = False
-        self._cancel_deadline()
         loop = asyncio.get_running_loop()
-        self._deadline = loop.call_later(self.limits.header_timeout, self._head_overdue)
+        self._due = loop.time() + self.limits.header_timeout
+        if self._deadline is None:
+            self._deadline = loop.call_at(self._due, self._head_overdue)
 
     def _head_overdue(self) -> None:
         self._deadline = None
-        if self.state == "HEAD" and self.admitted:
-            self.limits.head_timeouts.record(f"--header-timeout {self.limits.header_timeout:g}s")
-            self.close("timeout")
+        if self.state != "HEAD" or not self.admitted:
+            return
+        loop = asyncio.get_running_loop()
+        if self._due - loop.time() > _EARLY:  # a later head is awaited: its own time
+            self._deadline = loop.call_at(self._due, self._head_overdue)
+            return
+        self.limits.head_timeouts.record(f"--header-timeout {self.limits.header_timeout:g}s")
+        self.close("timeout")
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:

@@ -22,7 +22,9 @@ from gateway.core.tunnel.frames import MAX_REASON_BYTES
 __all__ = [
     "decode_headers",
     "decode_stripped",
+    "downstream_fields",
     "pairs",
+    "request_pairs",
     "response_pairs",
     "set_framing",
     "short",
@@ -91,6 +93,105 @@ def response_pairs(
     return out
 
 
+def downstream_fields(
+    raw: Headers, http_version: tuple[int, int], via_name: str, length: int | None
+) -> list[tuple[str, str]]:
+    """A tunnelled response head as the fields this hop answers its client with.
+
+    ``decode_stripped``, ``append_via`` and ``set_framing(length)`` in one
+    pass over the bytes, as the list ``CIMultiDict.extend`` takes: no
+    intermediate multidict per answer. The peer's framing fields never pass.
+    """
+    drop = _dropped(raw) | _FRAMING
+    out: list[tuple[str, str]] = []
+    via: list[str] = []
+    for name, value in raw:
+        lower = _lower(name)
+        if lower in drop:
+            continue
+        if lower == b"via":
+            via.append(text(value))
+        else:
+            out.append((text(name), text(value)))
+    via.append(via_entry(http_version, via_name))
+    out.append(("Via", ", ".join(via)))
+    if length is not None:
+        out.append(("Content-Length", str(length)))
+    return out
+
+
+def request_pairs(
+    raw: Iterable[tuple[bytes, bytes]],
+    *,
+    http_version: tuple[int, int],
+    via_name: str,
+    client_ip: str | None,
+    proto: str,
+    upstream_host: str | None,
+) -> list[tuple[bytes, bytes]]:
+    """``request_headers_for_upstream`` on the bytes a request head was read as.
+
+    The opening side sends a client's head into the tunnel as bytes: built
+    from aiohttp's ``raw_headers`` in one pass, a request costs no decode to a
+    ``CIMultiDict``, no copy of it and no encode back. Same fields, values
+    and order as the text rules give; names keep the client's own case.
+    """
+    drop = _REQUEST_DROPPED if upstream_host is None else _REQUEST_DROPPED_HOST
+    listed = _dropped(raw)
+    if not listed <= drop:  # a Connection field names more than the hop-by-hop ones
+        drop = drop | listed
+    out: list[tuple[bytes, bytes]] = []
+    host: bytes | None = None
+    chain: list[bytes] = []
+    via: list[bytes] = []
+    has_proto = has_host = has_chain = False
+    for name, value in raw:
+        lower = _lower(name)
+        if host is None and lower == b"host":
+            host = value
+        if lower in drop:
+            continue
+        if lower == b"via":
+            via.append(value)
+            continue
+        if lower == b"x-forwarded-for":
+            has_chain = True
+            link = _strip(value)
+            if link:
+                chain.append(link)
+        elif lower == b"x-forwarded-proto":
+            has_proto = True
+        elif lower == b"x-forwarded-host":
+            has_host = True
+        out.append((name, value))
+    if upstream_host is not None:
+        out.append((b"Host", _octets(upstream_host)))
+    if client_ip:
+        chain.append(_octets(client_ip))
+    if chain:  # else blank X-Forwarded-For fields stay where they were, as the text rule keeps them
+        if has_chain:
+            out = [(n, v) for n, v in out if _lower(n) != b"x-forwarded-for"]
+        out.append((b"X-Forwarded-For", b", ".join(chain)))
+    if not has_proto:
+        out.append((b"X-Forwarded-Proto", _octets(proto)))
+    if host and not has_host:
+        out.append((b"X-Forwarded-Host", host))
+    via.append(_octets(via_entry(http_version, via_name)))
+    out.append((b"Via", b", ".join(via)))
+    return out
+
+
+def _octets(value: str) -> bytes:
+    return value.encode("utf-8", "surrogateescape")
+
+
+def _strip(value: bytes) -> bytes:
+    """``value`` stripped as ``str.strip()`` strips its text."""
+    if value.isascii():
+        return value.strip(_ASCII_SPACE)
+    return _octets(text(value).strip())
+
+
 #: What ``str.strip()`` strips of an ASCII string (``bytes.strip()`` stops at six of them).
 _ASCII_SPACE: Final = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 
@@ -124,6 +225,12 @@ def _lower(name: bytes) -> bytes:
 
 #: ``HOP_BY_HOP`` as the bytes a tunnelled head carries.
 _HOP_BY_HOP: Final = frozenset(name.encode() for name in HOP_BY_HOP)
+#: What a request drops: hop-by-hop fields, ``Expect`` (the edge answered it), and
+#: ``Host`` when it is rewritten.
+_REQUEST_DROPPED: Final = _HOP_BY_HOP | {b"expect"}
+_REQUEST_DROPPED_HOST: Final = _REQUEST_DROPPED | {b"host"}
+#: What ``set_framing`` replaces with the checked length.
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 
 
 def pairs(headers: CIMultiDict[str]) -> Iterable[tuple[str, str]]:

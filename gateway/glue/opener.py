@@ -34,7 +34,6 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from gateway.core import headers as hdr
 from gateway.core.tunnel.errors import ResetCode
 from gateway.core.tunnel.events import (
     DataReceived,
@@ -45,9 +44,9 @@ from gateway.core.tunnel.events import (
 )
 from gateway.core.tunnel.framing import BodyCounter, Framing, FramingError, response_framing
 from gateway.glue.driver import TunnelDriver
-from gateway.glue.heads import decode_headers, decode_stripped, pairs, set_framing, text
+from gateway.glue.heads import decode_headers, downstream_fields, pairs, text
 from gateway.glue.mailbox import Mailbox
-from gateway.glue.pollahead import AheadClient, mark
+from gateway.glue.pollahead import AheadClient, mark_pairs
 from gateway.glue.retry import IDEMPOTENT_METHODS, NotSent, Retry, retryable
 from gateway.glue.streamgate import QUEUE_FACTOR, RETRY_AFTER, GateFull, StreamGate
 from gateway.glue.wsbridge import bridge_websocket
@@ -218,13 +217,13 @@ class Opener:
         self, request: web.BaseRequest, target: str, *, origin_key: str
     ) -> web.StreamResponse:
         link = self._link
-        headers = link.forwarder.outgoing_headers(request, link.upstream)
+        headers = link.forwarder.outgoing_pairs(request, link.upstream)
         has_body = request.body_exists
         ahead = self._ahead
         if ahead is not None:
-            mark(headers)
+            headers = mark_pairs(headers)
         box = Mailbox()
-        sid = link.tunnel.open_http(request.method, target, pairs(headers), has_body=has_body)
+        sid = link.tunnel.open_http(request.method, target, headers, has_body=has_body)
         self._register(sid, box)
         if ahead is not None:
             ahead.track(sid, request, target)
@@ -330,10 +329,9 @@ class Opener:
         hold = head.has_body and framing.counted and box.backlog > 0
         reason = text(head.reason) or None
         response = RelayedResponse(status=head.status, reason=reason, hold_head=hold)
-        headers, _ = decode_stripped(head.headers)  # one copy: response_headers_for_downstream
-        hdr.append_via(headers, (1, 1), link.forwarder.config.via_name)
-        set_framing(headers, framing.length)  # the peer's Transfer-Encoding never passes
-        response.headers.extend(headers)
+        # response_headers_for_downstream; the peer's Transfer-Encoding never passes
+        via_name = link.forwarder.config.via_name
+        response.headers.extend(downstream_fields(head.headers, (1, 1), via_name, framing.length))
         writer = await response.prepare(request)
         problem = await self._relay_body(sid, box, response, framing) if head.has_body else None
         if problem is not None:

@@ -95,6 +95,12 @@ class OriginClient(Protocol):
         """Headers this hop sends for a request it received over HTTP."""
         ...
 
+    def outgoing_pairs(
+        self, request: web.BaseRequest, target: URL | None
+    ) -> list[tuple[bytes, bytes]]:
+        """``outgoing_headers`` as the byte pairs a stream's OPEN carries."""
+        ...
+
     def replay_headers(
         self,
         incoming: hdr.HeadersIn,

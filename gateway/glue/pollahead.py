@@ -69,6 +69,17 @@ def mark(headers: CIMultiDict[str]) -> None:
     headers.add("Connection", _TOKEN)
 
 
+def mark_pairs(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """:func:`mark` on a head as the byte pairs a stream's OPEN carries."""
+    kept = [(name, value) for name, value in headers if name.lower() != _MARK_NAME]
+    kept += _MARK_PAIRS
+    return kept
+
+
+_MARK_NAME: Final = MARK.lower().encode()
+_MARK_PAIRS: Final = ((MARK.encode(), b"1"), (b"Connection", _TOKEN.encode()))
+
+
 # -- client gateway -------------------------------------------------------------------------
 
 

@@ -215,6 +215,34 @@ async def test_a_slow_head_after_keep_alive_gets_header_timeout_from_its_first_b
         writer.close()
 
 
+async def test_kept_alive_requests_share_one_head_timer_and_a_later_head_gets_its_full_time(
+    make_origin: MakeOrigin, make_gateway: MakeGateway
+) -> None:
+    """No timer made and cancelled per request; the one pending re-arms for a later head."""
+    origin = await make_origin(hello)
+    gw = await make_gateway(
+        "server", {"upstream": origin, "header_timeout": 1.0, "keepalive_timeout": 30.0}
+    )
+    assert gw.inbound is not None
+    reader, writer = await connect(gw)
+    try:
+        timers = []
+        for _ in range(5):
+            writer.write(GET)
+            assert b" 200 " in await read_response(reader)
+            (guard,) = gw.inbound._by_inner.values()
+            timers.append(guard._deadline)
+        assert timers[0] is not None and all(t is timers[0] for t in timers)
+        await asyncio.sleep(0.6)  # the pending timer is due 0.4 s from now
+        writer.write(b"GET / HTTP/1.1\r\n")  # and never the rest
+        started = time.monotonic()
+        answer = await closed_within(reader, 3.0)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 408 ")
+        assert 0.9 < time.monotonic() - started < 2.0
+    finally:
+        writer.close()
+
+
 # ------------------------------------------------------------------ the cap
 
 

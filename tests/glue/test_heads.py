@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway.core import headers as hdr
-from gateway.glue.heads import decode_headers, decode_stripped, response_pairs
+from gateway.glue.heads import (
+    decode_headers,
+    decode_stripped,
+    downstream_fields,
+    request_pairs,
+    response_pairs,
+    set_framing,
+)
+from gateway.glue.pollahead import mark, mark_pairs
 from tests.glue.chain import TRANSPORTS, BuildChain, Origin, headers_of
 
 NAMES = st.sampled_from(
@@ -121,3 +129,66 @@ def test_response_pairs_follow_the_text_rule(
     ]
     kept = {n for n, _ in raw}
     assert all(n in kept or n == b"Via" for n, _ in got)  # the origin's own spelling
+
+
+#: Fields the request rule rewrites, besides the hop-by-hop ones ``NAMES`` has.
+REQUEST_NAMES = st.one_of(
+    NAMES,
+    st.sampled_from([b"X-Forwarded-Proto", b"x-forwarded-host", b"X-Forwarded-Host", b"expect"]),
+)
+REQUEST_VALUES = st.one_of(VALUES, st.sampled_from([b"  ", b" 10.1.1.1 ", b"\xc2\xa0"]))
+
+
+@given(
+    st.lists(st.tuples(REQUEST_NAMES, REQUEST_VALUES), max_size=12),
+    st.sampled_from([None, "origin:8080"]),
+    st.sampled_from([None, "10.0.0.1"]),
+    st.sampled_from([(1, 1), (1, 0)]),
+)
+@settings(max_examples=400, deadline=None)
+def test_request_pairs_equal_request_headers_for_upstream(
+    raw: list[tuple[bytes, bytes]],
+    upstream_host: str | None,
+    client_ip: str | None,
+    version: tuple[int, int],
+) -> None:
+    """The OPEN's head built from the bytes read is the text rule's head, field for field."""
+    rules = {"http_version": version, "via_name": "hopgate", "client_ip": client_ip}
+    expected = hdr.request_headers_for_upstream(
+        decode_headers(tuple(raw)), **rules, proto="http", upstream_host=upstream_host
+    )
+    got = request_pairs(tuple(raw), **rules, proto="http", upstream_host=upstream_host)
+    assert got == [
+        (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+        for n, v in expected.items()
+    ]
+
+
+@given(
+    st.lists(st.tuples(REQUEST_NAMES, VALUES), max_size=12),
+    st.sampled_from([None, 0, 77]),
+)
+@settings(max_examples=300, deadline=None)
+def test_downstream_fields_equal_the_stripped_head_with_via_and_framing(
+    raw: list[tuple[bytes, bytes]], length: int | None
+) -> None:
+    """The answer's fields from one pass are those the multidict steps give, in order."""
+    raw += [(b"Content-Length", b"12"), (b"transfer-encoding", b"chunked")]
+    expected, _ = decode_stripped(tuple(raw))
+    hdr.append_via(expected, (1, 1), "hopgate")
+    set_framing(expected, length)
+    assert downstream_fields(tuple(raw), (1, 1), "hopgate", length) == list(expected.items())
+
+
+MARK_NAMES = st.sampled_from([b"Hopgate-Poll-Ahead", b"hopgate-poll-ahead", b"X"])
+
+
+@given(st.lists(st.tuples(MARK_NAMES, VALUES), max_size=6))
+def test_mark_pairs_is_mark_on_bytes(raw: list[tuple[bytes, bytes]]) -> None:
+    """The OPEN's bytes carry the mark as ``pollahead.mark`` puts it, a client's own one gone."""
+    text_head = decode_headers(tuple(raw))
+    mark(text_head)
+    assert mark_pairs(raw) == [
+        (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+        for n, v in text_head.items()
+    ]

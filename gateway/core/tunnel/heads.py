@@ -47,8 +47,10 @@ def encode_head(
     size = len(raw)
     try:
         for name, value in headers:
-            # str (what aiohttp hands us) encoded inline: two calls fewer per field
-            if type(name) is str and type(value) is str:
+            # bytes (a head as it was read) and str (aiohttp's text) inline: no call per field
+            if type(name) is bytes and type(value) is bytes:
+                flat += (name, value)
+            elif type(name) is str and type(value) is str:
                 flat += (
                     name.encode("utf-8", "surrogateescape"),
                     value.encode("utf-8", "surrogateescape"),
