@@ -223,19 +223,7 @@ class SessionHolds:
         now), in the session's and the gateway's unfinished bytes, Refused
         (413, 503) beyond them, as a POST body's bytes are.
         """
-        settings = self._settings
-        inflight = self._posts.get(session_id)
-        if inflight is None:
-            inflight = self._posts[session_id] = [0, 0]
-        elif inflight[0] >= settings.max_session_posts:
-            raise Refused(
-                429,
-                f"{inflight[0]} POSTs already in flight on this session "
-                f"(--max-session-posts {settings.max_session_posts})",
-                retry_after="1",
-                close=True,
-            )
-        inflight[0] += 1
+        inflight = self._enter_post(session_id)
         now = [0]
 
         def hold(size: int) -> None:
@@ -265,24 +253,30 @@ class SessionHolds:
         length = request.content_length
         if length is not None and length > limit:
             raise Refused(413, f"batch larger than {limit} bytes", close=True)
-        inflight = self._posts.get(session_id)
-        if inflight is None:
-            inflight = self._posts[session_id] = [0, 0]
-        elif inflight[0] >= settings.max_session_posts:
-            raise Refused(
-                429,
-                f"{inflight[0]} POSTs already in flight on this session "
-                f"(--max-session-posts {settings.max_session_posts})",
-                retry_after="1",
-                close=True,
-            )
-        inflight[0] += 1
+        inflight = self._enter_post(session_id)
         try:
             return await self._read_body(request, inflight)
         finally:
             inflight[0] -= 1
             if inflight[0] == 0:
                 del self._posts[session_id]
+
+    def _enter_post(self, session_id: str) -> list[int]:
+        """One more POST in flight on ``session_id``: its [POSTs, bytes held]; 429 past the cap."""
+        cap = self._settings.max_session_posts
+        inflight = self._posts.get(session_id)
+        if inflight is None:
+            inflight = self._posts[session_id] = [0, 0]
+        elif inflight[0] >= cap:
+            raise Refused(
+                429,
+                f"{inflight[0]} POSTs already in flight on this session "
+                f"(--max-session-posts {cap})",
+                retry_after="1",
+                close=True,
+            )
+        inflight[0] += 1
+        return inflight
 
     async def _read_body(self, request: web.BaseRequest, inflight: list[int]) -> bytes:
         """The whole body, bounded in size (per POST, per session, per gateway) and in time.

@@ -68,7 +68,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from aiohttp import web
 
@@ -117,6 +117,8 @@ log = logging.getLogger("hopgate.session")
 
 #: One Packer for every HELLO we answer with (autoreset: each pack stands alone).
 _PACKER: Final = new_packer()
+#: The two carriers a long-poll epoch can have: one batch per request, or streamed.
+_Carrier = TypeVar("_Carrier", "LongPollServer", "StreamServer")
 _NO_STORE: Final = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _LEAN: Final = {"Cache-Control": "no-store"}
 #: What this server's long-poll end does (``handshake.LONG_POLL_HEADER``).
@@ -322,25 +324,23 @@ class SessionServer:
 
     def _long_poll(self, hop: HopSession, epoch: int) -> LongPollServer | None:
         """The long-poll transport of ``epoch``, attaching it if newer; None if stale."""
-        current = hop.current
-        if isinstance(current, LongPollServer) and current.epoch == epoch:
-            return current
-        if epoch < hop.epoch or (epoch == hop.epoch and current is not None):
-            return None
-        hop.epoch = epoch
-        transport = LongPollServer(hop, self.settings, epoch=epoch)
-        hop.attach(transport)
-        return transport
+        return self._epoch_transport(hop, epoch, LongPollServer)
 
     def _streamed(self, hop: HopSession, epoch: int) -> StreamServer | None:
         """The streamed long-poll transport of ``epoch``, attaching it if newer; None if stale."""
+        return self._epoch_transport(hop, epoch, StreamServer)
+
+    def _epoch_transport(
+        self, hop: HopSession, epoch: int, kind: type[_Carrier]
+    ) -> _Carrier | None:
+        """``hop``'s ``kind`` transport of ``epoch``: the attached one, a new one if newer."""
         current = hop.current
-        if isinstance(current, StreamServer) and current.epoch == epoch:
+        if isinstance(current, kind) and current.epoch == epoch:
             return current
         if epoch < hop.epoch or (epoch == hop.epoch and current is not None):
             return None
         hop.epoch = epoch
-        transport = StreamServer(hop, self.settings, epoch=epoch)
+        transport = kind(hop, self.settings, epoch=epoch)
         hop.attach(transport)
         return transport
 
