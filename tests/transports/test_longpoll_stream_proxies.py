@@ -17,6 +17,7 @@ from yarl import URL
 
 from gateway.transports.aiohttp_internals import never_resend
 from gateway.transports.connector import SessionConnector
+from gateway.transports.handshake import SESSION_PATH
 from gateway.transports.longpoll_client import LongPollClient
 from gateway.transports.longpoll_stream import StreamClient
 from gateway.transports.session_settings import SessionSettings
@@ -69,6 +70,47 @@ async def test_a_proxy_buffering_whole_answers_makes_the_client_fall_back(
 
     url = await start_raw(buffering)
     await _through(url, handle, settings, expect_streams=False)
+
+
+async def test_a_slow_creating_post_does_not_hide_a_proxy_holding_marks(
+    start_server: StartServer, start_raw: StartRaw, http: aiohttp.ClientSession
+) -> None:
+    """The session-creating POST slowed 0.6 s (a loaded machine), the mark's echo held 0.8 s.
+
+    1.5 x 0.6 s + 0.1 s would pass that echo; the first streamed POST's head came
+    at once, so the mark is held to that instead and the client falls back.
+    """
+    handle = await start_server(SETTINGS)
+    held: list[bool] = []
+
+    async def slow_create_holding_the_echo(request: web.BaseRequest) -> web.StreamResponse:
+        streamed = "stream" in request.query
+        if request.method == "POST" and request.path == SESSION_PATH:
+            await asyncio.sleep(0.6)
+        body = request.content.iter_any() if streamed else await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower().startswith("x-hopgate")}
+        async with http.request(
+            request.method, handle.url + request.path_qs, data=body, headers=headers
+        ) as resp:
+            kept = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-hopgate")}
+            answer = web.StreamResponse(status=resp.status, headers=kept)
+            await answer.prepare(request)
+            sent = 0
+            async for piece in resp.content.iter_any():
+                if streamed and request.method == "GET" and not held and sent + len(piece) > 4:
+                    cut = max(0, 4 - sent)  # the GET's own mark passes at once
+                    await answer.write(piece[:cut])
+                    piece, sent = piece[cut:], 4
+                    await asyncio.sleep(0.8)  # the first echo, late
+                    held.append(True)
+                await answer.write(piece)
+                sent += len(piece)
+            await answer.write_eof()
+            return answer
+
+    url = await start_raw(slow_create_holding_the_echo)
+    await _through(url, handle, SETTINGS, expect_streams=False)
+    assert held, "the proxy held no echo back: the test probed nothing"
 
 
 async def test_haproxy_holding_small_chunks_makes_the_client_fall_back(
