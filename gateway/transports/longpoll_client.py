@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Final, Literal
 
 import aiohttp
@@ -89,9 +89,12 @@ class LongPollClient:
         hop.attach(self)
         sid = hop.session_id[:6]
         self._tasks = [
-            asyncio.create_task(self._poll_loop(), name=f"hop-poll-{sid}"),
-            asyncio.create_task(self._post_loop(), name=f"hop-post-{sid}"),
+            asyncio.create_task(loop, name=f"hop-{name}-{sid}") for name, loop in self._loops()
         ]
+
+    def _loops(self) -> tuple[tuple[str, Coroutine[None, None, None]], ...]:
+        """The two loops ``start`` runs, by name: the one down, the one up."""
+        return ("poll", self._poll_loop()), ("post", self._post_loop())
 
     def abandon(self) -> None:
         if self._abandoned:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Final, Literal
 
 import aiohttp
@@ -273,15 +273,8 @@ class StreamClient(LongPollClient):
             sock_read=settings.hold_time + settings.connect_timeout,
         )
 
-    def start(self) -> None:
-        hop = self._hop
-        self.started_at = hop.now()
-        hop.attach(self)
-        sid = hop.session_id[:6]
-        self._tasks = [
-            asyncio.create_task(self._down_loop(), name=f"hop-down-{sid}"),
-            asyncio.create_task(self._up_loop(), name=f"hop-up-{sid}"),
-        ]
+    def _loops(self) -> tuple[tuple[str, Coroutine[None, None, None]], ...]:
+        return ("down", self._down_loop()), ("up", self._up_loop())
 
     def _buffered(self, why: str) -> None:
         if self._abandoned:
