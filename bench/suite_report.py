@@ -46,7 +46,10 @@ _PER_REQUEST = (
     "clients the client gateway is the bottleneck: 52% in aiohttp's request handler, 15% "
     "socket writes, ~4% each head encoding, outgoing headers and the access log. Two extra "
     "processes each parse and write every request, and on 2 cores their wake-ups queue "
-    "behind each other."
+    "behind each other. Plain forwarding took the lean client at both gateways, a tunnelled "
+    "request at the server gateway only, so the ratio to plain rose while both fell: both "
+    "gateways' CPU per event, 1 client, full runs of 2026-12-03: plain 1,664 -> 943 us, "
+    "WebSocket hop 1,695 -> 1,301 us, long-poll hop 3,136 -> 1,235 us."
 )
 _RTT_NOISE = (
     "not profiled: on this shared machine the p99 of the 50 ms RTT rows moves 2-3x between "
@@ -59,7 +62,6 @@ _RTT_NOISE = (
 CAUSES: dict[str, str] = {
     "CPU per message": _PER_MESSAGE,
     "one message per loop turn": _PER_MESSAGE,
-    "bursts over a WebSocket hop": _PER_MESSAGE,
     "64 KiB over a WebSocket hop": (
         "perf, py-spy and cProfile of the hop client and the server gateway (2026-12-03, after "
         "64 KiB chunks: a 64 KiB message now crosses as one tunnel frame in one session frame, "
@@ -73,10 +75,20 @@ CAUSES: dict[str, str] = {
         "CPU. Writing the hop only at 256 KiB queued was slower (170 -> 113 MB/s)."
     ),
     "64 KiB over a long-poll hop": (
-        "the same chunking and copies, plus an HTTP request through HAProxy for each posted "
-        "batch; windows growing to 1 MiB doubled it (70 -> 138-195 MB/s in same-minute A/Bs), "
-        "more POST bytes in flight (256 KiB, 1 MiB) did not help; the client side is not "
-        "profiled yet."
+        "the long-poll hop now streams (one streamed POST and one streamed GET carry the "
+        "batches; through HAProxy with `option http-no-delay`, as the recipe sets it): 64 KiB "
+        "124-139 -> 129-165 MB/s and 16 KiB 108-143 -> 176-272 MB/s against one request per "
+        "batch in alternating runs. `python -m bench --profile messages-hop-lp` and cProfile of "
+        "the hop client: the server gateway is mostly idle in `epoll` and the client is not "
+        "CPU-bound; the one stream-specific cost, reading records, was cut (a 100-byte record "
+        "3.1 -> 0.9 us when several arrive together). Where the rest of the time waits (HAProxy's "
+        "forwarding of each chunk, the POST body's write pacing) is not profiled yet."
+    ),
+    "bursts over a WebSocket hop": (
+        "run-to-run noise, not a regression: the full runs gave x1.01 (133k, raw 132k) and "
+        "x0.79 (119k, raw 150k); three alternating runs each in one minute gave this tree "
+        "215k msg/s and the start-of-session tree 206k, with less gateway CPU (0.20 against "
+        "0.24 s). " + _PER_MESSAGE
     ),
     "1 client >= 0.35x": _PER_REQUEST,
     "clients >= 0.6x": _PER_REQUEST,
