@@ -182,9 +182,10 @@ async def test_json_logs_of_a_long_poll_hop_name_each_request_once_per_gateway(
         assert doc["level"] == "info" and doc["method"] == "GET" and doc["duration"] >= 0
 
     # The hop's own requests: at debug only, the session id shortened.
+    # (A streamed poll is logged when it ends, which may come after the sidecar
+    # stopped; the session's POSTs always end: the creating one, the streamed one.)
     own = [d for d in side if str(d.get("target", "")).startswith("/.hopgate/session")]
-    polls = [d for d in own if d["method"] == "GET" and "/.hopgate/session/" in d["target"]]
-    assert polls and any(d["method"] == "POST" for d in own), own
+    assert any(d["method"] == "POST" and "/.hopgate/session/" in d["target"] for d in own), own
     assert {d["level"] for d in own} == {"debug"}
     loud = [d for d in side + near if d["level"] != "debug" and "/.hopgate/" in json.dumps(d)]
     assert loud == []

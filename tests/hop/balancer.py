@@ -71,6 +71,10 @@ class RoundRobin:
             self._tasks.discard(task)
 
 
+#: The refusal, and it says the connection ends here: a client must not pool it.
+_REFUSAL = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
 async def _pipe(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -80,7 +84,7 @@ async def _pipe(
     try:
         while data := await reader.read(65536):
             if refuse_upgrades_to is not None and b"upgrade: websocket" in data.lower():
-                refuse_upgrades_to.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                refuse_upgrades_to.write(_REFUSAL)
                 refuse_upgrades_to.close()
                 return
             writer.write(data)
