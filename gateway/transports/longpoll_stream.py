@@ -290,10 +290,21 @@ class StreamClient(LongPollClient):
 
     async def _down_loop(self) -> None:
         hop = self._hop
+        retried = False
         try:
             while self._live() and not hop.closed:
-                if not await self._down_once():
-                    return
+                try:
+                    if not await self._down_once():
+                        return
+                    retried = False
+                except aiohttp.ServerDisconnectedError:
+                    # Most often a pooled keep-alive connection the peer had just
+                    # closed. The GET only names what we hold (last=), so asking
+                    # again loses and repeats nothing; detaching would reconnect
+                    # the whole session. A second failure in a row is real.
+                    if retried:
+                        raise
+                    retried = True
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             self._fail(f"streamed poll failed: {describe(exc)}")
 

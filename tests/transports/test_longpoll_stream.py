@@ -183,3 +183,45 @@ async def exchange_more(pair: Pair, start: int, count: int) -> None:
     await pair.client_inbox.wait_for(start + count, timeout=20)
     assert pair.server_inbox.messages == [f"up {i}".encode() for i in range(start + count)]
     assert pair.client_inbox.messages == [f"down {i}".encode() for i in range(start + count)]
+
+
+async def test_a_streamed_poll_cut_before_its_answer_is_asked_again_not_a_reconnect(
+    http: aiohttp.ClientSession, start_raw: StartRaw, start_server: StartServer
+) -> None:
+    """A streamed GET whose connection closes before any answer (a pooled keep-alive
+    connection the peer had closed looks the same) is sent once more on the same
+    transport: the session neither detaches nor loses or repeats a message."""
+    settings = replace(SETTINGS, hold_time=0.3)
+    handle = await start_server(settings)
+    gets = 0
+
+    async def dropping(request: web.BaseRequest) -> web.StreamResponse:
+        nonlocal gets
+        if request.method == "GET" and "stream" in request.query:
+            gets += 1
+            if gets == 2:  # the first GET after the stream ended at hold_time
+                assert request.transport is not None
+                request.transport.close()
+                raise ConnectionResetError("dropped before the answer")
+        return await handle.server.handle(request)
+
+    url = await start_raw(dropping)
+    connector = SessionConnector(URL(url), http, settings, prefer="long-poll")
+    client = await connector.connect()
+    try:
+        first = client.current
+        assert isinstance(first, StreamClient)
+        server, server_inbox = await handle.next_session()
+        client_inbox = Inbox()
+        client_inbox.attach(client)
+        pair = Pair(connector, client, client_inbox, server, server_inbox, handle, None)
+        await exchange(pair, 50)
+        for _ in range(100):  # the stream ends at hold_time; the next GET is dropped
+            if gets >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert gets >= 3
+        await exchange_more(pair, 50, 50)
+        assert client.current is first  # asked again, not detached and reconnected
+    finally:
+        await connector.close()
