@@ -36,6 +36,8 @@ __all__ = ["Scheduler"]
 _MIN_SPLIT: Final = 512
 _EXPRESS_BURST: Final = 8
 _FLAG_BYTES: Final = tuple(bytes((flags,)) for flags in range(4))
+#: The flags byte of a whole MESSAGE, by ``is_text``.
+_FIN_FLAGS: Final = (_FLAG_BYTES[FLAG_FIN], _FLAG_BYTES[FLAG_FIN | FLAG_TEXT])
 #: ``bin_header(n)`` for n < 256, the most common chunk sizes (small messages).
 _BIN8: Final = tuple(bin_header(n) for n in range(0x100))
 
@@ -111,8 +113,14 @@ class Scheduler:
 
     def next_message(self, limit: int) -> bytes | None:
         """The next batch of frames within ``limit`` bytes (a lone huge frame may exceed it)."""
-        if not (self.opens or self.control or self._express or self._ring):
-            return None  # the flush after each send asks once more: nothing is queued
+        if not (self.opens or self.control or self._ring):
+            express = self._express
+            if not express:
+                return None  # the flush after each send asks once more: nothing is queued
+            if len(express) == 1:
+                lone = self._lone_message(express[0], limit)
+                if lone is not None:
+                    return lone
         parts: _Parts = []
         size: int | None = self._take_opens(parts, limit) if self.opens else 0
         if size is not None and self.control:
@@ -123,6 +131,37 @@ class Scheduler:
         if self._flow.starved:
             self._flow.feed_starved()  # sent bytes within the peer's leeway no longer count
         return b"".join(parts) if parts else None
+
+    def _lone_message(self, stream: Stream, limit: int) -> bytes | None:
+        """The batch when all there is to send is one stream's one whole small WebSocket message.
+
+        The common case at one message per loop turn: the frame is built in one
+        concatenation, without the general path's picks, budget loop and join.
+        It is the batch ``_take_chunks`` would build; None when it does not apply.
+        """
+        queue = stream.queue
+        if len(queue) != 1 or not stream.ws or stream.offset or stream.dead:
+            return None
+        item = queue[0]
+        n = len(item)
+        if not 0 < n <= stream.send_credit or n > self._config.max_chunk:
+            return None
+        if n + FRAME_OVERHEAD > limit:
+            return None
+        self._express.popleft()
+        stream.scheduled = False
+        self._express_streak += 1
+        queue.popleft()
+        flags = _FIN_FLAGS[stream.text_flags.popleft()]
+        self._flow.chunk_sent(stream, n)
+        frame = stream.prefix + flags + _payload_header(n) + item
+        if not stream.writable or stream.trailer is not None:
+            parts: _Parts = [frame]
+            added = self._sent(stream, parts, limit, len(frame))
+            frame = b"".join(parts) if added != len(frame) else frame
+        if self._flow.starved:
+            self._flow.feed_starved()
+        return frame
 
     def _take_opens(self, parts: _Parts, limit: int) -> int | None:
         """Add queued OPENs; the size so far, or None if the message is full."""

@@ -20,6 +20,7 @@ from gateway.core.tunnel.frames import (
     FLAG_TEXT,
     FrameDecoder,
     FrameType,
+    encode_close,
     encode_message,
     new_packer,
 )
@@ -139,3 +140,59 @@ def test_with_the_defaults_a_64_kib_message_is_one_frame_one_batch_one_fragment(
     server.receive_data(wire, 0.0)
     got = [e for e in server.events_received() if isinstance(e, MessageReceived)]
     assert [e.data for e in got] == [batch]
+
+
+def _no_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.core.tunnel.scheduler import Scheduler
+
+    def refused(*args: object) -> None:
+        raise AssertionError("a lone small message took the general path")
+
+    monkeypatch.setattr(Scheduler, "_take_chunks", refused)
+
+
+@pytest.mark.parametrize("data", [b"m", b"x" * 255, b"y" * 256, b"z" * 4096, "t\u00e9xt"])
+def test_a_lone_message_per_turn_is_its_frame_without_the_general_path(
+    monkeypatch: pytest.MonkeyPatch, data: bytes | str
+) -> None:
+    pipe = Pipe(CONFIG)
+    sid = open_ws(pipe)
+    _no_general_path(monkeypatch)
+    packer = new_packer()
+    payload, flags = (
+        (data.encode(), FLAG_FIN | FLAG_TEXT) if isinstance(data, str) else (data, FLAG_FIN)
+    )
+    stream = pipe.down._table.streams[sid]
+    credit = stream.send_credit
+    for _ in range(3):  # one per loop turn: each its own batch
+        pipe.down.send_ws_message(sid, data)
+        assert pipe.down.next_message() == encode_message(packer, sid, flags, payload)
+        assert pipe.down.next_message() is None
+    # Counted as sent, not queued, as the general path counts it.
+    assert (stream.queued, stream.unacked) == (0, 3 * len(payload))
+    assert stream.send_credit == credit - 3 * len(payload)
+    assert not stream.scheduled and not stream.queue and not stream.text_flags
+
+
+def test_a_lone_message_carries_its_close_and_says_writable_again() -> None:
+    config = TunnelConfig(max_chunk=4096, max_message=16 * 1024, max_pending=1000)
+    pipe = Pipe(config)
+    sid = open_ws(pipe)
+    packer = new_packer()
+    assert pipe.down.send_ws_message(sid, b"f" * 1000) is False  # full: wait for StreamWritable
+    pipe.down.close_websocket(sid, 1000, "bye")
+    message = pipe.down.next_message()
+    assert message == encode_message(packer, sid, FLAG_FIN, b"f" * 1000) + encode_close(
+        packer, sid, 1000, "bye"
+    )
+    assert [type(e).__name__ for e in pipe.down.events_received()] == ["StreamWritable"]
+    # Over max_chunk: the general path cuts it into chunks, as before.
+    pipe2 = Pipe(config)
+    sid2 = open_ws(pipe2)
+    pipe2.down.send_ws_message(sid2, b"g" * 5000)
+    first = pipe2.down.next_message()
+    assert first is not None
+    assert [(kind, flags, len(p)) for (kind, _, flags, p) in _frames(first)] == [
+        (FrameType.MESSAGE, 0, 4096),
+        (FrameType.MESSAGE, FLAG_FIN, 904),
+    ]
