@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 from aiohttp import web
+from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 if TYPE_CHECKING:
     from aiohttp._websocket.writer import WebSocketWriter
-    from aiohttp.client_proto import ResponseHandler
     from aiohttp.connector import Connection
     from aiohttp.tracing import Trace
 
@@ -297,11 +297,57 @@ def origin_protocol(loop: asyncio.AbstractEventLoop) -> ResponseHandler:
     Internal: ``aiohttp.client_proto.ResponseHandler`` (what aiohttp's
     connector makes for every connection) and its methods ``read``,
     ``should_close``, ``is_connected``, ``close``, ``abort``,
-    ``writing_paused``; see ``expect_response`` and ``drain_writes``.
+    ``writing_paused``; see ``expect_response`` and ``drain_writes``, and
+    ``_LazyReadTimeout`` for its read timer.
     """
-    from aiohttp.client_proto import ResponseHandler
+    return _LazyReadTimeout(loop)
 
-    return ResponseHandler(loop)
+
+class _LazyReadTimeout(ResponseHandler):
+    """aiohttp's client protocol with one read timer per connection instead of two per request.
+
+    aiohttp cancels and re-creates a ``call_later`` timer on each read and
+    each new request (``start_timeout`` and every ``data_received``): about
+    4% of a server gateway's CPU with 100 pollers. Here those calls only move
+    a deadline; the one armed timer, when it fires, re-arms itself for the
+    deadline if it moved, and times the read out if it passed. Same timeout,
+    same moment.
+
+    Internal: every start, restart and stop of aiohttp's read timeout goes
+    through ``_reschedule_timeout`` and ``_drop_timeout`` (its
+    ``_read_timeout_handle`` is then only this class's).
+    """
+
+    _deadline: float | None = None
+
+    def _reschedule_timeout(self) -> None:
+        timeout = self._read_timeout
+        if not timeout:
+            self._deadline = None
+            return
+        self._deadline = deadline = self._loop.time() + timeout
+        if self._read_timeout_handle is None:
+            self._read_timeout_handle = self._loop.call_at(deadline, self._read_timer)
+
+    def _drop_timeout(self) -> None:
+        self._deadline = None  # the armed timer finds no deadline and ends
+
+    def _read_timer(self) -> None:
+        self._read_timeout_handle = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        if self._loop.time() < deadline:
+            self._read_timeout_handle = self._loop.call_at(deadline, self._read_timer)
+            return
+        self._deadline = None
+        self._on_read_timeout()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self._read_timeout_handle is not None:  # not kept alive by the loop's timer heap
+            self._read_timeout_handle.cancel()
+            self._read_timeout_handle = None
 
 
 def expect_response(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -299,3 +300,64 @@ def test_request_head_adds_host_and_refuses_line_breaks() -> None:
     assert head == b"GET / HTTP/1.1\r\nHost: kept\r\n\r\n"
     with pytest.raises(ValueError, match="CR, LF"):
         request_head("GET", URL("http://h/"), CIMultiDict({"X": "a\r\nEvil: 1"}), has_body=False)
+
+
+async def test_the_read_timeout_counts_from_the_last_byte_and_times_out_a_stall() -> None:
+    """Each read moves the deadline on; a stall longer than read_timeout still times out."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.25)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(3):  # 0.25 s apart: each within the 0.4 s timeout, 0.75 s in all
+            await asyncio.sleep(0.25)
+            writer.write(b"x")
+            await writer.drain()
+        await asyncio.sleep(5)
+
+    async with _raw_origin(answer) as base:
+        pool = OriginPool(limit=4, connect_timeout=5, read_timeout=0.4)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        response = await pool.request("GET", URL(base + "/"), CIMultiDict(), None)
+        got = bytearray()
+        with pytest.raises(aiohttp.SocketTimeoutError):
+            async for chunk in response.content.iter_any():
+                got += chunk
+        took = loop.time() - start
+        response.close()
+        assert got == b"xxx"
+        assert 1.1 <= took < 2.0  # last byte at ~1.0 s, then 0.4 s of silence
+
+
+async def test_keep_alive_requests_share_one_read_timer(make_origin: MakeOrigin) -> None:
+    """A connection keeps one read timer over its requests, not two new ones per request."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"ok")
+
+    base = await make_origin(handler)
+    pool = _pool()
+    assert await _get(pool, base + "/") == (200, b"ok")  # connected, its timer armed
+    loop = asyncio.get_running_loop()
+    timers = 0
+    call_at, call_later = loop.call_at, loop.call_later
+
+    def count_at(*args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        nonlocal timers
+        timers += 1
+        return call_at(*args, **kwargs)
+
+    def count_later(*args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        nonlocal timers
+        timers += 1
+        return call_later(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "call_at", count_at)
+        patch.setattr(loop, "call_later", count_later)
+        for _ in range(20):
+            assert await _get(pool, base + "/") == (200, b"ok")
+    assert pool.open_connections == 1
+    assert timers <= 2  # (aiohttp's own way: 40)
+    pool.close()
