@@ -323,9 +323,8 @@ class Session:
         limit = self._config.max_message_size
         if size > limit:
             raise SessionUsageError(f"message of {size} bytes exceeds max_message_size ({limit})")
-        if not self._send.has_room:  # not writable: the state is OPEN
+        if not self._send.add_message(payload, text):  # no room: not writable
             raise BufferFull(self._send.describe_full())
-        self._send.add_message(payload, text)
 
     def data_to_send(
         self, now: float, max_bytes: int | None = None, *, include_data: bool = True

@@ -118,9 +118,19 @@ class ReplayBuffer:
 
     # -- queueing -----------------------------------------------------------------
 
-    def add_message(self, payload: bytes, text: bool) -> None:
-        """Number and encode a message the caller checked with ``has_room``."""
+    def add_message(self, payload: bytes, text: bool) -> bool:
+        """Number and encode a message; False (nothing queued) without ``has_room``.
+
+        The check is made here, once: ``send_message`` asking ``has_room`` first
+        was a second property call per message.
+        """
         config = self._config
+        if (
+            self.pending is not None
+            or len(self.buf) >= config.max_buffer_frames
+            or self.buf_bytes >= config.max_buffer_bytes
+        ):
+            return False
         size = len(payload)
         if (
             size <= config.fragment_size
@@ -133,11 +143,12 @@ class ReplayBuffer:
             self.buf.append(frame)
             self.buf_bytes += len(frame)
             self.next_seq += 1
-            return
+            return True
         self.pending = memoryview(payload)
         self.pending_off = 0
         self.pending_text = text
         self._admit_pending()
+        return True
 
     def _admit_pending(self) -> None:
         """Move as much of the pending message into the buffer as the limits allow."""

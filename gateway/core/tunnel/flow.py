@@ -180,9 +180,12 @@ class FlowControl:
         """``n`` queued bytes of the stream left in a DATA/MESSAGE frame."""
         stream.send_credit -= n
         stream.queued -= n
-        stream.unacked += n
+        unacked = stream.unacked = stream.unacked + n
         self.queued_total -= n
-        self.count_unacked(stream)
+        # count_unacked, inline: one call less for every message sent
+        counted = max(0, unacked - stream.leeway)
+        self.unacked_total += counted - stream.unacked_counted
+        stream.unacked_counted = counted
 
     def full(self) -> bool:
         """The session's unread bytes reached ``max_unread``: no stream is writable."""
@@ -190,7 +193,7 @@ class FlowControl:
 
     def is_writable(self, stream: Stream) -> bool:
         """The stream itself has room; False (and starved) if the session has none."""
-        if self.full():
+        if self.queued_total + self.unacked_total >= self._config.max_unread:  # full()
             self.starved[stream.id] = stream
             return False
         return True

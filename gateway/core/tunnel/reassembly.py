@@ -36,6 +36,12 @@ class Reassembly:
         self.delivered = 0  # of which delivered, not consumed yet
         self._unfinished: dict[int, Stream] = {}
 
+    def add_whole(self, stream: Stream, n: int) -> None:
+        """``add`` of a whole message in one frame with nothing held before: count its bytes."""
+        self.held += n
+        stream.unconsumed += n
+        self.delivered += n
+
     def add(self, stream: Stream, payload: bytes, *, fin: bool) -> bytes | None:
         """Take one MESSAGE chunk (already within the size limit); the whole message at FIN."""
         n = len(payload)

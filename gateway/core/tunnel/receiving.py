@@ -274,13 +274,22 @@ def _on_end(table: StreamTable, raw: list[Any]) -> None:
 
 def _on_message(table: StreamTable, raw: list[Any]) -> None:
     _, sid, flags, payload = raw
-    stream = table.lookup(sid)
-    if stream is None:
+    stream = table.streams.get(sid)
+    if stream is None and (stream := table.lookup(sid)) is None:
         return
     if stream.recv_state != WS:  # WS --MESSAGE--> WS needs no table lookup
         table.recv_step(stream, MESSAGE)
     n = len(payload)
     FlowControl.take_credit(stream, n)
+    if flags == FLAG_FIN and not stream.msg_parts:
+        # A whole binary message in one frame (most are): no type to match, nothing held.
+        stream.msg_text = False
+        if n > table.config.max_ws_message:
+            table.reset_locally(stream, ResetCode.TOO_LARGE, "WebSocket message too large")
+            return
+        table.reassembly.add_whole(stream, n)
+        table.events.append(websocket_message(sid, payload, n))
+        return
     text = bool(flags & FLAG_TEXT)
     if stream.msg_parts:
         if text != stream.msg_text:

@@ -304,8 +304,9 @@ class Tunnel:
     def send_ws_message(self, stream_id: int, data: bytes | bytearray | memoryview | str) -> bool:
         """Queue one whole WebSocket message (str: text); same contract as send_data."""
         table = self._table
-        stream = table.live(stream_id)
+        stream = table.streams.get(stream_id)
         if stream is None:
+            table.check_known(stream_id)  # else closed: a race, not a bug
             return False
         if stream.send_state != WS:  # WS --MESSAGE--> WS needs no table lookup
             table.send_step(stream, MESSAGE)
@@ -323,17 +324,25 @@ class Tunnel:
         n = len(payload)
         if n > self._config.max_ws_message:
             raise TunnelUsageError(f"WebSocket message of {n} bytes over max_ws_message")
-        if stream.writable:  # else _enqueue refuses it: its text flag must not stay behind
-            stream.text_flags.append(text)
-        return self._enqueue(stream, payload, allow_empty=True)
+        if not stream.writable:
+            raise TunnelUsageError(f"stream {stream.id} is not writable: wait for StreamWritable")
+        # _enqueue's work inline (most messages come one per loop turn), empty ones too.
+        stream.text_flags.append(text)
+        stream.queue.append(payload)
+        flow = table.flow
+        flow.chunk_queued(stream, n)
+        if not stream.scheduled:
+            table.scheduler.schedule(stream)
+        if stream.queued >= self._config.max_pending or len(stream.queue) >= MAX_QUEUED_ITEMS:
+            stream.writable = False
+            return False
+        return flow.is_writable(stream)
 
-    def _enqueue(
-        self, stream: Stream, data: bytes | memoryview, *, allow_empty: bool = False
-    ) -> bool:
+    def _enqueue(self, stream: Stream, data: bytes | memoryview) -> bool:
         if not stream.writable:
             raise TunnelUsageError(f"stream {stream.id} is not writable: wait for StreamWritable")
         n = len(data)
-        if n or allow_empty:
+        if n:
             stream.queue.append(data)
             self._table.flow.chunk_queued(stream, n)
             if not stream.scheduled:  # a burst: scheduled for all but its first
@@ -434,10 +443,11 @@ class Tunnel:
         default ``max_message``) bounds the batch, except that a single frame
         larger than it (a huge head) is sent alone.
         """
-        limit = self._config.max_message if max_bytes is None else max_bytes
-        if limit < MIN_MESSAGE:
+        if max_bytes is None:  # max_message: checked by TunnelConfig
+            return self._table.scheduler.next_message(self._config.max_message)
+        if max_bytes < MIN_MESSAGE:
             raise TunnelUsageError(f"max_bytes must be at least {MIN_MESSAGE}")
-        return self._table.scheduler.next_message(limit)
+        return self._table.scheduler.next_message(max_bytes)
 
     def receive_message(self, message: bytes | bytearray | memoryview | str) -> None:
         """Process one session message from the peer; results come as events.

@@ -87,3 +87,15 @@ def test_message_payload_owns_its_bytes_and_marks_text() -> None:
     assert message_payload("é") == ("é".encode(), True)
     with pytest.raises(SessionUsageError, match="UTF-8"):
         message_payload("\udc80")
+
+
+def test_add_message_without_room_queues_nothing_and_says_so() -> None:
+    buffer = ReplayBuffer(CONFIG, new_packer())
+    assert all(buffer.add_message(b"m", text=False) for _ in range(4))  # max_buffer_frames
+    assert not buffer.has_room
+    assert buffer.add_message(b"late", text=False) is False
+    assert (len(buffer.buf), buffer.next_seq) == (4, 5)
+    buffer2 = ReplayBuffer(CONFIG, new_packer())
+    assert buffer2.add_message(b"x" * 650, text=False)  # pending: no room for another
+    assert buffer2.add_message(b"y", text=False) is False
+    assert buffer2.pending is not None and len(buffer2.pending) == 650
