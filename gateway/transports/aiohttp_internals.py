@@ -16,7 +16,7 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import aiohttp
 from aiohttp import web
@@ -190,23 +190,42 @@ def write_frames_now(
     if writer is None or writer.protocol.writing_paused or _websocket_mask is None:
         return False
     parts: list[bytes | bytearray] = []
-    masks = os.urandom(4 * len(messages)) if writer.use_mask else b""
-    for i, message in enumerate(messages):
-        if isinstance(message, str):
-            parts.append(_frame_header(0x81, len(payload := message.encode()), masks))
-        else:
-            parts.append(_frame_header(0x82, len(payload := message), masks))
-        if masks:
-            mask = masks[4 * i : 4 * i + 4]
+    append = parts.append
+    if writer.use_mask:
+        masks = os.urandom(4 * len(messages))
+        mask_of = _websocket_mask
+        at = 0
+        for message in messages:
+            text = isinstance(message, str)
+            payload = message.encode() if isinstance(message, str) else message
+            n = len(payload)
+            mask = masks[at : at + 4]
+            at += 4
+            # Header and mask key in one piece: small headers come from a table.
+            if n < 126:
+                append(_MASKED_HEADS[text][n] + mask)
+            else:
+                append(_frame_header(0x81 if text else 0x82, n, masks) + mask)
             masked = bytearray(payload)
-            _websocket_mask(mask, masked)
-            parts += (mask, masked)
-        else:
-            parts.append(payload)
+            mask_of(mask, masked)
+            append(masked)
+    else:
+        for message in messages:
+            if isinstance(message, str):
+                append(_frame_header(0x81, len(payload := message.encode()), b""))
+            else:
+                append(_frame_header(0x82, len(payload := message), b""))
+            append(payload)
     data = b"".join(parts)
     writer.transport.write(data)
     writer._output_size += len(data)
     return True
+
+
+#: The header of a masked frame of fewer than 126 bytes, by (is text, length).
+_MASKED_HEADS: Final = tuple(
+    tuple(bytes((first, 0x80 | n)) for n in range(126)) for first in (0x82, 0x81)
+)
 
 
 def _frame_header(first: int, n: int, masked: bytes) -> bytes:

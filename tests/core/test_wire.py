@@ -50,3 +50,16 @@ def test_a_large_batch_is_never_decoded_whole() -> None:
     batch = pack([5, 1, b"x" * SINGLE_MAX])
     assert big.one(batch) is NOT_ONE
     assert list(big.objects(batch)) == [[5, 1, b"x" * SINGLE_MAX]]
+
+
+@pytest.mark.parametrize(
+    "before",
+    [pack([1]) + pack([2]), pack([3, 5])[:-1], b"\xc1", pack([b"x" * 1025]), pack([1]) + b"\xc1"],
+)
+def test_one_is_left_clean_by_any_batch_it_declines(before: bytes) -> None:
+    # The readers of a set of limits share one Unpacker: nothing of a declined
+    # batch (a cut object, the other objects) may stay in it for the next one.
+    r, other = reader(), reader()
+    assert r.one(before) is NOT_ONE
+    assert other.one(pack([7, 1, 1, b"y"])) == [7, 1, 1, b"y"]
+    assert r.one(pack([4])) == [4]
