@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -94,12 +95,13 @@ Event = (
 
 
 _new = object.__new__
-_set = object.__setattr__
+#: The ``data`` slot's own setter, bound once: no lookup by name per message.
+_set_data: Callable[[object, object], None] = MessageReceived.__dict__["data"].__set__
 
 
 def message_received(data: bytes | str) -> MessageReceived:
     """``MessageReceived(data=...)`` for the receive path: the same frozen object without the
     keyword ``__init__`` (``object.__setattr__`` looked up per field), once per message."""
     event = _new(MessageReceived)
-    _set(event, "data", data)
+    _set_data(event, data)
     return event
