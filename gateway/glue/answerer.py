@@ -65,6 +65,7 @@ from gateway.glue.driver import TunnelDriver
 from gateway.glue.heads import (
     decode_stripped,
     pairs,
+    replay_pairs,
     response_pairs,
     set_framing,
     under_upstream,
@@ -77,6 +78,7 @@ from gateway.glue.wsbridge import bridge_websocket
 from gateway.status import RequestRecord
 from gateway.transports.aiohttp_internals import limit_reads
 from gateway.transports.http import OriginRefused, connect_origin, describe, refusal_headers
+from gateway.transports.origin_client import host_value
 
 __all__ = ["Answerer", "BodyAborted", "check_request"]
 
@@ -105,12 +107,15 @@ def check_request(method: str, target: bytes, headers: Headers) -> str | None:
     if not headers:
         return None
     names = b"\n".join([name for name, _ in headers])
+    values = b"".join([value for _, value in headers])
     if (
         names.count(b"\n") == len(headers) - 1  # no name has a line break of its own
         and _TOKEN_LINES.fullmatch(names)
-        and not _BAD_VALUE.search(b"".join([value for _, value in headers]))
+        and b"\r" not in values  # (memchr: a fifth of one regex search of the values)
+        and b"\n" not in values
+        and b"\0" not in values
     ):
-        return None  # two searches for the whole head, not two per field
+        return None  # one search and three scans for the whole head, not two per field
     for name, value in headers:
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             return f"malformed header field {name[:40]!r}"
@@ -213,12 +218,25 @@ class Answerer:
         link, sid = self._link, event.stream_id
         opened, answer = link.loop.time(), _Answer()
         origin_key = str(link.upstream)
-        headers = link.forwarder.replay_stripped(
-            *decode_stripped(event.headers), target, client_ip=link.peer_ip
-        )
-        set_framing(headers, framing.length)
-        if self._ahead is not None:
-            answer.watch = self._ahead.watch(event, headers)
+        forwarder = link.forwarder
+        head: CIMultiDict[str] | list[tuple[bytes, bytes]]
+        if forwarder.direct is not None and self._ahead is None and target.scheme == "http":
+            # the lean client writes bytes: the head stays bytes from the tunnel to the origin
+            config = forwarder.config
+            head = replay_pairs(
+                event.headers,
+                via_name=config.via_name,
+                client_ip=link.peer_ip,
+                upstream_host=None if config.preserve_host else host_value(target),
+                length=framing.length,
+            )
+        else:
+            head = forwarder.replay_stripped(
+                *decode_stripped(event.headers), target, client_ip=link.peer_ip
+            )
+            set_framing(head, framing.length)
+            if self._ahead is not None:
+                answer.watch = self._ahead.watch(event, head)
         body = self._tunnel_body(sid, box) if event.has_body else None
         link.stats.upstream(origin_key).requests += 1
         link.stats.active_streams += 1
@@ -226,7 +244,7 @@ class Answerer:
         try:
             await self._take_slot(sid)
             try:
-                await self._exchange(sid, box, event.method, target, headers, body, answer)
+                await self._exchange(sid, box, event.method, target, head, body, answer)
             finally:
                 self._give_slot()
         except asyncio.CancelledError:
@@ -288,18 +306,26 @@ class Answerer:
         box: Mailbox,
         method: str,
         target: URL,
-        headers: CIMultiDict[str],
+        head: CIMultiDict[str] | list[tuple[bytes, bytes]],
         body: AsyncIterator[bytes] | None,
         answer: _Answer,
     ) -> None:
         """One request to the origin and its response back over ``sid``.
 
-        A request body that failed (reset, wrong length) makes aiohttp close the
-        connection instead of returning it to the pool; a response not read to its
-        end is closed too: a connection whose framing is in doubt is never reused.
+        ``head`` in bytes goes to the lean client (``replay_pairs`` built it for
+        that), as text through ``request_upstream``. A request body that failed
+        (reset, wrong length) makes aiohttp close the connection instead of
+        returning it to the pool; a response not read to its end is closed too:
+        a connection whose framing is in doubt is never reused.
         """
+        forwarder = self._link.forwarder
+        upstream: Upstream
         try:
-            upstream = await self._link.forwarder.request_upstream(method, target, headers, body)
+            if isinstance(head, list):
+                assert forwarder.direct is not None  # (a bytes head is built only for it)
+                upstream = await forwarder.direct.request_fields(method, target, head, body)
+            else:
+                upstream = await forwarder.request_upstream(method, target, head, body)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -24,6 +24,7 @@ __all__ = [
     "decode_stripped",
     "downstream_fields",
     "pairs",
+    "replay_pairs",
     "request_pairs",
     "response_pairs",
     "set_framing",
@@ -63,6 +64,35 @@ def decode_stripped(raw: Headers) -> tuple[CIMultiDict[str], str | None]:
             host = decoded
         add(name.decode("utf-8", "surrogateescape"), decoded)
     return out, host
+
+
+def replay_pairs(
+    raw: Headers,
+    *,
+    via_name: str,
+    client_ip: str | None,
+    upstream_host: str | None,
+    length: int | None,
+) -> list[tuple[bytes, bytes]]:
+    """A tunnelled request head as the answering side sends it to its origin, in bytes.
+
+    ``decode_stripped``, ``replay_stripped`` and ``set_framing(length)`` without
+    a decode: the lean origin client writes these pairs as they are, so a
+    replayed request costs no ``CIMultiDict`` and no text. The peer's framing
+    fields never pass; ``length`` is the one the stream was checked against.
+    """
+    out = request_pairs(
+        raw,
+        http_version=(1, 1),
+        via_name=via_name,
+        client_ip=client_ip,
+        proto="http",
+        upstream_host=upstream_host,
+        framing=False,
+    )
+    if length is not None:
+        out.append((b"Content-Length", b"%d" % length))
+    return out
 
 
 def response_pairs(
@@ -128,6 +158,7 @@ def request_pairs(
     client_ip: str | None,
     proto: str,
     upstream_host: str | None,
+    framing: bool = True,
 ) -> list[tuple[bytes, bytes]]:
     """``request_headers_for_upstream`` on the bytes a request head was read as.
 
@@ -135,8 +166,12 @@ def request_pairs(
     from aiohttp's ``raw_headers`` in one pass, a request costs no decode to a
     ``CIMultiDict``, no copy of it and no encode back. Same fields, values
     and order as the text rules give; names keep the client's own case.
+    ``framing`` False: without ``Content-Length``/``Transfer-Encoding`` too.
     """
-    drop = _REQUEST_DROPPED if upstream_host is None else _REQUEST_DROPPED_HOST
+    if framing:
+        drop = _REQUEST_DROPPED if upstream_host is None else _REQUEST_DROPPED_HOST
+    else:
+        drop = _REPLAY_DROPPED if upstream_host is None else _REPLAY_DROPPED_HOST
     listed = _dropped(raw)
     if not listed <= drop:  # a Connection field names more than the hop-by-hop ones
         drop = drop | listed
@@ -145,8 +180,9 @@ def request_pairs(
     chain: list[bytes] = []
     via: list[bytes] = []
     has_proto = has_host = has_chain = False
+    lowered = _LOWERED.get
     for name, value in raw:
-        lower = _lower(name)
+        lower = lowered(name) or _lower(name)  # (the cache inline: no call per known name)
         if host is None and lower == b"host":
             host = value
         if lower in drop:
@@ -208,19 +244,50 @@ def _listed(value: bytes) -> frozenset[bytes]:
 
 
 def _dropped(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """The lower-cased names a head's hop drops: hop-by-hop ones and those its Connection lists."""
+    """The lower-cased names a head's hop drops: hop-by-hop ones and those its Connection lists.
+
+    Every tunnelled request has a ``Connection`` field (the poll-ahead mark's),
+    nearly always the same value: the set it gives is kept per value
+    (bounded as ``_lower``'s names), not split, stripped and joined again.
+    """
     drop = _HOP_BY_HOP
-    for name, value in raw:  # every tunnelled request has one: the poll-ahead mark's
+    for name, value in raw:
         if name.lower() == b"connection":
-            drop = drop | _listed(value)
+            if drop is _HOP_BY_HOP:
+                known = _DROPPED_BY.get(value)
+                if known is None:
+                    known = _HOP_BY_HOP | _listed(value)
+                    if len(_DROPPED_BY) < _LOWERED_MAX:
+                        _DROPPED_BY[value] = known
+                drop = known
+            else:
+                drop = drop | _listed(value)
     return drop
 
 
+_DROPPED_BY: dict[bytes, frozenset[bytes]] = {}
+
+
 def _lower(name: bytes) -> bytes:
-    """A field name lower-cased as the text rule does (``str.lower``), as bytes."""
-    if name.isascii():
-        return name.lower()
-    return text(name).lower().encode("utf-8", "surrogateescape")
+    """A field name lower-cased as the text rule does (``str.lower``), as bytes.
+
+    The same few names come with every request, so each is lowered once:
+    one dict lookup instead of ``isascii`` and ``lower`` per field. Bounded: past
+    ``_LOWERED_MAX`` names (a peer inventing names) new ones are lowered each time.
+    """
+    lowered = _LOWERED.get(name)
+    if lowered is None:
+        if name.isascii():
+            lowered = name.lower()
+        else:
+            lowered = text(name).lower().encode("utf-8", "surrogateescape")
+        if len(_LOWERED) < _LOWERED_MAX:
+            _LOWERED[name] = lowered
+    return lowered
+
+
+_LOWERED: dict[bytes, bytes] = {}
+_LOWERED_MAX: Final = 512
 
 
 #: ``HOP_BY_HOP`` as the bytes a tunnelled head carries.
@@ -231,6 +298,9 @@ _REQUEST_DROPPED: Final = _HOP_BY_HOP | {b"expect"}
 _REQUEST_DROPPED_HOST: Final = _REQUEST_DROPPED | {b"host"}
 #: What ``set_framing`` replaces with the checked length.
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
+#: What a replayed request drops: the request's and the peer's framing fields.
+_REPLAY_DROPPED: Final = _REQUEST_DROPPED | _FRAMING
+_REPLAY_DROPPED_HOST: Final = _REQUEST_DROPPED_HOST | _FRAMING
 
 
 def pairs(headers: CIMultiDict[str]) -> Iterable[tuple[str, str]]:

@@ -21,6 +21,7 @@ from yarl import URL
 from gateway.core import headers as hdr
 from gateway.core.pollahead.rules import Rule
 from gateway.status import GatewayStats
+from gateway.transports.origin_client import OriginPool
 
 __all__ = ["ForwardSettings", "OriginClient", "Upstream"]
 
@@ -90,6 +91,11 @@ class OriginClient(Protocol):
 
     @property
     def client(self) -> aiohttp.ClientSession: ...
+
+    @property
+    def direct(self) -> OriginPool | None:
+        """The lean client ``request_upstream`` takes for plain ``http://`` (None: aiohttp's)."""
+        ...
 
     def outgoing_headers(self, request: web.BaseRequest, target: URL | None) -> CIMultiDict[str]:
         """Headers this hop sends for a request it received over HTTP."""

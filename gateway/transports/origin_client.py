@@ -39,7 +39,7 @@ import asyncio
 import collections
 import contextlib
 import re
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
@@ -58,7 +58,14 @@ if TYPE_CHECKING:
     from aiohttp.client_proto import ResponseHandler
     from aiohttp.streams import StreamReader
 
-__all__ = ["OriginConnectError", "OriginPool", "OriginResponse", "OriginResponseError"]
+__all__ = [
+    "OriginConnectError",
+    "OriginPool",
+    "OriginResponse",
+    "OriginResponseError",
+    "fields_head",
+    "request_head",
+]
 
 #: Methods whose request carries no ``Content-Length: 0`` when it has no body (as aiohttp).
 _BODILESS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
@@ -188,6 +195,27 @@ class OriginPool:
     ) -> OriginResponse:
         """Send one request (``url`` absolute ``http://``); the answer once its head arrived."""
         head, chunked = request_head(method, url, headers, has_body=body is not None)
+        return await self._send(method, url, head, chunked, body)
+
+    async def request_fields(
+        self,
+        method: str,
+        url: URL,
+        fields: Sequence[tuple[bytes, bytes]],
+        body: AsyncIterable[bytes] | None,
+    ) -> OriginResponse:
+        """:meth:`request` for a head already in bytes (a tunnelled one the hop rules rewrote)."""
+        head, chunked = fields_head(method, url, fields, has_body=body is not None)
+        return await self._send(method, url, head, chunked, body)
+
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        head: bytes,
+        chunked: bool,
+        body: AsyncIterable[bytes] | None,
+    ) -> OriginResponse:
         key = (url.raw_host or "", url.port or 80)
         protocol = self._take_idle(key)  # (not `or`: an empty ResponseHandler is falsy)
         if protocol is None:
@@ -341,6 +369,49 @@ def request_head(
         raise ValueError("CR, LF or NUL in a request line or header field")
     lines.append("\r\n")
     return "\r\n".join(lines).encode("utf-8", "surrogateescape"), chunked
+
+
+def fields_head(
+    method: str, url: URL, fields: Sequence[tuple[bytes, bytes]], *, has_body: bool
+) -> tuple[bytes, bool]:
+    """:func:`request_head` for ``(name, value)`` byte pairs: the same bytes, no text between.
+
+    A tunnelled request reaches the answering gateway as bytes and leaves it
+    as bytes: decoding each field to build a ``CIMultiDict`` and encoding it
+    back cost more than the rules themselves.  Names are looked up
+    lower-cased in one joined string; a head with a non-ASCII name (which
+    ``str.lower`` may fold differently) takes the text way.
+    """
+    names = b"\n".join([name for name, _ in fields])
+    if not names.isascii():
+        text = CIMultiDict(
+            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+            for n, v in fields
+        )
+        return request_head(method, url, text, has_body=has_body)
+    present = b"\n" + names.lower() + b"\n"
+    lines = [f"{method} {url.raw_path_qs} HTTP/1.1".encode("utf-8", "surrogateescape")]
+    if b"\nhost\n" not in present:
+        lines.append(b"Host: " + host_value(url).encode("utf-8", "surrogateescape"))
+    if fields:
+        lines.append(b"\r\n".join(map(b": ".join, fields)))
+    chunked = False
+    if b"\ncontent-length\n" not in present:
+        if has_body:
+            if b"\ntransfer-encoding\n" in present:
+                coding = next(v for n, v in fields if n.lower() == b"transfer-encoding")
+                chunked = "chunked" in coding.decode("utf-8", "surrogateescape").lower()
+            if not chunked:
+                lines.append(b"Transfer-Encoding: chunked")
+                chunked = True
+        elif method not in _BODILESS:
+            lines.append(b"Content-Length: 0")
+    lines.append(b"\r\n")
+    head = b"\r\n".join(lines)
+    breaks = len(lines) + max(len(fields) - 1, 0)  # the CRLFs this wrote
+    if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\0" in head:
+        raise ValueError("CR, LF or NUL in a request line or header field")
+    return head, chunked
 
 
 def host_value(url: URL) -> str:

@@ -8,10 +8,12 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway.core import headers as hdr
+from gateway.glue import heads
 from gateway.glue.heads import (
     decode_headers,
     decode_stripped,
     downstream_fields,
+    replay_pairs,
     request_pairs,
     response_pairs,
     set_framing,
@@ -192,3 +194,60 @@ def test_mark_pairs_is_mark_on_bytes(raw: list[tuple[bytes, bytes]]) -> None:
         (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
         for n, v in text_head.items()
     ]
+
+
+@given(
+    st.lists(st.tuples(REQUEST_NAMES, REQUEST_VALUES), max_size=12),
+    st.sampled_from([None, "origin:8080"]),
+    st.sampled_from([None, "10.0.0.1"]),
+    st.sampled_from([None, 0, 77]),
+)
+@settings(max_examples=400, deadline=None)
+def test_replay_pairs_equal_the_replayed_text_head(
+    raw: list[tuple[bytes, bytes]],
+    upstream_host: str | None,
+    client_ip: str | None,
+    length: int | None,
+) -> None:
+    """The answering side's bytes head is the head decode_stripped + replay rules + framing give."""
+    raw += [(b"Content-Length", b"12"), (b"transfer-encoding", b"chunked")]
+    expected, host = decode_stripped(tuple(raw))
+    hdr.rewrite_for_upstream(
+        expected,
+        original_host=host,
+        http_version=(1, 1),
+        via_name="hopgate",
+        client_ip=client_ip,
+        proto="http",
+        upstream_host=upstream_host,
+    )
+    set_framing(expected, length)
+    got = replay_pairs(
+        tuple(raw),
+        via_name="hopgate",
+        client_ip=client_ip,
+        upstream_host=upstream_host,
+        length=length,
+    )
+    assert got == [
+        (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+        for n, v in expected.items()
+    ]
+
+
+def test_the_name_caches_stay_bounded_and_right_past_their_bound() -> None:
+    """A peer inventing names (or Connection values) cannot grow the caches; past the bound
+    names are still lower-cased and listed names still dropped."""
+    for i in range(3000):
+        raw = ((b"X-Made-Up-%d" % i, b"v"), (b"Connection", b"X-Made-Up-%d" % i), (b"X-Kept", b"k"))
+        assert response_pairs(raw, (1, 1), "h")[:-1] == [(b"X-Kept", b"k")]
+    assert len(heads._LOWERED) <= heads._LOWERED_MAX
+    assert len(heads._DROPPED_BY) <= heads._LOWERED_MAX
+    assert request_pairs(
+        ((b"HOST", b"a"), (b"X-New-Name", b"1")),
+        http_version=(1, 1),
+        via_name="h",
+        client_ip=None,
+        proto="http",
+        upstream_host=None,
+    )[:2] == [(b"HOST", b"a"), (b"X-New-Name", b"1")]

@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -18,6 +20,7 @@ from gateway.transports.origin_client import (
     OriginConnectError,
     OriginPool,
     OriginResponse,
+    fields_head,
     request_head,
 )
 from tests.conftest import MakeOrigin
@@ -361,3 +364,37 @@ async def test_keep_alive_requests_share_one_read_timer(make_origin: MakeOrigin)
     assert pool.open_connections == 1
     assert timers <= 2  # (aiohttp's own way: 40)
     pool.close()
+
+
+_NAMES = st.sampled_from(
+    [b"Host", b"host", b"Content-Length", b"transfer-encoding", b"X-A", b"\xe2\x84\xaaeep", b"Via"]
+)
+_VALUES = st.sampled_from(
+    [b"", b"1", b"chunked", b"gzip, CHUNKED", b"\xff", b"a\rb", b"x\ny", b"\x00"]
+)
+
+
+@given(
+    st.lists(st.tuples(_NAMES, _VALUES), max_size=6),
+    st.sampled_from(["GET", "POST", "HEAD"]),
+    st.booleans(),
+    st.sampled_from(["http://h:8080/a?b=c", "http://h/", "http://[::1]:80/x"]),
+)
+@settings(max_examples=400, deadline=None)
+def test_fields_head_is_request_head_on_bytes(
+    fields: list[tuple[bytes, bytes]], method: str, has_body: bool, url: str
+) -> None:
+    """The bytes head of byte pairs is the one the text head gives, refusals included."""
+    text = CIMultiDict(
+        (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+        for n, v in fields
+    )
+    try:
+        expected: object = request_head(method, URL(url), text, has_body=has_body)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: object = fields_head(method, URL(url), fields, has_body=has_body)
+    except ValueError:
+        got = ValueError
+    assert got == expected
