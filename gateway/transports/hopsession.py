@@ -49,7 +49,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Literal, Protocol
 
 from gateway.core.cluster import short_id
-from gateway.core.session.errors import BufferFull, CloseCode, RemoteProtocolError
+from gateway.core.session.errors import (
+    BufferFull,
+    CloseCode,
+    RemoteProtocolError,
+    SessionUsageError,
+)
 from gateway.core.session.events import (
     MessageReceived,
     SendWindowOpened,
@@ -225,12 +230,16 @@ class HopSession:
         """Queue one whole message; False (nothing queued) when the replay buffer is full
         (``on_writable`` fires once space frees). SessionClosedError once closing or closed."""
         core = self._core
-        if self._close_info is not None or core.state is not SessionState.OPEN:
+        if self._close_info is not None:
             raise SessionClosedError(*self._close_info_or_closing())
         try:
             core.send_message(data)  # checks room once: not ``writable`` and then again
         except BufferFull:
             return False
+        except SessionUsageError:
+            if core.state is not SessionState.OPEN:  # closing: checked only now, not per message
+                raise SessionClosedError(*self._close_info_or_closing()) from None
+            raise
         self.messages_sent += 1
         self.unsent_bytes += len(data)
         self.wake()  # no timer moves until take(): nothing is outstanding yet

@@ -169,7 +169,14 @@ class Session:
     @property
     def writable(self) -> bool:
         """Would ``send_message`` accept a message now?"""
-        return self._state is _OPEN and self._send.has_room
+        if self._state is not _OPEN:
+            return False
+        send, config = self._send, self._config  # ReplayBuffer.has_room, inline: twice a message
+        return (
+            send.pending is None
+            and len(send.buf) < config.max_buffer_frames
+            and send.buf_bytes < config.max_buffer_bytes
+        )
 
     @property
     def wants_write(self) -> bool:
