@@ -155,7 +155,7 @@ class Answerer:
     """Answers the streams the peer of ``link`` opens: to the origin, or on to the next hop."""
 
     # One per hop session, thousands idle at once: no per-instance dict.
-    __slots__ = ("_address_slots", "_ahead", "_link", "_next_hop", "_origin_slots")
+    __slots__ = ("_address_slots", "_ahead", "_host", "_link", "_next_hop", "_origin_slots")
 
     def __init__(
         self,
@@ -177,6 +177,8 @@ class Answerer:
         self._address_slots = address_slots
         rules = link.forwarder.config.poll_ahead
         self._ahead = AheadServer(link, rules) if rules and link.upstream is not None else None
+        #: ``Host`` for the lean client's requests: every target has the upstream's host and port.
+        self._host = "" if link.upstream is None else host_value(link.upstream)
 
     def accept(self, event: RequestReceived | WebSocketRequested) -> None:
         """Check a stream the peer opened, then relay it or start its exchange with the origin."""
@@ -227,7 +229,7 @@ class Answerer:
                 event.headers,
                 via_name=config.via_name,
                 client_ip=link.peer_ip,
-                upstream_host=None if config.preserve_host else host_value(target),
+                upstream_host=None if config.preserve_host else self._host,
                 length=framing.length,
             )
         else:

@@ -179,7 +179,8 @@ def request_pairs(
     host: bytes | None = None
     chain: list[bytes] = []
     via: list[bytes] = []
-    has_proto = has_host = has_chain = False
+    chain_at: list[int] = []  # where the X-Forwarded-For fields are in ``out``
+    has_proto = has_host = False
     lowered = _LOWERED.get
     for name, value in raw:
         lower = lowered(name) or _lower(name)  # (the cache inline: no call per known name)
@@ -191,7 +192,7 @@ def request_pairs(
             via.append(value)
             continue
         if lower == b"x-forwarded-for":
-            has_chain = True
+            chain_at.append(len(out))
             link = _strip(value)
             if link:
                 chain.append(link)
@@ -205,8 +206,8 @@ def request_pairs(
     if client_ip:
         chain.append(_octets(client_ip))
     if chain:  # else blank X-Forwarded-For fields stay where they were, as the text rule keeps them
-        if has_chain:
-            out = [(n, v) for n, v in out if _lower(n) != b"x-forwarded-for"]
+        for at in reversed(chain_at):  # (a replayed head has one: the opening side's)
+            del out[at]
         out.append((b"X-Forwarded-For", b", ".join(chain)))
     if not has_proto:
         out.append((b"X-Forwarded-Proto", _octets(proto)))
