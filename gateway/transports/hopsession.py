@@ -384,7 +384,16 @@ class HopSession:
         """Act on the core's events; wake writers and the pump."""
         for event in self._core.events_received():
             if type(event) is MessageReceived:
-                self._deliver(event.data)
+                handler = self._on_message
+                if handler is None:
+                    self._deliver(event.data)  # kept for set_handlers
+                    continue
+                # _deliver, inline: once per message received
+                self.messages_received += 1
+                try:
+                    handler(event.data)
+                except Exception:
+                    self._handler_failed()
             elif type(event) is SendWindowOpened:
                 if self._window is not None:
                     self._window.set()
@@ -422,18 +431,21 @@ class HopSession:
         return self._close_info or (CloseCode.NORMAL, "closing")
 
     def _deliver(self, data: bytes | str) -> None:
-        self.messages_received += 1
         handler = self._on_message
-        if handler is None:
+        if handler is None:  # counted when set_handlers delivers it
             self._early = self._early or []
             self._early.append(data)
             return
+        self.messages_received += 1
         try:
             handler(data)
         except Exception:
-            self.log.exception("on_message handler failed; closing the session")
-            if self._core.state is SessionState.OPEN:
-                self._core.close(CloseCode.INTERNAL_ERROR, "internal error", now=self.now())
+            self._handler_failed()
+
+    def _handler_failed(self) -> None:
+        self.log.exception("on_message handler failed; closing the session")
+        if self._core.state is SessionState.OPEN:
+            self._core.close(CloseCode.INTERNAL_ERROR, "internal error", now=self.now())
 
     def _transport_changed(self, old: str) -> None:
         new = self.transport

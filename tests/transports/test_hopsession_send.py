@@ -1,14 +1,14 @@
-"""HopSession.send's errors: a closing or finished session says so, a misuse stays a misuse.
+"""HopSession's per-message seams: ``send``'s errors, and delivery to ``on_message``.
 
-``send`` leaves the state check to the core (one check per message, not two):
-these pin what the caller sees in each case.
+``send`` leaves the state check to the core (one check per message, not two),
+and ``dispatch`` calls ``on_message`` itself: these pin what the caller sees.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.core.session import Session, SessionConfig
+from gateway.core.session import Session, SessionConfig, SessionState
 from gateway.core.session.errors import CloseCode, SessionUsageError
 from gateway.transports.errors import SessionClosedError
 from gateway.transports.hopsession import HopSession
@@ -44,3 +44,29 @@ async def test_an_oversized_message_on_an_open_session_is_a_usage_error() -> Non
     with pytest.raises(SessionUsageError, match="max_message_size"):
         hop.send(b"x" * 11)
     assert hop.send(b"x" * 10) and hop.messages_sent == 1
+
+
+async def test_messages_reach_on_message_and_a_failing_handler_closes_the_session() -> None:
+    peer = Session(
+        None, session_id="sess-0123456789abcdef", token=b"t" * 32, is_client=False, now=0.0
+    )
+    peer.transport_attached(0.0)
+    hop = _hop()
+    hop.core.transport_attached(0.0)
+    early = [b"early"]
+    peer.send_message(early[0])
+    hop.feed(peer.data_to_send(0.0))  # before set_handlers: kept, then delivered
+    got: list[bytes | str] = []
+
+    def on_message(data: bytes | str) -> None:
+        got.append(data)
+        if data == b"boom":
+            raise RuntimeError("handler bug")
+
+    hop.set_handlers(on_message=on_message)
+    for data in (b"a", "b", b"boom", b"c"):
+        peer.send_message(data)
+    hop.feed(peer.data_to_send(0.0))
+    assert got == [b"early", b"a", "b", b"boom", b"c"]  # the batch is still delivered whole
+    assert hop.messages_received == 5
+    assert hop.core.state is SessionState.CLOSING  # INTERNAL_ERROR close under way

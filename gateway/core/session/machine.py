@@ -246,10 +246,17 @@ class Session:
             elif data:
                 self._outbox.ack_at_once()
             return
+        outbox, recv, events = self._outbox, self._recv, self._events
+        max_size = self._config.max_message_size
         try:
             for frame in self._decoder.decode_hot(data):
                 if type(frame) is list:  # a checked DATA, [2, seq, flags, payload]: no Data built
-                    self._on_data(frame[1], frame[2], frame[3], now)
+                    # _on_data, inline (one call less per message)
+                    _, seq, flags, payload = frame
+                    outbox.data_received(seq, recv.received, len(payload), now)
+                    message = recv.accept_fields(seq, flags, payload, max_size)
+                    if message is not None:
+                        events.append(message_received(message))
                 else:
                     _HANDLERS[type(frame)](self, frame, now)
                 if self._state is _CLOSED:
@@ -262,12 +269,6 @@ class Session:
         """Events since the last call, oldest first."""
         events, self._events = self._events, []
         return events
-
-    def _on_data(self, seq: int, flags: int, payload: bytes, now: float) -> None:
-        self._outbox.data_received(seq, self._recv.received, len(payload), now)
-        message = self._recv.accept_fields(seq, flags, payload, self._config.max_message_size)
-        if message is not None:
-            self._events.append(message_received(message))
 
     def _on_ack(self, frame: Ack, now: float) -> None:
         self._ack(frame.received, now)

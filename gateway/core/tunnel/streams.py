@@ -455,9 +455,11 @@ class Tunnel:
         On RemoteProtocolError every stream has been reset locally (events
         queued) and the tunnel is closed: abort the session with ``exc.code``.
         """
-        self._check_usable()
+        table = self._table
+        if table.closed:
+            raise TunnelUsageError("the tunnel is closed")
         try:
-            receive_frames(self._table, self._decoder, message)
+            receive_frames(table, self._decoder, message)
         except RemoteProtocolError as exc:
             self.close_all(f"tunnel protocol error: {exc.reason}")
             raise
