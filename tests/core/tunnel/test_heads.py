@@ -44,3 +44,14 @@ def test_reasons_and_protocols() -> None:
     assert checked_protocols(("chat", "v2")) == ["chat", "v2"]
     with pytest.raises(TunnelUsageError, match="subprotocol"):
         checked_protocols(("",))
+
+
+def test_header_pairs_pair_in_order_and_refuse_an_odd_list() -> None:
+    assert header_pairs([]) == ()
+    assert header_pairs([b"a", b"1", b"b", b"2", b"a", b"3"]) == (
+        (b"a", b"1"),
+        (b"b", b"2"),
+        (b"a", b"3"),
+    )
+    with pytest.raises(ValueError):
+        header_pairs([b"a", b"1", b"b"])
