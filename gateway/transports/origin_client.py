@@ -39,6 +39,7 @@ import asyncio
 import collections
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterable, Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -176,7 +177,7 @@ class OriginPool:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._read_size = read_size
-        #: Idle connections per origin, each with the loop time it was put back.
+        #: Idle connections per origin, each with the ``time.monotonic()`` it was put back.
         self._idle: dict[_Key, list[tuple[ResponseHandler, float]]] = {}
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -246,7 +247,7 @@ class OriginPool:
         idle = self._idle.get(key)
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()  # (not the loop's time: asking for the loop costs a getpid call)
         while idle:
             protocol, since = idle.pop()
             if protocol.is_connected() and not protocol.should_close and now - since < KEEPALIVE:
@@ -316,8 +317,7 @@ class OriginPool:
             protocol.close()
             self.forget()
             return
-        now = asyncio.get_running_loop().time()
-        self._idle.setdefault(key, []).append((protocol, now))
+        self._idle.setdefault(key, []).append((protocol, time.monotonic()))
         self._wake()
 
     def forget(self) -> None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.transports import origin_client
 from gateway.transports.origin_client import (
     OriginConnectError,
     OriginPool,
@@ -398,3 +399,24 @@ def test_fields_head_is_request_head_on_bytes(
     except ValueError:
         got = ValueError
     assert got == expected
+
+
+async def test_an_idle_connection_older_than_keepalive_is_closed_not_reused(
+    make_origin: MakeOrigin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    peers: list[object] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport)
+        return web.Response(body=b"ok")
+
+    base = await make_origin(handler)
+    monkeypatch.setattr(origin_client, "KEEPALIVE", 0.2)
+    pool = _pool()
+    for pause in (0.0, 0.0, 0.4):
+        await asyncio.sleep(pause)
+        assert await _get(pool, base + "/") == (200, b"ok")
+    assert peers[0] is peers[1]  # reused while fresh
+    assert peers[2] is not peers[1]  # idle 0.4 s > 0.2 s: a new connection
+    assert pool.open_connections == 1
+    pool.close()
