@@ -121,12 +121,14 @@ class Relay:
             )
         return await self.forwarder.forward(request, target, origin_key=origin_key)
 
-    async def _over(
+    def _over(
         self, tunnel: TunnelLink, request: web.BaseRequest, path: str, origin_key: str
-    ) -> web.StreamResponse:
+    ) -> Awaitable[web.StreamResponse]:
+        # Not a coroutine: the tunnel's is awaited directly, one frame less for each
+        # of a request's resumptions to pass through.
         if is_websocket_upgrade(request):
-            return await tunnel.forward_websocket(request, path, origin_key=origin_key)
-        return await tunnel.forward(request, path, origin_key=origin_key)
+            return tunnel.forward_websocket(request, path, origin_key=origin_key)
+        return tunnel.forward(request, path, origin_key=origin_key)
 
     async def _again(
         self, old: TunnelLink, request: web.BaseRequest, path: str, origin_key: str, why: Retry

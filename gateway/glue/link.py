@@ -33,8 +33,8 @@ the others moving.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from yarl import URL
@@ -137,17 +137,21 @@ class TunnelLink:
         between transports, rather than reach the origin beside the predicted one."""
         return self._opening.predicting
 
-    async def forward(
+    def forward(
         self, request: web.BaseRequest, target: str, *, origin_key: str
-    ) -> web.StreamResponse:
-        """See :meth:`~gateway.glue.opener.Opener.forward` (raises ``NotSent``)."""
-        return await self._opening.forward(request, target, origin_key=origin_key)
+    ) -> Coroutine[Any, Any, web.StreamResponse]:
+        """See :meth:`~gateway.glue.opener.Opener.forward` (raises ``NotSent``).
 
-    async def forward_websocket(
+        Hands back the opener's coroutine rather than awaiting it in one of its own:
+        a frame less for each resumption of a request.
+        """
+        return self._opening.forward(request, target, origin_key=origin_key)
+
+    def forward_websocket(
         self, request: web.BaseRequest, target: str, *, origin_key: str
-    ) -> web.StreamResponse:
+    ) -> Coroutine[Any, Any, web.StreamResponse]:
         """See :meth:`~gateway.glue.opener.Opener.forward_websocket` (raises ``NotSent``)."""
-        return await self._opening.forward_websocket(request, target, origin_key=origin_key)
+        return self._opening.forward_websocket(request, target, origin_key=origin_key)
 
     @property
     def idle(self) -> bool:

@@ -70,6 +70,10 @@ class Mailbox:
         self.events.append(item)
         self._arrived.set()
 
+    def wake(self) -> None:
+        """Wake the task awaiting :meth:`next_event` for what was put in ``events`` directly."""
+        self._arrived.set()
+
     async def next_event(self) -> Event | EndpointDone:
         while not self.events:
             self._arrived.clear()

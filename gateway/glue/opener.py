@@ -29,6 +29,7 @@ retried", a peer RESET -> its code's status; except the body-less requests
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 import aiohttp
 from aiohttp import web
@@ -45,7 +46,7 @@ from gateway.core.tunnel.events import (
 from gateway.core.tunnel.framing import BodyCounter, Framing, FramingError, response_framing
 from gateway.glue.driver import TunnelDriver
 from gateway.glue.heads import decode_headers, downstream_fields, pairs, text
-from gateway.glue.mailbox import Mailbox
+from gateway.glue.mailbox import EndpointDone, Mailbox
 from gateway.glue.pollahead import AheadClient, mark_pairs
 from gateway.glue.retry import IDEMPOTENT_METHODS, NotSent, Retry, retryable
 from gateway.glue.streamgate import QUEUE_FACTOR, RETRY_AFTER, GateFull, StreamGate
@@ -81,6 +82,8 @@ class _PeerFull(Exception):
 #: The reason the answering core gives for a REFUSED over its ``max_streams``
 #: (gateway/core/tunnel/receiving.py); a relaying gateway passes it on.
 _TOO_MANY_STREAMS = "too many streams"
+#: Put before a stream's events when its OPEN missed the busy turn's flush (_check_sent).
+_UNSENT: Final = EndpointDone(closed=False)
 #: Times a body-less request refused that way goes through the gate again.
 _REFUSED_RETRIES = 3
 
@@ -101,6 +104,20 @@ def _ends_next(box: Mailbox, counter: BodyCounter | None) -> bool:
     return ended and (counter is None or counter.ended() is None)
 
 
+def _whole_body(box: Mailbox, framing: Framing) -> bytes | None:
+    """The body, taken with its END, if both are here and it has the declared length."""
+    events = box.events
+    if len(events) != 2:
+        return None
+    data, end = events
+    if type(data) is not DataReceived or type(end) is not StreamEnded:
+        return None
+    if framing.length is not None and len(data.data) != framing.length:
+        return None  # too short or too long: _relay_body cuts the connection
+    events.clear()
+    return data.data
+
+
 def _check_own_target(target: str) -> None:
     if not target.startswith("/") or target.startswith("//"):
         raise ValueError(f"tunnel targets are origin-form paths, not {target[:60]!r}")
@@ -110,7 +127,7 @@ class Opener:
     """Carries this gateway's client requests as streams of ``link``."""
 
     # One per hop session, thousands idle at once: no per-instance dict.
-    __slots__ = ("_ahead", "_gate", "_link", "_sids")
+    __slots__ = ("_ahead", "_gate", "_link", "_sids", "_unchecked")
 
     def __init__(self, link: TunnelDriver) -> None:
         self._link = link
@@ -118,6 +135,8 @@ class Opener:
         self._ahead = AheadClient(link) if link.opener else None
         self._gate: StreamGate | None = None  # made by the first request
         self._sids: set[int] | None = None  # our streams not yet unregistered (idem)
+        #: OPENs of this loop turn's busy requests, checked once its flush ran.
+        self._unchecked: list[tuple[int, Mailbox]] | None = None
 
     @property
     def predicting(self) -> bool:
@@ -176,9 +195,11 @@ class Opener:
             if predicted is not None:
                 return predicted
         for _ in range(_REFUSED_RETRIES):
-            refused = await self._admit()
-            if refused is not None:
-                return refused
+            gate = self._gate
+            if gate is None or not gate.take():  # a free slot needs no coroutine
+                refused = await self._admit()
+                if refused is not None:
+                    return refused
             try:
                 return await self._forward(request, target, origin_key=origin_key)
             except _PeerFull as full:
@@ -227,12 +248,22 @@ class Opener:
         self._register(sid, box)
         if ahead is not None:
             ahead.track(sid, request, target)
-        await self._hand_over(sid, box)
-        link.stats.upstream(origin_key).requests += 1
+        if not has_body and link.tunnel.stream_count > 1:
+            # Busy: the OPEN goes with the flush at the end of this loop turn, checked
+            # after it by _check_sent; the task resumes once, with the answer.
+            link.schedule_flush()
+            self._check_after_flush(sid, box)
+        elif not self._sent_now(sid, box):
+            await self._hand_over(sid, box)  # an upload starts once its OPEN is in
+        counts = link.stats.upstream(origin_key)
+        counts.requests += 1
         link.stats.active_streams += 1
         upload = link.loop.create_task(self._upload(sid, box, request)) if has_body else None
         try:
             return await self._receive_response(request, sid, box)
+        except NotSent:
+            counts.requests -= 1  # it goes plain, and is counted there
+            raise
         except BaseException:
             link.reset(sid, ResetCode.CANCEL, "client went away")
             link.flush()
@@ -252,8 +283,11 @@ class Opener:
                 ahead.untrack(sid)
             link.stats.active_streams -= 1
 
-    async def _hand_over(self, sid: int, box: Mailbox) -> None:
-        """Return once the OPEN of ``sid`` is in the session; else reset it and raise NotSent."""
+    def _sent_now(self, sid: int, box: Mailbox) -> bool:
+        """Flush the OPEN of ``sid``: True if it is in the session now, else await _hand_over.
+
+        Apart, so the usual request sent at once awaits no coroutine for it.
+        """
         link = self._link
         tunnel = link.tunnel
         if tunnel.stream_count > 1:
@@ -261,10 +295,45 @@ class Opener:
             # OPENs of every request that came in this turn share one session
             # message (and one ack). Alone: at once, no extra loop turn.
             link.schedule_flush()
-        else:
-            link.flush()
+            return False
+        link.flush()
+        return box.reset is None and tunnel.open_sent(sid)
+
+    def _check_after_flush(self, sid: int, box: Mailbox) -> None:
+        """Have :meth:`_check_sent` look at the OPEN of ``sid`` once the due flush ran."""
+        pending = self._unchecked
+        if pending is None:
+            pending = self._unchecked = []
+        if not pending:  # after the flush just scheduled (or due already): call_soon is FIFO
+            self._link.loop.call_soon(self._check_sent)
+        pending.append((sid, box))
+
+    def _check_sent(self) -> None:
+        """The busy turn's flush ran: an OPEN not in the session wakes its task (_UNSENT).
+
+        Its task then waits in :meth:`_hand_over` as one alone does, and the
+        request may still go plain (``NotSent``). An OPEN that went needs no
+        wake-up: its task resumes with the answer, one step instead of two.
+        """
+        pending, self._unchecked = self._unchecked, None
+        tunnel = self._link.tunnel
+        for sid, box in pending or ():
+            if self._sids is None or sid not in self._sids:
+                continue  # its request already ended (the client went away)
+            if box.reset is None and tunnel.open_sent(sid):
+                continue
+            box.events.appendleft(_UNSENT)  # before a reset: _hand_over reads that one
+            box.wake()
+
+    async def _hand_over(self, sid: int, box: Mailbox) -> None:
+        """Return once the OPEN of ``sid``, flushed or due to be, is in the session.
+
+        Else reset it and raise NotSent.
+        """
+        link = self._link
+        tunnel = link.tunnel
         try:
-            if not tunnel.open_sent(sid):
+            if box.reset is None and not tunnel.open_sent(sid):
                 await asyncio.sleep(0)  # resumes after that flush
             if box.reset is None and tunnel.open_sent(sid):
                 return  # the usual case, and no timer armed for it
@@ -307,6 +376,9 @@ class Opener:
     ) -> web.StreamResponse:
         link = self._link
         head = await box.next_event()
+        if head is _UNSENT:  # its OPEN did not go with the busy turn's flush
+            await self._hand_over(sid, box)
+            head = await box.next_event()
         if not isinstance(head, ResponseReceived):
             assert isinstance(head, StreamReset), head
             if _refused_for_streams(head):
@@ -333,6 +405,14 @@ class Opener:
         via_name = link.forwarder.config.via_name
         response.headers.extend(downstream_fields(head.headers, (1, 1), via_name, framing.length))
         writer = await response.prepare(request)
+        data = _whole_body(box, framing) if hold else None
+        if data is not None:
+            # The usual small answer, all here: head, body (and a chunked end) in one
+            # send, without a coroutine to relay a body of one piece.
+            await response.write_eof(data)
+            link.tunnel.consumed(sid, len(data))
+            link.schedule_flush()
+            return response
         problem = await self._relay_body(sid, box, response, framing) if head.has_body else None
         if problem is not None:
             link.log.warning("= stream %d: response cut: %s", sid, problem)
@@ -427,7 +507,8 @@ class Opener:
         box = Mailbox()
         sid = link.tunnel.open_websocket(target, pairs(headers), offered)
         self._register(sid, box)
-        await self._hand_over(sid, box)
+        if not self._sent_now(sid, box):
+            await self._hand_over(sid, box)
         link.stats.upstream(origin_key).requests += 1
         accepted = False
         try:

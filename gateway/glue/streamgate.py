@@ -58,6 +58,13 @@ class StreamGate:
     def waiting(self) -> int:
         return self._waiting
 
+    def take(self) -> bool:
+        """Take a slot if one is free and nobody waits for one (``acquire`` without a wait)."""
+        if self._open < self._limit and not self._waiting:
+            self._open += 1
+            return True
+        return False
+
     async def acquire(self, timeout: float) -> None:
         """Take a slot, waiting up to ``timeout``; GateFull or TimeoutError if none."""
         if self._open < self._limit and not self._waiting:

@@ -373,6 +373,72 @@ async def test_not_sent_while_the_session_cannot_take_the_open(
     assert entry.stats.active_streams == 0
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_busy_gets_the_session_cannot_take_go_plain_once(
+    build_chain: BuildChain,
+    origin: tuple[Origin, str],
+    transport: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With streams in flight a GET's OPEN waits for the turn's flush; unsent, it goes plain."""
+    o, url = origin
+    chain = await build_chain(url, transport)
+    entry = chain.entry
+    entry.forwarder.config = entry.forwarder.config.replace(connect_timeout=0.5)
+    held = asyncio.create_task(chain.client.get(chain.url + "/hold?s=30"))
+    async with asyncio.timeout(5):
+        await o.arrived.wait()
+    monkeypatch.setattr(HopSession, "writable", property(lambda self: False))
+    gets = [chain.client.get(f"{chain.url}/busy{i}") for i in range(3)]
+    for resp in await asyncio.gather(*gets):
+        assert resp.status == 200
+        resp.release()
+    monkeypatch.undo()
+    assert len(entry.not_sent) == 3
+    assert all("could not take the request" in why for why in entry.not_sent)
+    assert sorted(s["path"] for s in o.seen if not s["path"].startswith("/hold")) == [
+        "/busy0",
+        "/busy1",
+        "/busy2",
+    ]
+    assert chain.down.tunnel.stream_count == 1  # the held poll's
+    held.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await held
+    await until(lambda: entry.stats.active_streams == 0)
+
+
+@pytest.mark.parametrize("transport", ["websocket"])
+async def test_a_busy_get_resumes_once_with_its_answer(
+    build_chain: BuildChain,
+    origin: tuple[Origin, str],
+    transport: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An OPEN that went with the busy turn's flush needs no step of its own to check it."""
+    o, url = origin
+    chain = await build_chain(url, transport)
+    held = asyncio.create_task(chain.client.get(chain.url + "/hold?s=30"))
+    async with asyncio.timeout(5):
+        await o.arrived.wait()
+    handed: list[int] = []
+    opener = type(chain.down._opening)
+    original = opener._hand_over
+
+    async def counted(self: object, sid: int, box: object) -> None:
+        handed.append(sid)
+        await original(self, sid, box)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(opener, "_hand_over", counted)
+    async with chain.client.get(chain.url + "/busy") as resp:
+        assert resp.status == 200
+    assert handed == []
+    assert chain.entry.not_sent == []
+    held.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await held
+
+
 @pytest.mark.parametrize("transport", ["websocket"])
 async def test_the_upstream_side_cannot_open_streams_towards_the_downstream(
     build_chain: BuildChain, origin: tuple[Origin, str], transport: str
