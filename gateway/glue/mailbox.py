@@ -37,29 +37,35 @@ class EndpointDone:
 class Mailbox:
     """Events of one stream for the task that runs it; a reset may cancel that task."""
 
-    __slots__ = ("_arrived", "_writable", "events", "reset", "task")
+    # One per stream and request: a future only while its task waits, no asyncio.Event
+    # (two per mailbox were a measurable part of a small request's cost).
+    __slots__ = ("_waiter", "_writable", "events", "reset", "task")
 
     def __init__(self) -> None:
         self.events: deque[Event | EndpointDone] = deque()
         self.reset: StreamReset | None = None
         self.task: asyncio.Task[Any] | None = None
-        self._arrived = asyncio.Event()
-        self._writable = asyncio.Event()
+        #: What the one task in :meth:`next_event` awaits, while it does.
+        self._waiter: asyncio.Future[None] | None = None
+        #: Made by the first :meth:`wait_writable` (most streams never wait for credit).
+        self._writable: asyncio.Event | None = None
 
     def deliver(self, event: Event) -> None:
         if type(event) is StreamWritable:
-            self._writable.set()
+            if self._writable is not None:
+                self._writable.set()
             return
         if type(event) is StreamReset:
             if self.reset is not None:
                 return
             self.reset = event
-            self._writable.set()
+            if self._writable is not None:
+                self._writable.set()
             task = self.task
             if task is not None and task is not asyncio.current_task():
                 task.cancel()  # the origin request goes at once (a held poll, an upload)
         self.events.append(event)
-        self._arrived.set()
+        self.wake()
 
     @property
     def backlog(self) -> int:
@@ -68,16 +74,24 @@ class Mailbox:
 
     def post(self, item: EndpointDone) -> None:
         self.events.append(item)
-        self._arrived.set()
+        self.wake()
 
     def wake(self) -> None:
-        """Wake the task awaiting :meth:`next_event` for what was put in ``events`` directly."""
-        self._arrived.set()
+        """Wake the task in :meth:`next_event` (also for what was put in ``events`` directly)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def next_event(self) -> Event | EndpointDone:
+        """The next event; one task at a time awaits a stream's events."""
         while not self.events:
-            self._arrived.clear()
-            await self._arrived.wait()
+            if self._waiter is not None:
+                raise RuntimeError("a second task awaits the events of one stream")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         return self.events.popleft()
 
     async def wait_writable(self, tunnel: Tunnel, sid: int) -> bool:
@@ -85,6 +99,8 @@ class Mailbox:
         while not tunnel.is_writable(sid):
             if self.reset is not None or tunnel.closed:
                 return False
+            if self._writable is None:
+                self._writable = asyncio.Event()
             self._writable.clear()
             await self._writable.wait()
         return True

@@ -94,3 +94,33 @@ async def test_a_writer_waiting_for_room_learns_of_a_reset() -> None:
     assert not waiter.done()
     box.deliver(reset(sid))
     assert await asyncio.wait_for(waiter, 1) is False
+
+
+async def test_a_reader_cancelled_while_waiting_leaves_the_mailbox_usable() -> None:
+    box = Mailbox()
+    reader = asyncio.create_task(box.next_event())
+    await asyncio.sleep(0.01)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    box.deliver(StreamEnded(stream_id=1))  # nobody waits: kept for the next reader
+    assert isinstance(await asyncio.wait_for(box.next_event(), 1), StreamEnded)
+
+
+async def test_one_task_at_a_time_awaits_a_streams_events() -> None:
+    """A stream's events go to the one task running it: a second reader is a bug, said so."""
+    box = Mailbox()
+    first = asyncio.create_task(box.next_event())
+    await asyncio.sleep(0.01)
+    with pytest.raises(RuntimeError, match="second task"):
+        await box.next_event()
+    box.deliver(StreamEnded(stream_id=1))
+    assert isinstance(await asyncio.wait_for(first, 1), StreamEnded)
+
+
+async def test_room_announced_before_anyone_waits_for_it_is_no_wait_later() -> None:
+    tunnel = Tunnel(TunnelConfig(), opener=True)
+    sid = tunnel.open_http("POST", "/", has_body=True)
+    box = Mailbox()
+    box.deliver(StreamWritable(stream_id=sid))  # no writer yet: nothing to wake
+    assert await asyncio.wait_for(box.wait_writable(tunnel, sid), 1) is True
