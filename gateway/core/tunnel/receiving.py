@@ -67,7 +67,12 @@ def receive_frames(
     if isinstance(message, str):
         raise RemoteProtocolError("tunnel messages are binary, got a text message")
     handlers = _HANDLERS
-    for n, raw in enumerate(decoder.decode(message)):
+    frames = decoder.decode(message)
+    if type(frames) is tuple:  # one frame (decode's fast path): no count to keep
+        raw = frames[0]
+        handlers[raw[0]](table, raw)
+        return
+    for n, raw in enumerate(frames):
         if n == MAX_MESSAGE_FRAMES:
             raise RemoteProtocolError(f"more than {n} frames in one session message")
         handlers[raw[0]](table, raw)
@@ -280,7 +285,9 @@ def _on_message(table: StreamTable, raw: list[Any]) -> None:
     if stream.recv_state != WS:  # WS --MESSAGE--> WS needs no table lookup
         table.recv_step(stream, MESSAGE)
     n = len(payload)
-    FlowControl.take_credit(stream, n)
+    if n > stream.recv_window:
+        FlowControl.take_credit(stream, n)  # raises: over the window
+    stream.recv_window -= n  # take_credit, inline: once per message
     if flags == FLAG_FIN and not stream.msg_parts:
         # A whole binary message in one frame (most are): no type to match, nothing held.
         stream.msg_text = False
