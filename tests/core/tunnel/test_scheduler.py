@@ -196,3 +196,18 @@ def test_a_lone_message_carries_its_close_and_says_writable_again() -> None:
         (FrameType.MESSAGE, 0, 4096),
         (FrameType.MESSAGE, FLAG_FIN, 904),
     ]
+
+
+def test_whole_messages_one_per_session_message_past_the_window_are_a_protocol_error() -> None:
+    # The receive path's one-frame shortcut takes the credit inline: still checked.
+    from gateway.core.tunnel.errors import FlowControlError
+
+    pipe = Pipe(CONFIG)
+    sid = open_ws(pipe)
+    packer = new_packer()
+    window = pipe.down._table.streams[sid].recv_window
+    pipe.down.receive_message(encode_message(packer, sid, FLAG_FIN, bytes(window - 1)))
+    pipe.down.receive_message(encode_message(packer, sid, FLAG_FIN, b"!"))  # exactly the window
+    with pytest.raises(FlowControlError):
+        pipe.down.receive_message(encode_message(packer, sid, FLAG_FIN, b"?"))
+    assert pipe.down.closed
