@@ -124,10 +124,16 @@ async def test_scenario_through_gateways_and_nginx(
     # What crossed nginx during the scenario: session polls and posts, and
     # not one socket.io request of its own. The hop streams (a GET and a POST
     # each carrying many batches), which nginx logs once they end: stop first.
+    # nginx writes the line when it sees the connection close, a moment later.
     await client.stop()
+
+    def streams_logged() -> bool:
+        log = nginx.log_text("access.log")[logged_before:]
+        return len([p for p in NGINX_REQUEST.findall(log) if "stream=1" in p]) >= 2
+
+    await until(streams_logged, "nginx to log the hop's streamed GET and POST", timeout=10)
     log = nginx.log_text("access.log")[logged_before:]
     paths = NGINX_REQUEST.findall(log)
-    assert len([p for p in paths if "stream=1" in p]) >= 2, log
     assert all(p.startswith(f"{SESSION_PATH}/") for p in paths), paths
     assert "/socket.io/" not in log
 
