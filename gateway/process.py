@@ -6,13 +6,14 @@ hop peers are told GOAWAY and move their new streams to another instance,
 the listener stays open for what is in flight; held requests get
 ``--shutdown-grace``); a second signal exits at once.  The signal handlers it installs are removed
 again on the way out.  ``event_loop_factory`` is the loop ``--event-loop``
-picks for it.
+picks for it; ``tune_gc`` sets the collector up for a long-running server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -20,9 +21,29 @@ from collections.abc import Callable
 from gateway.config import Config, ConfigError, EventLoop
 from gateway.server import Gateway
 
-__all__ = ["event_loop_factory", "serve"]
+__all__ = ["GC_THRESHOLDS", "event_loop_factory", "serve", "tune_gc"]
 
 log = logging.getLogger("hopgate")
+
+#: Young-generation threshold and the two older ones' (CPython's default is
+#: 700, 10, 10). Every request allocates a few hundred tracked objects, so at
+#: the default a gateway at 100 clients spent 5-9% of its CPU in collections
+#: that found little: at these, ~2 ms a run; 147 -> 137 us of server-gateway
+#: CPU per tunnelled request in a same-minute A/B. Garbage held in cycles waits
+#: at most ~10,000 allocations longer; expired sessions still get a full
+#: ``gc.collect`` (``transports/admission.py``).
+GC_THRESHOLDS = (10_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Fewer collections for a long-running gateway; called once, before it serves.
+
+    ``gc.freeze`` moves what importing and configuring created (modules,
+    classes, settings: alive until exit) out of the collector's sight, so an
+    old-generation collection no longer walks all of it each time.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:

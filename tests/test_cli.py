@@ -8,6 +8,7 @@ matter; a real child process is used where the process itself is the subject
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 import socket
@@ -21,9 +22,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway import __version__
+from gateway import __version__, cli
 from gateway.cli import build_parser, main, settings_from_args
 from gateway.config import Config, build_config
+from gateway.process import GC_THRESHOLDS
 from tests.waiting import eventually
 
 if TYPE_CHECKING:
@@ -433,3 +435,26 @@ async def test_limit_flags_reach_the_running_gateway(
         doc = json.loads(await resp.text())
     assert doc["clients"]["max"] == 7
     assert doc["clients"]["head_timeouts"] == 1
+
+
+# ------------------------------------------------------------ the collector
+
+
+def test_a_gateway_serves_with_fewer_collections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What exists before it serves is frozen, and young collections are rarer."""
+    seen: dict[str, object] = {}
+
+    async def recording(config: Config, **_: object) -> None:
+        seen["threshold"] = gc.get_threshold()
+        seen["frozen"] = gc.get_freeze_count()
+
+    monkeypatch.setattr(cli, "serve", recording)
+    monkeypatch.setattr(cli, "setup_logging", lambda *_: None)
+    saved = gc.get_threshold()
+    try:
+        assert main(["server", "--upstream", "http://127.0.0.1:9"]) == 0
+    finally:
+        gc.set_threshold(*saved)
+        gc.unfreeze()
+    assert seen["threshold"] == GC_THRESHOLDS != saved
+    assert isinstance(seen["frozen"], int) and seen["frozen"] > 1000
