@@ -26,30 +26,28 @@ LEGACY_COLUMNS = {"direct": "direct", "websocket": "WebSocket hop", "long-poll":
 
 #: Why a target is missed, as the profiles of ``--profile ROW`` showed it (see the module doc).
 _PER_MESSAGE = (
-    "`python -m bench --profile messages-hop-ws` and py-spy (2026-12-03, after the receive-path "
-    "and write-gathering work): the server gateway spends 7-11 us per message, with no timer, "
-    "task or wake-up per message left; its busy time is the tunnel's per-message receive path "
-    "(`receiving._on_message`, frame checks, routing) and the gathered writes to the origin. "
-    "The msg/s of this row is bound by the client process: one event-loop turn and one hop "
-    "WebSocket write per message in the Python hop client (~11-14 us a message), where "
+    "`python -m bench --profile messages-hop-ws` and py-spy (2026-12-03/04, after the "
+    "per-message work: no timer, task or wake-up per message; a message arriving alone is "
+    "framed and read without the batch machinery): met in the full run of 2026-12-04 (x2.09, "
+    "5.0 us CPU per message in the server gateway). The msg/s of this row is bound by the "
+    "client process: one event-loop turn and one hop WebSocket write per message in the "
+    "Python hop client (~7-8 us a message, 2.6 us of it the loop turn itself), where "
     "python-engineio's client sends one frame per message from the same kind of loop; "
     "python-engineio's own rate moved 11k-44k between runs on this machine."
 )
 _PER_REQUEST = (
-    "`python -m bench --profile legacy-websocket` and `legacy-websocket-100`, py-spy "
-    "(2026-12-03, after the lean origin client): the server gateway's origin requests now go "
-    "through `transports/origin_client.py` (one bytes write per head, aiohttp's C response "
-    "parser, its own keep-alive pool), about half the CPU of aiohttp's `ClientSession` path "
-    "(35-37 against 64-71 us a request at 50 concurrent). With 1 client the server gateway "
-    "is ~62% idle and the client gateway ~75% busy: 19% of that in socket sends (a hop frame "
-    "and a response per request), the rest aiohttp's web server per request. With 100 "
-    "clients the client gateway is the bottleneck: 52% in aiohttp's request handler, 15% "
-    "socket writes, ~4% each head encoding, outgoing headers and the access log. Two extra "
-    "processes each parse and write every request, and on 2 cores their wake-ups queue "
-    "behind each other. Plain forwarding took the lean client at both gateways, a tunnelled "
-    "request at the server gateway only, so the ratio to plain rose while both fell: both "
-    "gateways' CPU per event, 1 client, full runs of 2026-12-03: plain 1,664 -> 943 us, "
-    "WebSocket hop 1,695 -> 1,301 us, long-poll hop 3,136 -> 1,235 us."
+    "`bench/request_cost.py` and py-spy of both gateways (2026-12-04, after the per-request "
+    "work of issue 13: lean origin client, bytes head path, fewer handler steps, GC tuned): "
+    "CPU per request (client gateway, server gateway), 1 client: plain 283, 290 us, "
+    "WebSocket hop 460, 417 us; 100 clients: plain 150, 153 us, WebSocket hop 183, 157 us. "
+    "Each tunnelled request costs the session and tunnel layers on both gateways (session "
+    "feed and dispatch ~22% of the server gateway, ~18% of the client gateway) plus a hop "
+    "frame write each way (socket writes ~15% of each); the rest is spread over ~30 "
+    "functions of under 1.5% each (head checks and encoding, routing, flush scheduling), "
+    "with no one piece left to cut. With 100 clients the client gateway is the bottleneck, "
+    "most of it in aiohttp's web server per request (the same in plain forwarding). Three "
+    "extra processes' worth of parsing and writing on 2 cores: their wake-ups queue behind "
+    "each other, so the 100-client rates sit at x0.36-0.40 of direct."
 )
 _RTT_NOISE = (
     "not profiled: on this shared machine the p99 of the 50 ms RTT rows moves 2-3x between "
@@ -58,21 +56,23 @@ _RTT_NOISE = (
     "before reading it."
 )
 #: Why a target is missed, as the profiles of ``--profile ROW`` showed it (see the module
-#: doc); keys are words of the target's text. Written from the runs of 2026-12-03.
+#: doc); keys are words of the target's text. Written from the runs of 2026-12-03 and 04.
 CAUSES: dict[str, str] = {
     "CPU per message": _PER_MESSAGE,
     "one message per loop turn": _PER_MESSAGE,
     "64 KiB over a WebSocket hop": (
-        "perf, py-spy and cProfile of the hop client and the server gateway (2026-12-03, after "
-        "64 KiB chunks: a 64 KiB message now crosses as one tunnel frame in one session frame, "
-        "~24% faster and ~30% less gateway CPU than 16 KiB chunks in a same-minute A/B): copies "
-        "are not the cost (`memmove` 8% of the client, 14-16% of the gateway; a 64 KiB copy is "
-        "~2 us, masking ~2.5 us). The gateway is ~50% Python interpreter (asyncio and aiohttp "
-        "turns plus our layers) and 27% kernel (`sendto` to the origin alone 16%); per 256 MiB "
-        "the client, gateway and origin spend ~0.45, ~0.7 and ~0.2 s of CPU where "
-        "python-engineio's client and server spend ~0.45 s in all: three processes and two "
-        "socket hops on 2 cores, so 1.0x python-engineio needs about a third of today's total "
-        "CPU. Writing the hop only at 256 KiB queued was slower (170 -> 113 MB/s)."
+        "CPU on 2 cores, measured by process (2026-12-04, `bench/suite_msgload.py --figures "
+        "sizes --sizes 65536`, the difference of a 512 MiB and a 2 GiB run, so start-up is "
+        "out): per 64 KiB message the hop client spends ~61 us, the server gateway ~59 us and "
+        "the origin ~29 us (150 us in all) where python-engineio's client and server spend "
+        "~28 and ~46 us (74 us): 1.0x needs half of today's total. py-spy: socket sends are "
+        "~30% of the gateway and the client (kernel copies and wake-ups, as in any relay); "
+        "the rest is copies of the payload through the layers (tunnel frame, session frame, "
+        "aiohttp's masking makes two more) and msgpack unpacking at the receiver. A 4 MiB "
+        "stream window (against 1 MiB) gave ~+13% in 4 alternating pairs, but a window that "
+        "large needs the gateways' per-stream event bound raised for a sender that turns to "
+        "tiny messages, so it is not taken. Next: frame a message once (session and tunnel "
+        "headers joined with the payload in one buffer, masked in place)."
     ),
     "64 KiB over a long-poll hop": (
         "the long-poll hop now streams (one streamed POST and one streamed GET carry the "
@@ -85,10 +85,12 @@ CAUSES: dict[str, str] = {
         "forwarding of each chunk, the POST body's write pacing) is not profiled yet."
     ),
     "bursts over a WebSocket hop": (
-        "run-to-run noise, not a regression: the full runs gave x1.01 (133k, raw 132k) and "
-        "x0.79 (119k, raw 150k); three alternating runs each in one minute gave this tree "
-        "215k msg/s and the start-of-session tree 206k, with less gateway CPU (0.20 against "
-        "0.24 s). " + _PER_MESSAGE
+        "CPU on 2 cores: three processes (client, gateway, origin) share them where raw "
+        "aiohttp has two. The full runs gave x1.01 (133k, raw 132k), x0.79 (119k, raw 150k) "
+        "and x0.78 (262k, raw 334k on a quiet machine, 2026-12-04); the server gateway's "
+        "receive path was cut from 2.5-2.9 to 1.8-2.0 us per message in bursts (2026-12-03/04), "
+        "but it shares the two cores with the client and the origin, where raw aiohttp's "
+        "client and server each have a core to themselves. " + _PER_MESSAGE
     ),
     "1 client >= 0.35x": _PER_REQUEST,
     "clients >= 0.6x": _PER_REQUEST,
