@@ -47,6 +47,7 @@ from bench import suite_plots, suite_procs, suite_report  # noqa: E402
 from bench.legacy_app import run_clients  # noqa: E402
 from bench.suite_procs import hop_path, python_child, running  # noqa: E402
 from bench.suite_rows import SCALES, Scale, figure, legacy, memory, messages, msgload  # noqa: E402
+from gateway.process import tune_malloc  # noqa: E402
 
 SECTIONS = ("messages", "legacy", "memory", "poll_ahead")
 #: ``--profile`` rows: a short run of one legacy path (fast clients) with gateways under cProfile.
@@ -229,6 +230,7 @@ def main() -> None:
     args = parser.parse_args()
     args.tree = args.tree.resolve()
     scale = SCALES[args.scale]
+    tune_malloc()  # the legacy pollers run here: as every process but the gateways (ALLOCATOR_ENV)
     if args.profile:
         print("\n".join(asyncio.run(profile_row(args, scale))))
         return

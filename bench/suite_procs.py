@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from gateway.process import MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD  # noqa: E402
 from tests.processes import (  # noqa: E402
     LISTENING,
     ChildProcess,
@@ -56,9 +57,20 @@ GATEWAY_FLAGS = (
 )  # fmt: skip
 
 
+#: The allocator settings a gateway gives itself (``gateway.process.tune_malloc``),
+#: for every other process of the suite (anchor servers, the legacy origin, the
+#: message clients, the suite itself as the legacy pollers): no column wins or
+#: loses by them. glibc reads these at start; gateways of an older ``--tree``
+#: run as that tree made them.
+ALLOCATOR_ENV = {
+    "MALLOC_TRIM_THRESHOLD_": str(MALLOC_TRIM_THRESHOLD),
+    "MALLOC_MMAP_THRESHOLD_": str(MALLOC_MMAP_THRESHOLD),
+}
+
+
 def python_child(script: str, *args: str, tree: Path | None = None) -> ChildProcess:
     """``python bench/SCRIPT ARGS`` (with ``tree`` first on its path), once it listens."""
-    env = {"PYTHONPATH": str(tree)} if tree is not None else None
+    env = {**ALLOCATOR_ENV, **({"PYTHONPATH": str(tree)} if tree is not None else {})}
     child = ChildProcess.start(
         [sys.executable, str(BENCH / script), *args],
         name=script,

@@ -34,6 +34,7 @@ import aiohttp
 
 from bench.legacy_app import Deliveries, client_session, percentile, run_clients
 from bench.suite_procs import (
+    ALLOCATOR_ENV,
     BENCH,
     GATEWAY_FLAGS,
     ChildProcess,
@@ -127,7 +128,7 @@ def msgload(
     for pid in cpu:
         args += ["--cpu-pid", str(pid)]
     limit = scale.figure_timeout * (len(figures) + 4) + 30
-    env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", **ALLOCATOR_ENV}
     done = subprocess.run(args, capture_output=True, text=True, timeout=limit, env=env, cwd=tree)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:

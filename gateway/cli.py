@@ -21,7 +21,7 @@ from gateway.config_sources import CONFIG_VARIABLE, gather, load_config
 from gateway.demo import runner as demo_runner
 from gateway.doctor import command as doctor_command
 from gateway.logs import say, setup_logging
-from gateway.process import event_loop_factory, serve, tune_gc
+from gateway.process import event_loop_factory, serve, tune_gc, tune_malloc
 
 DESCRIPTION = """\
 hopgate: a transparent long-poll <-> WebSocket upgrading gateway.
@@ -233,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in loaded.warnings:
         say(args.command, "warning", warning)
     tune_gc()
+    tune_malloc()
     try:
         with asyncio.Runner(loop_factory=new_loop) as runner:
             runner.run(serve(config))

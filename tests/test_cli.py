@@ -441,14 +441,18 @@ async def test_limit_flags_reach_the_running_gateway(
 
 
 def test_a_gateway_serves_with_fewer_collections(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What exists before it serves is frozen, and young collections are rarer."""
-    seen: dict[str, object] = {}
+    """What exists before it serves is frozen, young collections are rarer, malloc tuned.
+
+    (What ``tune_malloc`` does is tested in ``test_process.py``, in a child process.)
+    """
+    seen: dict[str, object] = {"malloc": "not tuned"}
 
     async def recording(config: Config, **_: object) -> None:
         seen["threshold"] = gc.get_threshold()
         seen["frozen"] = gc.get_freeze_count()
 
     monkeypatch.setattr(cli, "serve", recording)
+    monkeypatch.setattr(cli, "tune_malloc", lambda: seen.update(malloc="tuned") or True)
     monkeypatch.setattr(cli, "setup_logging", lambda *_: None)
     saved = gc.get_threshold()
     try:
@@ -458,3 +462,4 @@ def test_a_gateway_serves_with_fewer_collections(monkeypatch: pytest.MonkeyPatch
         gc.unfreeze()
     assert seen["threshold"] == GC_THRESHOLDS != saved
     assert isinstance(seen["frozen"], int) and seen["frozen"] > 1000
+    assert seen["malloc"] == "tuned"
