@@ -224,16 +224,32 @@ async def counted(conn: Conn, n: int, payload: bytes | str, per_turn: bool) -> f
     return took
 
 
+#: ``burst`` and ``turns`` keep the fastest of this many runs, as ``sizes`` keeps
+#: the fastest of SIZE_SAMPLES: a 20,000-message burst lasts ~0.1 s at raw
+#: aiohttp's rate, and one run of it gave 163k, 285k and 164k msg/s in three
+#: runs of one minute (2026-12-04), which made the burst ratio flip between
+#: "met" and "missed" with raw's luck.
+RATE_SAMPLES = 3
+
+
 async def burst(conn: Conn, args: argparse.Namespace) -> dict[str, Any]:
-    took = await counted(conn, args.burst, b"m" * args.size, per_turn=False)
-    return {"msg_s": args.burst / took}
+    best = 0.0
+    for _ in range(RATE_SAMPLES):
+        took = await counted(conn, args.burst, b"m" * args.size, per_turn=False)
+        best = max(best, args.burst / took)
+    return {"msg_s": best, "samples": RATE_SAMPLES}
 
 
 async def turns(conn: Conn, args: argparse.Namespace) -> dict[str, Any]:
-    cpu = cpu_of(args.cpu_pid)
-    took = await counted(conn, args.turns, b"m" * args.size, per_turn=True)
-    used = cpu_of(args.cpu_pid) - cpu
-    return {"msg_s": args.turns / took, "cpu_us": used / args.turns * 1e6}
+    """The fastest run's rate, and the server-side CPU per message of that run."""
+    best: dict[str, Any] = {"msg_s": 0.0}
+    for _ in range(RATE_SAMPLES):
+        cpu = cpu_of(args.cpu_pid)
+        took = await counted(conn, args.turns, b"m" * args.size, per_turn=True)
+        used = cpu_of(args.cpu_pid) - cpu
+        if args.turns / took > best["msg_s"]:
+            best = {"msg_s": args.turns / took, "cpu_us": used / args.turns * 1e6}
+    return {**best, "samples": RATE_SAMPLES}
 
 
 async def rtt(conn: Conn, args: argparse.Namespace) -> dict[str, Any]:
