@@ -48,8 +48,8 @@ _PER_REQUEST = (
     "most of it in aiohttp's web server per request (the same in plain forwarding). Three "
     "extra processes' worth of parsing and writing on 2 cores: their wake-ups queue behind "
     "each other, so the 100-client rates sit at x0.29-0.40 of direct. The direct path "
-    "itself is bimodal on this machine (1 client 2.5k-4.9k events/s, paced p50 4.5-18.6 "
-    "ms across the runs of 2026-12-03/04, the hops 864-1,078 events/s and 21-28 ms), so "
+    "itself is bimodal on this machine (1 client 2.5k-5.6k events/s, paced p50 3.4-18.6 "
+    "ms across the runs of 2026-12-03/04, the hops 864-1,193 events/s and 15-28 ms), so "
     "its ratios move with it; the legacy rows interleave the paths (LEGACY_ROUNDS) to "
     "share the drift."
 )
