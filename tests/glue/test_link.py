@@ -26,7 +26,16 @@ from yarl import URL
 from gateway.core.tunnel import ResetCode, StreamReset
 from gateway.glue.opener import NotSent
 from gateway.transports.hopsession import HopSession
-from tests.glue.chain import TRANSPORTS, BuildChain, MiB, Origin, first_event, headers_of, serve
+from tests.glue.chain import (
+    TRANSPORTS,
+    BuildChain,
+    Chain,
+    MiB,
+    Origin,
+    first_event,
+    headers_of,
+    serve,
+)
 from tests.helpers import until
 
 pytestmark = pytest.mark.timeout(90)
@@ -350,6 +359,25 @@ async def test_not_sent_when_the_session_is_gone_and_plain_reaches_the_origin_on
     assert [(s["path"], s["body"]) for s in o.seen] == [("/once", b"payload")]
 
 
+async def _chain_quick_to_go_plain(build_chain: BuildChain, url: str, transport: str) -> Chain:
+    """A chain whose plain fallback gives up connecting after 0.5 s, not the default."""
+    chain = await build_chain(url, transport)
+    forwarder = chain.entry.forwarder
+    forwarder.config = forwarder.config.replace(connect_timeout=0.5)
+    return chain
+
+
+def _session_takes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a full replay buffer would: the session is alive but takes no message."""
+    monkeypatch.setattr(HopSession, "writable", property(lambda self: False))
+
+
+def _assert_went_plain(chain: Chain, requests: int) -> None:
+    not_sent = chain.entry.not_sent
+    assert len(not_sent) == requests, not_sent
+    assert all("could not take the request" in why for why in not_sent), not_sent
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_not_sent_while_the_session_cannot_take_the_open(
     build_chain: BuildChain,
@@ -358,16 +386,13 @@ async def test_not_sent_while_the_session_cannot_take_the_open(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     o, url = origin
-    chain = await build_chain(url, transport)
+    chain = await _chain_quick_to_go_plain(build_chain, url, transport)
     entry = chain.entry
-    entry.forwarder.config = entry.forwarder.config.replace(connect_timeout=0.5)
-    # A full replay buffer: the session is alive but takes nothing.
-    monkeypatch.setattr(HopSession, "writable", property(lambda self: False))
+    _session_takes_nothing(monkeypatch)
     async with chain.client.post(chain.url + "/fallback", data=b"abc") as resp:
         assert resp.status == 200
     monkeypatch.undo()
-    assert len(entry.not_sent) == 1
-    assert "could not take the request" in entry.not_sent[0]
+    _assert_went_plain(chain, 1)
     assert [s["path"] for s in o.seen] == ["/fallback"]
     assert chain.down.tunnel.stream_count == 0
     assert entry.stats.active_streams == 0
@@ -382,20 +407,18 @@ async def test_busy_gets_the_session_cannot_take_go_plain_once(
 ) -> None:
     """With streams in flight a GET's OPEN waits for the turn's flush; unsent, it goes plain."""
     o, url = origin
-    chain = await build_chain(url, transport)
+    chain = await _chain_quick_to_go_plain(build_chain, url, transport)
     entry = chain.entry
-    entry.forwarder.config = entry.forwarder.config.replace(connect_timeout=0.5)
     held = asyncio.create_task(chain.client.get(chain.url + "/hold?s=30"))
     async with asyncio.timeout(5):
         await o.arrived.wait()
-    monkeypatch.setattr(HopSession, "writable", property(lambda self: False))
+    _session_takes_nothing(monkeypatch)
     gets = [chain.client.get(f"{chain.url}/busy{i}") for i in range(3)]
     for resp in await asyncio.gather(*gets):
         assert resp.status == 200
         resp.release()
     monkeypatch.undo()
-    assert len(entry.not_sent) == 3
-    assert all("could not take the request" in why for why in entry.not_sent)
+    _assert_went_plain(chain, 3)
     assert sorted(s["path"] for s in o.seen if not s["path"].startswith("/hold")) == [
         "/busy0",
         "/busy1",
