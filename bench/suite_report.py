@@ -38,8 +38,10 @@ _PER_MESSAGE = (
 _PER_REQUEST = (
     "`bench/request_cost.py` and py-spy of both gateways (2026-12-04, after the per-request "
     "work of issue 13: lean origin client, bytes head path, fewer handler steps, GC tuned): "
-    "CPU per request (client gateway, server gateway), 1 client: plain 283, 290 us, "
-    "WebSocket hop 460, 417 us; 100 clients: plain 150, 153 us, WebSocket hop 183, 157 us. "
+    "CPU per request (client gateway, server gateway), five runs within 20 minutes: 1 client "
+    "plain 170-220, 183-217 us, WebSocket hop 270-283, 250-287 us; 100 clients plain 93-97, "
+    "93-97 us, WebSocket hop 90-107, 77-87 us: at 100 clients a tunnelled request costs "
+    "what a plain one does, at 1 client ~1.35x. "
     "Each tunnelled request costs the session and tunnel layers on both gateways (session "
     "feed and dispatch ~22% of the server gateway, ~18% of the client gateway) plus a hop "
     "frame write each way (socket writes ~15% of each); the rest is spread over ~30 "
