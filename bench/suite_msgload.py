@@ -224,32 +224,31 @@ async def counted(conn: Conn, n: int, payload: bytes | str, per_turn: bool) -> f
     return took
 
 
-#: ``burst`` and ``turns`` keep the fastest of this many runs, as ``sizes`` keeps
-#: the fastest of SIZE_SAMPLES: a 20,000-message burst lasts ~0.1 s at raw
-#: aiohttp's rate, and one run of it gave 163k, 285k and 164k msg/s in three
-#: runs of one minute (2026-12-04), which made the burst ratio flip between
+#: ``burst``, ``turns`` and ``sizes`` each keep the fastest of this many runs:
+#: on shared cores another process's burst of work only ever slows a run down.
+#: One sample of the 64 KiB row swung 2-4x between runs, and a 20,000-message
+#: burst (~0.1 s at raw aiohttp's rate) gave 163k, 285k and 164k msg/s in
+#: three runs of one minute (2026-12-04), flipping the burst ratio between
 #: "met" and "missed" with raw's luck.
-RATE_SAMPLES = 3
+SAMPLES = 3
 
 
 async def burst(conn: Conn, args: argparse.Namespace) -> dict[str, Any]:
-    best = 0.0
-    for _ in range(RATE_SAMPLES):
-        took = await counted(conn, args.burst, b"m" * args.size, per_turn=False)
-        best = max(best, args.burst / took)
-    return {"msg_s": best, "samples": RATE_SAMPLES}
+    payload = b"m" * args.size
+    took = min([await counted(conn, args.burst, payload, per_turn=False) for _ in range(SAMPLES)])
+    return {"msg_s": args.burst / took, "samples": SAMPLES}
 
 
 async def turns(conn: Conn, args: argparse.Namespace) -> dict[str, Any]:
     """The fastest run's rate, and the server-side CPU per message of that run."""
     best: dict[str, Any] = {"msg_s": 0.0}
-    for _ in range(RATE_SAMPLES):
+    for _ in range(SAMPLES):
         cpu = cpu_of(args.cpu_pid)
         took = await counted(conn, args.turns, b"m" * args.size, per_turn=True)
         used = cpu_of(args.cpu_pid) - cpu
         if args.turns / took > best["msg_s"]:
             best = {"msg_s": args.turns / took, "cpu_us": used / args.turns * 1e6}
-    return {**best, "samples": RATE_SAMPLES}
+    return {**best, "samples": SAMPLES}
 
 
 async def rtt(conn: Conn, args: argparse.Namespace) -> dict[str, Any]:
@@ -269,27 +268,18 @@ async def rtt(conn: Conn, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-#: ``sizes`` sends each size's bytes as this many bursts and keeps the fastest:
-#: on shared cores another process's burst of work only ever slows a sample
-#: down, and one sample of the 64 KiB row swung 2-4x between runs.
-SIZE_SAMPLES = 3
-
-
 async def sizes(conn: Conn, args: argparse.Namespace) -> dict[str, Any]:
-    """MB/s by message size, the best of ``SIZE_SAMPLES`` bursts of a share of ``--bytes``.
+    """MB/s by message size, the best of ``SAMPLES`` bursts of a share of ``--bytes``.
 
     A size that does not finish in ``--timeout`` ends the figure.
     """
     rates: dict[str, float] = {}
     for size in args.sizes:
-        n = max(20, min(args.burst, args.bytes // size // SIZE_SAMPLES))
+        n = max(20, min(args.burst, args.bytes // size // SAMPLES))
         try:
             async with asyncio.timeout(args.timeout):
                 took = min(
-                    [
-                        await counted(conn, n, b"L" * size, per_turn=False)
-                        for _ in range(SIZE_SAMPLES)
-                    ]
+                    [await counted(conn, n, b"L" * size, per_turn=False) for _ in range(SAMPLES)]
                 )
         except TimeoutError:
             if not rates:

@@ -252,18 +252,20 @@ def _latency(seen: Deliveries, keep: int) -> Result:
     }
 
 
-async def _paced(
-    route: Route, origin: str, clients: int, scale: Scale, into: Deliveries | None = None
-) -> Result:
-    """Latencies of ``clients`` paced pollers; with ``into``, added there for the caller to sum."""
-    seconds = scale.duration if into is None else scale.duration / LEGACY_ROUNDS
+async def _paced(route: Route, origin: str, clients: int, scale: Scale) -> Result:
+    seen = Deliveries()
+    await _paced_into(seen, route, origin, clients, scale, scale.duration)
+    return _latency(seen, scale.keep_samples)
+
+
+async def _paced_into(
+    into: Deliveries, route: Route, origin: str, clients: int, scale: Scale, seconds: float
+) -> None:
+    """``clients`` paced pollers for ``seconds``, their deliveries added to ``into``."""
     seen = await run_clients(route.url, clients, seconds, rate=scale.rate, origin_url=origin)
-    if into is None:
-        return _latency(seen, scale.keep_samples)
     into.latencies += seen.latencies
     into.errors += seen.errors
     into.first_error = into.first_error or seen.first_error
-    return {}
 
 
 async def _interleaved(
@@ -365,7 +367,7 @@ async def _legacy_rates(
     rows = await _interleaved(
         f"{scale.many} x {scale.rate:.0f}/s",
         hops,
-        lambda kind, route: _paced(route, origin, scale.many, scale, paced[kind]),
+        lambda kind, route: _paced_into(paced[kind], route, origin, scale.many, scale, part),
         lambda kind: _latency(paced[kind], scale.keep_samples),
         limit,
     )
