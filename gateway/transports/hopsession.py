@@ -505,7 +505,8 @@ class HopSession:
         self._timer = None
         if self._close_info is not None:
             return
-        self._core.handle_timer(self.now())
+        now = self.now()
+        self._core.handle_timer(now, late=now - self._timer_at)
         self.dispatch()
         self._rearm_now()
 

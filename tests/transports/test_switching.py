@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 
 import aiohttp
 from yarl import URL
 
+from gateway.core.session.rtt import STALL_FLOOR
 from gateway.transports.connector import SessionConnector
 from gateway.transports.errors import HandshakeRefused
 from gateway.transports.handshake import SESSION_PATH, TOKEN_HEADER
@@ -230,3 +232,22 @@ async def test_a_late_request_of_an_abandoned_transport_does_not_switch_back(
     assert pair.server.transport == "websocket"
     pair.server.send("still on the WebSocket")
     await pair.client_inbox.wait_for(1)
+
+
+async def test_a_starved_event_loop_is_not_a_stalled_websocket(make_pair: MakePair) -> None:
+    """The process got no CPU for longer than the stall floor: the ack is late, the path is not."""
+    pair = await make_pair("websocket", replace(FAST, **NO_REPROBE))
+    for i in range(40):  # round trips observed: the stall watch sits at its floor
+        pair.client.send(f"c{i}")
+        await asyncio.sleep(0.005)
+    await pair.server_inbox.wait_for(40)
+    assert pair.client._core._live.rtt.stall_after(FAST.stall_timeout) == STALL_FLOOR
+    for round_ in range(3):
+        pair.client.send(f"late{round_}")  # data outstanding: the stall watch runs
+        await asyncio.sleep(0)  # written at the end of the turn
+        time.sleep(STALL_FLOOR + 0.3)  # no CPU for this process, as on a loaded machine
+        await pair.server_inbox.wait_for(41 + round_)
+        await asyncio.sleep(0.05)
+    assert pair.client.transport == "websocket"
+    assert (pair.connector.upgrades, pair.connector.fallbacks) == (1, 0)
+    assert pair.server.transport == "websocket"

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from gateway.core.session.config import SessionConfig
 from gateway.core.session.rtt import RoundTrip
 
-__all__ = ["Liveness"]
+__all__ = ["LATE_GRACE", "LATE_TOLERATED", "Liveness"]
+
+#: A timer this late (seconds) means the caller's loop did not run: see ``excuse``.
+LATE_TOLERATED = 0.02
+#: After an excused lateness, the time the loop has to read what waits in its sockets.
+LATE_GRACE = 0.05
 
 
 @dataclass(slots=True)
@@ -35,11 +40,13 @@ class Liveness:
     nonce: int = 0  # last nonce handed to a PING or a probe
     ping_sent_at: float = 0.0  # when the heartbeat PING went out (its round trip)
     rtt: RoundTrip = field(default_factory=RoundTrip)  # sets how soon a stall is declared
+    excused: float = 0.0  # seconds of the caller's lateness the stall watch has forgiven
 
     def restart(self, now: float) -> None:
         """A new transport carries the session: every timer starts over."""
         self.last_sent_at = self.retx_since = self.watch_since = now
         self.stall_reported = False
+        self.excused = 0.0
 
     def attach(self) -> None:
         """A transport is attached: the resume_grace clock stops; a PING due was the old one's."""
@@ -56,6 +63,7 @@ class Liveness:
         """The peer acked data or answered a ping: the stall watch starts over."""
         self.watch_since = now
         self.stall_reported = False
+        self.excused = 0.0
 
     def heartbeat_answered(self, nonce: int, now: float) -> bool:
         """The PONG answers our heartbeat PING (sent, not just due): the stall watch restarts."""
@@ -86,6 +94,24 @@ class Liveness:
         """The stall watch runs: a ping or data waits for the peer."""
         ping_in_flight = self.ping_nonce is not None and not self.ping_due
         return ping_in_flight or data_outstanding
+
+    def excuse(self, late: float, bound: float) -> None:
+        """The caller's timer ran ``late`` seconds after its deadline: do not count that time.
+
+        A process that got no CPU (a loaded machine, a long GC pause) finds
+        the peer's ack unread in its socket when the stall timer finally runs:
+        the time it could not run is its own silence, not the path's.  The
+        stall watch moves on by the lateness and ``LATE_GRACE`` more, so the
+        loop reads what is waiting before the watch is judged again;
+        ``bound`` seconds per watch at most, so a dead path on a starved
+        process still shows.
+        """
+        if late < LATE_TOLERATED or self.stall_reported:
+            return
+        shift = min(late + LATE_GRACE, bound - self.excused)
+        if shift > 0.0:
+            self.watch_since += shift
+            self.excused += shift
 
     def run_transport_timers(
         self, now: float, config: SessionConfig, data_outstanding: bool

@@ -435,11 +435,17 @@ class Session:
         deadlines += [d for d in (due, ack) if d is not None]
         return min(deadlines, default=None)
 
-    def handle_timer(self, now: float) -> None:
-        """Run every timer that is due at ``now``; cheap to call early."""
+    def handle_timer(self, now: float, late: float = 0.0) -> None:
+        """Run every timer that is due at ``now``; cheap to call early.
+
+        ``late``: how long after the deadline it was armed for the caller's
+        timer ran; the stall watch does not count it (see ``Liveness.excuse``).
+        """
         if self._state is _CLOSED or self._gave_up(now):
             return
         if self._attached:
+            if late > 0.0 and self._live.watching(self._send.outstanding):
+                self._live.excuse(late, self._config.stall_timeout)
             self._transport_timers(now)
 
     def _gave_up(self, now: float) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.core.session import Session, SessionConfig, TransportStalled
+from gateway.core.session.liveness import LATE_GRACE
 from gateway.core.session.rtt import STALL_FLOOR, STALL_RTTS, RoundTrip
 
 from .fakelink import FakeLink, make_pair
@@ -120,6 +121,40 @@ def test_a_black_holed_busy_transport_stalls_after_the_floor_not_15_s() -> None:
     assert at - holed < 0.6
     [stall] = stalls(link)
     assert stall.since == pytest.approx(last_progress)
+
+
+def test_time_the_callers_loop_did_not_run_is_not_the_paths_silence() -> None:
+    link = linked(latency=0.005)
+    traffic(link, 2.0, dt=0.01)
+    black_hole(link)
+    link.a.send_message(b"sent just before the process lost the CPU")
+    link.a.data_to_send(link.now)
+    since = link.a._live.watch_since
+    # the stall timer was due at the floor and ran 0.8 s after it
+    link.now = since + STALL_FLOOR + 0.8
+    link.a.handle_timer(link.now, late=0.8)
+    link.collect()
+    assert stalls(link) == []
+    # the path is really dead: it shows one floor (and the grace to read) after the time excused
+    at = first_stall_at(link, link.a, limit=DEFAULT_BOUND)
+    assert at - since == pytest.approx(STALL_FLOOR + 0.8 + LATE_GRACE, abs=0.011)
+
+
+def test_lateness_is_excused_up_to_the_stall_bound_only() -> None:
+    link = linked(latency=0.005)
+    traffic(link, 2.0, dt=0.01)
+    black_hole(link)
+    link.a.send_message(b"x")
+    link.a.data_to_send(link.now)
+    since = link.a._live.watch_since
+    late = 1.0
+    # a process starved at every timer: each run is a second late
+    while not stalls(link):
+        link.now += late
+        link.a.handle_timer(link.now, late=late)
+        link.collect()
+        assert link.now - since < DEFAULT_BOUND + STALL_FLOOR + 2 * late
+    assert link.now - since >= DEFAULT_BOUND
 
 
 def test_a_black_holed_idle_transport_is_caught_by_its_heartbeat() -> None:
