@@ -109,13 +109,21 @@ def test_only_one_frame_is_timed_and_an_ack_below_it_is_no_sample() -> None:
 # -- the session's stall watch -----------------------------------------------------------
 
 
-def test_a_black_holed_busy_transport_stalls_after_the_floor_not_15_s() -> None:
+def holed_with_data_out(message: bytes) -> tuple[FakeLink, float, float]:
+    """A busy link (100 messages/s, acked in ~10 ms) black-holed, then ``message`` written.
+
+    Returns the link, when it was holed, and the stall watch's start.
+    """
     link = linked(latency=0.005)
-    traffic(link, 2.0, dt=0.01)  # 100 messages/s, acked in ~10 ms
+    traffic(link, 2.0, dt=0.01)
     holed = black_hole(link)
-    link.a.send_message(b"into the void")
+    link.a.send_message(message)
     link.a.data_to_send(link.now)  # written, never acked
-    last_progress = link.a._live.watch_since
+    return link, holed, link.a._live.watch_since
+
+
+def test_a_black_holed_busy_transport_stalls_after_the_floor_not_15_s() -> None:
+    link, holed, last_progress = holed_with_data_out(b"into the void")
     at = first_stall_at(link, link.a, limit=DEFAULT_BOUND)
     assert at - last_progress == pytest.approx(STALL_FLOOR, abs=0.011)
     assert at - holed < 0.6
@@ -124,12 +132,7 @@ def test_a_black_holed_busy_transport_stalls_after_the_floor_not_15_s() -> None:
 
 
 def test_time_the_callers_loop_did_not_run_is_not_the_paths_silence() -> None:
-    link = linked(latency=0.005)
-    traffic(link, 2.0, dt=0.01)
-    black_hole(link)
-    link.a.send_message(b"sent just before the process lost the CPU")
-    link.a.data_to_send(link.now)
-    since = link.a._live.watch_since
+    link, _, since = holed_with_data_out(b"sent just before the process lost the CPU")
     # the stall timer was due at the floor and ran 0.8 s after it
     link.now = since + STALL_FLOOR + 0.8
     link.a.handle_timer(link.now, late=0.8)
@@ -141,12 +144,7 @@ def test_time_the_callers_loop_did_not_run_is_not_the_paths_silence() -> None:
 
 
 def test_lateness_is_excused_up_to_the_stall_bound_only() -> None:
-    link = linked(latency=0.005)
-    traffic(link, 2.0, dt=0.01)
-    black_hole(link)
-    link.a.send_message(b"x")
-    link.a.data_to_send(link.now)
-    since = link.a._live.watch_since
+    link, _, since = holed_with_data_out(b"x")
     late = 1.0
     # a process starved at every timer: each run is a second late
     while not stalls(link):
