@@ -94,14 +94,27 @@ class _Held:
 class AheadClient:
     """Holds predicted answers for one opening link (see the module docstring)."""
 
-    __slots__ = ("_book", "_bytes", "_chains", "_link", "_parts", "_streams", "_timer", "_waiters")
+    __slots__ = (
+        "_book",
+        "_bytes",
+        "_chains",
+        "_link",
+        "_partial",
+        "_parts",
+        "_streams",
+        "_timer",
+        "_waiters",
+    )
 
     def __init__(self, link: TunnelDriver) -> None:
         self._link = link
         self._book = Book()
         self._streams: dict[int, tuple[web.BaseRequest, str]] = {}
         self._waiters: dict[int, asyncio.Event] = {}
+        #: Answers arriving in PARTs, only for predictions the book holds; their bytes
+        #: count against MAX_HELD_BYTES like held answers (``_partial``).
         self._parts: dict[int, tuple[AnswerHead, bytearray]] = {}
+        self._partial = 0
         self._timer: asyncio.TimerHandle | None = None
         self._chains = self._bytes = 0  # what this link adds to the gateway's totals
         link.on_push = self.on_push
@@ -122,9 +135,10 @@ class AheadClient:
     def _sync(self) -> None:
         """Keep the gateway-wide totals (caps) equal to the sum over links."""
         stats, book = self._link.stats.poll_ahead, self._book
+        held = book.held_bytes + self._partial
         stats.chains += book.chains - self._chains
-        stats.held_bytes += book.held_bytes - self._bytes
-        self._chains, self._bytes = book.chains, book.held_bytes
+        stats.held_bytes += held - self._bytes
+        self._chains, self._bytes = book.chains, held
 
     # -- from the server gateway ------------------------------------------------------------
 
@@ -135,10 +149,8 @@ class AheadClient:
             self._announced(event.stream_id, event.data)
         elif op == Op.ANSWER:
             head = decode_answer(event.stream_id, event.data)
-            if head is not None and head.more:
-                self._parts[head.push_id] = (head, bytearray(head.body))
-            elif head is not None:
-                self._answered(head, head.body)
+            if head is not None:
+                self._answer_head(head)
         elif op == Op.PART:
             self._part(event.stream_id, event.data)
         elif op == Op.VOID:
@@ -164,6 +176,25 @@ class AheadClient:
         stats.made += 1
         self._send(Op.ACCEPT, d.push_id)
 
+    def _answer_head(self, head: AnswerHead) -> None:
+        """An ANSWER: whole, or the start of one that continues in PARTs.
+
+        Only a prediction still awaiting its answer may start a multi-part
+        one; any other push id (answered already, an orphan, a peer's
+        invention) is counted and ended as a whole answer would be, so a
+        peer cannot make us hold bytes for it.
+        """
+        push_id = head.push_id
+        if push_id in self._parts:
+            return  # a second head for one answer: the first stands
+        if not head.more or not self._book.awaits(push_id):
+            self._answered(head, head.body)
+        elif self._room(len(head.body)):
+            self._parts[push_id] = (head, bytearray(head.body))
+            self._partial += len(head.body)
+        else:
+            self._give_up(head)
+
     def _part(self, push_id: int, data: bytes) -> None:
         parsed = decode_part(data)
         pending = self._parts.get(push_id)
@@ -171,14 +202,28 @@ class AheadClient:
             return
         chunk, more = parsed
         head, body = pending
+        if len(body) + len(chunk) > MAX_PUSH_BODY + MAX_PART or not self._room(len(chunk)):
+            del self._parts[push_id]  # over our bounds: the answer is not held
+            self._partial -= len(body)
+            self._give_up(head)
+            return
         body += chunk
-        if len(body) > MAX_PUSH_BODY + MAX_PART:
-            del self._parts[push_id]  # a peer over our bound: the answer is not held
-            self._book.voided(push_id)
-            self._wake(push_id)
-        elif not more:
+        self._partial += len(chunk)
+        if not more:
             del self._parts[push_id]
+            self._partial -= len(body)
             self._answered(head, bytes(body))
+
+    def _room(self, more: int) -> bool:
+        """Whether ``more`` bytes still fit under the gateway's MAX_HELD_BYTES."""
+        return self._link.stats.poll_ahead.held_bytes + more <= MAX_HELD_BYTES
+
+    def _give_up(self, head: AnswerHead) -> None:
+        """An answer too big to hold: its client's poll travels as usual; the chain ends."""
+        self._book.voided(head.push_id)
+        self._wake(head.push_id)
+        if head.next is not None:
+            self._send(Op.STOP, head.next.push_id)
 
     def _answered(self, head: AnswerHead, body: bytes) -> None:
         stats = self._link.stats.poll_ahead
@@ -207,6 +252,7 @@ class AheadClient:
         """The hop session ended: nothing more will come; waiting polls are answered 502."""
         self._book.clear()
         self._parts.clear()
+        self._partial = 0
         self._sync()
         for waiter in self._waiters.values():
             waiter.set()

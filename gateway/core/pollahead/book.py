@@ -185,6 +185,11 @@ class Book:
         found = self._by_push.get(push_id)
         return found is not None and found[1] is not None
 
+    def awaits(self, push_id: int) -> bool:
+        """Whether ``push_id`` is a live prediction whose answer has not come yet."""
+        found = self._by_push.get(push_id)
+        return found is not None and found[1] is not None and found[1].answer is None
+
     def hold_of(self, push_id: int) -> float:
         found = self._by_push.get(push_id)
         return found[0].hold if found is not None else 0.0

@@ -54,6 +54,20 @@ def test_the_predicted_poll_is_served_and_only_to_its_client() -> None:
     assert isinstance(following, Hit) and following.held.push_id == 2
 
 
+def test_only_a_prediction_still_unanswered_awaits_its_answer() -> None:
+    book = Book()
+    chain = book.announce(ALICE, poll(1, 5))
+    assert chain is not None
+    assert book.awaits(1) and not book.awaits(2)  # 2: never predicted
+    book.answered(1, "A1", 10, None, now=0.0)
+    assert not book.awaits(1) and book.holds(1)  # answered: held, no second answer
+    other = Book()
+    dropped = other.announce(ALICE, poll(3, 9))
+    assert dropped is not None and other.awaits(3)
+    other.drop(dropped)
+    assert not other.awaits(3)  # an orphan: its late answer is only counted
+
+
 def test_another_cursor_contradicts_the_chain() -> None:
     book = Book()
     book.announce(ALICE, poll(1, 5))
