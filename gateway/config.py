@@ -110,7 +110,7 @@ class Config:
     resume_grace: float = 60.0
     #: Hop sessions one gateway serves at once (503 beyond).
     max_sessions: int = 1000
-    #: Largest message a hop session carries, in bytes.
+    #: Largest message a hop session or an endpoint's WebSocket carries, in bytes.
     max_message_size: int = 16 * 1024 * 1024
     #: Replay buffer per hop session, in bytes (backpressure beyond).
     session_buffer: int = 4 * 1024 * 1024
@@ -336,7 +336,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_message_size",
         "bytes",
-        "largest message a hop session carries (default 16777216)",
+        "largest message a hop session or an endpoint's WebSocket carries; "
+        "a bigger one closes the WebSocket with 1009 (default 16777216)",
         group=_HOP,
     ),
     Setting(

@@ -117,7 +117,11 @@ class Relay:
         request[ROUTE_KEY] = "plain"
         if is_websocket_upgrade(request):
             return await pass_through(
-                request, target, forwarder=self.forwarder, origin_key=origin_key
+                request,
+                target,
+                forwarder=self.forwarder,
+                origin_key=origin_key,
+                max_msg_size=self.forwarder.config.max_ws_message,
             )
         return await self.forwarder.forward(request, target, origin_key=origin_key)
 

@@ -202,6 +202,7 @@ def derive(config: Config) -> Settings:
             upstream_timeout=config.upstream_timeout,
             session_connections=config.session_connections,
             poll_ahead=parse_rules(config.poll_ahead),
+            max_ws_message=config.max_message_size,
         ),
         hop=HopSettings(
             secret=config.hop_secret,

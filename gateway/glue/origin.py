@@ -45,6 +45,9 @@ class ForwardSettings:
     session_connections: int
     #: ``--poll-ahead`` rules (server gateway): polls whose next request it issues itself.
     poll_ahead: tuple[Rule, ...] = ()
+    #: Largest WebSocket message an endpoint's passed-through WebSocket may carry
+    #: (``--max-message-size``; a tunnelled one is bounded by the tunnel's config).
+    max_ws_message: int = 16 * 1024 * 1024
 
     def replace(self, **changes: Any) -> ForwardSettings:
         return dataclasses.replace(self, **changes)

@@ -19,7 +19,6 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
-from gateway.edges import websocket
 from gateway.server import Gateway
 from tests.conftest import MakeOrigin
 from tests.helpers import running_gateway, until
@@ -94,19 +93,26 @@ class Path:
         return sum(gw.stats.active_websockets for gw in self.gateways)
 
 
-@pytest.fixture(params=["chain", "forward"])
-async def path(request: pytest.FixtureRequest, origin: Origin) -> AsyncIterator[Path]:
+@contextlib.asynccontextmanager
+async def open_path(kind: str, origin: Origin, **settings: Any) -> AsyncIterator[Path]:
+    """``kind`` (``chain`` or ``forward``) to ``origin``, every gateway given ``settings``."""
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        if request.param == "chain":
-            sidecar = running_gateway("server", upstream=origin.url)
+        if kind == "chain":
+            sidecar = running_gateway("server", upstream=origin.url, **settings)
             sidecar_gw = await stack.enter_async_context(sidecar)
-            local = running_gateway("client", upstream=sidecar_gw.url)
+            local = running_gateway("client", upstream=sidecar_gw.url, **settings)
             local_gw = await stack.enter_async_context(local)
             yield Path(session, local_gw.url, None, [local_gw, sidecar_gw])
         else:
-            proxy = await stack.enter_async_context(running_gateway("client"))
+            proxy = await stack.enter_async_context(running_gateway("client", **settings))
             yield Path(session, origin.url, proxy.url, [proxy])
+
+
+@pytest.fixture(params=["chain", "forward"])
+async def path(request: pytest.FixtureRequest, origin: Origin) -> AsyncIterator[Path]:
+    async with open_path(request.param, origin) as opened:
+        yield opened
 
 
 async def test_text_and_binary_echo_both_ways(path: Path) -> None:
@@ -132,19 +138,21 @@ async def test_large_message_arrives_whole(path: Path) -> None:
         await ws.close()
 
 
-async def test_oversize_message_closes_both_sides_with_1009(
-    path: Path, origin: Origin, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(websocket, "MAX_MESSAGE_SIZE", 64 * 1024)
-    async with asyncio.timeout(LIMIT):
-        ws = await path.connect()
-        await ws.send_bytes(b"x" * (64 * 1024 + 1))
-        msg = await ws.receive()
-        assert msg.type is WSMsgType.CLOSE
-        assert msg.data == 1009
-        code, _ = await origin.closes.get()
-        assert code == 1009
-        await until(lambda: path.active() == 0)
+@pytest.mark.parametrize("kind", ["chain", "forward"])
+async def test_oversize_message_closes_both_sides_with_1009(origin: Origin, kind: str) -> None:
+    """``--max-message-size`` bounds an endpoint's WebSocket messages, tunnelled or not."""
+    async with open_path(kind, origin, max_message_size=64 * 1024) as path:
+        async with asyncio.timeout(LIMIT):
+            ws = await path.connect()
+            await ws.send_bytes(b"x" * (64 * 1024))
+            assert len((await ws.receive()).data) == 64 * 1024  # at the limit: it passes
+            await ws.send_bytes(b"x" * (64 * 1024 + 1))
+            msg = await ws.receive()
+            assert msg.type is WSMsgType.CLOSE
+            assert msg.data == 1009
+            code, _ = await origin.closes.get()
+            assert code == 1009
+            await until(lambda: path.active() == 0)
 
 
 async def test_ping_is_answered_end_to_end(path: Path) -> None:
