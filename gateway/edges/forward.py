@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import AsyncIterable, Callable
 
 import aiohttp
@@ -288,7 +290,15 @@ class Forwarder:
         return text_error(status, message)
 
     def describe_failure(self, exc: BaseException, target: URL) -> tuple[int, str]:
-        """Status (502/504) and a log-and-client message for a failed upstream request."""
+        """Status (502/504) and the client's message for a failed upstream request.
+
+        The WARNING logged here names the upstream and the error in full, and
+        so does a client gateway's message: its clients are its own user's
+        programs. A server gateway's clients are anyone's, so its message
+        (passed on by the peer gateway when tunnelled) says what failed but
+        not where: the address it forwards to is nobody else's business.
+        """
+        public = self.stats.role == "server"
         where = f"{target.scheme}://{target.raw_authority}"
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
             log.warning(
@@ -296,29 +306,46 @@ class Forwarder:
             )
             return (
                 504,
-                f"upstream {where} did not answer in time "
+                f"{'the upstream' if public else f'upstream {where}'} did not answer in time "
                 f"(connect timeout {self.config.connect_timeout:g}s, "
                 f"read timeout {self.config.upstream_timeout:g}s)",
             )
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-            msg = (
+            logged = (
                 f"TLS certificate of upstream {where} failed verification: {exc.certificate_error}"
             )
+            told = "the upstream's TLS certificate failed verification"
         elif isinstance(exc, aiohttp.ClientProxyConnectionError):  # http(s)_proxy unreachable
-            msg = (
+            logged = (
                 f"could not connect to proxy {exc.host}:{exc.port} (http_proxy/https_proxy) "
                 f"for upstream {where}: {describe(exc.os_error)}"
             )
+            told = f"could not connect to the outbound proxy: {_os_reason(exc.os_error)}"
         elif isinstance(exc, aiohttp.ClientHttpProxyError):
-            msg = f"proxy refused CONNECT to upstream {where}: {exc.status} {exc.message}"
+            logged = f"proxy refused CONNECT to upstream {where}: {exc.status} {exc.message}"
+            told = f"the outbound proxy refused CONNECT: {exc.status}"
         elif isinstance(exc, aiohttp.ClientConnectorError | OriginConnectError):
-            msg = f"could not connect to upstream {where}: {describe(exc.os_error)}"
+            logged = f"could not connect to upstream {where}: {describe(exc.os_error)}"
+            told = f"could not connect to the upstream: {_os_reason(exc.os_error)}"
         elif isinstance(exc, aiohttp.ServerDisconnectedError):
-            msg = f"upstream {where} closed the connection without answering"
+            logged = f"upstream {where} closed the connection without answering"
+            told = "the upstream closed the connection without answering"
         else:
-            msg = f"upstream {where} failed: {describe(exc)}"
-        log.warning("%s", msg, extra={"upstream": where, "reason": msg})
-        return 502, msg
+            logged = f"upstream {where} failed: {describe(exc)}"
+            told = f"the upstream failed: {type(exc).__name__}"
+        log.warning("%s", logged, extra={"upstream": where, "reason": logged})
+        return 502, f"{told} (the gateway's log has the details)" if public else logged
+
+
+def _os_reason(error: OSError) -> str:
+    """``ConnectionRefusedError (Connection refused)``: the kind of failure, no address.
+
+    asyncio's own text for a failed connect names the address it tried.
+    """
+    name = type(error).__name__
+    if isinstance(error, socket.gaierror):  # its text is the resolver's, no address
+        return f"{name} ({error.strerror})" if error.strerror else name
+    return f"{name} ({os.strerror(error.errno)})" if error.errno and error.errno > 0 else name
 
 
 def host_header(url: URL) -> str:

@@ -9,6 +9,7 @@ an ``aiohttp.ClientSession`` with nothing added automatically.
 from __future__ import annotations
 
 import asyncio
+import logging
 import gzip
 import hashlib
 import http.client
@@ -346,17 +347,22 @@ async def test_client_abort_cancels_the_upstream_request(
 # ------------------------------------------------------------------- errors
 
 
-async def test_refused_upstream_is_a_502_naming_it(
-    make_gateway: MakeGateway, client: aiohttp.ClientSession
+async def test_refused_upstream_is_a_502_naming_it_in_the_log_only(
+    make_gateway: MakeGateway, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     port = free_port()
     gw = await make_gateway("server", {"upstream": f"http://127.0.0.1:{port}"})
-    async with client.get(f"{gw.url}/anything") as resp:
-        body = await resp.text()
-        assert resp.status == 502
-        assert resp.content_type == "text/plain"
-    assert f"could not connect to upstream http://127.0.0.1:{port}" in body
-    assert "refused" in body.lower()
+    with caplog.at_level(logging.WARNING, logger="hopgate.forward"):
+        async with client.get(f"{gw.url}/anything") as resp:
+            body = await resp.text()
+            assert resp.status == 502
+            assert resp.content_type == "text/plain"
+    assert body == (
+        "hopgate: could not connect to the upstream: ConnectionRefusedError "
+        "(Connection refused) (the gateway's log has the details)\n"
+    )
+    assert str(port) not in body  # where the gateway forwards is nobody else's business
+    assert f"could not connect to upstream http://127.0.0.1:{port}" in caplog.text
     state = gw.stats.as_json()["upstreams"][0]
     assert state["errors"] == 1
 
@@ -368,7 +374,9 @@ async def test_refused_upstream_behind_a_second_gateway_reaches_the_client(
     entry, _ = await two_gateways(make_gateway, f"http://127.0.0.1:{port}")
     async with client.get(f"{entry.url}/x") as resp:
         assert resp.status == 502
-        assert f"127.0.0.1:{port}" in await resp.text()
+        body = await resp.text()
+    assert "could not connect to the upstream: ConnectionRefusedError" in body
+    assert str(port) not in body
 
 
 async def test_slow_upstream_is_a_504(
@@ -385,7 +393,7 @@ async def test_slow_upstream_is_a_504(
         body = await resp.text()
         assert resp.status == 504
     assert time.monotonic() - started < 3
-    assert f"upstream {origin} did not answer in time" in body
+    assert "the upstream did not answer in time" in body and origin not in body
     assert "read timeout 0.5s" in body
 
 
