@@ -9,12 +9,12 @@ an ``aiohttp.ClientSession`` with nothing added automatically.
 from __future__ import annotations
 
 import asyncio
-import logging
 import gzip
 import hashlib
 import http.client
 import io
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
