@@ -69,7 +69,7 @@ from gateway.core.ladder import (
 from gateway.edges.forward import Forwarder
 from gateway.glue.link import TunnelLink
 from gateway.handover import Retiring, session_ended, until_closed_or_moved
-from gateway.status import GatewayStats, HopReport
+from gateway.status import GatewayStats, HopReport, no_link
 from gateway.transports.connector import SessionConnector
 from gateway.transports.errors import (
     NotAGateway,
@@ -190,6 +190,9 @@ class UpstreamLink:
     async def close(self) -> None:
         """Stop trying; close the tunnel and the session (within the session close timeout)."""
         self._closing = True
+        state = self._stats.upstreams.get(self.key)
+        if state is not None and state.report == self.report:
+            state.report = no_link  # its figures outlive the link, not the link itself
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

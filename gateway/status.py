@@ -93,6 +93,14 @@ class HopReport:
 
 #: A hop nobody keeps a link to: plain, nothing learned.
 NO_LINK: Final = HopReport()
+#: Next hops the status and the metrics keep figures for. A forward proxy meets
+#: any number of origins: past this, the oldest entry with no link is forgotten.
+MAX_UPSTREAMS: Final = 256
+
+
+def no_link() -> HopReport:
+    """The ``report`` of a next hop no link keeps (plain, never upgraded, or evicted)."""
+    return NO_LINK
 
 
 @dataclass
@@ -108,7 +116,7 @@ class UpstreamState:
     url: str
     requests: int = 0
     errors: int = 0
-    report: Callable[[], HopReport] = lambda: NO_LINK
+    report: Callable[[], HopReport] = no_link
 
     # What the link reports, read through (never stored here).
 
@@ -287,8 +295,17 @@ class GatewayStats:
     def upstream(self, url: str) -> UpstreamState:
         state = self.upstreams.get(url)
         if state is None:
+            if len(self.upstreams) >= MAX_UPSTREAMS:
+                self._forget_one()
             state = self.upstreams[url] = UpstreamState(url=url)
         return state
+
+    def _forget_one(self) -> None:
+        """Drop the oldest next hop that no link keeps (a link's own entry stays)."""
+        for url, state in self.upstreams.items():
+            if state.report is no_link:
+                del self.upstreams[url]
+                return
 
     def as_json(self) -> dict[str, Any]:
         return {

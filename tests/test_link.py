@@ -23,12 +23,13 @@ from gateway.core import ladder as reasons
 from gateway.core.ladder import LadderSettings
 from gateway.link import LinkTable, UpstreamLink
 from gateway.server import Gateway
-from gateway.status import STATUS_PATH
+from gateway.status import MAX_UPSTREAMS, STATUS_PATH, no_link
 from gateway.transports.handshake import SESSION_PATH
 from gateway.transports.session_settings import SessionSettings
 from tests.helpers import until
 from tests.hop.conftest import StartGateway
 from tests.hop.conftest import start_gateway as start_gateway  # the fixture, shared
+from tests.processes import free_port
 from tests.proxies import Proxies, proxies  # noqa: F401  (proxies is a fixture)
 
 pytestmark = pytest.mark.timeout(60)
@@ -291,10 +292,34 @@ async def test_link_table_evicts_the_least_recently_used(
     assert len(table) == 2
     assert table.get("http://b:1") is None
     assert table.get("http://a:1") is a
+    await until(lambda: gw.stats.upstreams["http://b:1"].report is no_link, "b let go")
+    # the evicted link is no longer reachable from the status: its entry can be forgotten
+    assert gw.stats.upstreams["http://a:1"].report == a.report
     await table.close()
     assert len(table) == 0
     assert Counter(link.key for link in made) == Counter(["http://a:1", "http://b:1", "http://c:1"])
     assert b is made[1]
+
+
+async def test_a_forward_proxy_keeps_figures_for_a_bounded_number_of_origins(
+    start_gateway: StartGateway,
+) -> None:
+    gw = await start_gateway("client", {})  # a forward proxy: any origin a client names
+    ports: list[int] = []
+    while len(ports) < MAX_UPSTREAMS + 20:  # distinct ports nothing listens on
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    async with aiohttp.ClientSession() as http:
+        for port in ports:
+            async with http.get(f"http://127.0.0.1:{port}/x", proxy=gw.url) as resp:
+                assert resp.status == 502
+        assert len(gw.stats.upstreams) == MAX_UPSTREAMS
+        # the newest are kept, the oldest forgotten
+        assert f"http://127.0.0.1:{ports[-1]}" in gw.stats.upstreams
+        assert f"http://127.0.0.1:{ports[19]}" not in gw.stats.upstreams
+        async with http.get(gw.url + STATUS_PATH) as resp:
+            assert len((await resp.json())["upstreams"]) == MAX_UPSTREAMS
 
 
 async def test_status_reads_the_links_ladder_when_served(
