@@ -63,6 +63,7 @@ from gateway.router import Relay, Router
 from gateway.settings import ListenerSettings, Settings, derive
 from gateway.startup_checks import listen_error, server_tls_context
 from gateway.status import ClusterStats, GatewayStats
+from gateway.transports.aiohttp_internals import set_shutdown_timeout
 from gateway.transports.cluster import ClusterForwarder
 from gateway.transports.endpoint import SessionServer
 from gateway.transports.handshake import SESSION_PATH
@@ -71,6 +72,9 @@ from gateway.transports.http import describe, session_client, text_error
 from gateway.transports.registry import client_key
 
 log = logging.getLogger("hopgate")
+
+#: Once ``--shutdown-grace`` is spent, what a handler still gets to write its last bytes.
+_LAST_WORDS = 0.1
 
 
 def server_ssl_context(listener: ListenerSettings) -> ssl.SSLContext | None:
@@ -261,10 +265,13 @@ class Gateway:
         closes last, so ``ready`` says 503 all along.
         """
         self.drain()
+        loop = asyncio.get_running_loop()
+        grace = self.settings.listener.shutdown_grace
+        deadline = loop.time() + grace
         try:
-            await wait_drained(
-                self._accepted, self._in_flight, self.settings.listener.shutdown_grace
-            )
+            await wait_drained(self._accepted, self._in_flight, grace)
+            if self._runner is not None:  # what draining left of the grace, not a second one
+                set_shutdown_timeout(self._runner, max(deadline - loop.time(), _LAST_WORDS))
             await self._stop_serving()
         finally:
             admin, self.admin = self.admin, None

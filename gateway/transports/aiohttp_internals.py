@@ -44,6 +44,7 @@ __all__ = [
     "never_resend",
     "origin_protocol",
     "send_frames",
+    "set_shutdown_timeout",
     "take_over_reading",
     "write_frame_now",
     "write_frames_now",
@@ -278,6 +279,20 @@ def take_over_reading(request: web.BaseRequest, limit: int) -> aiohttp.StreamRea
         reader.feed_data(early)
     protocol.set_parser(cast(Any, _ByteFeed(reader)))
     return reader
+
+
+def set_shutdown_timeout(runner: web.BaseRunner, seconds: float) -> None:
+    """How long ``runner.cleanup()`` lets handlers still running finish before it cancels them.
+
+    A stopping gateway has spent part of ``--shutdown-grace`` draining
+    already; its runner must get only what is left, or a held request keeps
+    the process alive for twice the grace (and a supervisor sized for once
+    kills it).  Internal: ``BaseRunner._shutdown_timeout``, which only the
+    constructor takes and ``cleanup`` reads.
+    """
+    if not isinstance(getattr(runner, "_shutdown_timeout", None), int | float):
+        raise RuntimeError("aiohttp's BaseRunner has no _shutdown_timeout any more")
+    runner._shutdown_timeout = seconds
 
 
 def limit_reads(upstream: aiohttp.ClientResponse, size: int) -> None:

@@ -24,6 +24,7 @@ from gateway.transports.aiohttp_internals import (
     limit_reads,
     never_resend,
     send_frames,
+    set_shutdown_timeout,
     take_over_reading,
     write_frame_now,
     write_frames_now,
@@ -542,3 +543,9 @@ async def test_origin_protocol_reads_an_answer_written_by_hand(aiohttp_server: A
     assert message.code == 200 and await payload.read() == b"answer"
     assert not protocol.should_close
     protocol.close()
+
+
+async def test_runner_still_keeps_the_shutdown_timeout_cleanup_reads() -> None:
+    runner = web.ServerRunner(web.Server(lambda r: None), shutdown_timeout=60.0)  # type: ignore[arg-type,return-value]
+    set_shutdown_timeout(runner, 0.5)
+    assert runner._shutdown_timeout == 0.5, "BaseRunner._shutdown_timeout: set_shutdown_timeout"
