@@ -34,6 +34,9 @@ from yarl import URL
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f#]")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _PORT = re.compile(r"[0-9]{1,5}")
+#: A ``.`` or ``..`` path segment, also percent-encoded (``%2e``) or between
+#: encoded slashes or backslashes, which some origins decode before resolving.
+_DOT_SEGMENT = re.compile(r"(?:^|/|\\|%2f|%5c)(?:\.|%2e){1,2}(?=$|/|\\|%2f|%5c)", re.IGNORECASE)
 #: Longest request target looked at; aiohttp's own line limit is 8190 bytes.
 MAX_TARGET = 8190
 
@@ -187,18 +190,27 @@ def join_upstream(upstream: URL, path_qs: str) -> URL:
     """The URL for origin-form ``path_qs`` under ``upstream``, percent-encoding kept as sent.
 
     The upstream's base path (``http://v/app`` -> ``/app``) prefixes the
-    client's path.  Built from components, never by pasting strings, and
-    checked: whatever the path holds, the result names the upstream's own
-    scheme, host and port or ``BadTarget`` is raised.
+    client's path, and a client's path under one has no dot-segments, plain
+    or encoded, so an origin that resolves them cannot be led outside it.
+    Built from components, never by pasting strings, and checked: whatever
+    the path holds, the result names the upstream's own scheme, host and
+    port or ``BadTarget`` is raised.
     """
     if not path_qs.startswith("/"):
         raise BadTarget(f"request target {path_qs[:100]!r} is not origin-form")
     path, _, query = path_qs.partition("?")
+    base = upstream.raw_path.rstrip("/")
+    if base and _DOT_SEGMENT.search(path):
+        # An origin that resolves "/app/../admin" would serve what is outside the base.
+        raise BadTarget(
+            f"request target {path_qs[:100]!r} has a '.' or '..' segment, which could "
+            f"leave the upstream's base path {base}"
+        )
     try:
         url = URL.build(
             scheme=upstream.scheme,
             authority=upstream.raw_authority,
-            path=upstream.raw_path.rstrip("/") + path,
+            path=base + path,
             query_string=query,
             encoded=True,
         )

@@ -105,11 +105,28 @@ def test_join_upstream_never_leaves_the_upstream(target: str) -> None:
         join_upstream(URL("http://v"), target)
 
 
-@pytest.mark.parametrize("path", ["//evil:1/x", "/@evil/x", "/%2F%2Fevil/x", "/..//evil"])
+@pytest.mark.parametrize("path", ["//evil:1/x", "/@evil/x", "/%2F%2Fevil/x", "/x/..evil//y"])
 def test_join_upstream_result_names_the_upstream_host_and_port(path: str) -> None:
     upstream = URL("http://v:8080/base")
     url = join_upstream(upstream, path)
     assert (url.scheme, url.host, url.port) == ("http", "v", 8080)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/../admin", "/a/../../admin", "/%2e%2e/admin", "/%2E./x", "/a%2F..%2Fb", "/a\\..\\b", "/a/."],
+)
+def test_a_path_under_a_base_path_may_not_climb_out_of_it(path: str) -> None:
+    """``/app/../admin`` is ``/admin`` to an origin that resolves dot-segments."""
+    with pytest.raises(BadTarget, match="could leave the upstream's base path /app"):
+        join_upstream(URL("http://v/app/"), path)
+
+
+def test_dots_that_are_not_segments_and_a_root_upstream_pass() -> None:
+    for path in ("/a..b", "/..a", "/.well-known/x", "/a/...", "/x?next=/../y"):
+        assert join_upstream(URL("http://v/app"), path).raw_path_qs == "/app" + path
+    # with no base path there is nothing to climb out of: the origin's root clamps
+    assert join_upstream(URL("http://v"), "/../x").raw_path == "/../x"
 
 
 def test_names_this_listener_only_for_the_socket_address() -> None:

@@ -582,6 +582,25 @@ async def test_upstream_base_path_prefixes_the_request_path(
         assert (await resp.json())["raw_path"] == "/app/poll?x=1"
 
 
+async def test_a_request_cannot_climb_out_of_the_upstream_base_path(
+    make_origin: MakeOrigin, make_gateway: MakeGateway
+) -> None:
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.Response(text="origin")
+
+    gw = await make_gateway("server", {"upstream": f"{await make_origin(record)}/app/"})
+    for target in (b"/../admin", b"/%2e%2e/admin"):
+        response = await raw_exchange(
+            gw.url, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert response.status == 400, response
+        assert b"base path /app" in response.body
+    assert seen == []
+
+
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
