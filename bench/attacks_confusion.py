@@ -162,7 +162,7 @@ async def attack_status_confusion(ctx: Ctx) -> Row:
 async def attack_bad_numbers(ctx: Ctx) -> Row:
     """Item 6: numbers that isdigit() accepts but int() rejects, and huge ones."""
     lab = ctx.lab
-    gw = lab.sidecar("--hop-secret", "s3cret")
+    gw = lab.sidecar("--hop-secret", "s3cret-hop-secret")
     out = []
     numbers: dict[str, Any] = {}
     for label, stamp in (("'²'", "²"), ("5000 digits", "9" * 5000)):
@@ -193,9 +193,9 @@ async def attack_bad_numbers(ctx: Ctx) -> Row:
 
 async def attack_replay(ctx: Ctx) -> Row:
     """Item 7: a captured hop-secret header opens a second session."""
-    gw = ctx.lab.sidecar("--hop-secret", "s3cret")
+    gw = ctx.lab.sidecar("--hop-secret", "s3cret-hop-secret")
     # The header a client gateway of the tree under test sends, captured once.
-    made = auth_header_in_tree("s3cret", tree=ctx.lab.tree, python=ctx.lab.python)
+    made = auth_header_in_tree("s3cret-hop-secret", tree=ctx.lab.tree, python=ctx.lab.python)
     header = {hp.AUTH_HEADER: made}
     first = await hp.create_session(ctx.http, gw.url, header)
     second = await hp.create_session(ctx.http, gw.url, header)

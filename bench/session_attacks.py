@@ -43,6 +43,9 @@ from tests.processes import (  # noqa: E402
 MiB = 1024 * 1024
 SESSION_PATH = "/.hopgate/session"
 
+#: The sidecar's hop secret (a gateway refuses one under 16 bytes).
+HOP_SECRET = "bench-hop-secret-0123"
+
 
 @contextlib.asynccontextmanager
 async def server(tree: Path, *flags: str) -> AsyncIterator[tuple[str, int]]:
@@ -141,7 +144,10 @@ async def posts(repo: Path) -> None:
 
 
 async def numbers(repo: Path) -> None:
-    async with server(repo, "--hop-secret", "k") as (base, _pid), aiohttp.ClientSession() as http:
+    async with (
+        server(repo, "--hop-secret", HOP_SECRET) as (base, _pid),
+        aiohttp.ClientSession() as http,
+    ):
         for label, stamp in (("'²'", "²"), ("5000 digits", "9" * 5000)):
             value = f"v1 {stamp} {'0' * 64}"
             status, _ = await create(http, base, **{"X-Hopgate-Auth": value})
@@ -158,12 +164,15 @@ async def numbers(repo: Path) -> None:
 
 
 async def replay(repo: Path) -> None:
-    async with server(repo, "--hop-secret", "k") as (base, _pid), aiohttp.ClientSession() as http:
-        header = auth_header_in_tree("k", tree=repo)
+    async with (
+        server(repo, "--hop-secret", HOP_SECRET) as (base, _pid),
+        aiohttp.ClientSession() as http,
+    ):
+        header = auth_header_in_tree(HOP_SECRET, tree=repo)
         first = await create(http, base, **{"X-Hopgate-Auth": header})
         second = await create(http, base, **{"X-Hopgate-Auth": header})
         print(f"replay: header {header.split()[0]} sent twice: {first[0]}, then {second}")
-        old = auth_header_in_tree("k", age=120, tree=repo)
+        old = auth_header_in_tree(HOP_SECRET, age=120, tree=repo)
         print(f"replay: a 120 s old proof: {await create(http, base, **{'X-Hopgate-Auth': old})}")
 
 

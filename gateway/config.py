@@ -29,6 +29,7 @@ from gateway.config_values import (
     check_admin_listen,
     check_cluster,
     check_poll_ahead,
+    check_secret_length,
     invalid,
     parse_listen,
     parse_upstream,
@@ -191,6 +192,8 @@ def build_config(role: Role, settings: dict[str, Any]) -> Config:
         if values.get("hop_secret") is not None:
             raise ConfigError("give --hop-secret or --hop-secret-file, not both")
         values["hop_secret"] = read_secret_file(values["hop_secret_file"])
+    if values.get("hop_secret") is not None:
+        check_secret_length(values["hop_secret"], "hop_secret")
     check_cluster(values)
     config = Config(**values)
     _check(config)
@@ -260,7 +263,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "hop_secret",
         "text",
-        "shared secret both gateways of a hop must know before a session is opened",
+        "shared secret both gateways of a hop must know before a session is opened, "
+        "at least 16 bytes (make one: python -c 'import secrets; "
+        "print(secrets.token_urlsafe(32))'); any user can read a command line, "
+        "so prefer --hop-secret-file",
         "SECRET",
     ),
     Setting(

@@ -159,6 +159,21 @@ def read_secret_file(path: Path, name: str = "hop_secret_file") -> str:
 MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
+def check_secret_length(secret: str, name: str) -> None:
+    """Refuse a secret shorter than MIN_SECRET_BYTES, saying how to make a good one.
+
+    What it guards can be attacked offline (a captured hop proof, a session
+    id's MAC): a short secret falls to guessing.
+    """
+    if len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
+        flag = "--" + name.replace("_", "-")
+        raise ConfigError(
+            f"{flag} is shorter than {MIN_SECRET_BYTES} bytes; make one with: {MAKE_SECRET}",
+            name=name,
+            reason=f"shorter than {MIN_SECRET_BYTES} bytes; make one with: {MAKE_SECRET}",
+        )
+
+
 def check_cluster(values: dict[str, Any]) -> None:
     """The cluster settings in ``values`` (by field name) belong together; reads the file.
 
@@ -179,13 +194,7 @@ def check_cluster(values: dict[str, Any]) -> None:
                 name="advertise",
             )
         return
-    if len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
-        raise ConfigError(
-            f"--cluster-secret is shorter than {MIN_SECRET_BYTES} bytes; make one with: "
-            f"{MAKE_SECRET}",
-            name="cluster_secret",
-            reason=f"shorter than {MIN_SECRET_BYTES} bytes; make one with: {MAKE_SECRET}",
-        )
+    check_secret_length(secret, "cluster_secret")
     if advertise is None:
         raise ConfigError(
             "--cluster-secret needs --advertise URL: the scheme://host:port the other "

@@ -126,7 +126,7 @@ def test_every_flag_reaches_the_config(tmp_path: Path) -> None:
             "--preserve-host",
             "--via-name", "edge-1",
             "--max-connections", "50",
-            "--hop-secret", "s3cret",
+            "--hop-secret", "s3cret-hop-secret",
             "--allowed-origin", "https://a.example",
             "--allowed-origin", "https://b.example",
         ]
@@ -145,7 +145,7 @@ def test_every_flag_reaches_the_config(tmp_path: Path) -> None:
         preserve_host=True,
         via_name="edge-1",
         max_connections=50,
-        hop_secret="s3cret",
+        hop_secret="s3cret-hop-secret",
         allowed_origins=("https://a.example", "https://b.example"),
     )
     assert str(config.upstream) == "https://next.example:8443/base"

@@ -116,6 +116,7 @@ def test_unknown_settings_are_reported_not_ignored() -> None:
         ({"upstream_timeout": 0}, "--upstream-timeout must be a positive"),
         ({"connect_timeout": -1}, "--connect-timeout must be a positive"),
         ({"shutdown_grace": 0}, "--shutdown-grace must be a positive"),
+        ({"hop_secret": "s3cret"}, "--hop-secret is shorter than 16 bytes; make one with: "),
         ({"tls_cert": "/nonexistent/cert.pem"}, "--tls-cert and --tls-key go together"),
         (
             {"tls_cert": "/nonexistent/cert.pem", "tls_key": "/nonexistent/key.pem"},

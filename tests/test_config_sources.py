@@ -69,7 +69,7 @@ def sample(setting: Setting, default: Any, tls_files: TLSFiles, tmp_path: Path) 
         return ["https://a.example", "https://b.example"]
     if setting.metavar and "PORT" in setting.metavar:
         return "127.0.0.1:7999"
-    return "changed"
+    return "changed, 16+ bytes long"  # long enough for a secret
 
 
 def as_text(setting: Setting, value: Any) -> str:
@@ -250,8 +250,8 @@ def test_a_hop_secret_from_a_higher_source_replaces_the_file_of_a_lower_one(
     secret.write_text("from the file\n")
     path = tmp_path / "hopgate.toml"
     path.write_text(f'upstream = "{UPSTREAM}"\nhop-secret-file = "{secret}"\n')
-    config = load_config("server", {"hop_secret": "from a flag"}, {}, path).config
-    assert (config.hop_secret, config.hop_secret_file) == ("from a flag", None)
+    config = load_config("server", {"hop_secret": "from a flag, 16+ bytes"}, {}, path).config
+    assert (config.hop_secret, config.hop_secret_file) == ("from a flag, 16+ bytes", None)
     both = tmp_path / "both.toml"
     both.write_text(f'upstream = "{UPSTREAM}"\nhop-secret = "x"\nhop-secret-file = "{secret}"\n')
     with pytest.raises(ConfigError, match="not both"):

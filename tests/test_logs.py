@@ -221,7 +221,7 @@ async def test_a_hop_secret_mismatch_is_a_warning_at_both_ends(
     make_origin: MakeOrigin, spawn_gateway: SpawnGateway, tmp_path: Path
 ) -> None:
     (tmp_path / "a").write_text("the sidecar's secret\n")
-    (tmp_path / "b").write_text("another secret\n")
+    (tmp_path / "b").write_text("another secret, 16+ bytes\n")
     origin = await make_origin(legacy)
     quiet = {"log_level": "warning"}
     sidecar = await asyncio.to_thread(

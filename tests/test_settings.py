@@ -40,7 +40,7 @@ def changed_value(setting: Setting, default: Any, tmp_path: Path) -> Any:
     if kind == "rules":
         return ["GET /poll since=json:next"]
     assert kind == "text", kind
-    return "changed"
+    return "changed, 16+ bytes long"  # long enough for a secret
 
 
 def with_setting(setting: Setting, tmp_path: Path) -> Config:
@@ -128,7 +128,7 @@ def test_a_changed_value_lands_in_its_piece(tmp_path: Path) -> None:
             "--shutdown-grace",
             "3",
             "--hop-secret",
-            "s3cret",
+            "s3cret-hop-secret",
             "--allowed-origin",
             "HTTPS://App.Example/",
             "--header-timeout",
@@ -154,7 +154,7 @@ def test_a_changed_value_lands_in_its_piece(tmp_path: Path) -> None:
         session_window=8 * 1024 * 1024,
     )
     assert (s.forward.session_connections, s.hop.address_connections) == (5, 25)
-    assert (s.hop.secret, s.hop.hello_timeout) == ("s3cret", 4.0)
+    assert (s.hop.secret, s.hop.hello_timeout) == ("s3cret-hop-secret", 4.0)
     assert s.client.max_connections == 100 and s.client.connect_timeout == 4.0
     assert (s.listener.header_timeout, s.listener.shutdown_grace) == (2.0, 3.0)
     assert s.routes.allowed_origins == frozenset({"https://app.example"})
@@ -164,6 +164,7 @@ def test_a_changed_value_lands_in_its_piece(tmp_path: Path) -> None:
         connect_timeout=4.0,
         upstream_timeout=45.0,
         session_connections=5,
+        max_ws_message=1_000_000,
     )
     assert s.client.upstream_timeout == 45.0
     assert str(s.routes.upstream) == "http://127.0.0.1:9/base"

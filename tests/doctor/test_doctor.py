@@ -193,14 +193,16 @@ async def test_hop_secret_is_required_and_used(
     make_origin: MakeOrigin, make_gateway: MakeGateway, tmp_path: Path
 ) -> None:
     origin = await make_origin(origin_app())
-    gateway = await make_gateway("server", {"upstream": origin, "hop_secret": "s3cret-value"})
+    gateway = await make_gateway(
+        "server", {"upstream": origin, "hop_secret": "s3cret-hop-secret-value"}
+    )
     url = f"{str(gateway.url).rstrip('/')}/big"
     code, out = await doctor_cli(url, "--json")
     report = json.loads(out)
     assert code == 1 and report["findings"]["session_status"] == 403
     assert "--hop-secret" in report["advice"][0]
     secret = tmp_path / "secret"
-    secret.write_text("s3cret-value\n")
+    secret.write_text("s3cret-hop-secret-value\n")
     code, out = await doctor_cli(url, "--json", "--hop-secret-file", str(secret))
     assert code == 0 and json.loads(out)["websocket"] == "ok"
 

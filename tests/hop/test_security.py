@@ -146,9 +146,9 @@ async def test_without_the_hop_secret_a_gateway_gets_403_and_stays_plain(
 ) -> None:
     origin = Recorder("origin")
     server = await start_gateway(
-        "server", {"upstream": await make_origin(origin.handle), "hop_secret": "s3cret"}
+        "server", {"upstream": await make_origin(origin.handle), "hop_secret": "s3cret-hop-secret"}
     )
-    for secret in (None, "wrong"):
+    for secret in (None, "wrong-hop-secret-value"):
         settings = {"upstream": server.url} | ({"hop_secret": secret} if secret else {})
         client = await start_gateway("client", settings)
         await until(lambda c=client: "403" in upstream_entry(c)["last_error"], "the refusal")  # type: ignore[misc]
@@ -168,7 +168,7 @@ async def test_without_the_hop_secret_a_gateway_gets_403_and_stays_plain(
         async with http.post(server.url + SESSION_PATH) as resp:
             assert resp.status == 403
             assert "hop secret" in await resp.text()
-        headers = {AUTH_HEADER: auth_header_value("s3cret")}
+        headers = {AUTH_HEADER: auth_header_value("s3cret-hop-secret")}
         async with http.post(server.url + SESSION_PATH, headers=headers) as resp:
             assert resp.status == 200
 
@@ -178,7 +178,8 @@ async def test_a_captured_hop_secret_header_cannot_be_replayed(
 ) -> None:
     """A tap between two gateways records the client's proof; replaying it gets 403."""
     server = await start_gateway(
-        "server", {"upstream": await make_origin(Recorder("o").handle), "hop_secret": "s3cret"}
+        "server",
+        {"upstream": await make_origin(Recorder("o").handle), "hop_secret": "s3cret-hop-secret"},
     )
     captured: list[str] = []
     answered: list[int] = []
@@ -200,7 +201,7 @@ async def test_a_captured_hop_secret_header_cannot_be_replayed(
                 return web.Response(status=resp.status, body=body, headers=keep)
 
         tap_url = await make_origin(tap)
-        await start_gateway("client", {"upstream": tap_url, "hop_secret": "s3cret"})
+        await start_gateway("client", {"upstream": tap_url, "hop_secret": "s3cret-hop-secret"})
         await until(lambda: bool(answered), "the client gateway's session POST")
     [proof] = captured[:1]
     assert proof.startswith("v2 ") and len(proof.split()) == 4  # time, nonce, MAC
@@ -209,7 +210,7 @@ async def test_a_captured_hop_secret_header_cannot_be_replayed(
         async with http.post(server.url + SESSION_PATH, headers={AUTH_HEADER: proof}) as resp:
             assert resp.status == 403
             assert "replayed" in await resp.text()
-        fresh = {AUTH_HEADER: auth_header_value("s3cret")}
+        fresh = {AUTH_HEADER: auth_header_value("s3cret-hop-secret")}
         async with http.post(server.url + SESSION_PATH, headers=fresh) as resp:
             assert resp.status == 200
 
@@ -218,7 +219,7 @@ async def test_hop_secret_file_lets_the_session_open(
     tmp_path: Path, make_origin: Any, start_gateway: StartGateway
 ) -> None:
     secret_file = tmp_path / "hop.secret"
-    secret_file.write_text("s3cret\n")
+    secret_file.write_text("s3cret-hop-secret\n")
     secret_file.chmod(0o600)
     server = await start_gateway(
         "server",
@@ -228,18 +229,18 @@ async def test_hop_secret_file_lets_the_session_open(
         "client", {"upstream": server.url, "hop_secret_file": str(secret_file)}
     )
     await until(lambda: upstream_entry(client)["transport"] == "websocket", "the session")
-    assert server.config.hop_secret == "s3cret"
+    assert server.config.hop_secret == "s3cret-hop-secret"
     assert server.stats.active_sessions == 1
 
 
 def test_hop_secret_file_flag_and_its_errors(tmp_path: Path) -> None:
     path = tmp_path / "secret"
-    path.write_text("  abc def \n")
+    path.write_text("  abc def ghi jkl mno \n")
     args = build_parser().parse_args(
         ["server", "--upstream", "http://127.0.0.1:9", "--hop-secret-file", str(path)]
     )
     config = build_config("server", settings_from_args(args))
-    assert config.hop_secret == "abc def"
+    assert config.hop_secret == "abc def ghi jkl mno"
     assert config.hop_secret_file == path
     upstream = "http://127.0.0.1:9"
     with pytest.raises(ConfigError, match="not both"):

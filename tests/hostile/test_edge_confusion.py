@@ -144,7 +144,7 @@ async def test_status_details_are_refused_to_a_non_loopback_client(
 async def test_bad_hop_secret_time_stamps_are_4xx(
     make_gateway: MakeGateway, origin: Origin, stamp: str, version: str
 ) -> None:
-    gw = await make_gateway("server", {"upstream": origin.url, "hop_secret": "s3cret"})
+    gw = await make_gateway("server", {"upstream": origin.url, "hop_secret": "s3cret-hop-secret"})
     nonce = " " + "0" * 32 if version == "v2" else ""
     request = (
         f"POST {hp.SESSION_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
@@ -184,9 +184,9 @@ async def test_bad_numbers_in_hop_queries_are_4xx(
 async def test_a_captured_hop_secret_header_cannot_be_replayed(
     make_gateway: MakeGateway, origin: Origin
 ) -> None:
-    gw = await make_gateway("server", {"upstream": origin.url, "hop_secret": "s3cret"})
+    gw = await make_gateway("server", {"upstream": origin.url, "hop_secret": "s3cret-hop-secret"})
     # Exactly what a client gateway of this version sends, captured once.
-    header = {hp.AUTH_HEADER: auth_header_value("s3cret")}
+    header = {hp.AUTH_HEADER: auth_header_value("s3cret-hop-secret")}
     async with aiohttp.ClientSession() as http:
         first = await hp.create_session(http, gw.url, header)
         second = await hp.create_session(http, gw.url, header)

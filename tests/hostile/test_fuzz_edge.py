@@ -291,12 +291,12 @@ async def test_fuzzed_requests_get_no_5xx_of_our_making_and_crash_nothing(
         return web.Response(text="origin")
 
     origin = await make_origin(handler)
-    fast = {"hold_time": 0.3, "header_timeout": 2.0, "hop_secret": "s3cret"}
+    fast = {"hold_time": 0.3, "header_timeout": 2.0, "hop_secret": "s3cret-hop-secret"}
     server = await make_gateway("server", {"upstream": origin, **fast})
     client = await make_gateway("client", {"upstream": server.url, **fast})
     async with aiohttp.ClientSession() as http:
         created = await hp.create_session(
-            http, server.url, {hp.AUTH_HEADER: auth_header_value("s3cret")}
+            http, server.url, {hp.AUTH_HEADER: auth_header_value("s3cret-hop-secret")}
         )
         assert created.status == 200
     rng = random.Random(SEED)
