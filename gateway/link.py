@@ -90,6 +90,9 @@ MAX_LINKS: Final = 64
 MAX_HELLO_BODY: Final = 4096
 #: Statuses that mean "a proxy could not reach it", not "it is legacy".
 UNREACHABLE_STATUSES: Final = frozenset({502, 503, 504})
+#: After an error nobody expected in a link's background work, the pause before it
+#: goes on (requests meanwhile go plain or on the session already up).
+RECOVER_AFTER: Final = 5.0
 
 
 class UpstreamLink:
@@ -204,13 +207,25 @@ class UpstreamLink:
 
     async def _run(self) -> None:
         while not self._closing:
-            now = self._loop.time()
-            if self._hello_due(now):
-                await self._hello()
-            elif self.ladder.should_connect(now):
-                await self._session()
-            else:
-                await self._sleep(self._next_wake(now) - now)
+            try:
+                await self._step()
+            except Exception:
+                # A bug, not a network failure (those are handled where they
+                # happen): without this the task would end unseen, and the hop
+                # would stay plain until a restart.
+                log.exception(
+                    "hop link to %s: unexpected error; going on in %g s", self.key, RECOVER_AFTER
+                )
+                await self._sleep(RECOVER_AFTER)
+
+    async def _step(self) -> None:
+        now = self._loop.time()
+        if self._hello_due(now):
+            await self._hello()
+        elif self.ladder.should_connect(now):
+            await self._session()
+        else:
+            await self._sleep(self._next_wake(now) - now)
 
     def _hello_due(self, now: float) -> bool:
         return self._check_hello and self.ladder.should_check_hello(now) and now >= self._hello_at

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from gateway import link as link_module
 from gateway.core import discovery
 from gateway.core import ladder as reasons
 from gateway.core.ladder import LadderSettings
@@ -320,6 +321,44 @@ async def test_a_forward_proxy_keeps_figures_for_a_bounded_number_of_origins(
         assert f"http://127.0.0.1:{ports[19]}" not in gw.stats.upstreams
         async with http.get(gw.url + STATUS_PATH) as resp:
             assert len((await resp.json())["upstreams"]) == MAX_UPSTREAMS
+
+
+async def test_an_unexpected_error_in_a_links_work_is_logged_and_the_link_goes_on(
+    make_origin: Any,
+    start_gateway: StartGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = await start_gateway("server", {"upstream": await make_origin(Recorder().handle)})
+    gw = await start_gateway("client", {"upstream": await make_origin(Recorder().handle)})
+    assert gw._client is not None and gw._forwarder is not None
+    monkeypatch.setattr(link_module, "RECOVER_AFTER", 0.1)
+    key = server.url
+    link = UpstreamLink(
+        URL(key),
+        key=key,
+        http=gw._client,
+        forwarder=gw._forwarder,
+        stats=gw.stats,
+        session_settings=SessionSettings(),
+    )
+    real, calls = link._fetch_hello, 0
+
+    async def broken_once(url: URL) -> tuple[int, object]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the hello")
+        return await real(url)
+
+    link._fetch_hello = broken_once  # type: ignore[method-assign]
+    link.start()
+    try:
+        await until(lambda: link.tunnel() is not None, "the session after the error")
+    finally:
+        await link.close()
+    assert "hop link to " + key + ": unexpected error; going on in 0.1 s" in caplog.text
+    assert "RuntimeError: a bug in the hello" in caplog.text  # with its traceback
 
 
 async def test_status_reads_the_links_ladder_when_served(
