@@ -11,7 +11,6 @@ leaves its findings empty; ``verdict.judge`` decides what that means.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import ssl
@@ -341,7 +340,3 @@ async def _goodbye(hop: HopClient, ws: RawWebSocket) -> None:
         except Exception:
             pass
     await ws.close()
-
-
-def run_sync(options: Options) -> Findings:
-    return asyncio.run(run(options))

@@ -25,8 +25,8 @@ from aiohttp import web
 from gateway.admin import METRICS_PATH
 from gateway.server import Gateway
 from tests.hop.conftest import StartGateway
+from tests.metrics.test_metrics import parse, value
 from tests.proxies import Proxies, proxies  # noqa: F401  (proxies is a fixture)
-from tests.test_metrics import parse, value
 
 pytestmark = pytest.mark.timeout(150)
 
