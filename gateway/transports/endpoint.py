@@ -239,7 +239,7 @@ class SessionServer:
         if upgrade:
             if request.method != "GET" or not offers_subprotocol(request):
                 return text_error(400, "a hop WebSocket must offer the hopgate.v1 subprotocol")
-            return await self._websocket(request, hop, epoch)
+            return await self._websocket(request, hop, epoch, proven=not tokenless_ws)
         if request.method == "GET":
             return await self._get(request, hop, epoch)
         if request.method == "POST":
@@ -381,11 +381,19 @@ class SessionServer:
             return refused.response()
 
     async def _websocket(
-        self, request: web.BaseRequest, hop: HopSession, epoch: int
+        self, request: web.BaseRequest, hop: HopSession, epoch: int, *, proven: bool
     ) -> web.StreamResponse:
-        """Upgrade, capped per session like POSTs: each candidate may hold a partial message."""
+        """Upgrade, capped per session like POSTs: each candidate may hold a partial message.
+
+        A candidate without the token header (a browser's: it cannot set one)
+        proves the token only in its probe, so anyone who saw the session id
+        (in a proxy's access log) could open such sockets and take the
+        session's slots. Those are counted per session *and client address*:
+        a stranger fills only its own.
+        """
+        key = hop.session_id if proven else f"{hop.session_id} {request.remote}"
         try:
-            with self.holds.socket(hop.session_id):
+            with self.holds.socket(key):
                 return await accept_websocket(request, hop, self.settings, epoch=epoch)
         except Refused as refused:
             return refused.response()

@@ -269,6 +269,28 @@ async def test_websockets_per_session_are_capped(
     await ws.close()
 
 
+async def test_a_stranger_without_the_token_cannot_take_a_sessions_websocket_slots(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """Tokenless candidates (a browser's) are counted per session and client address."""
+    handle = await start_server(replace(FAST, probe_timeout=3.0))
+    _, sid, token, _ = await post_create(http, handle.url)
+    url = f"{handle.url}{SESSION_PATH}/{sid}?epoch=1"
+    # Someone who read the session id in a log, from another address, without the token.
+    stranger = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+    async with stranger:
+        held = [await stranger.ws_connect(url, protocols=(SUBPROTOCOL,)) for _ in range(4)]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await stranger.ws_connect(url, protocols=(SUBPROTOCOL,))
+        assert refused.value.status == 429  # its own slots are full
+        # the session's own clients still get theirs, with the token or without
+        for headers in ({TOKEN_HEADER: token}, {}):
+            ws = await http.ws_connect(url, protocols=(SUBPROTOCOL,), headers=headers)
+            await ws.close()
+        for ws in held:
+            await ws.close()
+
+
 # -- numbers: ASCII digits, bounded, 400 -----------------------------------------------------
 
 
