@@ -448,7 +448,8 @@ async def held_polls(tree: Path, scale: Scale, kind: str) -> Result:
     with (
         running(python_child("legacy_app.py", "origin", "--hold", "120")) as origin,
         # Past --max-streams (256) polls would queue at the client gateway, then go plain;
-        # past --max-connections (1024) the server gateway's requests to the origin queue.
+        # past --session-connections (128) or --max-connections (1024) the server
+        # gateway's requests to the origin queue.
         hop_path(kind, origin.announced, tree, flags=_unqueued(n)) as route,
     ):
         await asyncio.sleep(0.5)
@@ -470,7 +471,8 @@ async def held_polls(tree: Path, scale: Scale, kind: str) -> Result:
 
 
 def _unqueued(n: int) -> tuple[str, ...]:
-    return ("--max-streams", str(n + 100), "--max-connections", "0")
+    room = str(n + 100)
+    return ("--max-streams", room, "--session-connections", room, "--max-connections", "0")
 
 
 async def _hold(http: aiohttp.ClientSession, url: str, since: int) -> None:

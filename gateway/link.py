@@ -66,6 +66,7 @@ from gateway.core.ladder import (
     Rung,
     Transition,
 )
+from gateway.core.tunnel import TunnelConfig
 from gateway.edges.forward import Forwarder
 from gateway.glue.link import TunnelLink
 from gateway.handover import Retiring, session_ended, until_closed_or_moved
@@ -111,6 +112,7 @@ class UpstreamLink:
         hop_secret: str | None = None,
         check_hello: bool = True,
         hello_timeout: float = 10.0,
+        tunnel_config: TunnelConfig | None = None,
     ) -> None:
         self.url = url
         self.key = key
@@ -124,6 +126,7 @@ class UpstreamLink:
         self._hop_secret = hop_secret
         self._check_hello = check_hello
         self._hello_timeout = hello_timeout
+        self._tunnel_config = tunnel_config
         self._hello_at = 0.0
         self._hello_retry = Backoff(
             self.ladder.settings.retry_initial, self.ladder.settings.legacy_recheck
@@ -350,7 +353,13 @@ class UpstreamLink:
             return
         connector, hop = opened_session
         # ``upstream`` is this hop's URL: the Host a plain request would carry.
-        tunnel = TunnelLink(hop, opener=True, forwarder=self._forwarder, upstream=self.url)
+        tunnel = TunnelLink(
+            hop,
+            opener=True,
+            forwarder=self._forwarder,
+            upstream=self.url,
+            config=self._tunnel_config,
+        )
         self._hop, self._tunnel = hop, tunnel
         self._stats.active_sessions += 1
         if self.on_session is not None:

@@ -423,6 +423,7 @@ class Gateway:
             # and a forward proxy learns about origins from their notes.
             check_hello=configured and self.config.role == "client",
             hello_timeout=self.settings.hop.hello_timeout,
+            tunnel_config=self.settings.tunnel,
         )
         link.on_session = self.metrics.hops.track
         return link

@@ -212,7 +212,7 @@ def derive(config: Config) -> Settings:
             cluster=_cluster_settings(config),
         ),
         session=_session_settings(config),
-        tunnel=_answering_tunnel(config),
+        tunnel=_tunnel(config),
         ladder=LadderSettings(),
         admin=AdminSettings(
             listen=(
@@ -261,8 +261,13 @@ def _cluster_settings(config: Config) -> ClusterSettings | None:
     )
 
 
-def _answering_tunnel(config: Config) -> TunnelConfig:
-    """The tunnel limits a gateway applies to the sessions other gateways open to it."""
+def _tunnel(config: Config) -> TunnelConfig:
+    """The tunnel limits of this gateway's end of every hop session, opened or accepted.
+
+    The opening end needs them too: ``--max-streams`` is where its stream gate
+    starts (lowered only if the peer refuses), and ``--session-reassembly``
+    and ``--max-unread-bytes`` bound what the answering peer can make it hold.
+    """
     return TunnelConfig(
         # An endpoint WebSocket message may be as large as a session message.
         max_ws_message=min(config.max_message_size, MAX_TUNNEL_WS_MESSAGE),

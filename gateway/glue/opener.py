@@ -163,7 +163,7 @@ class Opener:
         link = self._link
         gate = self._gate
         if gate is None:
-            limit = link.config.max_streams  # the peer's default; lowered when it refuses
+            limit = link.config.max_streams  # our own --max-streams; lowered when the peer refuses
             gate = self._gate = StreamGate(limit, queue_cap=QUEUE_FACTOR * limit)
         wait = link.forwarder.config.connect_timeout
         try:

@@ -11,8 +11,9 @@ gets a 503 with ``Retry-After``), and each waits at most ``timeout`` (then it
 has still not left this gateway, and goes plain).
 
 The peer's limit is its own ``--max-streams``, which this side cannot know:
-the gate starts at the opening tunnel's (the default, 256) and is lowered
-when the peer refuses a stream for its limit (``lower_limit``).
+the gate starts at this gateway's own ``--max-streams`` (the same on both
+ends, as a deployment sets them) and is lowered when the peer refuses a
+stream for its limit (``lower_limit``).
 """
 
 from __future__ import annotations

@@ -22,9 +22,10 @@ def _preflight(origin: str) -> dict[str, str]:
 
 
 async def test_allowed_origin_gets_preflight_and_readable_answers() -> None:
-    async with running_gateway(
-        "server", upstream="http://127.0.0.1:9", allowed_origins=[PAGE]
-    ) as gw, aiohttp.ClientSession() as http:
+    async with (
+        running_gateway("server", upstream="http://127.0.0.1:9", allowed_origins=[PAGE]) as gw,
+        aiohttp.ClientSession() as http,
+    ):
         url = gw.url + SESSION_PATH
         async with http.options(url, headers=_preflight(PAGE)) as resp:
             assert resp.status == 204, await resp.text()
@@ -49,9 +50,10 @@ async def test_allowed_origin_gets_preflight_and_readable_answers() -> None:
 
 
 async def test_refused_origin_gets_403_naming_the_flag_and_no_cors_headers() -> None:
-    async with running_gateway(
-        "server", upstream="http://127.0.0.1:9", allowed_origins=[PAGE]
-    ) as gw, aiohttp.ClientSession() as http:
+    async with (
+        running_gateway("server", upstream="http://127.0.0.1:9", allowed_origins=[PAGE]) as gw,
+        aiohttp.ClientSession() as http,
+    ):
         url = gw.url + SESSION_PATH
         for method, headers in (("OPTIONS", _preflight(EVIL)), ("POST", {"Origin": EVIL})):
             async with http.request(method, url, headers=headers) as resp:
@@ -61,9 +63,10 @@ async def test_refused_origin_gets_403_naming_the_flag_and_no_cors_headers() -> 
 
 
 async def test_default_is_same_origin_only() -> None:
-    async with running_gateway("server", upstream="http://127.0.0.1:9") as gw, (
-        aiohttp.ClientSession()
-    ) as http:
+    async with (
+        running_gateway("server", upstream="http://127.0.0.1:9") as gw,
+        aiohttp.ClientSession() as http,
+    ):
         url = gw.url + SESSION_PATH
         async with http.options(url, headers=_preflight(PAGE)) as resp:
             assert resp.status == 403
@@ -80,9 +83,12 @@ async def test_default_is_same_origin_only() -> None:
 
 
 async def test_allow_credentials_flag() -> None:
-    async with running_gateway(
-        "server", upstream="http://127.0.0.1:9", allowed_origins=[PAGE], allow_credentials=True
-    ) as gw, aiohttp.ClientSession() as http:
+    async with (
+        running_gateway(
+            "server", upstream="http://127.0.0.1:9", allowed_origins=[PAGE], allow_credentials=True
+        ) as gw,
+        aiohttp.ClientSession() as http,
+    ):
         url = gw.url + SESSION_PATH
         async with http.options(url, headers=_preflight(PAGE)) as resp:
             assert resp.status == 204
@@ -94,9 +100,10 @@ async def test_allow_credentials_flag() -> None:
 
 
 async def test_websocket_origin_is_checked_the_same_way() -> None:
-    async with running_gateway(
-        "server", upstream="http://127.0.0.1:9", allowed_origins=[PAGE]
-    ) as gw, aiohttp.ClientSession() as http:
+    async with (
+        running_gateway("server", upstream="http://127.0.0.1:9", allowed_origins=[PAGE]) as gw,
+        aiohttp.ClientSession() as http,
+    ):
         async with http.post(gw.url + SESSION_PATH, headers={"Origin": PAGE}) as resp:
             session_id = resp.headers["X-Hopgate-Session"]
         url = f"{gw.url}{SESSION_PATH}/{session_id}?epoch=1"

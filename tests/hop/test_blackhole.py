@@ -151,6 +151,35 @@ async def test_a_wait_longer_than_the_connect_timeout_goes_plain_once(
     assert origin.seen == {"/first": 1, "/quick": 1}
 
 
+async def test_the_opening_gateway_keeps_to_its_own_max_streams(
+    make_origin: MakeOrigin, gateways: Gateways
+) -> None:
+    """Both gateways set past the defaults: every held poll reaches the origin at once.
+
+    The opening side's gate used to start at the default 256 whatever its
+    ``--max-streams`` said, so the 24 past it waited ``--connect-timeout``
+    at the client gateway.
+    """
+    origin = HeldOrigin()
+    n, limits = 280, {"max_streams": 300, "session_connections": 300}
+    # A quarter of --max-connections is one address's share of origin connections.
+    upstream = {"upstream": await make_origin(origin.handle), "max_connections": 1200, **limits}
+    server = await gateways("server", upstream, session=None)
+    gw = await gateways(
+        "client", {"upstream": server.url, "connect_timeout": 60, **limits}, session=None
+    )
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        assert (await warm_until_hop(http, gw.url))["transport"] == "websocket"
+        tasks = [asyncio.create_task(get(http, f"{gw.url}/r?n={i}")) for i in range(n)]
+        try:
+            await until(lambda: origin.now == n, f"{n} polls held at the origin", timeout=20)
+        finally:
+            origin.release.set()
+        answers = await asyncio.gather(*tasks)
+    assert answers == [(200, None)] * n
+    assert len(origin.seen) == n and set(origin.seen.values()) == {1}
+
+
 async def test_stopping_a_server_under_hundreds_of_websocket_sessions_logs_no_task_tracebacks() -> (
     None
 ):
