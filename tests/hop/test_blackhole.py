@@ -8,7 +8,8 @@
   delivered twice.
 * More requests than ``--max-streams`` at once: the rest wait for a stream
   (none refused); past the waiting cap a 503 with ``Retry-After``; a wait
-  that outlasts ``--connect-timeout`` goes plain, delivered once.
+  that outlasts ``--connect-timeout`` goes plain, delivered once. With
+  both gateways' limits raised, the opening one keeps to its own.
 * A server stopped under a few hundred WebSocket sessions logs no
   ``Task exception was never retrieved``.
 """
