@@ -96,6 +96,8 @@ NO_LINK: Final = HopReport()
 #: Next hops the status and the metrics keep figures for. A forward proxy meets
 #: any number of origins: past this, the oldest entry with no link is forgotten.
 MAX_UPSTREAMS: Final = 256
+#: Seconds between two log lines saying that the same limit holds requests up.
+LIMIT_LOG_INTERVAL: Final = 60.0
 
 
 def no_link() -> HopReport:
@@ -266,6 +268,11 @@ class GatewayStats:
     started: float = field(default_factory=time.time)
     upstreams: dict[str, UpstreamState] = field(default_factory=dict)
     active_streams: int = 0
+    #: Tunnelled exchanges held up by a limit: opening side, waiting for a stream
+    #: (``--max-streams``); answering side, for an origin connection
+    #: (``--session-connections``, or the address's share of ``--max-connections``).
+    waiting_for_stream: int = 0
+    waiting_for_origin: int = 0
     active_sessions: int = 0
     active_websockets: int = 0
     active_tunnels: int = 0
@@ -286,6 +293,20 @@ class GatewayStats:
     poll_ahead: PollAheadStats = field(default_factory=PollAheadStats)
     #: Set when this gateway is one instance of a cluster.
     cluster: ClusterStats | None = None
+    #: When each limit was last logged as holding requests up (monotonic seconds).
+    _limits_logged: dict[str, float] = field(default_factory=dict)
+
+    def limit_holds_up(self, flag: str, now: float) -> bool:
+        """True at most once a minute per ``flag``: whether to log that it holds requests up.
+
+        A limit that is reached is reached by every request after it; once a
+        minute is enough to name the flag without flooding the log.
+        """
+        last = self._limits_logged.get(flag)
+        if last is not None and now - last < LIMIT_LOG_INTERVAL:
+            return False
+        self._limits_logged[flag] = now
+        return True
 
     def record(self, request: RequestRecord) -> None:
         """A legacy request finished: tell the access log and the metrics."""
@@ -314,7 +335,11 @@ class GatewayStats:
             "version": __version__,
             "uptime_s": round(time.time() - self.started, 3),
             "upstreams": [u.as_json() for u in self.upstreams.values()],
-            "streams": {"active": self.active_streams},
+            "streams": {
+                "active": self.active_streams,
+                "waiting_for_stream": self.waiting_for_stream,
+                "waiting_for_origin": self.waiting_for_origin,
+            },
             "sessions": sessions_json(self.active_sessions, self.sessions()),
             "websockets": {"active": self.active_websockets},
             "tunnels": {"active": self.active_tunnels},

@@ -151,6 +151,19 @@ class _Answer:
         self.watch: Watch | None = None
 
 
+#: Why a stream waits for an origin connection, with the flag that sets the limit.
+SESSION_CONNECTIONS_FULL: Final = (
+    "all of this hop session's origin connections are in use (--session-connections; "
+    "held long-polls count), so its further requests wait for one in order; raise "
+    "--session-connections if this many run at once"
+)
+ADDRESS_CONNECTIONS_FULL: Final = (
+    "all origin connections of this peer address's hop sessions are in use (a quarter "
+    "of --max-connections), so their further requests wait for one in order; raise "
+    "--max-connections if this many run at once"
+)
+
+
 class Answerer:
     """Answers the streams the peer of ``link`` opens: to the origin, or on to the next hop."""
 
@@ -281,21 +294,41 @@ class Answerer:
         queue. Held until :meth:`_give_slot` (no context manager: one fewer
         generator per request).
         """
-        log = self._link.log
         session = self._origin_slots
         if session.locked():
-            log.debug("= stream %d waits for one of the session's origin connections", sid)
-        await session.acquire()
+            await self._wait(sid, session, SESSION_CONNECTIONS_FULL)
+        else:
+            await session.acquire()  # free: returns at once
         address = self._address_slots
         if address is None:
             return
-        if address.locked():
-            log.debug("= stream %d waits for one of its address's origin connections", sid)
         try:
-            await address.acquire()
+            if address.locked():
+                await self._wait(sid, address, ADDRESS_CONNECTIONS_FULL)
+            else:
+                await address.acquire()
         except BaseException:
             session.release()
             raise
+
+    async def _wait(self, sid: int, slots: asyncio.Semaphore, why: str) -> None:
+        """Wait for a slot, counted in the status; the first wait in a minute names the flag.
+
+        Held long-polls take origin connections for as long as the origin
+        holds them, so a busy session reaches these limits in normal use: an
+        operator learns which flag to raise from the log, not from latency.
+        """
+        link = self._link
+        stats = link.stats
+        if stats.limit_holds_up(why, link.loop.time()):
+            link.log.warning("= stream %d waits for an origin connection: %s", sid, why)
+        else:
+            link.log.debug("= stream %d waits for an origin connection", sid)
+        stats.waiting_for_origin += 1
+        try:
+            await slots.acquire()
+        finally:
+            stats.waiting_for_origin -= 1
 
     def _give_slot(self) -> None:
         if self._address_slots is not None:

@@ -166,13 +166,30 @@ class Opener:
             limit = link.config.max_streams  # our own --max-streams; lowered when the peer refuses
             gate = self._gate = StreamGate(limit, queue_cap=QUEUE_FACTOR * limit)
         wait = link.forwarder.config.connect_timeout
+        stats = link.stats
+        waits = gate.full
+        if waits:
+            stats.waiting_for_stream += 1
+            if stats.limit_holds_up(f"--max-streams {link.name}", link.loop.time()):
+                link.log.warning(
+                    "= hop session to %s: all %d streams in use (--max-streams here, or the "
+                    "peer's once it refused one; held long-polls count), so further requests "
+                    "wait up to --connect-timeout (%g s), then go plain; raise --max-streams "
+                    "on both gateways if this many run at once",
+                    link.name,
+                    gate.limit,
+                    wait,
+                )
         try:
             await gate.acquire(wait)
         except GateFull as exc:
             return self._busy(str(exc))
         except TimeoutError:
-            why = f"no stream came free within {wait:g} s"
+            why = f"no stream came free within {wait:g} s (all {gate.limit} in use)"
             raise NotSent(f"hop session to {link.name}: {why}") from None
+        finally:
+            if waits:
+                stats.waiting_for_stream -= 1
         return None
 
     def _release(self) -> None:

@@ -59,6 +59,11 @@ class StreamGate:
     def waiting(self) -> int:
         return self._waiting
 
+    @property
+    def full(self) -> bool:
+        """Whether ``acquire`` would wait: every slot taken, or others already waiting."""
+        return self._open >= self._limit or self._waiting > 0
+
     def take(self) -> bool:
         """Take a slot if one is free and nobody waits for one (``acquire`` without a wait)."""
         if self._open < self._limit and not self._waiting:

@@ -71,6 +71,16 @@ class GatewayCollector(Collector):
         streams.add_metric(["websocket"], stats.active_websockets)
         streams.add_metric(["connect"], stats.active_tunnels)
         yield streams
+        waiting = GaugeMetricFamily(
+            "hopgate_streams_waiting",
+            "tunnelled exchanges held up by a limit: for a stream of the hop session "
+            "(--max-streams) or for an origin connection (--session-connections, "
+            "--max-connections)",
+            labels=["for"],
+        )
+        waiting.add_metric(["stream"], stats.waiting_for_stream)
+        waiting.add_metric(["origin_connection"], stats.waiting_for_origin)
+        yield waiting
         clients = stats.clients() if stats.clients is not None else {}
         held = GaugeMetricFamily(
             "hopgate_client_connections",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 from collections import Counter
 
 import aiohttp
@@ -34,7 +35,7 @@ from gateway.settings import derive
 from tests.conftest import MakeOrigin
 from tests.e2e.harness import Gateways, gateways_fixture  # noqa: F401 - the fixture
 from tests.helpers import until
-from tests.status_page import warm_until_hop
+from tests.status_page import status_document, warm_until_hop
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -179,6 +180,47 @@ async def test_the_opening_gateway_keeps_to_its_own_max_streams(
         answers = await asyncio.gather(*tasks)
     assert answers == [(200, None)] * n
     assert len(origin.seen) == n and set(origin.seen.values()) == {1}
+
+
+async def test_a_limit_that_holds_requests_up_is_counted_and_named_once(
+    make_origin: MakeOrigin, gateways: Gateways, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Streams past --max-streams (client) and past --session-connections (server).
+
+    Both show in the status and the metrics while they wait, and each
+    gateway logs one WARNING naming its flag, not one per request.
+    """
+    caplog.set_level(logging.WARNING, logger="hopgate")
+    origin = HeldOrigin()
+    upstream = {"upstream": await make_origin(origin.handle), "session_connections": 2}
+    server = await gateways("server", upstream, session=None)
+    client = {"upstream": server.url, "max_streams": 4, "connect_timeout": 60}
+    gw = await gateways("client", client, session=None)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def waiting_is(expected: tuple[int, int]) -> bool:
+            opening = (await status_document(http, gw.url))["streams"]
+            answering = (await status_document(http, server.url))["streams"]
+            return (opening["waiting_for_stream"], answering["waiting_for_origin"]) == expected
+
+        assert (await warm_until_hop(http, gw.url))["transport"] == "websocket"
+        tasks = [asyncio.create_task(get(http, f"{gw.url}/r?n={i}")) for i in range(7)]
+        try:
+            await until(lambda: waiting_is((3, 2)), "3 waiting for a stream, 2 for the origin")
+            assert origin.now == 2
+            async with http.get(f"{server.url}/.hopgate/metrics") as resp:
+                metrics = await resp.text()
+            assert 'hopgate_streams_waiting{for="origin_connection"} 2.0' in metrics, metrics
+        finally:
+            origin.release.set()
+        assert await asyncio.gather(*tasks) == [(200, None)] * 7
+        assert await waiting_is((0, 0))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    named = [w for w in warnings if "--max-streams" in w or "--session-connections" in w]
+    assert len(named) == 2, warnings
+    assert sum("raise --max-streams on both gateways" in w for w in named) == 1, named
+    assert sum("raise --session-connections" in w for w in named) == 1, named
+    assert len(origin.seen) == 7 and set(origin.seen.values()) == {1}
 
 
 async def test_stopping_a_server_under_hundreds_of_websocket_sessions_logs_no_task_tracebacks() -> (
