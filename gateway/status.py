@@ -293,7 +293,8 @@ class GatewayStats:
     poll_ahead: PollAheadStats = field(default_factory=PollAheadStats)
     #: Set when this gateway is one instance of a cluster.
     cluster: ClusterStats | None = None
-    #: When each limit was last logged as holding requests up (monotonic seconds).
+    #: When each limit was last logged as holding requests up (monotonic seconds);
+    #: keyed by flag only, so it stays a handful of entries whatever the peers do.
     _limits_logged: dict[str, float] = field(default_factory=dict)
 
     def limit_holds_up(self, flag: str, now: float) -> bool:

@@ -170,7 +170,7 @@ class Opener:
         waits = gate.full
         if waits:
             stats.waiting_for_stream += 1
-            if stats.limit_holds_up(f"--max-streams {link.name}", link.loop.time()):
+            if stats.limit_holds_up("--max-streams", link.loop.time()):
                 link.log.warning(
                     "= hop session to %s: all %d streams in use (--max-streams here, or the "
                     "peer's once it refused one; held long-polls count), so further requests "
