@@ -409,13 +409,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_streams",
         "count",
-        "streams (tunnelled requests and WebSockets) one hop session may have open (default 256)",
+        "streams (tunnelled requests and WebSockets, held polls too) one hop session may "
+        "have open; set it on both gateways (default 256)",
         group=_LIMITS,
     ),
     Setting(
         "session_connections",
         "count",
-        "origin connections one hop session may hold; its further streams wait (default 128)",
+        "origin connections one hop session may hold, a held poll's for as long as it is "
+        "held; its further streams wait (default 128)",
         group=_LIMITS,
     ),
     Setting(
