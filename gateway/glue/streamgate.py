@@ -66,14 +66,14 @@ class StreamGate:
 
     def take(self) -> bool:
         """Take a slot if one is free and nobody waits for one (``acquire`` without a wait)."""
-        if self._open < self._limit and not self._waiting:
-            self._open += 1
-            return True
-        return False
+        if self.full:
+            return False
+        self._open += 1
+        return True
 
     async def acquire(self, timeout: float) -> None:
         """Take a slot, waiting up to ``timeout``; GateFull or TimeoutError if none."""
-        if self._open < self._limit and not self._waiting:
+        if not self.full:
             self._open += 1
             return
         cap = self._queue_cap
