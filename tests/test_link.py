@@ -69,6 +69,20 @@ class Recorder:
         return sum(1 for line in self.lines if line.split(" ", 1)[1].startswith(prefix))
 
 
+def link_on(gw: Gateway, key: str, *, check_hello: bool = True) -> UpstreamLink:
+    """An UpstreamLink to ``key`` on ``gw``'s own client and forwarder; the test starts it."""
+    assert gw._client is not None and gw._forwarder is not None
+    return UpstreamLink(
+        URL(key),
+        key=key,
+        http=gw._client,
+        forwarder=gw._forwarder,
+        stats=gw.stats,
+        session_settings=SessionSettings(),
+        check_hello=check_hello,
+    )
+
+
 def answer_200_text(_request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
@@ -269,20 +283,10 @@ async def test_link_table_evicts_the_least_recently_used(
     make_origin: Any, start_gateway: StartGateway
 ) -> None:
     gw = await start_gateway("client", {"upstream": await make_origin(Recorder().handle)})
-    assert gw._client is not None and gw._forwarder is not None
     made: list[UpstreamLink] = []
 
     def make(key: str) -> UpstreamLink:
-        assert gw._client is not None and gw._forwarder is not None
-        link = UpstreamLink(
-            URL(key),
-            key=key,
-            http=gw._client,
-            forwarder=gw._forwarder,
-            stats=gw.stats,
-            session_settings=SessionSettings(),
-            check_hello=False,
-        )
+        link = link_on(gw, key, check_hello=False)
         made.append(link)
         return link
 
@@ -331,17 +335,9 @@ async def test_an_unexpected_error_in_a_links_work_is_logged_and_the_link_goes_o
 ) -> None:
     server = await start_gateway("server", {"upstream": await make_origin(Recorder().handle)})
     gw = await start_gateway("client", {"upstream": await make_origin(Recorder().handle)})
-    assert gw._client is not None and gw._forwarder is not None
     monkeypatch.setattr(link_module, "RECOVER_AFTER", 0.1)
     key = server.url
-    link = UpstreamLink(
-        URL(key),
-        key=key,
-        http=gw._client,
-        forwarder=gw._forwarder,
-        stats=gw.stats,
-        session_settings=SessionSettings(),
-    )
+    link = link_on(gw, key)
     real, calls = link._fetch_hello, 0
 
     async def broken_once(url: URL) -> tuple[int, object]:
@@ -366,17 +362,8 @@ async def test_status_reads_the_links_ladder_when_served(
 ) -> None:
     """The ladder is the one place a hop's counters live: each move shows at once."""
     gw = await start_gateway("client", {"upstream": await make_origin(Recorder().handle)})
-    assert gw._client is not None and gw._forwarder is not None
     key = "http://peer.example:1"
-    link = UpstreamLink(
-        URL(key),
-        key=key,
-        http=gw._client,
-        forwarder=gw._forwarder,
-        stats=gw.stats,
-        session_settings=SessionSettings(),
-        check_hello=False,
-    )  # never started: only the test moves its ladder
+    link = link_on(gw, key, check_hello=False)  # never started: only the test moves its ladder
     state = gw.stats.upstream(key)
     assert (state.transport, state.peer, state.upgrades) == ("plain", "unknown", 0)
     link.ladder.peer_is_gateway()
