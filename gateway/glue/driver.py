@@ -264,14 +264,18 @@ class TunnelDriver:
         """Hand the tunnel's output to the session while it can take it."""
         self._flush_due = False
         hop, tunnel = self._hop, self.tunnel
+        sent = False
         try:
             while not tunnel.closed and hop.writable:
                 message = tunnel.next_message()
                 if message is None:
                     break
-                hop.send(message)
+                hop.send(message, wake=False)
+                sent = True
         except SessionClosedError:
             pass  # on_closed follows
+        if sent:
+            hop.wake(now=True)  # this flush ends the turn's sending: written here, not a turn later
         self.dispatch()  # next_message reports StreamWritable
 
     # -- routing -------------------------------------------------------------------------------

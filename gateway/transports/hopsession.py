@@ -21,6 +21,9 @@ A :class:`HopSession` wraps one sans-I/O :class:`~gateway.core.session.machine.S
   core may have something new: long-poll writers wait on :meth:`wait_changed`;
   the current WebSocket's *flusher* flushes synchronously once per loop turn,
   or at once when ``unsent_bytes`` reach 64 KiB (no task wake-up per message).
+  A sender that is itself the end of its turn (the tunnel driver's coalesced
+  flush) sends with ``wake=False`` and then calls ``wake(now=True)``: the
+  write happens in that callback, not one loop turn later;
 
 Messages are delivered by calling ``on_message`` synchronously from :meth:`feed`
 (the transport's receive loop): no task per message. Writers take whatever
@@ -157,7 +160,7 @@ class HopSession:
         self._on_closed: Callable[[int, str], None] | None = None
         self._early: list[bytes | str] | None = None
         #: The current WebSocket's flush (once per loop turn), told whenever the core may write.
-        self.flusher: Callable[[], None] | None = None
+        self.flusher: Callable[[bool], None] | None = None
         self._background = TaskSet()
         # What metrics read (summed at scrape time, gateway.metrics): plain
         # counters, one ``+=`` per message or batch.
@@ -226,9 +229,12 @@ class HopSession:
     def writable(self) -> bool:
         return self._close_info is None and self._core.writable
 
-    def send(self, data: bytes | str) -> bool:
+    def send(self, data: bytes | str, *, wake: bool = True) -> bool:
         """Queue one whole message; False (nothing queued) when the replay buffer is full
-        (``on_writable`` fires once space frees). SessionClosedError once closing or closed."""
+        (``on_writable`` fires once space frees). SessionClosedError once closing or closed.
+
+        ``wake=False``: the caller sends more in this callback and then calls
+        ``wake(now=True)`` itself."""
         core = self._core
         if self._close_info is not None:
             raise SessionClosedError(*self._close_info_or_closing())
@@ -242,7 +248,8 @@ class HopSession:
             raise
         self.messages_sent += 1
         self.unsent_bytes += len(data)
-        self.wake()  # no timer moves until take(): nothing is outstanding yet
+        if wake:
+            self.wake()  # no timer moves until take(): nothing is outstanding yet
         return True
 
     async def drain(self) -> None:
@@ -341,7 +348,7 @@ class HopSession:
                 extra={"reason": exc.reason},
             )
             ok = False
-        self.dispatch()
+        self.dispatch(rearm_now=True)
         return ok
 
     def take(self, *, include_data: bool = True) -> bytes:
@@ -354,7 +361,7 @@ class HopSession:
             self.bytes_sent += len(batch)
             self.last_activity = now
         if not was_outstanding:  # retransmit/stall timers start; once running they only move later
-            self._rearm()
+            self._rearm_now()  # once per batch written: not worth a callback of its own
         return batch
 
     def set_heartbeat(self, seconds: float) -> None:
@@ -370,18 +377,29 @@ class HopSession:
         changed.clear()
         await changed.wait()
 
-    def wake(self) -> None:
+    def wake(self, *, now: bool = False) -> None:
+        """Tell the writers the core may have something to write.
+
+        ``now``: the caller is the last sender of its loop turn, so a
+        WebSocket writes in this call instead of scheduling a flush: one loop
+        turn and one callback less per request.
+        """
         if self._changed is not None:
             self._changed.set()
         if self.flusher is not None:
-            self.flusher()
+            self.flusher(now)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """A background task the session keeps a reference to (closing sockets)."""
         return self._background.spawn(coro, name=name)
 
-    def dispatch(self) -> None:
-        """Act on the core's events; wake writers and the pump."""
+    def dispatch(self, *, rearm_now: bool = False) -> None:
+        """Act on the core's events; wake writers and the pump.
+
+        ``rearm_now``: move the timer in this call rather than at the end of
+        the turn (``feed``: once per batch received, and the delayed ACK a
+        DATA starts must be armed anyway).
+        """
         for event in self._core.events_received():
             if type(event) is MessageReceived:
                 handler = self._on_message
@@ -414,7 +432,10 @@ class HopSession:
             elif self.on_event is not None:
                 self.on_event(event)
         self.wake()
-        self._rearm()
+        if rearm_now:
+            self._rearm_now()
+        else:
+            self._rearm()
 
     def abandon(self, code: int, reason: str) -> None:
         """Finish without the core's handshake (the peer forgot us, or we must stop now)."""

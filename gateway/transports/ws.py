@@ -66,6 +66,8 @@ class WebSocketTransport:
     the session's ``wake`` calls ``_flush_soon``, which schedules one
     ``_flush`` per loop turn (``call_soon``) when the core wants to write
     now; ``_flush`` writes each batch synchronously (``write_frame_now``).
+    A sender whose call ends its turn anyway (the tunnel driver's flush:
+    ``HopSession.wake(now=True)``) has ``_flush`` run in that call instead.
     Once ``WRITE_NOW_BYTES`` are queued the write happens in ``wake`` itself:
     a sender queueing a burst without yielding feeds the peer as it goes.
     The writer task sleeps until the socket's buffer is full (it awaits
@@ -134,11 +136,15 @@ class WebSocketTransport:
         hop = self._hop
         return hop.is_current(self) or (hop.closed and not self._abandoned)
 
-    def _flush_soon(self) -> None:
+    def _flush_soon(self, now: bool = False) -> None:
+        """The session's ``flusher``; ``now``: flush in this call (see ``HopSession.wake``)."""
         if self._hop.unsent_bytes >= WRITE_NOW_BYTES:
             self._write_now()
             return
         if not self._flush_due and (self._hop.core.wants_write_now or self._hop.closed):
+            if now:
+                self._flush()
+                return
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._flush)
 

@@ -83,3 +83,22 @@ async def test_a_burst_queued_without_yielding_is_written_as_it_grows(
     assert pair.client.bytes_sent - before >= 3 * ws.WRITE_NOW_BYTES
     await pair.server_inbox.wait_for(len(burst), timeout=5)
     assert pair.server_inbox.messages == burst
+
+
+async def test_a_sender_that_ends_its_turn_writes_within_the_call(
+    make_pair: MakePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tunnel driver's flush is already the end of its loop turn: scheduling
+    # another callback to write would cost a loop turn per request for nothing.
+    pair = await _quiet_pair(make_pair, monkeypatch)
+    before = pair.client.bytes_sent
+    assert pair.client.send(b"a", wake=False)
+    assert pair.client.send(b"b", wake=False)
+    assert pair.client.bytes_sent == before  # not woken: nothing written, nothing scheduled
+    pair.client.wake(now=True)
+    written = pair.client.bytes_sent
+    assert written > before  # in this call, not a loop turn later
+    assert pair.client.send(b"c")  # a plain send still waits for the end of the turn
+    assert pair.client.bytes_sent == written
+    await pair.server_inbox.wait_for(3, timeout=5)
+    assert pair.server_inbox.messages == [b"a", b"b", b"c"]
