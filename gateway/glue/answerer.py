@@ -421,9 +421,11 @@ class Answerer:
         version = (upstream.version.major, upstream.version.minor) if upstream.version else (1, 1)
         head = response_pairs(upstream.raw_headers, version, link.forwarder.config.via_name)
         tunnel.respond(sid, upstream.status, upstream.reason or "", head, has_body=has_body)
-        link.schedule_flush()
         if not has_body:
+            link.schedule_flush()
             return
+        # What is queued goes out before each wait below (schedule_flush), or with the
+        # end: a small answer (head, body and end in one read) costs one flush, not two.
         if isinstance(upstream, aiohttp.ClientResponse):  # the lean client's read so already
             limit_reads(upstream, _ORIGIN_READ)  # (+25 MiB RSS for 64 stalled streams without)
         content = upstream.content
@@ -435,18 +437,20 @@ class Answerer:
                 if not chunk:
                     if content.at_eof():
                         break
+                    link.schedule_flush()
                     chunk = await content.readany()
                     if not chunk:
                         break
-                if not tunnel.is_writable(sid) and not await box.wait_writable(tunnel, sid):
-                    return
+                if not tunnel.is_writable(sid):
+                    link.schedule_flush()
+                    if not await box.wait_writable(tunnel, sid):
+                        return
                 answer.size += len(chunk)
                 if answer.watch is not None:
                     chunk = answer.watch.hold(chunk)  # held until the next poll is announced
                     if not chunk:
                         continue
                 tunnel.send_data(sid, chunk)
-                link.schedule_flush()
         except (aiohttp.ClientError, TimeoutError) as exc:
             timed_out = isinstance(exc, TimeoutError)
             link.log.warning(
@@ -462,6 +466,8 @@ class Answerer:
         if answer.watch is not None and self._ahead is not None:
             headers = link.forwarder.downstream_headers(upstream)
             held = self._ahead.answered(sid, answer.watch, upstream.status, headers)
+            if held and not tunnel.is_writable(sid):
+                link.schedule_flush()
             if held and await box.wait_writable(tunnel, sid):
                 tunnel.send_data(sid, held)
         tunnel.end(sid)

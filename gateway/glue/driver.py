@@ -231,7 +231,8 @@ class TunnelDriver:
             self.log.warning("< tunnel protocol error, closing the session: %s", exc.reason)
             self.spawn(self._hop.close(exc.code, short(exc.reason)))
         self.dispatch()
-        self.schedule_flush()
+        if tunnel.has_pending():  # credit, a PING's answer: most messages leave nothing to send
+            self.schedule_flush()
 
     def _on_writable(self) -> None:
         self._writable.set()

@@ -24,6 +24,7 @@ from aiohttp.test_utils import make_mocked_request
 from yarl import URL
 
 from gateway.core.tunnel import ResetCode, StreamReset
+from gateway.glue.driver import TunnelDriver
 from gateway.glue.opener import NotSent
 from gateway.transports.hopsession import HopSession
 from tests.glue.chain import (
@@ -64,6 +65,35 @@ async def test_request_and_response_bodies_both_ways(
     assert chain.down.tunnel.stream_count == 0
     await until(lambda: chain.up.tunnel.stream_count == 0)
     assert chain.entry.stats.active_streams == chain.server.stats.active_streams == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_small_answer_leaves_the_answering_side_in_one_flush(
+    build_chain: BuildChain,
+    origin: tuple[Origin, str],
+    transport: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Head, body and end of a small answer arrive from the origin in one read:
+    # one flush hands them to the session (a second, empty one was a loop
+    # callback per request for nothing).
+    _o, url = origin
+    chain = await build_chain(url, transport)
+    up = chain.up.driver
+    flushes = 0
+    flush = TunnelDriver.flush
+
+    def counted(driver: TunnelDriver) -> None:
+        nonlocal flushes
+        flushes += driver is up
+        flush(driver)
+
+    monkeypatch.setattr(TunnelDriver, "flush", counted)
+    for i in range(5):
+        async with chain.client.get(f"{chain.url}/small?i={i}") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["raw_path"] == f"/small?i={i}"
+    assert flushes == 5
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
