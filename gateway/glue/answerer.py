@@ -398,8 +398,7 @@ class Answerer:
             event = await box.next_event()
             if isinstance(event, DataReceived):
                 yield event.data
-                link.tunnel.consumed(sid, len(event.data))
-                link.schedule_flush()
+                link.credit(sid, len(event.data))
             elif isinstance(event, StreamEnded):
                 return
             else:

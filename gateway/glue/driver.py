@@ -261,6 +261,17 @@ class TunnelDriver:
             self._flush_due = True
             self.loop.call_soon(self.flush)
 
+    def credit(self, sid: int, n: int) -> None:
+        """The consumer took ``n`` bytes of ``sid``: credit them, flushed if that made a frame.
+
+        Credit is batched (``consumed``), so most calls send nothing, and a flush
+        scheduled for nothing is a loop callback per answer.
+        """
+        tunnel = self.tunnel
+        tunnel.consumed(sid, n)
+        if tunnel.has_pending():
+            self.schedule_flush()
+
     def flush(self) -> None:
         """Hand the tunnel's output to the session while it can take it."""
         self._flush_due = False

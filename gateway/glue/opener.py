@@ -427,8 +427,7 @@ class Opener:
             # The usual small answer, all here: head, body (and a chunked end) in one
             # send, without a coroutine to relay a body of one piece.
             await response.write_eof(data)
-            link.tunnel.consumed(sid, len(data))
-            link.schedule_flush()
+            link.credit(sid, len(data))
             return response
         problem = await self._relay_body(sid, box, response, framing) if head.has_body else None
         if problem is not None:
@@ -464,8 +463,7 @@ class Opener:
                 if framing.counted:  # else a body a HEAD/304 answer cannot carry: dropped
                     last = _ends_next(box, counter)  # a chunked end goes in the same send
                     await (response.write_eof if last else response.write)(event.data)
-                link.tunnel.consumed(sid, size)
-                link.schedule_flush()
+                link.credit(sid, size)
             elif isinstance(event, StreamEnded):
                 short_body = counter.ended() if counter is not None and framing.counted else None
                 if short_body is not None:
@@ -576,8 +574,7 @@ class Opener:
             event = await box.next_event()
             if isinstance(event, DataReceived):
                 body += event.data
-                link.tunnel.consumed(sid, len(event.data))
-                link.schedule_flush()
+                link.credit(sid, len(event.data))
                 if len(body) > MAX_REFUSAL_BODY:
                     link.reset(sid, ResetCode.TOO_LARGE, "refusal body too large")
                     return text_error(502, "WebSocket refusal body over the limit")

@@ -202,8 +202,7 @@ class _Relay:
     def from_inbound(self, event: Event) -> None:
         if self.dropping:  # the far side answered and no longer wants the upload
             if isinstance(event, DataReceived):
-                self.inbound.tunnel.consumed(self.in_sid, len(event.data))
-                self.inbound.schedule_flush()
+                self.inbound.credit(self.in_sid, len(event.data))
             elif isinstance(event, StreamEnded):
                 self.in_done = True
                 self._maybe_finish()

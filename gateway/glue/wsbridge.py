@@ -125,8 +125,7 @@ class _Sink:
                 if box.reset is None:  # a reset already ends the stream
                     link.check_backlog(sid, box)
             return
-        link.tunnel.consumed(sid, sum(event.size for event in pending))
-        link.schedule_flush()
+        link.credit(sid, sum(event.size for event in pending))
 
 
 async def _ws_reader(link: TunnelDriver, sid: int, box: Mailbox, peer: Peer) -> None:
@@ -183,8 +182,7 @@ async def _ws_writer(
                     await _send(peer, batch)
             finally:
                 sink.busy = False
-            link.tunnel.consumed(sid, size)
-            link.schedule_flush()
+            link.credit(sid, size)
         elif isinstance(event, EndpointDone):
             sink.done = True
         elif isinstance(event, WebSocketClosed):

@@ -68,24 +68,25 @@ async def test_request_and_response_bodies_both_ways(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_a_small_answer_leaves_the_answering_side_in_one_flush(
+async def test_a_small_exchange_costs_each_side_one_flush(
     build_chain: BuildChain,
     origin: tuple[Origin, str],
     transport: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Head, body and end of a small answer arrive from the origin in one read:
-    # one flush hands them to the session (a second, empty one was a loop
-    # callback per request for nothing).
+    # The opening side flushes its OPEN at once; the answering side gets head,
+    # body and end from the origin in one read and flushes them together. The
+    # credit for a small body makes no frame, so it schedules no flush: an
+    # empty flush was a loop callback per request on each side.
     _o, url = origin
     chain = await build_chain(url, transport)
-    up = chain.up.driver
-    flushes = 0
+    sides = {chain.down.driver: "opening", chain.up.driver: "answering"}
+    flushes = dict.fromkeys(sides.values(), 0)
     flush = TunnelDriver.flush
 
     def counted(driver: TunnelDriver) -> None:
-        nonlocal flushes
-        flushes += driver is up
+        if driver in sides:
+            flushes[sides[driver]] += 1
         flush(driver)
 
     monkeypatch.setattr(TunnelDriver, "flush", counted)
@@ -93,7 +94,7 @@ async def test_a_small_answer_leaves_the_answering_side_in_one_flush(
         async with chain.client.get(f"{chain.url}/small?i={i}") as resp:
             assert resp.status == 200
             assert (await resp.json())["raw_path"] == f"/small?i={i}"
-    assert flushes == 5
+    assert flushes == {"opening": 5, "answering": 5}
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
