@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from gateway.core.cluster import short_id
 from gateway.core.session.errors import (
@@ -72,6 +72,14 @@ from gateway.transports.tasks import TaskSet
 __all__ = ["HopSession", "Transport", "TransportKind"]
 
 log = logging.getLogger("hopgate.session")
+
+#: Queued bytes written at once, in the turn that queued them, not at its end: a
+#: sender that queues a burst without yielding (the client gateway relaying a
+#: legacy client's burst) keeps the peer busy meanwhile instead of handing it
+#: everything when the burst's credit runs out. ``send(wake=False)`` still wakes
+#: the writer past it, so a tunnel flush that moves a burst feeds the peer as
+#: it goes too.
+WRITE_NOW_BYTES: Final = 64 * 1024
 
 TransportKind = Literal["websocket", "long-poll", "none"]
 
@@ -234,7 +242,7 @@ class HopSession:
         (``on_writable`` fires once space frees). SessionClosedError once closing or closed.
 
         ``wake=False``: the caller sends more in this callback and then calls
-        ``wake(now=True)`` itself."""
+        ``wake(now=True)`` itself; past ``WRITE_NOW_BYTES`` the writer is woken anyway."""
         core = self._core
         if self._close_info is not None:
             raise SessionClosedError(*self._close_info_or_closing())
@@ -248,7 +256,7 @@ class HopSession:
             raise
         self.messages_sent += 1
         self.unsent_bytes += len(data)
-        if wake:
+        if wake or self.unsent_bytes >= WRITE_NOW_BYTES:
             self.wake()  # no timer moves until take(): nothing is outstanding yet
         return True
 

@@ -35,7 +35,7 @@ from gateway.core.session.errors import CloseCode, RemoteProtocolError, SessionU
 from gateway.transports.aiohttp_internals import write_frame_now
 from gateway.transports.errors import HandshakeRefused, TransportFailed
 from gateway.transports.handshake import SessionRoute
-from gateway.transports.hopsession import HopSession
+from gateway.transports.hopsession import WRITE_NOW_BYTES, HopSession
 from gateway.transports.http import describe
 from gateway.transports.session_settings import SessionSettings
 
@@ -48,11 +48,6 @@ COALESCE: Final = 0.0005
 #: amortised, and holding each large message for the timer (epoll rounds it
 #: up to 1 ms) halved 64 KiB throughput (stream credit waits on every write).
 COALESCE_BYTES: Final = 16 * 1024
-#: Queued bytes written at once, in the turn that queued them, not at its end: a
-#: sender that queues a burst without yielding (the client gateway relaying a
-#: legacy client's burst) keeps the peer busy meanwhile instead of handing it
-#: everything when the burst's credit runs out.
-WRITE_NOW_BYTES: Final = 64 * 1024
 #: Close handshake of an abandoned socket: it may be black-holed, do not wait long.
 _CLOSE_TIMEOUT: Final = 2.0
 

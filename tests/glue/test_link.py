@@ -68,16 +68,17 @@ async def test_request_and_response_bodies_both_ways(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_a_small_exchange_costs_each_side_one_flush(
+async def test_a_small_exchange_costs_each_side_two_flushes(
     build_chain: BuildChain,
     origin: tuple[Origin, str],
     transport: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The opening side flushes its OPEN at once; the answering side gets head,
-    # body and end from the origin in one read and flushes them together. The
-    # credit for a small body makes no frame, so it schedules no flush: an
-    # empty flush was a loop callback per request on each side.
+    # Each side flushes once after every tunnel message it receives (what the
+    # events start, an endpoint write and its credit, leaves with it), and once
+    # with what it sends: the opening side its OPEN, at once; the answering side
+    # head, body and end of a small answer together, which arrive from the
+    # origin in one read (they took two flushes, one of them empty, before).
     _o, url = origin
     chain = await build_chain(url, transport)
     sides = {chain.down.driver: "opening", chain.up.driver: "answering"}
@@ -94,7 +95,7 @@ async def test_a_small_exchange_costs_each_side_one_flush(
         async with chain.client.get(f"{chain.url}/small?i={i}") as resp:
             assert resp.status == 200
             assert (await resp.json())["raw_path"] == f"/small?i={i}"
-    assert flushes == {"opening": 5, "answering": 5}
+    assert flushes == {"opening": 10, "answering": 10}
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
