@@ -234,7 +234,7 @@ class TunnelDriver:
         # Always, even when nothing is queued yet: what the events start in the next
         # turn (an endpoint write and its credit) leaves with it. Scheduled only when
         # the tunnel had something pending, the 64 KiB message row fell 1,000 -> 750
-        # MB/s (A/B, 2026-12-04), the server gateway's WINDOWs waiting a turn longer.
+        # MB/s (A/B, 2026-12-04; likely the server gateway's WINDOWs leaving a turn later).
         self.schedule_flush()
 
     def _on_writable(self) -> None:

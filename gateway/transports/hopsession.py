@@ -23,7 +23,7 @@ A :class:`HopSession` wraps one sans-I/O :class:`~gateway.core.session.machine.S
   or at once when ``unsent_bytes`` reach 64 KiB (no task wake-up per message).
   A sender that is itself the end of its turn (the tunnel driver's coalesced
   flush) sends with ``wake=False`` and then calls ``wake(now=True)``: the
-  write happens in that callback, not one loop turn later;
+  write happens in that callback, not one loop turn later.
 
 Messages are delivered by calling ``on_message`` synchronously from :meth:`feed`
 (the transport's receive loop): no task per message. Writers take whatever
