@@ -440,10 +440,8 @@ class Answerer:
                     chunk = await content.readany()
                     if not chunk:
                         break
-                if not tunnel.is_writable(sid):
-                    link.schedule_flush()
-                    if not await box.wait_writable(tunnel, sid):
-                        return
+                if not tunnel.is_writable(sid) and not await self._flushed_until_writable(sid, box):
+                    return
                 answer.size += len(chunk)
                 if answer.watch is not None:
                     chunk = answer.watch.hold(chunk)  # held until the next poll is announced
@@ -465,15 +463,24 @@ class Answerer:
         if answer.watch is not None and self._ahead is not None:
             headers = link.forwarder.downstream_headers(upstream)
             held = self._ahead.answered(sid, answer.watch, upstream.status, headers)
-            if held and not tunnel.is_writable(sid):
-                link.schedule_flush()
-            if held and await box.wait_writable(tunnel, sid):
+            if held and (tunnel.is_writable(sid) or await self._flushed_until_writable(sid, box)):
                 tunnel.send_data(sid, held)
         tunnel.end(sid)
         if tunnel.stream_count > 1:
             link.schedule_flush()  # busy: the answers ending this turn share one message
         else:
             link.flush()  # alone: now, not one loop turn later
+
+    async def _flushed_until_writable(self, sid: int, box: Mailbox) -> bool:
+        """Flush what ``sid`` queued, then wait until it takes more; False if it was reset.
+
+        ``_send_response`` queues without flushing (a small answer leaves with its
+        end), so before it waits for credit the queued data must leave: the credit
+        comes back only once the peer has it.
+        """
+        link = self._link
+        link.schedule_flush()
+        return await box.wait_writable(link.tunnel, sid)
 
     # -- an endpoint WebSocket -----------------------------------------------------------------
 
