@@ -141,6 +141,7 @@ def test_stats_json_is_plain_data() -> None:
     stats.upstream("http://a").requests += 2
     stats.upstream("http://a").errors += 1
     stats.active_streams = 3
+    stats.waiting_for_stream, stats.waiting_for_origin = 4, 5
     doc = stats.as_json()
     assert doc["upstreams"] == [
         {
@@ -158,7 +159,7 @@ def test_stats_json_is_plain_data() -> None:
             "heartbeat_learned": None,
         }
     ]
-    assert doc["streams"]["active"] == 3
+    assert doc["streams"] == {"active": 3, "waiting_for_stream": 4, "waiting_for_origin": 5}
     assert doc["version"] == __version__
     assert doc["uptime_s"] >= 0
 
