@@ -296,7 +296,7 @@ class Answerer:
         """
         session = self._origin_slots
         if session.locked():
-            await self._wait(sid, session, SESSION_CONNECTIONS_FULL)
+            await self._wait(sid, session, "--session-connections", SESSION_CONNECTIONS_FULL)
         else:
             await session.acquire()  # free: returns at once
         address = self._address_slots
@@ -304,14 +304,14 @@ class Answerer:
             return
         try:
             if address.locked():
-                await self._wait(sid, address, ADDRESS_CONNECTIONS_FULL)
+                await self._wait(sid, address, "--max-connections", ADDRESS_CONNECTIONS_FULL)
             else:
                 await address.acquire()
         except BaseException:
             session.release()
             raise
 
-    async def _wait(self, sid: int, slots: asyncio.Semaphore, why: str) -> None:
+    async def _wait(self, sid: int, slots: asyncio.Semaphore, flag: str, why: str) -> None:
         """Wait for a slot, counted in the status; the first wait in a minute names the flag.
 
         Held long-polls take origin connections for as long as the origin
@@ -320,7 +320,7 @@ class Answerer:
         """
         link = self._link
         stats = link.stats
-        if stats.limit_holds_up(why, link.loop.time()):
+        if stats.limit_holds_up(flag, link.loop.time()):
             link.log.warning("= stream %d waits for an origin connection: %s", sid, why)
         else:
             link.log.debug("= stream %d waits for an origin connection", sid)
