@@ -13,9 +13,11 @@ run them), started here on a free port, waited on, and stopped by the
   ``bench/hop_requests.py`` and the tests force it); ``NetPath.counts()``
   asks it for its byte counts (SIGUSR1);
 * ``hop_path(kind, origin_url, tree, rtt)``: the URL a legacy client uses:
-  the origin itself (``direct``), or ``hopgate client`` -> path -> ``hopgate
-  server`` -> origin with the hop on ``websocket`` or ``long-poll``, the
-  gateways run from ``tree``; waits until the hop is on that transport.
+  the origin itself (``direct``), two bare TCP relays in a row (``relays``,
+  ``bench/bare_relay.py``: the floor of any two-process path), or
+  ``hopgate client`` -> path -> ``hopgate server`` -> origin with the hop on
+  ``websocket`` or ``long-poll``, the gateways run from ``tree``; waits until
+  the hop is on that transport.
 
 The path process runs this checkout's relay whatever ``tree`` is: it is the
 network, not the thing measured.
@@ -181,7 +183,8 @@ def hop_path(
     start_fast: bool = False,
     flags: tuple[str, ...] = (),
 ) -> Iterator[Route]:
-    """``kind``: direct, plain (``--upgrade never``), websocket or long-poll.
+    """``kind``: direct, relays (two ``bare_relay.py``: the floor), plain (``--upgrade never``),
+    websocket or long-poll.
 
     ``count`` (or an ``rtt``) puts a path process on the link; ``start_fast``:
     its delay is off until ``route.net.switch_delay()``. ``flags`` go to both gateways.
@@ -194,6 +197,12 @@ def hop_path(
                 return
             net = stack.enter_context(net_path(origin, rtt, start_fast=start_fast))
             yield Route(net.url, net)
+            return
+        if kind == "relays":
+            near = stack.enter_context(running(python_child("bare_relay.py", "--target", origin)))
+            first = near.announced.removeprefix("http://")
+            far = stack.enter_context(running(python_child("bare_relay.py", "--target", first)))
+            yield Route(far.announced, None)
             return
         server = stack.enter_context(
             gateway("server", "--upstream", origin_url, *GATEWAY_FLAGS, *flags, tree=tree)

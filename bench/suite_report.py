@@ -22,7 +22,12 @@ MSG_COLUMNS = {
     "hop-ws": "hop session over WebSocket",
     "hop-lp": "hop session over long-poll",
 }
-LEGACY_COLUMNS = {"direct": "direct", "websocket": "WebSocket hop", "long-poll": "long-poll hop"}
+LEGACY_COLUMNS = {
+    "direct": "direct",
+    "relays": "two bare TCP relays",
+    "websocket": "WebSocket hop",
+    "long-poll": "long-poll hop",
+}
 
 #: Why a target is missed, as the profiles of ``--profile ROW`` showed it (see the module doc).
 _PER_MESSAGE = (
@@ -251,7 +256,10 @@ def message_table(msgs: Result, rtt_ms: float) -> list[str]:
 
 def legacy_table(leg: Result, scale: Any) -> list[str]:
     direct = leg.get("direct", {})
-    rows = ["| case | " + " | ".join(LEGACY_COLUMNS.values()) + " |", "|---|---|---|---|"]
+    rows = [
+        "| case | " + " | ".join(LEGACY_COLUMNS.values()) + " |",
+        "|---" * (len(LEGACY_COLUMNS) + 1) + "|",
+    ]
 
     def row(label: str, render: Callable[[Result], str]) -> None:
         rows.append(
@@ -470,7 +478,9 @@ def _tables(res: Result, rtt_ms: float) -> list[str]:
         "(`bench/legacy_app.py`), against the same app direct. Polls carry a browser's headers "
         "(a 400-byte cookie, user agent, accept headers). The RTT row and the bytes row put "
         "`bench/relay.py` on the link (client-origin direct, gateway-gateway for the hops); "
-        "bytes are counted there, both directions.",
+        'bytes are counted there, both directions. "Two bare TCP relays" puts two processes '
+        "that only copy bytes (`bench/bare_relay.py`: no HTTP parsing, no tunnel) where the "
+        "gateways would be: the floor under any two-gateway path on this machine.",
         "",
         *legacy_table(res.get("legacy", {}), S),
         "",
@@ -479,6 +489,24 @@ def _tables(res: Result, rtt_ms: float) -> list[str]:
         *memory_lines(res.get("memory", {}), scale),
         "",
     ]
+
+
+def floor_sentence(res: Result) -> str:
+    """What two bare TCP relays reached in this run, against the item-5 targets ("" if not run)."""
+    leg = res.get("legacy", {})
+    one = _ratio(leg, ("relays", "one", "per_s"), ("direct", "one", "per_s"))
+    many = _ratio(leg, ("relays", "many", "per_s"), ("direct", "many", "per_s"))
+    paced = _ratio(leg, ("relays", "paced", "p50_ms"), ("direct", "paced", "p50_ms"))
+    if one is None and many is None:
+        return ""
+    return (
+        "The floor, in this run: two processes that only copy bytes (`bench/bare_relay.py`, "
+        "no HTTP, no tunnel) where the gateways would be reached "
+        f"{cell(one, 'x{:.2f}')} direct with 1 client (target 0.35x), "
+        f"{cell(many, 'x{:.2f}')} with {res['scale'].get('many', 100)} clients (target 0.6x) "
+        f"and a paced p50 of {cell(paced, 'x{:.2f}')} direct (target 2x); whatever a gateway "
+        "does comes on top of that."
+    )
 
 
 def _target_lines(res: Result) -> list[str]:
@@ -495,6 +523,8 @@ def _target_lines(res: Result) -> list[str]:
         by_cause: dict[str, list[str]] = {}
         for _item, text in missed:
             cause = next((c for key, c in CAUSES.items() if key in text), None)
+            if cause is _PER_REQUEST and (floor := floor_sentence(res)):
+                cause = floor + " " + cause
             fallback = "not profiled yet: run `python -m bench --profile ROW`."
             by_cause.setdefault(cause or fallback, []).append(text)
         for cause, texts in by_cause.items():

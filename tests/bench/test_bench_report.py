@@ -50,3 +50,21 @@ def test_page_says_what_failed_and_what_was_missed() -> None:
     assert "failed (RuntimeError: boom)" in page
     assert "**missed**" in page and "| met |" in page
     assert "### Why the missed targets are missed" in page
+
+
+def test_a_missed_per_request_target_quotes_the_floor_of_the_same_run() -> None:
+    res = results()
+    res["legacy"] = {
+        "direct": {"one": {"per_s": 1000.0}, "many": {"per_s": 4000.0}, "paced": {"p50_ms": 4.0}},
+        "relays": {"one": {"per_s": 550.0}, "many": {"per_s": 2200.0}, "paced": {"p50_ms": 5.0}},
+        "websocket": {"one": {"per_s": 200.0}, "many": {"per_s": 1000.0}},
+    }
+    page = render(res, [])
+    assert "| case | direct | two bare TCP relays | WebSocket hop | long-poll hop |" in page
+    assert "| 550 (x0.55) |" in page
+    why = next(line for line in page.splitlines() if line.startswith("* legacy app through"))
+    assert "x0.55 direct with 1 client" in why, why
+    assert "x0.55 with 100 clients" in why and "paced p50 of x1.25 direct" in why, why
+    # Without the relays' rows (an older run) the cause stands alone.
+    del res["legacy"]["relays"]
+    assert "The floor, in this run" not in render(res, [])

@@ -55,7 +55,12 @@ def test_legacy_app_rows_and_the_page(tmp_path: Path) -> None:
         assert row["bytes"]["bytes_per_event"] > 100, row  # a poll's headers at least
         assert row["rtt"]["p50_ms"] >= 24, row  # at least the one-way delay of the relay
     assert legacy["plain"]["one"]["per_s"] > 0
+    # The floor column: two bare relays carry the same app, rates and latency only.
+    assert legacy["relays"]["one"]["per_s"] > 0, legacy["relays"]
+    assert legacy["relays"]["many"]["per_s"] > 0, legacy["relays"]
+    assert legacy["relays"]["paced"]["p50_ms"] > 0, legacy["relays"]
     page = (tmp_path / "benchmarks.md").read_text()
+    assert "two bare TCP relays" in page
     assert "## A legacy long-poll app end to end" in page
     assert "## Targets (issue 13)" in page
     assert "long-poll hop" in page
