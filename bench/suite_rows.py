@@ -3,7 +3,9 @@
 Three sections, each a function returning plain JSON-able dicts:
 
 * ``messages``: issue 13's first table: raw aiohttp WebSocket, python-engineio
-  WebSocket and polling, hop session over WebSocket and over long-poll; every
+  WebSocket and polling, hop session over WebSocket and over long-poll (and
+  raw aiohttp through one bare TCP relay, bursts and sizes: the floor under a
+  path with one more process, as a hop's server gateway is); every
   client is a ``bench/suite_msgload.py`` process, every server its own process
   (``suite_anchor_server.py``; ``hopgate server`` from ``--tree`` in front of
   it for the hop kinds), plus the 50 ms RTT one-way latency through the relay;
@@ -49,6 +51,7 @@ from bench.suite_procs import (
     refusing_path,
     running,
 )
+from bench.suite_report import RELAYED
 from tests.processes import proc_status_kib
 
 MSG_KINDS = ("raw", "eio-ws", "eio-poll", "hop-ws", "hop-lp")
@@ -166,6 +169,20 @@ async def messages(tree: Path, scale: Scale) -> dict[str, Result]:
         else:
             for kind in MSG_KINDS:
                 await one(kind)
+        # The floor under the hop columns' one extra process: raw aiohttp through a relay
+        # that only copies bytes (bursts and sizes, the rows whose targets count bytes/s).
+        relay = stack.enter_context(
+            running(
+                python_child("bare_relay.py", "--target", anchor.announced.removeprefix("http://"))
+            )
+        )
+        out[RELAYED] = await figure(
+            f"messages {RELAYED}",
+            lambda: asyncio.to_thread(
+                msgload, "raw", relay.announced, tree, scale, ["burst", "sizes"], [anchor.pid]
+            ),
+            limit,
+        )
     name = f"messages at {scale.rtt_s * 1e3:.0f} ms RTT"
     if scale.parallel:
         out["rtt"] = await figure(name, lambda: rtt, limit * 2)

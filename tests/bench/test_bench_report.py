@@ -68,3 +68,17 @@ def test_a_missed_per_request_target_quotes_the_floor_of_the_same_run() -> None:
     # Without the relays' rows (an older run) the cause stands alone.
     del res["legacy"]["relays"]
     assert "The floor, in this run" not in render(res, [])
+
+
+def test_a_missed_64_kib_target_quotes_the_relayed_raw_rate_of_the_same_run() -> None:
+    res = results()
+    res["messages"]["raw-relay"] = {
+        "burst": {"msg_s": 60_000.0},
+        "sizes": {"mb_s": {"65536": 450.0}},
+    }
+    page = render(res, [])
+    assert "| raw aiohttp WebSocket | raw aiohttp WebSocket through a bare TCP relay |" in page
+    assert "| 450 (x0.45) |" in page  # 64 KiB row, against raw's 1000 MB/s
+    assert "| 60,000 (x0.60) |" in page  # burst row
+    why = next(line for line in page.splitlines() if line.startswith("* 64 KiB over a long-poll"))
+    assert "moved 64 KiB messages at x0.45 raw aiohttp" in why and "x0.90 python-engineio" in why
