@@ -510,7 +510,8 @@ def floor_sentence(res: Result, item: str) -> str:
             return ""
         return (
             "The floor, in this run: raw aiohttp through one process that only copies bytes "
-            "(`bench/bare_relay.py`; a hop adds one process, the server gateway) moved 64 KiB "
+            "(`bench/bare_relay.py`; a WebSocket hop adds one process, the server gateway, a "
+            "long-poll hop two, with the proxy that refuses the upgrade) moved 64 KiB "
             f"messages at x{raw:.2f} raw aiohttp (target 0.6x) and {cell(eio, 'x{:.2f}')} "
             "python-engineio (target 1.0x); whatever the gateway does comes on top of that."
         )
