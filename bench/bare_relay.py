@@ -1,4 +1,4 @@
-"""The cheapest relay asyncio can be: the floor under any two-gateway path.
+"""The cheapest relay asyncio can be: the floor under a pair of Python gateways.
 
 Each accepted connection gets one connection to ``--target``, and every
 chunk read on one side is written to the other in the same callback
@@ -7,7 +7,8 @@ two of these in a row where the gateways would be (client -> relay -> relay
 -> origin): the rate a legacy app keeps through two processes that do
 nothing but move its bytes. Anything a gateway does (HTTP parsing, the
 tunnel, the session) comes on top, so a target beyond this floor is beyond
-any pair of Python relays on the machine, not beyond hopgate's code.
+any pair of Python (asyncio) relays on the machine, not beyond hopgate's
+code. (A relay in C would cost less: this is the floor for our stack.)
 
 Flow control is the transports' own: a side whose peer's write buffer is
 over its high-water mark stops reading until it drains, so a slow reader

@@ -14,7 +14,7 @@ run them), started here on a free port, waited on, and stopped by the
   asks it for its byte counts (SIGUSR1);
 * ``hop_path(kind, origin_url, tree, rtt)``: the URL a legacy client uses:
   the origin itself (``direct``), two bare TCP relays in a row (``relays``,
-  ``bench/bare_relay.py``: the floor of any two-process path), or
+  ``bench/bare_relay.py``: the floor of a two-process Python path), or
   ``hopgate client`` -> path -> ``hopgate server`` -> origin with the hop on
   ``websocket`` or ``long-poll``, the gateways run from ``tree``; waits until
   the hop is on that transport.

@@ -485,7 +485,8 @@ def _tables(res: Result, rtt_ms: float) -> list[str]:
         "`bench/relay.py` on the link (client-origin direct, gateway-gateway for the hops); "
         'bytes are counted there, both directions. "Two bare TCP relays" puts two processes '
         "that only copy bytes (`bench/bare_relay.py`: no HTTP parsing, no tunnel) where the "
-        "gateways would be: the floor under any two-gateway path on this machine.",
+        "gateways would be: the floor under any pair of Python (asyncio) gateways on this "
+        "machine.",
         "",
         *legacy_table(res.get("legacy", {}), S),
         "",

@@ -13,7 +13,7 @@ Three sections, each a function returning plain JSON-able dicts:
   WebSocket hop and through a long-poll hop (and the plain hop, ``--upgrade
   never``, for the CPU-per-request comparison, and two bare TCP relays in a
   row, ``bench/bare_relay.py``: the rates of a path that only moves bytes
-  through two processes, the floor under any pair of gateways);
+  through two processes, the floor under any pair of Python gateways);
 * ``memory``: idle RSS per hop session, per raw aiohttp WebSocket, and per
   held legacy long-poll through both gateways.
 
