@@ -154,21 +154,23 @@ async def messages(tree: Path, scale: Scale) -> dict[str, Result]:
         refusing = stack.enter_context(refusing_path(server.url.removeprefix("http://")))
         urls = {"hop-ws": server.url, "hop-lp": refusing}
 
-        async def one(kind: str) -> None:
-            url = urls.get(kind, anchor.announced)
+        async def one(column: str, kind: str, url: str, wanted: list[str]) -> None:
             cpu = [server.pid] if kind.startswith("hop") else [anchor.pid]
-            out[kind] = await figure(
-                f"messages {kind}",
-                lambda: asyncio.to_thread(msgload, kind, url, tree, scale, figures, cpu),
+            out[column] = await figure(
+                f"messages {column}",
+                lambda: asyncio.to_thread(msgload, kind, url, tree, scale, wanted, cpu),
                 limit,
             )
 
+        def own(kind: str) -> Awaitable[None]:
+            return one(kind, kind, urls.get(kind, anchor.announced), figures)
+
         if scale.parallel:
             rtt = asyncio.create_task(rtt_rows(tree, scale))
-            await asyncio.gather(*(one(kind) for kind in MSG_KINDS))
+            await asyncio.gather(*(own(kind) for kind in MSG_KINDS))
         else:
             for kind in MSG_KINDS:
-                await one(kind)
+                await own(kind)
         # The floor under the hop columns' one extra process: raw aiohttp through a relay
         # that only copies bytes (bursts and sizes, the rows whose targets count bytes/s).
         relay = stack.enter_context(
@@ -176,13 +178,7 @@ async def messages(tree: Path, scale: Scale) -> dict[str, Result]:
                 python_child("bare_relay.py", "--target", anchor.announced.removeprefix("http://"))
             )
         )
-        out[RELAYED] = await figure(
-            f"messages {RELAYED}",
-            lambda: asyncio.to_thread(
-                msgload, "raw", relay.announced, tree, scale, ["burst", "sizes"], [anchor.pid]
-            ),
-            limit,
-        )
+        await one(RELAYED, "raw", relay.announced, ["burst", "sizes"])
     name = f"messages at {scale.rtt_s * 1e3:.0f} ms RTT"
     if scale.parallel:
         out["rtt"] = await figure(name, lambda: rtt, limit * 2)
