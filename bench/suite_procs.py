@@ -14,7 +14,8 @@ run them), started here on a free port, waited on, and stopped by the
   asks it for its byte counts (SIGUSR1);
 * ``hop_path(kind, origin_url, tree, rtt)``: the URL a legacy client uses:
   the origin itself (``direct``), two bare TCP relays in a row (``relays``,
-  ``bench/bare_relay.py``: the floor of a two-process Python path), or
+  ``bench/bare_relay.py``: the floor of a two-process Python path), one
+  ``hopgate server`` in front of it (``edges``: the HTTP edges, no hop), or
   ``hopgate client`` -> path -> ``hopgate server`` -> origin with the hop on
   ``websocket`` or ``long-poll``, the gateways run from ``tree``; waits until
   the hop is on that transport.
@@ -183,8 +184,9 @@ def hop_path(
     start_fast: bool = False,
     flags: tuple[str, ...] = (),
 ) -> Iterator[Route]:
-    """``kind``: direct, relays (two ``bare_relay.py``: the floor), plain (``--upgrade never``),
-    websocket or long-poll.
+    """``kind``: direct, relays (two ``bare_relay.py``: the floor), edges (one ``hopgate
+    server`` and no hop: its HTTP edges alone), plain (``--upgrade never``), websocket or
+    long-poll.
 
     ``count`` (or an ``rtt``) puts a path process on the link; ``start_fast``:
     its delay is off until ``route.net.switch_delay()``. ``flags`` go to both gateways.
@@ -207,6 +209,9 @@ def hop_path(
         server = stack.enter_context(
             gateway("server", "--upstream", origin_url, *GATEWAY_FLAGS, *flags, tree=tree)
         )
+        if kind == "edges":
+            yield Route(server.url, None, (server,))
+            return
         net = None
         upstream = server.url
         hop = server.url.removeprefix("http://")

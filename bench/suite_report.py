@@ -15,6 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 Result = dict[str, Any]
+#: Issue 13's thresholds that more than one place states (the target table, the
+#: floor sentences, the keys of ``CAUSES``): 64 KiB messages against python-engineio
+#: WebSocket and raw aiohttp (at least), the legacy app against direct with 1 client
+#: and with 100 (at least) and its paced p50 (at most).
+BIG_VS_EIO, BIG_VS_RAW = 1.0, 0.6
+ONE_CLIENT, MANY_CLIENTS, PACED_P50 = 0.35, 0.6, 2.0
 #: The message table's floor column: ``raw`` through one ``bench/bare_relay.py``.
 RELAYED = "raw-relay"
 MSG_COLUMNS = {
@@ -28,6 +34,7 @@ MSG_COLUMNS = {
 LEGACY_COLUMNS = {
     "direct": "direct",
     "relays": "two bare TCP relays",
+    "edges": "one gateway, no hop",
     "websocket": "WebSocket hop",
     "long-poll": "long-poll hop",
 }
@@ -144,8 +151,8 @@ CAUSES: dict[str, str] = {
         "but it shares the two cores with the client and the origin, where raw aiohttp's "
         "client and server each have a core to themselves. " + _PER_MESSAGE
     ),
-    "1 client >= 0.35x": _PER_REQUEST,
-    "clients >= 0.6x": _PER_REQUEST,
+    f"1 client >= {ONE_CLIENT:g}x": _PER_REQUEST,
+    f"clients >= {MANY_CLIENTS:g}x": _PER_REQUEST,
     "paced p50": _PER_REQUEST,
     "<= plain forwarding": _PER_REQUEST,
     "long-poll hop bytes": (
@@ -302,7 +309,7 @@ def legacy_table(leg: Result, scale: Any) -> list[str]:
         ),
     )
     row(
-        "gateway CPU per event, 1 client, us (both gateways)",
+        "gateway CPU per event, 1 client, us (every gateway on the path)",
         lambda d: fig(d, ("one", "gateway_cpu_us"), "{:,.0f}"),
     )
     return rows
@@ -353,12 +360,15 @@ def targets(res: Result) -> list[Target]:
     for kind, name in (("hop-ws", "WebSocket"), ("hop-lp", "long-poll")):
         unfinished = get(res, "messages", kind, "sizes", "failed_sizes")
         if failure(res, "messages", kind, "sizes") or (unfinished and "65536" in unfinished):
-            text = f"64 KiB over a {name} hop >= 1.0x python-engineio, >= 0.6x raw aiohttp"
+            text = (
+                f"64 KiB over a {name} hop >= {BIG_VS_EIO:.1f}x python-engineio, "
+                f">= {BIG_VS_RAW:.1f}x raw aiohttp"
+            )
             out.append(("3", text, "did not finish", False))
             continue
         for anchor, aname, floor in (
-            ("eio-ws", "python-engineio WebSocket", 1.0),
-            ("raw", "raw aiohttp", 0.6),
+            ("eio-ws", "python-engineio WebSocket", BIG_VS_EIO),
+            ("raw", "raw aiohttp", BIG_VS_RAW),
         ):
             r = _ratio(res, ("messages", kind, *big), ("messages", anchor, *big))
             text = f"64 KiB over a {name} hop >= {floor:.1f}x {aname}"
@@ -378,12 +388,12 @@ def _legacy_targets(res: Result) -> list[Target]:
             ("4", f"{kind} hop bytes per delivered event <= 0.3x direct",
              ("bytes", "bytes_per_event"), ("direct", "bytes", "bytes_per_event"),
              lambda r: r <= 0.3),
-            ("5", f"legacy app through a {kind} hop, 1 client >= 0.35x direct",
-             ("one", "per_s"), ("direct", "one", "per_s"), lambda r: r >= 0.35),
-            ("5", f"legacy app through a {kind} hop, {many} clients >= 0.6x direct",
-             ("many", "per_s"), ("direct", "many", "per_s"), lambda r: r >= 0.6),
-            ("5", f"legacy app through a {kind} hop, paced p50 <= 2x direct",
-             ("paced", "p50_ms"), ("direct", "paced", "p50_ms"), lambda r: r <= 2),
+            ("5", f"legacy app through a {kind} hop, 1 client >= {ONE_CLIENT:g}x direct",
+             ("one", "per_s"), ("direct", "one", "per_s"), lambda r: r >= ONE_CLIENT),
+            ("5", f"legacy app through a {kind} hop, {many} clients >= {MANY_CLIENTS:g}x direct",
+             ("many", "per_s"), ("direct", "many", "per_s"), lambda r: r >= MANY_CLIENTS),
+            ("5", f"legacy app through a {kind} hop, paced p50 <= {PACED_P50:g}x direct",
+             ("paced", "p50_ms"), ("direct", "paced", "p50_ms"), lambda r: r <= PACED_P50),
             ("5", f"gateway CPU per request through a {kind} hop <= plain forwarding",
              ("one", "gateway_cpu_us"), ("plain", "one", "gateway_cpu_us"), lambda r: r <= 1.0),
         )  # fmt: skip
@@ -486,7 +496,9 @@ def _tables(res: Result, rtt_ms: float) -> list[str]:
         'bytes are counted there, both directions. "Two bare TCP relays" puts two processes '
         "that only copy bytes (`bench/bare_relay.py`: no HTTP parsing, no tunnel) where the "
         "gateways would be: the floor under any pair of Python (asyncio) gateways on this "
-        "machine.",
+        'machine. "One gateway, no hop" is one `hopgate server` forwarding the app to its '
+        "origin: the two HTTP edges that every hop path crosses, with no hop and no second "
+        "gateway.",
         "",
         *legacy_table(res.get("legacy", {}), S),
         "",
@@ -498,9 +510,10 @@ def _tables(res: Result, rtt_ms: float) -> list[str]:
 
 
 def floor_sentence(res: Result, item: str) -> str:
-    """What bare TCP relays reached in this run, for a missed item-3 or item-5 target.
+    """What bare TCP relays (and, for item 5, one gateway with no hop) reached in this run.
 
-    "" when the run has no floor rows (an older run) or the item has none.
+    For a missed item-3 or item-5 target; "" when the run has no floor rows
+    (an older run) or the item has none.
     """
     if item == "3":
         msgs = res.get("messages", {})
@@ -513,25 +526,43 @@ def floor_sentence(res: Result, item: str) -> str:
             "The floor, in this run: raw aiohttp through one process that only copies bytes "
             "(`bench/bare_relay.py`; a WebSocket hop adds one process, the server gateway, a "
             "long-poll hop two, with the proxy that refuses the upgrade) moved 64 KiB "
-            f"messages at x{raw:.2f} raw aiohttp (target 0.6x) and {cell(eio, 'x{:.2f}')} "
-            "python-engineio (target 1.0x); whatever the gateway does comes on top of that."
+            f"messages at x{raw:.2f} raw aiohttp (target {BIG_VS_RAW:.1f}x) and "
+            f"{cell(eio, 'x{:.2f}')} python-engineio (target {BIG_VS_EIO:.1f}x); whatever the "
+            "gateway does comes on top of that."
         )
     if item != "5":
         return ""
     leg = res.get("legacy", {})
-    one = _ratio(leg, ("relays", "one", "per_s"), ("direct", "one", "per_s"))
-    many = _ratio(leg, ("relays", "many", "per_s"), ("direct", "many", "per_s"))
-    paced = _ratio(leg, ("relays", "paced", "p50_ms"), ("direct", "paced", "p50_ms"))
-    if one is None and many is None:
-        return ""
-    return (
-        "The floor, in this run: two processes that only copy bytes (`bench/bare_relay.py`, "
-        "no HTTP, no tunnel) where the gateways would be reached "
-        f"{cell(one, 'x{:.2f}')} direct with 1 client (target 0.35x), "
-        f"{cell(many, 'x{:.2f}')} with {res['scale'].get('many', 100)} clients (target 0.6x) "
-        f"and a paced p50 of {cell(paced, 'x{:.2f}')} direct (target 2x); whatever a gateway "
-        "does comes on top of that."
-    )
+    many = res["scale"].get("many", 100)
+
+    def reached(kind: str) -> tuple[str, str, str] | None:
+        one = _ratio(leg, (kind, "one", "per_s"), ("direct", "one", "per_s"))
+        lots = _ratio(leg, (kind, "many", "per_s"), ("direct", "many", "per_s"))
+        paced = _ratio(leg, (kind, "paced", "p50_ms"), ("direct", "paced", "p50_ms"))
+        if one is None and lots is None:
+            return None
+        return cell(one, "x{:.2f}"), cell(lots, "x{:.2f}"), cell(paced, "x{:.2f}")
+
+    floor, edges = reached("relays"), reached("edges")
+    out = []
+    if floor:
+        out.append(
+            "The floor, in this run: two processes that only copy bytes "
+            "(`bench/bare_relay.py`, no HTTP, no tunnel) where the gateways would be reached "
+            f"{floor[0]} direct with 1 client (target {ONE_CLIENT:g}x), {floor[1]} with "
+            f"{many} clients (target {MANY_CLIENTS:g}x) and a paced p50 of {floor[2]} direct "
+            f"(target {PACED_P50:g}x); whatever a gateway does comes on top of that."
+        )
+    if edges:
+        cpu = get(leg, "edges", "one", "gateway_cpu_us")
+        out.append(
+            "The edges alone, in this run: one `hopgate server` in front of the origin, no hop "
+            "(the two HTTP edges every hop path crosses: aiohttp's server towards the client, "
+            f"the origin client towards the origin), reached {edges[0]} direct with 1 client, "
+            f"{edges[1]} with {many} clients and a paced p50 of {edges[2]} direct"
+            + (f", at {cpu:,.0f} us of CPU per request (1 client)." if cpu else ".")
+        )
+    return " ".join(out)
 
 
 def _target_lines(res: Result) -> list[str]:

@@ -13,7 +13,9 @@ Three sections, each a function returning plain JSON-able dicts:
   WebSocket hop and through a long-poll hop (and the plain hop, ``--upgrade
   never``, for the CPU-per-request comparison, and two bare TCP relays in a
   row, ``bench/bare_relay.py``: the rates of a path that only moves bytes
-  through two processes, the floor under any pair of Python gateways);
+  through two processes, the floor under any pair of Python gateways, and one
+  ``hopgate server`` with no hop: its two HTTP edges, which every hop path
+  crosses, alone);
 * ``memory``: idle RSS per hop session, per raw aiohttp WebSocket, and per
   held legacy long-poll through both gateways.
 
@@ -333,7 +335,7 @@ async def _bytes(route: Route, origin: str, scale: Scale) -> Result:
 
 async def legacy(tree: Path, scale: Scale) -> dict[str, Result]:
     """The legacy table: every path up at once, its rate and latency rows interleaved."""
-    out: dict[str, Result] = {kind: {} for kind in (*LEGACY_PATHS, "plain", "relays")}
+    out: dict[str, Result] = {kind: {} for kind in (*LEGACY_PATHS, "plain", "relays", "edges")}
     limit = scale.duration * 3 + 90
     with running(python_child("legacy_app.py", "origin")) as origin_proc:
         origin = origin_proc.announced

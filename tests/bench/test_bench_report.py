@@ -57,17 +57,27 @@ def test_a_missed_per_request_target_quotes_the_floor_of_the_same_run() -> None:
     res["legacy"] = {
         "direct": {"one": {"per_s": 1000.0}, "many": {"per_s": 4000.0}, "paced": {"p50_ms": 4.0}},
         "relays": {"one": {"per_s": 550.0}, "many": {"per_s": 2200.0}, "paced": {"p50_ms": 5.0}},
+        "edges": {
+            "one": {"per_s": 450.0, "gateway_cpu_us": 321.0},
+            "many": {"per_s": 1600.0},
+            "paced": {"p50_ms": 7.0},
+        },
         "websocket": {"one": {"per_s": 200.0}, "many": {"per_s": 1000.0}},
     }
     page = render(res, [])
-    assert "| case | direct | two bare TCP relays | WebSocket hop | long-poll hop |" in page
-    assert "| 550 (x0.55) |" in page
+    header = "| case | direct | two bare TCP relays | one gateway, no hop | WebSocket hop |"
+    assert header in page
+    assert "| 550 (x0.55) | 450 (x0.45) |" in page
     why = next(line for line in page.splitlines() if line.startswith("* legacy app through"))
     assert "x0.55 direct with 1 client" in why, why
     assert "x0.55 with 100 clients" in why and "paced p50 of x1.25 direct" in why, why
-    # Without the relays' rows (an older run) the cause stands alone.
-    del res["legacy"]["relays"]
-    assert "The floor, in this run" not in render(res, [])
+    edges = why[why.index("The edges alone") :]
+    assert "x0.45 direct with 1 client, x0.40 with 100 clients" in edges, why
+    assert "paced p50 of x1.75 direct, at 321 us of CPU per request" in edges, why
+    # Without the floor rows (an older run) the cause stands alone.
+    del res["legacy"]["relays"], res["legacy"]["edges"]
+    page = render(res, [])
+    assert "The floor, in this run" not in page and "The edges alone" not in page
 
 
 def test_a_missed_64_kib_target_quotes_the_relayed_raw_rate_of_the_same_run() -> None:

@@ -62,8 +62,12 @@ def test_legacy_app_rows_and_the_page(tmp_path: Path) -> None:
     assert legacy["relays"]["one"]["per_s"] > 0, legacy["relays"]
     assert legacy["relays"]["many"]["per_s"] > 0, legacy["relays"]
     assert legacy["relays"]["paced"]["p50_ms"] > 0, legacy["relays"]
+    # One gateway and no hop: the HTTP edges alone, with its CPU per request.
+    assert legacy["edges"]["one"]["gateway_cpu_us"] > 0, legacy["edges"]
+    assert legacy["edges"]["many"]["per_s"] > 0, legacy["edges"]
+    assert legacy["edges"]["paced"]["p50_ms"] > 0, legacy["edges"]
     page = (tmp_path / "benchmarks.md").read_text()
-    assert "two bare TCP relays" in page
+    assert "two bare TCP relays" in page and "one gateway, no hop" in page
     assert "## A legacy long-poll app end to end" in page
     assert "## Targets (issue 13)" in page
     assert "long-poll hop" in page
