@@ -35,6 +35,7 @@ LEGACY_COLUMNS = {
     "direct": "direct",
     "relays": "two bare TCP relays",
     "edges": "one gateway, no hop",
+    "plain": "plain hop (no tunnel)",
     "websocket": "WebSocket hop",
     "long-poll": "long-poll hop",
 }
@@ -312,6 +313,10 @@ def legacy_table(leg: Result, scale: Any) -> list[str]:
         "gateway CPU per event, 1 client, us (every gateway on the path)",
         lambda d: fig(d, ("one", "gateway_cpu_us"), "{:,.0f}"),
     )
+    row(
+        f"gateway CPU per event, {scale.many} clients, us (every gateway on the path)",
+        lambda d: fig(d, ("many", "gateway_cpu_us"), "{:,.0f}"),
+    )
     return rows
 
 
@@ -394,8 +399,12 @@ def _legacy_targets(res: Result) -> list[Target]:
              ("many", "per_s"), ("direct", "many", "per_s"), lambda r: r >= MANY_CLIENTS),
             ("5", f"legacy app through a {kind} hop, paced p50 <= {PACED_P50:g}x direct",
              ("paced", "p50_ms"), ("direct", "paced", "p50_ms"), lambda r: r <= PACED_P50),
-            ("5", f"gateway CPU per request through a {kind} hop <= plain forwarding",
-             ("one", "gateway_cpu_us"), ("plain", "one", "gateway_cpu_us"), lambda r: r <= 1.0),
+            *(
+                ("5", f"gateway CPU per request through a {kind} hop <= plain forwarding, "
+                 f"{label}", (row, "gateway_cpu_us"), ("plain", row, "gateway_cpu_us"),
+                 lambda r: r <= 1.0)
+                for row, label in (("one", "1 client"), ("many", f"{many} clients"))
+            ),
         )  # fmt: skip
         for item, text, top, bottom, ok in checks:
             r = _ratio(res, ("legacy", kind, *top), ("legacy", *bottom))
@@ -498,7 +507,9 @@ def _tables(res: Result, rtt_ms: float) -> list[str]:
         "gateways would be: the floor under any pair of Python (asyncio) gateways on this "
         'machine. "One gateway, no hop" is one `hopgate server` forwarding the app to its '
         "origin: the two HTTP edges that every hop path crosses, with no hop and no second "
-        "gateway.",
+        'gateway. "Plain hop" is both gateways with `--upgrade never`: plain HTTP forwarding '
+        "between them, no session and no tunnel, run for the rates and the CPU per request "
+        "that the tunnelled requests' is compared with.",
         "",
         *legacy_table(res.get("legacy", {}), S),
         "",

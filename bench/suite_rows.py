@@ -11,11 +11,11 @@ Three sections, each a function returning plain JSON-able dicts:
   it for the hop kinds), plus the 50 ms RTT one-way latency through the relay;
 * ``legacy``: the second table: ``bench/legacy_app.py`` direct, through a
   WebSocket hop and through a long-poll hop (and the plain hop, ``--upgrade
-  never``, for the CPU-per-request comparison, and two bare TCP relays in a
-  row, ``bench/bare_relay.py``: the rates of a path that only moves bytes
-  through two processes, the floor under any pair of Python gateways, and one
-  ``hopgate server`` with no hop: its two HTTP edges, which every hop path
-  crosses, alone);
+  never``, rates only: the CPU-per-request comparison at 1 and 100 clients;
+  two bare TCP relays in a row, ``bench/bare_relay.py``: the rates of a path
+  that only moves bytes through two processes, the floor under any pair of
+  Python gateways; one ``hopgate server`` with no hop: its two HTTP edges,
+  which every hop path crosses, alone);
 * ``memory``: idle RSS per hop session, per raw aiohttp WebSocket, and per
   held legacy long-poll through both gateways.
 
@@ -357,7 +357,11 @@ async def legacy(tree: Path, scale: Scale) -> dict[str, Result]:
 async def _legacy_rates(
     out: dict[str, Result], routes: dict[str, Route], origin: str, scale: Scale, limit: float
 ) -> None:
-    """Rows ``one`` (every path), ``many`` and ``paced`` (not plain), interleaved."""
+    """Rows ``one`` and ``many`` (every path) and ``paced`` (not plain), interleaved.
+
+    Plain forwarding runs the rate rows for its CPU per request, which the
+    tunnelled requests' is compared with at both loads.
+    """
     part = scale.duration / LEGACY_ROUNDS
     one = {kind: _Fast() for kind in routes}
     rows = await _interleaved(
@@ -369,17 +373,17 @@ async def _legacy_rates(
     )
     for kind, row in rows.items():
         out[kind]["one"] = row
-    hops = {kind: route for kind, route in routes.items() if kind != "plain"}
-    many = {kind: _Fast() for kind in hops}
+    many = {kind: _Fast() for kind in routes}
     rows = await _interleaved(
         f"{scale.many} clients",
-        hops,
+        routes,
         lambda kind, route: _fast(route, scale.many, part, many[kind]),
-        lambda kind: many[kind].result(bool(hops[kind].gateways)),
+        lambda kind: many[kind].result(bool(routes[kind].gateways)),
         limit,
     )
     for kind, row in rows.items():
         out[kind]["many"] = row
+    hops = {kind: route for kind, route in routes.items() if kind != "plain"}
     paced = {kind: Deliveries() for kind in hops}
     rows = await _interleaved(
         f"{scale.many} x {scale.rate:.0f}/s",

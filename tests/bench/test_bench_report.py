@@ -44,6 +44,25 @@ def test_targets_are_marked_from_the_figures() -> None:
     )
 
 
+def test_cpu_per_request_is_judged_at_each_load_against_plain_forwarding_at_that_load() -> None:
+    res = results()
+    res["legacy"] = {
+        "plain": {"one": {"gateway_cpu_us": 500.0}, "many": {"gateway_cpu_us": 300.0}},
+        "websocket": {"one": {"gateway_cpu_us": 700.0}, "many": {"gateway_cpu_us": 250.0}},
+    }
+    found = {text: (shown, met) for _item, text, shown, met in targets(res)}
+    what = "gateway CPU per request through a websocket hop <= plain forwarding"
+    assert found[f"{what}, 1 client"] == ("x1.40", False)
+    assert found[f"{what}, 100 clients"] == ("x0.83", True)
+    assert (
+        found["gateway CPU per request through a long-poll hop <= plain forwarding, 1 client"][1]
+        is None
+    )
+    page = render(res, [])
+    assert "| gateway CPU per event, 100 clients, us (every gateway on the path) |" in page
+    assert "| 300 | 250 |" in page
+
+
 def test_page_says_what_failed_and_what_was_missed() -> None:
     page = render(results(), [])
     assert "did not finish" in page  # python-engineio polling's burst
@@ -65,7 +84,10 @@ def test_a_missed_per_request_target_quotes_the_floor_of_the_same_run() -> None:
         "websocket": {"one": {"per_s": 200.0}, "many": {"per_s": 1000.0}},
     }
     page = render(res, [])
-    header = "| case | direct | two bare TCP relays | one gateway, no hop | WebSocket hop |"
+    header = (
+        "| case | direct | two bare TCP relays | one gateway, no hop | plain hop (no tunnel) "
+        "| WebSocket hop |"
+    )
     assert header in page
     assert "| 550 (x0.55) | 450 (x0.45) |" in page
     why = next(line for line in page.splitlines() if line.startswith("* legacy app through"))

@@ -58,6 +58,9 @@ def test_legacy_app_rows_and_the_page(tmp_path: Path) -> None:
         assert row["bytes"]["bytes_per_event"] > 100, row  # a poll's headers at least
         assert row["rtt"]["p50_ms"] >= 24, row  # at least the one-way delay of the relay
     assert legacy["plain"]["one"]["per_s"] > 0
+    # Plain forwarding's CPU per request at both loads: the tunnelled one is judged by it.
+    assert legacy["plain"]["many"]["gateway_cpu_us"] > 0, legacy["plain"]
+    assert legacy["websocket"]["many"]["gateway_cpu_us"] > 0, legacy["websocket"]
     # The floor column: two bare relays carry the same app, rates and latency only.
     assert legacy["relays"]["one"]["per_s"] > 0, legacy["relays"]
     assert legacy["relays"]["many"]["per_s"] > 0, legacy["relays"]
