@@ -51,6 +51,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.core.tunnel import Tunnel
 from gateway.core.tunnel.errors import ResetCode
 from gateway.core.tunnel.events import (
     DataReceived,
@@ -419,6 +420,21 @@ class Answerer:
         has_body = _response_has_body(method, upstream.status)
         version = (upstream.version.major, upstream.version.minor) if upstream.version else (1, 1)
         head = response_pairs(upstream.raw_headers, version, link.forwarder.config.via_name)
+        content = upstream.content
+        first = b""
+        try:
+            if has_body and answer.watch is None:
+                # A small answer is often whole already (head, body and end in one read):
+                # then it leaves as one frame, and costs one flush.
+                first = content.read_nowait()
+                if content.at_eof():
+                    answer.size += len(first)
+                    tunnel.respond_whole(sid, upstream.status, upstream.reason or "", head, first)
+                    self._flush_end(tunnel)
+                    return
+        except aiohttp.ClientError as exc:
+            self._failed_mid_response(sid, exc)
+            return
         tunnel.respond(sid, upstream.status, upstream.reason or "", head, has_body=has_body)
         if not has_body:
             link.schedule_flush()
@@ -427,12 +443,11 @@ class Answerer:
         # end: a small answer (head, body and end in one read) costs one flush, not two.
         if isinstance(upstream, aiohttp.ClientResponse):  # the lean client's read so already
             limit_reads(upstream, _ORIGIN_READ)  # (+25 MiB RSS for 64 stalled streams without)
-        content = upstream.content
         try:
             while True:
                 # what already arrived without a coroutine (a small answer: head, body and end in
                 # one read): iter_any's iterator, two awaits and its StopAsyncIteration cost 2 us
-                chunk = content.read_nowait()
+                chunk, first = first or content.read_nowait(), b""
                 if not chunk:
                     if content.at_eof():
                         break
@@ -449,16 +464,7 @@ class Answerer:
                         continue
                 tunnel.send_data(sid, chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            timed_out = isinstance(exc, TimeoutError)
-            link.log.warning(
-                "upstream %s failed mid-response on stream %d: %s",
-                link.upstream,
-                sid,
-                describe(exc),
-                extra={"upstream": str(link.upstream), "reason": describe(exc)},
-            )
-            code = ResetCode.TIMEOUT if timed_out else ResetCode.CANCEL
-            link.reset(sid, code, f"upstream failed mid-response: {type(exc).__name__}")
+            self._failed_mid_response(sid, exc)
             return
         if answer.watch is not None and self._ahead is not None:
             headers = link.forwarder.downstream_headers(upstream)
@@ -466,10 +472,26 @@ class Answerer:
             if held and (tunnel.is_writable(sid) or await self._flushed_until_writable(sid, box)):
                 tunnel.send_data(sid, held)
         tunnel.end(sid)
+        self._flush_end(tunnel)
+
+    def _failed_mid_response(self, sid: int, exc: Exception) -> None:
+        link = self._link
+        link.log.warning(
+            "upstream %s failed mid-response on stream %d: %s",
+            link.upstream,
+            sid,
+            describe(exc),
+            extra={"upstream": str(link.upstream), "reason": describe(exc)},
+        )
+        code = ResetCode.TIMEOUT if isinstance(exc, TimeoutError) else ResetCode.CANCEL
+        link.reset(sid, code, f"upstream failed mid-response: {type(exc).__name__}")
+
+    def _flush_end(self, tunnel: Tunnel) -> None:
+        """After an answer's end: now if it was alone, else with the others ending this turn."""
         if tunnel.stream_count > 1:
-            link.schedule_flush()  # busy: the answers ending this turn share one message
+            self._link.schedule_flush()  # busy: the answers ending this turn share one message
         else:
-            link.flush()  # alone: now, not one loop turn later
+            self._link.flush()  # alone: now, not one loop turn later
 
     async def _flushed_until_writable(self, sid: int, box: Mailbox) -> bool:
         """Flush what ``sid`` queued, then wait until it takes more; False if it was reset.

@@ -56,7 +56,7 @@ from gateway.glue.heads import short
 from gateway.glue.mailbox import Mailbox, Sink
 from gateway.glue.origin import OriginClient
 from gateway.transports.errors import SessionClosedError
-from gateway.transports.handshake import TUNNEL_PACKED_HEADS
+from gateway.transports.handshake import TUNNEL_PACKED_HEADS, TUNNEL_WHOLE_ANSWERS
 from gateway.transports.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -169,6 +169,8 @@ class TunnelDriver:
         self.tunnel = Tunnel(self.config, opener=opener)
         if TUNNEL_PACKED_HEADS in hop.peer_tunnel:
             self.tunnel.peer_reads_packed_heads()  # else: only once the peer packs its own
+        if TUNNEL_WHOLE_ANSWERS in hop.peer_tunnel:
+            self.tunnel.peer_reads_whole_answers()
         self.stats = forwarder.stats
         self.name = str(upstream) if upstream is not None and opener else hop.session_id[:6]
         self.log = _LinkLog(log, {"session": hop.session_id[:6] + "…"})

@@ -69,6 +69,7 @@ from gateway.transports.handshake import (
     SESSION_HEADER,
     SESSION_PATH,
     TOKEN_HEADER,
+    TUNNEL_FEATURES,
     TUNNEL_HEADER,
     SessionRoute,
     auth_header_value,
@@ -256,6 +257,7 @@ class SessionConnector:
             "Accept": "application/octet-stream",
             "Cache-Control": "no-store",
             LONG_POLL_HEADER: LONG_POLL_LEAN,  # we are a gateway: no browser headers
+            TUNNEL_HEADER: TUNNEL_FEATURES,
         }
         if self._hop_secret is not None:
             headers[AUTH_HEADER] = auth_header_value(self._hop_secret)

@@ -94,8 +94,8 @@ from gateway.transports.handshake import (
     SESSION_HEADER,
     SESSION_PATH,
     TOKEN_HEADER,
+    TUNNEL_FEATURES,
     TUNNEL_HEADER,
-    TUNNEL_PACKED_HEADS,
     decode_token,
     encode_token,
     parse_decimal,
@@ -295,6 +295,8 @@ class SessionServer:
         if self._stats is not None:
             self._stats.active_sessions += 1
         hop.log.debug("= session opened for %s", request.remote)
+        # What the client's tunnel reads (its tunnel is made in on_session, below).
+        hop.peer_tunnel = frozenset(request.headers.get(TUNNEL_HEADER, "").split())
         try:
             self._on_session(hop)
         except Exception:
@@ -309,7 +311,7 @@ class SessionServer:
             headers={
                 SESSION_HEADER: session_id,
                 TOKEN_HEADER: encode_token(token),
-                TUNNEL_HEADER: TUNNEL_PACKED_HEADS,
+                TUNNEL_HEADER: TUNNEL_FEATURES,
                 LONG_POLL_HEADER: _LONG_POLL_FEATURES,
             },
         )

@@ -66,8 +66,10 @@ __all__ = [
     "SESSION_HEADER",
     "SESSION_PATH",
     "TOKEN_HEADER",
+    "TUNNEL_FEATURES",
     "TUNNEL_HEADER",
     "TUNNEL_PACKED_HEADS",
+    "TUNNEL_WHOLE_ANSWERS",
     "SessionRoute",
     "auth_header_value",
     "check_auth",
@@ -81,11 +83,15 @@ SESSION_PATH: Final = DEFAULT_SESSION_PATH
 SESSION_HEADER: Final = "X-Hopgate-Session"
 TOKEN_HEADER: Final = "X-Hopgate-Token"
 AUTH_HEADER: Final = "X-Hopgate-Auth"
-#: What the server's tunnel reads beyond the base frames, on its session-creating
-#: 200 (space-separated tokens): ``packed-heads`` = header compaction
-#: (docs/tunnel.md). A client packs its heads only when the server said so.
+#: What a tunnel reads beyond the base frames (space-separated tokens; unknown ones
+#: are ignored): the server's on its session-creating 200, the client's on the
+#: POST that asks for it. ``packed-heads`` = header compaction, ``whole-answers`` =
+#: RESPONSE_WHOLE (docs/tunnel.md). A tunnel sends either only to a peer that said so.
 TUNNEL_HEADER: Final = "X-Hopgate-Tunnel"
 TUNNEL_PACKED_HEADS: Final = "packed-heads"
+TUNNEL_WHOLE_ANSWERS: Final = "whole-answers"
+#: What this version's tunnels read: the value of TUNNEL_HEADER both ways.
+TUNNEL_FEATURES: Final = f"{TUNNEL_PACKED_HEADS} {TUNNEL_WHOLE_ANSWERS}"
 #: Long-poll features, space-separated tokens. On the session-creating POST, what
 #: the client asks for: ``lean`` = answer this session's GETs and POSTs without
 #: the headers a browser needs (the client is a gateway). On its 200, what the

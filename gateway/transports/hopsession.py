@@ -186,7 +186,8 @@ class HopSession:
         self.on_transport_change: list[Callable[[str, str], None]] = []
         self.on_finished: list[Callable[[HopSession], None]] = []
         self.on_event: Callable[[object], None] | None = None  # the rest (GoAwayReceived)
-        #: Client: the tunnel features the server announced (``handshake.TUNNEL_HEADER``).
+        #: The tunnel features the peer announced (``handshake.TUNNEL_HEADER``): the client
+        #: has the server's from its session-creating 200, the server the client's POST.
         self.peer_tunnel: frozenset[str] = frozenset()
         # The core's timers run from one loop timer (no task per session),
         # scheduled for the core's next deadline; see _rearm.

@@ -98,10 +98,15 @@ def test_replay_rules_equal_request_headers_for_upstream(
 async def test_gateways_pack_heads_and_the_origin_sees_every_head_whole(
     build_chain: BuildChain, origin: tuple[Origin, str], transport: str
 ) -> None:
-    """The server's session-creating 200 offers packed heads; both tunnels then use them."""
+    """Each side's session set-up says what its tunnel reads; both tunnels then use it.
+
+    The server's 200 offers packed heads (and whole answers), the client's POST
+    whole answers (and packed heads): small answers then leave as one frame.
+    """
     _, url = origin
     chain = await build_chain(url, transport)
-    assert chain.down.hop.peer_tunnel == {"packed-heads"}
+    assert chain.down.hop.peer_tunnel == {"packed-heads", "whole-answers"}
+    assert chain.up.hop.peer_tunnel == {"packed-heads", "whole-answers"}
     views = []
     for i in range(4):
         sent = {"Cookie": "session=" + "c" * 400, "User-Agent": f"agent {i % 2}", "X-N": str(i)}
@@ -110,6 +115,7 @@ async def test_gateways_pack_heads_and_the_origin_sees_every_head_whole(
             views.append(headers_of(await resp.json()))
             assert resp.headers.getall("Via") == ["1.1 hopgate, 1.1 hopgate"]
     assert chain.down.tunnel.packs_heads and chain.up.tunnel.packs_heads
+    assert chain.up.tunnel.answers_whole
     for i, view in enumerate(views):
         assert view["cookie"] == ["session=" + "c" * 400]
         assert view["user-agent"] == [f"agent {i % 2}"]

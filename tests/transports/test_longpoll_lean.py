@@ -33,6 +33,7 @@ from gateway.transports.handshake import (
     SESSION_HEADER,
     SESSION_PATH,
     TOKEN_HEADER,
+    TUNNEL_HEADER,
     decode_token,
 )
 from gateway.transports.hopsession import HopSession
@@ -230,3 +231,28 @@ async def test_a_server_that_does_not_announce_poll_post_gets_plain_posts(
         await server.close()
     assert inbox.messages == [f"up {i}".encode() for i in range(10)]
     assert polling_posts == 0 and plain_posts >= 10
+
+
+async def test_the_server_learns_what_the_clients_tunnel_reads_from_its_create_post(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """A gateway's POST names its tunnel's features; a browser's (the shim's) names none.
+
+    The server's tunnel sends whole answers (RESPONSE_WHOLE) only to a session
+    whose client said it reads them: the shim would refuse the frame.
+    """
+    handle = await start_server(FAST)
+    for index, (said, expected) in enumerate(
+        (
+            ("packed-heads whole-answers some-future-thing", {"packed-heads", "whole-answers"}),
+            (None, set()),
+        )
+    ):
+        headers = {} if said is None else {TUNNEL_HEADER: said}
+        async with http.post(handle.url + SESSION_PATH, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            assert set(resp.headers[TUNNEL_HEADER].split()) == {"packed-heads", "whole-answers"}
+        server, _ = await handle.next_session(index)
+        if said is not None:
+            expected.add("some-future-thing")  # unknown tokens are kept, and ignored
+        assert server.peer_tunnel == expected

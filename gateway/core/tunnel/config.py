@@ -11,7 +11,13 @@ from typing import Final
 
 from gateway.core.tunnel.frames import BASE_WINDOW, FRAME_OVERHEAD, MAX_PAYLOAD, MAX_WINDOW
 
-__all__ = ["MAX_MESSAGE_FRAMES", "MAX_QUEUED_ITEMS", "MIN_MESSAGE", "TunnelConfig"]
+__all__ = [
+    "MAX_MESSAGE_FRAMES",
+    "MAX_QUEUED_ITEMS",
+    "MIN_MESSAGE",
+    "WHOLE_BODY_MAX",
+    "TunnelConfig",
+]
 
 #: next_message refuses budgets below this (a head must be able to fit).
 MIN_MESSAGE: Final = 1024
@@ -20,6 +26,10 @@ _MAX_WS_MESSAGE: Final = 256 * 1024 * 1024
 # writable: max_pending counts bytes, and empty WebSocket messages have none
 # (a relayed peer's flood of them would otherwise queue without end).
 MAX_QUEUED_ITEMS: Final = 1024
+#: The largest body a RESPONSE_WHOLE carries. Such a body is never queued on its
+#: stream, so no send limit counts it: this bounds it instead (at most
+#: ``max_streams`` of them wait in a tunnel's control queue, 2 MiB by default).
+WHOLE_BODY_MAX: Final = 8 * 1024
 # Frames one received session message may carry. Each becomes an event of
 # ~100 bytes before the I/O layer sees any, and empty MESSAGEs cost no window:
 # 2 MiB of them would be ~350k events. next_message's 64 KiB batches hold at

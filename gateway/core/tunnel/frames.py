@@ -61,6 +61,7 @@ __all__ = [
     "encode_reset",
     "encode_response",
     "encode_response_packed",
+    "encode_response_whole",
     "encode_window",
     "message_prefix",
     "new_packer",
@@ -105,6 +106,9 @@ class FrameType(IntEnum):
     # peer known to read them (docs/tunnel.md "Header compaction").
     OPEN_HTTP_PACKED = 16
     RESPONSE_PACKED = 17
+    # A whole answer: RESPONSE_PACKED, one DATA and END in one frame; sent only
+    # to a peer that said it reads them (docs/tunnel.md "Whole answers").
+    RESPONSE_WHOLE = 18
 
 
 # -- encoding ---------------------------------------------------------------
@@ -148,6 +152,18 @@ def encode_response_packed(
     has_body: bool,
 ) -> bytes:
     return packer.pack((17, sid, status, reason, block, has_body))
+
+
+def encode_response_whole(
+    packer: msgpack.Packer,
+    sid: int,
+    status: int,
+    reason: bytes,
+    block: list[int | bytes | None],
+    body: bytes,
+) -> bytes:
+    """RESPONSE_WHOLE with its block as given (a tunnel packs its own as it sends them)."""
+    return packer.pack((18, sid, status, reason, block, body))
 
 
 def encode_open_ws(
@@ -366,6 +382,16 @@ LAYOUTS: Final[dict[int, tuple[str, tuple[_Field, ...]]]] = {
             ("reason", _is_bin),
             ("header block", _is_block),
             ("has_body", _is_bool),
+        ),
+    ),
+    FrameType.RESPONSE_WHOLE: (
+        "RESPONSE_WHOLE",
+        (
+            _SID,
+            ("status", _is_status),
+            ("reason", _is_bin),
+            ("header block", _is_block),
+            ("body", _is_bin),
         ),
     ),
 }

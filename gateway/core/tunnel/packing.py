@@ -245,21 +245,22 @@ def _bin(block: list[object], i: int) -> bytes:
 
 
 class PendingHead:
-    """A packed OPEN_HTTP or RESPONSE waiting for its turn on the wire.
+    """A packed OPEN_HTTP, RESPONSE or whole answer waiting for its turn on the wire.
 
     ``fields`` are the frame's elements before the header block (type, stream
-    id, window/status, method, target/reason); :meth:`encode` runs when the
+    id, window/status, method, target/reason), ``tail`` the one after it
+    (``has_body``, or a whole answer's body); :meth:`encode` runs when the
     scheduler puts the frame in a batch, which is when the table changes.
     """
 
-    __slots__ = ("bound", "fields", "flat", "has_body")
+    __slots__ = ("bound", "fields", "flat", "tail")
 
     def __init__(
-        self, fields: tuple[int | str | bytes, ...], flat: list[bytes], has_body: bool
+        self, fields: tuple[int | str | bytes, ...], flat: list[bytes], tail: bool | bytes
     ) -> None:
         self.fields = fields
         self.flat = flat
-        self.has_body = has_body
+        self.tail = tail
         # Never smaller than the packed frame: each bin or str has at most a
         # 5-byte header, a nil marker is one byte, the ints fit in 9 bytes each.
         self.bound = (
@@ -267,10 +268,11 @@ class PendingHead:
             + 6 * len(flat)
             + 64
             + sum(len(f) for f in fields if not isinstance(f, int))
+            + (len(tail) if type(tail) is bytes else 0)
         )
 
     def encode(self, packer: msgpack.Packer, table: HeaderTable) -> bytes:
-        return packer.pack((*self.fields, encode_block(table, self.flat), self.has_body))
+        return packer.pack((*self.fields, encode_block(table, self.flat), self.tail))
 
 
 #: A tunnel's control frames: encoded, or a packed head encoded as it leaves.

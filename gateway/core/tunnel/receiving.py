@@ -200,6 +200,19 @@ def _on_response_packed(table: StreamTable, raw: list[Any]) -> None:
     _on_response(table, [3, sid, status, reason, flat, has_body])
 
 
+def _on_response_whole(table: StreamTable, raw: list[Any]) -> None:
+    """RESPONSE_PACKED, DATA and END in one frame: each takes effect as if sent alone.
+
+    So a head that resets the stream (too large, a bad reference) leaves its
+    body and end to a stream that is gone: ignored, as late frames are.
+    """
+    _, sid, status, reason, block, body = raw
+    _on_response_packed(table, [FrameType.RESPONSE_PACKED, sid, status, reason, block, True])
+    if body:
+        _on_data(table, [FrameType.DATA, sid, body])
+    _on_end(table, [FrameType.END, sid])
+
+
 # -- answers to our streams -------------------------------------------------------
 
 
@@ -381,4 +394,5 @@ _HANDLERS: Final[dict[int, Callable[[StreamTable, list[Any]], None]]] = {
     FrameType.PUSH: _on_push,
     FrameType.OPEN_HTTP_PACKED: _on_open_http_packed,
     FrameType.RESPONSE_PACKED: _on_response_packed,
+    FrameType.RESPONSE_WHOLE: _on_response_whole,
 }

@@ -65,6 +65,7 @@ class StreamTable:
         "scheduler",
         "send_heads",
         "streams",
+        "whole_answers",
     )
 
     def __init__(self, config: TunnelConfig, *, opener: bool) -> None:
@@ -86,6 +87,8 @@ class StreamTable:
         )
         #: Send heads packed (``packing.py``): the peer reads them.
         self.pack_heads = False
+        #: Send small whole answers as one RESPONSE_WHOLE frame: the peer reads them.
+        self.whole_answers = False
         # Header tables, made on first use: most idle sessions never carry a head.
         self.send_heads: HeaderTable | None = None
         self.recv_heads: HeaderTable | None = None
