@@ -6,6 +6,8 @@ import pytest
 
 from gateway.core.tunnel import (
     DataReceived,
+    Event,
+    FlowControlError,
     RemoteProtocolError,
     RequestReceived,
     ResetCode,
@@ -15,7 +17,6 @@ from gateway.core.tunnel import (
     Tunnel,
 )
 from gateway.core.tunnel.config import WHOLE_BODY_MAX
-from gateway.core.tunnel.events import Event
 from gateway.core.tunnel.frames import FrameDecoder, FrameType, encode_response_whole, new_packer
 from tests.core.tunnel.test_streams import Pipe
 
@@ -130,10 +131,10 @@ def opened() -> tuple[Tunnel, int]:
     return down, sid
 
 
-def test_a_body_over_the_streams_window_is_a_protocol_error() -> None:
+def test_a_body_over_the_streams_window_is_a_flow_control_error() -> None:
     down, sid = opened()
     over = b"x" * (256 * 1024 + 1)  # the default initial window, plus one
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(FlowControlError):
         down.receive_message(encode_response_whole(new_packer(), sid, 200, b"", [], over))
 
 
