@@ -14,8 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.tunnel import ResetCode, ResponseReceived, StreamReset
+from gateway.core.tunnel.config import WHOLE_BODY_MAX
 from gateway.glue.answerer import check_request
-from tests.glue.chain import BuildChain, Origin, first_event
+from gateway.status import RequestRecord
+from tests.glue.chain import TRANSPORTS, BuildChain, Origin, first_event
+from tests.helpers import until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -101,3 +104,29 @@ async def test_host_header_cannot_steer_the_connection(
     head = await first_event(link, "GET", "/h", [("Host", "evil.example:1")])
     assert isinstance(head, ResponseReceived) and head.status == 200
     assert [s["path"] for s in o.seen] == ["/h"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_answers_around_the_whole_answer_bound_arrive_exact_and_recorded(
+    build_chain: BuildChain, origin: tuple[Origin, str], transport: str
+) -> None:
+    """Small answers may cross as one RESPONSE_WHOLE frame, larger ones as frames: same bytes.
+
+    The sizes straddle ``WHOLE_BODY_MAX`` (and the origin's 64 KiB writes); each
+    arrives with its length and its bytes, and the answering gateway records its
+    size once, whichever way it crossed.
+    """
+    _, url = origin
+    chain = await build_chain(url, transport)
+    assert chain.up.tunnel.answers_whole
+    records: list[RequestRecord] = []
+    chain.server.stats.observers.append(records.append)
+    block = bytes(range(256)) * 256
+    sizes = [0, 1, WHOLE_BODY_MAX - 1, WHOLE_BODY_MAX, WHOLE_BODY_MAX + 1, 70_000]
+    for n in sizes:
+        async with chain.client.get(f"{chain.url}/download?n={n}") as resp:
+            assert resp.status == 200
+            assert resp.content_length == n
+            assert await resp.read() == (block * 2)[:n], n
+    await until(lambda: len(records) == len(sizes), "a record per answer")
+    assert [r.size for r in records] == sizes
