@@ -254,19 +254,7 @@ class Tunnel:
             return
         check_status(status)
         raw_reason, flat = encode_head(reason, headers, self._config.max_header_bytes)
-        table = self._table
-        table.send_step(stream, HEAD_BODY if has_body else HEAD_EMPTY)
-        if stream.ws:
-            stream.recv_state = step(stream_id, stream.recv_state, REFUSED, local=True)
-            table.as_http(stream)
-        if table.pack_heads and packable(flat):
-            fields = (FrameType.RESPONSE_PACKED, stream_id, status, raw_reason)
-            table.control.append(PendingHead(fields, flat, has_body))
-        else:
-            table.control.append(
-                encode_response(table.packer, stream_id, status, raw_reason, flat, has_body)
-            )
-        table.maybe_forget(stream)
+        self._respond(stream, status, raw_reason, flat, has_body)
 
     def respond_whole(
         self,
@@ -288,22 +276,45 @@ class Tunnel:
         stream = self._answerable(stream_id)
         if stream is None:
             return
-        table = self._table
+        check_status(status)
+        raw_reason, flat = encode_head(reason, headers, self._config.max_header_bytes)
         n = len(body)
-        if self.answers_whole and not stream.ws and n <= WHOLE_BODY_MAX and n <= stream.send_credit:
-            check_status(status)
-            raw_reason, flat = encode_head(reason, headers, self._config.max_header_bytes)
-            if packable(flat):
-                table.send_step(stream, HEAD_BODY)
-                table.send_step(stream, END)
-                fields = (FrameType.RESPONSE_WHOLE, stream_id, status, raw_reason)
-                table.control.append(PendingHead(fields, flat, bytes(body)))
-                table.maybe_forget(stream)
-                return
-        self.respond(stream_id, status, reason, headers, has_body=True)
+        if (
+            self.answers_whole
+            and not stream.ws
+            and n <= WHOLE_BODY_MAX
+            and n <= stream.send_credit
+            and packable(flat)
+        ):
+            table = self._table
+            table.send_step(stream, HEAD_BODY)
+            table.send_step(stream, END)
+            fields = (FrameType.RESPONSE_WHOLE, stream_id, status, raw_reason)
+            table.control.append(PendingHead(fields, flat, bytes(body)))
+            table.maybe_forget(stream)
+            return
+        self._respond(stream, status, raw_reason, flat, has_body=True)
         if n:
             self.send_data(stream_id, body)
         self.end(stream_id)
+
+    def _respond(
+        self, stream: Stream, status: int, raw_reason: bytes, flat: list[bytes], has_body: bool
+    ) -> None:
+        """The RESPONSE of a checked, encoded head: packed if the peer reads packed heads."""
+        table = self._table
+        table.send_step(stream, HEAD_BODY if has_body else HEAD_EMPTY)
+        if stream.ws:
+            stream.recv_state = step(stream.id, stream.recv_state, REFUSED, local=True)
+            table.as_http(stream)
+        if table.pack_heads and packable(flat):
+            fields = (FrameType.RESPONSE_PACKED, stream.id, status, raw_reason)
+            table.control.append(PendingHead(fields, flat, has_body))
+        else:
+            table.control.append(
+                encode_response(table.packer, stream.id, status, raw_reason, flat, has_body)
+            )
+        table.maybe_forget(stream)
 
     def accept_websocket(
         self, stream_id: int, protocol: str | None = None, headers: HeaderInput = ()
