@@ -363,26 +363,21 @@ async def _legacy_rates(
     tunnelled requests' is compared with at both loads.
     """
     part = scale.duration / LEGACY_ROUNDS
-    one = {kind: _Fast() for kind in routes}
-    rows = await _interleaved(
-        "1 client",
-        routes,
-        lambda kind, route: _fast(route, 1, part, one[kind]),
-        lambda kind: one[kind].result(bool(routes[kind].gateways)),
-        limit,
-    )
-    for kind, row in rows.items():
-        out[kind]["one"] = row
-    many = {kind: _Fast() for kind in routes}
-    rows = await _interleaved(
-        f"{scale.many} clients",
-        routes,
-        lambda kind, route: _fast(route, scale.many, part, many[kind]),
-        lambda kind: many[kind].result(bool(routes[kind].gateways)),
-        limit,
-    )
-    for kind, row in rows.items():
-        out[kind]["many"] = row
+
+    async def rate_row(key: str, clients: int, name: str) -> None:
+        fast = {kind: _Fast() for kind in routes}
+        rows = await _interleaved(
+            name,
+            routes,
+            lambda kind, route: _fast(route, clients, part, fast[kind]),
+            lambda kind: fast[kind].result(bool(routes[kind].gateways)),
+            limit,
+        )
+        for kind, row in rows.items():
+            out[kind][key] = row
+
+    await rate_row("one", 1, "1 client")
+    await rate_row("many", scale.many, f"{scale.many} clients")
     hops = {kind: route for kind, route in routes.items() if kind != "plain"}
     paced = {kind: Deliveries() for kind in hops}
     rows = await _interleaved(
