@@ -15,7 +15,9 @@ run them), started here on a free port, waited on, and stopped by the
 * ``hop_path(kind, origin_url, tree, rtt)``: the URL a legacy client uses:
   the origin itself (``direct``), two bare TCP relays in a row (``relays``,
   ``bench/bare_relay.py``: the floor of a two-process Python path), one
-  ``hopgate server`` in front of it (``edges``: the HTTP edges, no hop), or
+  ``hopgate server`` in front of it (``edges``: the HTTP edges, no hop), two
+  aiohttp processes with a WebSocket between them and no session or tunnel
+  (``bare-ws``, ``bench/bare_tunnel.py``), or
   ``hopgate client`` -> path -> ``hopgate server`` -> origin with the hop on
   ``websocket`` or ``long-poll``, the gateways run from ``tree``; waits until
   the hop is on that transport.
@@ -171,7 +173,8 @@ class Route:
 
     url: str
     net: NetPath | None
-    gateways: tuple[GatewayProcess, ...] = ()
+    #: The processes standing where the gateways are: their CPU and RSS are the path's cost.
+    gateways: tuple[ChildProcess, ...] = ()
 
 
 @contextlib.contextmanager
@@ -185,8 +188,8 @@ def hop_path(
     flags: tuple[str, ...] = (),
 ) -> Iterator[Route]:
     """``kind``: direct, relays (two ``bare_relay.py``: the floor), edges (one ``hopgate
-    server`` and no hop: its HTTP edges alone), plain (``--upgrade never``), websocket or
-    long-poll.
+    server`` and no hop: its HTTP edges alone), bare-ws (``bare_tunnel.py`` near and far),
+    plain (``--upgrade never``), websocket or long-poll.
 
     ``count`` (or an ``rtt``) puts a path process on the link; ``start_fast``:
     its delay is off until ``route.net.switch_delay()``. ``flags`` go to both gateways.
@@ -205,6 +208,16 @@ def hop_path(
             first = near.announced.removeprefix("http://")
             far = stack.enter_context(running(python_child("bare_relay.py", "--target", first)))
             yield Route(far.announced, None)
+            return
+        if kind == "bare-ws":
+            far = stack.enter_context(
+                running(python_child("bare_tunnel.py", "far", "--upstream", origin_url))
+            )
+            ws = far.announced.replace("http://", "ws://", 1) + "/ws"
+            near = stack.enter_context(
+                running(python_child("bare_tunnel.py", "near", "--target", ws))
+            )
+            yield Route(near.announced, None, (near, far))
             return
         server = stack.enter_context(
             gateway("server", "--upstream", origin_url, *GATEWAY_FLAGS, *flags, tree=tree)

@@ -35,6 +35,7 @@ LEGACY_COLUMNS = {
     "direct": "direct",
     "relays": "two bare TCP relays",
     "edges": "one gateway, no hop",
+    "bare-ws": "bare WebSocket pair",
     "plain": "plain hop (no tunnel)",
     "websocket": "WebSocket hop",
     "long-poll": "long-poll hop",
@@ -511,7 +512,12 @@ def _tables(res: Result, rtt_ms: float) -> list[str]:
         "gateways would be: the floor under any pair of Python (asyncio) gateways on this "
         'machine. "One gateway, no hop" is one `hopgate server` forwarding the app to its '
         "origin: the two HTTP edges that every hop path crosses, with no hop and no second "
-        'gateway. "Plain hop" is both gateways with `--upgrade never`: plain HTTP forwarding '
+        'gateway. "Bare WebSocket pair" (`bench/bare_tunnel.py`) is two aiohttp processes '
+        "where the gateways would be, carrying each request whole as one WebSocket message "
+        "and making it with aiohttp's client: no session, no tunnel, nothing resent or "
+        "resumed, the least a gateway pair of this design can do, measured to show what "
+        'hopgate\'s own layers cost on top. "Plain hop" is both gateways with `--upgrade '
+        "never`: plain HTTP forwarding "
         "between them, no session and no tunnel, run for the rates and the CPU per request "
         "that the tunnelled requests' is compared with.",
         "",
@@ -525,7 +531,8 @@ def _tables(res: Result, rtt_ms: float) -> list[str]:
 
 
 def floor_sentence(res: Result, item: str) -> str:
-    """What bare TCP relays (and, for item 5, one gateway with no hop) reached in this run.
+    """What bare TCP relays (and, for item 5, one gateway with no hop and a bare WebSocket
+    pair) reached in this run.
 
     For a missed item-3 or item-5 target; "" when the run has no floor rows
     (an older run) or the item has none.
@@ -576,6 +583,22 @@ def floor_sentence(res: Result, item: str) -> str:
             f"the origin client towards the origin), reached {edges[0]} direct with 1 client, "
             f"{edges[1]} with {many} clients and a paced p50 of {edges[2]} direct"
             + (f", at {cpu:,.0f} us of CPU per request (1 client)." if cpu else ".")
+        )
+    if pair := reached("bare-ws"):
+        cpus = [get(leg, "bare-ws", key, "gateway_cpu_us") for key in ("one", "many")]
+        hop = [
+            _ratio(leg, ("websocket", key, "gateway_cpu_us"), ("bare-ws", key, "gateway_cpu_us"))
+            for key in ("one", "many")
+        ]
+        out.append(
+            "A bare WebSocket pair, in this run: two aiohttp processes that carry each request "
+            "whole as one WebSocket message and make it with aiohttp's client "
+            "(`bench/bare_tunnel.py`: no session, no tunnel, nothing resent or resumed) "
+            f"reached {pair[0]} direct with 1 client, {pair[1]} with {many} clients and a "
+            f"paced p50 of {pair[2]} direct, at {cell(cpus[0], '{:,.0f}')} and "
+            f"{cell(cpus[1], '{:,.0f}')} us of CPU per request (1 and {many} clients); the "
+            f"WebSocket hop's CPU per request was {cell(hop[0], 'x{:.2f}')} and "
+            f"{cell(hop[1], 'x{:.2f}')} of that: what the session and tunnel cost on top."
         )
     return " ".join(out)
 

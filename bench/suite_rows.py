@@ -15,7 +15,10 @@ Three sections, each a function returning plain JSON-able dicts:
   two bare TCP relays in a row, ``bench/bare_relay.py``: the rates of a path
   that only moves bytes through two processes, the floor under any pair of
   Python gateways; one ``hopgate server`` with no hop: its two HTTP edges,
-  which every hop path crosses, alone);
+  which every hop path crosses, alone; a bare WebSocket pair,
+  ``bench/bare_tunnel.py``: two aiohttp processes carrying each request whole
+  over one WebSocket, no session or tunnel, the least a gateway pair of this
+  design does);
 * ``memory``: idle RSS per hop session, per raw aiohttp WebSocket, and per
   held legacy long-poll through both gateways.
 
@@ -335,7 +338,9 @@ async def _bytes(route: Route, origin: str, scale: Scale) -> Result:
 
 async def legacy(tree: Path, scale: Scale) -> dict[str, Result]:
     """The legacy table: every path up at once, its rate and latency rows interleaved."""
-    out: dict[str, Result] = {kind: {} for kind in (*LEGACY_PATHS, "plain", "relays", "edges")}
+    out: dict[str, Result] = {
+        kind: {} for kind in (*LEGACY_PATHS, "plain", "relays", "edges", "bare-ws")
+    }
     limit = scale.duration * 3 + 90
     with running(python_child("legacy_app.py", "origin")) as origin_proc:
         origin = origin_proc.announced

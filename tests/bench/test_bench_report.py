@@ -81,25 +81,38 @@ def test_a_missed_per_request_target_quotes_the_floor_of_the_same_run() -> None:
             "many": {"per_s": 1600.0},
             "paced": {"p50_ms": 7.0},
         },
-        "websocket": {"one": {"per_s": 200.0}, "many": {"per_s": 1000.0}},
+        "bare-ws": {
+            "one": {"per_s": 300.0, "gateway_cpu_us": 400.0},
+            "many": {"per_s": 1800.0, "gateway_cpu_us": 150.0},
+            "paced": {"p50_ms": 6.0},
+        },
+        "websocket": {
+            "one": {"per_s": 200.0, "gateway_cpu_us": 600.0},
+            "many": {"per_s": 1000.0, "gateway_cpu_us": 180.0},
+        },
     }
     page = render(res, [])
     header = (
-        "| case | direct | two bare TCP relays | one gateway, no hop | plain hop (no tunnel) "
-        "| WebSocket hop |"
+        "| case | direct | two bare TCP relays | one gateway, no hop | bare WebSocket pair "
+        "| plain hop (no tunnel) | WebSocket hop |"
     )
     assert header in page
-    assert "| 550 (x0.55) | 450 (x0.45) |" in page
+    assert "| 550 (x0.55) | 450 (x0.45) | 300 (x0.30) |" in page
     why = next(line for line in page.splitlines() if line.startswith("* legacy app through"))
     assert "x0.55 direct with 1 client" in why, why
     assert "x0.55 with 100 clients" in why and "paced p50 of x1.25 direct" in why, why
     edges = why[why.index("The edges alone") :]
     assert "x0.45 direct with 1 client, x0.40 with 100 clients" in edges, why
     assert "paced p50 of x1.75 direct, at 321 us of CPU per request" in edges, why
+    pair = why[why.index("A bare WebSocket pair") :]
+    assert "x0.30 direct with 1 client, x0.45 with 100 clients" in pair, why
+    assert "paced p50 of x1.50 direct, at 400 and 150 us of CPU per request" in pair, why
+    assert "CPU per request was x1.50 and x1.20 of that" in pair, why
     # Without the floor rows (an older run) the cause stands alone.
-    del res["legacy"]["relays"], res["legacy"]["edges"]
+    del res["legacy"]["relays"], res["legacy"]["edges"], res["legacy"]["bare-ws"]
     page = render(res, [])
     assert "The floor, in this run" not in page and "The edges alone" not in page
+    assert "A bare WebSocket pair" not in page
 
 
 def test_a_missed_64_kib_target_quotes_the_relayed_raw_rate_of_the_same_run() -> None:

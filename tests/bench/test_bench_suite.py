@@ -69,8 +69,13 @@ def test_legacy_app_rows_and_the_page(tmp_path: Path) -> None:
     assert legacy["edges"]["one"]["gateway_cpu_us"] > 0, legacy["edges"]
     assert legacy["edges"]["many"]["per_s"] > 0, legacy["edges"]
     assert legacy["edges"]["paced"]["p50_ms"] > 0, legacy["edges"]
+    # The bare WebSocket pair: what hopgate's own layers are measured against.
+    assert legacy["bare-ws"]["one"]["gateway_cpu_us"] > 0, legacy["bare-ws"]
+    assert legacy["bare-ws"]["many"]["gateway_cpu_us"] > 0, legacy["bare-ws"]
+    assert legacy["bare-ws"]["paced"]["p50_ms"] > 0, legacy["bare-ws"]
     page = (tmp_path / "benchmarks.md").read_text()
     assert "two bare TCP relays" in page and "one gateway, no hop" in page
+    assert "bare WebSocket pair" in page
     assert "## A legacy long-poll app end to end" in page
     assert "## Targets (issue 13)" in page
     assert "long-poll hop" in page

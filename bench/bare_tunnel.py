@@ -1,0 +1,145 @@
+"""The least a pair of aiohttp gateways with a WebSocket hop can do: the floor under hopgate's hop.
+
+Two processes where hopgate's two gateways would be, built from the same
+pieces the design fixes (aiohttp's HTTP server, its WebSocket, its HTTP
+client) and nothing else:
+
+* ``near`` answers every HTTP request by sending it, whole, as one msgpack
+  message over one WebSocket to ``far``, and answers with what comes back;
+* ``far`` makes each such request to ``--upstream`` with aiohttp's client and
+  sends the whole answer back as one message.
+
+No session (nothing is acknowledged, resent or resumed), no tunnel framing,
+no flow control, no header filtering beyond what aiohttp needs, bodies read
+whole: a request lost with the WebSocket is lost. That is not a gateway, it
+is a floor: the legacy table runs it beside the hops, so a per-request target
+it misses too is beyond any gateway pair of this design on this machine, and
+what the hops cost beyond it is hopgate's own work.
+
+    python bench/bare_tunnel.py far --upstream http://127.0.0.1:8080
+    python bench/bare_tunnel.py near --target ws://127.0.0.1:PORT/ws
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+
+import aiohttp
+import msgpack
+from aiohttp import web
+
+#: Framing headers: each side's aiohttp makes its own.
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "host"})
+
+
+def _pairs(headers: object) -> list[tuple[str, str]]:
+    items = headers.items()  # type: ignore[attr-defined]
+    return [(k, v) for k, v in items if k.lower() not in _FRAMING]
+
+
+async def _far(upstream: str) -> web.AppRunner:
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+    )
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(ws: web.WebSocketResponse, data: bytes) -> None:
+        rid, method, target, headers, body = msgpack.unpackb(data)
+        async with http.request(method, upstream + target, headers=headers, data=body or None) as r:
+            got = await r.read()
+            doc = [rid, r.status, r.reason or "", _pairs(r.headers), got]
+        await ws.send_bytes(msgpack.packb(doc))
+
+    async def hop(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.BINARY:
+                task = asyncio.create_task(answer(ws, msg.data))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", hop)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    return runner
+
+
+async def _near(target: str) -> web.AppRunner:
+    http = aiohttp.ClientSession()
+    ws = await http.ws_connect(target, max_msg_size=0)
+    waiting: dict[int, asyncio.Future[list[object]]] = {}
+    ids = itertools.count()
+
+    async def read() -> None:
+        async for msg in ws:
+            doc = msgpack.unpackb(msg.data)
+            fut = waiting.pop(doc[0], None)
+            if fut is not None and not fut.done():
+                fut.set_result(doc)
+        for fut in waiting.values():
+            fut.cancel()
+
+    reader = asyncio.create_task(read())
+
+    async def forward(request: web.Request) -> web.Response:
+        rid = next(ids)
+        fut: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
+        waiting[rid] = fut
+        body = await request.read()
+        await ws.send_bytes(
+            msgpack.packb([rid, request.method, request.path_qs, _pairs(request.headers), body])
+        )
+        _, status, reason, headers, got = await fut
+        return web.Response(status=status, reason=reason, headers=headers, body=got)  # type: ignore[arg-type]
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    app.on_cleanup.append(lambda _: _close(reader, ws, http))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    return runner
+
+
+async def _close(
+    reader: asyncio.Task[None], ws: aiohttp.ClientWebSocketResponse, http: aiohttp.ClientSession
+) -> None:
+    reader.cancel()
+    await ws.close()
+    await http.close()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    runner = await (_far(args.upstream) if args.role == "far" else _near(args.target))
+    site = web.TCPSite(runner, "127.0.0.1", args.listen)
+    await site.start()
+    port = runner.addresses[0][1]
+    print(f"listening on http://127.0.0.1:{port} ({args.role})", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("role", choices=("near", "far"))
+    parser.add_argument("--listen", type=int, default=0, help="port on 127.0.0.1 (0: any)")
+    parser.add_argument("--target", help="near: the far side's ws:// URL")
+    parser.add_argument("--upstream", help="far: the origin's http:// URL")
+    args = parser.parse_args()
+    if (args.role == "near") != bool(args.target) or (args.role == "far") != bool(args.upstream):
+        parser.error("near needs --target (and no --upstream); far needs --upstream")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()
