@@ -50,10 +50,15 @@ async def _far(upstream: str) -> web.AppRunner:
 
     async def answer(ws: web.WebSocketResponse, data: bytes) -> None:
         rid, method, target, headers, body = msgpack.unpackb(data)
-        async with http.request(method, upstream + target, headers=headers, data=body or None) as r:
-            got = await r.read()
-            doc = [rid, r.status, r.reason or "", _pairs(r.headers), got]
-        await ws.send_bytes(msgpack.packb(doc))
+        try:
+            url = upstream + target
+            async with http.request(method, url, headers=headers, data=body or None) as r:
+                got = await r.read()
+                doc = [rid, r.status, r.reason or "", _pairs(r.headers), got]
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            doc = [rid, 502, "Bad Gateway", [], f"origin: {exc!r}\n".encode()]
+        if not ws.closed:
+            await ws.send_bytes(msgpack.packb(doc))
 
     async def hop(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=0)
@@ -84,8 +89,10 @@ async def _near(target: str) -> web.AppRunner:
             fut = waiting.pop(doc[0], None)
             if fut is not None and not fut.done():
                 fut.set_result(doc)
-        for fut in waiting.values():
-            fut.cancel()
+        for fut in waiting.values():  # the far side is gone: these get no answer
+            if not fut.done():
+                fut.set_exception(ConnectionError("the far side's WebSocket closed"))
+        waiting.clear()
 
     reader = asyncio.create_task(read())
 
@@ -94,10 +101,16 @@ async def _near(target: str) -> web.AppRunner:
         fut: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
         waiting[rid] = fut
         body = await request.read()
-        await ws.send_bytes(
-            msgpack.packb([rid, request.method, request.path_qs, _pairs(request.headers), body])
-        )
-        _, status, reason, headers, got = await fut
+        try:
+            if ws.closed:
+                raise ConnectionError("the far side's WebSocket closed")
+            await ws.send_bytes(
+                msgpack.packb([rid, request.method, request.path_qs, _pairs(request.headers), body])
+            )
+            _, status, reason, headers, got = await fut
+        except ConnectionError as exc:
+            waiting.pop(rid, None)
+            return web.Response(status=502, text=f"bare_tunnel near: {exc}\n")
         return web.Response(status=status, reason=reason, headers=headers, body=got)  # type: ignore[arg-type]
 
     app = web.Application()

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from bench.suite_procs import ROOT, hop_path
+from tests.processes import free_port
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -58,5 +59,19 @@ async def test_requests_cross_whole_both_ways_and_concurrently(origin: str) -> N
                 }
 
             await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(50))), 30)
+    finally:
+        await asyncio.to_thread(route_cm.__exit__, None, None, None)
+
+
+async def test_an_origin_or_far_side_that_is_gone_gives_a_502_not_a_hang() -> None:
+    route_cm = hop_path("bare-ws", f"http://127.0.0.1:{free_port()}", ROOT)
+    route = await asyncio.to_thread(route_cm.__enter__)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{route.url}/poll") as r:
+                assert r.status == 502 and "origin:" in await r.text()
+            route.gateways[1].stop(5)  # the far side
+            async with http.get(f"{route.url}/poll") as r:
+                assert r.status == 502 and "WebSocket closed" in await r.text()
     finally:
         await asyncio.to_thread(route_cm.__exit__, None, None, None)
