@@ -1,4 +1,4 @@
-"""The least a pair of aiohttp gateways with a WebSocket hop can do: the floor under hopgate's hop.
+"""A minimal gateway pair on aiohttp's stock pieces with a WebSocket hop: hopgate's reference.
 
 Two processes where hopgate's two gateways would be, built from the same
 pieces the design fixes (aiohttp's HTTP server, its WebSocket, its HTTP
@@ -12,9 +12,11 @@ client) and nothing else:
 No session (nothing is acknowledged, resent or resumed), no tunnel framing,
 no flow control, no header filtering beyond what aiohttp needs, bodies read
 whole: a request lost with the WebSocket is lost. That is not a gateway, it
-is a floor: the legacy table runs it beside the hops, so a per-request target
-it misses too is beyond any gateway pair of this design on this machine, and
-what the hops cost beyond it is hopgate's own work.
+is a reference: the legacy table runs it beside the hops, so what the hops
+cost beyond it is what hopgate's session, tunnel and edge rules cost. It is
+not a strict floor: hopgate's own origin client (``origin_client.py``) does
+less per request than aiohttp's ``ClientSession``, which this uses as a
+user's first gateway would.
 
     python bench/bare_tunnel.py far --upstream http://127.0.0.1:8080
     python bench/bare_tunnel.py near --target ws://127.0.0.1:PORT/ws

@@ -64,7 +64,7 @@ _PER_REQUEST = (
     "are 312 and 278 us at 1 client (330 and 305 before) and 126 and 98 us at 100 clients "
     "(131 and 106 before). "
     "What the extra CPU is made of (cProfile of the running gateways, 1 client, 2026-12-04 "
-    "21:20; a coroutine's resumption counts as a call): Python function calls per request, "
+    "20:30; a coroutine's resumption counts as a call): Python function calls per request, "
     "client gateway and server gateway, plain forwarding 274 and 287 (88 and 99 of them in "
     "hopgate's own code), the WebSocket hop 510 and 438 (324 and 270 its own, over 208 and "
     "191 distinct functions, none called more than 10 times), the long-poll hop 600 and "
@@ -525,7 +525,7 @@ def _tables(res: Result, rtt_ms: float) -> list[str]:
         'gateway. "Bare WebSocket pair" (`bench/bare_tunnel.py`) is two aiohttp processes '
         "where the gateways would be, carrying each request whole as one WebSocket message "
         "and making it with aiohttp's client: no session, no tunnel, nothing resent or "
-        "resumed, the least a gateway pair of this design can do, measured to show what "
+        "resumed: a minimal gateway pair on aiohttp's stock pieces, measured to show what "
         'hopgate\'s own layers cost on top. "Plain hop" is both gateways with `--upgrade '
         "never`: plain HTTP forwarding "
         "between them, no session and no tunnel, run for the rates and the CPU per request "

@@ -17,8 +17,8 @@ Three sections, each a function returning plain JSON-able dicts:
   Python gateways; one ``hopgate server`` with no hop: its two HTTP edges,
   which every hop path crosses, alone; a bare WebSocket pair,
   ``bench/bare_tunnel.py``: two aiohttp processes carrying each request whole
-  over one WebSocket, no session or tunnel, the least a gateway pair of this
-  design does);
+  over one WebSocket, no session or tunnel: a minimal gateway pair on
+  aiohttp's stock pieces);
 * ``memory``: idle RSS per hop session, per raw aiohttp WebSocket, and per
   held legacy long-poll through both gateways.
 
