@@ -4,8 +4,8 @@ Three sections, each a function returning plain JSON-able dicts:
 
 * ``messages``: issue 13's first table: raw aiohttp WebSocket, python-engineio
   WebSocket and polling, hop session over WebSocket and over long-poll (and
-  raw aiohttp through one bare TCP relay, bursts and sizes: the floor under a
-  path with one more process, as a hop's server gateway is); every
+  raw aiohttp through one bare TCP relay, bursts, round trips and sizes: the
+  floor under a path with one more process, as a hop's server gateway is); every
   client is a ``bench/suite_msgload.py`` process, every server its own process
   (``suite_anchor_server.py``; ``hopgate server`` from ``--tree`` in front of
   it for the hop kinds), plus the 50 ms RTT one-way latency through the relay;
@@ -177,13 +177,14 @@ async def messages(tree: Path, scale: Scale) -> dict[str, Result]:
             for kind in MSG_KINDS:
                 await own(kind)
         # The floor under the hop columns' one extra process: raw aiohttp through a relay
-        # that only copies bytes (bursts and sizes, the rows whose targets count bytes/s).
+        # that only copies bytes (bursts and sizes, the rows whose targets count bytes/s,
+        # and the round trip, which crosses that extra process twice).
         relay = stack.enter_context(
             running(
                 python_child("bare_relay.py", "--target", anchor.announced.removeprefix("http://"))
             )
         )
-        await one(RELAYED, "raw", relay.announced, ["burst", "sizes"])
+        await one(RELAYED, "raw", relay.announced, ["burst", "rtt", "sizes"])
     name = f"messages at {scale.rtt_s * 1e3:.0f} ms RTT"
     if scale.parallel:
         out["rtt"] = await figure(name, lambda: rtt, limit * 2)

@@ -38,8 +38,9 @@ def test_message_rows_beside_their_anchors(tmp_path: Path) -> None:
         assert msgs[kind]["burst"]["msg_s"] > 0, msgs[kind]
         assert msgs[kind]["rtt"]["p50_us"] > 0, msgs[kind]
         assert msgs[kind]["sizes"]["mb_s"]["65536"] > 0, msgs[kind]
-    # The floor column: raw aiohttp through one bare relay, bursts and sizes only.
+    # The floor column: raw aiohttp through one bare relay, bursts, round trips and sizes.
     assert msgs["raw-relay"]["burst"]["msg_s"] > 0, msgs["raw-relay"]
+    assert msgs["raw-relay"]["rtt"]["p50_us"] > 0, msgs["raw-relay"]
     assert msgs["raw-relay"]["sizes"]["mb_s"]["65536"] > 0, msgs["raw-relay"]
     # Polling may not finish a burst in the tiny timeout: then it says so.
     assert "msg_s" in msgs["eio-poll"]["burst"] or "failed" in msgs["eio-poll"]["burst"]
