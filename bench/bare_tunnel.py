@@ -112,7 +112,9 @@ async def _near(target: str) -> web.AppRunner:
             _, status, reason, headers, got = await fut
         except ConnectionError as exc:
             waiting.pop(rid, None)
-            return web.Response(status=502, text=f"bare_tunnel near: {exc}\n")
+            return web.Response(
+                status=502, text=f"bare_tunnel near: the far side is gone ({exc})\n"
+            )
         return web.Response(status=status, reason=reason, headers=headers, body=got)  # type: ignore[arg-type]
 
     app = web.Application()
