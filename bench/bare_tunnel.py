@@ -32,14 +32,14 @@ import itertools
 import aiohttp
 import msgpack
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 #: Framing headers: each side's aiohttp makes its own.
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "host"})
 
 
-def _pairs(headers: object) -> list[tuple[str, str]]:
-    items = headers.items()  # type: ignore[attr-defined]
-    return [(k, v) for k, v in items if k.lower() not in _FRAMING]
+def _pairs(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers.items() if k.lower() not in _FRAMING]
 
 
 async def _far(upstream: str) -> web.AppRunner:
@@ -99,10 +99,10 @@ async def _near(target: str) -> web.AppRunner:
     reader = asyncio.create_task(read())
 
     async def forward(request: web.Request) -> web.Response:
+        body = await request.read()
         rid = next(ids)
         fut: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
         waiting[rid] = fut
-        body = await request.read()
         try:
             if ws.closed:
                 raise ConnectionError("the far side's WebSocket closed")
@@ -111,10 +111,11 @@ async def _near(target: str) -> web.AppRunner:
             )
             _, status, reason, headers, got = await fut
         except ConnectionError as exc:
-            waiting.pop(rid, None)
             return web.Response(
                 status=502, text=f"bare_tunnel near: the far side is gone ({exc})\n"
             )
+        finally:
+            waiting.pop(rid, None)  # answered, failed, or its client went away
         return web.Response(status=status, reason=reason, headers=headers, body=got)  # type: ignore[arg-type]
 
     app = web.Application()
