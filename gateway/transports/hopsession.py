@@ -357,7 +357,7 @@ class HopSession:
                 extra={"reason": exc.reason},
             )
             ok = False
-        self.dispatch(rearm_now=True)
+        self.dispatch(rearm_now=True, fed=True)
         return ok
 
     def take(self, *, include_data: bool = True) -> bytes:
@@ -402,12 +402,19 @@ class HopSession:
         """A background task the session keeps a reference to (closing sockets)."""
         return self._background.spawn(coro, name=name)
 
-    def dispatch(self, *, rearm_now: bool = False) -> None:
+    def dispatch(self, *, rearm_now: bool = False, fed: bool = False) -> None:
         """Act on the core's events; wake writers and the pump.
 
         ``rearm_now``: move the timer in this call rather than at the end of
         the turn (``feed``: once per batch received, and the delayed ACK a
         DATA starts must be armed anyway).
+
+        ``fed``: after a received batch the writers are woken only if the core
+        has something due or the session ended. Most batches leave only an
+        ACK that may wait: a long-poll writer woke for each, found nothing and
+        slept again (one loop callback per tunnelled request in each gateway).
+        What a batch changes besides the core's output (a POST's turn) the
+        transport wakes for itself.
         """
         for event in self._core.events_received():
             if type(event) is MessageReceived:
@@ -440,7 +447,8 @@ class HopSession:
                 self._finish(event.code, event.reason)
             elif self.on_event is not None:
                 self.on_event(event)
-        self.wake()
+        if not fed or self._core.wants_write_now or self._close_info is not None:
+            self.wake()
         if rearm_now:
             self._rearm_now()
         else:

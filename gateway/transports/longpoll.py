@@ -251,7 +251,10 @@ class LongPollServer:
                 finally:
                     self._waiting -= 1
             self._next_post = max(self._next_post, number + 1)
-        return self._hop.feed(body)  # wakes the POSTs waiting for their turn
+        ok = self._hop.feed(body)
+        if self._waiting:
+            self._hop.wake()  # the POSTs waiting for their turn (feed wakes only for output)
+        return ok
 
     async def _post_turn(self, number: int) -> None:
         """Until every POST numbered below ``number`` was fed (hold_time at most)."""

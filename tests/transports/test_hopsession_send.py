@@ -1,4 +1,4 @@
-"""HopSession's per-message seams: ``send``'s errors, and delivery to ``on_message``.
+"""HopSession's per-message seams: ``send``'s errors, delivery to ``on_message``, wake-ups.
 
 ``send`` leaves the state check to the core (one check per message, not two),
 and ``dispatch`` calls ``on_message`` itself: these pin what the caller sees.
@@ -6,10 +6,13 @@ and ``dispatch`` calls ``on_message`` itself: these pin what the caller sees.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.core.session import Session, SessionConfig, SessionState
 from gateway.core.session.errors import CloseCode, SessionUsageError
+from gateway.core.session.outbox import ACK_EVERY
 from gateway.transports.errors import SessionClosedError
 from gateway.transports.hopsession import HopSession
 from gateway.transports.session_settings import SessionSettings
@@ -70,3 +73,31 @@ async def test_messages_reach_on_message_and_a_failing_handler_closes_the_sessio
     assert got == [b"early", b"a", "b", b"boom", b"c"]  # the batch is still delivered whole
     assert hop.messages_received == 5
     assert hop.core.state is SessionState.CLOSING  # INTERNAL_ERROR close under way
+
+
+async def test_a_fed_batch_wakes_waiting_writers_only_when_something_is_due() -> None:
+    """A long-poll writer sleeps through a batch that leaves only an ACK that may wait."""
+    peer = Session(
+        None, session_id="sess-0123456789abcdef", token=b"t" * 32, is_client=False, now=0.0
+    )
+    peer.transport_attached(0.0)
+    hop = _hop()
+    hop.core.transport_attached(0.0)
+    hop.set_handlers(on_message=lambda data: None)
+    hop.feed(peer.data_to_send(0.0))  # the peer's HELLO
+    hop.take()  # ours, and its ACK: nothing is due now
+    assert not hop.core.wants_write_now
+
+    waiter = asyncio.create_task(hop.wait_changed())
+    await asyncio.sleep(0)
+    peer.send_message(b"one")
+    hop.feed(peer.data_to_send(0.0))
+    await asyncio.sleep(0)
+    assert hop.core.wants_write and not hop.core.wants_write_now  # a delayed ACK only
+    assert not waiter.done()
+
+    for n in range(ACK_EVERY):  # enough DATA that their ACK may not wait
+        peer.send_message(b"%d" % n)
+    hop.feed(peer.data_to_send(0.0))
+    assert hop.core.wants_write_now
+    await asyncio.wait_for(waiter, 1)

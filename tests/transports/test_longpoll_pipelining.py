@@ -19,6 +19,7 @@ from gateway.core.session.frames import (
     Data,
     FrameDecoder,
     Hello,
+    encode_ack,
     encode_data,
     encode_hello,
     new_packer,
@@ -113,6 +114,32 @@ async def test_posts_are_fed_in_number_order(
         await inbox.wait_for(2)
     assert inbox.messages == [b"m1", b"m2"]
     assert await wire.post(99, b"") == 400  # far beyond what may be in flight
+
+
+async def test_a_post_waiting_its_turn_goes_on_once_the_one_before_is_fed(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """Even when that one leaves the session nothing to send (a bare ACK): no hold_time wait."""
+    # No timer of the session's fires during the test: only feeding POST 2 can wake POST 3.
+    quiet = {"heartbeat": 30.0, "stall_timeout": 30.0, "retransmit_timeout": 30.0}
+    handle = await start_server(replace(FAST, hold_time=5.0, **quiet))
+    sid, token = await create_session(http, handle.url)
+    _, inbox = await handle.next_session()
+    wire = _Wire(http, handle.url, sid, token)
+    packer = new_packer()
+    hello = encode_hello(packer, 1, sid, 0, decode_token(token))
+    async with asyncio.timeout(10):
+        assert await wire.post(1, hello + encode_data(packer, 1, FLAG_FIN, b"m1")) == 200
+        await inbox.wait_for(1)
+        # (POST 1's answer carried the server's HELLO and ACK: nothing is left due)
+        later = asyncio.create_task(wire.post(3, encode_data(packer, 2, FLAG_FIN, b"m2")))
+        await asyncio.sleep(0.2)
+        assert not later.done()
+        assert await wire.post(2, encode_ack(packer, 0)) == 200
+    async with asyncio.timeout(1):  # not the 5 s a POST waits for its turn at most
+        assert await later == 200
+        await inbox.wait_for(2)
+    assert inbox.messages == [b"m1", b"m2"]
 
 
 async def test_a_busy_long_poll_session_delivers_each_message_once_in_order(
