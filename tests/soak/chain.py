@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,6 +74,20 @@ def kill_hard(child: ChildProcess) -> None:
     """``kill -9`` and reap it (a zombie would keep its /proc entry)."""
     child.proc.kill()
     child.proc.wait(10)
+
+
+def hold_port(port: int) -> socket.socket:
+    """Bind ``port`` without listening: connections to it are refused, as to a dead process.
+
+    While a killed process is down, nothing else may take its port: the
+    tests of the other pytest-xdist workers pick free ports all the time,
+    and one of their servers answering in its place (a 404 to the client
+    gateway's requests, once in a full run) is not the fault under test.
+    """
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the dead one's TIME_WAITs
+    holder.bind(("127.0.0.1", port))
+    return holder
 
 
 async def status(url: str) -> dict[str, Any]:
@@ -198,19 +213,38 @@ class GatewayPair:
     client: GatewayProcess
     server_args: tuple[str, ...] = ()
     client_args: tuple[str, ...] = ()
+    #: Ports of killed ones, held (``hold_port``) until their restart.
+    held: dict[int, socket.socket] = field(default_factory=dict)
 
     @property
     def origin_url(self) -> str:
         return f"http://127.0.0.1:{self.origin_port}"
 
+    def kill(self, child: ChildProcess, port: int) -> None:
+        """``kill -9`` one of them; its ``port`` stays refused, and ours, until it restarts."""
+        kill_hard(child)
+        self.held[port] = hold_port(port)
+
     def restart_origin(self) -> None:
+        self._release(self.origin_port)
         self.origin = start_origin(self.origin_port)
 
     def restart_server(self) -> None:
+        self._release(self.server.port)
         self.server = gateway("server", self.origin_url, *self.server_args, port=self.server.port)
 
     def restart_client(self) -> None:
+        self._release(self.client.port)
         self.client = gateway("client", self.server.url, *self.client_args, port=self.client.port)
+
+    def release_ports(self) -> None:
+        for port in list(self.held):
+            self._release(port)
+
+    def _release(self, port: int) -> None:
+        holder = self.held.pop(port, None)
+        if holder is not None:
+            holder.close()
 
     def children(self) -> list[ChildProcess]:
         return [self.client, self.server, self.origin]
