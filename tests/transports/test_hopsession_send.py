@@ -24,6 +24,17 @@ def _hop(config: SessionConfig | None = None) -> HopSession:
     return HopSession(core, SessionSettings())
 
 
+def _attached_pair() -> tuple[Session, HopSession]:
+    """The server's core and our (client) hop session, both with a transport attached."""
+    peer = Session(
+        None, session_id="sess-0123456789abcdef", token=b"t" * 32, is_client=False, now=0.0
+    )
+    peer.transport_attached(0.0)
+    hop = _hop()
+    hop.core.transport_attached(0.0)
+    return peer, hop
+
+
 async def test_send_while_closing_is_session_closed() -> None:
     hop = _hop()
     assert hop.send(b"before")
@@ -50,12 +61,7 @@ async def test_an_oversized_message_on_an_open_session_is_a_usage_error() -> Non
 
 
 async def test_messages_reach_on_message_and_a_failing_handler_closes_the_session() -> None:
-    peer = Session(
-        None, session_id="sess-0123456789abcdef", token=b"t" * 32, is_client=False, now=0.0
-    )
-    peer.transport_attached(0.0)
-    hop = _hop()
-    hop.core.transport_attached(0.0)
+    peer, hop = _attached_pair()
     early = [b"early"]
     peer.send_message(early[0])
     hop.feed(peer.data_to_send(0.0))  # before set_handlers: kept, then delivered
@@ -77,12 +83,7 @@ async def test_messages_reach_on_message_and_a_failing_handler_closes_the_sessio
 
 async def test_a_fed_batch_wakes_waiting_writers_only_when_something_is_due() -> None:
     """A long-poll writer sleeps through a batch that leaves only an ACK that may wait."""
-    peer = Session(
-        None, session_id="sess-0123456789abcdef", token=b"t" * 32, is_client=False, now=0.0
-    )
-    peer.transport_attached(0.0)
-    hop = _hop()
-    hop.core.transport_attached(0.0)
+    peer, hop = _attached_pair()
     hop.set_handlers(on_message=lambda data: None)
     hop.feed(peer.data_to_send(0.0))  # the peer's HELLO
     hop.take()  # ours, and its ACK: nothing is due now
