@@ -25,7 +25,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -220,10 +220,11 @@ class GatewayPair:
     def origin_url(self) -> str:
         return f"http://127.0.0.1:{self.origin_port}"
 
-    def kill(self, child: ChildProcess, port: int) -> None:
-        """``kill -9`` one of them; its ``port`` stays refused, and ours, until it restarts."""
-        kill_hard(child)
-        self.held[port] = hold_port(port)
+    def kill(self, role: Literal["origin", "server", "client"]) -> None:
+        """``kill -9`` one of them; its port stays ours, refusing connections, until its restart."""
+        kill_hard(getattr(self, role))
+        port = {"origin": self.origin_port, "server": self.server.port, "client": self.client.port}
+        self.held[port[role]] = hold_port(port[role])
 
     def restart_origin(self) -> None:
         self._release(self.origin_port)

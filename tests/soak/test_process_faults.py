@@ -105,7 +105,7 @@ async def test_kill_9_of_the_server_gateway_mid_stream(
     held = asyncio.create_task(held_request(pair.client.url, 60, body=b"in flight"))
     await asyncio.sleep(0.5)  # it crossed the hop and waits at the origin
     killed = time.monotonic()
-    pair.kill(pair.server, pair.server.port)
+    pair.kill("server")
     await asyncio.sleep(down)
     await asyncio.to_thread(pair.restart_server)
     up = time.monotonic()
@@ -160,7 +160,7 @@ async def test_origin_killed_and_restarted(pairs: list[GatewayPair]) -> None:
         held = asyncio.create_task(held_request(pair.client.url, 60))
         await asyncio.sleep(0.5)
         killed = time.monotonic()
-        pair.kill(pair.origin, pair.origin_port)
+        pair.kill("origin")
         dead = time.monotonic()
         await asyncio.sleep(2)
         # Sends that start while the origin restarts may be answered by the new one.
@@ -213,7 +213,7 @@ async def test_client_gateway_restarts_expire_the_servers_sessions(
     cycles = []
     for _ in range(3):
         _, old = await hop_session(pair.client.url)
-        pair.kill(pair.client, pair.client.port)
+        pair.kill("client")
         killed = time.monotonic()
         await asyncio.to_thread(pair.restart_client)
         await new_session_since(pair.client.url, old)
