@@ -23,9 +23,13 @@ BIG_VS_EIO, BIG_VS_RAW = 1.0, 0.6
 ONE_CLIENT, MANY_CLIENTS, PACED_P50 = 0.35, 0.6, 2.0
 #: The message table's floor column: ``raw`` through one ``bench/bare_relay.py``.
 RELAYED = "raw-relay"
+#: Its reference column: ``raw`` through one ``bench/bare_ws_relay.py`` (aiohttp's
+#: WebSocket server and client, nothing else), where the hop columns' gateway would be.
+WS_RELAYED = "raw-ws-relay"
 MSG_COLUMNS = {
     "raw": "raw aiohttp WebSocket",
     RELAYED: "raw aiohttp WebSocket through a bare TCP relay",
+    WS_RELAYED: "raw aiohttp WebSocket through a bare WebSocket relay",
     "eio-ws": "python-engineio WebSocket",
     "eio-poll": "python-engineio polling",
     "hop-ws": "hop session over WebSocket",
@@ -507,7 +511,12 @@ def _tables(res: Result, rtt_ms: float) -> list[str]:
         "Two processes (client, server) on loopback, 100-byte messages unless "
         "said; for the hop kinds a `hopgate server` sits in front of the same server and "
         "the client is a Python hop-session client speaking what the browser shim speaks. "
-        "The long-poll hop goes through a path that refuses WebSocket upgrades.",
+        "The long-poll hop goes through a path that refuses WebSocket upgrades. The two "
+        "relay columns put one process between the raw client and the server, where the hop "
+        "columns have their gateway: a bare TCP relay (`bench/bare_relay.py`) only copies "
+        "bytes; a bare WebSocket relay (`bench/bare_ws_relay.py`) ends the client's "
+        "WebSocket and sends each message on over its own, with aiohttp's stock pieces and "
+        "nothing else (no session, no tunnel).",
         "",
         *message_table(res.get("messages", {}), rtt_ms),
         "",
@@ -540,6 +549,22 @@ def _tables(res: Result, rtt_ms: float) -> list[str]:
     ]
 
 
+def _ws_relay_sentence(msgs: Result) -> str:
+    """What the bare WebSocket relay moved at 64 KiB, and the WebSocket hop beside it."""
+    big = ("sizes", "mb_s", "65536")
+    raw = _ratio(msgs, (WS_RELAYED, *big), ("raw", *big))
+    eio = _ratio(msgs, (WS_RELAYED, *big), ("eio-ws", *big))
+    hop = _ratio(msgs, ("hop-ws", *big), (WS_RELAYED, *big))
+    if raw is None:
+        return ""
+    return (
+        " A relay made of aiohttp's WebSocket server and client and nothing else "
+        f"(`bench/bare_ws_relay.py`) moved them at x{raw:.2f} raw aiohttp and "
+        f"{cell(eio, 'x{:.2f}')} python-engineio; the WebSocket hop at "
+        f"{cell(hop, 'x{:.2f}')} of that relay."
+    )
+
+
 def floor_sentence(res: Result, item: str) -> str:
     """What bare TCP relays (and, for item 5, one gateway with no hop and a bare WebSocket
     pair) reached in this run.
@@ -560,7 +585,7 @@ def floor_sentence(res: Result, item: str) -> str:
             "long-poll hop two, with the proxy that refuses the upgrade) moved 64 KiB "
             f"messages at x{raw:.2f} raw aiohttp (target {BIG_VS_RAW:.1f}x) and "
             f"{cell(eio, 'x{:.2f}')} python-engineio (target {BIG_VS_EIO:.1f}x); whatever the "
-            "gateway does comes on top of that."
+            "gateway does comes on top of that." + _ws_relay_sentence(msgs)
         )
     if item != "5":
         return ""

@@ -5,7 +5,9 @@ Three sections, each a function returning plain JSON-able dicts:
 * ``messages``: issue 13's first table: raw aiohttp WebSocket, python-engineio
   WebSocket and polling, hop session over WebSocket and over long-poll (and
   raw aiohttp through one bare TCP relay, bursts, round trips and sizes: the
-  floor under a path with one more process, as a hop's server gateway is); every
+  floor under a path with one more process, as a hop's server gateway is; and
+  through one bare WebSocket relay, ``bench/bare_ws_relay.py``: that process
+  made of aiohttp's WebSocket server and client and nothing else); every
   client is a ``bench/suite_msgload.py`` process, every server its own process
   (``suite_anchor_server.py``; ``hopgate server`` from ``--tree`` in front of
   it for the hop kinds), plus the 50 ms RTT one-way latency through the relay;
@@ -56,7 +58,7 @@ from bench.suite_procs import (
     refusing_path,
     running,
 )
-from bench.suite_report import RELAYED
+from bench.suite_report import RELAYED, WS_RELAYED
 from tests.processes import proc_status_kib
 
 MSG_KINDS = ("raw", "eio-ws", "eio-poll", "hop-ws", "hop-lp")
@@ -185,6 +187,12 @@ async def messages(tree: Path, scale: Scale) -> dict[str, Result]:
             )
         )
         await one(RELAYED, "raw", relay.announced, ["burst", "rtt", "sizes"])
+        # And where the hop columns' gateway ends one WebSocket and opens another: the
+        # same done with aiohttp's stock WebSocket pieces and nothing else.
+        ws_relay = stack.enter_context(
+            running(python_child("bare_ws_relay.py", "--target", anchor.announced))
+        )
+        await one(WS_RELAYED, "raw", ws_relay.announced, ["burst", "rtt", "sizes"])
     name = f"messages at {scale.rtt_s * 1e3:.0f} ms RTT"
     if scale.parallel:
         out["rtt"] = await figure(name, lambda: rtt, limit * 2)

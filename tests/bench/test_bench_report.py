@@ -127,3 +127,21 @@ def test_a_missed_64_kib_target_quotes_the_relayed_raw_rate_of_the_same_run() ->
     assert "| 60,000 (x0.60) |" in page  # burst row
     why = next(line for line in page.splitlines() if line.startswith("* 64 KiB over a long-poll"))
     assert "moved 64 KiB messages at x0.45 raw aiohttp" in why and "x0.90 python-engineio" in why
+    assert "A relay made of aiohttp's WebSocket" not in why  # not in this run
+
+
+def test_a_missed_64_kib_target_quotes_the_bare_websocket_relay_and_the_hop_against_it() -> None:
+    res = results()
+    res["messages"]["raw-relay"] = {"sizes": {"mb_s": {"65536": 450.0}}}
+    res["messages"]["raw-ws-relay"] = {
+        "burst": {"msg_s": 50_000.0},
+        "rtt": {"p50_us": 150.0, "p99_us": 210.0},
+        "sizes": {"mb_s": {"65536": 400.0}},
+    }
+    page = render(res, [])
+    assert "| raw aiohttp WebSocket through a bare WebSocket relay |" in page
+    assert "| 400 (x0.40) |" in page and "| 50,000 (x0.50) |" in page and "| 150 / 210 |" in page
+    why = next(line for line in page.splitlines() if line.startswith("* 64 KiB over a long-poll"))
+    relay = why[why.index("A relay made of aiohttp's WebSocket") :]
+    assert "moved them at x0.40 raw aiohttp and x0.80 python-engineio" in relay, why
+    assert "the WebSocket hop at x1.75 of that relay" in relay, why  # 700 MB/s against 400

@@ -42,6 +42,12 @@ def test_message_rows_beside_their_anchors(tmp_path: Path) -> None:
     assert msgs["raw-relay"]["burst"]["msg_s"] > 0, msgs["raw-relay"]
     assert msgs["raw-relay"]["rtt"]["p50_us"] > 0, msgs["raw-relay"]
     assert msgs["raw-relay"]["sizes"]["mb_s"]["65536"] > 0, msgs["raw-relay"]
+    # And through one bare WebSocket relay: where the hop columns have their gateway.
+    for figure in (("burst", "msg_s"), ("rtt", "p50_us"), ("sizes", "mb_s", "65536")):
+        value: Any = msgs["raw-ws-relay"]
+        for key in figure:
+            value = value[key]
+        assert value > 0, msgs["raw-ws-relay"]
     # Polling may not finish a burst in the tiny timeout: then it says so.
     assert "msg_s" in msgs["eio-poll"]["burst"] or "failed" in msgs["eio-poll"]["burst"]
     for kind in ("raw", "hop-ws", "hop-lp"):
