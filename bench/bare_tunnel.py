@@ -134,16 +134,23 @@ async def _close(
     await http.close()
 
 
-async def _main(args: argparse.Namespace) -> None:
-    runner = await (_far(args.upstream) if args.role == "far" else _near(args.target))
-    site = web.TCPSite(runner, "127.0.0.1", args.listen)
-    await site.start()
+async def serve_forever(runner: web.AppRunner, listen: int, label: str) -> None:
+    """Serves ``runner`` on ``127.0.0.1:listen`` (0: any free port) until cancelled.
+
+    Announces the port as the suite's children do (``listening on URL LABEL``).
+    """
+    await web.TCPSite(runner, "127.0.0.1", listen).start()
     port = runner.addresses[0][1]
-    print(f"listening on http://127.0.0.1:{port} ({args.role})", flush=True)
+    print(f"listening on http://127.0.0.1:{port} {label}", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    runner = await (_far(args.upstream) if args.role == "far" else _near(args.target))
+    await serve_forever(runner, args.listen, f"({args.role})")
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
+from pathlib import Path
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -78,15 +80,11 @@ def relay_app(target: str) -> web.Application:
 
 
 async def _main(listen: int, target: str) -> None:
+    from bench.bare_tunnel import serve_forever
+
     runner = web.AppRunner(relay_app(target), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", listen).start()
-    port = runner.addresses[0][1]
-    print(f"listening on http://127.0.0.1:{port} -> {target}", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve_forever(runner, listen, f"-> {target}")
 
 
 def main() -> None:
@@ -94,6 +92,7 @@ def main() -> None:
     parser.add_argument("--listen", type=int, default=0, help="port on 127.0.0.1 (0: any)")
     parser.add_argument("--target", required=True, help="http:// URL to relay WebSockets to")
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(args.listen, args.target.rstrip("/")))
 
