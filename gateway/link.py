@@ -468,6 +468,8 @@ class UpstreamLink:
             peer=ladder.peer.value,
             last_error=ladder.last_error,
             session=short_id(hop.session_id) if hop is not None else None,
+            session_transport=hop.transport if hop is not None else None,
+            session_resumes=hop.resumes if hop is not None else None,
             transitions=tuple(
                 Transition(t.at + offset, t.from_rung, t.to_rung, t.reason, t.detail)
                 for t in ladder.transitions

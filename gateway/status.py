@@ -81,6 +81,11 @@ class HopReport:
     last_error: str = ""
     #: First characters of the live hop session's id, if there is one.
     session: str | None = None
+    #: The transport that session holds now ("none" while it redials one the path
+    #: lost): the rung says where the hop is, this whether it is connected there.
+    session_transport: str | None = None
+    #: Times a transport took over after that session had lost its own.
+    session_resumes: int | None = None
     #: The latest moves between rungs, oldest first (bounded by the ladder).
     transitions: tuple[Transition, ...] = ()
     #: Moves counted since start, by (from, to, reason).
@@ -157,6 +162,8 @@ class UpstreamState:
             "errors": self.errors,
             "peer": hop.peer,
             "session": hop.session,
+            "session_transport": hop.session_transport,
+            "session_resumes": hop.session_resumes,
             "last_error": hop.last_error,
             "transitions": [_transition_json(t) for t in hop.transitions],
             "heartbeat_s": hop.heartbeat_s,

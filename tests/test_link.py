@@ -382,6 +382,8 @@ async def test_status_reads_the_links_ladder_when_served(
         "errors": 0,
         "peer": "gateway",
         "session": None,
+        "session_transport": None,
+        "session_resumes": None,
         "last_error": "",
         "heartbeat_s": 20.0,
         "heartbeat_learned": None,

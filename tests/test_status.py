@@ -22,7 +22,15 @@ from gateway.status import (
     status_refusal,
 )
 from gateway.transports.connector import SessionConnector
-from tests.helpers import FAST_SESSION, NO_REPROBE, HoldingOrigin, until
+from tests.faultproxy import FaultProxy
+from tests.helpers import (
+    FAST_LADDER,
+    FAST_SESSION,
+    NO_REPROBE,
+    HoldingOrigin,
+    loopback_gateway,
+    until,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import MakeGateway, MakeOrigin
@@ -79,6 +87,8 @@ async def test_status_document_and_it_is_never_forwarded(
             "errors": 0,
             "peer": "unknown",
             "session": None,
+            "session_transport": None,
+            "session_resumes": None,
             "last_error": "",
             "transitions": [],
             "heartbeat_s": None,
@@ -153,6 +163,8 @@ def test_stats_json_is_plain_data() -> None:
             "errors": 1,
             "peer": "unknown",
             "session": None,
+            "session_transport": None,
+            "session_resumes": None,
             "last_error": "",
             "transitions": [],
             "heartbeat_s": None,
@@ -189,6 +201,41 @@ def test_upstream_transitions_are_listed_with_iso_times_latest_last() -> None:
             "detail": "session closed (1001 going away)",
         },
     ]
+
+
+async def test_an_upstream_shows_its_session_redialling_then_resumed(
+    make_origin: MakeOrigin,
+) -> None:
+    """The rung says where the hop is; ``session_transport`` whether it is connected there."""
+    origin = await make_origin(HoldingOrigin().handle)
+    session = dataclasses.replace(FAST_SESSION, **NO_REPROBE)
+    async with (
+        loopback_gateway("server", {"upstream": origin}, session=session) as server,
+        FaultProxy("127.0.0.1", server.port) as proxy,
+        loopback_gateway(
+            "client", {"upstream": proxy.url}, ladder=FAST_LADDER, session=session
+        ) as client,
+    ):
+        (entry,) = client.stats.as_json()["upstreams"]
+        assert entry["session_transport"] is None and entry["session_resumes"] is None
+
+        def upstream() -> dict[str, Any]:
+            (doc,) = client.stats.as_json()["upstreams"]
+            return doc  # type: ignore[no-any-return]
+
+        await until(lambda: upstream()["session_transport"] == "websocket", "the WebSocket")
+        first = upstream()
+        assert (first["transport"], first["session_resumes"]) == ("websocket", 0), first
+        proxy.drop_new = True  # the path is gone: no redial gets through
+        assert proxy.cut() >= 1
+        await until(lambda: upstream()["session_transport"] == "none", "the redial")
+        assert upstream()["session"] == first["session"]  # the same session, waiting
+        proxy.drop_new = False
+        await until(
+            lambda: upstream()["session_transport"] == upstream()["transport"], "the resume"
+        )
+        back = upstream()
+        assert back["session"] == first["session"] and back["session_resumes"] >= 1, back
 
 
 def test_server_sessions_are_counted_by_transport_and_listed_up_to_the_bound() -> None:

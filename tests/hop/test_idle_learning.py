@@ -95,9 +95,8 @@ async def learn_then_idle(client: Gateway, *, limit: float, idle: float) -> str:
     # idle time starts once the session holds a WebSocket again (a loaded machine once
     # took longer than one poll here: the late attach then counted as a resume).
     def on_websocket() -> bool:
-        hop = link.session
-        rung = hop_status(client)["transport"]
-        return rung == "websocket" and hop is not None and hop.transport == "websocket"
+        doc = hop_status(client)
+        return doc["transport"] == doc["session_transport"] == "websocket"
 
     await wait_for("the WebSocket again", 15, on_websocket)
     hop = link.session
