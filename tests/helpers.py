@@ -81,6 +81,13 @@ async def until(predicate: Predicate, what: str = "the condition", timeout: floa
         pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
+def upstream_json(gw: Gateway) -> dict[str, Any]:
+    """A gateway's one upstream entry, as its status page would serve it, read in-process."""
+    [doc] = gw.stats.as_json()["upstreams"]
+    assert isinstance(doc, dict)
+    return doc
+
+
 class HoldingOrigin:
     """An origin that records every target it is asked for; ``/hold`` waits until released.
 

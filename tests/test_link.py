@@ -27,30 +27,16 @@ from gateway.server import Gateway
 from gateway.status import MAX_UPSTREAMS, STATUS_PATH, no_link
 from gateway.transports.handshake import SESSION_PATH
 from gateway.transports.session_settings import SessionSettings
-from tests.helpers import until
+from tests.helpers import until, upstream_json
 from tests.hop.conftest import StartGateway
 from tests.hop.conftest import start_gateway as start_gateway  # the fixture, shared
 from tests.processes import free_port
 from tests.proxies import Proxies, proxies  # noqa: F401  (proxies is a fixture)
+from tests.status_page import upstream_entry
 
 pytestmark = pytest.mark.timeout(60)
 
 # ----------------------------------------------------------------- helpers
-
-
-async def upstream_status(http: aiohttp.ClientSession, gw: Gateway) -> dict[str, Any]:
-    """The gateway's one upstream entry, as ``/.hopgate/status`` serves it."""
-    async with http.get(gw.url + STATUS_PATH) as resp:
-        assert resp.status == 200
-        doc = await resp.json()
-    [entry] = doc["upstreams"]
-    assert isinstance(entry, dict)
-    return entry
-
-
-def entry(gw: Gateway) -> dict[str, Any]:
-    [state] = gw.stats.upstreams.values()
-    return state.as_json()
 
 
 class Recorder:
@@ -119,14 +105,14 @@ async def test_legacy_upstream_stays_plain_and_pays_one_hello(
     gw = await start_gateway("client", {"upstream": await make_origin(origin.handle)})
     link = gw.link()
     assert link is not None
-    await until(lambda: entry(gw)["peer"] == "legacy", "the hello to be judged")
+    await until(lambda: upstream_json(gw)["peer"] == "legacy", "the hello to be judged")
     async with aiohttp.ClientSession() as http:
         for i in range(30):
             async with http.get(f"{gw.url}/poll?since={i}") as resp:
                 assert resp.status == 200
                 await resp.read()
         await asyncio.sleep(0.5)  # room for any stray background request
-        status = await upstream_status(http, gw)
+        status = await upstream_entry(http, gw.url)
     assert origin.count(discovery.HELLO_PATH) == 1, origin.lines
     assert origin.count("/poll") == 30
     # An echoed mark is not a note (a note names the session path), so no
@@ -152,7 +138,7 @@ async def test_a_sidecar_costs_its_legacy_origin_nothing(
                 assert resp.status == 200
         await asyncio.sleep(0.5)  # room for any stray background request
     assert origin.lines == ["GET /poll"] * 5
-    assert entry(gw)["transport"] == "plain"
+    assert upstream_json(gw)["transport"] == "plain"
 
 
 async def test_unreachable_upstream_is_not_called_legacy(
@@ -160,9 +146,9 @@ async def test_unreachable_upstream_is_not_called_legacy(
 ) -> None:
     """A refused connection says nothing about the peer: the hello is retried."""
     gw = await start_gateway("client", {"upstream": "http://127.0.0.1:9"})
-    await until(lambda: "hello" in entry(gw)["last_error"], "the failed hello")
-    assert entry(gw)["peer"] == "unknown"
-    assert entry(gw)["transport"] == "plain"
+    await until(lambda: "hello" in upstream_json(gw)["last_error"], "the failed hello")
+    assert upstream_json(gw)["peer"] == "unknown"
+    assert upstream_json(gw)["transport"] == "plain"
 
 
 async def test_gateway_upstream_upgrades_to_a_websocket_session(
@@ -171,9 +157,9 @@ async def test_gateway_upstream_upgrades_to_a_websocket_session(
     origin = Recorder()
     server = await start_gateway("server", {"upstream": await make_origin(origin.handle)})
     client = await start_gateway("client", {"upstream": server.url})
-    await until(lambda: entry(client)["transport"] == "websocket", "the websocket session")
+    await until(lambda: upstream_json(client)["transport"] == "websocket", "the websocket session")
     async with aiohttp.ClientSession() as http:
-        status = await upstream_status(http, client)
+        status = await upstream_entry(http, client.url)
         before = server.stats.requests_total
         for i in range(10):
             async with http.post(f"{client.url}/send", data=f"m{i}".encode()) as resp:
@@ -202,26 +188,26 @@ async def test_session_loss_falls_back_to_plain_then_climbs_again(
     # A back-off long enough to see the plain rung, short enough for a test.
     ladder = LadderSettings(retry_initial=1.5, retry_max=3.0, legacy_recheck=600.0)
     client = await start_gateway("client", {"upstream": server.url}, ladder=ladder)
-    await until(lambda: entry(client)["transport"] == "websocket", "the first session")
+    await until(lambda: upstream_json(client)["transport"] == "websocket", "the first session")
     assert server.sessions is not None
     [hop] = list(server.sessions.registry)
-    first = entry(client)["session"]
+    first = upstream_json(client)["session"]
     # As if the server gateway forgot it: its resume is answered 404, which is
     # "session lost", not "unreachable": the next session opens at once.
     hop.abandon(1011, "killed by the test")
 
-    await until(lambda: entry(client)["session"] not in (None, first), "the failover")
-    status = entry(client)
+    await until(lambda: upstream_json(client)["session"] not in (None, first), "the failover")
+    status = upstream_json(client)
     assert status["fallbacks"] >= 1
     assert [t["to"] for t in status["transitions"]][-2:] == ["plain", "websocket"]
     assert client.stats.failovers == 1
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{client.url}/during-backoff") as resp:
             assert resp.status == 200
-        await until(lambda: entry(client)["transport"] == "websocket", "the re-upgrade")
+        await until(lambda: upstream_json(client)["transport"] == "websocket", "the re-upgrade")
         async with http.get(f"{client.url}/after") as resp:
             assert resp.status == 200
-    status = entry(client)
+    status = upstream_json(client)
     # websocket, (long-poll while the session tried to resume,) plain, websocket
     assert status["upgrades"] >= 2
     assert status["fallbacks"] >= 1
@@ -247,7 +233,7 @@ async def test_upgrade_never_sends_no_hello_and_accepts_no_session(
         async with http.post(f"{gw.url}{SESSION_PATH}") as resp:
             assert await resp.text() == "ok"
         await asyncio.sleep(0.3)
-        status = await upstream_status(http, gw)
+        status = await upstream_entry(http, gw.url)
     assert origin.lines == [
         "GET /x",
         "GET /x",
@@ -264,7 +250,7 @@ async def test_hello_answer_is_served_by_the_gateway_itself(
 ) -> None:
     origin = Recorder()
     gw = await start_gateway("client", {"upstream": await make_origin(origin.handle)})
-    await until(lambda: entry(gw)["peer"] == "legacy", "its own hello to be judged")
+    await until(lambda: upstream_json(gw)["peer"] == "legacy", "its own hello to be judged")
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{gw.url}{discovery.HELLO_PATH}", params={"nonce": "n1"}) as resp:
             assert resp.status == 200
@@ -442,7 +428,7 @@ async def test_a_hop_behind_a_proxy_that_strips_upgrade_says_why_it_is_on_long_p
     [state] = client.stats.upstreams.values()
     await until(lambda: state.transport == "long-poll", "the long-poll hop behind nginx")
     async with aiohttp.ClientSession() as http:
-        hop = await upstream_status(http, client)
+        hop = await upstream_entry(http, client.url)
         async with http.get(server.url + STATUS_PATH) as resp:
             sidecar = (await resp.json())["sessions"]
     assert hop["transport"] == "long-poll"
@@ -478,7 +464,7 @@ async def test_a_demoted_websocket_hop_shows_the_move_and_its_reason(
     assert connector is not None
     await connector.demote()
     async with aiohttp.ClientSession() as http:
-        hop = await upstream_status(http, client)
+        hop = await upstream_entry(http, client.url)
     assert hop["transport"] == "long-poll"
     assert [(m["from"], m["to"], m["reason"]) for m in hop["transitions"]] == [
         ("plain", "websocket", "session_opened"),

@@ -30,6 +30,7 @@ from tests.helpers import (
     HoldingOrigin,
     loopback_gateway,
     until,
+    upstream_json,
 )
 
 if TYPE_CHECKING:
@@ -216,25 +217,22 @@ async def test_an_upstream_shows_its_session_redialling_then_resumed(
             "client", {"upstream": proxy.url}, ladder=FAST_LADDER, session=session
         ) as client,
     ):
-        (entry,) = client.stats.as_json()["upstreams"]
+        entry = upstream_json(client)
         assert entry["session_transport"] is None and entry["session_resumes"] is None
 
-        def upstream() -> dict[str, Any]:
-            (doc,) = client.stats.as_json()["upstreams"]
-            return doc  # type: ignore[no-any-return]
+        def attached() -> object:
+            return upstream_json(client)["session_transport"]
 
-        await until(lambda: upstream()["session_transport"] == "websocket", "the WebSocket")
-        first = upstream()
+        await until(lambda: attached() == "websocket", "the WebSocket")
+        first = upstream_json(client)
         assert (first["transport"], first["session_resumes"]) == ("websocket", 0), first
         proxy.drop_new = True  # the path is gone: no redial gets through
         assert proxy.cut() >= 1
-        await until(lambda: upstream()["session_transport"] == "none", "the redial")
-        assert upstream()["session"] == first["session"]  # the same session, waiting
+        await until(lambda: attached() == "none", "the redial")
+        assert upstream_json(client)["session"] == first["session"]  # the same session, waiting
         proxy.drop_new = False
-        await until(
-            lambda: upstream()["session_transport"] == upstream()["transport"], "the resume"
-        )
-        back = upstream()
+        await until(lambda: attached() == upstream_json(client)["transport"], "the resume")
+        back = upstream_json(client)
         assert back["session"] == first["session"] and back["session_resumes"] >= 1, back
 
 

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from gateway.admin import METRICS_PATH
 from gateway.server import Gateway
+from tests.helpers import upstream_json
 from tests.hop.conftest import StartGateway
 from tests.metrics.test_metrics import parse, value
 from tests.proxies import Proxies, proxies  # noqa: F401  (proxies is a fixture)
@@ -48,11 +49,6 @@ async def origin(make_origin: Any) -> AsyncIterator[str]:
         return web.Response(text="hello")
 
     yield await make_origin(hello)
-
-
-def hop_status(client: Gateway) -> dict[str, Any]:
-    (upstream,) = client.stats.as_json()["upstreams"]
-    return upstream  # type: ignore[no-any-return]
 
 
 async def wait_for(what: str, timeout: float, predicate: Any) -> None:
@@ -87,15 +83,15 @@ async def learn_then_idle(client: Gateway, *, limit: float, idle: float) -> str:
     link = client.link()
     assert link is not None
     await wait_for("the idle limit to be learned", 4 * limit + 15, lambda: link.idle.learned)
-    learned = hop_status(client)["heartbeat_learned"]
-    assert limit * 0.85 <= learned <= limit * 1.2, hop_status(client)
-    assert hop_status(client)["heartbeat_s"] == pytest.approx(limit / 2, abs=0.5)
+    learned = upstream_json(client)["heartbeat_learned"]
+    assert limit * 0.85 <= learned <= limit * 1.2, upstream_json(client)
+    assert upstream_json(client)["heartbeat_s"] == pytest.approx(limit / 2, abs=0.5)
 
     # The rung says websocket while the session still redials the one the path cut; the
     # idle time starts once the session holds a WebSocket again (a loaded machine once
     # took longer than one poll here: the late attach then counted as a resume).
     def on_websocket() -> bool:
-        doc = hop_status(client)
+        doc = upstream_json(client)
         return doc["transport"] == doc["session_transport"] == "websocket"
 
     await wait_for("the WebSocket again", 15, on_websocket)
@@ -103,7 +99,7 @@ async def learn_then_idle(client: Gateway, *, limit: float, idle: float) -> str:
     assert hop is not None and hop.core.config.heartbeat_interval == link.idle.heartbeat
     moves, resumes = sum(link.ladder.switches.values()), hop.resumes
     await asyncio.sleep(idle)
-    doc = hop_status(client)
+    doc = upstream_json(client)
     switched = sum(link.ladder.switches.values()) - moves
     assert (doc["transport"], switched) == ("websocket", 0), doc
     assert link.session is hop and hop.resumes == resumes, "the idle WebSocket was cut again"
@@ -121,8 +117,8 @@ async def test_haproxy_10s_and_nginx_15s_idle_timeouts_are_learned_then_no_switc
     haproxy = await through(start_gateway, proxies, origin, "haproxy", HAPROXY_10S)
     nginx = await through(start_gateway, proxies, origin, "nginx", NGINX_15S)
     for client in (haproxy, nginx):
-        assert hop_status(client)["heartbeat_s"] == 20.0  # the default start
-        assert hop_status(client)["heartbeat_learned"] is None
+        assert upstream_json(client)["heartbeat_s"] == 20.0  # the default start
+        assert upstream_json(client)["heartbeat_learned"] is None
     await asyncio.gather(
         learn_then_idle(haproxy, limit=10.0, idle=60.0),
         learn_then_idle(nginx, limit=15.0, idle=35.0),
@@ -147,9 +143,9 @@ async def test_the_lesson_is_kept_for_the_next_session_and_shown_in_metrics(
     assert link is not None
     await wait_for("the first session", 10, lambda: link.session is not None)
     assert link.session is not None and link.session.core.config.heartbeat_interval == 8.0
-    assert hop_status(client)["heartbeat_s"] == 8.0
+    assert upstream_json(client)["heartbeat_s"] == 8.0
     await learn_then_idle(client, limit=3.0, idle=8.0)
-    assert hop_status(client)["heartbeat_s"] == 2.0
+    assert upstream_json(client)["heartbeat_s"] == 2.0
     async with aiohttp.ClientSession() as http, http.get(client.url + METRICS_PATH) as resp:
         _, samples = parse(await resp.text())
     assert value(samples, "hopgate_heartbeat_seconds", upstream=link.key) == 2.0
