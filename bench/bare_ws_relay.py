@@ -28,11 +28,15 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Final
 
 import aiohttp
 from aiohttp import WSMsgType, web
 
+#: The relay's one HTTP client, for the app's lifetime.
+_HTTP: Final = web.AppKey("http", aiohttp.ClientSession)
 #: Close codes a peer may not send in a close frame (RFC 6455 7.4.1): passed on as 1011.
 _RESERVED = frozenset({1004, 1005, 1006, 1015})
 
@@ -52,13 +56,11 @@ async def _pump(
 
 
 def relay_app(target: str) -> web.Application:
-    http: list[aiohttp.ClientSession] = []
-
     async def relay(request: web.Request) -> web.WebSocketResponse:
         down = web.WebSocketResponse(max_msg_size=0)
         await down.prepare(request)
         try:
-            up = await http[0].ws_connect(target + request.path_qs, max_msg_size=0)
+            up = await request.app[_HTTP].ws_connect(target + request.path_qs, max_msg_size=0)
         except (aiohttp.ClientError, OSError) as exc:
             await down.close(code=1011, message=f"bare_ws_relay: target {exc!r}"[:120].encode())
             return down
@@ -66,16 +68,14 @@ def relay_app(target: str) -> web.Application:
             await asyncio.gather(_pump(down, up), _pump(up, down), return_exceptions=True)
         return down
 
-    async def start(_: web.Application) -> None:
-        http.append(aiohttp.ClientSession())
-
-    async def stop(_: web.Application) -> None:
-        await http[0].close()
+    async def client(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as http:
+            app[_HTTP] = http
+            yield
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", relay)
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
+    app.cleanup_ctx.append(client)
     return app
 
 
