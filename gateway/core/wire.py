@@ -88,6 +88,34 @@ class BatchReader:
             return NOT_ONE
         return raw
 
+    def whole(self, batch: bytes | bytearray | memoryview) -> list[object]:
+        """Every object of ``batch``, or ``WireError``: ``list(objects(batch))``, cheaper.
+
+        For callers that check a whole batch before any of it takes effect (the
+        session's frames: an ACK and a DATA per batch at one message per loop
+        turn). A small batch goes through ``one``'s shared drained Unpacker,
+        ~0.5 us for two objects where the pooled streaming reader's borrow,
+        feed, generator and give-back took ~4.5. Anything it cannot take whole
+        (bad, cut, large) goes to ``objects``, so the errors are the same.
+        """
+        size = len(batch)
+        if not 0 < size <= SINGLE_MAX:
+            return list(self.objects(batch))
+        key = self._key
+        unpacker = _singles.get(key)
+        if unpacker is None:
+            unpacker = _singles[key] = _new_unpacker(key)
+        end = unpacker.tell() + size
+        out: list[object] = []
+        try:
+            unpacker.feed(batch)
+            while unpacker.tell() < end:
+                out.append(unpacker.unpack())
+        except Exception:  # bad or cut: it may hold part of an object, so it is dropped
+            del _singles[key]
+            return list(self.objects(batch))
+        return out
+
     def objects(self, batch: bytes | bytearray | memoryview) -> Iterator[object]:
         """Each object of ``batch`` in order; ``WireError`` once it goes wrong.
 

@@ -1,4 +1,4 @@
-"""BatchReader: one object the cheap way, anything else by the streaming reader."""
+"""BatchReader: one object or a small batch the cheap way, anything else by the streaming reader."""
 
 from __future__ import annotations
 
@@ -63,3 +63,48 @@ def test_one_is_left_clean_by_any_batch_it_declines(before: bytes) -> None:
     assert r.one(before) is NOT_ONE
     assert other.one(pack([7, 1, 1, b"y"])) == [7, 1, 1, b"y"]
     assert r.one(pack([4])) == [4]
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        b"",
+        pack([3, 5]),
+        pack([3, 5]) + pack([2, 6, 1, b"x" * 100]),
+        pack(None) + pack(None),  # nil objects count
+        pack([1]) * 300,
+    ],
+)
+def test_whole_gives_what_objects_gives(batch: bytes) -> None:
+    assert reader().whole(batch) == list(reader().objects(batch))
+    assert reader().whole(memoryview(batch)) == list(reader().objects(batch))
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        pack([3, 5])[:-1],  # cut
+        pack([1]) + pack([3, 5])[:-1],  # cut after a good object
+        b"\xc1",  # reserved byte
+        pack([1]) + b"\xc1",
+        pack([b"x" * 1025]),  # over max_bin
+        pack(list(range(9))),  # over max_array
+        pack({"a": 1}),  # maps are never allowed
+        b"\x91" * 5000 + b"\x01",  # nesting bomb
+    ],
+)
+def test_whole_refuses_what_objects_refuses_and_stays_clean(batch: bytes) -> None:
+    with pytest.raises(WireError) as streamed:
+        list(reader().objects(batch))
+    with pytest.raises(WireError) as whole:
+        reader().whole(batch)
+    assert str(whole.value) == str(streamed.value)
+    # The shared Unpacker keeps nothing of the refused batch for the next one.
+    assert reader().whole(pack([4]) + pack([5])) == [[4], [5]]
+    assert reader().one(pack([6])) == [6]
+
+
+def test_a_large_batch_is_never_decoded_whole_by_whole_either() -> None:
+    big = BatchReader(max_bin=2 * SINGLE_MAX, max_array=8)
+    batch = pack([5, 1, b"x" * SINGLE_MAX]) + pack([3, 1])
+    assert big.whole(batch) == [[5, 1, b"x" * SINGLE_MAX], [3, 1]]

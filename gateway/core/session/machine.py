@@ -257,6 +257,8 @@ class Session:
                     message = recv.accept_fields(seq, flags, payload, max_size)
                     if message is not None:
                         events.append(message_received(message))
+                elif type(frame) is int:  # a checked ACK's count: no Ack built
+                    self._ack(frame, now)
                 else:
                     _HANDLERS[type(frame)](self, frame, now)
                 if self._state is _CLOSED:

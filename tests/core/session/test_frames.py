@@ -176,13 +176,28 @@ def test_the_receive_path_rejects_the_same_input(batch: bytes) -> None:
     assert "malformed frame" in info.value.reason
 
 
-def test_the_receive_path_keeps_data_as_its_checked_list() -> None:
+def test_the_receive_path_keeps_data_as_its_checked_list_and_an_ack_as_its_count() -> None:
     frames, packer = list(ALL_FRAMES), new_packer()
+    assert any(isinstance(f, Ack) for f in frames)
     batch = b"".join(f.encode(packer) for f in frames)
     hot = FrameDecoder().decode_hot(batch)
     for frame, got in zip(frames, hot, strict=True):
         if isinstance(frame, Data):
             flags = (1 if frame.fin else 0) | (2 if frame.text else 0)
             assert got == [2, frame.seq, flags, frame.payload]
+        elif isinstance(frame, Ack):
+            assert type(got) is int and got == frame.received
         else:
             assert got == frame
+
+
+@pytest.mark.parametrize(
+    "raw", [[3, -1], [3, -(2**63)], [3, True], [3, 1.0], [3, 1, 2], [3], [True, 1]]
+)
+def test_the_receive_path_refuses_a_bad_ack_as_decode_does(raw: list[object]) -> None:
+    batch = msgpack.packb(raw)
+    with pytest.raises(RemoteProtocolError) as full:
+        FrameDecoder().decode(batch)
+    with pytest.raises(RemoteProtocolError) as hot:
+        FrameDecoder().decode_hot(batch)
+    assert str(hot.value) == str(full.value)
