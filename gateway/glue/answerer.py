@@ -85,10 +85,13 @@ __all__ = ["Answerer", "BodyAborted", "check_request"]
 
 _TCHAR: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 _TOKEN: Final = re.compile(_TCHAR + rb"+")
-_BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f]")
 _BAD_VALUE: Final = re.compile(rb"[\x00\r\n]")
-# Every name of a head at once, one per line (a line break is no token character).
-_TOKEN_LINES: Final = re.compile(_TCHAR + rb"+(?:\n" + _TCHAR + rb"+)*")
+#: The token characters (``_TCHAR``), for ``bytes.translate`` to delete.
+_TCHARS: Final = bytes(c for c in range(256) if _TOKEN.fullmatch(bytes([c])))
+#: What a target may not hold: whitespace and control characters.
+_TARGET_BAD: Final = bytes([*range(0x21), 0x7F])
+#: Methods that need no token check.
+_COMMON_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 # Bytes one receive from an origin connection may return (see limit_reads).
 _ORIGIN_READ: Final = 16 * 1024
 
@@ -98,25 +101,32 @@ class BodyAborted(Exception):
 
 
 def check_request(method: str, target: bytes, headers: Headers) -> str | None:
-    """Why a tunnelled request head must be refused, or None if it may be replayed."""
-    if method == "CONNECT" or not _TOKEN.fullmatch(method.encode("ascii", "replace")):
+    """Why a tunnelled request head must be refused, or None if it may be replayed.
+
+    Every tunnelled request runs this once, cold, so the usual head is checked
+    with C scans (a set lookup, ``translate``, ``in``) and not ``re``: the
+    regular expressions only name the field a refused head fails on.
+    """
+    if method not in _COMMON_METHODS and (
+        method == "CONNECT" or not _TOKEN.fullmatch(method.encode("ascii", "replace"))
+    ):
         return f"method {method!r:.40} is not allowed through a tunnel"
     if not target.startswith(b"/") or target.startswith(b"//"):
         return f"target {target[:60]!r} is not origin-form (absolute/authority form refused)"
-    if _BAD_TARGET.search(target):
+    if len(target.translate(None, _TARGET_BAD)) != len(target):
         return "target contains whitespace or control characters"
     if not headers:
         return None
-    names = b"\n".join([name for name, _ in headers])
+    names = [name for name, _ in headers]
     values = b"".join([value for _, value in headers])
     if (
-        names.count(b"\n") == len(headers) - 1  # no name has a line break of its own
-        and _TOKEN_LINES.fullmatch(names)
-        and b"\r" not in values  # (memchr: a fifth of one regex search of the values)
+        b"" not in names
+        and not b"".join(names).translate(None, _TCHARS)  # every name only token characters
+        and b"\r" not in values
         and b"\n" not in values
         and b"\0" not in values
     ):
-        return None  # one search and three scans for the whole head, not two per field
+        return None  # a few scans for the whole head, not two per field
     for name, value in headers:
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             return f"malformed header field {name[:40]!r}"

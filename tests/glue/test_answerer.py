@@ -66,6 +66,24 @@ def test_check_request_takes_a_head_exactly_when_every_field_passes(
     assert (check_request("GET", b"/", tuple(fields)) is None) == each_ok
 
 
+@given(st.binary(max_size=12))
+@settings(max_examples=400, deadline=None)
+def test_check_request_takes_a_target_exactly_when_it_has_no_whitespace_or_control(
+    rest: bytes,
+) -> None:
+    ok = not re.search(rb"[\x00-\x20\x7f]", rest) and not rest.startswith(b"/")
+    assert (check_request("GET", b"/" + rest, ()) is None) == ok
+
+
+@pytest.mark.parametrize(
+    ("method", "ok"),
+    [("GET", True), ("PATCH", True), ("PROPFIND", True), ("get", True), ("G ET", False),
+     ("GET\r\n", False), ("", False), ("CONNECT", False), ("M\u00e9", False)],
+)  # fmt: skip
+def test_check_request_takes_any_token_method_but_connect(method: str, ok: bool) -> None:
+    assert (check_request(method, b"/", ()) is None) == ok
+
+
 @pytest.mark.parametrize("transport", ["websocket"])
 @pytest.mark.parametrize(
     ("method", "target"),
