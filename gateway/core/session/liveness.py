@@ -136,12 +136,17 @@ class Liveness:
         return retransmit, stalled
 
     def attached_deadline(self, config: SessionConfig, data_outstanding: bool) -> float | None:
-        """The next heartbeat, retransmit or stall deadline of an attached transport."""
-        deadlines: list[float] = []
-        if not self.ping_due:
-            deadlines.append(self.last_sent_at + config.heartbeat_interval)
+        """The next heartbeat, retransmit or stall deadline of an attached transport.
+
+        Runs after every batch either way: the earliest is kept as it goes, no list.
+        """
+        due = None if self.ping_due else self.last_sent_at + config.heartbeat_interval
         if data_outstanding:
-            deadlines.append(self.retx_since + config.retransmit_timeout)
+            retransmit = self.retx_since + config.retransmit_timeout
+            if due is None or retransmit < due:
+                due = retransmit
         if not self.stall_reported and self.watching(data_outstanding):
-            deadlines.append(self.watch_since + self.rtt.stall_after(config.stall_timeout))
-        return min(deadlines, default=None)
+            stall = self.watch_since + self.rtt.stall_after(config.stall_timeout)
+            if due is None or stall < due:
+                due = stall
+        return due

@@ -422,20 +422,23 @@ class Session:
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must be called next (None: no timer running)."""
-        if self._state is _CLOSED:
+        state = self._state
+        if state is _CLOSED:
             return None
-        deadlines: list[float] = []
-        if self._state is _CLOSING:
-            deadlines.append(self._closing.deadline)
         live = self._live
         if not self._attached:
             assert live.detached_since is not None
-            deadlines.append(live.detached_since + self._config.resume_grace)
-            return min(deadlines)
-        due = live.attached_deadline(self._config, self._send.outstanding)
-        ack = self._outbox.ack_deadline()  # a bare ACK waiting for data to ride on
-        deadlines += [d for d in (due, ack) if d is not None]
-        return min(deadlines, default=None)
+            due: float | None = live.detached_since + self._config.resume_grace
+        else:
+            due = live.attached_deadline(self._config, self._send.outstanding)
+            ack = self._outbox.ack_deadline()  # a bare ACK waiting for data to ride on
+            if ack is not None and (due is None or ack < due):
+                due = ack
+        if state is _CLOSING:
+            closing = self._closing.deadline
+            if due is None or closing < due:
+                due = closing
+        return due
 
     def handle_timer(self, now: float, late: float = 0.0) -> None:
         """Run every timer that is due at ``now``; cheap to call early.

@@ -698,3 +698,16 @@ def test_hop_sessions_reassemble_at_most_a_tunnel_batch_of_session_message() -> 
     assert [len(e.data) for e in link.ab.events if isinstance(e, MessageReceived)] == [len(largest)]
     assert isinstance(link.ab.errors[0], MessageTooBig)
     assert link.ab.errors[0].code == 1009
+
+
+@pytest.mark.parametrize(("grace", "close_timeout"), [(60.0, 10.0), (1.0, 10.0)])
+def test_a_closing_session_wakes_for_the_earliest_of_its_deadlines(
+    grace: float, close_timeout: float
+) -> None:
+    link = linked(SessionConfig(resume_grace=grace, close_timeout=close_timeout))
+    start = link.now
+    link.a.close(1000, "bye", now=link.now)
+    attached = link.a.next_deadline()
+    assert attached is not None and attached <= start + close_timeout
+    link.disconnect()  # detached and closing: expiry or the close timeout, whichever first
+    assert link.a.next_deadline() == pytest.approx(min(start + close_timeout, link.now + grace))
