@@ -45,11 +45,34 @@ def test_one_leaves_everything_else_to_objects(batch: bytes) -> None:
     assert len(objects) != 1  # it was not one object after all
 
 
-def test_a_large_batch_is_never_decoded_whole() -> None:
+def test_a_large_batch_of_one_object_is_decoded_where_it_lies() -> None:
     big = BatchReader(max_bin=2 * SINGLE_MAX, max_array=8)
     batch = pack([5, 1, b"x" * SINGLE_MAX])
-    assert big.one(batch) is NOT_ONE
+    assert big.one(batch) == [5, 1, b"x" * SINGLE_MAX]
+    assert big.one(memoryview(batch)) == [5, 1, b"x" * SINGLE_MAX]
     assert list(big.objects(batch)) == [[5, 1, b"x" * SINGLE_MAX]]
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        pack([5, 1, b"x" * SINGLE_MAX]) + pack([3, 1]),  # several
+        pack([3, 1]) + pack([5, 1, b"x" * SINGLE_MAX]),
+        pack([5, 1, b"x" * SINGLE_MAX])[:-1],  # cut
+        pack([5, 1, b"x" * (2 * SINGLE_MAX + 1)]),  # over max_bin
+        pack([b"x" * 1025] + [b"y" * 1000] * 70),  # over max_array, and long
+    ],
+)
+def test_a_large_batch_that_is_not_one_good_object_is_left_to_objects(batch: bytes) -> None:
+    big = BatchReader(max_bin=2 * SINGLE_MAX, max_array=8)
+    assert len(batch) > SINGLE_MAX
+    assert big.one(batch) is NOT_ONE
+    try:
+        objects = list(big.objects(batch))
+    except WireError:
+        return
+    assert len(objects) != 1
+    assert big.one(pack([4])) == [4]  # and nothing of it stays for the next batch
 
 
 @pytest.mark.parametrize(
