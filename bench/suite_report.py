@@ -128,6 +128,16 @@ _PER_REQUEST = (
     "straight from aiohttp's parser, saving the receive loop's task wake-up per message, "
     "measured 753 in the same rounds: no gain, so it was not kept."
 )
+_IN_PLACE = (
+    "One copy fewer (2026-12-05): a tunnel message over 64 KiB that is one frame is read "
+    "where it lies with `unpackb` instead of fed to an Unpacker first (5.1 -> 1.7 us a 64 "
+    "KiB message). Twelve runs of each build, interleaved (the suite's anchor server, "
+    "`hopgate server` and `suite_msgload.py --figures sizes --sizes 65536`, 256 MiB each): "
+    "the server gateway's CPU per 256 MiB 0.331 -> 0.326 s over a WebSocket hop and 0.348 "
+    "-> 0.328 s over a long-poll hop, median MB/s 757 -> 770 and 483 -> 500. Session "
+    "batches keep the streaming reader: read in place as well, they cost the long-poll "
+    "gateway 7% more, as a long-poll body holds several frames and each is decoded twice."
+)
 _RTT_NOISE = (
     "not profiled: on this shared machine the p99 of the 50 ms RTT rows moves 2-3x between "
     "runs (direct p99 92, 110 and 160 ms in three runs of 2026-12-03); the scheduling "
@@ -157,7 +167,7 @@ CAUSES: dict[str, str] = {
         "per-stream event bound raised), WINDOWs at a quarter of the window instead of half "
         "(no change in 4 alternating pairs: 866-998 against 854-1,069 MB/s). The allocator "
         "settings took the row 747 -> 936-1,047 MB/s and python-engineio's 1,341 -> "
-        "1,835-2,115."
+        "1,835-2,115. " + _IN_PLACE
     ),
     "64 KiB over a long-poll hop": (
         "CPU on 2 cores, and one process more than a WebSocket hop (HAProxy, refusing the "
@@ -169,7 +179,7 @@ CAUSES: dict[str, str] = {
         "~0.8 s, server gateway ~0.9 s, HAProxy ~0.5 s, origin ~0.25 s, where "
         "python-engineio's client and server spend ~1.2 s in all. The long-poll hop streams "
         "(one streamed POST and one streamed GET carry the batches, through HAProxy with "
-        "`option http-no-delay` as the recipe sets it)."
+        "`option http-no-delay` as the recipe sets it). " + _IN_PLACE
     ),
     "bursts over a WebSocket hop": (
         "CPU on 2 cores: three processes (client, gateway, origin) share them where raw "
