@@ -1,0 +1,43 @@
+"""bench/compare_trees.py: several trees' gateway CPU per request, in turn in one run."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+from bench.compare_trees import compare
+from bench.suite_procs import ROOT
+
+
+async def test_every_path_is_measured_in_every_round_beside_the_first_trees_plain() -> None:
+    result = await asyncio.to_thread(
+        lambda: asyncio.run(compare([ROOT, ROOT], plain=True, rounds=2, seconds=0.4))
+    )
+    # (the same tree twice, an A/A run: two paths of their own, told apart by the key)
+    assert list(result) == [f"websocket {ROOT}", f"websocket {ROOT} #2", f"plain {ROOT}"]
+    for name, figures in result.items():
+        assert figures["blocks"] == 2, name
+        assert figures["per_s"] > 10, name
+        assert 0 < figures["client_gw_cpu_us"] < 100_000, name
+        assert 0 < figures["server_gw_cpu_us"] < 100_000, name
+        assert figures["cpu_us"] >= max(figures["client_gw_cpu_us"], figures["server_gw_cpu_us"])
+    assert result[f"websocket {ROOT}"]["x_first"] == 1.0
+    assert 0.2 < result[f"plain {ROOT}"]["x_first"] < 5
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--tree", "/nonexistent"], "no gateway package there"),
+        (["--tree", ".", "--rounds", "0"], "--rounds and --clients must be at least 1"),
+    ],
+)
+def test_bad_arguments_say_what_to_do(args: list[str], says: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare_trees.py"), *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2 and says in done.stderr, done.stderr
