@@ -122,9 +122,10 @@ _PER_REQUEST = (
     "4.5 -> 1.7 us in a loop) and keeps an ACK as its count, not an object; the answering "
     "gateway checks a tunnelled head with C scans (a method set, `bytes.translate`) where "
     "three regular expressions ran cold; the session's next deadline is found without "
-    "lists. Both gateways at 1 client, the trees' paths up at once and run in turn, 16 "
-    "rounds of 1.5 s each, medians: 780 -> 747 us per request, plain forwarding 623 "
-    "(x1.25 -> x1.20 plain). A hook that handed each WebSocket message to the session "
+    "lists. Both gateways at 1 client (`bench/compare_trees.py`: the trees' paths up at "
+    "once and run in turn, 12-16 blocks of 1.5 s each, medians), two runs: 780 -> 747 "
+    "and 778 -> 728 us per request, plain forwarding 623 and 609 (x1.25 -> x1.20 plain). "
+    "A hook that handed each WebSocket message to the session "
     "straight from aiohttp's parser, saving the receive loop's task wake-up per message, "
     "measured 753 in the same rounds: no gain, so it was not kept."
 )
