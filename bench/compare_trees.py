@@ -1,4 +1,4 @@
-"""Gateway CPU per request of several source trees, interleaved in one run.
+"""Gateway CPU per request (or per 64 KiB message) of several source trees, in one run.
 
 A change that saves 5% of a request's CPU is invisible in two runs of
 ``request_cost.py`` made minutes apart: this machine's speed drifts more than
@@ -14,6 +14,12 @@ never``) as the issue's baseline.
 Each line: CPU per request of the client gateway and of the server gateway
 (``/proc``, user + system), both together, requests per second, and the
 ratio of "both" to the first tree's.
+
+``--row large`` compares 64 KiB messages instead: each tree's ``hopgate
+server`` in front of one shared ``suite_anchor_server.py``, the suite's
+``suite_msgload.py`` (from that tree: the hop client is the tree's code too)
+sending ``--mib`` MiB of 64 KiB messages per block; each line gives MB/s and
+the server gateway's CPU seconds per GiB.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import asyncio
 import contextlib
 import json
 import statistics
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +39,36 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.legacy_app import run_clients  # noqa: E402
-from bench.suite_procs import cpu_seconds, hop_path, python_child, running  # noqa: E402
+from bench.suite_procs import (  # noqa: E402
+    ALLOCATOR_ENV,
+    BENCH,
+    cpu_seconds,
+    gateway,
+    hop_path,
+    python_child,
+    refusing_path,
+    running,
+)
 
-__all__ = ["compare", "main"]
+__all__ = ["compare", "compare_large", "main"]
 
 KINDS = ("websocket", "long-poll", "plain")
+#: The message size of ``--row large`` (issue 13's 64 KiB row).
+LARGE = 64 * 1024
+
+
+def _names(kind: str, trees: list[Path]) -> list[str]:
+    """One key per tree; a tree given twice (an A/A run) gets ``#N``."""
+    names: list[str] = []
+    for number, tree in enumerate(trees, 1):
+        name = f"{kind} {tree}"
+        names.append(f"{name} #{number}" if name in names else name)
+    return names
+
+
+def _rotations(names: list[str], rounds: int) -> list[list[str]]:
+    """Every name once per round, starting one further each round: all share the drift."""
+    return [names[turn % len(names) :] + names[: turn % len(names)] for turn in range(rounds)]
 
 
 async def compare(
@@ -51,10 +84,7 @@ async def compare(
     with contextlib.ExitStack() as stack:
         origin = stack.enter_context(running(python_child("legacy_app.py", "origin")))
         paths = {}
-        for number, tree in enumerate(trees, 1):
-            name = f"{kind} {tree}"
-            if name in paths:  # a tree given twice: an A/A run shows the noise
-                name = f"{name} #{number}"
+        for name, tree in zip(_names(kind, trees), trees, strict=True):
             paths[name] = stack.enter_context(hop_path(kind, origin.announced, tree))
         if plain and kind != "plain":
             paths[f"plain {trees[0]}"] = stack.enter_context(
@@ -64,9 +94,8 @@ async def compare(
             await run_clients(route.url, clients, min(seconds, 0.7))
         blocks: dict[str, list[tuple[float, float, float]]] = {name: [] for name in paths}
         order = list(paths)
-        for turn in range(rounds):
-            shift = turn % len(order)
-            for name in order[shift:] + order[:shift]:
+        for turn in _rotations(order, rounds):
+            for name in turn:
                 route = paths[name]
                 pids = [gateway.pid for gateway in route.gateways]
                 before = [cpu_seconds(pid) for pid in pids]
@@ -93,6 +122,57 @@ async def compare(
     return result
 
 
+def compare_large(
+    trees: list[Path], *, kind: str = "websocket", rounds: int = 8, mib: int = 256
+) -> dict[str, Any]:
+    """Per tree: medians of MB/s and of the server gateway's CPU s per GiB of 64 KiB messages."""
+    load = "hop-lp" if kind == "long-poll" else "hop-ws"
+    with contextlib.ExitStack() as stack:
+        anchor = stack.enter_context(running(python_child("suite_anchor_server.py")))
+        targets: dict[str, tuple[Path, int, str]] = {}
+        for name, tree in zip(_names(kind, trees), trees, strict=True):
+            server = stack.enter_context(
+                gateway("server", "--upstream", anchor.announced, tree=tree)
+            )
+            url = server.url
+            if kind == "long-poll":
+                url = stack.enter_context(refusing_path(url.removeprefix("http://")))
+            targets[name] = (tree, server.pid, url)
+        blocks: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
+        for turn in _rotations(list(targets), rounds):
+            for name in turn:
+                tree, pid, url = targets[name]
+                before = cpu_seconds(pid)
+                mb_s = _send_large(load, url, tree, mib)
+                blocks[name].append((mb_s, (cpu_seconds(pid) - before) * 1024 / mib))
+    result: dict[str, Any] = {}
+    for name, rows in blocks.items():
+        result[name] = {
+            "mb_s": statistics.median(r[0] for r in rows),
+            "server_gw_cpu_s_per_gib": statistics.median(r[1] for r in rows),
+            "blocks": len(rows),
+        }
+    first = next(iter(result.values()))
+    for figures in result.values():
+        figures["x_first"] = figures["mb_s"] / first["mb_s"] if first["mb_s"] else None
+    return result
+
+
+def _send_large(load: str, url: str, tree: Path, mib: int) -> float:
+    """MB/s of ``mib`` MiB of 64 KiB messages sent by ``suite_msgload.py`` of ``tree``."""
+    args = [
+        sys.executable, str(BENCH / "suite_msgload.py"), "--kind", load, "--url", url,
+        "--figures", "sizes", "--sizes", str(LARGE), "--bytes", str(mib << 20), "--timeout", "120",
+    ]  # fmt: skip
+    env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", **ALLOCATOR_ENV}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env, cwd=tree)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"suite_msgload.py {load} exited {done.returncode}: {tail}")
+    return float(json.loads(lines[-1])["sizes"]["mb_s"][str(LARGE)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Gateway CPU per request of several source trees, measured in turn in one "
@@ -102,7 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         "--tree", action="append", type=Path, required=True,
         help="a source tree whose gateways run (repeat; the first is the baseline)",
     )  # fmt: skip
+    parser.add_argument(
+        "--row", choices=("requests", "large"), default="requests",
+        help="requests: the legacy app's CPU per request (default); large: 64 KiB messages",
+    )  # fmt: skip
     parser.add_argument("--kind", choices=KINDS, default="websocket", help="the hop's transport")
+    parser.add_argument(
+        "--mib", type=int, default=256, help="--row large: MiB sent per block (default 256)"
+    )
     parser.add_argument(
         "--plain", action="store_true", help="add the first tree's plain forwarding"
     )
@@ -111,28 +198,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=1, help="legacy clients (default 1)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.seconds <= 0 or args.clients < 1:
-        parser.error("--rounds and --clients must be at least 1, --seconds above 0")
+    if args.rounds < 1 or args.seconds <= 0 or args.clients < 1 or args.mib < 1:
+        parser.error("--rounds, --clients and --mib must be at least 1, --seconds above 0")
+    if args.row == "large" and args.kind == "plain":
+        parser.error("--row large runs over a hop: --kind websocket or long-poll")
     trees = [tree.resolve() for tree in args.tree]
     for tree in trees:
         if not (tree / "gateway" / "__main__.py").exists():
             parser.error(f"--tree {tree}: no gateway package there (a hopgate checkout?)")
-    result = asyncio.run(
-        compare(
-            trees, kind=args.kind, plain=args.plain, rounds=args.rounds,
-            seconds=args.seconds, clients=args.clients,
-        )
-    )  # fmt: skip
+    lines: Callable[[str, dict[str, Any]], str]
+    if args.row == "large":
+        result = compare_large(trees, kind=args.kind, rounds=args.rounds, mib=args.mib)
+        title = f"64 KiB messages, {args.rounds} blocks of {args.mib} MiB per tree, medians"
+
+        def lines(name: str, f: dict[str, Any]) -> str:
+            return (
+                f"{name:40s} {f['mb_s']:7.0f} MB/s  server gw "
+                f"{f['server_gw_cpu_s_per_gib']:5.2f} s CPU per GiB  x{f['x_first']:.2f}"
+            )
+    else:
+        result = asyncio.run(
+            compare(
+                trees, kind=args.kind, plain=args.plain, rounds=args.rounds,
+                seconds=args.seconds, clients=args.clients,
+            )
+        )  # fmt: skip
+        title = f"{args.clients} client(s), {args.rounds} blocks of {args.seconds:g} s, medians"
+
+        def lines(name: str, f: dict[str, Any]) -> str:
+            return (
+                f"{name:40s} client gw {f['client_gw_cpu_us']:5.0f}  server gw "
+                f"{f['server_gw_cpu_us']:5.0f}  both {f['cpu_us']:5.0f} us/request  "
+                f"{f['per_s']:6.0f}/s  x{f['x_first']:.2f}"
+            )
+
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{args.clients} client(s), {args.rounds} blocks of {args.seconds:g} s per path, medians")
-    for name, f in result.items():
-        print(
-            f"{name:40s} client gw {f['client_gw_cpu_us']:5.0f}  server gw "
-            f"{f['server_gw_cpu_us']:5.0f}  both {f['cpu_us']:5.0f} us/request  "
-            f"{f['per_s']:6.0f}/s  x{f['x_first']:.2f}"
-        )
+    print(title)
+    for name, figures in result.items():
+        print(lines(name, figures))
     return 0
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench.compare_trees import compare
+from bench.compare_trees import compare, compare_large
 from bench.suite_procs import ROOT
 
 
@@ -28,11 +28,23 @@ async def test_every_path_is_measured_in_every_round_beside_the_first_trees_plai
     assert 0.2 < result[f"plain {ROOT}"]["x_first"] < 5
 
 
+@pytest.mark.parametrize("kind", ["websocket", "long-poll"])
+async def test_the_large_row_sends_64_kib_messages_through_each_trees_gateway(kind: str) -> None:
+    result = await asyncio.to_thread(compare_large, [ROOT, ROOT], kind=kind, rounds=2, mib=4)
+    assert list(result) == [f"{kind} {ROOT}", f"{kind} {ROOT} #2"]
+    for name, figures in result.items():
+        assert figures["blocks"] == 2, name
+        assert figures["mb_s"] > 1, name
+        assert 0 < figures["server_gw_cpu_s_per_gib"] < 100, name  # the gateway did the work
+    assert 0.1 < result[f"{kind} {ROOT} #2"]["x_first"] < 10
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
         (["--tree", "/nonexistent"], "no gateway package there"),
-        (["--tree", ".", "--rounds", "0"], "--rounds and --clients must be at least 1"),
+        (["--tree", ".", "--rounds", "0"], "--rounds, --clients and --mib must be at least 1"),
+        (["--tree", ".", "--row", "large", "--kind", "plain"], "runs over a hop"),
     ],
 )
 def test_bad_arguments_say_what_to_do(args: list[str], says: str) -> None:
