@@ -35,6 +35,10 @@ from typing import Final
 import aiohttp
 from aiohttp import WSMsgType, web
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # (run as a script too)
+
+from bench.bare_tunnel import serve_forever
+
 #: The relay's one HTTP client, for the app's lifetime.
 _HTTP: Final = web.AppKey("http", aiohttp.ClientSession)
 #: Close codes a peer may not send in a close frame (RFC 6455 7.4.1): passed on as 1011.
@@ -80,8 +84,6 @@ def relay_app(target: str) -> web.Application:
 
 
 async def _main(listen: int, target: str) -> None:
-    from bench.bare_tunnel import serve_forever
-
     runner = web.AppRunner(relay_app(target), access_log=None)
     await runner.setup()
     await serve_forever(runner, listen, f"-> {target}")
@@ -92,7 +94,6 @@ def main() -> None:
     parser.add_argument("--listen", type=int, default=0, help="port on 127.0.0.1 (0: any)")
     parser.add_argument("--target", required=True, help="http:// URL to relay WebSockets to")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(args.listen, args.target.rstrip("/")))
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import statistics
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,8 +40,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench.legacy_app import run_clients  # noqa: E402
 from bench.suite_procs import (  # noqa: E402
-    ALLOCATOR_ENV,
-    BENCH,
     cpu_seconds,
     gateway,
     hop_path,
@@ -49,6 +47,7 @@ from bench.suite_procs import (  # noqa: E402
     refusing_path,
     running,
 )
+from bench.suite_rows import SCALES, msgload  # noqa: E402
 
 __all__ = ["compare", "compare_large", "main"]
 
@@ -97,7 +96,7 @@ async def compare(
         for turn in _rotations(order, rounds):
             for name in turn:
                 route = paths[name]
-                pids = [gateway.pid for gateway in route.gateways]
+                pids = [process.pid for process in route.gateways]
                 before = [cpu_seconds(pid) for pid in pids]
                 seen = await run_clients(route.url, clients, seconds)
                 after = [cpu_seconds(pid) for pid in pids]
@@ -116,10 +115,7 @@ async def compare(
             "per_s": statistics.median(r[2] for r in rows),
             "blocks": len(rows),
         }
-    first = result[order[0]]["cpu_us"]
-    for figures in result.values():
-        figures["x_first"] = figures["cpu_us"] / first if first else None
-    return result
+    return _add_ratios(result, "cpu_us")
 
 
 def compare_large(
@@ -152,25 +148,22 @@ def compare_large(
             "server_gw_cpu_s_per_gib": statistics.median(r[1] for r in rows),
             "blocks": len(rows),
         }
-    first = next(iter(result.values()))
-    for figures in result.values():
-        figures["x_first"] = figures["mb_s"] / first["mb_s"] if first["mb_s"] else None
-    return result
+    return _add_ratios(result, "mb_s")
 
 
 def _send_large(load: str, url: str, tree: Path, mib: int) -> float:
     """MB/s of ``mib`` MiB of 64 KiB messages sent by ``suite_msgload.py`` of ``tree``."""
-    args = [
-        sys.executable, str(BENCH / "suite_msgload.py"), "--kind", load, "--url", url,
-        "--figures", "sizes", "--sizes", str(LARGE), "--bytes", str(mib << 20), "--timeout", "120",
-    ]  # fmt: skip
-    env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", **ALLOCATOR_ENV}
-    done = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env, cwd=tree)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise RuntimeError(f"suite_msgload.py {load} exited {done.returncode}: {tail}")
-    return float(json.loads(lines[-1])["sizes"]["mb_s"][str(LARGE)])
+    scale = dataclasses.replace(SCALES["full"], size_bytes=mib << 20, figure_timeout=120)
+    result = msgload(load, url, tree, scale, ["sizes"], [], sizes=(LARGE,))
+    return float(result["sizes"]["mb_s"][str(LARGE)])
+
+
+def _add_ratios(result: dict[str, Any], key: str) -> dict[str, Any]:
+    """Each entry's ``key`` as ``x_first``, a ratio to the first entry's."""
+    first = next(iter(result.values()))[key]
+    for figures in result.values():
+        figures["x_first"] = figures[key] / first if first else None
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

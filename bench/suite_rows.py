@@ -131,9 +131,18 @@ def summary(result: Result) -> str:
 
 
 def msgload(
-    kind: str, url: str, tree: Path, scale: Scale, figures: list[str], cpu: list[int]
+    kind: str,
+    url: str,
+    tree: Path,
+    scale: Scale,
+    figures: list[str],
+    cpu: list[int],
+    sizes: tuple[int, ...] = (),
 ) -> Result:
-    """Runs ``suite_msgload.py`` (with ``tree`` first on its path) and reads its JSON."""
+    """Runs ``suite_msgload.py`` (with ``tree`` first on its path) and reads its JSON.
+
+    ``sizes``: the message sizes of the ``sizes`` figure (default: its own list).
+    """
     args = [
         sys.executable, str(BENCH / "suite_msgload.py"), "--kind", kind, "--url", url,
         "--figures", *figures, "--burst", str(scale.burst), "--turns", str(scale.turns),
@@ -142,6 +151,8 @@ def msgload(
     ]  # fmt: skip
     for pid in cpu:
         args += ["--cpu-pid", str(pid)]
+    if sizes:
+        args += ["--sizes", *map(str, sizes)]
     limit = scale.figure_timeout * (len(figures) + 4) + 30
     env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", **ALLOCATOR_ENV}
     done = subprocess.run(args, capture_output=True, text=True, timeout=limit, env=env, cwd=tree)
