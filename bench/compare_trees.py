@@ -7,7 +7,9 @@ gateway, in front of one shared ``legacy_app.py`` origin) is up at once, and
 the legacy client drives each in turn for a short block, the order rotating
 every round, so all trees share the drift; the medians of the blocks are
 compared. ``--plain`` adds the first tree's plain forwarding (``--upgrade
-never``) as the issue's baseline.
+never``) as the issue's baseline; ``--bare`` adds the bare WebSocket pair
+(``bare_tunnel.py``: aiohttp's stock pieces, no session, no tunnel), what a
+hop costs before anything hopgate does.
 
     .venv/bin/python bench/compare_trees.py --tree /tmp/before --tree . [--plain]
 
@@ -75,6 +77,7 @@ async def compare(
     *,
     kind: str = "websocket",
     plain: bool = False,
+    bare: bool = False,
     rounds: int = 8,
     seconds: float = 1.5,
     clients: int = 1,
@@ -88,6 +91,10 @@ async def compare(
         if plain and kind != "plain":
             paths[f"plain {trees[0]}"] = stack.enter_context(
                 hop_path("plain", origin.announced, trees[0])
+            )
+        if bare:
+            paths["bare-ws pair"] = stack.enter_context(
+                hop_path("bare-ws", origin.announced, trees[0])
             )
         for route in paths.values():  # warm: connections, the hop, the origin's caches
             await run_clients(route.url, clients, min(seconds, 0.7))
@@ -186,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--plain", action="store_true", help="add the first tree's plain forwarding"
     )
+    parser.add_argument(
+        "--bare", action="store_true",
+        help="add the bare WebSocket pair (bench/bare_tunnel.py: no session, no tunnel)",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=8, help="blocks per path (default 8)")
     parser.add_argument("--seconds", type=float, default=1.5, help="length of a block")
     parser.add_argument("--clients", type=int, default=1, help="legacy clients (default 1)")
@@ -193,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0 or args.clients < 1 or args.mib < 1:
         parser.error("--rounds, --clients and --mib must be at least 1, --seconds above 0")
-    if args.row == "large" and args.kind == "plain":
-        parser.error("--row large runs over a hop: --kind websocket or long-poll")
+    if args.row == "large" and (args.kind == "plain" or args.bare or args.plain):
+        parser.error(
+            "--row large runs over a hop: --kind websocket or long-poll, no --plain/--bare"
+        )
     trees = [tree.resolve() for tree in args.tree]
     for tree in trees:
         if not (tree / "gateway" / "__main__.py").exists():
@@ -212,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = asyncio.run(
             compare(
-                trees, kind=args.kind, plain=args.plain, rounds=args.rounds,
+                trees, kind=args.kind, plain=args.plain, bare=args.bare, rounds=args.rounds,
                 seconds=args.seconds, clients=args.clients,
             )
         )  # fmt: skip
