@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
-SYSTEM_PACKAGES ?= nginx haproxy squid chromium
+SYSTEM_PACKAGES ?= nginx haproxy squid chromium gcc libc6-dev python3-dev
 
 .PHONY: demo test check lint typecheck pytest js system-deps clean bench bench-quick
 
