@@ -66,7 +66,7 @@ SYSTEM_TOOLS = {"nginx": "nginx", "haproxy": "haproxy", "openssl": "openssl", "c
 #: Flags in inline code that belong to other programs (curl, docker, kubectl, the benches...).
 _FOREIGN = """--help --version --sessions --grace --sources --keep-limits --tree --scale --requests
     --concurrency --markdown --check --max-time --proxy --noproxy --cacert --analyze --test
-    --clients --duration --interval --plain --idle-test --json --dry-run --strict --port
+    --clients --duration --interval --plain --bare --idle-test --json --dry-run --strict --port
     --build-arg --from-file --rm --platform --tag --network --publish --env-file --read-only
     --user --cap-drop --security-opt"""
 FOREIGN_FLAGS = frozenset(_FOREIGN.split())
