@@ -93,7 +93,11 @@ def compile_tree(tree: Path, out: Path, modules: list[str]) -> float:
 
 
 def not_compiled(out: Path, modules: list[str]) -> list[str]:
-    """Those of ``modules`` that do not import from a compiled extension in ``out``."""
+    """Those of ``modules`` that do not import from a compiled extension in ``out``.
+
+    Raises ``RuntimeError`` with the traceback's end when one does not import
+    at all (a compiled class that breaks a rule only checked at import).
+    """
     names = [m.removesuffix(".py").removesuffix("/__init__").replace("/", ".") for m in modules]
     probe = (
         "import importlib, sys\n"
@@ -106,8 +110,11 @@ def not_compiled(out: Path, modules: list[str]) -> list[str]:
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(out)},
-        check=True,
+        check=False,
     )
+    if done.returncode:
+        tail = "\n".join(done.stderr.strip().splitlines()[-6:])
+        raise RuntimeError(f"the compiled copy does not import:\n{tail}")
     return done.stdout.split()
 
 
@@ -140,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1
-    missed = not_compiled(out, modules)
+    try:
+        missed = not_compiled(out, modules)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     if missed:
         print(f"mypyc left these interpreted: {', '.join(missed)}", file=sys.stderr)
         return 1

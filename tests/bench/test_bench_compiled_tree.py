@@ -14,6 +14,12 @@ from bench.compiled_tree import HOP_PATH, LEFT_OUT, hop_modules
 from bench.suite_procs import ROOT
 
 SCRIPT = ROOT / "bench" / "compiled_tree.py"
+#: mypyc compiles C: `make test` installs gcc and Python's headers (python3-dev).
+NEEDS_A_BUILD = pytest.mark.skipif(
+    shutil.which("cc") is None
+    or not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists(),
+    reason="no C compiler (gcc) or no Python headers (python3-dev)",
+)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,11 +40,7 @@ def test_the_hop_path_is_every_module_a_request_runs_through_less_what_mypyc_ref
     assert all(module.endswith(".py") for module in modules)
 
 
-@pytest.mark.skipif(
-    not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists(),
-    reason="Python's headers are not installed (python3-dev)",
-)
-@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (gcc)")
+@NEEDS_A_BUILD
 def test_a_compiled_module_runs_from_the_copy_as_its_source_does(tmp_path: Path) -> None:
     out = tmp_path / "compiled"
     done = _run("--out", str(out), "--module", "gateway/core/backoff.py")
@@ -59,6 +61,15 @@ def test_a_compiled_module_runs_from_the_copy_as_its_source_does(tmp_path: Path)
     first, refusal = ran.stdout.splitlines()
     assert first == "True 4.0"  # from the extension, capped at the ceiling as the source does
     assert refusal.startswith("back-off needs 0 < initial <= ceiling")
+
+
+@NEEDS_A_BUILD
+def test_a_copy_that_compiles_but_does_not_import_is_reported_not_measured(tmp_path: Path) -> None:
+    # (it subclasses an aiohttp class and declares __slots__, which compiled classes may not)
+    done = _run("--out", str(tmp_path / "c"), "--module", "gateway/transports/aiohttp_internals.py")
+    assert done.returncode == 1, done.stdout
+    assert "the compiled copy does not import" in done.stderr
+    assert "next:" not in done.stdout
 
 
 @pytest.mark.parametrize(
