@@ -76,9 +76,7 @@ class BatchReader:
         if not size:
             return NOT_ONE
         key = self._key
-        unpacker = _singles.get(key)
-        if unpacker is None:
-            unpacker = _singles[key] = _new_unpacker(key)
+        unpacker = _single(key)
         start = unpacker.tell()
         try:
             unpacker.feed(batch)
@@ -106,9 +104,7 @@ class BatchReader:
         if not 0 < size <= SINGLE_MAX:
             return list(self.objects(batch))
         key = self._key
-        unpacker = _singles.get(key)
-        if unpacker is None:
-            unpacker = _singles[key] = _new_unpacker(key)
+        unpacker = _single(key)
         end = unpacker.tell() + size
         out: list[object] = []
         try:
@@ -198,8 +194,16 @@ def _limits(max_bin: int, max_array: int) -> dict[str, Any]:
     }
 
 
-#: ``BatchReader.one``'s Unpacker per set of limits, always drained between calls.
+#: ``BatchReader.one``'s and ``whole``'s Unpacker per set of limits, always drained
+#: between calls; one that failed mid-batch is dropped (``del _singles[key]``).
 _singles: dict[tuple[int, int, int], msgpack.Unpacker] = {}
+
+
+def _single(key: tuple[int, int, int]) -> msgpack.Unpacker:
+    unpacker = _singles.get(key)
+    if unpacker is None:
+        unpacker = _singles[key] = _new_unpacker(key)
+    return unpacker
 
 
 def _borrow(key: tuple[int, int, int]) -> msgpack.Unpacker:
