@@ -76,20 +76,25 @@ def compile_tree(tree: Path, out: Path, modules: list[str]) -> float:
     shutil.copytree(
         tree / "gateway", out / "gateway", ignore=shutil.ignore_patterns("__pycache__", "*.so")
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "mypyc", *modules],
-        cwd=out,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(out)},
-        check=False,
-    )
+    done = _python_in(out, "-m", "mypyc", *modules)
     (out / "mypyc.log").write_text(done.stdout + done.stderr)
     shutil.rmtree(out / "build", ignore_errors=True)  # the C sources and objects: ~100 MB
     if done.returncode:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"mypyc failed (whole log: {out / 'mypyc.log'}):\n{tail}")
     return time.monotonic() - started
+
+
+def _python_in(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """This Python run in ``out`` with ``out`` first on its path: the copy, not the checkout."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(out)},
+        check=False,
+    )
 
 
 def not_compiled(out: Path, modules: list[str]) -> list[str]:
@@ -104,14 +109,7 @@ def not_compiled(out: Path, modules: list[str]) -> list[str]:
         "for name in sys.argv[1:]:\n"
         "    if not importlib.import_module(name).__file__.endswith('.so'): print(name)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe, *names],
-        cwd=out,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(out)},
-        check=False,
-    )
+    done = _python_in(out, "-c", probe, *names)
     if done.returncode:
         tail = "\n".join(done.stderr.strip().splitlines()[-6:])
         raise RuntimeError(f"the compiled copy does not import:\n{tail}")
